@@ -1,0 +1,947 @@
+//! Configuration: what data teams declare, validated as a whole before anything runs.
+//!
+//! A config file (TOML) declares identity namespaces, channels, profile attributes,
+//! event types with typed properties, segments (rules in the rule language), and
+//! scores. [`Config::from_source`] parses it, checks every name, type, duration and
+//! reference, compiles every rule, and reports *all* errors at once, each with file,
+//! line, column and a caret ([`ConfigError`]). What comes out is a [`Config`]: dense
+//! tables indexed by integer ids, plus
+//!
+//! - `features`: every aggregate any rule or score reads (window counts and sums,
+//!   last-seen times), deduplicated; the engine lays profiles out from this list, so a
+//!   profile stores exactly what the config needs and nothing else;
+//! - `dependencies`: per event type, which features and decayed scores it updates and
+//!   which segments it can change (transitively through `in(...)` and `score(...)`), in
+//!   evaluation order, so an event re-evaluates only what it can affect.
+//!
+//! Invariants: segment and score references form no cycle; `segment_order` lists every
+//! segment after the segments it depends on.
+
+pub mod diagnostic;
+pub mod duration;
+mod file;
+pub mod rule;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use diagnostic::{ConfigError, Diagnostic, Source, Span};
+pub use file::UnknownProperties;
+use file::{RawConfig, RawScoreKind};
+use rule::compile::list;
+use rule::{Compiler, Expr, Interner, Refs, RuleContext, RuleError};
+
+/// The embedded default config: an omnichannel retailer.
+pub const DEFAULT_CONFIG: &str = include_str!("../../examples/retail.toml");
+/// The name the embedded default config goes by in messages.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded examples/retail.toml>";
+
+/// The type of an attribute or event property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    Number,
+    String,
+    Bool,
+}
+
+impl ValueType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::Number => "number",
+            ValueType::String => "string",
+            ValueType::Bool => "bool",
+        }
+    }
+}
+
+/// Engine settings from the `[engine]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Number of lock shards; a power of two.
+    pub shards: u32,
+    /// Buckets per window ring buffer.
+    pub window_buckets: u32,
+    /// How far an event's timestamp may be ahead of the engine clock, in seconds.
+    pub max_future_skew: u32,
+    /// Longest wait before re-checking a rule whose time dependence is not linear.
+    pub recheck_interval: u32,
+    pub unknown_properties: UnknownProperties,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            shards: 16,
+            window_buckets: 8,
+            max_future_skew: 300,
+            recheck_interval: 60,
+            unknown_properties: UnknownProperties::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeDef {
+    pub name: String,
+    pub ty: ValueType,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyDef {
+    pub name: String,
+    pub ty: ValueType,
+    /// String constants that rules compare this property with; code = index + 1.
+    pub constants: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub properties: Vec<PropertyDef>,
+}
+
+/// Which events an aggregate counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventMatch {
+    /// `None` is `any`: every event type.
+    pub event: Option<usize>,
+    pub channel: Option<usize>,
+    /// A condition on the event's properties.
+    pub filter: Option<Expr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Aggregate {
+    Count,
+    /// Sum of a number property, by index within the event type.
+    Sum(usize),
+}
+
+/// An aggregate kept in every profile because some rule or score reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feature {
+    /// A count or sum over a sliding window: a ring buffer of `buckets` buckets, each
+    /// `bucket_width` seconds wide, aligned to the Unix epoch.
+    Window {
+        matcher: EventMatch,
+        aggregate: Aggregate,
+        window: u32,
+        bucket_width: u32,
+        buckets: u32,
+        label: String,
+    },
+    /// The time of the last matching event.
+    LastSeen { matcher: EventMatch, label: String },
+}
+
+impl Feature {
+    pub fn matcher(&self) -> &EventMatch {
+        match self {
+            Feature::Window { matcher, .. } | Feature::LastSeen { matcher, .. } => matcher,
+        }
+    }
+
+    /// The source text that first asked for this feature, for profile views.
+    pub fn label(&self) -> &str {
+        match self {
+            Feature::Window { label, .. } | Feature::LastSeen { label, .. } => label,
+        }
+    }
+
+    /// Everything but the label: two rules that read the same aggregate share one slot.
+    pub(crate) fn identity(&self) -> String {
+        match self {
+            Feature::Window {
+                matcher,
+                aggregate,
+                window,
+                ..
+            } => format!("window {matcher:?} {aggregate:?} {window}"),
+            Feature::LastSeen { matcher, .. } => format!("last {matcher:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmentDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub rule: String,
+    pub expr: Expr,
+    pub refs: Refs,
+    /// Whether membership can change with time alone (needs timers).
+    pub time_dependent: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelFeature {
+    pub text: String,
+    pub expr: Expr,
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum ScoreModel {
+    /// Sum of event weights, halving every `half_life` seconds; decayed lazily.
+    Decayed { half_life: u32, weights: Vec<f64> },
+    /// `1 / (1 + e^-(intercept + sum(weight * feature)))`.
+    Logistic {
+        intercept: f64,
+        features: Vec<ModelFeature>,
+        refs: Refs,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ScoreDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub model: ScoreModel,
+}
+
+/// Which segments to re-evaluate when an event arrives, by what it changed.
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    /// Per event type: the features it can update.
+    pub event_features: Vec<Vec<usize>>,
+    /// Per event type: the decayed scores it changes.
+    pub event_scores: Vec<Vec<usize>>,
+    /// Per event type, indexed by `attributes_changed as usize | (keys_changed as usize) << 1`:
+    /// the segments to re-evaluate, in evaluation order.
+    pub affected: Vec<[Vec<usize>; 4]>,
+    /// Segments whose membership can change with time alone, in evaluation order.
+    pub time_dependent: Vec<usize>,
+}
+
+/// A validated, compiled config.
+#[derive(Debug)]
+pub struct Config {
+    pub source_name: String,
+    /// crc32c of the config text, shown as the config version.
+    pub version: u32,
+    pub engine: EngineSettings,
+    pub namespaces: Vec<String>,
+    pub channels: Vec<String>,
+    pub attributes: Vec<AttributeDef>,
+    pub events: Vec<EventDef>,
+    pub features: Vec<Feature>,
+    pub segments: Vec<SegmentDef>,
+    pub scores: Vec<ScoreDef>,
+    /// Every segment after those it depends on.
+    pub segment_order: Vec<usize>,
+    pub dependencies: Dependencies,
+    /// Codes of attribute string values; shared with the engine.
+    pub interner: Arc<Interner>,
+}
+
+impl Config {
+    /// The embedded default config (`examples/retail.toml`).
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::from_source(&Source::new(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG))
+    }
+
+    /// Reads and compiles a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            diagnostics: vec![Diagnostic {
+                message: format!("cannot read config file: {e}"),
+                file: path.display().to_string(),
+                line: 1,
+                column: 1,
+                source_line: String::new(),
+                width: 1,
+                help: None,
+            }],
+        })?;
+        Config::from_source(&Source::new(path.display().to_string(), text))
+    }
+
+    /// Parses, validates and compiles a config text.
+    pub fn from_source(source: &Source) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(&source.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            ConfigError {
+                diagnostics: vec![Diagnostic::new(
+                    source,
+                    span,
+                    e.message().trim_end().to_string(),
+                )],
+            }
+        })?;
+        Builder {
+            source,
+            errors: Vec::new(),
+        }
+        .build(raw)
+    }
+
+    pub fn event_id(&self, name: &str) -> Option<usize> {
+        self.events.iter().position(|e| e.name == name)
+    }
+
+    pub fn channel_id(&self, name: &str) -> Option<usize> {
+        self.channels.iter().position(|c| c == name)
+    }
+
+    pub fn namespace_id(&self, name: &str) -> Option<usize> {
+        self.namespaces.iter().position(|n| n == name)
+    }
+
+    pub fn segment_id(&self, name: &str) -> Option<usize> {
+        self.segments.iter().position(|s| s.name == name)
+    }
+
+    pub fn score_id(&self, name: &str) -> Option<usize> {
+        self.scores.iter().position(|s| s.name == name)
+    }
+
+    pub fn attribute_id(&self, name: &str) -> Option<usize> {
+        self.attributes.iter().position(|a| a.name == name)
+    }
+
+    /// A human summary of what the config defines, for `omnia check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let names = |v: &mut dyn Iterator<Item = &str>| v.collect::<Vec<_>>().join(", ");
+        out.push_str(&format!(
+            "config {} (version {:08x}) is valid\n",
+            self.source_name, self.version
+        ));
+        out.push_str(&format!(
+            "  identity namespaces {:>3}: {}\n",
+            self.namespaces.len(),
+            names(&mut self.namespaces.iter().map(String::as_str))
+        ));
+        out.push_str(&format!(
+            "  channels            {:>3}: {}\n",
+            self.channels.len(),
+            names(&mut self.channels.iter().map(String::as_str))
+        ));
+        out.push_str(&format!(
+            "  attributes          {:>3}: {}\n",
+            self.attributes.len(),
+            names(&mut self.attributes.iter().map(|a| a.name.as_str()))
+        ));
+        out.push_str(&format!(
+            "  event types         {:>3}: {}\n",
+            self.events.len(),
+            names(&mut self.events.iter().map(|e| e.name.as_str()))
+        ));
+        out.push_str(&format!(
+            "  segments            {:>3}: {}\n",
+            self.segments.len(),
+            names(&mut self.segments.iter().map(|s| s.name.as_str()))
+        ));
+        out.push_str(&format!(
+            "  scores              {:>3}: {}\n",
+            self.scores.len(),
+            names(&mut self.scores.iter().map(|s| s.name.as_str()))
+        ));
+        out.push_str(&format!(
+            "  profile aggregates  {:>3}: {}\n",
+            self.features.len(),
+            names(&mut self.features.iter().map(Feature::label))
+        ));
+        let timed: Vec<&str> = self
+            .dependencies
+            .time_dependent
+            .iter()
+            .map(|&s| self.segments[s].name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "  segments that change with time alone: {}\n",
+            if timed.is_empty() {
+                "(none)".to_string()
+            } else {
+                timed.join(", ")
+            }
+        ));
+        out.push_str(&format!(
+            "  engine: {} shards, {} buckets per window, max future skew {}, recheck interval {}\n",
+            self.engine.shards,
+            self.engine.window_buckets,
+            duration::format_duration(self.engine.max_future_skew as u64),
+            duration::format_duration(self.engine.recheck_interval as u64)
+        ));
+        out
+    }
+}
+
+struct Builder<'s> {
+    source: &'s Source,
+    errors: Vec<Diagnostic>,
+}
+
+impl Builder<'_> {
+    fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::new(self.source, span, message);
+        d.help = help;
+        self.errors.push(d);
+    }
+
+    /// A rule error, with its span moved from the rule text to the file.
+    fn rule_error(&mut self, rule: &Spanned<String>, err: RuleError) {
+        let base = rule_text_offset(&self.source.text, rule);
+        let span = match base {
+            Some(base) => base + err.span.start..base + err.span.end,
+            None => rule.span(),
+        };
+        let mut d = Diagnostic::new(self.source, span, err.message);
+        d.help = err.help;
+        self.errors.push(d);
+    }
+
+    fn name(&mut self, name: &Spanned<String>, what: &str) {
+        let text = name.get_ref();
+        let valid = text.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            self.error(name.span(), format!("`{text}` is not a valid {what} name"), Some("names start with a lowercase letter and contain only lowercase letters, digits and `_`".into()));
+        } else if rule::KEYWORDS.contains(&text.as_str()) {
+            self.error(
+                name.span(),
+                format!("`{text}` is a keyword of the rule language and cannot name a {what}"),
+                Some(format!("the keywords are: {}", rule::KEYWORDS.join(", "))),
+            );
+        }
+    }
+
+    fn names(&mut self, list: &[Spanned<String>], what: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for item in list {
+            self.name(item, what);
+            if out.contains(item.get_ref()) {
+                self.error(
+                    item.span(),
+                    format!("{what} `{}` is declared twice", item.get_ref()),
+                    None,
+                );
+            }
+            out.push(item.get_ref().clone());
+        }
+        out
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<u32> {
+        match duration::parse_duration(value.get_ref()) {
+            Ok(s) => Some(s as u32),
+            Err(e) => {
+                self.error(value.span(), format!("bad duration for {what}: {e}"), None);
+                None
+            }
+        }
+    }
+
+    fn build(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        // Engine settings.
+        let mut engine = EngineSettings::default();
+        if let Some(shards) = &raw.engine.shards {
+            let n = *shards.get_ref();
+            if !n.is_power_of_two() || n > 256 {
+                self.error(
+                    shards.span(),
+                    format!("engine.shards is {n}, but it must be a power of two from 1 to 256"),
+                    Some(
+                        "for example 16 (several shards per core keep lock contention low)".into(),
+                    ),
+                );
+            } else {
+                engine.shards = n;
+            }
+        }
+        if let Some(b) = &raw.engine.window_buckets {
+            let n = *b.get_ref();
+            if !(1..=64).contains(&n) {
+                self.error(
+                    b.span(),
+                    format!("engine.window_buckets is {n}, but it must be from 1 to 64"),
+                    None,
+                );
+            } else {
+                engine.window_buckets = n;
+            }
+        }
+        if let Some(d) = &raw.engine.max_future_skew {
+            engine.max_future_skew = self
+                .duration(d, "engine.max_future_skew")
+                .unwrap_or(engine.max_future_skew);
+        }
+        if let Some(d) = &raw.engine.recheck_interval {
+            engine.recheck_interval = self
+                .duration(d, "engine.recheck_interval")
+                .unwrap_or(engine.recheck_interval);
+        }
+        engine.unknown_properties = raw.engine.unknown_properties.unwrap_or_default();
+
+        // Names.
+        let namespaces = self.names(raw.identity.namespaces.get_ref(), "identity namespace");
+        if namespaces.is_empty() {
+            self.error(
+                raw.identity.namespaces.span(),
+                "identity.namespaces is empty",
+                Some(
+                    "declare at least one, for example `namespaces = [\"user\", \"anon\"]`".into(),
+                ),
+            );
+        }
+        let channels = self.names(raw.channels.get_ref(), "channel");
+        if channels.is_empty() {
+            self.error(
+                raw.channels.span(),
+                "no channels are declared",
+                Some("add `channels = [\"web\", \"app\", ...]` at the top of the file".into()),
+            );
+        }
+        if channels.len() > 32 {
+            self.error(
+                raw.channels.span(),
+                format!(
+                    "{} channels are declared; at most 32 are supported",
+                    channels.len()
+                ),
+                None,
+            );
+        }
+        if namespaces.len() > 32 {
+            self.error(
+                raw.identity.namespaces.span(),
+                format!(
+                    "{} namespaces are declared; at most 32 are supported",
+                    namespaces.len()
+                ),
+                None,
+            );
+        }
+        let mut attributes = Vec::new();
+        for (name, ty) in &raw.attributes {
+            self.name(name, "attribute");
+            attributes.push(AttributeDef {
+                name: name.get_ref().clone(),
+                ty: *ty,
+            });
+        }
+        let mut events = Vec::new();
+        for (name, event) in &raw.events {
+            self.name(name, "event type");
+            let mut properties = Vec::new();
+            for (prop, ty) in &event.properties {
+                self.name(prop, "property");
+                properties.push(PropertyDef {
+                    name: prop.get_ref().clone(),
+                    ty: *ty,
+                    constants: Vec::new(),
+                });
+            }
+            events.push(EventDef {
+                name: name.get_ref().clone(),
+                description: event.description.clone(),
+                properties,
+            });
+        }
+        if events.is_empty() {
+            self.error(
+                0..0,
+                "no event types are declared",
+                Some("add at least one `[events.NAME]` table".into()),
+            );
+        }
+        if events.len() > u16::MAX as usize {
+            self.error(0..0, "too many event types", None);
+        }
+        for name in raw.segments.keys() {
+            self.name(name, "segment");
+        }
+        for name in raw.scores.keys() {
+            self.name(name, "score");
+        }
+        let segment_names: Vec<String> = raw.segments.keys().map(|k| k.get_ref().clone()).collect();
+        let score_names: Vec<String> = raw.scores.keys().map(|k| k.get_ref().clone()).collect();
+
+        // Rules.
+        let interner = Arc::new(Interner::default());
+        let ctx = RuleContext {
+            events: &events,
+            channels: &channels,
+            namespaces: &namespaces,
+            attributes: &attributes,
+            segments: &segment_names,
+            scores: &score_names,
+            window_buckets: engine.window_buckets,
+        };
+        let mut compiler = Compiler::new(ctx, &interner);
+        let mut segments = Vec::new();
+        for (name, segment) in &raw.segments {
+            let mut refs = Refs::default();
+            match compiler.condition(segment.rule.get_ref(), &mut refs) {
+                Ok(expr) => segments.push(Some(SegmentDef {
+                    name: name.get_ref().clone(),
+                    description: segment.description.clone(),
+                    rule: segment.rule.get_ref().clone(),
+                    expr,
+                    refs,
+                    time_dependent: false,
+                })),
+                Err(e) => {
+                    self.rule_error(&segment.rule, e);
+                    segments.push(None);
+                }
+            }
+        }
+        let mut scores = Vec::new();
+        for (name, score) in &raw.scores {
+            let model = match score.kind {
+                RawScoreKind::Decayed => {
+                    let half_life = match &score.half_life {
+                        Some(h) => {
+                            self.duration(h, &format!("scores.{}.half_life", name.get_ref()))
+                        }
+                        None => {
+                            self.error(
+                                name.span(),
+                                format!("decayed score `{}` needs a `half_life`", name.get_ref()),
+                                Some("for example `half_life = \"7d\"`".into()),
+                            );
+                            None
+                        }
+                    };
+                    let mut weights = vec![0.0; events.len()];
+                    match &score.weights {
+                        Some(w) if !w.is_empty() => {
+                            for (event, weight) in w {
+                                match events.iter().position(|e| e.name == *event.get_ref()) {
+                                    Some(i) => weights[i] = *weight,
+                                    None => self.error(
+                                        event.span(),
+                                        format!(
+                                            "unknown event type `{}` in the weights of score `{}`",
+                                            event.get_ref(),
+                                            name.get_ref()
+                                        ),
+                                        Some(format!(
+                                            "declared event types: {}",
+                                            list(events.iter().map(|e| e.name.as_str()))
+                                        )),
+                                    ),
+                                }
+                            }
+                        }
+                        _ => self.error(
+                            name.span(),
+                            format!(
+                                "decayed score `{}` needs `weights`: a weight per event type",
+                                name.get_ref()
+                            ),
+                            Some("for example `weights = { page_view = 1, purchase = 20 }`".into()),
+                        ),
+                    }
+                    if score.intercept.is_some() || score.features.is_some() {
+                        self.error(name.span(), format!("score `{}` is decayed; `intercept` and `features` belong to logistic scores", name.get_ref()), None);
+                    }
+                    half_life.map(|half_life| ScoreModel::Decayed { half_life, weights })
+                }
+                RawScoreKind::Logistic => {
+                    if score.half_life.is_some() || score.weights.is_some() {
+                        self.error(name.span(), format!("score `{}` is logistic; `half_life` and `weights` belong to decayed scores", name.get_ref()), None);
+                    }
+                    let Some(intercept) = score.intercept else {
+                        self.error(
+                            name.span(),
+                            format!("logistic score `{}` needs an `intercept`", name.get_ref()),
+                            None,
+                        );
+                        scores.push(None);
+                        continue;
+                    };
+                    let mut features = Vec::new();
+                    let mut refs = Refs::default();
+                    let mut ok = true;
+                    for feature in score.features.iter().flatten() {
+                        match compiler.number(feature.expr.get_ref(), &mut refs) {
+                            Ok(expr) => features.push(ModelFeature {
+                                text: feature.expr.get_ref().clone(),
+                                expr,
+                                weight: feature.weight,
+                            }),
+                            Err(e) => {
+                                ok = false;
+                                self.rule_error(&feature.expr, e);
+                            }
+                        }
+                    }
+                    ok.then_some(ScoreModel::Logistic {
+                        intercept,
+                        features,
+                        refs,
+                    })
+                }
+            };
+            scores.push(model.map(|model| ScoreDef {
+                name: name.get_ref().clone(),
+                description: score.description.clone(),
+                model,
+            }));
+        }
+        let features = std::mem::take(&mut compiler.features);
+        let property_constants = std::mem::take(&mut compiler.property_constants);
+        drop(compiler);
+        for (event, tables) in events.iter_mut().zip(property_constants) {
+            for (property, constants) in event.properties.iter_mut().zip(tables) {
+                property.constants = constants;
+            }
+        }
+        if !self.errors.is_empty() {
+            self.errors.sort_by_key(|d| (d.line, d.column));
+            return Err(ConfigError {
+                diagnostics: self.errors,
+            });
+        }
+        let segments: Vec<SegmentDef> = segments.into_iter().flatten().collect();
+        let scores: Vec<ScoreDef> = scores.into_iter().flatten().collect();
+
+        let mut config = Config {
+            source_name: self.source.name.clone(),
+            version: crc32c::crc32c(self.source.text.as_bytes()),
+            engine,
+            namespaces,
+            channels,
+            attributes,
+            events,
+            features,
+            segments,
+            scores,
+            segment_order: Vec::new(),
+            dependencies: Dependencies::default(),
+            interner,
+        };
+        if let Err((cycle, first)) = analyse(&mut config) {
+            let span = raw
+                .segments
+                .get_index(first)
+                .map(|(_, s)| s.rule.span())
+                .unwrap_or(0..0);
+            self.error(
+                span,
+                format!("segments and scores depend on each other in a cycle: {cycle}"),
+                Some(
+                    "a segment cannot depend, through `in(...)` or `score(...)`, on itself".into(),
+                ),
+            );
+            return Err(ConfigError {
+                diagnostics: self.errors,
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// Where the text of a rule string starts in the file, if the string is written
+/// without escapes (so offsets within the value are offsets within the file).
+fn rule_text_offset(file: &str, rule: &Spanned<String>) -> Option<usize> {
+    let span = rule.span();
+    let raw = file.get(span.clone())?;
+    for quote in ["\"\"\"", "'''", "\"", "'"] {
+        if raw.starts_with(quote) && raw.len() >= 2 * quote.len() {
+            let mut inner = &raw[quote.len()..raw.len() - quote.len()];
+            let mut start = span.start + quote.len();
+            // A newline right after an opening triple quote is not part of the value.
+            if quote.len() == 3 && inner.starts_with('\n') {
+                inner = &inner[1..];
+                start += 1;
+            }
+            return (inner == rule.get_ref()).then_some(start);
+        }
+    }
+    None
+}
+
+/// Node ids in the dependency graph: segments first, then scores.
+fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
+    let segments = config.segments.len();
+    let node_count = segments + config.scores.len();
+    let refs_of = |config: &Config, node: usize| -> Refs {
+        if node < segments {
+            config.segments[node].refs.clone()
+        } else {
+            match &config.scores[node - segments].model {
+                ScoreModel::Logistic { refs, .. } => refs.clone(),
+                ScoreModel::Decayed { .. } => Refs::default(),
+            }
+        }
+    };
+    let edges: Vec<Vec<usize>> = (0..node_count)
+        .map(|n| {
+            let r = refs_of(config, n);
+            r.segments
+                .iter()
+                .copied()
+                .chain(r.scores.iter().map(|s| s + segments))
+                .collect()
+        })
+        .collect();
+    // Depth-first topological sort; a grey node reached again is a cycle.
+    let mut state = vec![0u8; node_count];
+    let mut order = Vec::with_capacity(node_count);
+    let node_name = |config: &Config, n: usize| {
+        if n < segments {
+            format!("segment `{}`", config.segments[n].name)
+        } else {
+            format!("score `{}`", config.scores[n - segments].name)
+        }
+    };
+    fn visit(
+        n: usize,
+        edges: &[Vec<usize>],
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        if state[n] == 2 {
+            return None;
+        }
+        if state[n] == 1 {
+            let from = path.iter().position(|&p| p == n).unwrap_or(0);
+            let mut cycle = path[from..].to_vec();
+            cycle.push(n);
+            return Some(cycle);
+        }
+        state[n] = 1;
+        path.push(n);
+        for &m in &edges[n] {
+            if let Some(cycle) = visit(m, edges, state, order, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        state[n] = 2;
+        order.push(n);
+        None
+    }
+    for n in 0..node_count {
+        let mut path = Vec::new();
+        if let Some(cycle) = visit(n, &edges, &mut state, &mut order, &mut path) {
+            let text = cycle
+                .iter()
+                .map(|&c| node_name(config, c))
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            let first = cycle.iter().copied().find(|&c| c < segments).unwrap_or(0);
+            return Err((text, first));
+        }
+    }
+
+    // What each node depends on, transitively, in dependency order.
+    let events = config.events.len();
+    let mut on_event = vec![vec![false; events]; node_count];
+    let mut on_attributes = vec![false; node_count];
+    let mut on_keys = vec![false; node_count];
+    let mut timed = vec![false; node_count];
+    for &n in &order {
+        let refs = refs_of(config, n);
+        for &f in &refs.features {
+            match config.features[f].matcher().event {
+                Some(e) => on_event[n][e] = true,
+                None => on_event[n].iter_mut().for_each(|x| *x = true),
+            }
+        }
+        if refs.activity {
+            on_event[n].iter_mut().for_each(|x| *x = true);
+        }
+        on_attributes[n] = refs.attributes;
+        on_keys[n] = refs.keys;
+        timed[n] = !refs.features.is_empty() || refs.activity;
+        if n >= segments {
+            if let ScoreModel::Decayed { weights, .. } = &config.scores[n - segments].model {
+                for (e, w) in weights.iter().enumerate() {
+                    if *w != 0.0 {
+                        on_event[n][e] = true;
+                    }
+                }
+                timed[n] = true;
+            }
+        }
+        for &m in &edges[n] {
+            for e in 0..events {
+                on_event[n][e] |= on_event[m][e];
+            }
+            on_attributes[n] |= on_attributes[m];
+            on_keys[n] |= on_keys[m];
+            timed[n] |= timed[m];
+        }
+    }
+    config.segment_order = order.iter().copied().filter(|&n| n < segments).collect();
+    for s in 0..segments {
+        config.segments[s].time_dependent = timed[s];
+    }
+    let mut deps = Dependencies {
+        event_features: vec![Vec::new(); events],
+        event_scores: vec![Vec::new(); events],
+        affected: vec![Default::default(); events],
+        time_dependent: config
+            .segment_order
+            .iter()
+            .copied()
+            .filter(|&s| timed[s])
+            .collect(),
+    };
+    for (f, feature) in config.features.iter().enumerate() {
+        match feature.matcher().event {
+            Some(e) => deps.event_features[e].push(f),
+            None => (0..events).for_each(|e| deps.event_features[e].push(f)),
+        }
+    }
+    for (s, score) in config.scores.iter().enumerate() {
+        if let ScoreModel::Decayed { weights, .. } = &score.model {
+            for (e, w) in weights.iter().enumerate() {
+                if *w != 0.0 {
+                    deps.event_scores[e].push(s);
+                }
+            }
+        }
+    }
+    for e in 0..events {
+        for variant in 0..4 {
+            let attributes_changed = variant & 1 != 0;
+            let keys_changed = variant & 2 != 0;
+            deps.affected[e][variant] = config
+                .segment_order
+                .iter()
+                .copied()
+                .filter(|&s| {
+                    on_event[s][e]
+                        || (attributes_changed && on_attributes[s])
+                        || (keys_changed && on_keys[s])
+                })
+                .collect();
+        }
+    }
+    config.dependencies = deps;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_config_is_valid() {
+        let config = Config::embedded_default().unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.segment_id("cart_abandoners").is_some());
+        assert!(config.summary().contains("is valid"));
+    }
+
+    #[test]
+    fn rule_offsets_map_into_the_file() {
+        let file = "rule = \"a == 1\"";
+        let spanned = Spanned::new(7..15, "a == 1".to_string());
+        assert_eq!(rule_text_offset(file, &spanned), Some(8));
+        let escaped = Spanned::new(7..15, "a == \"".to_string());
+        assert_eq!(rule_text_offset(file, &escaped), None);
+    }
+}

@@ -1,0 +1,349 @@
+//! Events: what arrives (a [`RawEvent`], names as text) and what the engine applies
+//! (an [`Event`], names resolved to dense ids).
+//!
+//! Resolution is the boundary where text meets the engine: event type, channel,
+//! namespaces, properties and attributes are looked up once, property values are type
+//! checked, and string properties that rules compare are turned into integer codes.
+//! Every failure is an [`EventError`] that names the event type, the field and what was
+//! expected, so a client can fix its data. After resolution, applying an event needs no
+//! string comparison.
+
+use std::sync::Arc;
+
+use crate::config::{Config, UnknownProperties, ValueType};
+
+/// A value of a property or attribute as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawValue {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+}
+
+impl RawValue {
+    fn type_name(&self) -> &'static str {
+        match self {
+            RawValue::Num(_) => "number",
+            RawValue::Str(_) => "string",
+            RawValue::Bool(_) => "bool",
+        }
+    }
+}
+
+impl From<f64> for RawValue {
+    fn from(v: f64) -> Self {
+        RawValue::Num(v)
+    }
+}
+
+impl From<i64> for RawValue {
+    fn from(v: i64) -> Self {
+        RawValue::Num(v as f64)
+    }
+}
+
+impl From<&str> for RawValue {
+    fn from(v: &str) -> Self {
+        RawValue::Str(v.to_string())
+    }
+}
+
+impl From<String> for RawValue {
+    fn from(v: String) -> Self {
+        RawValue::Str(v)
+    }
+}
+
+impl From<bool> for RawValue {
+    fn from(v: bool) -> Self {
+        RawValue::Bool(v)
+    }
+}
+
+/// A touchpoint as a client describes it: who, what, where, when, and details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    /// Event type name, for example `purchase`.
+    pub event: String,
+    /// Identity keys, `namespace:value`. Several keys link (and if needed merge) profiles.
+    pub keys: Vec<String>,
+    pub channel: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub properties: Vec<(String, RawValue)>,
+    /// Profile attributes to set (traits), newest value wins.
+    pub attributes: Vec<(String, RawValue)>,
+}
+
+impl RawEvent {
+    pub fn new(event: &str, channel: &str, timestamp_ms: i64) -> Self {
+        RawEvent {
+            event: event.to_string(),
+            keys: Vec::new(),
+            channel: channel.to_string(),
+            timestamp_ms,
+            properties: Vec::new(),
+            attributes: Vec::new(),
+        }
+    }
+
+    pub fn key(mut self, key: &str) -> Self {
+        self.keys.push(key.to_string());
+        self
+    }
+
+    pub fn prop(mut self, name: &str, value: impl Into<RawValue>) -> Self {
+        self.properties.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn attr(mut self, name: &str, value: impl Into<RawValue>) -> Self {
+        self.attributes.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// A property value ready for filters: strings as codes of the property's constants
+/// (0 for a string no rule mentions).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum PropValue {
+    #[default]
+    Missing,
+    Num(f64),
+    Str(u32),
+    Bool(bool),
+}
+
+/// An attribute value ready to store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttrValue {
+    Num(f64),
+    /// Interned string code.
+    Str(u32),
+    Bool(bool),
+}
+
+/// An identity key: `namespace:value`, with the namespace resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub namespace: usize,
+    /// The whole key text, `namespace:value`.
+    pub text: Arc<str>,
+}
+
+/// An event with every name resolved against the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub keys: Vec<Key>,
+    pub event_type: usize,
+    pub channel: usize,
+    pub timestamp_ms: i64,
+    /// Indexed by the event type's property index.
+    pub properties: Vec<PropValue>,
+    pub attributes: Vec<(usize, AttrValue)>,
+}
+
+/// Why an event was not accepted. Each names what is wrong and where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("unknown event type `{name}`; declared event types: {declared}")]
+    UnknownEventType { name: String, declared: String },
+    #[error("unknown channel `{name}` in event `{event}`; declared channels: {declared}")]
+    UnknownChannel {
+        event: String,
+        name: String,
+        declared: String,
+    },
+    #[error("event `{event}` has no identity key; send at least one key such as `user:123`")]
+    NoKeys { event: String },
+    #[error("bad identity key `{key}` in event `{event}`: {reason}")]
+    BadKey {
+        event: String,
+        key: String,
+        reason: String,
+    },
+    #[error("unknown property `{property}` in event `{event}`; its properties are: {declared} (or set engine.unknown_properties = \"ignore\")")]
+    UnknownProperty {
+        event: String,
+        property: String,
+        declared: String,
+    },
+    #[error("property `{property}` of event `{event}` must be a {expected}, found a {found}")]
+    PropertyType {
+        event: String,
+        property: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("unknown attribute `{attribute}` in event `{event}`; declared attributes: {declared}")]
+    UnknownAttribute {
+        event: String,
+        attribute: String,
+        declared: String,
+    },
+    #[error("attribute `{attribute}` in event `{event}` must be a {expected}, found a {found}")]
+    AttributeType {
+        event: String,
+        attribute: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("event `{event}` has timestamp {timestamp_ms}, which is not milliseconds since the Unix epoch between 1970 and 2106")]
+    BadTimestamp { event: String, timestamp_ms: i64 },
+    #[error("event `{event}` is {ahead_ms} ms in the future (timestamp {timestamp_ms}); at most {max_skew_s} s of clock skew is allowed (engine.max_future_skew)")]
+    FromTheFuture {
+        event: String,
+        timestamp_ms: i64,
+        ahead_ms: i64,
+        max_skew_s: u32,
+    },
+}
+
+/// Longest accepted key value, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Parses and checks one `namespace:value` key.
+pub fn parse_key(config: &Config, event: &str, key: &str) -> Result<Key, EventError> {
+    let bad = |reason: String| EventError::BadKey {
+        event: event.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    let Some((namespace, value)) = key.split_once(':') else {
+        return Err(bad(
+            "expected `namespace:value`, for example `user:123`".into()
+        ));
+    };
+    let Some(ns) = config.namespace_id(namespace) else {
+        return Err(bad(format!(
+            "unknown namespace `{namespace}`; declared namespaces: {}",
+            config.namespaces.join(", ")
+        )));
+    };
+    if value.is_empty() {
+        return Err(bad("the value after `:` is empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(bad(format!("longer than {MAX_KEY_LEN} bytes")));
+    }
+    Ok(Key {
+        namespace: ns,
+        text: key.into(),
+    })
+}
+
+/// Resolves a raw event against the config and the attribute interner.
+pub fn resolve(config: &Config, raw: &RawEvent) -> Result<Event, EventError> {
+    let Some(event_type) = config.event_id(&raw.event) else {
+        return Err(EventError::UnknownEventType {
+            name: raw.event.clone(),
+            declared: config
+                .events
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let def = &config.events[event_type];
+    let Some(channel) = config.channel_id(&raw.channel) else {
+        return Err(EventError::UnknownChannel {
+            event: raw.event.clone(),
+            name: raw.channel.clone(),
+            declared: config.channels.join(", "),
+        });
+    };
+    if raw.keys.is_empty() {
+        return Err(EventError::NoKeys {
+            event: raw.event.clone(),
+        });
+    }
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for key in &raw.keys {
+        let key = parse_key(config, &raw.event, key)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    if raw.timestamp_ms < 1000 || raw.timestamp_ms / 1000 > u32::MAX as i64 - 1 {
+        return Err(EventError::BadTimestamp {
+            event: raw.event.clone(),
+            timestamp_ms: raw.timestamp_ms,
+        });
+    }
+    let mut properties = vec![PropValue::Missing; def.properties.len()];
+    for (name, value) in &raw.properties {
+        let Some(index) = def.properties.iter().position(|p| p.name == *name) else {
+            if config.engine.unknown_properties == UnknownProperties::Ignore {
+                continue;
+            }
+            return Err(EventError::UnknownProperty {
+                event: raw.event.clone(),
+                property: name.clone(),
+                declared: def
+                    .properties
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let prop = &def.properties[index];
+        properties[index] = match (prop.ty, value) {
+            (ValueType::Number, RawValue::Num(v)) if v.is_finite() => PropValue::Num(*v),
+            (ValueType::Bool, RawValue::Bool(b)) => PropValue::Bool(*b),
+            (ValueType::String, RawValue::Str(s)) => PropValue::Str(
+                prop.constants
+                    .iter()
+                    .position(|c| c == s)
+                    .map_or(0, |i| i as u32 + 1),
+            ),
+            _ => {
+                return Err(EventError::PropertyType {
+                    event: raw.event.clone(),
+                    property: name.clone(),
+                    expected: prop.ty.name(),
+                    found: value.type_name(),
+                })
+            }
+        };
+    }
+    let mut attributes = Vec::with_capacity(raw.attributes.len());
+    for (name, value) in &raw.attributes {
+        let Some(index) = config.attribute_id(name) else {
+            return Err(EventError::UnknownAttribute {
+                event: raw.event.clone(),
+                attribute: name.clone(),
+                declared: config
+                    .attributes
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let ty = config.attributes[index].ty;
+        let v = match (ty, value) {
+            (ValueType::Number, RawValue::Num(v)) if v.is_finite() => AttrValue::Num(*v),
+            (ValueType::Bool, RawValue::Bool(b)) => AttrValue::Bool(*b),
+            (ValueType::String, RawValue::Str(s)) => AttrValue::Str(config.interner.intern(s)),
+            _ => {
+                return Err(EventError::AttributeType {
+                    event: raw.event.clone(),
+                    attribute: name.clone(),
+                    expected: ty.name(),
+                    found: value.type_name(),
+                })
+            }
+        };
+        attributes.push((index, v));
+    }
+    Ok(Event {
+        keys,
+        event_type,
+        channel,
+        timestamp_ms: raw.timestamp_ms,
+        properties,
+        attributes,
+    })
+}

@@ -1,0 +1,382 @@
+//! The engine: identity, sharded profiles, segments, scores, timers and queries.
+//!
+//! Data flow for one event: [`Engine::resolve`] turns a [`RawEvent`] into an [`Event`]
+//! (names to ids); [`Engine::apply`] finds the customer through the identity map, takes
+//! that customer's shard lock, runs the shard's due timers, updates the aggregates the
+//! config keeps, re-evaluates only the segments the event can change (the dependency
+//! index), updates bitmaps where membership flipped, and schedules the customer's next
+//! time-driven re-evaluation.
+//!
+//! Identity. The map from key text (`namespace:value`) to customer is a `DashMap`; each
+//! entry holds the customer id and the generation of its slot. The common case, every
+//! key of the event already known and pointing at the same customer, takes no global
+//! lock: read the map, lock the shard, check the slot's generation (a merge that freed
+//! the slot in between bumps it), apply. Anything that changes identities, a new
+//! customer, a new key, or keys of different customers that must merge, goes through
+//! one identity mutex, so two events can never create two profiles for one key or
+//! merge the same pair twice. Lock order: identity mutex, then shard locks in index
+//! order, then map entries; the fast path takes a map entry before a shard lock but
+//! never holds it while waiting.
+//!
+//! Merges keep the profile whose best key has the most preferred namespace (the order
+//! of `identity.namespaces`), ties to the lower id. The other profile's aggregates are
+//! folded in, its keys repointed, it leaves every bitmap, its slot is freed, and the
+//! survivor's segments are all re-evaluated before the event that caused the merge is
+//! applied. Merges chain: an event with keys of three customers merges all three.
+
+mod eval;
+pub mod event;
+mod profile;
+pub mod query;
+mod shard;
+pub mod view;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam::utils::CachePadded;
+use dashmap::DashMap;
+use parking_lot::{Mutex, MutexGuard};
+
+pub use event::{Event, EventError, Key, RawEvent, RawValue};
+use profile::{Layout, Ring};
+pub use query::{Page, QueryError, SetQuery};
+use shard::ShardState;
+pub use view::ProfileView;
+
+use crate::clock::Clock;
+use crate::config::Config;
+
+/// Dense customer id: the shard in the high bits, the slot in the low bits.
+pub type CustomerId = u32;
+
+/// The compiled config with everything the hot path needs precomputed.
+pub(crate) struct Plan {
+    pub config: Arc<Config>,
+    pub layout: Layout,
+    pub rings: Vec<Option<Ring>>,
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The customer the event now belongs to.
+    pub customer: CustomerId,
+    /// Whether a new profile was created for it.
+    pub created: bool,
+    /// How many other profiles were merged into the customer.
+    pub merged: usize,
+}
+
+/// Counters over the engine's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    pub customers: u64,
+    pub keys: u64,
+    pub events_applied: u64,
+    pub merges: u64,
+    pub profile_bytes: u64,
+    pub pending_timers: u64,
+}
+
+/// A customer reference as the identity map stores it: id and slot generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CustomerRef {
+    id: CustomerId,
+    generation: u32,
+}
+
+impl CustomerRef {
+    fn pack(self) -> u64 {
+        self.id as u64 | (self.generation as u64) << 32
+    }
+    fn unpack(v: u64) -> Self {
+        CustomerRef {
+            id: v as u32,
+            generation: (v >> 32) as u32,
+        }
+    }
+}
+
+/// The omnia engine, usable in-process and shared between threads.
+pub struct Engine {
+    plan: Plan,
+    shards: Box<[CachePadded<Mutex<ShardState>>]>,
+    local_bits: u32,
+    identity: DashMap<Arc<str>, u64, ahash::RandomState>,
+    identity_writes: Mutex<()>,
+    clock: Arc<dyn Clock>,
+    hasher: ahash::RandomState,
+    events_applied: AtomicU64,
+    merges: AtomicU64,
+}
+
+impl Engine {
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Engine {
+        let layout = Layout::new(&config);
+        let rings = config.features.iter().map(Ring::of).collect();
+        let plan = Plan {
+            config: Arc::new(config),
+            layout,
+            rings,
+        };
+        let shard_count = plan.config.engine.shards;
+        let local_bits = 32 - shard_count.trailing_zeros();
+        let capacity = 1u64 << local_bits;
+        let shards = (0..shard_count)
+            .map(|s| {
+                let base = ((s as u64) << local_bits) as u32;
+                CachePadded::new(Mutex::new(ShardState::new(&plan, base, capacity)))
+            })
+            .collect();
+        Engine {
+            plan,
+            shards,
+            local_bits,
+            identity: DashMap::with_hasher(ahash::RandomState::new()),
+            identity_writes: Mutex::new(()),
+            clock,
+            // Fixed seeds: which shard a new customer lands in is the same on every run.
+            hasher: ahash::RandomState::with_seeds(0x6f6d6e69, 0x61, 0x7368, 0x617264),
+            events_applied: AtomicU64::new(0),
+            merges: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.plan.config
+    }
+
+    /// The engine clock in whole seconds.
+    pub fn now_secs(&self) -> u32 {
+        (self.clock.now_ms().max(0) / 1000).min(u32::MAX as i64) as u32
+    }
+
+    fn split(&self, id: CustomerId) -> (usize, u32) {
+        let shard = id.checked_shr(self.local_bits).unwrap_or(0) as usize;
+        let local = if self.local_bits >= 32 {
+            id
+        } else {
+            id & ((1u32 << self.local_bits) - 1)
+        };
+        (shard, local)
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
+        let mut guard = self.shards[shard].lock();
+        guard.catch_up(&self.plan, self.now_secs());
+        guard
+    }
+
+    /// Resolves a raw event's names against the config.
+    pub fn resolve(&self, raw: &RawEvent) -> Result<Event, EventError> {
+        event::resolve(&self.plan.config, raw)
+    }
+
+    /// Resolves and applies a raw event.
+    pub fn ingest(&self, raw: &RawEvent) -> Result<Applied, EventError> {
+        let event = self.resolve(raw)?;
+        self.apply(&event)
+    }
+
+    /// Applies a resolved event: identity, aggregates, segments, scores, timers.
+    pub fn apply(&self, event: &Event) -> Result<Applied, EventError> {
+        let now_ms = self.clock.now_ms();
+        let skew_ms = self.plan.config.engine.max_future_skew as i64 * 1000;
+        if event.timestamp_ms > now_ms + skew_ms {
+            return Err(EventError::FromTheFuture {
+                event: self.plan.config.events[event.event_type].name.clone(),
+                timestamp_ms: event.timestamp_ms,
+                ahead_ms: event.timestamp_ms - now_ms,
+                max_skew_s: self.plan.config.engine.max_future_skew,
+            });
+        }
+        if let Some(applied) = self.apply_known(event) {
+            return Ok(applied);
+        }
+        self.apply_with_identity_changes(event)
+    }
+
+    /// The fast path: every key known and all on one customer. `None` sends the event
+    /// down the slow path.
+    fn apply_known(&self, event: &Event) -> Option<Applied> {
+        let mut found: Option<CustomerRef> = None;
+        for key in &event.keys {
+            let r = CustomerRef::unpack(*self.identity.get(&key.text)?);
+            if found.is_some_and(|f| f != r) {
+                return None;
+            }
+            found = Some(r);
+        }
+        let r = found?;
+        let (shard, local) = self.split(r.id);
+        let mut state = self.lock(shard);
+        if state.gens.get(local as usize) != Some(&r.generation) || !state.is_live(local) {
+            return None; // merged away since we read the map
+        }
+        state.apply(&self.plan, local, event, false);
+        drop(state);
+        self.events_applied.fetch_add(1, Ordering::Relaxed);
+        Some(Applied {
+            customer: r.id,
+            created: false,
+            merged: 0,
+        })
+    }
+
+    fn apply_with_identity_changes(&self, event: &Event) -> Result<Applied, EventError> {
+        let _identity = self.identity_writes.lock();
+        // Under the identity mutex the map cannot change under us.
+        let mut customers: Vec<CustomerRef> = Vec::new();
+        let mut new_keys: Vec<Key> = Vec::new();
+        for key in &event.keys {
+            match self
+                .identity
+                .get(&key.text)
+                .map(|r| CustomerRef::unpack(*r))
+            {
+                Some(r) => {
+                    if !customers.contains(&r) {
+                        customers.push(r);
+                    }
+                }
+                None => new_keys.push(key.clone()),
+            }
+        }
+        let mut created = false;
+        let survivor = if customers.is_empty() {
+            let first = &event.keys[0];
+            let shard = (self.hasher.hash_one(&*first.text) as usize) & (self.shards.len() - 1);
+            let mut state = self.lock(shard);
+            let Some(local) = state.allocate(&self.plan) else {
+                return Err(EventError::BadKey {
+                    event: self.plan.config.events[event.event_type].name.clone(),
+                    key: first.text.to_string(),
+                    reason: format!(
+                        "shard {shard} is full ({} customers); raise engine.shards",
+                        state.capacity
+                    ),
+                });
+            };
+            created = true;
+            CustomerRef {
+                id: state.id_base + local,
+                generation: state.gens[local as usize],
+            }
+        } else {
+            let survivor = self.choose_survivor(&customers);
+            for other in customers.iter().filter(|c| **c != survivor) {
+                self.merge(survivor, *other);
+            }
+            survivor
+        };
+        let merged = customers.len().saturating_sub(1);
+        let (shard, local) = self.split(survivor.id);
+        let mut state = self.lock(shard);
+        let keys_changed = state.add_keys(&self.plan, local, new_keys.iter().cloned());
+        for key in new_keys {
+            self.identity.insert(key.text, survivor.pack());
+        }
+        state.apply(&self.plan, local, event, keys_changed);
+        if created {
+            // A new profile: segments no event type leads to (e.g. "never bought") too.
+            state.evaluate_all(&self.plan, local);
+        }
+        drop(state);
+        self.events_applied.fetch_add(1, Ordering::Relaxed);
+        self.merges.fetch_add(merged as u64, Ordering::Relaxed);
+        Ok(Applied {
+            customer: survivor.id,
+            created,
+            merged,
+        })
+    }
+
+    /// The customer that keeps its id in a merge: the one with the most preferred key.
+    fn choose_survivor(&self, customers: &[CustomerRef]) -> CustomerRef {
+        let rank = |r: &CustomerRef| {
+            let (shard, local) = self.split(r.id);
+            let state = self.shards[shard].lock();
+            let best = state.keys[local as usize]
+                .iter()
+                .map(|k| k.namespace)
+                .min()
+                .unwrap_or(usize::MAX);
+            (best, r.id)
+        };
+        customers
+            .iter()
+            .copied()
+            .min_by_key(rank)
+            .unwrap_or(customers[0])
+    }
+
+    /// Folds `loser` into `survivor`. Called with the identity mutex held.
+    fn merge(&self, survivor: CustomerRef, loser: CustomerRef) {
+        let (ws, wl) = self.split(survivor.id);
+        let (ls, ll) = self.split(loser.id);
+        let (row, keys) = if ws == ls {
+            let mut state = self.lock(ws);
+            let (row, keys) = state.take(&self.plan, ll);
+            state.absorb(&self.plan, wl, &row, keys.clone());
+            (row, keys)
+        } else {
+            // Both locks, in index order, so that concurrent merges cannot deadlock.
+            let (mut first, mut second) = (self.lock(ws.min(ls)), self.lock(ws.max(ls)));
+            let (winner, loser_state) = if ws < ls {
+                (&mut first, &mut second)
+            } else {
+                (&mut second, &mut first)
+            };
+            // Both shards must agree on the time used to combine windows.
+            let now = winner.now.max(loser_state.now);
+            winner.now = now;
+            loser_state.now = now;
+            let (row, keys) = loser_state.take(&self.plan, ll);
+            winner.absorb(&self.plan, wl, &row, keys.clone());
+            (row, keys)
+        };
+        drop(row);
+        for key in keys {
+            self.identity.insert(key.text, survivor.pack());
+        }
+    }
+
+    /// Runs every due timer in every shard: time-driven segment changes happen now.
+    /// Every read runs its shard's due timers first anyway; this spreads the work.
+    pub fn tick(&self) {
+        for shard in 0..self.shards.len() {
+            drop(self.lock(shard));
+        }
+    }
+
+    /// The customer a key belongs to.
+    pub fn customer_of(&self, key: &str) -> Option<CustomerId> {
+        self.identity.get(key).map(|r| CustomerRef::unpack(*r).id)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut stats = EngineStats {
+            keys: self.identity.len() as u64,
+            events_applied: self.events_applied.load(Ordering::Relaxed),
+            merges: self.merges.load(Ordering::Relaxed),
+            ..EngineStats::default()
+        };
+        for shard in 0..self.shards.len() {
+            let state = self.lock(shard);
+            stats.customers += state.live.len();
+            stats.profile_bytes += state.row_bytes() as u64;
+            stats.pending_timers += state.pending_timers() as u64;
+        }
+        stats
+    }
+
+    /// Bytes per profile row for this config.
+    pub fn profile_row_bytes(&self) -> usize {
+        self.plan.layout.stride * 4
+    }
+
+    fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}

@@ -1,0 +1,315 @@
+//! A shard: a slice of the customers, everything about them, behind one lock.
+//!
+//! A shard owns its customers' profile rows, their keys, its slice of every segment
+//! bitmap, and a timer queue. Customer ids are `shard << local_bits | slot`, so each
+//! shard's bitmaps cover one dense id range and a global count is a sum of per-shard
+//! counts.
+//!
+//! Invariants, all maintained under the shard's lock:
+//! - a slot is live iff it has keys; `live` holds exactly the live ids;
+//! - a customer's segment bit is set iff its id is in that segment's bitmap;
+//! - every segment bit is correct at `now` for every live customer, provided the timers
+//!   that are due have run: [`ShardState::catch_up`] runs them, and every operation
+//!   calls it first, so no reader sees a stale membership;
+//! - a customer's `NEXT_TIMER` word is no later than the earliest time any of its
+//!   time-dependent segments can flip, and the queue has an entry at that time. Later
+//!   entries left behind when a timer moves earlier are skipped when they come due,
+//!   because they no longer match `NEXT_TIMER`.
+
+use std::collections::BTreeMap;
+
+use roaring::RoaringBitmap;
+
+use super::eval::{filter_matches, Eval};
+use super::event::{AttrValue, Event, Key};
+use super::profile::{
+    decayed_add, merge_rows, set_f64, FIRST_SEEN, KEY_MASK, LAST_SEEN, NEXT_TIMER,
+};
+use super::Plan;
+use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
+
+pub(crate) struct ShardState {
+    pub id_base: u32,
+    pub capacity: u64,
+    rows: Vec<u32>,
+    /// Bumped when a slot is freed, so stale identity entries are detected.
+    pub gens: Vec<u32>,
+    pub keys: Vec<Vec<Key>>,
+    free: Vec<u32>,
+    pub live: RoaringBitmap,
+    pub members: Vec<RoaringBitmap>,
+    timers: BTreeMap<u32, Vec<u32>>,
+    /// The shard's time: never goes back, even if the clock does.
+    pub now: u32,
+}
+
+impl ShardState {
+    pub fn new(plan: &Plan, id_base: u32, capacity: u64) -> ShardState {
+        ShardState {
+            id_base,
+            capacity,
+            rows: Vec::new(),
+            gens: Vec::new(),
+            keys: Vec::new(),
+            free: Vec::new(),
+            live: RoaringBitmap::new(),
+            members: vec![RoaringBitmap::new(); plan.config.segments.len()],
+            timers: BTreeMap::new(),
+            now: 0,
+        }
+    }
+
+    #[inline]
+    pub fn row(&self, plan: &Plan, local: u32) -> &[u32] {
+        let stride = plan.layout.stride;
+        &self.rows[local as usize * stride..(local as usize + 1) * stride]
+    }
+
+    #[inline]
+    fn row_mut(&mut self, plan: &Plan, local: u32) -> &mut [u32] {
+        let stride = plan.layout.stride;
+        &mut self.rows[local as usize * stride..(local as usize + 1) * stride]
+    }
+
+    pub fn is_live(&self, local: u32) -> bool {
+        self.keys.get(local as usize).is_some_and(|k| !k.is_empty())
+    }
+
+    /// Bytes held by profile rows (for memory reports).
+    pub fn row_bytes(&self) -> usize {
+        self.rows.capacity() * 4
+    }
+
+    /// A new empty profile slot, or `None` if the shard's id range is full.
+    pub fn allocate(&mut self, plan: &Plan) -> Option<u32> {
+        if let Some(local) = self.free.pop() {
+            return Some(local);
+        }
+        let local = self.gens.len() as u64;
+        if local >= self.capacity {
+            return None;
+        }
+        self.rows.resize(self.rows.len() + plan.layout.stride, 0);
+        self.gens.push(0);
+        self.keys.push(Vec::new());
+        Some(local as u32)
+    }
+
+    /// Adds keys to a live or just-allocated slot. Returns whether any was new to it.
+    pub fn add_keys(
+        &mut self,
+        plan: &Plan,
+        local: u32,
+        keys: impl IntoIterator<Item = Key>,
+    ) -> bool {
+        let mut added = false;
+        let id = self.id_base + local;
+        for key in keys {
+            if self.keys[local as usize].contains(&key) {
+                continue;
+            }
+            self.row_mut(plan, local)[KEY_MASK] |= 1 << key.namespace;
+            self.keys[local as usize].push(key);
+            added = true;
+        }
+        if added {
+            self.live.insert(id);
+        }
+        added
+    }
+
+    /// Moves the shard to `now` and runs every timer that is due.
+    pub fn catch_up(&mut self, plan: &Plan, now: u32) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            let due = *entry.key();
+            for local in entry.remove() {
+                if self.is_live(local) && self.row(plan, local)[NEXT_TIMER] == due {
+                    self.row_mut(plan, local)[NEXT_TIMER] = 0;
+                    let next =
+                        self.reevaluate(plan, local, &plan.config.dependencies.time_dependent);
+                    self.schedule(plan, local, next);
+                }
+            }
+        }
+    }
+
+    /// Asks for a re-evaluation of `local` at `at`, unless one is already due earlier.
+    fn schedule(&mut self, plan: &Plan, local: u32, at: Option<u32>) {
+        let Some(at) = at else { return };
+        let at = at.max(self.now + 1);
+        let current = self.row(plan, local)[NEXT_TIMER];
+        if current != 0 && current <= at {
+            return;
+        }
+        self.row_mut(plan, local)[NEXT_TIMER] = at;
+        self.timers.entry(at).or_default().push(local);
+    }
+
+    /// Number of pending timer entries (some may be stale).
+    pub fn pending_timers(&self) -> usize {
+        self.timers.values().map(Vec::len).sum()
+    }
+
+    /// Re-evaluates `segments` (in order) for one customer, updating bits and bitmaps.
+    /// Returns the earliest time any of the time-dependent ones can flip.
+    fn reevaluate(&mut self, plan: &Plan, local: u32, segments: &[usize]) -> Option<u32> {
+        let id = self.id_base + local;
+        let now = self.now;
+        let mut next: Option<u32> = None;
+        for &s in segments {
+            let segment = &plan.config.segments[s];
+            let (member, flip) = {
+                let eval = Eval {
+                    config: &plan.config,
+                    layout: &plan.layout,
+                    rings: &plan.rings,
+                    p: self.row(plan, local),
+                    now,
+                };
+                let member = eval.truth(&segment.expr);
+                let flip = if segment.time_dependent {
+                    eval.next_change(&segment.expr)
+                } else {
+                    None
+                };
+                (member, flip)
+            };
+            if let Some(flip) = flip {
+                next = Some(next.map_or(flip, |n: u32| n.min(flip)));
+            }
+            let row = self.row_mut(plan, local);
+            if plan.layout.in_segment(row, s) != member {
+                plan.layout.set_segment(row, s, member);
+                if member {
+                    self.members[s].insert(id);
+                } else {
+                    self.members[s].remove(id);
+                }
+            }
+        }
+        next
+    }
+
+    /// Applies a resolved event to a live customer at time `now` (the shard's time).
+    /// `keys_changed` says whether the event just linked new keys to the customer.
+    pub fn apply(&mut self, plan: &Plan, local: u32, event: &Event, keys_changed: bool) {
+        let config = &plan.config;
+        let layout = &plan.layout;
+        let now = self.now;
+        // Events from slightly ahead of the clock (within the allowed skew) count as now.
+        let ts = ((event.timestamp_ms / 1000) as u32).min(now);
+        let e = event.event_type;
+        let row = self.row_mut(plan, local);
+        if row[FIRST_SEEN] == 0 || ts < row[FIRST_SEEN] {
+            row[FIRST_SEEN] = ts;
+        }
+        row[LAST_SEEN] = row[LAST_SEEN].max(ts);
+        let channel_at = layout.channel_last_seen(event.channel);
+        row[channel_at] = row[channel_at].max(ts);
+        for &f in &config.dependencies.event_features[e] {
+            let feature = &config.features[f];
+            let matcher = feature.matcher();
+            if matcher.channel.is_some_and(|c| c != event.channel) {
+                continue;
+            }
+            if let Some(filter) = &matcher.filter {
+                if !filter_matches(filter, &event.properties) {
+                    continue;
+                }
+            }
+            let at = layout.features[f];
+            match (feature, &plan.rings[f]) {
+                (Feature::Window { aggregate, .. }, Some(ring)) => {
+                    let amount = match aggregate {
+                        Aggregate::Count => 1.0,
+                        Aggregate::Sum(p) => match event.properties.get(*p) {
+                            Some(super::event::PropValue::Num(v)) => *v,
+                            _ => continue,
+                        },
+                    };
+                    ring.add(row, at, now, ts, amount);
+                }
+                _ => row[at] = row[at].max(ts),
+            }
+        }
+        for &s in &config.dependencies.event_scores[e] {
+            if let (Some(at), ScoreModel::Decayed { half_life, weights }) =
+                (layout.scores[s], &config.scores[s].model)
+            {
+                decayed_add(row, at, *half_life, ts, weights[e]);
+            }
+        }
+        let mut attributes_changed = false;
+        for &(a, value) in &event.attributes {
+            let (at, ty) = layout.attributes[a];
+            let time_at = at + if ty == ValueType::Number { 2 } else { 1 };
+            if ts >= row[time_at] {
+                match value {
+                    AttrValue::Num(v) => set_f64(row, at, v),
+                    AttrValue::Str(code) => row[at] = code,
+                    AttrValue::Bool(b) => row[at] = b as u32,
+                }
+                row[time_at] = ts;
+                attributes_changed = true;
+            }
+        }
+        let variant = attributes_changed as usize | (keys_changed as usize) << 1;
+        let next = self.reevaluate(plan, local, &config.dependencies.affected[e][variant]);
+        self.schedule(plan, local, next);
+    }
+
+    /// Removes a customer: out of every bitmap, its row cleared, its slot free for
+    /// reuse. Returns its row (as it was) and its keys, for a merge.
+    pub fn take(&mut self, plan: &Plan, local: u32) -> (Vec<u32>, Vec<Key>) {
+        let id = self.id_base + local;
+        let row = self.row(plan, local).to_vec();
+        for s in 0..plan.config.segments.len() {
+            if plan.layout.in_segment(&row, s) {
+                self.members[s].remove(id);
+            }
+        }
+        self.live.remove(id);
+        self.row_mut(plan, local).fill(0);
+        self.gens[local as usize] = self.gens[local as usize].wrapping_add(1);
+        let keys = std::mem::take(&mut self.keys[local as usize]);
+        self.free.push(local);
+        (row, keys)
+    }
+
+    /// Folds another customer's row and keys into `local`, then re-evaluates every
+    /// segment of the result at once.
+    pub fn absorb(&mut self, plan: &Plan, local: u32, from: &[u32], keys: Vec<Key>) {
+        let now = self.now;
+        merge_rows(
+            &plan.config,
+            &plan.layout,
+            self.row_mut(plan, local),
+            from,
+            now,
+        );
+        self.add_keys(plan, local, keys);
+        let next = self.reevaluate(plan, local, &plan.config.segment_order);
+        self.schedule(plan, local, next);
+    }
+
+    /// Evaluates a customer's segments from scratch (a new profile).
+    pub fn evaluate_all(&mut self, plan: &Plan, local: u32) {
+        let next = self.reevaluate(plan, local, &plan.config.segment_order);
+        self.schedule(plan, local, next);
+    }
+
+    pub fn eval<'a>(&'a self, plan: &'a Plan, local: u32) -> Eval<'a> {
+        Eval {
+            config: &plan.config,
+            layout: &plan.layout,
+            rings: &plan.rings,
+            p: self.row(plan, local),
+            now: self.now,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! omnia: a real-time omnichannel decision engine.
+//!
+//! The library is the engine, usable in-process; the `omnia` binary wraps it in a
+//! command line (and, later, a TCP server). Layers import downward:
+//!
+//! - [`config`]: the config file and the rule language, validated and compiled up front;
+//! - [`engine`]: identity, sharded profiles, aggregates, segments as roaring bitmaps,
+//!   scores, timers and queries;
+//! - [`clock`]: the time source, injected so tests control time exactly.
+
+pub mod clock;
+pub mod config;
+pub mod engine;
