@@ -52,7 +52,13 @@ impl Diagnostic {
         let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         let line = text[..start].matches('\n').count() + 1;
         let column = text[line_start..start].chars().count() + 1;
-        let underlined_end = end.min(line_end);
+        // A CRLF line's `\r` is not shown, so it is not underlined either.
+        let visible_end = if text[..line_end].ends_with('\r') {
+            line_end - 1
+        } else {
+            line_end
+        };
+        let underlined_end = end.min(visible_end).max(start);
         let width = text[start..underlined_end].chars().count().max(1);
         Diagnostic {
             message: message.into(),

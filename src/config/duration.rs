@@ -22,9 +22,17 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         "h" => 3_600,
         "d" => 86_400,
         "w" => 604_800,
-        "" => return Err(format!(
+        "" => {
+            return Err(format!(
             "`{text}` has no unit: write for example `{text}s`, `{text}m`, `{text}h` or `{text}d`"
-        )),
+        ))
+        }
+        other if other.starts_with(char::is_whitespace) => {
+            return Err(format!(
+                "`{text}` has a space before its unit: write it without one, as in `{number}{}`",
+                other.trim_start()
+            ))
+        }
         other => {
             return Err(format!(
                 "unknown duration unit `{other}` in `{text}`: expected s, m, h, d or w"

@@ -407,7 +407,10 @@ impl Builder<'_> {
         } else if rule::KEYWORDS.contains(&text.as_str()) {
             self.error(
                 name.span(),
-                format!("`{text}` is a keyword of the rule language and cannot name a {what}"),
+                format!(
+                    "`{text}` is a keyword of the rule language and cannot name {} {what}",
+                    article(what)
+                ),
                 Some(format!("the keywords are: {}", rule::KEYWORDS.join(", "))),
             );
         }
@@ -696,6 +699,51 @@ impl Builder<'_> {
                 property.constants = constants;
             }
         }
+        // Cycles are looked for among the rules that compiled, so that a cycle is
+        // reported together with every other error.
+        let segment_count = segments.len();
+        let edges: Vec<Vec<usize>> = segments
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|s| edges_of(&s.refs, segment_count))
+                    .unwrap_or_default()
+            })
+            .chain(scores.iter().map(|s| match s.as_ref().map(|s| &s.model) {
+                Some(ScoreModel::Logistic { refs, .. }) => edges_of(refs, segment_count),
+                _ => Vec::new(),
+            }))
+            .collect();
+        if let Err(cycle) = topological_order(&edges) {
+            let name = |n: usize| match n.checked_sub(segment_count) {
+                None => format!(
+                    "segment `{}`",
+                    raw.segments
+                        .get_index(n)
+                        .map_or("?", |(k, _)| k.get_ref().as_str())
+                ),
+                Some(s) => format!(
+                    "score `{}`",
+                    raw.scores
+                        .get_index(s)
+                        .map_or("?", |(k, _)| k.get_ref().as_str())
+                ),
+            };
+            let text = cycle
+                .iter()
+                .map(|&n| name(n))
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            let span = match cycle[0].checked_sub(segment_count) {
+                None => raw.segments.get_index(cycle[0]).map(|(_, s)| s.rule.span()),
+                Some(s) => raw.scores.get_index(s).map(|(k, _)| k.span()),
+            };
+            self.error(
+                span.unwrap_or(0..0),
+                format!("a cycle of dependencies: {text}"),
+                Some("nothing can depend on itself through `in(...)` or `score(...)`; break the cycle".into()),
+            );
+        }
         if !self.errors.is_empty() {
             self.errors.sort_by_key(|d| (d.line, d.column));
             return Err(ConfigError {
@@ -720,24 +768,17 @@ impl Builder<'_> {
             dependencies: Dependencies::default(),
             interner,
         };
-        if let Err((cycle, first)) = analyse(&mut config) {
-            let span = raw
-                .segments
-                .get_index(first)
-                .map(|(_, s)| s.rule.span())
-                .unwrap_or(0..0);
-            self.error(
-                span,
-                format!("segments and scores depend on each other in a cycle: {cycle}"),
-                Some(
-                    "a segment cannot depend, through `in(...)` or `score(...)`, on itself".into(),
-                ),
-            );
-            return Err(ConfigError {
-                diagnostics: self.errors,
-            });
-        }
+        analyse(&mut config);
         Ok(config)
+    }
+}
+
+/// "a" or "an", for messages that name a kind of thing.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -751,9 +792,14 @@ fn rule_text_offset(file: &str, rule: &Spanned<String>) -> Option<usize> {
             let mut inner = &raw[quote.len()..raw.len() - quote.len()];
             let mut start = span.start + quote.len();
             // A newline right after an opening triple quote is not part of the value.
-            if quote.len() == 3 && inner.starts_with('\n') {
-                inner = &inner[1..];
-                start += 1;
+            if quote.len() == 3 {
+                for newline in ["\r\n", "\n"] {
+                    if let Some(rest) = inner.strip_prefix(newline) {
+                        inner = rest;
+                        start += newline.len();
+                        break;
+                    }
+                }
             }
             return (inner == rule.get_ref()).then_some(start);
         }
@@ -762,7 +808,7 @@ fn rule_text_offset(file: &str, rule: &Spanned<String>) -> Option<usize> {
 }
 
 /// Node ids in the dependency graph: segments first, then scores.
-fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
+fn analyse(config: &mut Config) {
     let segments = config.segments.len();
     let node_count = segments + config.scores.len();
     let refs_of = |config: &Config, node: usize| -> Refs {
@@ -785,56 +831,8 @@ fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
                 .collect()
         })
         .collect();
-    // Depth-first topological sort; a grey node reached again is a cycle.
-    let mut state = vec![0u8; node_count];
-    let mut order = Vec::with_capacity(node_count);
-    let node_name = |config: &Config, n: usize| {
-        if n < segments {
-            format!("segment `{}`", config.segments[n].name)
-        } else {
-            format!("score `{}`", config.scores[n - segments].name)
-        }
-    };
-    fn visit(
-        n: usize,
-        edges: &[Vec<usize>],
-        state: &mut [u8],
-        order: &mut Vec<usize>,
-        path: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        if state[n] == 2 {
-            return None;
-        }
-        if state[n] == 1 {
-            let from = path.iter().position(|&p| p == n).unwrap_or(0);
-            let mut cycle = path[from..].to_vec();
-            cycle.push(n);
-            return Some(cycle);
-        }
-        state[n] = 1;
-        path.push(n);
-        for &m in &edges[n] {
-            if let Some(cycle) = visit(m, edges, state, order, path) {
-                return Some(cycle);
-            }
-        }
-        path.pop();
-        state[n] = 2;
-        order.push(n);
-        None
-    }
-    for n in 0..node_count {
-        let mut path = Vec::new();
-        if let Some(cycle) = visit(n, &edges, &mut state, &mut order, &mut path) {
-            let text = cycle
-                .iter()
-                .map(|&c| node_name(config, c))
-                .collect::<Vec<_>>()
-                .join(" -> ");
-            let first = cycle.iter().copied().find(|&c| c < segments).unwrap_or(0);
-            return Err((text, first));
-        }
-    }
+    // Cycles were ruled out before the config was assembled.
+    let order = topological_order(&edges).unwrap_or_else(|_| (0..node_count).collect());
 
     // What each node depends on, transitively, in dependency order.
     let events = config.events.len();
@@ -867,8 +865,9 @@ fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
             }
         }
         for &m in &edges[n] {
-            for e in 0..events {
-                on_event[n][e] |= on_event[m][e];
+            let inherited = on_event[m].clone();
+            for (mine, theirs) in on_event[n].iter_mut().zip(inherited) {
+                *mine |= theirs;
             }
             on_attributes[n] |= on_attributes[m];
             on_keys[n] |= on_keys[m];
@@ -876,8 +875,8 @@ fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
         }
     }
     config.segment_order = order.iter().copied().filter(|&n| n < segments).collect();
-    for s in 0..segments {
-        config.segments[s].time_dependent = timed[s];
+    for (segment, timed) in config.segments.iter_mut().zip(&timed) {
+        segment.time_dependent = *timed;
     }
     let mut deps = Dependencies {
         event_features: vec![Vec::new(); events],
@@ -905,11 +904,11 @@ fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
             }
         }
     }
-    for e in 0..events {
-        for variant in 0..4 {
+    for (e, affected) in deps.affected.iter_mut().enumerate() {
+        for (variant, list) in affected.iter_mut().enumerate() {
             let attributes_changed = variant & 1 != 0;
             let keys_changed = variant & 2 != 0;
-            deps.affected[e][variant] = config
+            *list = config
                 .segment_order
                 .iter()
                 .copied()
@@ -922,7 +921,57 @@ fn analyse(config: &mut Config) -> Result<(), (String, usize)> {
         }
     }
     config.dependencies = deps;
-    Ok(())
+}
+
+/// The edges of a node of the dependency graph: segments `0..segments`, then scores.
+fn edges_of(refs: &Refs, segments: usize) -> Vec<usize> {
+    refs.segments
+        .iter()
+        .copied()
+        .chain(refs.scores.iter().map(|s| s + segments))
+        .collect()
+}
+
+/// Nodes ordered so that each comes after the nodes it has edges to; a cycle if none.
+fn topological_order(edges: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    // Depth-first; a node reached again while still on the path closes a cycle.
+    fn visit(
+        n: usize,
+        edges: &[Vec<usize>],
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        match state[n] {
+            2 => return None,
+            1 => {
+                let from = path.iter().position(|&p| p == n).unwrap_or(0);
+                let mut cycle = path[from..].to_vec();
+                cycle.push(n);
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        state[n] = 1;
+        path.push(n);
+        for &m in &edges[n] {
+            if let Some(cycle) = visit(m, edges, state, order, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        state[n] = 2;
+        order.push(n);
+        None
+    }
+    let mut state = vec![0u8; edges.len()];
+    let mut order = Vec::with_capacity(edges.len());
+    for n in 0..edges.len() {
+        if let Some(cycle) = visit(n, edges, &mut state, &mut order, &mut Vec::new()) {
+            return Err(cycle);
+        }
+    }
+    Ok(order)
 }
 
 #[cfg(test)]

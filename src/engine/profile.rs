@@ -277,11 +277,11 @@ pub(crate) fn merge_rows(
     from: &[u32],
     now: u32,
 ) {
-    let earliest = |a: u32, b: u32| match (a, b) {
+    // 0 is "never", not the earliest time.
+    into[FIRST_SEEN] = match (into[FIRST_SEEN], from[FIRST_SEEN]) {
         (0, x) | (x, 0) => x,
         (a, b) => a.min(b),
     };
-    into[FIRST_SEEN] = earliest(into[FIRST_SEEN], from[FIRST_SEEN]);
     into[LAST_SEEN] = into[LAST_SEEN].max(from[LAST_SEEN]);
     into[KEY_MASK] |= from[KEY_MASK];
     for c in 0..config.channels.len() {

@@ -359,6 +359,11 @@ impl<'a> Compiler<'a> {
                 format!("strings can only be compared with `==` and `!=`, not `{}`", op.symbol()),
                 None,
             )),
+            (Ty::Literal(_), Ty::Literal(_)) => Err(RuleError::new(
+                span,
+                "both sides are string constants, so this comparison never changes",
+                Some("compare an attribute (`attr.NAME`) or, in a filter, a property with a string"),
+            )),
             (Ty::Bool, Ty::Bool) => Err(RuleError::new(span, format!("conditions can only be compared with `==` and `!=`, not `{}`", op.symbol()), None)),
             _ => Err(RuleError::new(
                 span,
@@ -437,7 +442,7 @@ impl<'a> Compiler<'a> {
                 };
                 let buckets = self.ctx.window_buckets;
                 if *window % buckets as u64 != 0 {
-                    return Err(RuleError::new(span, format!("a window of {window}s cannot be split into {buckets} buckets of whole seconds"), Some(&format!("use a window that is a multiple of {buckets} seconds, or change `engine.window_buckets`"))));
+                    return Err(RuleError::new(span, format!("a window of {} cannot be split into {buckets} buckets of whole seconds", crate::config::duration::format_duration(*window)), Some(&format!("use a window that is a multiple of {buckets} seconds, or change `engine.window_buckets`"))));
                 }
                 let feature = Feature::Window {
                     matcher,

@@ -183,10 +183,11 @@ pub fn lex(text: &str) -> Result<Vec<(Token, Span)>, RuleError> {
             continue;
         }
         let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
+        let help = (ch == '\'').then_some("strings in rules use double quotes: `\"NL\"`");
         return Err(RuleError::new(
             start..start + ch.len_utf8(),
             format!("unexpected character `{ch}`"),
-            None,
+            help,
         ));
     }
     Ok(tokens)

@@ -523,7 +523,7 @@ impl Parser {
             Some(Token::Number(_)) => Err(RuleError::new(
                 self.here(),
                 "a window needs a unit",
-                Some("write for example `30d`, `12h` or `15m`"),
+                Some("write for example `30d`, `12h` or `1h`"),
             )),
             _ => Err(self.unexpected("a window such as `30d`")),
         }
