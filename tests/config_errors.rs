@@ -723,3 +723,29 @@ fn single_quotes_in_a_rule_get_a_hint() {
         Some("strings in rules use double quotes: `\"NL\"`")
     );
 }
+
+#[test]
+fn attributes_inside_a_where_filter_are_rejected() {
+    let d = assert_error(
+        &with("[segments.probe]\nrule = 'count(purchase where attr.country == \"NL\", 30d) > 0'\n"),
+        "a `where` filter can only test the event's own properties, not the profile attribute `country`",
+        RULE_LINE,
+        30,
+        "attr.country",
+    );
+    assert_eq!(
+        d.help.as_deref(),
+        Some("move the attribute test out of the filter and join it with `and`")
+    );
+}
+
+#[test]
+fn comparing_an_event_property_with_another_string() {
+    assert_error(
+        &segment("count(purchase where sku == sku, 30d) > 0"),
+        "an event property can only be compared with a string constant",
+        RULE_LINE,
+        30,
+        "sku == sku",
+    );
+}

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! error: unknown event type `purchse`
-//!   --> retail.toml:42:23
+//!   --> retail.toml:42:15
 //!    |
 //! 42 | rule = "count(purchse, 30d) > 0"
 //!    |               ^^^^^^^

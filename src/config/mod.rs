@@ -354,7 +354,7 @@ impl Config {
             .map(|&s| self.segments[s].name.as_str())
             .collect();
         out.push_str(&format!(
-            "  segments that change with time alone: {}\n",
+            "  segments that read time (kept current by timers): {}\n",
             if timed.is_empty() {
                 "(none)".to_string()
             } else {

@@ -8,7 +8,7 @@
 //! expected, so a client can fix its data. After resolution, applying an event needs no
 //! string comparison.
 
-use std::sync::Arc;
+use compact_str::CompactString;
 
 use crate::config::{Config, UnknownProperties, ValueType};
 
@@ -127,8 +127,9 @@ pub enum AttrValue {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub namespace: usize,
-    /// The whole key text, `namespace:value`.
-    pub text: Arc<str>,
+    /// The whole key text, `namespace:value`. Keys of up to 24 bytes are stored inline,
+    /// so looking one up in the identity map touches no second cache line.
+    pub text: CompactString,
 }
 
 /// An event with every name resolved against the config.
@@ -228,7 +229,7 @@ pub fn parse_key(config: &Config, event: &str, key: &str) -> Result<Key, EventEr
     }
     Ok(Key {
         namespace: ns,
-        text: key.into(),
+        text: CompactString::new(key),
     })
 }
 

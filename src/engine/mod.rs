@@ -103,7 +103,7 @@ pub struct Engine {
     plan: Plan,
     shards: Box<[CachePadded<Mutex<ShardState>>]>,
     local_bits: u32,
-    identity: DashMap<Arc<str>, u64, ahash::RandomState>,
+    identity: DashMap<compact_str::CompactString, u64, ahash::RandomState>,
     identity_writes: Mutex<()>,
     clock: Arc<dyn Clock>,
     hasher: ahash::RandomState,

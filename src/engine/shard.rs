@@ -171,13 +171,11 @@ impl ShardState {
                     p: self.row(plan, local),
                     now,
                 };
-                let member = eval.truth(&segment.expr);
-                let flip = if segment.time_dependent {
-                    eval.next_change(&segment.expr)
+                if segment.time_dependent {
+                    eval.truth_and_next_change(&segment.expr)
                 } else {
-                    None
-                };
-                (member, flip)
+                    (eval.truth(&segment.expr), None)
+                }
             };
             if let Some(flip) = flip {
                 next = Some(next.map_or(flip, |n: u32| n.min(flip)));

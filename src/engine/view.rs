@@ -122,6 +122,18 @@ pub(crate) fn primary_key(keys: &[Key]) -> String {
 }
 
 impl Engine {
+    /// Evaluates a segment's rule for one customer now, without changing anything:
+    /// what the rule says, whatever the stored membership. `None` for an unknown key.
+    pub fn evaluate(&self, segment: usize, key: &str) -> Option<bool> {
+        let id = self.customer_of(key)?;
+        let (shard, local) = self.split(id);
+        let state = self.lock(shard);
+        let rule = &self.config().segments.get(segment)?.expr;
+        state
+            .is_live(local)
+            .then(|| state.eval(&self.plan, local).truth(rule))
+    }
+
     /// The profile of the customer a key belongs to; `None` for an unknown key.
     pub fn profile(&self, key: &str) -> Option<ProfileView> {
         let id = self.customer_of(key)?;

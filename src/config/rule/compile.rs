@@ -191,6 +191,13 @@ impl<'a> Compiler<'a> {
                     ));
                 }
             },
+            NodeKind::Attr(name) if matches!(scope, Scope::Filter { .. }) => {
+                return Err(RuleError::new(
+                    span,
+                    format!("a `where` filter can only test the event's own properties, not the profile attribute `{}`", name.text),
+                    Some("move the attribute test out of the filter and join it with `and`"),
+                ));
+            }
             NodeKind::Attr(name) => {
                 let Some(index) = self.ctx.attributes.iter().position(|a| a.name == name.text)
                 else {
@@ -359,7 +366,12 @@ impl<'a> Compiler<'a> {
                 format!("strings can only be compared with `==` and `!=`, not `{}`", op.symbol()),
                 None,
             )),
-            (Ty::Literal(_), Ty::Literal(_)) => Err(RuleError::new(
+            (Ty::PropStr { .. }, Ty::PropStr { .. } | Ty::AttrStr) | (Ty::AttrStr, Ty::PropStr { .. }) => Err(RuleError::new(
+                span,
+                "an event property can only be compared with a string constant",
+                Some("for example `category == \"shoes\"`"),
+            )),
+                        (Ty::Literal(_), Ty::Literal(_)) => Err(RuleError::new(
                 span,
                 "both sides are string constants, so this comparison never changes",
                 Some("compare an attribute (`attr.NAME`) or, in a filter, a property with a string"),
