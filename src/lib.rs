@@ -6,8 +6,12 @@
 //! - [`config`]: the config file and the rule language, validated and compiled up front;
 //! - [`engine`]: identity, sharded profiles, aggregates, segments as roaring bitmaps,
 //!   scores, timers and queries;
-//! - [`clock`]: the time source, injected so tests control time exactly.
+//! - [`clock`]: the time source, injected so tests control time exactly;
+//! - [`model`]: events as sent and profiles as shown, shared by every layer;
+//! - [`protocol`]: the binary wire format (frames, codec, messages, error codes).
 
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod model;
+pub mod protocol;

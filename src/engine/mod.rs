@@ -48,7 +48,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 
 /// Dense customer id: the shard in the high bits, the slot in the low bits.
-pub type CustomerId = u32;
+pub use crate::model::CustomerId;
 
 /// The compiled config with everything the hot path needs precomputed.
 pub(crate) struct Plan {

@@ -1,0 +1,8 @@
+//! The data model shared by the engine, the protocol and the client: events as sent and
+//! profiles as shown. Nothing here does anything; it is what the layers talk about.
+
+pub mod event;
+pub mod profile;
+
+pub use event::{RawEvent, RawValue};
+pub use profile::{CustomerId, ProfileView};

@@ -1,0 +1,107 @@
+//! The error table: every error a server can answer with.
+
+/// A numeric error code, as carried by an ERROR response and by each rejected event of
+/// an ingest acknowledgement. `docs/protocol.md` has the same table for client authors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The body does not decode as the operation's layout. Framing is intact; the
+    /// connection stays open.
+    MalformedFrame = 1,
+    /// The frame's protocol version is not one the server speaks.
+    UnsupportedVersion = 2,
+    UnknownOpcode = 3,
+    /// The frame is larger than the server's limit; the server closes the connection.
+    FrameTooLarge = 4,
+    /// The first request on a connection must be HELLO.
+    HelloRequired = 5,
+    InvalidUtf8 = 6,
+    /// The operation is reserved but not available in this server version.
+    NotImplemented = 7,
+    BadJson = 10,
+    UnknownEventType = 11,
+    UnknownChannel = 12,
+    BadKey = 13,
+    BadProperty = 14,
+    BadAttribute = 15,
+    BadTimestamp = 16,
+    /// The event is further in the future than the server's allowed clock skew.
+    FutureTimestamp = 17,
+    UnknownSegment = 18,
+    BadQuery = 19,
+    /// The engine cannot take more customers (a shard's id range is full).
+    Capacity = 20,
+    /// The server is shutting down: retry on another connection or later.
+    ShuttingDown = 30,
+    Internal = 31,
+}
+
+impl ErrorCode {
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match code {
+            1 => MalformedFrame,
+            2 => UnsupportedVersion,
+            3 => UnknownOpcode,
+            4 => FrameTooLarge,
+            5 => HelloRequired,
+            6 => InvalidUtf8,
+            7 => NotImplemented,
+            10 => BadJson,
+            11 => UnknownEventType,
+            12 => UnknownChannel,
+            13 => BadKey,
+            14 => BadProperty,
+            15 => BadAttribute,
+            16 => BadTimestamp,
+            17 => FutureTimestamp,
+            18 => UnknownSegment,
+            19 => BadQuery,
+            20 => Capacity,
+            30 => ShuttingDown,
+            31 => Internal,
+            _ => return None,
+        })
+    }
+
+    /// The name used in docs, logs and metrics.
+    pub fn name(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedFrame => "MALFORMED_FRAME",
+            UnsupportedVersion => "UNSUPPORTED_VERSION",
+            UnknownOpcode => "UNKNOWN_OPCODE",
+            FrameTooLarge => "FRAME_TOO_LARGE",
+            HelloRequired => "HELLO_REQUIRED",
+            InvalidUtf8 => "INVALID_UTF8",
+            NotImplemented => "NOT_IMPLEMENTED",
+            BadJson => "BAD_JSON",
+            UnknownEventType => "UNKNOWN_EVENT_TYPE",
+            UnknownChannel => "UNKNOWN_CHANNEL",
+            BadKey => "BAD_KEY",
+            BadProperty => "BAD_PROPERTY",
+            BadAttribute => "BAD_ATTRIBUTE",
+            BadTimestamp => "BAD_TIMESTAMP",
+            FutureTimestamp => "FUTURE_TIMESTAMP",
+            UnknownSegment => "UNKNOWN_SEGMENT",
+            BadQuery => "BAD_QUERY",
+            Capacity => "CAPACITY",
+            ShuttingDown => "SHUTTING_DOWN",
+            Internal => "INTERNAL",
+        }
+    }
+
+    /// Whether sending the same request again later can succeed.
+    pub fn retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::ShuttingDown | ErrorCode::Internal | ErrorCode::Capacity
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), *self as u16)
+    }
+}

@@ -1,0 +1,527 @@
+//! Typed requests and responses, and their body layouts.
+//!
+//! Every operation's layout is written next to its variant; `docs/protocol.md` has the
+//! same with hex examples. Decoding checks every length and that the body ends exactly
+//! where the layout does.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::codec::{DecodeError, Reader, Write};
+use super::opcode;
+use super::ErrorCode;
+use crate::field;
+use crate::model::{ProfileView, RawEvent, RawValue};
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `u16 min_version, u16 max_version, str client_name`
+    Hello {
+        min_version: u16,
+        max_version: u16,
+        client: String,
+    },
+    /// empty
+    Ping,
+    /// `u32 count`, then per event: `str event, str channel, i64 timestamp_ms,
+    /// u8 key_count, str key × key_count, u8 property_count, (str name, value) ×
+    /// property_count, u8 attribute_count, (str name, value) × attribute_count`
+    Ingest { events: Vec<RawEvent> },
+    /// The whole body is JSON text: one event object, an array of them, or
+    /// `{"batch": [...]}`, in the Segment Spec shape.
+    IngestJson { json: Bytes },
+    /// `str key`
+    Profile { key: String },
+    /// `str query` (a segment name or set algebra over segment names)
+    SegmentCount { query: String },
+    /// `str query, u32 cursor, u32 limit`
+    SegmentMembers {
+        query: String,
+        cursor: u32,
+        limit: u32,
+    },
+    /// `str segment, str key`
+    SegmentContains { segment: String, key: String },
+    /// empty
+    Stats,
+}
+
+/// One event of a batch that was not accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Index of the event in the batch, from 0.
+    pub index: u32,
+    pub code: u16,
+    pub message: String,
+}
+
+/// Server counters, as STATS returns them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    pub uptime_ms: u64,
+    pub config_version: u32,
+    pub customers: u64,
+    pub keys: u64,
+    pub events_ingested: u64,
+    pub events_rejected: u64,
+    pub merges: u64,
+    pub connections: u32,
+    pub segments: Vec<(String, u64)>,
+}
+
+/// A response from the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// `u16 version, u32 max_frame, u32 max_in_flight, u32 config_version, str server`
+    Hello {
+        version: u16,
+        max_frame: u32,
+        max_in_flight: u32,
+        config_version: u32,
+        server: String,
+    },
+    /// empty
+    Pong,
+    /// `u32 accepted, u32 rejected_count, (u32 index, u16 code, str message) × rejected_count`
+    Ingested {
+        accepted: u32,
+        rejected: Vec<Rejected>,
+    },
+    /// `u8 found`; if 1: `u32 customer, str primary_key, u16 n, str key × n, u32
+    /// first_seen, u32 last_seen, u32 as_of, u16 n, (str channel, u32 last_seen) × n,
+    /// u16 n, (str label, f64 value) × n, u16 n, (str name, value) × n, u16 n, (str name,
+    /// f64 score) × n, u16 n, str segment × n`
+    Profile(Option<Box<ProfileView>>),
+    /// `u64 count` (SEGMENT_COUNT)
+    Count(u64),
+    /// `u32 n, (u32 customer, str primary_key) × n, u8 more, u32 next_cursor`
+    Members {
+        members: Vec<(u32, String)>,
+        next_cursor: Option<u32>,
+    },
+    /// `u8 member` (SEGMENT_CONTAINS)
+    Contains(bool),
+    /// `u64 uptime_ms, u32 config_version, u64 customers, u64 keys, u64 events_ingested,
+    /// u64 events_rejected, u64 merges, u32 connections, u16 n, (str segment, u64 count) × n`
+    Stats(Stats),
+    /// `u16 code, str message` (opcode 0xFF)
+    Error { code: u16, message: String },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code: code as u16,
+            message: message.into(),
+        }
+    }
+}
+
+fn count_u8(n: usize, what: &str) -> Result<u8, String> {
+    u8::try_from(n).map_err(|_| format!("{n} {what} in one event; at most 255"))
+}
+
+impl Request {
+    pub fn opcode(&self) -> u8 {
+        match self {
+            Request::Hello { .. } => opcode::HELLO,
+            Request::Ping => opcode::PING,
+            Request::Ingest { .. } => opcode::INGEST,
+            Request::IngestJson { .. } => opcode::INGEST_JSON,
+            Request::Profile { .. } => opcode::PROFILE,
+            Request::SegmentCount { .. } => opcode::SEGMENT_COUNT,
+            Request::SegmentMembers { .. } => opcode::SEGMENT_MEMBERS,
+            Request::SegmentContains { .. } => opcode::SEGMENT_CONTAINS,
+            Request::Stats => opcode::STATS,
+        }
+    }
+
+    /// The body. Fails only for events with more than 255 keys, properties or attributes.
+    pub fn encode(&self) -> Result<Bytes, String> {
+        let mut b = BytesMut::new();
+        match self {
+            Request::Hello {
+                min_version,
+                max_version,
+                client,
+            } => {
+                b.put_u16_le(*min_version);
+                b.put_u16_le(*max_version);
+                b.str(client);
+            }
+            Request::Ping | Request::Stats => {}
+            Request::Ingest { events } => {
+                b.put_u32_le(events.len() as u32);
+                for e in events {
+                    b.str(&e.event);
+                    b.str(&e.channel);
+                    b.put_i64_le(e.timestamp_ms);
+                    b.put_u8(count_u8(e.keys.len(), "keys")?);
+                    for k in &e.keys {
+                        b.str(k);
+                    }
+                    b.put_u8(count_u8(e.properties.len(), "properties")?);
+                    for (name, value) in &e.properties {
+                        b.str(name);
+                        b.value(value);
+                    }
+                    b.put_u8(count_u8(e.attributes.len(), "attributes")?);
+                    for (name, value) in &e.attributes {
+                        b.str(name);
+                        b.value(value);
+                    }
+                }
+            }
+            Request::IngestJson { json } => b.put_slice(json),
+            Request::Profile { key } => b.str(key),
+            Request::SegmentCount { query } => b.str(query),
+            Request::SegmentMembers {
+                query,
+                cursor,
+                limit,
+            } => {
+                b.str(query);
+                b.put_u32_le(*cursor);
+                b.put_u32_le(*limit);
+            }
+            Request::SegmentContains { segment, key } => {
+                b.str(segment);
+                b.str(key);
+            }
+        }
+        Ok(b.freeze())
+    }
+
+    /// Decodes a request body for `op`. `Ok(None)` for an opcode this version does not know.
+    pub fn decode(op: u8, body: &Bytes) -> Result<Option<Request>, DecodeError> {
+        let mut r = Reader::new(body);
+        let request = match op {
+            opcode::HELLO => Request::Hello {
+                min_version: r.u16(field!("min_version"))?,
+                max_version: r.u16(field!("max_version"))?,
+                client: r.str(field!("client_name"))?.to_string(),
+            },
+            opcode::PING => Request::Ping,
+            opcode::STATS => Request::Stats,
+            opcode::INGEST => {
+                let count = r.u32(field!("event count"))?;
+                // Each event takes at least 17 bytes: no huge allocation from a bad count.
+                let mut events = Vec::with_capacity((count as usize).min(body.len() / 17 + 1));
+                for i in 0..count {
+                    let event = r.str(field!("event type of event {i}"))?.to_string();
+                    let channel = r.str(field!("channel of event {i}"))?.to_string();
+                    let timestamp_ms = r.i64(field!("timestamp of event {i}"))?;
+                    let mut raw = RawEvent::new(&event, &channel, timestamp_ms);
+                    let keys = r.u8(field!("key count of event {i}"))?;
+                    for k in 0..keys {
+                        raw.keys
+                            .push(r.str(field!("key {k} of event {i}"))?.to_string());
+                    }
+                    let props = r.u8(field!("property count of event {i}"))?;
+                    for p in 0..props {
+                        let name = r
+                            .str(field!("name of property {p} of event {i}"))?
+                            .to_string();
+                        let value = r.value(field!("value of property `{name}` of event {i}"))?;
+                        raw.properties.push((name, value));
+                    }
+                    let attrs = r.u8(field!("attribute count of event {i}"))?;
+                    for a in 0..attrs {
+                        let name = r
+                            .str(field!("name of attribute {a} of event {i}"))?
+                            .to_string();
+                        let value = r.value(field!("value of attribute `{name}` of event {i}"))?;
+                        raw.attributes.push((name, value));
+                    }
+                    events.push(raw);
+                }
+                Request::Ingest { events }
+            }
+            opcode::INGEST_JSON => Request::IngestJson { json: body.clone() },
+            opcode::PROFILE => Request::Profile {
+                key: r.str(field!("key"))?.to_string(),
+            },
+            opcode::SEGMENT_COUNT => Request::SegmentCount {
+                query: r.str(field!("query"))?.to_string(),
+            },
+            opcode::SEGMENT_MEMBERS => Request::SegmentMembers {
+                query: r.str(field!("query"))?.to_string(),
+                cursor: r.u32(field!("cursor"))?,
+                limit: r.u32(field!("limit"))?,
+            },
+            opcode::SEGMENT_CONTAINS => Request::SegmentContains {
+                segment: r.str(field!("segment"))?.to_string(),
+                key: r.str(field!("key"))?.to_string(),
+            },
+            _ => return Ok(None),
+        };
+        if op != opcode::INGEST_JSON {
+            r.finish()?;
+        }
+        Ok(Some(request))
+    }
+}
+
+fn put_len16(b: &mut BytesMut, n: usize) {
+    b.put_u16_le(n.min(u16::MAX as usize) as u16);
+}
+
+impl Response {
+    /// The opcode this response travels with, for a request with `request_op`.
+    pub fn opcode(&self, request_op: u8) -> u8 {
+        match self {
+            Response::Error { .. } => opcode::ERROR,
+            _ => request_op | opcode::RESPONSE_BIT,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        match self {
+            Response::Hello {
+                version,
+                max_frame,
+                max_in_flight,
+                config_version,
+                server,
+            } => {
+                b.put_u16_le(*version);
+                b.put_u32_le(*max_frame);
+                b.put_u32_le(*max_in_flight);
+                b.put_u32_le(*config_version);
+                b.str(server);
+            }
+            Response::Pong => {}
+            Response::Ingested { accepted, rejected } => {
+                b.put_u32_le(*accepted);
+                b.put_u32_le(rejected.len() as u32);
+                for r in rejected {
+                    b.put_u32_le(r.index);
+                    b.put_u16_le(r.code);
+                    b.str(&r.message);
+                }
+            }
+            Response::Profile(None) => b.put_u8(0),
+            Response::Profile(Some(p)) => {
+                b.put_u8(1);
+                b.put_u32_le(p.customer);
+                b.str(&p.primary_key);
+                put_len16(&mut b, p.keys.len());
+                p.keys.iter().take(u16::MAX as usize).for_each(|k| b.str(k));
+                b.put_u32_le(p.first_seen);
+                b.put_u32_le(p.last_seen);
+                b.put_u32_le(p.as_of);
+                put_len16(&mut b, p.channels.len());
+                for (c, t) in p.channels.iter().take(u16::MAX as usize) {
+                    b.str(c);
+                    b.put_u32_le(*t);
+                }
+                put_len16(&mut b, p.aggregates.len());
+                for (label, v) in p.aggregates.iter().take(u16::MAX as usize) {
+                    b.str(label);
+                    b.put_f64_le(*v);
+                }
+                put_len16(&mut b, p.attributes.len());
+                for (name, v) in p.attributes.iter().take(u16::MAX as usize) {
+                    b.str(name);
+                    b.value(v);
+                }
+                put_len16(&mut b, p.scores.len());
+                for (name, v) in p.scores.iter().take(u16::MAX as usize) {
+                    b.str(name);
+                    b.put_f64_le(*v);
+                }
+                put_len16(&mut b, p.segments.len());
+                p.segments
+                    .iter()
+                    .take(u16::MAX as usize)
+                    .for_each(|s| b.str(s));
+            }
+            Response::Count(n) => b.put_u64_le(*n),
+            Response::Members {
+                members,
+                next_cursor,
+            } => {
+                b.put_u32_le(members.len() as u32);
+                for (id, key) in members {
+                    b.put_u32_le(*id);
+                    b.str(key);
+                }
+                b.put_u8(next_cursor.is_some() as u8);
+                b.put_u32_le(next_cursor.unwrap_or(0));
+            }
+            Response::Contains(member) => b.put_u8(*member as u8),
+            Response::Stats(s) => {
+                b.put_u64_le(s.uptime_ms);
+                b.put_u32_le(s.config_version);
+                b.put_u64_le(s.customers);
+                b.put_u64_le(s.keys);
+                b.put_u64_le(s.events_ingested);
+                b.put_u64_le(s.events_rejected);
+                b.put_u64_le(s.merges);
+                b.put_u32_le(s.connections);
+                put_len16(&mut b, s.segments.len());
+                for (name, n) in s.segments.iter().take(u16::MAX as usize) {
+                    b.str(name);
+                    b.put_u64_le(*n);
+                }
+            }
+            Response::Error { code, message } => {
+                b.put_u16_le(*code);
+                b.str(message);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes a response body that came with `op` (the response opcode).
+    pub fn decode(op: u8, body: &[u8]) -> Result<Response, DecodeError> {
+        let mut r = Reader::new(body);
+        let strings = |r: &mut Reader, what: &str| -> Result<Vec<String>, DecodeError> {
+            let n = r.u16(field!("{what} count"))?;
+            (0..n)
+                .map(|i| r.str(field!("{what} {i}")).map(str::to_string))
+                .collect()
+        };
+        let response = if op == opcode::ERROR {
+            Response::Error {
+                code: r.u16(field!("error code"))?,
+                message: r.str(field!("error message"))?.to_string(),
+            }
+        } else {
+            match op & !opcode::RESPONSE_BIT {
+                opcode::HELLO => Response::Hello {
+                    version: r.u16(field!("version"))?,
+                    max_frame: r.u32(field!("max_frame"))?,
+                    max_in_flight: r.u32(field!("max_in_flight"))?,
+                    config_version: r.u32(field!("config_version"))?,
+                    server: r.str(field!("server"))?.to_string(),
+                },
+                opcode::PING => Response::Pong,
+                opcode::INGEST | opcode::INGEST_JSON => {
+                    let accepted = r.u32(field!("accepted"))?;
+                    let n = r.u32(field!("rejected count"))?;
+                    let mut rejected = Vec::with_capacity((n as usize).min(body.len() / 8 + 1));
+                    for i in 0..n {
+                        rejected.push(Rejected {
+                            index: r.u32(field!("index of rejection {i}"))?,
+                            code: r.u16(field!("code of rejection {i}"))?,
+                            message: r.str(field!("message of rejection {i}"))?.to_string(),
+                        });
+                    }
+                    Response::Ingested { accepted, rejected }
+                }
+                opcode::PROFILE => {
+                    if r.u8(field!("found"))? == 0 {
+                        Response::Profile(None)
+                    } else {
+                        let customer = r.u32(field!("customer"))?;
+                        let primary_key = r.str(field!("primary key"))?.to_string();
+                        let keys = strings(&mut r, "key")?;
+                        let first_seen = r.u32(field!("first_seen"))?;
+                        let last_seen = r.u32(field!("last_seen"))?;
+                        let as_of = r.u32(field!("as_of"))?;
+                        let n = r.u16(field!("channel count"))?;
+                        let channels = (0..n)
+                            .map(|i| {
+                                Ok((
+                                    r.str(field!("channel {i}"))?.to_string(),
+                                    r.u32(field!("last seen of channel {i}"))?,
+                                ))
+                            })
+                            .collect::<Result<_, DecodeError>>()?;
+                        let n = r.u16(field!("aggregate count"))?;
+                        let aggregates = (0..n)
+                            .map(|i| {
+                                Ok((
+                                    r.str(field!("aggregate {i}"))?.to_string(),
+                                    r.f64(field!("value of aggregate {i}"))?,
+                                ))
+                            })
+                            .collect::<Result<_, DecodeError>>()?;
+                        let n = r.u16(field!("attribute count"))?;
+                        let attributes = (0..n)
+                            .map(|i| {
+                                Ok((
+                                    r.str(field!("attribute {i}"))?.to_string(),
+                                    r.value(field!("value of attribute {i}"))?,
+                                ))
+                            })
+                            .collect::<Result<Vec<(String, RawValue)>, DecodeError>>()?;
+                        let n = r.u16(field!("score count"))?;
+                        let scores = (0..n)
+                            .map(|i| {
+                                Ok((
+                                    r.str(field!("score {i}"))?.to_string(),
+                                    r.f64(field!("value of score {i}"))?,
+                                ))
+                            })
+                            .collect::<Result<_, DecodeError>>()?;
+                        let segments = strings(&mut r, "segment")?;
+                        Response::Profile(Some(Box::new(ProfileView {
+                            customer,
+                            primary_key,
+                            keys,
+                            first_seen,
+                            last_seen,
+                            channels,
+                            aggregates,
+                            attributes,
+                            scores,
+                            segments,
+                            as_of,
+                        })))
+                    }
+                }
+                opcode::SEGMENT_COUNT => Response::Count(r.u64(field!("count"))?),
+                opcode::SEGMENT_MEMBERS => {
+                    let n = r.u32(field!("member count"))?;
+                    let mut members = Vec::with_capacity((n as usize).min(body.len() / 6 + 1));
+                    for i in 0..n {
+                        members.push((
+                            r.u32(field!("customer of member {i}"))?,
+                            r.str(field!("key of member {i}"))?.to_string(),
+                        ));
+                    }
+                    let more = r.u8(field!("more"))? != 0;
+                    let next = r.u32(field!("next_cursor"))?;
+                    Response::Members {
+                        members,
+                        next_cursor: more.then_some(next),
+                    }
+                }
+                opcode::SEGMENT_CONTAINS => Response::Contains(r.u8(field!("member"))? != 0),
+                opcode::STATS => {
+                    let mut s = Stats {
+                        uptime_ms: r.u64(field!("uptime_ms"))?,
+                        config_version: r.u32(field!("config_version"))?,
+                        customers: r.u64(field!("customers"))?,
+                        keys: r.u64(field!("keys"))?,
+                        events_ingested: r.u64(field!("events_ingested"))?,
+                        events_rejected: r.u64(field!("events_rejected"))?,
+                        merges: r.u64(field!("merges"))?,
+                        connections: r.u32(field!("connections"))?,
+                        segments: Vec::new(),
+                    };
+                    let n = r.u16(field!("segment count"))?;
+                    for i in 0..n {
+                        s.segments.push((
+                            r.str(field!("segment {i}"))?.to_string(),
+                            r.u64(field!("count of segment {i}"))?,
+                        ));
+                    }
+                    Response::Stats(s)
+                }
+                other => {
+                    return Err(DecodeError::Invalid {
+                        field: "opcode".into(),
+                        offset: 0,
+                        message: format!("no response is defined for opcode {other:#04x}"),
+                    })
+                }
+            }
+        };
+        r.finish()?;
+        Ok(response)
+    }
+}

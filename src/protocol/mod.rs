@@ -1,0 +1,65 @@
+//! The omnia wire protocol, shared by the server and the client.
+//!
+//! Everything about bytes on the wire lives here and nowhere else: [`frame`] finds
+//! frames in a byte stream, [`codec`] reads and writes the primitive types,
+//! [`message`] turns frame bodies into typed requests and responses and back, and
+//! [`ErrorCode`] is the error table. Nothing here knows about the engine or sockets; the
+//! server joins them. The specification for client authors is `docs/protocol.md`.
+//!
+//! In short: little-endian; a frame is `u32 length` (of what follows) then an 8-byte
+//! header `u8 version, u8 opcode, u16 flags, u32 request_id` then the body. Responses
+//! echo the request id, carry `opcode | 0x80`, or `0xFF` for an error, and come back in
+//! the order the requests were sent.
+
+pub mod codec;
+mod error;
+pub mod frame;
+pub mod message;
+
+pub use error::ErrorCode;
+pub use frame::{Frame, FrameError, HEADER_LEN};
+pub use message::{Request, Response};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Default largest frame, header included, in bytes.
+pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
+
+/// Operation codes. A response carries `opcode | RESPONSE_BIT`; an error carries
+/// [`opcode::ERROR`].
+pub mod opcode {
+    pub const HELLO: u8 = 0x01;
+    pub const PING: u8 = 0x02;
+    pub const INGEST: u8 = 0x10;
+    pub const INGEST_JSON: u8 = 0x11;
+    pub const PROFILE: u8 = 0x20;
+    pub const SEGMENT_COUNT: u8 = 0x21;
+    pub const SEGMENT_MEMBERS: u8 = 0x22;
+    pub const SEGMENT_CONTAINS: u8 = 0x23;
+    pub const STATS: u8 = 0x30;
+    /// Reserved for the decisioning operations.
+    pub const DECIDE: u8 = 0x40;
+    pub const FEEDBACK: u8 = 0x41;
+    pub const RESPONSE_BIT: u8 = 0x80;
+    pub const ERROR: u8 = 0xFF;
+
+    /// The name of an operation, for logs and metrics.
+    pub fn name(op: u8) -> &'static str {
+        match op & !RESPONSE_BIT {
+            HELLO => "hello",
+            PING => "ping",
+            INGEST => "ingest",
+            INGEST_JSON => "ingest_json",
+            PROFILE => "profile",
+            SEGMENT_COUNT => "segment_count",
+            SEGMENT_MEMBERS => "segment_members",
+            SEGMENT_CONTAINS => "segment_contains",
+            STATS => "stats",
+            DECIDE => "decide",
+            FEEDBACK => "feedback",
+            _ if op == ERROR => "error",
+            _ => "unknown",
+        }
+    }
+}

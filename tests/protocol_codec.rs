@@ -1,0 +1,254 @@
+//! Every request and response survives encode, frame, parse, decode unchanged; and no
+//! byte sequence makes a decoder panic.
+
+use bytes::{Bytes, BytesMut};
+use omnia::model::{ProfileView, RawEvent, RawValue};
+use omnia::protocol::message::{Rejected, Stats};
+use omnia::protocol::{opcode, Frame, Request, Response, DEFAULT_MAX_FRAME};
+use proptest::prelude::*;
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z_:@.0-9]{0,12}", "\\PC{0,6}"]
+}
+
+fn value() -> impl Strategy<Value = RawValue> {
+    prop_oneof![
+        (-1e12f64..1e12).prop_map(RawValue::Num),
+        text().prop_map(RawValue::Str),
+        any::<bool>().prop_map(RawValue::Bool),
+    ]
+}
+
+fn event() -> impl Strategy<Value = RawEvent> {
+    (
+        text(),
+        text(),
+        any::<i64>(),
+        prop::collection::vec(text(), 0..4),
+        prop::collection::vec((text(), value()), 0..4),
+        prop::collection::vec((text(), value()), 0..3),
+    )
+        .prop_map(
+            |(event, channel, ts, keys, properties, attributes)| RawEvent {
+                event,
+                channel,
+                timestamp_ms: ts,
+                keys,
+                properties,
+                attributes,
+            },
+        )
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), text()).prop_map(|(min_version, max_version, client)| {
+            Request::Hello {
+                min_version,
+                max_version,
+                client,
+            }
+        }),
+        Just(Request::Ping),
+        Just(Request::Stats),
+        prop::collection::vec(event(), 0..5).prop_map(|events| Request::Ingest { events }),
+        prop::collection::vec(any::<u8>(), 0..40).prop_map(|b| Request::IngestJson {
+            json: Bytes::from(b)
+        }),
+        text().prop_map(|key| Request::Profile { key }),
+        text().prop_map(|query| Request::SegmentCount { query }),
+        (text(), any::<u32>(), any::<u32>()).prop_map(|(query, cursor, limit)| {
+            Request::SegmentMembers {
+                query,
+                cursor,
+                limit,
+            }
+        }),
+        (text(), text()).prop_map(|(segment, key)| Request::SegmentContains { segment, key }),
+    ]
+}
+
+fn profile() -> impl Strategy<Value = ProfileView> {
+    (
+        any::<u32>(),
+        text(),
+        prop::collection::vec(text(), 0..3),
+        any::<(u32, u32, u32)>(),
+        prop::collection::vec((text(), any::<u32>()), 0..3),
+        prop::collection::vec((text(), -1e9f64..1e9), 0..3),
+        prop::collection::vec((text(), value()), 0..3),
+        prop::collection::vec((text(), 0.0f64..1.0), 0..3),
+        prop::collection::vec(text(), 0..3),
+    )
+        .prop_map(
+            |(
+                customer,
+                primary_key,
+                keys,
+                (first_seen, last_seen, as_of),
+                channels,
+                aggregates,
+                attributes,
+                scores,
+                segments,
+            )| ProfileView {
+                customer,
+                primary_key,
+                keys,
+                first_seen,
+                last_seen,
+                channels,
+                aggregates,
+                attributes,
+                scores,
+                segments,
+                as_of,
+            },
+        )
+}
+
+/// A response with the request opcode it answers.
+fn response() -> impl Strategy<Value = (u8, Response)> {
+    prop_oneof![
+        (
+            any::<u16>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            text()
+        )
+            .prop_map(
+                |(version, max_frame, max_in_flight, config_version, server)| (
+                    opcode::HELLO,
+                    Response::Hello {
+                        version,
+                        max_frame,
+                        max_in_flight,
+                        config_version,
+                        server
+                    }
+                )
+            ),
+        Just((opcode::PING, Response::Pong)),
+        (
+            any::<u32>(),
+            prop::collection::vec((any::<u32>(), any::<u16>(), text()), 0..4)
+        )
+            .prop_map(|(accepted, r)| (
+                opcode::INGEST,
+                Response::Ingested {
+                    accepted,
+                    rejected: r
+                        .into_iter()
+                        .map(|(index, code, message)| Rejected {
+                            index,
+                            code,
+                            message
+                        })
+                        .collect()
+                }
+            )),
+        prop::option::of(profile())
+            .prop_map(|p| (opcode::PROFILE, Response::Profile(p.map(Box::new)))),
+        any::<u64>().prop_map(|n| (opcode::SEGMENT_COUNT, Response::Count(n))),
+        (
+            prop::collection::vec((any::<u32>(), text()), 0..4),
+            prop::option::of(any::<u32>())
+        )
+            .prop_map(|(members, next_cursor)| (
+                opcode::SEGMENT_MEMBERS,
+                Response::Members {
+                    members,
+                    next_cursor
+                }
+            )),
+        any::<bool>().prop_map(|b| (opcode::SEGMENT_CONTAINS, Response::Contains(b))),
+        (
+            any::<(u64, u32, u64, u64)>(),
+            any::<(u64, u64, u64, u32)>(),
+            prop::collection::vec((text(), any::<u64>()), 0..3)
+        )
+            .prop_map(
+                |(
+                    (uptime_ms, config_version, customers, keys),
+                    (events_ingested, events_rejected, merges, connections),
+                    segments,
+                )| (
+                    opcode::STATS,
+                    Response::Stats(Stats {
+                        uptime_ms,
+                        config_version,
+                        customers,
+                        keys,
+                        events_ingested,
+                        events_rejected,
+                        merges,
+                        connections,
+                        segments
+                    })
+                )
+            ),
+        (any::<u16>(), text())
+            .prop_map(|(code, message)| (opcode::PING, Response::Error { code, message })),
+    ]
+}
+
+/// Through a frame and back: what a peer sees.
+fn over_the_wire(op: u8, id: u32, body: Bytes) -> Frame {
+    let mut buf = BytesMut::new();
+    Frame::new(op, id, body).write_to(&mut buf);
+    let frame = Frame::parse(&mut buf, DEFAULT_MAX_FRAME)
+        .unwrap()
+        .expect("a whole frame");
+    assert!(buf.is_empty());
+    frame
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(request in request(), id in any::<u32>()) {
+        let frame = over_the_wire(request.opcode(), id, request.encode().unwrap());
+        prop_assert_eq!(frame.request_id, id);
+        prop_assert_eq!(Request::decode(frame.opcode, &frame.body).unwrap(), Some(request));
+    }
+
+    #[test]
+    fn responses_round_trip((op, response) in response(), id in any::<u32>()) {
+        let frame = over_the_wire(response.opcode(op), id, response.encode());
+        prop_assert_eq!(Response::decode(frame.opcode, &frame.body).unwrap(), response);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(op in any::<u8>(), bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let body = Bytes::from(bytes.clone());
+        let _ = Request::decode(op, &body);
+        let _ = Response::decode(op, &body);
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = Frame::parse(&mut buf, 64) {}
+    }
+
+    #[test]
+    fn truncated_bodies_are_errors_that_say_where(request in request().prop_filter("has a body", |r| !matches!(r, Request::Ping | Request::Stats | Request::IngestJson { .. } | Request::Ingest { .. })), cut in 1usize..8) {
+        let body = request.encode().unwrap();
+        if body.len() >= cut {
+            let short = body.slice(..body.len() - cut);
+            let err = Request::decode(request.opcode(), &short).unwrap_err();
+            prop_assert!(err.to_string().contains("while reading"), "{}", err);
+        }
+    }
+}
+
+#[test]
+fn a_truncated_ingest_names_the_event_and_field() {
+    let request = Request::Ingest {
+        events: vec![
+            RawEvent::new("page_view", "web", 1).key("anon:a"),
+            RawEvent::new("purchase", "app", 2)
+                .key("user:1")
+                .prop("amount", 12.5),
+        ],
+    };
+    let body = request.encode().unwrap();
+    let err = Request::decode(opcode::INGEST, &body.slice(..body.len() - 3)).unwrap_err();
+    assert_eq!(err.to_string(), format!("body ends at byte {} while reading value of property `amount` of event 1 (2 more bytes needed)", body.len() - 3));
+}
