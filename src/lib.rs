@@ -10,8 +10,10 @@
 //! - [`model`]: events as sent and profiles as shown, shared by every layer;
 //! - [`protocol`]: the binary wire format (frames, codec, messages, error codes).
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod model;
 pub mod protocol;
+pub mod server;

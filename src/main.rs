@@ -1,11 +1,15 @@
 //! The `omnia` command line.
 //!
+//! - `omnia serve`: the server, on the embedded default config unless `--config` says
+//!   otherwise; stops gracefully on SIGINT or SIGTERM.
 //! - `omnia check-config FILE`: validates a config and prints every error with its
 //!   place, or a summary of what the config defines.
-//! - `omnia demo`: runs the engine in-process on a config (the embedded default unless
-//!   `--config` says otherwise) with a simulated omnichannel population, and prints
-//!   segment sizes, throughput and one profile. The TCP server (`omnia serve`) comes with
-//!   the protocol.
+//! - `omnia ctl ...`: talks to a running server (ping, ingest, profile, segment, stats);
+//!   a readable table by default, JSON with `--json`.
+//! - `omnia demo`: runs the engine in-process on a simulated omnichannel population and
+//!   prints segment sizes, throughput and one profile.
+
+mod ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +38,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server.
+    Serve(ServeOptions),
+    /// Talk to a running server.
+    Ctl(ctl::CtlOptions),
     /// Validate a config file: print its errors (exit code 1) or a summary.
     CheckConfig {
         /// The config file (TOML).
@@ -50,9 +58,46 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeOptions {
+    /// Config file; the embedded default (examples/retail.toml) if omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Data directory (created if missing). Durability arrives with the write-ahead
+    /// log; until then nothing is written to it.
+    #[arg(long, default_value = "./omnia-data")]
+    data_dir: PathBuf,
+    /// Number of shards, overriding engine.shards (a power of two up to 256).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Largest accepted frame, in bytes.
+    #[arg(long, default_value_t = omnia::protocol::DEFAULT_MAX_FRAME)]
+    max_frame: u32,
+    /// Most connections at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds after which a connection with no request is closed.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(options) => match serve(options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ctl(options) => ctl::run(options),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 print!("{}", config.summary());
@@ -83,6 +128,96 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    use anyhow::Context;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&options.log)
+                .with_context(|| format!("bad --log filter `{}`", options.log))?,
+        )
+        .init();
+    let mut config = match &options.config {
+        Some(path) => Config::load(path),
+        None => Config::embedded_default(),
+    }
+    .map_err(|e| anyhow::anyhow!("the config is invalid:\n{e}"))?;
+    if let Some(shards) = options.shards {
+        anyhow::ensure!(
+            shards.is_power_of_two() && shards <= 256,
+            "--shards {shards}: must be a power of two from 1 to 256"
+        );
+        config.engine.shards = shards;
+    }
+    std::fs::create_dir_all(&options.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            options.data_dir.display()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            config = %engine.config().source_name,
+            config_version = format!("{:08x}", engine.config().version),
+            shards = engine.config().engine.shards,
+            "omnia is serving"
+        );
+        // Timers also run on every read and write of a shard; this spreads the work for
+        // shards that see no traffic.
+        let ticker_engine = engine.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                ticker_engine.tick();
+            }
+        });
+        let shared = Arc::new(omnia::server::Shared {
+            engine,
+            limits: omnia::server::Limits {
+                max_connections: options.max_connections,
+                max_frame: options.max_frame,
+                idle_timeout: std::time::Duration::from_secs(options.idle_timeout),
+                ..omnia::server::Limits::default()
+            },
+            stats: omnia::server::ServerStats::default(),
+        });
+        omnia::server::run(listener, shared, shutdown_signal()).await;
+        tracing::info!("omnia stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }
 
 /// A small deterministic generator (xorshift), so the demo is the same on every run.

@@ -101,6 +101,12 @@ pub enum EventError {
     },
     #[error("event `{event}` has timestamp {timestamp_ms}, which is not milliseconds since the Unix epoch between 1970 and 2106")]
     BadTimestamp { event: String, timestamp_ms: i64 },
+    #[error("event `{event}` cannot create a new customer: shard {shard} holds its maximum of {capacity} customers; raise engine.shards")]
+    Full {
+        event: String,
+        shard: usize,
+        capacity: u64,
+    },
     #[error("event `{event}` is {ahead_ms} ms in the future (timestamp {timestamp_ms}); at most {max_skew_s} s of clock skew is allowed (engine.max_future_skew)")]
     FromTheFuture {
         event: String,

@@ -147,6 +147,11 @@ impl Engine {
         &self.plan.config
     }
 
+    /// The engine clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// The engine clock in whole seconds.
     pub fn now_secs(&self) -> u32 {
         (self.clock.now_ms().max(0) / 1000).min(u32::MAX as i64) as u32
@@ -249,13 +254,10 @@ impl Engine {
             let shard = (self.hasher.hash_one(&*first.text) as usize) & (self.shards.len() - 1);
             let mut state = self.lock(shard);
             let Some(local) = state.allocate(&self.plan) else {
-                return Err(EventError::BadKey {
+                return Err(EventError::Full {
                     event: self.plan.config.events[event.event_type].name.clone(),
-                    key: first.text.to_string(),
-                    reason: format!(
-                        "shard {shard} is full ({} customers); raise engine.shards",
-                        state.capacity
-                    ),
+                    shard,
+                    capacity: state.capacity,
                 });
             };
             created = true;

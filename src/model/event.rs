@@ -4,7 +4,8 @@
 //! so both use it.
 
 /// A value of a property or attribute as sent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum RawValue {
     Num(f64),
     Str(String),

@@ -10,7 +10,7 @@ use super::event::RawValue;
 pub type CustomerId = u32;
 
 /// A customer's profile at one moment.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProfileView {
     pub customer: CustomerId,
     /// The key in the most preferred namespace.

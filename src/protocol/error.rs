@@ -31,9 +31,6 @@ pub enum ErrorCode {
     BadQuery = 19,
     /// The engine cannot take more customers (a shard's id range is full).
     Capacity = 20,
-    /// The server is shutting down: retry on another connection or later.
-    ShuttingDown = 30,
-    Internal = 31,
 }
 
 impl ErrorCode {
@@ -58,8 +55,6 @@ impl ErrorCode {
             18 => UnknownSegment,
             19 => BadQuery,
             20 => Capacity,
-            30 => ShuttingDown,
-            31 => Internal,
             _ => return None,
         })
     }
@@ -86,17 +81,14 @@ impl ErrorCode {
             UnknownSegment => "UNKNOWN_SEGMENT",
             BadQuery => "BAD_QUERY",
             Capacity => "CAPACITY",
-            ShuttingDown => "SHUTTING_DOWN",
-            Internal => "INTERNAL",
         }
     }
 
     /// Whether sending the same request again later can succeed.
     pub fn retriable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::ShuttingDown | ErrorCode::Internal | ErrorCode::Capacity
-        )
+        // Only capacity can change without the request changing (a shard frees slots
+        // as profiles merge); every other error needs a corrected request.
+        matches!(self, ErrorCode::Capacity)
     }
 }
 

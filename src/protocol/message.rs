@@ -47,7 +47,7 @@ pub enum Request {
 }
 
 /// One event of a batch that was not accepted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Rejected {
     /// Index of the event in the batch, from 0.
     pub index: u32,
@@ -56,7 +56,7 @@ pub struct Rejected {
 }
 
 /// Server counters, as STATS returns them.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Stats {
     pub uptime_ms: u64,
     pub config_version: u32,

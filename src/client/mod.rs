@@ -1,0 +1,393 @@
+//! The async Rust client: typed requests, pipelined over one connection.
+//!
+//! Any number of tasks may call one [`Client`] at once; each request gets an id, is
+//! queued to a writer task that batches frames into few writes, and its response is
+//! matched by id by a reader task. So many requests are in flight on one connection
+//! without one waiting for another (pipelining).
+//!
+//! [`Client::connect`] retries with exponential backoff and says HELLO. If the
+//! connection breaks, requests in flight fail with [`ClientError::ConnectionLost`]
+//! (they may or may not have been applied, so they are not resent silently), and the
+//! next request reconnects. Server errors arrive as [`ClientError::Server`] with the
+//! protocol's [`ErrorCode`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::model::{ProfileView, RawEvent};
+use crate::protocol::message::{Rejected, Stats};
+use crate::protocol::{ErrorCode, Frame, Request, Response, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connection to the server was lost: {0}")]
+    ConnectionLost(String),
+    #[error("server error {}: {message}", code.map_or_else(|| raw_code.to_string(), |c| c.to_string()))]
+    Server {
+        code: Option<ErrorCode>,
+        raw_code: u16,
+        message: String,
+    },
+    #[error("bad response from the server: {0}")]
+    Protocol(String),
+    #[error("request cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl ClientError {
+    /// The protocol error code, for server errors.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<std::sync::Mutex<HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>>>;
+
+/// One live connection: a queue to its writer task and the requests awaiting answers.
+struct Link {
+    outgoing: mpsc::Sender<Frame>,
+    pending: Pending,
+    /// Set by the reader when the connection ends, before it fails what is pending.
+    dead: Arc<AtomicBool>,
+}
+
+/// What the server said in HELLO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerInfo {
+    pub version: u16,
+    pub max_frame: u32,
+    pub max_in_flight: u32,
+    pub config_version: u32,
+    pub server: String,
+}
+
+/// An ingest acknowledgement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingested {
+    pub accepted: u32,
+    pub rejected: Vec<Rejected>,
+}
+
+/// A pipelined connection to an omnia server. Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct Client {
+    addr: String,
+    link: Arc<Mutex<Option<Arc<Link>>>>,
+    next_id: Arc<AtomicU32>,
+    info: Arc<std::sync::Mutex<Option<ServerInfo>>>,
+}
+
+impl Client {
+    /// Connects (retrying with backoff for about 3 s) and says HELLO.
+    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        let client = Client {
+            addr: addr.to_string(),
+            link: Arc::new(Mutex::new(None)),
+            next_id: Arc::new(AtomicU32::new(1)),
+            info: Arc::new(std::sync::Mutex::new(None)),
+        };
+        client.link().await?;
+        Ok(client)
+    }
+
+    /// What the server announced on the current connection.
+    pub fn server_info(&self) -> Option<ServerInfo> {
+        self.info.lock().ok().and_then(|i| i.clone())
+    }
+
+    /// The live link, connecting (with backoff) if there is none.
+    async fn link(&self) -> Result<Arc<Link>, ClientError> {
+        let mut guard = self.link.lock().await;
+        if let Some(link) = guard.as_ref() {
+            if !link.dead.load(Ordering::SeqCst) {
+                return Ok(link.clone());
+            }
+        }
+        let mut delay = Duration::from_millis(25);
+        let socket = loop {
+            match TcpStream::connect(&self.addr).await {
+                Ok(socket) => break socket,
+                Err(e) if delay > Duration::from_secs(2) => {
+                    return Err(ClientError::Connect {
+                        addr: self.addr.clone(),
+                        source: e,
+                    })
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let link = Arc::new(spawn_link(socket));
+        *guard = Some(link.clone());
+        drop(guard);
+        let hello = Request::Hello {
+            min_version: PROTOCOL_VERSION as u16,
+            max_version: PROTOCOL_VERSION as u16,
+            client: format!("omnia-rust {}", env!("CARGO_PKG_VERSION")),
+        };
+        match self.send_on(&link, &hello).await? {
+            Response::Hello {
+                version,
+                max_frame,
+                max_in_flight,
+                config_version,
+                server,
+            } => {
+                if let Ok(mut info) = self.info.lock() {
+                    *info = Some(ServerInfo {
+                        version,
+                        max_frame,
+                        max_in_flight,
+                        config_version,
+                        server,
+                    });
+                }
+                Ok(link)
+            }
+            other => Err(ClientError::Protocol(format!(
+                "HELLO answered with {other:?}"
+            ))),
+        }
+    }
+
+    async fn send_on(&self, link: &Link, request: &Request) -> Result<Response, ClientError> {
+        let body = request.encode().map_err(ClientError::Encode)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = link.pending.lock() {
+            pending.insert(id, tx);
+        }
+        // Checked after registering: if the reader died after this check, it drains
+        // `pending` after our insert and fails this request too.
+        if link.dead.load(Ordering::SeqCst) {
+            if let Ok(mut pending) = link.pending.lock() {
+                pending.remove(&id);
+            }
+            return Err(ClientError::ConnectionLost(
+                "the connection is closed".into(),
+            ));
+        }
+        if link
+            .outgoing
+            .send(Frame::new(request.opcode(), id, body))
+            .await
+            .is_err()
+        {
+            return Err(ClientError::ConnectionLost(
+                "the connection closed before the request was sent".into(),
+            ));
+        }
+        let frame = rx.await.map_err(|_| {
+            ClientError::ConnectionLost("no response before the connection closed".into())
+        })??;
+        match Response::decode(frame.opcode, &frame.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            Response::Error { code, message } => Err(ClientError::Server {
+                code: ErrorCode::from_u16(code),
+                raw_code: code,
+                message,
+            }),
+            response => Ok(response),
+        }
+    }
+
+    /// Sends any request and returns its response (server errors as `Err`).
+    pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
+        let link = self.link().await?;
+        self.send_on(&link, request).await
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(&Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn ingest(&self, events: Vec<RawEvent>) -> Result<Ingested, ClientError> {
+        ingested(self.request(&Request::Ingest { events }).await?)
+    }
+
+    /// Sends JSON events (Segment Spec shape; an array, `{"batch": [...]}`, one event,
+    /// or one event per line).
+    pub async fn ingest_json(&self, json: impl Into<Bytes>) -> Result<Ingested, ClientError> {
+        ingested(
+            self.request(&Request::IngestJson { json: json.into() })
+                .await?,
+        )
+    }
+
+    pub async fn profile(&self, key: &str) -> Result<Option<ProfileView>, ClientError> {
+        match self.request(&Request::Profile { key: key.into() }).await? {
+            Response::Profile(p) => Ok(p.map(|p| *p)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn segment_count(&self, query: &str) -> Result<u64, ClientError> {
+        match self
+            .request(&Request::SegmentCount {
+                query: query.into(),
+            })
+            .await?
+        {
+            Response::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of members: `(customer id, primary key)` and the next cursor.
+    pub async fn segment_members(
+        &self,
+        query: &str,
+        cursor: u32,
+        limit: u32,
+    ) -> Result<(Vec<(u32, String)>, Option<u32>), ClientError> {
+        match self
+            .request(&Request::SegmentMembers {
+                query: query.into(),
+                cursor,
+                limit,
+            })
+            .await?
+        {
+            Response::Members {
+                members,
+                next_cursor,
+            } => Ok((members, next_cursor)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn segment_contains(&self, segment: &str, key: &str) -> Result<bool, ClientError> {
+        match self
+            .request(&Request::SegmentContains {
+                segment: segment.into(),
+                key: key.into(),
+            })
+            .await?
+        {
+            Response::Contains(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        match self.request(&Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {response:?}"))
+}
+
+fn ingested(response: Response) -> Result<Ingested, ClientError> {
+    match response {
+        Response::Ingested { accepted, rejected } => Ok(Ingested { accepted, rejected }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Starts the writer and reader tasks of a connection.
+fn spawn_link(socket: TcpStream) -> Link {
+    let (mut read, mut write) = socket.into_split();
+    let (outgoing, mut queue) = mpsc::channel::<Frame>(4096);
+    let pending: Pending = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let fail_all = |pending: &Pending, why: &str| {
+        if let Ok(mut p) = pending.lock() {
+            for (_, tx) in p.drain() {
+                let _ = tx.send(Err(ClientError::ConnectionLost(why.to_string())));
+            }
+        }
+    };
+    let writer_pending = pending.clone();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        while let Some(frame) = queue.recv().await {
+            frame.write_to(&mut buf);
+            // Batch whatever else is already queued into the same write.
+            while buf.len() < 256 * 1024 {
+                match queue.try_recv() {
+                    Ok(frame) => frame.write_to(&mut buf),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = write.write_all(&buf).await {
+                fail_all(&writer_pending, &e.to_string());
+                return;
+            }
+            buf.clear();
+        }
+    });
+    let reader_pending = pending.clone();
+    let dead = Arc::new(AtomicBool::new(false));
+    let reader_dead = dead.clone();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let why = loop {
+            match Frame::parse(&mut buf, DEFAULT_MAX_FRAME.max(64 * 1024 * 1024)) {
+                Ok(Some(frame)) => {
+                    let tx = reader_pending
+                        .lock()
+                        .ok()
+                        .and_then(|mut p| p.remove(&frame.request_id));
+                    match tx {
+                        Some(tx) => {
+                            let _ = tx.send(Ok(frame));
+                        }
+                        // An error for a request the server could not identify (id 0).
+                        None => fail_first(&reader_pending, frame),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => break e.to_string(),
+            }
+            match read.read_buf(&mut buf).await {
+                Ok(0) => break "the server closed the connection".to_string(),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        reader_dead.store(true, Ordering::SeqCst);
+        fail_all(&reader_pending, &why);
+    });
+    Link {
+        outgoing,
+        pending,
+        dead,
+    }
+}
+
+/// Hands a frame the server could not attribute to the oldest waiting request.
+fn fail_first(pending: &Pending, frame: Frame) {
+    if let Ok(mut p) = pending.lock() {
+        if let Some(&id) = p.keys().min() {
+            if let Some(tx) = p.remove(&id) {
+                let _ = tx.send(Ok(frame));
+            }
+        }
+    }
+}

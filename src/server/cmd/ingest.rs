@@ -1,0 +1,65 @@
+//! INGEST (and the second half of INGEST_JSON): apply a batch, acknowledge how many
+//! were accepted, and report every rejected event by its index with a code and a
+//! message. Nothing is dropped silently; an accepted event is in the engine before the
+//! acknowledgement is written.
+
+use std::sync::atomic::Ordering;
+
+use crate::engine::EventError;
+use crate::model::RawEvent;
+use crate::protocol::message::Rejected;
+use crate::protocol::{ErrorCode, Response};
+use crate::server::Shared;
+
+/// The protocol's code for an engine's event error.
+pub fn code_of(e: &EventError) -> ErrorCode {
+    match e {
+        EventError::UnknownEventType { .. } => ErrorCode::UnknownEventType,
+        EventError::UnknownChannel { .. } => ErrorCode::UnknownChannel,
+        EventError::NoKeys { .. } | EventError::BadKey { .. } => ErrorCode::BadKey,
+        EventError::UnknownProperty { .. } | EventError::PropertyType { .. } => {
+            ErrorCode::BadProperty
+        }
+        EventError::UnknownAttribute { .. } | EventError::AttributeType { .. } => {
+            ErrorCode::BadAttribute
+        }
+        EventError::BadTimestamp { .. } => ErrorCode::BadTimestamp,
+        EventError::FromTheFuture { .. } => ErrorCode::FutureTimestamp,
+        EventError::Full { .. } => ErrorCode::Capacity,
+    }
+}
+
+/// Applies events in order. Each item is an event, or the rejection its conversion
+/// already produced (JSON events that did not convert).
+pub fn apply<'a>(
+    shared: &Shared,
+    events: impl Iterator<Item = Result<&'a RawEvent, (ErrorCode, String)>>,
+) -> Response {
+    let mut accepted = 0u32;
+    let mut rejected = Vec::new();
+    for (index, event) in events.enumerate() {
+        let outcome = event.and_then(|raw| {
+            shared
+                .engine
+                .ingest(raw)
+                .map_err(|e| (code_of(&e), e.to_string()))
+        });
+        match outcome {
+            Ok(_) => accepted += 1,
+            Err((code, message)) => rejected.push(Rejected {
+                index: index as u32,
+                code: code as u16,
+                message,
+            }),
+        }
+    }
+    shared
+        .stats
+        .events_ingested
+        .fetch_add(accepted as u64, Ordering::Relaxed);
+    shared
+        .stats
+        .events_rejected
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    Response::Ingested { accepted, rejected }
+}

@@ -1,0 +1,9 @@
+//! One file per command: each turns a decoded request into a response against the
+//! shared state. Adding an operation is one new file and one match arm in the handler.
+
+pub mod hello;
+pub mod ingest;
+pub mod ingest_json;
+pub mod profile;
+pub mod segment;
+pub mod stats;

@@ -1,0 +1,32 @@
+//! STATS: server and engine counters, segment sizes, uptime, config version.
+
+use std::sync::atomic::Ordering;
+
+use crate::protocol::message::Stats;
+use crate::protocol::Response;
+use crate::server::Shared;
+
+pub fn apply(shared: &Shared) -> Response {
+    let engine = shared.engine.stats();
+    let config = shared.engine.config();
+    Response::Stats(Stats {
+        uptime_ms: shared.stats.started.elapsed().as_millis() as u64,
+        config_version: config.version,
+        customers: engine.customers,
+        keys: engine.keys,
+        events_ingested: shared.stats.events_ingested.load(Ordering::Relaxed),
+        events_rejected: shared.stats.events_rejected.load(Ordering::Relaxed),
+        merges: engine.merges,
+        connections: shared.stats.connections.load(Ordering::Relaxed),
+        segments: config
+            .segments
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    shared.engine.segment_count(&s.name).unwrap_or(0),
+                )
+            })
+            .collect(),
+    })
+}

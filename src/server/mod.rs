@@ -1,0 +1,318 @@
+//! The omnia server: the engine behind the binary protocol, over TCP.
+//!
+//! Shape (after mini-redis): [`run`] owns an accept loop that bounds connections with
+//! a semaphore and backs off on accept errors; each connection gets a task with a
+//! [`Handler`] that reads frames, dispatches by opcode to one file per command in
+//! [`cmd`], and writes responses in request order. Shutdown is a broadcast: the accept
+//! loop stops, each handler answers the requests it has already received, flushes and
+//! closes, and `run` returns once every handler has dropped its completion sender.
+//!
+//! Backpressure: a connection's requests are handled one at a time, and a response is
+//! written before the next request is read from the buffer. A client that pipelines
+//! without reading fills the socket buffers, the server's write waits, and the server
+//! stops reading that connection: its memory stays bounded by one frame in and the
+//! write buffer out.
+
+mod cmd;
+mod connection;
+mod shutdown;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::engine::Engine;
+use crate::protocol::{opcode, ErrorCode, Frame, FrameError, Request, Response, PROTOCOL_VERSION};
+use connection::{Connection, ConnectionError};
+use shutdown::Shutdown;
+
+/// Limits a server enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_frame: u32,
+    /// Requests a client may have in flight on one connection (announced in HELLO).
+    pub max_in_flight: u32,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            max_in_flight: 1024,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters the server keeps besides the engine's.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub started: Instant,
+    pub connections: AtomicU32,
+    pub events_ingested: AtomicU64,
+    pub events_rejected: AtomicU64,
+    /// Requests per opcode.
+    pub requests: [AtomicU64; 256],
+}
+
+impl Default for ServerStats {
+    fn default() -> Self {
+        ServerStats {
+            started: Instant::now(),
+            connections: AtomicU32::new(0),
+            events_ingested: AtomicU64::new(0),
+            events_rejected: AtomicU64::new(0),
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// What every connection shares.
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub limits: Limits,
+    pub stats: ServerStats,
+}
+
+/// Serves `listener` until `shutdown` completes, then drains connections and returns.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future) {
+    let (notify_shutdown, _) = broadcast::channel(1);
+    let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel::<()>(1);
+    let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let accept = accept_loop(
+        &listener,
+        &shared,
+        &limit,
+        &notify_shutdown,
+        &shutdown_complete_tx,
+    );
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => info!("shutting down: no new connections; finishing requests in flight"),
+    }
+    drop(notify_shutdown);
+    drop(shutdown_complete_tx);
+    let _ = shutdown_complete_rx.recv().await;
+    info!("every connection is closed");
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    limit: &Arc<Semaphore>,
+    notify: &broadcast::Sender<()>,
+    complete: &mpsc::Sender<()>,
+) {
+    loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let socket = match accept(listener).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!(error = %e, "accept keeps failing; the server stops accepting");
+                return;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let peer = socket
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut handler = Handler {
+            connection: Connection::new(socket, shared.limits.max_frame),
+            shared: shared.clone(),
+            shutdown: Shutdown::new(notify.subscribe()),
+            greeted: false,
+            peer,
+            _complete: complete.clone(),
+        };
+        tokio::spawn(async move {
+            handler
+                .shared
+                .stats
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = handler.run().await {
+                warn!(peer = %handler.peer, error = %e, "connection closed");
+            }
+            handler
+                .shared
+                .stats
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// Accepts with exponential backoff on errors (1, 2, 4 … 64 s), as transient errors
+/// such as running out of file descriptors usually pass.
+async fn accept(listener: &TcpListener) -> std::io::Result<TcpStream> {
+    let mut backoff = 1;
+    loop {
+        match listener.accept().await {
+            Ok((socket, _)) => return Ok(socket),
+            Err(e) => {
+                if backoff > 64 {
+                    return Err(e);
+                }
+                warn!(error = %e, "accept failed; retrying in {backoff}s");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(backoff)).await;
+        backoff *= 2;
+    }
+}
+
+/// After shutdown, a connection is closed once it has been quiet this long…
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+/// …or this long after the shutdown signal, whichever comes first.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+struct Handler {
+    connection: Connection,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    greeted: bool,
+    peer: String,
+    _complete: mpsc::Sender<()>,
+}
+
+impl Handler {
+    async fn run(&mut self) -> Result<(), ConnectionError> {
+        debug!(peer = %self.peer, "connection opened");
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            // Between requests: a whole buffered request is answered even during
+            // shutdown. After the shutdown signal, requests still arriving (sent before
+            // the client learnt of it) are answered until the connection is quiet.
+            let frame = match self.connection.buffered_frame() {
+                Ok(Some(frame)) => Some(frame),
+                Err(e) => return self.framing_broken(e).await,
+                Ok(None) if self.shutdown.is_shutdown() => {
+                    let deadline = *drain_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_LIMIT);
+                    let quiet = DRAIN_QUIET
+                        .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    match tokio::time::timeout(quiet, self.connection.read_frame()).await {
+                        Ok(Ok(frame)) => frame,
+                        Ok(Err(ConnectionError::Frame(e))) => return self.framing_broken(e).await,
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => None,
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        read = tokio::time::timeout(self.shared.limits.idle_timeout, self.connection.read_frame()) => match read {
+                            Ok(Ok(frame)) => frame,
+                            Ok(Err(ConnectionError::Frame(e))) => return self.framing_broken(e).await,
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => {
+                                info!(peer = %self.peer, "closing idle connection");
+                                None
+                            }
+                        },
+                        _ = self.shutdown.recv() => continue,
+                    }
+                }
+            };
+            let Some(frame) = frame else {
+                self.connection.flush().await?;
+                debug!(peer = %self.peer, "connection closed");
+                return Ok(());
+            };
+            let response = self.respond(&frame);
+            let reply = Frame::new(
+                response.opcode(frame.opcode),
+                frame.request_id,
+                response.encode(),
+            );
+            self.connection.write_frame(&reply).await?;
+            if !self.connection.has_buffered_frame() {
+                self.connection.flush().await?;
+            }
+        }
+    }
+
+    /// Framing is lost: say why to the client if we can, log it, and close.
+    async fn framing_broken(&mut self, e: FrameError) -> Result<(), ConnectionError> {
+        let (code, request_id) = match &e {
+            FrameError::TooLarge { request_id, .. } => {
+                (ErrorCode::FrameTooLarge, request_id.unwrap_or(0))
+            }
+            FrameError::TooShort { .. } => (ErrorCode::MalformedFrame, 0),
+        };
+        let message = format!("{e}; the connection is closed because frame boundaries are lost");
+        warn!(peer = %self.peer, error = %e, "closing connection: framing broken");
+        let reply = Response::error(code, message);
+        let _ = self
+            .connection
+            .write_frame(&Frame::new(opcode::ERROR, request_id, reply.encode()))
+            .await;
+        let _ = self.connection.flush().await;
+        Ok(())
+    }
+
+    fn respond(&mut self, frame: &Frame) -> Response {
+        self.shared.stats.requests[frame.opcode as usize].fetch_add(1, Ordering::Relaxed);
+        if frame.version != PROTOCOL_VERSION {
+            return Response::error(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "frame has protocol version {}, this server speaks version {PROTOCOL_VERSION}",
+                    frame.version
+                ),
+            );
+        }
+        let request = match Request::decode(frame.opcode, &frame.body) {
+            Ok(Some(request)) => request,
+            Ok(None) if frame.opcode == opcode::DECIDE || frame.opcode == opcode::FEEDBACK => {
+                return Response::error(ErrorCode::NotImplemented, format!("{} is reserved for decisioning, which this server version does not provide yet", opcode::name(frame.opcode).to_uppercase()))
+            }
+            Ok(None) => return Response::error(ErrorCode::UnknownOpcode, format!("unknown opcode {:#04x}", frame.opcode)),
+            Err(e @ crate::protocol::codec::DecodeError::Utf8 { .. }) => return Response::error(ErrorCode::InvalidUtf8, format!("{} request: {e}", opcode::name(frame.opcode))),
+            Err(e) => return Response::error(ErrorCode::MalformedFrame, format!("{} request: {e}", opcode::name(frame.opcode))),
+        };
+        if !self.greeted && !matches!(request, Request::Hello { .. }) {
+            return Response::error(
+                ErrorCode::HelloRequired,
+                "the first request on a connection must be HELLO",
+            );
+        }
+        let shared = &self.shared;
+        match request {
+            Request::Hello {
+                min_version,
+                max_version,
+                client,
+            } => {
+                let response = cmd::hello::apply(shared, min_version, max_version, &client);
+                self.greeted |= matches!(response, Response::Hello { .. });
+                response
+            }
+            Request::Ping => Response::Pong,
+            Request::Ingest { events } => cmd::ingest::apply(shared, events.iter().map(Ok)),
+            Request::IngestJson { json } => cmd::ingest_json::apply(shared, &json),
+            Request::Profile { key } => cmd::profile::apply(shared, &key),
+            Request::SegmentCount { query } => cmd::segment::count(shared, &query),
+            Request::SegmentMembers {
+                query,
+                cursor,
+                limit,
+            } => cmd::segment::members(shared, &query, cursor, limit),
+            Request::SegmentContains { segment, key } => {
+                cmd::segment::contains(shared, &segment, &key)
+            }
+            Request::Stats => cmd::stats::apply(shared),
+        }
+    }
+}

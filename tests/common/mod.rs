@@ -1,0 +1,76 @@
+//! A real server on an ephemeral port, for integration tests.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use omnia::clock::ManualClock;
+use omnia::config::Config;
+use omnia::engine::Engine;
+use omnia::server::{Limits, ServerStats, Shared};
+use tokio::sync::oneshot;
+
+/// Monday 2 March 2026, 10:00 UTC.
+pub const START_MS: i64 = 1_772_445_600_000;
+
+pub struct TestServer {
+    pub addr: String,
+    pub engine: Arc<Engine>,
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// The default config, a manual clock at [`START_MS`], default limits.
+    pub async fn start() -> TestServer {
+        TestServer::with_limits(Limits::default()).await
+    }
+
+    pub async fn with_limits(limits: Limits) -> TestServer {
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let engine = Arc::new(Engine::new(
+            Config::embedded_default().expect("default config"),
+            clock.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let shared = Arc::new(Shared {
+            engine: engine.clone(),
+            limits,
+            stats: ServerStats::default(),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(omnia::server::run(listener, shared, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            engine,
+            clock,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// Signals shutdown and waits until every connection is closed.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.handle).await.expect("server task");
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn finished(self) {
+        self.handle.await.expect("server task");
+    }
+}

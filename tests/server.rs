@@ -1,0 +1,257 @@
+//! The server end to end, through the Rust client: the Sofia journey over TCP with
+//! JSON and binary ingest mixed, pipelining, many connections at once, and graceful
+//! shutdown with requests in flight.
+
+mod common;
+
+use common::{TestServer, START_MS};
+use omnia::client::Client;
+use omnia::model::RawEvent;
+use tokio::task::JoinSet;
+
+const MINUTE: i64 = 60_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sofia_journey_over_tcp_with_json_and_binary_ingest() {
+    let server = TestServer::start().await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    let info = client.server_info().unwrap();
+    assert_eq!(
+        (info.version, info.config_version),
+        (1, server.engine.config().version)
+    );
+
+    // An account made a week ago in the app (binary).
+    let week_ago = START_MS - 7 * 24 * 60 * MINUTE;
+    let ack = client
+        .ingest(vec![
+            RawEvent::new("page_view", "app", week_ago).key("user:sofia")
+        ])
+        .await
+        .unwrap();
+    assert_eq!((ack.accepted, ack.rejected.len()), (1, 0));
+
+    // Anonymous on the web from the flyer, shoes, cart (JSON, as a tracker sends it).
+    let json = format!(
+        r#"{{"batch":[
+          {{"type":"page","anonymousId":"c-7f3","properties":{{"url":"/lp/spring","campaign":"flyer-spring"}},"timestamp":{t0}}},
+          {{"type":"track","event":"product_view","anonymousId":"c-7f3","properties":{{"sku":"SHOE-42","category":"shoes","price":120}},"context":{{"channel":"web"}},"timestamp":{t1}}},
+          {{"type":"track","event":"add_to_cart","anonymousId":"c-7f3","properties":{{"sku":"SHOE-42","price":120,"quantity":1}},"context":{{"channel":"web"}},"timestamp":{t2}}}
+        ]}}"#,
+        t0 = START_MS,
+        t1 = START_MS + MINUTE,
+        t2 = START_MS + 2 * MINUTE
+    );
+    server.clock.advance_ms(2 * MINUTE);
+    let ack = client.ingest_json(json).await.unwrap();
+    assert_eq!(
+        (ack.accepted, ack.rejected.len()),
+        (3, 0),
+        "{:?}",
+        ack.rejected
+    );
+    assert!(client
+        .segment_contains("new_visitors", "anon:c-7f3")
+        .await
+        .unwrap());
+
+    // She logs in on the app: the cookie's profile merges into her account (JSON identify).
+    server.clock.advance_ms(10 * MINUTE);
+    let ack = client
+        .ingest_json(r#"{"type":"identify","userId":"sofia","anonymousId":"c-7f3","traits":{"email":"sofia@example.nl","country":"NL","email_opt_in":true},"context":{"channel":"app"}}"#)
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 1);
+    let profile = client
+        .profile("anon:c-7f3")
+        .await
+        .unwrap()
+        .expect("merged profile");
+    assert_eq!(profile.primary_key, "user:sofia");
+    assert_eq!(
+        profile.keys,
+        vec!["user:sofia", "email:sofia@example.nl", "anon:c-7f3"]
+    );
+    assert_eq!(client.segment_count("all").await.unwrap(), 1);
+
+    // 30 minutes after the cart, by the clock alone, she is a cart abandoner.
+    server.clock.advance_ms(19 * MINUTE);
+    assert!(!client
+        .segment_contains("cart_abandoners", "user:sofia")
+        .await
+        .unwrap());
+    server.clock.advance_ms(MINUTE + 1000);
+    assert!(client
+        .segment_contains("cart_abandoners", "email:sofia@example.nl")
+        .await
+        .unwrap());
+
+    // The reminder e-mail, and a purchase in the app (binary).
+    let now = START_MS + 34 * MINUTE;
+    server.clock.set_ms(now);
+    let ack = client
+        .ingest(vec![
+            RawEvent::new("email_click", "email", now)
+                .key("email:sofia@example.nl")
+                .prop("campaign", "cart-reminder"),
+            RawEvent::new("purchase", "app", now)
+                .key("user:sofia")
+                .prop("amount", 120.0)
+                .prop("category", "shoes"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 2);
+    assert!(!client
+        .segment_contains("cart_abandoners", "user:sofia")
+        .await
+        .unwrap());
+
+    // The coupon redeemed in a store with her loyalty card.
+    let ack = client.ingest_json(r#"{"type":"track","event":"coupon_redeemed","keys":["card:8812","email:sofia@example.nl"],"properties":{"coupon":"SPRING10","value":10},"context":{"channel":"store"}}"#).await.unwrap();
+    assert_eq!(ack.accepted, 1);
+    let profile = client.profile("card:8812").await.unwrap().unwrap();
+    let channels: Vec<&str> = profile.channels.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(channels, vec!["web", "app", "email", "store"]);
+    assert!(profile.in_segment("multichannel_shoppers"));
+    assert_eq!(
+        client
+            .segment_count("multichannel_shoppers and email_reachable")
+            .await
+            .unwrap(),
+        1
+    );
+    let (members, next) = client
+        .segment_members("multichannel_shoppers", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (members.len(), members[0].1.as_str(), next),
+        (1, "user:sofia", None)
+    );
+    let stats = client.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.customers,
+            stats.events_ingested,
+            stats.events_rejected
+        ),
+        (1, 8, 0)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_in_flight_on_one_connection() {
+    let server = TestServer::start().await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..1000 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let ack = client
+                .ingest(vec![
+                    RawEvent::new("page_view", "web", START_MS).key(&format!("anon:p{i}"))
+                ])
+                .await
+                .unwrap();
+            let member = client
+                .segment_contains("new_visitors", &format!("anon:p{i}"))
+                .await
+                .unwrap();
+            (ack.accepted, member)
+        });
+    }
+    let mut answered = 0;
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap(), (1, true));
+        answered += 1;
+    }
+    assert_eq!(answered, 1000);
+    assert_eq!(client.segment_count("new_visitors").await.unwrap(), 1000);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_connections_ingest_while_others_query() {
+    let server = TestServer::start().await;
+    let mut writers = JoinSet::new();
+    for c in 0..32 {
+        let addr = server.addr.clone();
+        writers.spawn(async move {
+            let client = Client::connect(&addr).await.unwrap();
+            for batch in 0..10 {
+                let events = (0..50)
+                    .map(|i| {
+                        RawEvent::new("purchase", "web", START_MS)
+                            .key(&format!("user:c{c}-{batch}-{i}"))
+                            .prop("amount", 600.0)
+                    })
+                    .collect();
+                assert_eq!(client.ingest(events).await.unwrap().accepted, 50);
+            }
+        });
+    }
+    let mut readers = JoinSet::new();
+    for _ in 0..4 {
+        let addr = server.addr.clone();
+        readers.spawn(async move {
+            let client = Client::connect(&addr).await.unwrap();
+            let mut last = 0;
+            for _ in 0..50 {
+                let n = client.segment_count("high_value").await.unwrap();
+                assert!(n >= last, "counts only grow while purchases arrive");
+                last = n;
+                client.stats().await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    while let Some(r) = readers.join_next().await {
+        r.unwrap();
+    }
+    let client = Client::connect(&server.addr).await.unwrap();
+    assert_eq!(
+        client.segment_count("high_value").await.unwrap(),
+        32 * 10 * 50
+    );
+    assert_eq!(client.stats().await.unwrap().events_ingested, 32 * 10 * 50);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_answers_every_request_in_flight() {
+    let mut server = TestServer::start().await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..300 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            client
+                .ingest(vec![
+                    RawEvent::new("page_view", "web", START_MS).key(&format!("anon:s{i}"))
+                ])
+                .await
+        });
+    }
+    // Shut down while the requests are still being sent and handled.
+    tokio::task::yield_now().await;
+    server.begin_shutdown();
+    let mut accepted = 0;
+    while let Some(result) = tasks.join_next().await {
+        let ack = result
+            .unwrap()
+            .expect("every request sent before shutdown is answered");
+        accepted += ack.accepted;
+    }
+    assert_eq!(accepted, 300);
+    let engine = server.engine.clone();
+    server.finished().await;
+    assert_eq!(
+        engine.stats().events_applied,
+        300,
+        "every acknowledged event is in the engine"
+    );
+}
