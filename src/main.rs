@@ -82,6 +82,12 @@ struct ServeOptions {
     /// Seconds after which a connection with no request is closed.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    /// Address of the Prometheus endpoint (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9878")]
+    metrics_listen: std::net::SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long)]
+    no_metrics: bool,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, default_value = "info")]
     log: String,
@@ -172,16 +178,6 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             shards = engine.config().engine.shards,
             "omnia is serving"
         );
-        // Timers also run on every read and write of a shard; this spreads the work for
-        // shards that see no traffic.
-        let ticker_engine = engine.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
-            loop {
-                every.tick().await;
-                ticker_engine.tick();
-            }
-        });
         let shared = Arc::new(omnia::server::Shared {
             engine,
             limits: omnia::server::Limits {
@@ -191,6 +187,24 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 ..omnia::server::Limits::default()
             },
             stats: omnia::server::ServerStats::default(),
+        });
+        if !options.no_metrics {
+            omnia::server::metrics::install(options.metrics_listen).map_err(anyhow::Error::msg)?;
+            tracing::info!(addr = %options.metrics_listen, "metrics at /metrics");
+        }
+        // Timers also run on every read and write of a shard; this spreads the work for
+        // shards that see no traffic, and keeps the gauges fresh.
+        let ticker = shared.clone();
+        let metrics = !options.no_metrics;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                ticker.engine.tick();
+                if metrics {
+                    omnia::server::metrics::publish_gauges(&ticker);
+                }
+            }
         });
         omnia::server::run(listener, shared, shutdown_signal()).await;
         tracing::info!("omnia stopped");

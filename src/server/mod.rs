@@ -15,6 +15,7 @@
 
 mod cmd;
 mod connection;
+pub mod metrics;
 mod shutdown;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -230,7 +231,13 @@ impl Handler {
                 debug!(peer = %self.peer, "connection closed");
                 return Ok(());
             };
+            let started = Instant::now();
             let response = self.respond(&frame);
+            let error = match &response {
+                Response::Error { code, .. } => Some(*code),
+                _ => None,
+            };
+            metrics::request(frame.opcode, started.elapsed(), error);
             let reply = Frame::new(
                 response.opcode(frame.opcode),
                 frame.request_id,

@@ -53,6 +53,7 @@ pub fn apply<'a>(
             }),
         }
     }
+    crate::server::metrics::events(accepted, rejected.iter().map(|r| r.code));
     shared
         .stats
         .events_ingested

@@ -1,0 +1,79 @@
+//! Prometheus metrics, served over HTTP on their own port (`/metrics`).
+//!
+//! Names:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `omnia_requests_total` | counter | `op` |
+//! | `omnia_request_errors_total` | counter | `op`, `code` |
+//! | `omnia_request_duration_seconds` | histogram (explicit buckets, 10 µs to 1 s) | `op` |
+//! | `omnia_events_ingested_total` | counter | |
+//! | `omnia_events_rejected_total` | counter | `code` |
+//! | `omnia_connections` | gauge | |
+//! | `omnia_customers` | gauge | |
+//! | `omnia_segment_members` | gauge | `segment` |
+//!
+//! Recording goes through the `metrics` facade: without an installed exporter (tests,
+//! embedding) it costs next to nothing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use super::Shared;
+use crate::protocol::{opcode, ErrorCode};
+
+/// Upper bounds of the request latency buckets, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
+
+/// Starts the HTTP endpoint on `addr` and installs the recorder. Call within a Tokio runtime.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full("omnia_request_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+pub(crate) fn request(op: u8, elapsed: Duration, error: Option<u16>) {
+    let name = opcode::name(op);
+    metrics::counter!("omnia_requests_total", "op" => name).increment(1);
+    metrics::histogram!("omnia_request_duration_seconds", "op" => name)
+        .record(elapsed.as_secs_f64());
+    if let Some(code) = error {
+        metrics::counter!("omnia_request_errors_total", "op" => name, "code" => code_name(code))
+            .increment(1);
+    }
+}
+
+pub(crate) fn events(accepted: u32, rejected: impl Iterator<Item = u16>) {
+    metrics::counter!("omnia_events_ingested_total").increment(accepted as u64);
+    for code in rejected {
+        metrics::counter!("omnia_events_rejected_total", "code" => code_name(code)).increment(1);
+    }
+}
+
+fn code_name(code: u16) -> &'static str {
+    ErrorCode::from_u16(code).map_or("UNKNOWN", ErrorCode::name)
+}
+
+/// Sets the gauges from the current state; the server calls this periodically.
+pub fn publish_gauges(shared: &Shared) {
+    metrics::gauge!("omnia_connections")
+        .set(shared.stats.connections.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("omnia_customers").set(shared.engine.stats().customers as f64);
+    for segment in &shared.engine.config().segments {
+        let members = shared.engine.segment_count(&segment.name).unwrap_or(0);
+        metrics::gauge!("omnia_segment_members", "segment" => segment.name.clone())
+            .set(members as f64);
+    }
+}

@@ -1,0 +1,263 @@
+//! The `omnia` binary as an operator and a script use it: `serve` with metrics,
+//! `ctl` commands with tables, JSON and exit codes, SIGTERM, and `check-config`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const OMNIA: &str = env!("CARGO_BIN_EXE_omnia");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Served {
+    child: Child,
+    addr: String,
+    metrics: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn serve() -> Served {
+    let (port, metrics_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("omnia-cli-test-{port}"));
+    let child = Command::new(OMNIA)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omnia serve");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Served {
+        child,
+        addr,
+        metrics: format!("127.0.0.1:{metrics_port}"),
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+fn ctl(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(OMNIA)
+        .args(["ctl", "--addr", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scrape(addr: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn serve_ctl_metrics_and_sigterm() {
+    let mut served = serve();
+    let addr = served.addr.clone();
+
+    let ping = ctl(&addr, &["ping"], None);
+    assert!(
+        ping.status.success() && text(&ping.stdout).starts_with("pong from omnia"),
+        "{}",
+        text(&ping.stderr)
+    );
+
+    let events = concat!(
+        "{\"type\":\"page\",\"anonymousId\":\"c-7f3\",\"properties\":{\"url\":\"/lp\"}}\n",
+        "{\"type\":\"identify\",\"userId\":\"sofia\",\"anonymousId\":\"c-7f3\",\"traits\":{\"email\":\"sofia@example.nl\",\"email_opt_in\":true},\"context\":{\"channel\":\"app\"}}\n",
+        "\n",
+        "{\"type\":\"track\",\"event\":\"purchse\",\"userId\":\"sofia\",\"context\":{\"channel\":\"app\"}}\n",
+    );
+    let ingest = ctl(&addr, &["--json", "ingest", "-"], Some(events));
+    assert_eq!(ingest.status.code(), Some(2), "rejections give exit code 2");
+    let report: serde_json::Value = serde_json::from_slice(&ingest.stdout).unwrap();
+    assert_eq!(report["accepted"], 2);
+    assert_eq!(
+        report["rejected"][0]["line"], 4,
+        "rejections are reported by input line"
+    );
+    assert_eq!(report["rejected"][0]["code"], 11);
+
+    let profile = ctl(&addr, &["profile", "anon:c-7f3"], None);
+    let shown = text(&profile.stdout);
+    assert!(
+        shown.contains("(user:sofia)") && shown.contains("email_reachable"),
+        "{shown}"
+    );
+    let profile = ctl(
+        &addr,
+        &["--json", "profile", "email:sofia@example.nl"],
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&profile.stdout).unwrap();
+    assert_eq!(json["primary_key"], "user:sofia");
+    assert_eq!(
+        ctl(&addr, &["profile", "user:nobody"], None).status.code(),
+        Some(3)
+    );
+
+    assert_eq!(
+        text(
+            &ctl(
+                &addr,
+                &["segment", "count", "email_reachable or new_visitors"],
+                None
+            )
+            .stdout
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        text(
+            &ctl(
+                &addr,
+                &["segment", "contains", "email_reachable", "user:sofia"],
+                None
+            )
+            .stdout
+        )
+        .trim(),
+        "yes"
+    );
+    let members = ctl(
+        &addr,
+        &["--json", "segment", "members", "all", "--limit", "10"],
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&members.stdout).unwrap();
+    assert_eq!(json["members"][0]["key"], "user:sofia");
+    let bad = ctl(&addr, &["segment", "count", "vips"], None);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("UNKNOWN_SEGMENT (18)"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let stats = ctl(&addr, &["--json", "stats"], None);
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (
+            json["customers"].as_u64(),
+            json["events_ingested"].as_u64(),
+            json["events_rejected"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1))
+    );
+
+    // Gauges refresh every 500 ms.
+    std::thread::sleep(Duration::from_millis(700));
+    let metrics = scrape(&served.metrics);
+    for expected in [
+        "omnia_events_ingested_total 2",
+        "omnia_events_rejected_total{code=\"UNKNOWN_EVENT_TYPE\"} 1",
+        "omnia_requests_total{op=\"ingest_json\"} 1",
+        "omnia_request_duration_seconds_bucket{op=\"ping\",le=\"0.001\"}",
+        "omnia_segment_members{segment=\"email_reachable\"} 1",
+        "omnia_customers 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing `{expected}` in\n{metrics}"
+        );
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = served.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+}
+
+#[test]
+fn check_config_reports_errors_or_a_summary() {
+    let good = Command::new(OMNIA)
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/retail.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(good.status.success());
+    assert!(text(&good.stdout).contains("is valid"));
+    let path = std::env::temp_dir().join(format!("omnia-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "channels = [\"web\"]\n[identity]\nnamespaces = [\"user\"]\n[events.visit]\n[segments.x]\nrule = \"count(vist, 1d) > 0\"\n").unwrap();
+    let bad = Command::new(OMNIA)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(bad.status.code(), Some(1));
+    let shown = text(&bad.stderr);
+    assert!(
+        shown.starts_with("error: unknown event type `vist`\n"),
+        "{shown}"
+    );
+    assert!(shown.contains(":6:15\n"), "{shown}");
+}
