@@ -11,7 +11,7 @@
 use compact_str::CompactString;
 
 use crate::config::{Config, UnknownProperties, ValueType};
-pub use crate::model::event::{RawEvent, RawValue};
+pub use crate::model::event::{EventView, RawEvent, RawValue, ValueRef};
 
 /// A property value ready for filters: strings as codes of the property's constants
 /// (0 for a string no rule mentions).
@@ -149,67 +149,61 @@ pub fn parse_key(config: &Config, event: &str, key: &str) -> Result<Key, EventEr
     })
 }
 
-/// Resolves a raw event against the config and the attribute interner.
-pub fn resolve(config: &Config, raw: &RawEvent) -> Result<Event, EventError> {
-    let Some(event_type) = config.event_id(&raw.event) else {
+/// Resolves an event (owned, or borrowed from a frame) against the config and the
+/// attribute interner. Allocates only the resolved event, and an error's text.
+pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventError> {
+    let name = raw.event_type();
+    let list = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
+    let Some(event_type) = config.event_id(name) else {
         return Err(EventError::UnknownEventType {
-            name: raw.event.clone(),
-            declared: config
-                .events
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            name: name.to_string(),
+            declared: list(&mut config.events.iter().map(|e| e.name.as_str())),
         });
     };
     let def = &config.events[event_type];
-    let Some(channel) = config.channel_id(&raw.channel) else {
+    let Some(channel) = config.channel_id(raw.channel()) else {
         return Err(EventError::UnknownChannel {
-            event: raw.event.clone(),
-            name: raw.channel.clone(),
+            event: name.to_string(),
+            name: raw.channel().to_string(),
             declared: config.channels.join(", "),
         });
     };
-    if raw.keys.is_empty() {
-        return Err(EventError::NoKeys {
-            event: raw.event.clone(),
-        });
-    }
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    for key in &raw.keys {
-        let key = parse_key(config, &raw.event, key)?;
+    let mut keys = Vec::with_capacity(2);
+    for key in raw.keys() {
+        let key = parse_key(config, name, key)?;
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
-    if raw.timestamp_ms < 1000 || raw.timestamp_ms / 1000 > u32::MAX as i64 - 1 {
+    if keys.is_empty() {
+        return Err(EventError::NoKeys {
+            event: name.to_string(),
+        });
+    }
+    let timestamp_ms = raw.timestamp_ms();
+    if timestamp_ms < 1000 || timestamp_ms / 1000 > u32::MAX as i64 - 1 {
         return Err(EventError::BadTimestamp {
-            event: raw.event.clone(),
-            timestamp_ms: raw.timestamp_ms,
+            event: name.to_string(),
+            timestamp_ms,
         });
     }
     let mut properties = vec![PropValue::Missing; def.properties.len()];
-    for (name, value) in &raw.properties {
-        let Some(index) = def.properties.iter().position(|p| p.name == *name) else {
+    for (property, value) in raw.properties() {
+        let Some(index) = def.properties.iter().position(|p| p.name == property) else {
             if config.engine.unknown_properties == UnknownProperties::Ignore {
                 continue;
             }
             return Err(EventError::UnknownProperty {
-                event: raw.event.clone(),
-                property: name.clone(),
-                declared: def
-                    .properties
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                event: name.to_string(),
+                property: property.to_string(),
+                declared: list(&mut def.properties.iter().map(|p| p.name.as_str())),
             });
         };
         let prop = &def.properties[index];
         properties[index] = match (prop.ty, value) {
-            (ValueType::Number, RawValue::Num(v)) if v.is_finite() => PropValue::Num(*v),
-            (ValueType::Bool, RawValue::Bool(b)) => PropValue::Bool(*b),
-            (ValueType::String, RawValue::Str(s)) => PropValue::Str(
+            (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => PropValue::Num(v),
+            (ValueType::Bool, ValueRef::Bool(b)) => PropValue::Bool(b),
+            (ValueType::String, ValueRef::Str(s)) => PropValue::Str(
                 prop.constants
                     .iter()
                     .position(|c| c == s)
@@ -217,37 +211,32 @@ pub fn resolve(config: &Config, raw: &RawEvent) -> Result<Event, EventError> {
             ),
             _ => {
                 return Err(EventError::PropertyType {
-                    event: raw.event.clone(),
-                    property: name.clone(),
+                    event: name.to_string(),
+                    property: property.to_string(),
                     expected: prop.ty.name(),
                     found: value.type_name(),
                 })
             }
         };
     }
-    let mut attributes = Vec::with_capacity(raw.attributes.len());
-    for (name, value) in &raw.attributes {
-        let Some(index) = config.attribute_id(name) else {
+    let mut attributes = Vec::new();
+    for (attribute, value) in raw.attributes() {
+        let Some(index) = config.attribute_id(attribute) else {
             return Err(EventError::UnknownAttribute {
-                event: raw.event.clone(),
-                attribute: name.clone(),
-                declared: config
-                    .attributes
-                    .iter()
-                    .map(|a| a.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                event: name.to_string(),
+                attribute: attribute.to_string(),
+                declared: list(&mut config.attributes.iter().map(|a| a.name.as_str())),
             });
         };
         let ty = config.attributes[index].ty;
         let v = match (ty, value) {
-            (ValueType::Number, RawValue::Num(v)) if v.is_finite() => AttrValue::Num(*v),
-            (ValueType::Bool, RawValue::Bool(b)) => AttrValue::Bool(*b),
-            (ValueType::String, RawValue::Str(s)) => AttrValue::Str(config.interner.intern(s)),
+            (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => AttrValue::Num(v),
+            (ValueType::Bool, ValueRef::Bool(b)) => AttrValue::Bool(b),
+            (ValueType::String, ValueRef::Str(s)) => AttrValue::Str(config.interner.intern(s)),
             _ => {
                 return Err(EventError::AttributeType {
-                    event: raw.event.clone(),
-                    attribute: name.clone(),
+                    event: name.to_string(),
+                    attribute: attribute.to_string(),
                     expected: ty.name(),
                     found: value.type_name(),
                 })
@@ -259,7 +248,7 @@ pub fn resolve(config: &Config, raw: &RawEvent) -> Result<Event, EventError> {
         keys,
         event_type,
         channel,
-        timestamp_ms: raw.timestamp_ms,
+        timestamp_ms,
         properties,
         attributes,
     })

@@ -38,7 +38,7 @@ use crossbeam::utils::CachePadded;
 use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard};
 
-pub use event::{Event, EventError, Key, RawEvent, RawValue};
+pub use event::{Event, EventError, EventView, Key, RawEvent, RawValue};
 use profile::{Layout, Ring};
 pub use query::{Page, QueryError, SetQuery};
 use shard::ShardState;
@@ -174,12 +174,12 @@ impl Engine {
     }
 
     /// Resolves a raw event's names against the config.
-    pub fn resolve(&self, raw: &RawEvent) -> Result<Event, EventError> {
+    pub fn resolve(&self, raw: &impl EventView) -> Result<Event, EventError> {
         event::resolve(&self.plan.config, raw)
     }
 
     /// Resolves and applies a raw event.
-    pub fn ingest(&self, raw: &RawEvent) -> Result<Applied, EventError> {
+    pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
         self.apply(&event)
     }

@@ -1,7 +1,101 @@
 //! Events as clients describe them: names as text, values as sent.
 //!
 //! This is what crosses the wire and what the engine resolves; it belongs to neither,
-//! so both use it.
+//! so both use it. [`RawEvent`] owns its text; [`EventView`] is what the engine needs to
+//! read an event, so a view borrowed from a frame body (no copy, no allocation) is
+//! resolved exactly like an owned event.
+
+/// A value borrowed from wherever the event lives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    Num(f64),
+    Str(&'a str),
+    Bool(bool),
+}
+
+impl ValueRef<'_> {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ValueRef::Num(_) => "number",
+            ValueRef::Str(_) => "string",
+            ValueRef::Bool(_) => "bool",
+        }
+    }
+
+    pub fn to_owned(&self) -> RawValue {
+        match *self {
+            ValueRef::Num(v) => RawValue::Num(v),
+            ValueRef::Str(s) => RawValue::Str(s.to_string()),
+            ValueRef::Bool(b) => RawValue::Bool(b),
+        }
+    }
+}
+
+/// Read access to an event as sent, owned or borrowed.
+pub trait EventView {
+    fn event_type(&self) -> &str;
+    fn channel(&self) -> &str;
+    fn timestamp_ms(&self) -> i64;
+    fn keys(&self) -> impl Iterator<Item = &str>;
+    fn properties(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)>;
+    fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)>;
+}
+
+impl<T: EventView> EventView for &T {
+    fn event_type(&self) -> &str {
+        (*self).event_type()
+    }
+    fn channel(&self) -> &str {
+        (*self).channel()
+    }
+    fn timestamp_ms(&self) -> i64 {
+        (*self).timestamp_ms()
+    }
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        (*self).keys()
+    }
+    fn properties(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+        (*self).properties()
+    }
+    fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+        (*self).attributes()
+    }
+}
+
+impl RawValue {
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            RawValue::Num(v) => ValueRef::Num(*v),
+            RawValue::Str(s) => ValueRef::Str(s),
+            RawValue::Bool(b) => ValueRef::Bool(*b),
+        }
+    }
+}
+
+impl EventView for RawEvent {
+    fn event_type(&self) -> &str {
+        &self.event
+    }
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(String::as_str)
+    }
+    fn properties(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+        self.properties
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_ref()))
+    }
+    fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+        self.attributes
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_ref()))
+    }
+}
 
 /// A value of a property or attribute as sent.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

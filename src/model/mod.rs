@@ -4,5 +4,5 @@
 pub mod event;
 pub mod profile;
 
-pub use event::{RawEvent, RawValue};
+pub use event::{EventView, RawEvent, RawValue, ValueRef};
 pub use profile::{CustomerId, ProfileView};

@@ -13,7 +13,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::model::RawValue;
+use crate::model::{RawValue, ValueRef};
 
 /// Why a body does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,13 +102,18 @@ impl<'a> Reader<'a> {
     }
 
     pub fn value(&mut self, field: &dyn Fn() -> String) -> Result<RawValue, DecodeError> {
+        Ok(self.value_ref(field)?.to_owned())
+    }
+
+    /// A value borrowed from the body: strings are not copied.
+    pub fn value_ref(&mut self, field: &dyn Fn() -> String) -> Result<ValueRef<'a>, DecodeError> {
         let at = self.pos;
         match self.u8(field)? {
-            1 => Ok(RawValue::Num(self.f64(field)?)),
-            2 => Ok(RawValue::Str(self.str(field)?.to_string())),
+            1 => Ok(ValueRef::Num(self.f64(field)?)),
+            2 => Ok(ValueRef::Str(self.str(field)?)),
             3 => match self.u8(field)? {
-                0 => Ok(RawValue::Bool(false)),
-                1 => Ok(RawValue::Bool(true)),
+                0 => Ok(ValueRef::Bool(false)),
+                1 => Ok(ValueRef::Bool(true)),
                 other => Err(DecodeError::Invalid {
                     field: field(),
                     offset: at + 1,
@@ -123,6 +128,11 @@ impl<'a> Reader<'a> {
                 ),
             }),
         }
+    }
+
+    /// The bytes read since `start` (an earlier [`offset`](Self::offset)).
+    pub fn since(&self, start: usize) -> &'a [u8] {
+        &self.buf[start.min(self.pos)..self.pos]
     }
 
     /// The rest of the body.

@@ -204,38 +204,11 @@ impl Request {
             opcode::PING => Request::Ping,
             opcode::STATS => Request::Stats,
             opcode::INGEST => {
-                let count = r.u32(field!("event count"))?;
-                // Each event takes at least 17 bytes: no huge allocation from a bad count.
-                let mut events = Vec::with_capacity((count as usize).min(body.len() / 17 + 1));
-                for i in 0..count {
-                    let event = r.str(field!("event type of event {i}"))?.to_string();
-                    let channel = r.str(field!("channel of event {i}"))?.to_string();
-                    let timestamp_ms = r.i64(field!("timestamp of event {i}"))?;
-                    let mut raw = RawEvent::new(&event, &channel, timestamp_ms);
-                    let keys = r.u8(field!("key count of event {i}"))?;
-                    for k in 0..keys {
-                        raw.keys
-                            .push(r.str(field!("key {k} of event {i}"))?.to_string());
-                    }
-                    let props = r.u8(field!("property count of event {i}"))?;
-                    for p in 0..props {
-                        let name = r
-                            .str(field!("name of property {p} of event {i}"))?
-                            .to_string();
-                        let value = r.value(field!("value of property `{name}` of event {i}"))?;
-                        raw.properties.push((name, value));
-                    }
-                    let attrs = r.u8(field!("attribute count of event {i}"))?;
-                    for a in 0..attrs {
-                        let name = r
-                            .str(field!("name of attribute {a} of event {i}"))?
-                            .to_string();
-                        let value = r.value(field!("value of attribute `{name}` of event {i}"))?;
-                        raw.attributes.push((name, value));
-                    }
-                    events.push(raw);
+                // One parser for INGEST bodies: the server reads the same view in place.
+                let batch = super::IngestBatch::decode(body)?;
+                Request::Ingest {
+                    events: batch.iter().map(|e| e.to_owned()).collect(),
                 }
-                Request::Ingest { events }
             }
             opcode::INGEST_JSON => Request::IngestJson { json: body.clone() },
             opcode::PROFILE => Request::Profile {
@@ -255,7 +228,7 @@ impl Request {
             },
             _ => return Ok(None),
         };
-        if op != opcode::INGEST_JSON {
+        if op != opcode::INGEST_JSON && op != opcode::INGEST {
             r.finish()?;
         }
         Ok(Some(request))

@@ -14,10 +14,12 @@
 pub mod codec;
 mod error;
 pub mod frame;
+pub mod ingest;
 pub mod message;
 
 pub use error::ErrorCode;
 pub use frame::{Frame, FrameError, HEADER_LEN};
+pub use ingest::{EventRef, IngestBatch};
 pub use message::{Request, Response};
 
 /// The protocol version this build speaks.

@@ -13,7 +13,7 @@
 //! stops reading that connection: its memory stays bounded by one frame in and the
 //! write buffer out.
 
-mod cmd;
+pub mod cmd;
 mod connection;
 pub mod metrics;
 mod shutdown;
@@ -269,6 +269,14 @@ impl Handler {
         Ok(())
     }
 
+    fn decode_error(op: u8, e: crate::protocol::codec::DecodeError) -> Response {
+        let code = match e {
+            crate::protocol::codec::DecodeError::Utf8 { .. } => ErrorCode::InvalidUtf8,
+            _ => ErrorCode::MalformedFrame,
+        };
+        Response::error(code, format!("{} request: {e}", opcode::name(op)))
+    }
+
     fn respond(&mut self, frame: &Frame) -> Response {
         self.shared.stats.requests[frame.opcode as usize].fetch_add(1, Ordering::Relaxed);
         if frame.version != PROTOCOL_VERSION {
@@ -280,14 +288,21 @@ impl Handler {
                 ),
             );
         }
+        if frame.opcode == opcode::INGEST && self.greeted {
+            // The hot path: events are read in place from the frame, never copied.
+            return match crate::protocol::IngestBatch::decode(&frame.body) {
+                Ok(batch) => cmd::ingest::apply(&self.shared, batch.iter().map(Ok)),
+                Err(e) => Self::decode_error(frame.opcode, e),
+            };
+        }
         let request = match Request::decode(frame.opcode, &frame.body) {
             Ok(Some(request)) => request,
             Ok(None) if frame.opcode == opcode::DECIDE || frame.opcode == opcode::FEEDBACK => {
                 return Response::error(ErrorCode::NotImplemented, format!("{} is reserved for decisioning, which this server version does not provide yet", opcode::name(frame.opcode).to_uppercase()))
             }
             Ok(None) => return Response::error(ErrorCode::UnknownOpcode, format!("unknown opcode {:#04x}", frame.opcode)),
-            Err(e @ crate::protocol::codec::DecodeError::Utf8 { .. }) => return Response::error(ErrorCode::InvalidUtf8, format!("{} request: {e}", opcode::name(frame.opcode))),
-            Err(e) => return Response::error(ErrorCode::MalformedFrame, format!("{} request: {e}", opcode::name(frame.opcode))),
+            Err(e) => return Self::decode_error(frame.opcode, e),
+
         };
         if !self.greeted && !matches!(request, Request::Hello { .. }) {
             return Response::error(

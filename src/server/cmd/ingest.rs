@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::engine::EventError;
-use crate::model::RawEvent;
+use crate::model::EventView;
 use crate::protocol::message::Rejected;
 use crate::protocol::{ErrorCode, Response};
 use crate::server::Shared;
@@ -29,11 +29,12 @@ pub fn code_of(e: &EventError) -> ErrorCode {
     }
 }
 
-/// Applies events in order. Each item is an event, or the rejection its conversion
-/// already produced (JSON events that did not convert).
-pub fn apply<'a>(
+/// Applies events in order. Each item is an event (owned, or read in place from the
+/// frame), or the rejection its conversion already produced (JSON events that did not
+/// convert).
+pub fn apply<E: EventView>(
     shared: &Shared,
-    events: impl Iterator<Item = Result<&'a RawEvent, (ErrorCode, String)>>,
+    events: impl Iterator<Item = Result<E, (ErrorCode, String)>>,
 ) -> Response {
     let mut accepted = 0u32;
     let mut rejected = Vec::new();
@@ -41,7 +42,7 @@ pub fn apply<'a>(
         let outcome = event.and_then(|raw| {
             shared
                 .engine
-                .ingest(raw)
+                .ingest(&raw)
                 .map_err(|e| (code_of(&e), e.to_string()))
         });
         match outcome {

@@ -1,0 +1,22 @@
+//! Untrusted JSON from trackers: conversion of Segment Spec events, then resolution
+//! against the default config. Errors are fine; panics are bugs.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use omnia::config::Config;
+
+fn config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| Config::embedded_default().expect("default config"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let config = config();
+    if let Ok(events) = omnia::server::cmd::ingest_json::parse(config, data, 1_772_445_600_000) {
+        for event in events.into_iter().flatten() {
+            let _ = omnia::engine::event::resolve(config, &event);
+        }
+    }
+});
