@@ -95,6 +95,12 @@ impl<'a> Reader<'a> {
         let len = self.u16(field)? as usize;
         let at = self.pos;
         let bytes = self.take(len, field)?;
+        // Branch-free for the short strings of this wire: OR every byte, test the top bit.
+        if bytes.iter().fold(0u8, |all, b| all | b) < 0x80 {
+            // SAFETY: every ASCII byte sequence is valid UTF-8. Keys, names and most
+            // values on this wire are ASCII; this skips the general validator for them.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
         std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8 {
             field: field(),
             offset: at,
