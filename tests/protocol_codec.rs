@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use omnia::model::{ProfileView, RawEvent, RawValue};
-use omnia::protocol::message::{Rejected, Stats};
+use omnia::protocol::message::{Rejected, ServerHello, Stats};
 use omnia::protocol::{opcode, Frame, Request, Response, DEFAULT_MAX_FRAME};
 use proptest::prelude::*;
 
@@ -120,13 +120,13 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
             .prop_map(
                 |(version, max_frame, max_in_flight, config_version, server)| (
                     opcode::HELLO,
-                    Response::Hello {
+                    Response::Hello(ServerHello {
                         version,
                         max_frame,
                         max_in_flight,
                         config_version,
                         server
-                    }
+                    })
                 )
             ),
         Just((opcode::PING, Response::Pong)),

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{ProfileView, RawEvent};
-use crate::protocol::message::{Rejected, Stats};
+use crate::protocol::message::{Rejected, ServerHello, Stats};
 use crate::protocol::{ErrorCode, Frame, Request, Response, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,16 +66,6 @@ struct Link {
     dead: Arc<AtomicBool>,
 }
 
-/// What the server said in HELLO.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerInfo {
-    pub version: u16,
-    pub max_frame: u32,
-    pub max_in_flight: u32,
-    pub config_version: u32,
-    pub server: String,
-}
-
 /// An ingest acknowledgement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ingested {
@@ -89,7 +79,7 @@ pub struct Client {
     addr: String,
     link: Arc<Mutex<Option<Arc<Link>>>>,
     next_id: Arc<AtomicU32>,
-    info: Arc<std::sync::Mutex<Option<ServerInfo>>>,
+    info: Arc<std::sync::Mutex<Option<ServerHello>>>,
 }
 
 impl Client {
@@ -106,7 +96,7 @@ impl Client {
     }
 
     /// What the server announced on the current connection.
-    pub fn server_info(&self) -> Option<ServerInfo> {
+    pub fn server_info(&self) -> Option<ServerHello> {
         self.info.lock().ok().and_then(|i| i.clone())
     }
 
@@ -144,21 +134,9 @@ impl Client {
             client: format!("omnia-rust {}", env!("CARGO_PKG_VERSION")),
         };
         match self.send_on(&link, &hello).await? {
-            Response::Hello {
-                version,
-                max_frame,
-                max_in_flight,
-                config_version,
-                server,
-            } => {
+            Response::Hello(hello) => {
                 if let Ok(mut info) = self.info.lock() {
-                    *info = Some(ServerInfo {
-                        version,
-                        max_frame,
-                        max_in_flight,
-                        config_version,
-                        server,
-                    });
+                    *info = Some(hello);
                 }
                 Ok(link)
             }

@@ -69,17 +69,21 @@ pub struct Stats {
     pub segments: Vec<(String, u64)>,
 }
 
+/// What a server says in HELLO: the agreed version and its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerHello {
+    pub version: u16,
+    pub max_frame: u32,
+    pub max_in_flight: u32,
+    pub config_version: u32,
+    pub server: String,
+}
+
 /// A response from the server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
     /// `u16 version, u32 max_frame, u32 max_in_flight, u32 config_version, str server`
-    Hello {
-        version: u16,
-        max_frame: u32,
-        max_in_flight: u32,
-        config_version: u32,
-        server: String,
-    },
+    Hello(ServerHello),
     /// empty
     Pong,
     /// `u32 accepted, u32 rejected_count, (u32 index, u16 code, str message) × rejected_count`
@@ -251,13 +255,13 @@ impl Response {
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::new();
         match self {
-            Response::Hello {
+            Response::Hello(ServerHello {
                 version,
                 max_frame,
                 max_in_flight,
                 config_version,
                 server,
-            } => {
+            }) => {
                 b.put_u16_le(*version);
                 b.put_u32_le(*max_frame);
                 b.put_u32_le(*max_in_flight);
@@ -363,13 +367,13 @@ impl Response {
             }
         } else {
             match op & !opcode::RESPONSE_BIT {
-                opcode::HELLO => Response::Hello {
+                opcode::HELLO => Response::Hello(ServerHello {
                     version: r.u16(field!("version"))?,
                     max_frame: r.u32(field!("max_frame"))?,
                     max_in_flight: r.u32(field!("max_in_flight"))?,
                     config_version: r.u32(field!("config_version"))?,
                     server: r.str(field!("server"))?.to_string(),
-                },
+                }),
                 opcode::PING => Response::Pong,
                 opcode::INGEST | opcode::INGEST_JSON => {
                     let accepted = r.u32(field!("accepted"))?;

@@ -318,7 +318,7 @@ impl Handler {
                 client,
             } => {
                 let response = cmd::hello::apply(shared, min_version, max_version, &client);
-                self.greeted |= matches!(response, Response::Hello { .. });
+                self.greeted |= matches!(response, Response::Hello(_));
                 response
             }
             Request::Ping => Response::Pong,

@@ -199,17 +199,12 @@ impl<'a> Compiler<'a> {
                 ));
             }
             NodeKind::Attr(name) => {
-                let Some(index) = self.ctx.attributes.iter().position(|a| a.name == name.text)
-                else {
-                    return Err(RuleError::new(
-                        name.span.clone(),
-                        format!("unknown attribute `{}`", name.text),
-                        Some(&format!(
-                            "declared attributes: {}",
-                            list(self.ctx.attributes.iter().map(|a| a.name.as_str()))
-                        )),
-                    ));
-                };
+                let index = find(
+                    name,
+                    "attribute",
+                    "attributes",
+                    self.ctx.attributes.iter().map(|a| a.name.as_str()),
+                )?;
                 refs.attributes = true;
                 match self.ctx.attributes[index].ty {
                     ValueType::Number => (Expr::AttrNum(index), Ty::Num),
@@ -531,44 +526,32 @@ impl<'a> Compiler<'a> {
                 (Expr::ActiveChannels(*window as u32), Ty::Num)
             }
             Call::Score(name) => {
-                let Some(index) = self.ctx.scores.iter().position(|s| *s == name.text) else {
-                    return Err(RuleError::new(
-                        name.span.clone(),
-                        format!("unknown score `{}`", name.text),
-                        Some(&format!(
-                            "declared scores: {}",
-                            list(self.ctx.scores.iter().map(String::as_str))
-                        )),
-                    ));
-                };
+                let index = find(
+                    name,
+                    "score",
+                    "scores",
+                    self.ctx.scores.iter().map(String::as_str),
+                )?;
                 refs.scores.insert(index);
                 (Expr::Score(index), Ty::Num)
             }
             Call::In(name) => {
-                let Some(index) = self.ctx.segments.iter().position(|s| *s == name.text) else {
-                    return Err(RuleError::new(
-                        name.span.clone(),
-                        format!("unknown segment `{}`", name.text),
-                        Some(&format!(
-                            "declared segments: {}",
-                            list(self.ctx.segments.iter().map(String::as_str))
-                        )),
-                    ));
-                };
+                let index = find(
+                    name,
+                    "segment",
+                    "segments",
+                    self.ctx.segments.iter().map(String::as_str),
+                )?;
                 refs.segments.insert(index);
                 (Expr::InSegment(index), Ty::Bool)
             }
             Call::HasKey(name) => {
-                let Some(index) = self.ctx.namespaces.iter().position(|s| *s == name.text) else {
-                    return Err(RuleError::new(
-                        name.span.clone(),
-                        format!("unknown identity namespace `{}`", name.text),
-                        Some(&format!(
-                            "declared namespaces: {}",
-                            list(self.ctx.namespaces.iter().map(String::as_str))
-                        )),
-                    ));
-                };
+                let index = find(
+                    name,
+                    "identity namespace",
+                    "namespaces",
+                    self.ctx.namespaces.iter().map(String::as_str),
+                )?;
                 refs.keys = true;
                 (Expr::HasKey(index), Ty::Bool)
             }
@@ -586,20 +569,12 @@ impl<'a> Compiler<'a> {
     }
 
     fn channel(&self, name: &super::parser::Name) -> Result<usize, RuleError> {
-        self.ctx
-            .channels
-            .iter()
-            .position(|c| *c == name.text)
-            .ok_or_else(|| {
-                RuleError::new(
-                    name.span.clone(),
-                    format!("unknown channel `{}`", name.text),
-                    Some(&format!(
-                        "declared channels: {}",
-                        list(self.ctx.channels.iter().map(String::as_str))
-                    )),
-                )
-            })
+        find(
+            name,
+            "channel",
+            "channels",
+            self.ctx.channels.iter().map(String::as_str),
+        )
     }
 
     fn event_match(
@@ -619,22 +594,12 @@ impl<'a> Compiler<'a> {
             refs.activity = true;
             None
         } else {
-            let Some(index) = self
-                .ctx
-                .events
-                .iter()
-                .position(|e| e.name == selector.event.text)
-            else {
-                return Err(RuleError::new(
-                    selector.event.span.clone(),
-                    format!("unknown event type `{}`", selector.event.text),
-                    Some(&format!(
-                        "declared event types: {}",
-                        list(self.ctx.events.iter().map(|e| e.name.as_str()))
-                    )),
-                ));
-            };
-            Some(index)
+            Some(find(
+                &selector.event,
+                "event type",
+                "event types",
+                self.ctx.events.iter().map(|e| e.name.as_str()),
+            )?)
         };
         let channel = match &selector.channel {
             Some(c) => Some(self.channel(c)?),
@@ -675,6 +640,25 @@ impl<'a> Compiler<'a> {
         self.feature_index.insert(key, id);
         id
     }
+}
+
+/// The index of `name` among `declared`, or an error that lists what is declared.
+fn find<'n>(
+    name: &super::parser::Name,
+    what: &str,
+    plural: &str,
+    declared: impl Iterator<Item = &'n str> + Clone,
+) -> Result<usize, RuleError> {
+    declared
+        .clone()
+        .position(|d| d == name.text)
+        .ok_or_else(|| {
+            RuleError::new(
+                name.span.clone(),
+                format!("unknown {what} `{}`", name.text),
+                Some(&format!("declared {plural}: {}", list(declared))),
+            )
+        })
 }
 
 /// `a, b, c` for help texts.

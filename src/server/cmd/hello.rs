@@ -1,5 +1,6 @@
 //! HELLO: agree on a protocol version and tell the client the server's limits.
 
+use crate::protocol::message::ServerHello;
 use crate::protocol::{ErrorCode, Response, PROTOCOL_VERSION};
 use crate::server::Shared;
 
@@ -12,11 +13,11 @@ pub fn apply(shared: &Shared, min_version: u16, max_version: u16, client: &str) 
         );
     }
     tracing::debug!(client, "hello");
-    Response::Hello {
+    Response::Hello(ServerHello {
         version: ours,
         max_frame: shared.limits.max_frame,
         max_in_flight: shared.limits.max_in_flight,
         config_version: shared.engine.config().version,
         server: format!("omnia {}", env!("CARGO_PKG_VERSION")),
-    }
+    })
 }
