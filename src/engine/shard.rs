@@ -28,10 +28,16 @@ use super::profile::{
 use super::Plan;
 use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
 
+/// Profiles per storage chunk.
+const CHUNK_ROWS: usize = 4096;
+
 pub(crate) struct ShardState {
     pub id_base: u32,
     pub capacity: u64,
-    rows: Vec<u32>,
+    /// Profile rows in chunks of [`CHUNK_ROWS`]: growing a shard allocates one more
+    /// chunk instead of copying every row under the lock (a latency spike of
+    /// milliseconds at a million customers).
+    rows: Vec<Box<[u32]>>,
     /// Bumped when a slot is freed, so stale identity entries are detected.
     pub gens: Vec<u32>,
     pub keys: Vec<Vec<Key>>,
@@ -62,13 +68,15 @@ impl ShardState {
     #[inline]
     pub fn row(&self, plan: &Plan, local: u32) -> &[u32] {
         let stride = plan.layout.stride;
-        &self.rows[local as usize * stride..(local as usize + 1) * stride]
+        let (chunk, at) = (local as usize / CHUNK_ROWS, local as usize % CHUNK_ROWS * stride);
+        &self.rows[chunk][at..at + stride]
     }
 
     #[inline]
     fn row_mut(&mut self, plan: &Plan, local: u32) -> &mut [u32] {
         let stride = plan.layout.stride;
-        &mut self.rows[local as usize * stride..(local as usize + 1) * stride]
+        let (chunk, at) = (local as usize / CHUNK_ROWS, local as usize % CHUNK_ROWS * stride);
+        &mut self.rows[chunk][at..at + stride]
     }
 
     pub fn is_live(&self, local: u32) -> bool {
@@ -77,7 +85,7 @@ impl ShardState {
 
     /// Bytes held by profile rows (for memory reports).
     pub fn row_bytes(&self) -> usize {
-        self.rows.capacity() * 4
+        self.rows.iter().map(|c| c.len() * 4).sum()
     }
 
     /// A new empty profile slot, or `None` if the shard's id range is full.
@@ -89,7 +97,9 @@ impl ShardState {
         if local >= self.capacity {
             return None;
         }
-        self.rows.resize(self.rows.len() + plan.layout.stride, 0);
+        if local as usize % CHUNK_ROWS == 0 {
+            self.rows.push(vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
+        }
         self.gens.push(0);
         self.keys.push(Vec::new());
         Some(local as u32)
