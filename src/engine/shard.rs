@@ -68,14 +68,20 @@ impl ShardState {
     #[inline]
     pub fn row(&self, plan: &Plan, local: u32) -> &[u32] {
         let stride = plan.layout.stride;
-        let (chunk, at) = (local as usize / CHUNK_ROWS, local as usize % CHUNK_ROWS * stride);
+        let (chunk, at) = (
+            local as usize / CHUNK_ROWS,
+            local as usize % CHUNK_ROWS * stride,
+        );
         &self.rows[chunk][at..at + stride]
     }
 
     #[inline]
     fn row_mut(&mut self, plan: &Plan, local: u32) -> &mut [u32] {
         let stride = plan.layout.stride;
-        let (chunk, at) = (local as usize / CHUNK_ROWS, local as usize % CHUNK_ROWS * stride);
+        let (chunk, at) = (
+            local as usize / CHUNK_ROWS,
+            local as usize % CHUNK_ROWS * stride,
+        );
         &mut self.rows[chunk][at..at + stride]
     }
 
@@ -98,7 +104,8 @@ impl ShardState {
             return None;
         }
         if local as usize % CHUNK_ROWS == 0 {
-            self.rows.push(vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
+            self.rows
+                .push(vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
         }
         self.gens.push(0);
         self.keys.push(Vec::new());
