@@ -156,6 +156,19 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         );
         config.engine.shards = shards;
     }
+    anyhow::ensure!(
+        options.idle_timeout > 0,
+        "--idle-timeout must be at least 1 second"
+    );
+    anyhow::ensure!(
+        options.max_frame >= 64,
+        "--max-frame {} is too small: at least 64 bytes",
+        options.max_frame
+    );
+    anyhow::ensure!(
+        options.max_connections > 0,
+        "--max-connections must be at least 1"
+    );
     std::fs::create_dir_all(&options.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -206,7 +219,9 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 }
             }
         });
-        omnia::server::run(listener, shared, shutdown_signal()).await;
+        omnia::server::run(listener, shared, shutdown_signal())
+            .await
+            .context("the server stopped accepting connections")?;
         tracing::info!("omnia stopped");
         anyhow::Ok(())
     })

@@ -255,3 +255,44 @@ async fn graceful_shutdown_answers_every_request_in_flight() {
         "every acknowledged event is in the engine"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_hold_the_server() {
+    use omnia::protocol::{Frame, Request};
+    use tokio::io::AsyncWriteExt;
+    let mut server = TestServer::with_limits(omnia::server::Limits {
+        idle_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    let events: Vec<RawEvent> = (0..5000)
+        .map(|i| RawEvent::new("page_view", "web", START_MS).key(&format!("anon:r{i}")))
+        .collect();
+    client.ingest(events).await.unwrap();
+    // Ask for pages of 5,000 members again and again, and never read the answers:
+    // far more than the socket buffers hold.
+    let mut raw = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    let hello = Request::Hello {
+        min_version: 1,
+        max_version: 1,
+        client: "greedy".into(),
+    };
+    Frame::new(hello.opcode(), 1, hello.encode().unwrap()).write_to(&mut bytes);
+    let members = Request::SegmentMembers {
+        query: "all".into(),
+        cursor: 0,
+        limit: 5000,
+    };
+    for id in 2..400 {
+        Frame::new(members.opcode(), id, members.encode().unwrap()).write_to(&mut bytes);
+    }
+    raw.write_all(&bytes).await.unwrap();
+    server.begin_shutdown();
+    // Shutdown completes: the stuck write times out after the idle timeout.
+    tokio::time::timeout(std::time::Duration::from_secs(30), server.finished())
+        .await
+        .expect("shutdown is not held by a client that does not read");
+    drop(raw);
+}

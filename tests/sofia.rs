@@ -310,3 +310,29 @@ fn unknown_names_are_rejected_with_what_and_where() {
     }
     assert_eq!(j.engine.stats().customers, 0);
 }
+
+#[test]
+fn non_finite_numbers_are_rejected_with_their_own_message() {
+    let j = Journey::new();
+    let err = j
+        .engine
+        .ingest(
+            &RawEvent::new("purchase", "web", j.now())
+                .key("user:1")
+                .prop("amount", f64::NAN),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "property `amount` of event `purchase` must be a finite number, found a NaN or infinity"
+    );
+    let err = j
+        .engine
+        .ingest(
+            &RawEvent::new("identify", "web", j.now())
+                .key("user:1")
+                .attr("birth_year", f64::INFINITY),
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "attribute `birth_year` in event `identify` must be a finite number, found a NaN or infinity");
+}

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::model::{ProfileView, RawEvent};
 use crate::protocol::message::{Rejected, ServerHello, Stats};
-use crate::protocol::{ErrorCode, Frame, Request, Response, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use crate::protocol::{ErrorCode, Frame, Request, Response, PROTOCOL_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -55,6 +55,10 @@ impl ClientError {
         }
     }
 }
+
+/// Largest response the client accepts: an ingest acknowledgement lists every rejected
+/// event with its message, so it can be much larger than the request was.
+const RESPONSE_LIMIT: u32 = 1 << 30;
 
 type Pending = Arc<std::sync::Mutex<HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>>>;
 
@@ -325,7 +329,7 @@ fn spawn_link(socket: TcpStream) -> Link {
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let why = loop {
-            match Frame::parse(&mut buf, DEFAULT_MAX_FRAME.max(64 * 1024 * 1024)) {
+            match Frame::parse(&mut buf, RESPONSE_LIMIT) {
                 Ok(Some(frame)) => {
                     let tx = reader_pending
                         .lock()

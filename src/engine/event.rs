@@ -202,6 +202,14 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
         let prop = &def.properties[index];
         properties[index] = match (prop.ty, value) {
             (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => PropValue::Num(v),
+            (ValueType::Number, ValueRef::Num(_)) => {
+                return Err(EventError::PropertyType {
+                    event: name.to_string(),
+                    property: property.to_string(),
+                    expected: "finite number",
+                    found: "NaN or infinity",
+                })
+            }
             (ValueType::Bool, ValueRef::Bool(b)) => PropValue::Bool(b),
             (ValueType::String, ValueRef::Str(s)) => PropValue::Str(
                 prop.constants
@@ -222,6 +230,9 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
     let mut attributes = Vec::new();
     for (attribute, value) in raw.attributes() {
         let Some(index) = config.attribute_id(attribute) else {
+            if config.engine.unknown_properties == UnknownProperties::Ignore {
+                continue;
+            }
             return Err(EventError::UnknownAttribute {
                 event: name.to_string(),
                 attribute: attribute.to_string(),
@@ -231,6 +242,14 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
         let ty = config.attributes[index].ty;
         let v = match (ty, value) {
             (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => AttrValue::Num(v),
+            (ValueType::Number, ValueRef::Num(_)) => {
+                return Err(EventError::AttributeType {
+                    event: name.to_string(),
+                    attribute: attribute.to_string(),
+                    expected: "finite number",
+                    found: "NaN or infinity",
+                })
+            }
             (ValueType::Bool, ValueRef::Bool(b)) => AttrValue::Bool(b),
             (ValueType::String, ValueRef::Str(s)) => AttrValue::Str(config.interner.intern(s)),
             _ => {

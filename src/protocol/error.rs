@@ -5,8 +5,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum ErrorCode {
-    /// The body does not decode as the operation's layout. Framing is intact; the
-    /// connection stays open.
+    /// The body does not decode as the operation's layout (framing intact, the connection
+    /// stays open), or the frame's length is shorter than its header (the connection is
+    /// closed).
     MalformedFrame = 1,
     /// The frame's protocol version is not one the server speaks.
     UnsupportedVersion = 2,

@@ -26,15 +26,23 @@ pub struct Connection {
     buffer: BytesMut,
     max_frame: u32,
     out: BytesMut,
+    /// How long a write may wait for the client to read; then the connection is
+    /// closed, so a client that stops reading cannot hold the server (or its shutdown).
+    write_timeout: std::time::Duration,
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, max_frame: u32) -> Connection {
+    pub fn new(
+        socket: TcpStream,
+        max_frame: u32,
+        write_timeout: std::time::Duration,
+    ) -> Connection {
         Connection {
             stream: BufWriter::with_capacity(64 * 1024, socket),
             buffer: BytesMut::with_capacity(64 * 1024),
             max_frame,
             out: BytesMut::new(),
+            write_timeout,
         }
     }
 
@@ -64,11 +72,18 @@ impl Connection {
     pub async fn write_frame(&mut self, frame: &Frame) -> std::io::Result<()> {
         self.out.clear();
         frame.write_to(&mut self.out);
-        self.stream.write_all(&self.out).await
+        let limit = self.write_timeout;
+        match tokio::time::timeout(limit, self.stream.write_all(&self.out)).await {
+            Ok(written) => written,
+            Err(_) => Err(not_reading(limit)),
+        }
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.flush().await
+        match tokio::time::timeout(self.write_timeout, self.stream.flush()).await {
+            Ok(flushed) => flushed,
+            Err(_) => Err(not_reading(self.write_timeout)),
+        }
     }
 
     /// Whether another whole request is already buffered (then responses are not
@@ -84,4 +99,11 @@ impl Connection {
             self.buffer.len() >= 4 + length
         }
     }
+}
+
+fn not_reading(limit: std::time::Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the client read no response for {} s", limit.as_secs()),
+    )
 }

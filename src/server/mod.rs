@@ -60,8 +60,6 @@ pub struct ServerStats {
     pub connections: AtomicU32,
     pub events_ingested: AtomicU64,
     pub events_rejected: AtomicU64,
-    /// Requests per opcode.
-    pub requests: [AtomicU64; 256],
 }
 
 impl Default for ServerStats {
@@ -71,7 +69,6 @@ impl Default for ServerStats {
             connections: AtomicU32::new(0),
             events_ingested: AtomicU64::new(0),
             events_rejected: AtomicU64::new(0),
-            requests: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -84,7 +81,14 @@ pub struct Shared {
 }
 
 /// Serves `listener` until `shutdown` completes, then drains connections and returns.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future) {
+/// Serves until `shutdown` completes (`Ok`), or until accepting connections keeps
+/// failing (`Err`, after the open connections are drained): a supervisor must see that
+/// as a failure, not a clean stop.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future,
+) -> std::io::Result<()> {
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel::<()>(1);
     let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
@@ -95,14 +99,18 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std:
         &notify_shutdown,
         &shutdown_complete_tx,
     );
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown => info!("shutting down: no new connections; finishing requests in flight"),
-    }
+    let outcome = tokio::select! {
+        failed = accept => failed,
+        _ = shutdown => {
+            info!("shutting down: no new connections; finishing requests in flight");
+            Ok(())
+        }
+    };
     drop(notify_shutdown);
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
     info!("every connection is closed");
+    outcome
 }
 
 async fn accept_loop(
@@ -111,16 +119,16 @@ async fn accept_loop(
     limit: &Arc<Semaphore>,
     notify: &broadcast::Sender<()>,
     complete: &mpsc::Sender<()>,
-) {
+) -> std::io::Result<()> {
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
+            return Ok(());
         };
         let socket = match accept(listener).await {
             Ok(socket) => socket,
             Err(e) => {
-                warn!(error = %e, "accept keeps failing; the server stops accepting");
-                return;
+                warn!(error = %e, "accept keeps failing; the server stops");
+                return Err(e);
             }
         };
         let _ = socket.set_nodelay(true);
@@ -129,7 +137,11 @@ async fn accept_loop(
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut handler = Handler {
-            connection: Connection::new(socket, shared.limits.max_frame),
+            connection: Connection::new(
+                socket,
+                shared.limits.max_frame,
+                shared.limits.idle_timeout,
+            ),
             shared: shared.clone(),
             shutdown: Shutdown::new(notify.subscribe()),
             greeted: false,
@@ -278,7 +290,6 @@ impl Handler {
     }
 
     fn respond(&mut self, frame: &Frame) -> Response {
-        self.shared.stats.requests[frame.opcode as usize].fetch_add(1, Ordering::Relaxed);
         if frame.version != PROTOCOL_VERSION {
             return Response::error(
                 ErrorCode::UnsupportedVersion,

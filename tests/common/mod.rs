@@ -18,7 +18,7 @@ pub struct TestServer {
     pub engine: Arc<Engine>,
     pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl TestServer {
@@ -60,7 +60,10 @@ impl TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.handle).await.expect("server task");
+        (&mut self.handle)
+            .await
+            .expect("server task")
+            .expect("the server stopped cleanly");
     }
 
     /// Signals shutdown without waiting.
@@ -71,6 +74,9 @@ impl TestServer {
     }
 
     pub async fn finished(self) {
-        self.handle.await.expect("server task");
+        self.handle
+            .await
+            .expect("server task")
+            .expect("the server stopped cleanly");
     }
 }

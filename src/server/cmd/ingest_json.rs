@@ -64,24 +64,30 @@ pub fn parse(config: &Config, json: &[u8], now_ms: i64) -> Result<Vec<Converted>
             },
             single => vec![convert(config, 0, single, now_ms)],
         }),
-        Err(_) if json.contains(&b'\n') => Ok(json
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
-            .enumerate()
-            .map(|(i, (line_index, line))| {
-                let mut line = line.to_vec();
-                let parsed = simd_json::to_borrowed_value(&mut line);
-                let converted = match parsed {
-                    Ok(v) => convert(config, i, &v, now_ms),
-                    Err(e) => Err((
-                        ErrorCode::BadJson,
-                        format!("event {i} (line {}): bad JSON: {e}", line_index + 1),
-                    )),
-                };
-                converted
-            })
-            .collect()),
+        // A body that is not one JSON value may be one event per line; an array is not.
+        Err(_)
+            if json.contains(&b'\n')
+                && json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') =>
+        {
+            Ok(json
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
+                .enumerate()
+                .map(|(i, (line_index, line))| {
+                    let mut line = line.to_vec();
+                    let parsed = simd_json::to_borrowed_value(&mut line);
+                    let converted = match parsed {
+                        Ok(v) => convert(config, i, &v, now_ms),
+                        Err(e) => Err((
+                            ErrorCode::BadJson,
+                            format!("event {i} (line {}): bad JSON: {e}", line_index + 1),
+                        )),
+                    };
+                    converted
+                })
+                .collect())
+        }
         Err(e) => Err(format!("bad JSON: {e}")),
     };
     events
