@@ -168,8 +168,14 @@ impl Engine {
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
+        self.lock_at(shard, self.now_secs())
+    }
+
+    /// Locks a shard and runs its timers due at `now` (seconds), for callers that have
+    /// read the clock already.
+    fn lock_at(&self, shard: usize, now: u32) -> MutexGuard<'_, ShardState> {
         let mut guard = self.shards[shard].lock();
-        guard.catch_up(&self.plan, self.now_secs());
+        guard.catch_up(&self.plan, now);
         guard
     }
 
@@ -196,15 +202,16 @@ impl Engine {
                 max_skew_s: self.plan.config.engine.max_future_skew,
             });
         }
-        if let Some(applied) = self.apply_known(event) {
+        let now = (now_ms.max(0) / 1000).min(u32::MAX as i64) as u32;
+        if let Some(applied) = self.apply_known(event, now) {
             return Ok(applied);
         }
-        self.apply_with_identity_changes(event)
+        self.apply_with_identity_changes(event, now)
     }
 
     /// The fast path: every key known and all on one customer. `None` sends the event
     /// down the slow path.
-    fn apply_known(&self, event: &Event) -> Option<Applied> {
+    fn apply_known(&self, event: &Event, now: u32) -> Option<Applied> {
         let mut found: Option<CustomerRef> = None;
         for key in &event.keys {
             let r = CustomerRef::unpack(*self.identity.get(&key.text)?);
@@ -215,7 +222,7 @@ impl Engine {
         }
         let r = found?;
         let (shard, local) = self.split(r.id);
-        let mut state = self.lock(shard);
+        let mut state = self.lock_at(shard, now);
         if state.gens.get(local as usize) != Some(&r.generation) || !state.is_live(local) {
             return None; // merged away since we read the map
         }
@@ -229,7 +236,7 @@ impl Engine {
         })
     }
 
-    fn apply_with_identity_changes(&self, event: &Event) -> Result<Applied, EventError> {
+    fn apply_with_identity_changes(&self, event: &Event, now: u32) -> Result<Applied, EventError> {
         let _identity = self.identity_writes.lock();
         // Under the identity mutex the map cannot change under us.
         let mut customers: Vec<CustomerRef> = Vec::new();
@@ -252,7 +259,7 @@ impl Engine {
         let survivor = if customers.is_empty() {
             let first = &event.keys[0];
             let shard = (self.hasher.hash_one(&*first.text) as usize) & (self.shards.len() - 1);
-            let mut state = self.lock(shard);
+            let mut state = self.lock_at(shard, now);
             let Some(local) = state.allocate(&self.plan) else {
                 return Err(EventError::Full {
                     event: self.plan.config.events[event.event_type].name.clone(),
@@ -274,7 +281,7 @@ impl Engine {
         };
         let merged = customers.len().saturating_sub(1);
         let (shard, local) = self.split(survivor.id);
-        let mut state = self.lock(shard);
+        let mut state = self.lock_at(shard, now);
         let keys_changed = state.add_keys(&self.plan, local, new_keys.iter().cloned());
         for key in new_keys {
             self.identity.insert(key.text, survivor.pack());
