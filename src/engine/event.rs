@@ -149,6 +149,17 @@ pub fn parse_key(config: &Config, event: &str, key: &str) -> Result<Key, EventEr
     })
 }
 
+/// Why `value` cannot be stored as `ty`: (expected, found), or `None` if it can.
+/// Numbers must be finite: NaN and infinity would make every rule on them meaningless.
+fn mismatch(ty: ValueType, value: ValueRef<'_>) -> Option<(&'static str, &'static str)> {
+    match (ty, value) {
+        (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => None,
+        (ValueType::Number, ValueRef::Num(_)) => Some(("finite number", "NaN or infinity")),
+        (ValueType::Bool, ValueRef::Bool(_)) | (ValueType::String, ValueRef::Str(_)) => None,
+        (expected, found) => Some((expected.name(), found.type_name())),
+    }
+}
+
 /// Resolves an event (owned, or borrowed from a frame) against the config and the
 /// attribute interner. Allocates only the resolved event, and an error's text.
 pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventError> {
@@ -200,31 +211,23 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
             });
         };
         let prop = &def.properties[index];
-        properties[index] = match (prop.ty, value) {
-            (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => PropValue::Num(v),
-            (ValueType::Number, ValueRef::Num(_)) => {
-                return Err(EventError::PropertyType {
-                    event: name.to_string(),
-                    property: property.to_string(),
-                    expected: "finite number",
-                    found: "NaN or infinity",
-                })
-            }
-            (ValueType::Bool, ValueRef::Bool(b)) => PropValue::Bool(b),
-            (ValueType::String, ValueRef::Str(s)) => PropValue::Str(
+        if let Some((expected, found)) = mismatch(prop.ty, value) {
+            return Err(EventError::PropertyType {
+                event: name.to_string(),
+                property: property.to_string(),
+                expected,
+                found,
+            });
+        }
+        properties[index] = match value {
+            ValueRef::Num(v) => PropValue::Num(v),
+            ValueRef::Bool(b) => PropValue::Bool(b),
+            ValueRef::Str(s) => PropValue::Str(
                 prop.constants
                     .iter()
                     .position(|c| c == s)
                     .map_or(0, |i| i as u32 + 1),
             ),
-            _ => {
-                return Err(EventError::PropertyType {
-                    event: name.to_string(),
-                    property: property.to_string(),
-                    expected: prop.ty.name(),
-                    found: value.type_name(),
-                })
-            }
         };
     }
     let mut attributes = Vec::new();
@@ -240,26 +243,18 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
             });
         };
         let ty = config.attributes[index].ty;
-        let v = match (ty, value) {
-            (ValueType::Number, ValueRef::Num(v)) if v.is_finite() => AttrValue::Num(v),
-            (ValueType::Number, ValueRef::Num(_)) => {
-                return Err(EventError::AttributeType {
-                    event: name.to_string(),
-                    attribute: attribute.to_string(),
-                    expected: "finite number",
-                    found: "NaN or infinity",
-                })
-            }
-            (ValueType::Bool, ValueRef::Bool(b)) => AttrValue::Bool(b),
-            (ValueType::String, ValueRef::Str(s)) => AttrValue::Str(config.interner.intern(s)),
-            _ => {
-                return Err(EventError::AttributeType {
-                    event: name.to_string(),
-                    attribute: attribute.to_string(),
-                    expected: ty.name(),
-                    found: value.type_name(),
-                })
-            }
+        if let Some((expected, found)) = mismatch(ty, value) {
+            return Err(EventError::AttributeType {
+                event: name.to_string(),
+                attribute: attribute.to_string(),
+                expected,
+                found,
+            });
+        }
+        let v = match value {
+            ValueRef::Num(v) => AttrValue::Num(v),
+            ValueRef::Bool(b) => AttrValue::Bool(b),
+            ValueRef::Str(s) => AttrValue::Str(config.interner.intern(s)),
         };
         attributes.push((index, v));
     }
