@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use omnia::client::{Client, ClientError};
+use omnia::model::decision::{Decision, DecisionRequest, FeedbackKind, FeedbackTarget, OfferStats};
+use omnia::model::RawValue;
 
 #[derive(Args)]
 pub struct CtlOptions {
@@ -39,7 +41,47 @@ enum CtlCommand {
     #[command(subcommand)]
     Segment(SegmentCommand),
     /// Server counters and segment sizes.
-    Stats,
+    Stats {
+        /// Also show every offer's decisions and feedback per channel and experiment arm.
+        #[arg(long)]
+        offers: bool,
+    },
+    /// Ask which offers to present to the customer with KEY on a channel.
+    Decide {
+        key: String,
+        #[arg(long)]
+        channel: String,
+        /// How many offers, best first.
+        #[arg(long, default_value_t = 1)]
+        top: u8,
+        /// A context field, `name=value`; the value is read as JSON when it parses
+        /// (`5`, `true`, `"42"`), as a string otherwise. Repeat for more fields.
+        #[arg(long = "context", value_name = "NAME=VALUE")]
+        context: Vec<String>,
+        /// Explain every offer: chosen, or which constraint excluded it.
+        #[arg(long)]
+        explain: bool,
+        /// Record an impression of every returned offer (the channel shows them).
+        #[arg(long)]
+        record: bool,
+    },
+    /// Report what a customer did with an offer: impression, click, accept or dismiss.
+    Feedback {
+        /// impression, click, accept or dismiss.
+        kind: String,
+        /// The offer.
+        #[arg(long)]
+        offer: String,
+        /// The decision that returned the offer.
+        #[arg(long, conflicts_with_all = ["key", "channel"], required_unless_present = "key")]
+        decision: Option<u64>,
+        /// Without a decision id: the customer's key ...
+        #[arg(long, requires = "channel")]
+        key: Option<String>,
+        /// ... and the channel the customer acted on.
+        #[arg(long)]
+        channel: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,8 +262,90 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 println!("{}", if member { "yes" } else { "no" });
             }
         }
-        CtlCommand::Stats => {
-            let stats = client.stats().await?;
+        CtlCommand::Decide {
+            key,
+            channel,
+            top,
+            context,
+            explain,
+            record,
+        } => {
+            let mut fields = Vec::new();
+            for item in &context {
+                let Some((name, value)) = item.split_once('=') else {
+                    eprintln!("error: --context `{item}` is not `name=value`");
+                    return Ok(ExitCode::FAILURE);
+                };
+                let value = match serde_json::from_str::<serde_json::Value>(value) {
+                    Ok(serde_json::Value::Bool(b)) => RawValue::Bool(b),
+                    Ok(serde_json::Value::Number(n)) => {
+                        RawValue::Num(n.as_f64().unwrap_or(f64::NAN))
+                    }
+                    Ok(serde_json::Value::String(s)) => RawValue::Str(s),
+                    _ => RawValue::Str(value.to_string()),
+                };
+                fields.push((name.to_string(), value));
+            }
+            let decision = client
+                .decide(DecisionRequest {
+                    key,
+                    channel,
+                    top,
+                    record_impression: record,
+                    explain,
+                    context: fields,
+                })
+                .await?;
+            if json {
+                print_json(&decision);
+            } else {
+                print!("{}", render_decision(&decision));
+            }
+        }
+        CtlCommand::Feedback {
+            kind,
+            offer,
+            decision,
+            key,
+            channel,
+        } => {
+            let Some(kind) = FeedbackKind::from_name(&kind) else {
+                eprintln!("error: `{kind}` is not a kind of feedback; use impression, click, accept or dismiss");
+                return Ok(ExitCode::FAILURE);
+            };
+            let target = match (decision, key, channel) {
+                (Some(decision_id), _, _) => FeedbackTarget::Decision { decision_id, offer },
+                (None, Some(key), Some(channel)) => FeedbackTarget::Customer {
+                    key,
+                    offer,
+                    channel,
+                },
+                _ => {
+                    eprintln!("error: name the decision (--decision ID) or the customer and channel (--key KEY --channel CH)");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let result = client.feedback(kind, target).await?;
+            if json {
+                print_json(&result);
+            } else {
+                println!("recorded {kind} (decision {})", result.decision_id);
+                if let Some(c) = &result.coupon {
+                    let verb = if kind == FeedbackKind::Accept {
+                        "redeemed"
+                    } else {
+                        "coupon"
+                    };
+                    println!("{verb} {} for {} (expires {})", c.code, c.offer, c.expires);
+                }
+            }
+        }
+        CtlCommand::Stats { offers } => {
+            let stats = if offers {
+                client.stats_with_offers().await?
+            } else {
+                client.stats().await?
+            };
             if json {
                 print_json(&stats);
             } else {
@@ -237,8 +361,99 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 for (name, n) in &stats.segments {
                     println!("  {name:<24} {n:>10}");
                 }
+                if offers {
+                    print!("{}", render_offer_stats(&stats.offers));
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A decision as a person reads it: the offers, then the arms and coupons, then (when
+/// asked for) why every other offer was not chosen.
+fn render_decision(d: &Decision) -> String {
+    let mut out = format!(
+        "decision {} ({} customer)\n",
+        d.decision_id,
+        if d.known_customer { "known" } else { "new" }
+    );
+    if d.offers.is_empty() {
+        out.push_str("  no offer is eligible\n");
+    }
+    for (i, o) in d.offers.iter().enumerate() {
+        out.push_str(&format!(
+            "  {}. {:<24} score {:>10.4}  priority {}{}\n",
+            i + 1,
+            o.offer,
+            o.score,
+            o.priority,
+            if o.sticky { "  (sticky)" } else { "" }
+        ));
+    }
+    for a in &d.arms {
+        out.push_str(&format!("  experiment {}: arm {}\n", a.experiment, a.arm));
+    }
+    for c in &d.coupons {
+        out.push_str(&format!(
+            "  coupon {} for {} (expires {})\n",
+            c.code, c.offer, c.expires
+        ));
+    }
+    if !d.explanation.is_empty() {
+        out.push_str("  every offer considered:\n");
+        for e in &d.explanation {
+            let score = if e.score.is_nan() {
+                String::from("-")
+            } else {
+                format!("{:.4}", e.score)
+            };
+            out.push_str(&format!(
+                "    {:<24} {:<18} {:>10}  {}\n",
+                e.offer,
+                e.outcome.name(),
+                score,
+                e.detail
+            ));
+        }
+    }
+    out
+}
+
+fn render_offer_stats(rows: &[OfferStats]) -> String {
+    let mut out = format!(
+        "offers:\n  {:<20} {:<12} {:<24} {:>9} {:>11} {:>7} {:>8} {:>8} {:>7}\n",
+        "offer",
+        "channel",
+        "experiment/arm",
+        "decisions",
+        "impressions",
+        "clicks",
+        "accepts",
+        "dismiss",
+        "accept%"
+    );
+    for r in rows {
+        let arm = match (&r.experiment, &r.arm) {
+            (Some(e), Some(a)) => format!("{e}/{a}"),
+            _ => "(all)".to_string(),
+        };
+        let rate = r
+            .accept_rate()
+            .map(|x| format!("{:.1}", x * 100.0))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "  {:<20} {:<12} {:<24} {:>9} {:>11} {:>7} {:>8} {:>8} {:>7}\n",
+            r.offer,
+            r.channel,
+            arm,
+            r.decisions,
+            r.impressions,
+            r.clicks,
+            r.accepts,
+            r.dismisses,
+            rate
+        ));
+    }
+    out
 }

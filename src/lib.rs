@@ -13,6 +13,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod decide;
 pub mod engine;
 pub mod model;
 pub mod protocol;

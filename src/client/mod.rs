@@ -21,6 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::model::decision::{
+    Decision, DecisionRequest, FeedbackKind, FeedbackResult, FeedbackTarget,
+};
 use crate::model::{ProfileView, RawEvent};
 use crate::protocol::message::{Rejected, ServerHello, Stats};
 use crate::protocol::{ErrorCode, Frame, Request, Response, PROTOCOL_VERSION};
@@ -274,8 +277,38 @@ impl Client {
     }
 
     pub async fn stats(&self) -> Result<Stats, ClientError> {
-        match self.request(&Request::Stats).await? {
+        self.stats_with(false).await
+    }
+
+    /// Server counters including every offer's decisions and feedback per channel and
+    /// experiment arm.
+    pub async fn stats_with_offers(&self) -> Result<Stats, ClientError> {
+        self.stats_with(true).await
+    }
+
+    async fn stats_with(&self, offers: bool) -> Result<Stats, ClientError> {
+        match self.request(&Request::Stats { offers }).await? {
             Response::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks which offers to present to a customer on a channel.
+    pub async fn decide(&self, request: DecisionRequest) -> Result<Decision, ClientError> {
+        match self.request(&Request::Decide(request)).await? {
+            Response::Decision(d) => Ok(*d),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reports what a customer did with an offer.
+    pub async fn feedback(
+        &self,
+        kind: FeedbackKind,
+        target: FeedbackTarget,
+    ) -> Result<FeedbackResult, ClientError> {
+        match self.request(&Request::Feedback { kind, target }).await? {
+            Response::Feedback(f) => Ok(f),
             other => Err(unexpected(other)),
         }
     }

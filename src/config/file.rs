@@ -25,6 +25,12 @@ pub struct RawConfig {
     pub segments: IndexMap<Spanned<String>, RawSegment>,
     #[serde(default)]
     pub scores: IndexMap<Spanned<String>, RawScore>,
+    #[serde(default)]
+    pub decisions: Option<Spanned<RawDecisions>>,
+    #[serde(default)]
+    pub offers: IndexMap<Spanned<String>, RawOffer>,
+    #[serde(default)]
+    pub experiments: IndexMap<Spanned<String>, RawExperiment>,
 }
 
 fn no_channels() -> Spanned<Vec<Spanned<String>>> {
@@ -103,4 +109,87 @@ pub struct RawScore {
 pub struct RawModelFeature {
     pub expr: Spanned<String>,
     pub weight: f64,
+}
+
+/// `[decisions]`: settings shared by every offer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecisions {
+    pub fallback: Option<Spanned<String>>,
+    pub sticky: Option<Spanned<String>>,
+    pub remember_decisions: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub context: IndexMap<Spanned<String>, ValueType>,
+    pub feedback_events: Option<Spanned<IndexMap<Spanned<String>, Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffer {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub rule: Option<Spanned<String>>,
+    pub channels: Option<Spanned<Vec<Spanned<String>>>>,
+    pub value: Option<Spanned<f64>>,
+    pub weight: Option<Spanned<f64>>,
+    pub propensity: Option<Spanned<String>>,
+    pub rank: Option<Spanned<String>>,
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub caps: Vec<Spanned<RawCap>>,
+    pub cooldown: Option<RawCooldown>,
+    pub repeat: Option<bool>,
+    pub budget: Option<Spanned<RawBudget>>,
+    pub sticky: Option<Spanned<String>>,
+    pub coupon: Option<RawCoupon>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCap {
+    pub impressions: Spanned<u32>,
+    pub per: Spanned<String>,
+    pub channel: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooldown {
+    pub dismiss: Option<Spanned<String>>,
+    pub accept: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub accepts: Option<u64>,
+    pub impressions: Option<u64>,
+    pub per: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoupon {
+    pub prefix: Spanned<String>,
+    pub valid: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExperiment {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub arms: Spanned<Vec<Spanned<RawArm>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArm {
+    pub name: Spanned<String>,
+    pub weight: Spanned<u32>,
+    #[serde(default)]
+    pub control: bool,
+    pub offers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub weights: IndexMap<Spanned<String>, f64>,
 }

@@ -17,6 +17,7 @@
 //! Invariants: segment and score references form no cycle; `segment_order` lists every
 //! segment after the segments it depends on.
 
+mod decisions;
 pub mod diagnostic;
 pub mod duration;
 mod file;
@@ -28,6 +29,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use decisions::{
+    ArmDef, BudgetCounts, BudgetDef, Cap, CouponDef, Decisions, ExperimentDef, OfferDef,
+};
 pub use diagnostic::{ConfigError, Diagnostic, Source, Span};
 pub use file::UnknownProperties;
 use file::{RawConfig, RawScoreKind};
@@ -235,6 +239,8 @@ pub struct Config {
     /// Every segment after those it depends on.
     pub segment_order: Vec<usize>,
     pub dependencies: Dependencies,
+    /// Offers, experiments and decision settings.
+    pub decisions: Decisions,
     /// Codes of attribute string values; shared with the engine.
     pub interner: Arc<Interner>,
 }
@@ -346,6 +352,16 @@ impl Config {
             "  profile aggregates  {:>3}: {}\n",
             self.features.len(),
             names(&mut self.features.iter().map(Feature::label))
+        ));
+        out.push_str(&format!(
+            "  offers              {:>3}: {}\n",
+            self.decisions.offers.len(),
+            names(&mut self.decisions.offers.iter().map(|o| o.name.as_str()))
+        ));
+        out.push_str(&format!(
+            "  experiments         {:>3}: {}\n",
+            self.decisions.experiments.len(),
+            names(&mut self.decisions.experiments.iter().map(|e| e.name.as_str()))
         ));
         let timed: Vec<&str> = self
             .dependencies
@@ -567,9 +583,12 @@ impl Builder<'_> {
         let segment_names: Vec<String> = raw.segments.keys().map(|k| k.get_ref().clone()).collect();
         let score_names: Vec<String> = raw.scores.keys().map(|k| k.get_ref().clone()).collect();
 
+        let context = self.decision_context(&raw);
+
         // Rules.
         let interner = Arc::new(Interner::default());
         let ctx = RuleContext {
+            context: &context,
             events: &events,
             channels: &channels,
             namespaces: &namespaces,
@@ -691,6 +710,7 @@ impl Builder<'_> {
                 model,
             }));
         }
+        let decisions = self.decisions(&raw, &mut compiler, context.clone());
         let features = std::mem::take(&mut compiler.features);
         let property_constants = std::mem::take(&mut compiler.property_constants);
         drop(compiler);
@@ -766,6 +786,7 @@ impl Builder<'_> {
             scores,
             segment_order: Vec::new(),
             dependencies: Dependencies::default(),
+            decisions,
             interner,
         };
         analyse(&mut config);

@@ -97,6 +97,21 @@ pub(crate) struct Eval<'a> {
     pub rings: &'a [Option<Ring>],
     pub p: &'a [u32],
     pub now: u32,
+    /// A decision request's context fields (see [`context_value`]); empty elsewhere.
+    pub context: &'a [f64],
+}
+
+/// How a context field is carried in [`Eval::context`]: numbers as themselves (NaN when
+/// absent, so every comparison but `!=` is false, like an unset attribute), strings as
+/// their interner code (0 when absent, `u32::MAX` for a string no rule mentions), bools
+/// as 1 or 0.
+pub(crate) fn context_value(e: &Expr, context: &[f64]) -> f64 {
+    let slot = |i: usize, absent: f64| context.get(i).copied().unwrap_or(absent);
+    match e {
+        Expr::CtxNum(i) => slot(*i, f64::NAN),
+        Expr::CtxStr(i) | Expr::CtxBool(i) => slot(*i, 0.0),
+        _ => f64::NAN,
+    }
 }
 
 impl Eval<'_> {
@@ -136,6 +151,7 @@ impl Eval<'_> {
             Expr::Ever(f) => (self.p[self.layout.features[*f]] != 0, None),
             Expr::HasKey(ns) => (self.p[KEY_MASK] & (1 << ns) != 0, None),
             Expr::AttrBool(a) => (self.p[self.layout.attributes[*a].0] != 0, None),
+            Expr::CtxBool(_) => (context_value(e, self.context) != 0.0, None),
             Expr::InSegment(s) => {
                 let member = self.layout.in_segment(self.p, *s);
                 let segment = &self.config.segments[*s];
@@ -235,6 +251,7 @@ impl Eval<'_> {
         match e {
             Expr::Str(code) => *code,
             Expr::AttrStr(a) => self.p[self.layout.attributes[*a].0],
+            Expr::CtxStr(_) => context_value(e, self.context) as u32,
             _ => 0,
         }
     }
@@ -276,6 +293,7 @@ impl Eval<'_> {
                 }
                 (Dual::constant(active as f64), step)
             }
+            Expr::CtxNum(_) => (Dual::constant(context_value(e, self.context)), None),
             Expr::AttrNum(a) => {
                 let at = l.attributes[*a].0;
                 // Unset numbers are NaN: every comparison with them is false but `!=`.

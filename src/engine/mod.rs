@@ -24,11 +24,11 @@
 //! survivor's segments are all re-evaluated before the event that caused the merge is
 //! applied. Merges chain: an event with keys of three customers merges all three.
 
-mod eval;
+pub(crate) mod eval;
 pub mod event;
 mod profile;
 pub mod query;
-mod shard;
+pub(crate) mod shard;
 pub mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +109,15 @@ pub struct Engine {
     hasher: ahash::RandomState,
     events_applied: AtomicU64,
     merges: AtomicU64,
+    pub(crate) decider: crate::decide::Decider,
+}
+
+/// A known customer under its shard lock: its profile to read, its offer history to
+/// update, its keys.
+pub(crate) struct Customer<'a> {
+    pub eval: eval::Eval<'a>,
+    pub offers: &'a mut crate::decide::CustomerOffers,
+    pub keys: &'a [Key],
 }
 
 impl Engine {
@@ -129,7 +138,9 @@ impl Engine {
                 CachePadded::new(Mutex::new(ShardState::new(&plan, base, capacity)))
             })
             .collect();
+        let decider = crate::decide::Decider::new(&plan.config, clock.now_ms());
         Engine {
+            decider,
             plan,
             shards,
             local_bits,
@@ -324,11 +335,12 @@ impl Engine {
     fn merge(&self, survivor: CustomerRef, loser: CustomerRef) {
         let (ws, wl) = self.split(survivor.id);
         let (ls, ll) = self.split(loser.id);
-        let (row, keys) = if ws == ls {
+        let keys = if ws == ls {
             let mut state = self.lock(ws);
-            let (row, keys) = state.take(&self.plan, ll);
-            state.absorb(&self.plan, wl, &row, keys.clone());
-            (row, keys)
+            let taken = state.take(&self.plan, ll);
+            let keys = taken.keys.clone();
+            state.absorb(&self.plan, wl, taken);
+            keys
         } else {
             // Both locks, in index order, so that concurrent merges cannot deadlock.
             let (mut first, mut second) = (self.lock(ws.min(ls)), self.lock(ws.max(ls)));
@@ -341,11 +353,11 @@ impl Engine {
             let now = winner.now.max(loser_state.now);
             winner.now = now;
             loser_state.now = now;
-            let (row, keys) = loser_state.take(&self.plan, ll);
-            winner.absorb(&self.plan, wl, &row, keys.clone());
-            (row, keys)
+            let taken = loser_state.take(&self.plan, ll);
+            let keys = taken.keys.clone();
+            winner.absorb(&self.plan, wl, taken);
+            keys
         };
-        drop(row);
         for key in keys {
             self.identity.insert(key.text, survivor.pack());
         }
@@ -357,6 +369,50 @@ impl Engine {
         for shard in 0..self.shards.len() {
             drop(self.lock(shard));
         }
+    }
+
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Runs `f` on the customer a key belongs to, under its shard lock at `now`, or on
+    /// `None` if the key is unknown. `context` is what rules read as `context.NAME`.
+    pub(crate) fn with_customer<R>(
+        &self,
+        key: &str,
+        now: u32,
+        context: &[f64],
+        f: impl FnOnce(Option<Customer<'_>>) -> R,
+    ) -> R {
+        match self.locate(key, now) {
+            None => f(None),
+            Some((mut state, local)) => {
+                let (eval, offers, keys) = state.customer_mut(&self.plan, local, context);
+                f(Some(Customer { eval, offers, keys }))
+            }
+        }
+    }
+
+    /// The shard (locked) and slot of the customer a key belongs to.
+    fn locate(&self, key: &str, now: u32) -> Option<(MutexGuard<'_, ShardState>, u32)> {
+        let try_once = || {
+            let r = CustomerRef::unpack(*self.identity.get(key)?);
+            let (shard, local) = self.split(r.id);
+            let state = self.lock_at(shard, now);
+            let current =
+                state.gens.get(local as usize) == Some(&r.generation) && state.is_live(local);
+            Some(current.then_some((state, local)))
+        };
+        // A merge may free the slot between reading the map and taking the lock; then
+        // the map already points at the survivor, so looking again finds it.
+        for _ in 0..4 {
+            if let Some(found) = try_once()? {
+                return Some(found);
+            }
+        }
+        // Under the identity mutex no merge can run, so this look is final.
+        let _identity = self.identity_writes.lock();
+        try_once().flatten()
     }
 
     /// The customer a key belongs to.

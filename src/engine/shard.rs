@@ -27,6 +27,7 @@ use super::profile::{
 };
 use super::Plan;
 use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
+use crate::decide::CustomerOffers;
 
 /// Profiles per storage chunk.
 const CHUNK_ROWS: usize = 4096;
@@ -45,6 +46,8 @@ pub(crate) struct ShardState {
     pub live: RoaringBitmap,
     pub members: Vec<RoaringBitmap>,
     timers: BTreeMap<u32, Vec<u32>>,
+    /// Offer history of the customers that have one (see `decide::state`).
+    pub offers: std::collections::HashMap<u32, CustomerOffers, ahash::RandomState>,
     /// The shard's time: never goes back, even if the clock does.
     pub now: u32,
 }
@@ -61,6 +64,7 @@ impl ShardState {
             live: RoaringBitmap::new(),
             members: vec![RoaringBitmap::new(); plan.config.segments.len()],
             timers: BTreeMap::new(),
+            offers: Default::default(),
             now: 0,
         }
     }
@@ -187,6 +191,7 @@ impl ShardState {
                     rings: &plan.rings,
                     p: self.row(plan, local),
                     now,
+                    context: &[],
                 };
                 if segment.time_dependent {
                     eval.truth_and_next_change(&segment.expr)
@@ -279,8 +284,8 @@ impl ShardState {
     }
 
     /// Removes a customer: out of every bitmap, its row cleared, its slot free for
-    /// reuse. Returns its row (as it was) and its keys, for a merge.
-    pub fn take(&mut self, plan: &Plan, local: u32) -> (Vec<u32>, Vec<Key>) {
+    /// reuse. Returns what it was, for a merge.
+    pub fn take(&mut self, plan: &Plan, local: u32) -> Taken {
         let id = self.id_base + local;
         let row = self.row(plan, local).to_vec();
         for s in 0..plan.config.segments.len() {
@@ -292,22 +297,26 @@ impl ShardState {
         self.row_mut(plan, local).fill(0);
         self.gens[local as usize] = self.gens[local as usize].wrapping_add(1);
         let keys = std::mem::take(&mut self.keys[local as usize]);
+        let offers = self.offers.remove(&local);
         self.free.push(local);
-        (row, keys)
+        Taken { row, keys, offers }
     }
 
     /// Folds another customer's row and keys into `local`, then re-evaluates every
     /// segment of the result at once.
-    pub fn absorb(&mut self, plan: &Plan, local: u32, from: &[u32], keys: Vec<Key>) {
+    pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken) {
         let now = self.now;
         merge_rows(
             &plan.config,
             &plan.layout,
             self.row_mut(plan, local),
-            from,
+            &from.row,
             now,
         );
-        self.add_keys(plan, local, keys);
+        self.add_keys(plan, local, from.keys);
+        if let Some(offers) = from.offers {
+            self.offers.entry(local).or_default().absorb(offers);
+        }
         let next = self.reevaluate(plan, local, &plan.config.segment_order);
         self.schedule(plan, local, next);
     }
@@ -318,6 +327,30 @@ impl ShardState {
         self.schedule(plan, local, next);
     }
 
+    /// A customer's profile for reading and its offer history for updating, at once.
+    pub fn customer_mut<'a>(
+        &'a mut self,
+        plan: &'a Plan,
+        local: u32,
+        context: &'a [f64],
+    ) -> (Eval<'a>, &'a mut CustomerOffers, &'a [Key]) {
+        let stride = plan.layout.stride;
+        let (chunk, at) = (
+            local as usize / CHUNK_ROWS,
+            local as usize % CHUNK_ROWS * stride,
+        );
+        let eval = Eval {
+            config: &plan.config,
+            layout: &plan.layout,
+            rings: &plan.rings,
+            p: &self.rows[chunk][at..at + stride],
+            now: self.now,
+            context,
+        };
+        let offers = self.offers.entry(local).or_default();
+        (eval, offers, &self.keys[local as usize])
+    }
+
     pub fn eval<'a>(&'a self, plan: &'a Plan, local: u32) -> Eval<'a> {
         Eval {
             config: &plan.config,
@@ -325,6 +358,38 @@ impl ShardState {
             rings: &plan.rings,
             p: self.row(plan, local),
             now: self.now,
+            context: &[],
         }
     }
+}
+
+/// A customer removed from its shard by a merge, on its way into the survivor.
+pub(crate) struct Taken {
+    pub row: Vec<u32>,
+    pub keys: Vec<Key>,
+    pub offers: Option<CustomerOffers>,
+}
+
+/// The profile of a customer omnia has never seen, as if first seen `now` on `channel`
+/// with a key in `namespace`: what a decision for a new visitor is evaluated against.
+/// Its segment bits are evaluated like a new profile's, so `in(new_visitors)` holds.
+pub(crate) fn blank_row(plan: &Plan, now: u32, channel: usize, namespace: usize) -> Vec<u32> {
+    let mut row = vec![0u32; plan.layout.stride];
+    row[FIRST_SEEN] = now;
+    row[LAST_SEEN] = now;
+    row[plan.layout.channel_last_seen(channel)] = now;
+    row[KEY_MASK] = 1 << namespace;
+    for &s in &plan.config.segment_order {
+        let member = Eval {
+            config: &plan.config,
+            layout: &plan.layout,
+            rings: &plan.rings,
+            p: &row,
+            now,
+            context: &[],
+        }
+        .truth(&plan.config.segments[s].expr);
+        plan.layout.set_segment(&mut row, s, member);
+    }
+    row
 }

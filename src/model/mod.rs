@@ -1,6 +1,7 @@
-//! The data model shared by the engine, the protocol and the client: events as sent and
-//! profiles as shown. Nothing here does anything; it is what the layers talk about.
+//! The data model shared by the engine, the protocol and the client: events as sent,
+//! profiles as shown, and decisions as channels ask for them. Nothing here does anything; it is what the layers talk about.
 
+pub mod decision;
 pub mod event;
 pub mod profile;
 

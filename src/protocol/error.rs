@@ -32,6 +32,16 @@ pub enum ErrorCode {
     BadQuery = 19,
     /// The engine cannot take more customers (a shard's id range is full).
     Capacity = 20,
+    UnknownOffer = 21,
+    /// FEEDBACK names a decision the server does not remember, or an offer that decision
+    /// did not return.
+    UnknownDecision = 22,
+    /// The offer's budget is spent: the feedback is not recorded.
+    BudgetSpent = 23,
+    /// A DECIDE context field is not declared, or has the wrong type.
+    BadContext = 24,
+    /// FEEDBACK for a customer omnia does not know, with no event type to create one.
+    UnknownCustomer = 25,
 }
 
 impl ErrorCode {
@@ -56,6 +66,11 @@ impl ErrorCode {
             18 => UnknownSegment,
             19 => BadQuery,
             20 => Capacity,
+            21 => UnknownOffer,
+            22 => UnknownDecision,
+            23 => BudgetSpent,
+            24 => BadContext,
+            25 => UnknownCustomer,
             _ => return None,
         })
     }
@@ -82,6 +97,11 @@ impl ErrorCode {
             UnknownSegment => "UNKNOWN_SEGMENT",
             BadQuery => "BAD_QUERY",
             Capacity => "CAPACITY",
+            UnknownOffer => "UNKNOWN_OFFER",
+            UnknownDecision => "UNKNOWN_DECISION",
+            BudgetSpent => "BUDGET_SPENT",
+            BadContext => "BAD_CONTEXT",
+            UnknownCustomer => "UNKNOWN_CUSTOMER",
         }
     }
 

@@ -10,7 +10,19 @@ use super::codec::{DecodeError, Reader, Write};
 use super::opcode;
 use super::ErrorCode;
 use crate::field;
+use crate::model::decision::{
+    ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
+    FeedbackTarget, OfferStats, Outcome, RankedOffer,
+};
 use crate::model::{ProfileView, RawEvent, RawValue};
+
+/// DECIDE flag bits.
+pub mod decide_flags {
+    /// Record an impression of every returned offer.
+    pub const RECORD_IMPRESSION: u8 = 1;
+    /// Explain every offer considered.
+    pub const EXPLAIN: u8 = 2;
+}
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +54,18 @@ pub enum Request {
     },
     /// `str segment, str key`
     SegmentContains { segment: String, key: String },
-    /// empty
-    Stats,
+    /// empty, or `u8 sections` (bit 0: per-offer counters)
+    Stats { offers: bool },
+    /// `str key, str channel, u8 top, u8 flags (1 record impression, 2 explain),
+    /// u8 context_count, (str name, value) × context_count`
+    Decide(DecisionRequest),
+    /// `u8 kind (1 impression, 2 click, 3 accept, 4 dismiss), u8 target`, then for
+    /// target 1 `u64 decision_id, str offer`, for target 2 `str key, str offer,
+    /// str channel`
+    Feedback {
+        kind: FeedbackKind,
+        target: FeedbackTarget,
+    },
 }
 
 /// One event of a batch that was not accepted.
@@ -67,6 +89,8 @@ pub struct Stats {
     pub merges: u64,
     pub connections: u32,
     pub segments: Vec<(String, u64)>,
+    /// Per offer, channel and arm; only when asked for.
+    pub offers: Vec<OfferStats>,
 }
 
 /// What a server says in HELLO: the agreed version and its limits.
@@ -108,6 +132,14 @@ pub enum Response {
     /// `u64 uptime_ms, u32 config_version, u64 customers, u64 keys, u64 events_ingested,
     /// u64 events_rejected, u64 merges, u32 connections, u16 n, (str segment, u64 count) × n`
     Stats(Stats),
+    /// `u64 decision_id, u8 known_customer, u8 offer_count, (str offer, f64 score,
+    /// i32 priority, u8 sticky) × offer_count, u8 arm_count, (str experiment, str arm) ×
+    /// arm_count, u16 coupon_count, coupon × coupon_count, u16 explained_count,
+    /// (str offer, u8 outcome, f64 score, str detail) × explained_count`; a coupon is
+    /// `str offer, str code, u32 issued, u32 expires`
+    Decision(Box<Decision>),
+    /// `u64 decision_id, u8 has_coupon, [coupon]`
+    Feedback(FeedbackResult),
     /// `u16 code, str message` (opcode 0xFF)
     Error { code: u16, message: String },
 }
@@ -136,7 +168,9 @@ impl Request {
             Request::SegmentCount { .. } => opcode::SEGMENT_COUNT,
             Request::SegmentMembers { .. } => opcode::SEGMENT_MEMBERS,
             Request::SegmentContains { .. } => opcode::SEGMENT_CONTAINS,
-            Request::Stats => opcode::STATS,
+            Request::Stats { .. } => opcode::STATS,
+            Request::Decide(_) => opcode::DECIDE,
+            Request::Feedback { .. } => opcode::FEEDBACK,
         }
     }
 
@@ -153,7 +187,45 @@ impl Request {
                 b.put_u16_le(*max_version);
                 b.str(client);
             }
-            Request::Ping | Request::Stats => {}
+            Request::Ping | Request::Stats { offers: false } => {}
+            Request::Stats { offers: true } => b.put_u8(1),
+            Request::Decide(d) => {
+                b.str(&d.key);
+                b.str(&d.channel);
+                b.put_u8(d.top);
+                b.put_u8(
+                    if d.record_impression {
+                        decide_flags::RECORD_IMPRESSION
+                    } else {
+                        0
+                    } | if d.explain { decide_flags::EXPLAIN } else { 0 },
+                );
+                b.put_u8(count_u8(d.context.len(), "context fields")?);
+                for (name, value) in &d.context {
+                    b.str(name);
+                    b.value(value);
+                }
+            }
+            Request::Feedback { kind, target } => {
+                b.put_u8(*kind as u8);
+                match target {
+                    FeedbackTarget::Decision { decision_id, offer } => {
+                        b.put_u8(1);
+                        b.put_u64_le(*decision_id);
+                        b.str(offer);
+                    }
+                    FeedbackTarget::Customer {
+                        key,
+                        offer,
+                        channel,
+                    } => {
+                        b.put_u8(2);
+                        b.str(key);
+                        b.str(offer);
+                        b.str(channel);
+                    }
+                }
+            }
             Request::Ingest { events } => {
                 b.put_u32_le(events.len() as u32);
                 for e in events {
@@ -206,7 +278,63 @@ impl Request {
                 client: r.str(field!("client_name"))?.to_string(),
             },
             opcode::PING => Request::Ping,
-            opcode::STATS => Request::Stats,
+            opcode::STATS => Request::Stats {
+                offers: !body.is_empty() && r.u8(field!("sections"))? & 1 != 0,
+            },
+            opcode::DECIDE => {
+                let key = r.str(field!("key"))?.to_string();
+                let channel = r.str(field!("channel"))?.to_string();
+                let top = r.u8(field!("top"))?;
+                let flags = r.u8(field!("flags"))?;
+                let n = r.u8(field!("context count"))?;
+                let context = (0..n)
+                    .map(|i| {
+                        Ok((
+                            r.str(field!("context field {i}"))?.to_string(),
+                            r.value(field!("value of context field {i}"))?,
+                        ))
+                    })
+                    .collect::<Result<_, DecodeError>>()?;
+                Request::Decide(DecisionRequest {
+                    key,
+                    channel,
+                    top,
+                    record_impression: flags & decide_flags::RECORD_IMPRESSION != 0,
+                    explain: flags & decide_flags::EXPLAIN != 0,
+                    context,
+                })
+            }
+            opcode::FEEDBACK => {
+                let at = r.offset();
+                let kind = r.u8(field!("kind"))?;
+                let kind = FeedbackKind::from_u8(kind).ok_or_else(|| DecodeError::Invalid {
+                    field: "kind".into(),
+                    offset: at,
+                    message: format!("{kind} is not a kind of feedback (1 impression, 2 click, 3 accept, 4 dismiss)"),
+                })?;
+                let at = r.offset();
+                let target = match r.u8(field!("target"))? {
+                    1 => FeedbackTarget::Decision {
+                        decision_id: r.u64(field!("decision_id"))?,
+                        offer: r.str(field!("offer"))?.to_string(),
+                    },
+                    2 => FeedbackTarget::Customer {
+                        key: r.str(field!("key"))?.to_string(),
+                        offer: r.str(field!("offer"))?.to_string(),
+                        channel: r.str(field!("channel"))?.to_string(),
+                    },
+                    other => {
+                        return Err(DecodeError::Invalid {
+                            field: "target".into(),
+                            offset: at,
+                            message: format!(
+                                "{other} is not a feedback target (1 decision, 2 customer)"
+                            ),
+                        })
+                    }
+                };
+                Request::Feedback { kind, target }
+            }
             opcode::INGEST => {
                 // One parser for INGEST bodies: the server reads the same view in place.
                 let batch = super::IngestBatch::decode(body)?;
@@ -237,6 +365,22 @@ impl Request {
         }
         Ok(Some(request))
     }
+}
+
+fn put_coupon(b: &mut BytesMut, c: &Coupon) {
+    b.str(&c.offer);
+    b.str(&c.code);
+    b.put_u32_le(c.issued);
+    b.put_u32_le(c.expires);
+}
+
+fn read_coupon(r: &mut Reader<'_>) -> Result<Coupon, DecodeError> {
+    Ok(Coupon {
+        offer: r.str(field!("coupon offer"))?.to_string(),
+        code: r.str(field!("coupon code"))?.to_string(),
+        issued: r.u32(field!("coupon issued"))?,
+        expires: r.u32(field!("coupon expires"))?,
+    })
 }
 
 fn put_len16(b: &mut BytesMut, n: usize) {
@@ -341,6 +485,50 @@ impl Response {
                 for (name, n) in s.segments.iter().take(u16::MAX as usize) {
                     b.str(name);
                     b.put_u64_le(*n);
+                }
+                b.put_u32_le(s.offers.len() as u32);
+                for o in &s.offers {
+                    b.str(&o.offer);
+                    b.str(&o.channel);
+                    b.str(o.experiment.as_deref().unwrap_or(""));
+                    b.str(o.arm.as_deref().unwrap_or(""));
+                    for n in [o.decisions, o.impressions, o.clicks, o.accepts, o.dismisses] {
+                        b.put_u64_le(n);
+                    }
+                }
+            }
+            Response::Decision(d) => {
+                b.put_u64_le(d.decision_id);
+                b.put_u8(d.known_customer as u8);
+                b.put_u8(d.offers.len().min(255) as u8);
+                for o in d.offers.iter().take(255) {
+                    b.str(&o.offer);
+                    b.put_f64_le(o.score);
+                    b.put_i32_le(o.priority);
+                    b.put_u8(o.sticky as u8);
+                }
+                b.put_u8(d.arms.len().min(255) as u8);
+                for a in d.arms.iter().take(255) {
+                    b.str(&a.experiment);
+                    b.str(&a.arm);
+                }
+                put_len16(&mut b, d.coupons.len());
+                for c in d.coupons.iter().take(u16::MAX as usize) {
+                    put_coupon(&mut b, c);
+                }
+                put_len16(&mut b, d.explanation.len());
+                for e in d.explanation.iter().take(u16::MAX as usize) {
+                    b.str(&e.offer);
+                    b.put_u8(e.outcome as u8);
+                    b.put_f64_le(e.score);
+                    b.str(&e.detail);
+                }
+            }
+            Response::Feedback(f) => {
+                b.put_u64_le(f.decision_id);
+                b.put_u8(f.coupon.is_some() as u8);
+                if let Some(c) = &f.coupon {
+                    put_coupon(&mut b, c);
                 }
             }
             Response::Error { code, message } => {
@@ -479,6 +667,7 @@ impl Response {
                         merges: r.u64(field!("merges"))?,
                         connections: r.u32(field!("connections"))?,
                         segments: Vec::new(),
+                        offers: Vec::new(),
                     };
                     let n = r.u16(field!("segment count"))?;
                     for i in 0..n {
@@ -487,7 +676,97 @@ impl Response {
                             r.u64(field!("count of segment {i}"))?,
                         ));
                     }
+                    let n = r.u32(field!("offer row count"))?;
+                    for i in 0..n {
+                        let offer = r.str(field!("offer of row {i}"))?.to_string();
+                        let channel = r.str(field!("channel of row {i}"))?.to_string();
+                        let experiment = r.str(field!("experiment of row {i}"))?;
+                        let arm = r.str(field!("arm of row {i}"))?;
+                        let mut n = [0u64; 5];
+                        for v in &mut n {
+                            *v = r.u64(field!("counters of row {i}"))?;
+                        }
+                        s.offers.push(OfferStats {
+                            offer,
+                            channel,
+                            experiment: (!experiment.is_empty()).then(|| experiment.to_string()),
+                            arm: (!arm.is_empty()).then(|| arm.to_string()),
+                            decisions: n[0],
+                            impressions: n[1],
+                            clicks: n[2],
+                            accepts: n[3],
+                            dismisses: n[4],
+                        });
+                    }
                     Response::Stats(s)
+                }
+                opcode::DECIDE => {
+                    let decision_id = r.u64(field!("decision_id"))?;
+                    let known_customer = r.u8(field!("known_customer"))? != 0;
+                    let n = r.u8(field!("offer count"))?;
+                    let offers = (0..n)
+                        .map(|i| {
+                            Ok(RankedOffer {
+                                offer: r.str(field!("offer {i}"))?.to_string(),
+                                score: r.f64(field!("score of offer {i}"))?,
+                                priority: r.u32(field!("priority of offer {i}"))? as i32,
+                                sticky: r.u8(field!("sticky of offer {i}"))? != 0,
+                            })
+                        })
+                        .collect::<Result<_, DecodeError>>()?;
+                    let n = r.u8(field!("arm count"))?;
+                    let arms = (0..n)
+                        .map(|i| {
+                            Ok(ArmAssignment {
+                                experiment: r.str(field!("experiment {i}"))?.to_string(),
+                                arm: r.str(field!("arm {i}"))?.to_string(),
+                            })
+                        })
+                        .collect::<Result<_, DecodeError>>()?;
+                    let n = r.u16(field!("coupon count"))?;
+                    let coupons = (0..n)
+                        .map(|_| read_coupon(&mut r))
+                        .collect::<Result<_, DecodeError>>()?;
+                    let n = r.u16(field!("explained count"))?;
+                    let explanation = (0..n)
+                        .map(|i| {
+                            let offer = r.str(field!("explained offer {i}"))?.to_string();
+                            let at = r.offset();
+                            let code = r.u8(field!("outcome of explained offer {i}"))?;
+                            let outcome =
+                                Outcome::from_u8(code).ok_or_else(|| DecodeError::Invalid {
+                                    field: format!("outcome of explained offer {i}"),
+                                    offset: at,
+                                    message: format!("{code} is not an outcome code"),
+                                })?;
+                            Ok(Considered {
+                                offer,
+                                outcome,
+                                score: r.f64(field!("score of explained offer {i}"))?,
+                                detail: r.str(field!("detail of explained offer {i}"))?.to_string(),
+                            })
+                        })
+                        .collect::<Result<_, DecodeError>>()?;
+                    Response::Decision(Box::new(Decision {
+                        decision_id,
+                        offers,
+                        arms,
+                        coupons,
+                        known_customer,
+                        explanation,
+                    }))
+                }
+                opcode::FEEDBACK => {
+                    let decision_id = r.u64(field!("decision_id"))?;
+                    let coupon = if r.u8(field!("has_coupon"))? != 0 {
+                        Some(read_coupon(&mut r)?)
+                    } else {
+                        None
+                    };
+                    Response::Feedback(FeedbackResult {
+                        decision_id,
+                        coupon,
+                    })
                 }
                 other => {
                     return Err(DecodeError::Invalid {

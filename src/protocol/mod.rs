@@ -40,7 +40,6 @@ pub mod opcode {
     pub const SEGMENT_MEMBERS: u8 = 0x22;
     pub const SEGMENT_CONTAINS: u8 = 0x23;
     pub const STATS: u8 = 0x30;
-    /// Reserved for the decisioning operations.
     pub const DECIDE: u8 = 0x40;
     pub const FEEDBACK: u8 = 0x41;
     pub const RESPONSE_BIT: u8 = 0x80;

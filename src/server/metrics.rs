@@ -12,6 +12,12 @@
 //! | `omnia_connections` | gauge | |
 //! | `omnia_customers` | gauge | |
 //! | `omnia_segment_members` | gauge | `segment` |
+//! | `omnia_offer_decisions_total` | counter | `offer`, `channel`, `experiment`, `arm` |
+//! | `omnia_offer_feedback_total` | counter | `offer`, `channel`, `experiment`, `arm`, `kind` |
+//!
+//! Offer counters are published from the engine's own counters with the gauges, so a
+//! scrape sees them at most one publishing interval late; `experiment` and `arm` are
+//! empty for the totals over every customer.
 //!
 //! Recording goes through the `metrics` facade: without an installed exporter (tests,
 //! embedding) it costs next to nothing.
@@ -75,5 +81,24 @@ pub fn publish_gauges(shared: &Shared) {
         let members = shared.engine.segment_count(&segment.name).unwrap_or(0);
         metrics::gauge!("omnia_segment_members", "segment" => segment.name.clone())
             .set(members as f64);
+    }
+    for o in shared.engine.offer_stats() {
+        let labels = [
+            ("offer", o.offer.clone()),
+            ("channel", o.channel.clone()),
+            ("experiment", o.experiment.clone().unwrap_or_default()),
+            ("arm", o.arm.clone().unwrap_or_default()),
+        ];
+        metrics::counter!("omnia_offer_decisions_total", &labels).absolute(o.decisions);
+        for (kind, n) in [
+            ("impression", o.impressions),
+            ("click", o.clicks),
+            ("accept", o.accepts),
+            ("dismiss", o.dismisses),
+        ] {
+            let mut labels = labels.to_vec();
+            labels.push(("kind", kind.to_string()));
+            metrics::counter!("omnia_offer_feedback_total", &labels).absolute(n);
+        }
     }
 }

@@ -308,12 +308,13 @@ impl Handler {
         }
         let request = match Request::decode(frame.opcode, &frame.body) {
             Ok(Some(request)) => request,
-            Ok(None) if frame.opcode == opcode::DECIDE || frame.opcode == opcode::FEEDBACK => {
-                return Response::error(ErrorCode::NotImplemented, format!("{} is reserved for decisioning, which this server version does not provide yet", opcode::name(frame.opcode).to_uppercase()))
+            Ok(None) => {
+                return Response::error(
+                    ErrorCode::UnknownOpcode,
+                    format!("unknown opcode {:#04x}", frame.opcode),
+                )
             }
-            Ok(None) => return Response::error(ErrorCode::UnknownOpcode, format!("unknown opcode {:#04x}", frame.opcode)),
             Err(e) => return Self::decode_error(frame.opcode, e),
-
         };
         if !self.greeted && !matches!(request, Request::Hello { .. }) {
             return Response::error(
@@ -345,7 +346,9 @@ impl Handler {
             Request::SegmentContains { segment, key } => {
                 cmd::segment::contains(shared, &segment, &key)
             }
-            Request::Stats => cmd::stats::apply(shared),
+            Request::Stats { offers } => cmd::stats::apply(shared, offers),
+            Request::Decide(request) => cmd::decide::decide(shared, &request),
+            Request::Feedback { kind, target } => cmd::decide::feedback(shared, kind, &target),
         }
     }
 }

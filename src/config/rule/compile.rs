@@ -20,7 +20,18 @@ pub struct RuleContext<'a> {
     pub attributes: &'a [AttributeDef],
     pub segments: &'a [String],
     pub scores: &'a [String],
+    /// Context fields a channel may send with a decision request (`context.NAME`).
+    pub context: &'a [AttributeDef],
     pub window_buckets: u32,
+}
+
+/// The constants an offer's ranking expression can name: `value`, `weight` and
+/// `propensity` (the offer's propensity score, or 1 when it names none).
+#[derive(Debug, Clone, Copy)]
+pub struct OfferNames {
+    pub value: f64,
+    pub weight: f64,
+    pub propensity: Option<usize>,
 }
 
 /// What a compiled expression reads.
@@ -77,7 +88,13 @@ impl Ty {
 #[derive(Clone, Copy)]
 enum Scope {
     Profile,
-    Filter { event: usize },
+    Filter {
+        event: usize,
+    },
+    /// An offer's eligibility rule (`context.NAME` allowed) or, with names, its ranking.
+    Offer {
+        names: Option<OfferNames>,
+    },
 }
 
 /// Compiles rules against one config, accumulating the features they read.
@@ -124,10 +141,42 @@ impl<'a> Compiler<'a> {
         Ok(expr)
     }
 
-    /// Compiles a numeric expression (score features, ranking).
-    pub fn number(&mut self, text: &str, refs: &mut Refs) -> Result<Expr, RuleError> {
+    /// Compiles an offer's eligibility rule: a condition that may read `context.NAME`.
+    pub fn offer_condition(&mut self, text: &str, refs: &mut Refs) -> Result<Expr, RuleError> {
         let node = super::parse(text)?;
-        let (expr, ty) = self.typed(&node, text, Scope::Profile, refs)?;
+        let (expr, ty) = self.typed(&node, text, Scope::Offer { names: None }, refs)?;
+        if ty != Ty::Bool {
+            return Err(RuleError::new(
+                node.span.clone(),
+                format!(
+                    "this rule is {}, but an eligibility rule must be a condition",
+                    ty.describe()
+                ),
+                Some("compare it with something, for example `... > 0`"),
+            ));
+        }
+        Ok(expr)
+    }
+
+    /// Compiles an offer's ranking expression, which may also name `value`, `weight`
+    /// and `propensity`.
+    pub fn offer_rank(
+        &mut self,
+        text: &str,
+        names: OfferNames,
+        refs: &mut Refs,
+    ) -> Result<Expr, RuleError> {
+        self.number_in(text, Scope::Offer { names: Some(names) }, refs)
+    }
+
+    /// Compiles a numeric expression (score features).
+    pub fn number(&mut self, text: &str, refs: &mut Refs) -> Result<Expr, RuleError> {
+        self.number_in(text, Scope::Profile, refs)
+    }
+
+    fn number_in(&mut self, text: &str, scope: Scope, refs: &mut Refs) -> Result<Expr, RuleError> {
+        let node = super::parse(text)?;
+        let (expr, ty) = self.typed(&node, text, scope, refs)?;
         match ty {
             Ty::Num => Ok(expr),
             // A condition counts as 1 or 0, so `in(vip)` can be a model feature.
@@ -178,8 +227,27 @@ impl<'a> Compiler<'a> {
                         ),
                     }
                 }
-                Scope::Profile => {
-                    let help = if self.ctx.attributes.iter().any(|a| a.name == *name) {
+                Scope::Offer { names: Some(names) }
+                    if matches!(name.as_str(), "value" | "weight" | "propensity") =>
+                {
+                    match name.as_str() {
+                        "value" => (Expr::Num(names.value), Ty::Num),
+                        "weight" => (Expr::Num(names.weight), Ty::Num),
+                        _ => match names.propensity {
+                            Some(score) => {
+                                refs.scores.insert(score);
+                                (Expr::Score(score), Ty::Num)
+                            }
+                            None => (Expr::Num(1.0), Ty::Num),
+                        },
+                    }
+                }
+                Scope::Profile | Scope::Offer { .. } => {
+                    let help = if let Scope::Offer { names: None } = scope {
+                        "an eligibility rule reads the profile (`attr.NAME`, `count(...)`, ...) and the request (`context.NAME`); `value`, `weight` and `propensity` are only known in `rank`".to_string()
+                    } else if let Scope::Offer { .. } = scope {
+                        "a ranking expression can name `value`, `weight` and `propensity`, the profile (`attr.NAME`, `score(NAME)`, ...) and the request (`context.NAME`)".to_string()
+                    } else if self.ctx.attributes.iter().any(|a| a.name == *name) {
                         format!("for the profile attribute write `attr.{name}`")
                     } else {
                         "bare names are event properties, used inside `where` filters; profile attributes are written `attr.NAME`".to_string()
@@ -191,6 +259,27 @@ impl<'a> Compiler<'a> {
                     ));
                 }
             },
+            NodeKind::Context(name) => {
+                if !matches!(scope, Scope::Offer { .. }) {
+                    return Err(RuleError::new(
+                        span,
+                        format!("`context.{}` is only known to offer rules", name.text),
+                        Some("the context is what a channel sends with a decision request; segments and scores describe the customer alone"),
+                    ));
+                }
+                let index = find(
+                    name,
+                    "context field",
+                    "context fields (`[decisions.context]`)",
+                    self.ctx.context.iter().map(|a| a.name.as_str()),
+                )?;
+                match self.ctx.context[index].ty {
+                    ValueType::Number => (Expr::CtxNum(index), Ty::Num),
+                    ValueType::Bool => (Expr::CtxBool(index), Ty::Bool),
+                    // Context strings are coded by the shared interner, like attributes.
+                    ValueType::String => (Expr::CtxStr(index), Ty::AttrStr),
+                }
+            }
             NodeKind::Attr(name) if matches!(scope, Scope::Filter { .. }) => {
                 return Err(RuleError::new(
                     span,

@@ -1,5 +1,5 @@
-//! The rule language: how data teams define segments, score features and (later) offer
-//! eligibility.
+//! The rule language: how data teams define segments, score features, and offer
+//! eligibility and ranking.
 //!
 //! Text flows `lexer` -> `parser` (an AST with spans) -> `compile` (names resolved,
 //! types checked, every aggregate the rule reads given a slot in the profile layout).
@@ -62,6 +62,10 @@ pub enum Expr {
     AttrNum(usize),
     AttrStr(usize),
     AttrBool(usize),
+    /// Context fields of a decision request, by index in `[decisions.context]`.
+    CtxNum(usize),
+    CtxStr(usize),
+    CtxBool(usize),
     /// Event properties, only inside `where` filters: index within the event type.
     PropNum(usize),
     PropStr(usize),

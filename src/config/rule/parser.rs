@@ -105,6 +105,8 @@ pub enum NodeKind {
     /// A bare name: an event property inside a `where` filter.
     Property(String),
     Attr(Name),
+    /// `context.NAME`: a value the channel sends with a decision request.
+    Context(Name),
     Call(Call),
     Neg(Box<Node>),
     Arith(ArithOp, Box<Node>, Box<Node>),
@@ -130,6 +132,7 @@ pub const KEYWORDS: &[&str] = &[
     "true",
     "false",
     "attr",
+    "context",
     "any",
     "first_seen",
 ];
@@ -446,6 +449,15 @@ impl Parser {
                         span: span.start..end,
                     });
                 }
+                "context" => {
+                    self.expect(Token::Dot, "`.` after `context`, as in `context.store`")?;
+                    let name = self.name("a context field name after `context.`")?;
+                    let end = name.span.end;
+                    return Ok(Node {
+                        kind: NodeKind::Context(name),
+                        span: span.start..end,
+                    });
+                }
                 _ if self.peek() == Some(&Token::LParen) => {
                     return self.call(word, span);
                 }
@@ -571,6 +583,7 @@ mod tests {
                 NodeKind::Bool(b) => format!("{b}"),
                 NodeKind::Property(p) => p.clone(),
                 NodeKind::Attr(a) => format!("attr.{}", a.text),
+                NodeKind::Context(c) => format!("context.{}", c.text),
                 NodeKind::Call(c) => format!("{c:?}").split('(').next().unwrap_or("").to_string(),
                 NodeKind::Neg(x) => format!("(-{})", go(x)),
                 NodeKind::Arith(op, a, b) => format!("({} {op:?} {})", go(a), go(b)),

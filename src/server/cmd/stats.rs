@@ -1,4 +1,5 @@
-//! STATS: server and engine counters, segment sizes, uptime, config version.
+//! STATS: server and engine counters, segment sizes, uptime, config version, and on
+//! request the per-offer counters.
 
 use std::sync::atomic::Ordering;
 
@@ -6,7 +7,7 @@ use crate::protocol::message::Stats;
 use crate::protocol::Response;
 use crate::server::Shared;
 
-pub fn apply(shared: &Shared) -> Response {
+pub fn apply(shared: &Shared, offers: bool) -> Response {
     let engine = shared.engine.stats();
     let config = shared.engine.config();
     Response::Stats(Stats {
@@ -28,5 +29,10 @@ pub fn apply(shared: &Shared) -> Response {
                 )
             })
             .collect(),
+        offers: if offers {
+            shared.engine.offer_stats()
+        } else {
+            Vec::new()
+        },
     })
 }

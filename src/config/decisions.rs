@@ -1,0 +1,600 @@
+//! Offers, experiments and decision settings: the `[decisions]`, `[offers.*]` and
+//! `[experiments.*]` tables, validated and compiled with the rest of the config.
+//!
+//! Offer rules are compiled by the same compiler as segments, so the aggregates they read
+//! get slots in the profile layout like any other, and an eligibility check is the same
+//! allocation-free evaluation as a segment rule. Everything here is checked up front:
+//! a decision never meets an unknown name.
+
+use toml::Spanned;
+
+use super::file::{RawConfig, RawDecisions, RawOffer};
+use super::rule::compile::{list, OfferNames};
+use super::rule::{Compiler, Expr, Refs};
+use super::{AttributeDef, Builder, EventDef, ValueType};
+use crate::model::decision::FeedbackKind;
+
+/// Decisions remembered for feedback by id, unless `remember_decisions` says otherwise.
+pub const DEFAULT_REMEMBER_DECISIONS: u32 = 1_000_000;
+
+/// A frequency cap: at most `impressions` within any `per` seconds, on one channel or on
+/// all together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cap {
+    pub impressions: u32,
+    pub per: u32,
+    pub channel: Option<usize>,
+}
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetCounts {
+    Impressions,
+    Accepts,
+}
+
+impl BudgetCounts {
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetCounts::Impressions => "impressions",
+            BudgetCounts::Accepts => "accepts",
+        }
+    }
+}
+
+/// A global budget of an offer: at most `limit` of `counts` over its life, or per period
+/// of `per` seconds (periods aligned to the Unix epoch, so `1d` is a UTC day).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetDef {
+    pub counts: BudgetCounts,
+    pub limit: u64,
+    pub per: Option<u32>,
+}
+
+/// A coupon the offer issues at its first impression to a customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CouponDef {
+    pub prefix: String,
+    /// Seconds from issue to expiry.
+    pub valid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct OfferDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// The eligibility rule; `None` means always eligible.
+    pub rule: Option<(String, Expr)>,
+    /// Bit `c` set when the offer may be shown on channel `c`.
+    pub channels: u32,
+    pub value: f64,
+    pub weight: f64,
+    /// The score that estimates the chance the customer takes the offer.
+    pub propensity: Option<usize>,
+    /// The ranking expression; `None` is `propensity * value * weight`.
+    pub rank: Option<(String, Expr)>,
+    /// Offers in a higher tier always rank above offers in a lower one.
+    pub priority: i32,
+    pub caps: Vec<Cap>,
+    pub cooldown_dismiss: u32,
+    pub cooldown_accept: u32,
+    /// Whether an accepted offer can be offered again (after its accept cooldown).
+    pub repeat: bool,
+    pub budget: Option<BudgetDef>,
+    /// Seconds an impression keeps this offer first on every channel; 0 is off.
+    pub sticky: u32,
+    pub coupon: Option<CouponDef>,
+}
+
+impl OfferDef {
+    pub fn on_channel(&self, channel: usize) -> bool {
+        self.channels & (1 << channel) != 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ArmDef {
+    pub name: String,
+    pub weight: u32,
+    /// A control arm receives only the fallback offer (or nothing).
+    pub control: bool,
+    /// Offers this arm may receive; `None` is all.
+    pub offers: Option<Vec<bool>>,
+    /// Per offer: a factor on its ranking score in this arm.
+    pub boosts: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExperimentDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub arms: Vec<ArmDef>,
+    pub total_weight: u64,
+}
+
+/// Everything about decisions.
+#[derive(Debug, Clone)]
+pub struct Decisions {
+    pub offers: Vec<OfferDef>,
+    pub experiments: Vec<ExperimentDef>,
+    /// Offered when no other offer is eligible (still subject to its own constraints).
+    pub fallback: Option<usize>,
+    pub remember_decisions: u32,
+    /// Fields a channel may send with a decision request.
+    pub context: Vec<AttributeDef>,
+    /// Per [`FeedbackKind`]: the event type feedback of that kind becomes in the profile.
+    pub feedback_events: [Option<usize>; 4],
+}
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Decisions {
+            offers: Vec::new(),
+            experiments: Vec::new(),
+            fallback: None,
+            remember_decisions: DEFAULT_REMEMBER_DECISIONS,
+            context: Vec::new(),
+            feedback_events: [None; 4],
+        }
+    }
+}
+
+impl Decisions {
+    pub fn offer_id(&self, name: &str) -> Option<usize> {
+        self.offers.iter().position(|o| o.name == name)
+    }
+
+    pub fn context_id(&self, name: &str) -> Option<usize> {
+        self.context.iter().position(|c| c.name == name)
+    }
+}
+
+impl Builder<'_> {
+    /// The context fields, needed before any rule is compiled.
+    pub(super) fn decision_context(&mut self, raw: &RawConfig) -> Vec<AttributeDef> {
+        let Some(decisions) = &raw.decisions else {
+            return Vec::new();
+        };
+        decisions
+            .get_ref()
+            .context
+            .iter()
+            .map(|(name, ty)| {
+                self.name(name, "context field");
+                AttributeDef {
+                    name: name.get_ref().clone(),
+                    ty: *ty,
+                }
+            })
+            .collect()
+    }
+
+    /// Validates and compiles offers, experiments and the `[decisions]` table.
+    pub(super) fn decisions(
+        &mut self,
+        raw: &RawConfig,
+        compiler: &mut Compiler<'_>,
+        context: Vec<AttributeDef>,
+    ) -> Decisions {
+        let events = compiler.ctx.events;
+        let channels = compiler.ctx.channels;
+        let empty = RawDecisions::default();
+        let settings = raw.decisions.as_ref().map_or(&empty, |d| d.get_ref());
+        let sticky_default = match &settings.sticky {
+            Some(d) => self.duration(d, "decisions.sticky").unwrap_or(0),
+            None => 0,
+        };
+        if channels.len() > 32 {
+            // Reported with the channels already; offers keep channels in a 32-bit mask.
+            return Decisions::default();
+        }
+
+        let mut offers = Vec::new();
+        for (name, offer) in &raw.offers {
+            self.name(name, "offer");
+            offers.push(self.offer(name, offer, compiler, sticky_default));
+        }
+        if offers.len() > u16::MAX as usize {
+            self.error(0..0, "too many offers: at most 65535", None);
+        }
+        let offer_names: Vec<&str> = raw.offers.keys().map(|k| k.get_ref().as_str()).collect();
+
+        let fallback = settings.fallback.as_ref().and_then(|f| {
+            let found = offer_names.iter().position(|o| *o == f.get_ref());
+            if found.is_none() {
+                self.unknown_offer(f, "decisions.fallback", &offer_names);
+            }
+            found
+        });
+        let remember_decisions = match &settings.remember_decisions {
+            Some(n) if !(1..=100_000_000).contains(n.get_ref()) => {
+                self.error(
+                    n.span(),
+                    format!(
+                        "decisions.remember_decisions is {}, but it must be from 1 to 100000000",
+                        n.get_ref()
+                    ),
+                    Some("each remembered decision costs about 100 bytes".into()),
+                );
+                DEFAULT_REMEMBER_DECISIONS
+            }
+            Some(n) => *n.get_ref() as u32,
+            None => DEFAULT_REMEMBER_DECISIONS,
+        };
+        let mut feedback_events = [None; 4];
+        if let Some(table) = &settings.feedback_events {
+            for (kind, event) in table.get_ref() {
+                let Some(kind) = FeedbackKind::from_name(kind.get_ref()) else {
+                    self.error(
+                        kind.span(),
+                        format!("`{}` is not a kind of feedback", kind.get_ref()),
+                        Some("the kinds are impression, click, accept and dismiss".into()),
+                    );
+                    continue;
+                };
+                match events.iter().position(|e| e.name == *event.get_ref()) {
+                    Some(e) => {
+                        self.feedback_event_properties(&events[e], event);
+                        feedback_events[kind.index()] = Some(e);
+                    }
+                    None => self.error(
+                        event.span(),
+                        format!(
+                            "unknown event type `{}` for {} feedback",
+                            event.get_ref(),
+                            kind
+                        ),
+                        Some(format!(
+                            "declared event types: {}",
+                            list(events.iter().map(|e| e.name.as_str()))
+                        )),
+                    ),
+                }
+            }
+        }
+
+        let mut experiments = Vec::new();
+        for (name, experiment) in &raw.experiments {
+            self.name(name, "experiment");
+            let mut arms: Vec<ArmDef> = Vec::new();
+            for arm in experiment.arms.get_ref() {
+                let arm_ref = arm.get_ref();
+                self.name(&arm_ref.name, "arm");
+                if arms.iter().any(|a| a.name == *arm_ref.name.get_ref()) {
+                    self.error(
+                        arm_ref.name.span(),
+                        format!(
+                            "experiment `{}` has two arms named `{}`",
+                            name.get_ref(),
+                            arm_ref.name.get_ref()
+                        ),
+                        None,
+                    );
+                }
+                let offers = arm_ref.offers.as_ref().map(|listed| {
+                    let mut allowed = vec![false; offer_names.len()];
+                    for o in listed {
+                        match offer_names.iter().position(|n| n == o.get_ref()) {
+                            Some(i) => allowed[i] = true,
+                            None => self.unknown_offer(o, "an experiment arm", &offer_names),
+                        }
+                    }
+                    allowed
+                });
+                let mut boosts = vec![1.0; offer_names.len()];
+                for (o, factor) in &arm_ref.weights {
+                    match offer_names.iter().position(|n| n == o.get_ref()) {
+                        Some(i) if factor.is_finite() && *factor >= 0.0 => boosts[i] = *factor,
+                        Some(_) => self.error(
+                            o.span(),
+                            format!(
+                                "the weight of `{}` must be a number of 0 or more",
+                                o.get_ref()
+                            ),
+                            None,
+                        ),
+                        None => self.unknown_offer(o, "an experiment arm", &offer_names),
+                    }
+                }
+                if arm_ref.control && (arm_ref.offers.is_some() || !arm_ref.weights.is_empty()) {
+                    self.error(
+                        arm.span(),
+                        format!(
+                            "arm `{}` is a control arm, which receives only the fallback; it cannot also list `offers` or `weights`",
+                            arm_ref.name.get_ref()
+                        ),
+                        None,
+                    );
+                }
+                arms.push(ArmDef {
+                    name: arm_ref.name.get_ref().clone(),
+                    weight: *arm_ref.weight.get_ref(),
+                    control: arm_ref.control,
+                    offers,
+                    boosts,
+                });
+            }
+            let total_weight: u64 = arms.iter().map(|a| a.weight as u64).sum();
+            if arms.is_empty() || total_weight == 0 {
+                self.error(
+                    experiment.arms.span(),
+                    format!(
+                        "experiment `{}` needs at least one arm with a weight above 0",
+                        name.get_ref()
+                    ),
+                    Some("for example `arms = [{ name = \"control\", weight = 10, control = true }, { name = \"treatment\", weight = 90 }]`".into()),
+                );
+            }
+            if arms.len() > 255 {
+                self.error(experiment.arms.span(), "at most 255 arms", None);
+            }
+            experiments.push(ExperimentDef {
+                name: name.get_ref().clone(),
+                description: experiment.description.clone(),
+                arms,
+                total_weight,
+            });
+        }
+
+        Decisions {
+            offers: offers.into_iter().flatten().collect(),
+            experiments,
+            fallback,
+            remember_decisions,
+            context,
+            feedback_events,
+        }
+    }
+
+    fn unknown_offer(&mut self, name: &Spanned<String>, place: &str, offers: &[&str]) {
+        self.error(
+            name.span(),
+            format!("unknown offer `{}` in {place}", name.get_ref()),
+            Some(if offers.is_empty() {
+                "no offers are declared; add an `[offers.NAME]` table".to_string()
+            } else {
+                format!("declared offers: {}", list(offers.iter().copied()))
+            }),
+        );
+    }
+
+    /// A feedback event's `offer` and `decision` properties, when it declares them, are
+    /// filled in by omnia, so they must be strings.
+    fn feedback_event_properties(&mut self, event: &EventDef, at: &Spanned<String>) {
+        for property in &event.properties {
+            if matches!(property.name.as_str(), "offer" | "decision")
+                && property.ty != ValueType::String
+            {
+                self.error(
+                    at.span(),
+                    format!(
+                        "event type `{}` declares `{}` as {}, but feedback events carry the {} name as a string",
+                        event.name,
+                        property.name,
+                        property.ty.name(),
+                        property.name
+                    ),
+                    Some(format!("declare `{} = \"string\"`", property.name)),
+                );
+            }
+        }
+    }
+
+    fn offer(
+        &mut self,
+        name: &Spanned<String>,
+        offer: &RawOffer,
+        compiler: &mut Compiler<'_>,
+        sticky_default: u32,
+    ) -> Option<OfferDef> {
+        let channels = compiler.ctx.channels;
+        let what = |field: &str| format!("offers.{}.{field}", name.get_ref());
+        let errors_before = self.errors.len();
+        let mut refs = Refs::default();
+        let rule = offer.rule.as_ref().and_then(|rule| {
+            match compiler.offer_condition(rule.get_ref(), &mut refs) {
+                Ok(expr) => Some((rule.get_ref().clone(), expr)),
+                Err(e) => {
+                    self.rule_error(rule, e);
+                    None
+                }
+            }
+        });
+        let mut channel_mask = 0u32;
+        match &offer.channels {
+            None => channel_mask = (1u64 << channels.len()).wrapping_sub(1) as u32,
+            Some(list_) if list_.get_ref().is_empty() => self.error(
+                list_.span(),
+                format!("offer `{}` lists no channels", name.get_ref()),
+                Some("leave `channels` out to allow every channel".into()),
+            ),
+            Some(list_) => {
+                for c in list_.get_ref() {
+                    match channels.iter().position(|x| x == c.get_ref()) {
+                        Some(i) => channel_mask |= 1 << i,
+                        None => self.error(
+                            c.span(),
+                            format!("unknown channel `{}` in {}", c.get_ref(), what("channels")),
+                            Some(format!(
+                                "declared channels: {}",
+                                list(channels.iter().map(String::as_str))
+                            )),
+                        ),
+                    }
+                }
+            }
+        }
+        let number = |this: &mut Self, field: &str, v: &Option<Spanned<f64>>| match v {
+            Some(v) if !v.get_ref().is_finite() || *v.get_ref() < 0.0 => {
+                this.error(
+                    v.span(),
+                    format!("{} must be a number of 0 or more", what(field)),
+                    None,
+                );
+                1.0
+            }
+            Some(v) => *v.get_ref(),
+            None => 1.0,
+        };
+        let value = number(self, "value", &offer.value);
+        let weight = number(self, "weight", &offer.weight);
+        let propensity = offer.propensity.as_ref().and_then(|p| {
+            let found = compiler.ctx.scores.iter().position(|s| s == p.get_ref());
+            if found.is_none() {
+                self.error(
+                    p.span(),
+                    format!("unknown score `{}` in {}", p.get_ref(), what("propensity")),
+                    Some(format!(
+                        "declared scores: {}",
+                        list(compiler.ctx.scores.iter().map(String::as_str))
+                    )),
+                );
+            }
+            found
+        });
+        let rank = offer.rank.as_ref().and_then(|rank| {
+            let names = OfferNames {
+                value,
+                weight,
+                propensity,
+            };
+            match compiler.offer_rank(rank.get_ref(), names, &mut Refs::default()) {
+                Ok(expr) => Some((rank.get_ref().clone(), expr)),
+                Err(e) => {
+                    self.rule_error(rank, e);
+                    None
+                }
+            }
+        });
+        let mut caps = Vec::new();
+        for cap in &offer.caps {
+            let c = cap.get_ref();
+            let n = *c.impressions.get_ref();
+            if !(1..=255).contains(&n) {
+                self.error(
+                    c.impressions.span(),
+                    format!("a cap allows from 1 to 255 impressions, not {n}"),
+                    None,
+                );
+            }
+            let per = self.duration(&c.per, &what("caps.per"));
+            let channel = c.channel.as_ref().and_then(|ch| {
+                let found = channels.iter().position(|x| x == ch.get_ref());
+                if found.is_none() {
+                    self.error(
+                        ch.span(),
+                        format!(
+                            "unknown channel `{}` in a cap of offer `{}`",
+                            ch.get_ref(),
+                            name.get_ref()
+                        ),
+                        Some(format!(
+                            "declared channels: {}",
+                            list(channels.iter().map(String::as_str))
+                        )),
+                    );
+                }
+                found
+            });
+            match per {
+                Some(0) => self.error(c.per.span(), "a cap's window must be longer than 0s", None),
+                Some(per) => caps.push(Cap {
+                    impressions: n,
+                    per,
+                    channel,
+                }),
+                None => {}
+            }
+        }
+        let (mut cooldown_dismiss, mut cooldown_accept) = (0, 0);
+        if let Some(cooldown) = &offer.cooldown {
+            if let Some(d) = &cooldown.dismiss {
+                cooldown_dismiss = self.duration(d, &what("cooldown.dismiss")).unwrap_or(0);
+            }
+            if let Some(d) = &cooldown.accept {
+                cooldown_accept = self.duration(d, &what("cooldown.accept")).unwrap_or(0);
+            }
+        }
+        let budget = offer.budget.as_ref().and_then(|b| {
+            let raw = b.get_ref();
+            let (counts, limit) = match (raw.accepts, raw.impressions) {
+                (Some(n), None) => (BudgetCounts::Accepts, n),
+                (None, Some(n)) => (BudgetCounts::Impressions, n),
+                _ => {
+                    self.error(
+                        b.span(),
+                        format!("the budget of offer `{}` must count exactly one of `accepts` or `impressions`", name.get_ref()),
+                        Some("for example `budget = { accepts = 10000 }` or `budget = { impressions = 5000, per = \"1d\" }`".into()),
+                    );
+                    return None;
+                }
+            };
+            if limit == 0 || limit > u32::MAX as u64 {
+                self.error(b.span(), format!("a budget must be from 1 to {}", u32::MAX), None);
+                return None;
+            }
+            let per = match &raw.per {
+                Some(p) => match self.duration(p, &what("budget.per")) {
+                    Some(0) => {
+                        self.error(p.span(), "a budget period must be longer than 0s", None);
+                        None
+                    }
+                    other => other,
+                },
+                None => None,
+            };
+            Some(BudgetDef { counts, limit, per })
+        });
+        let sticky = match &offer.sticky {
+            Some(d) => self.duration(d, &what("sticky")).unwrap_or(0),
+            None => sticky_default,
+        };
+        let coupon = offer.coupon.as_ref().and_then(|c| {
+            let prefix = c.prefix.get_ref();
+            let valid_prefix = !prefix.is_empty()
+                && prefix.len() <= 16
+                && prefix
+                    .chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_');
+            if !valid_prefix {
+                self.error(
+                    c.prefix.span(),
+                    format!(
+                        "coupon prefix `{prefix}` must be 1 to 16 characters of A-Z, 0-9 and `_`"
+                    ),
+                    Some("coupon codes are read out at tills and typed in; keep them plain".into()),
+                );
+            }
+            let valid = self.duration(&c.valid, &what("coupon.valid"))?;
+            if valid == 0 {
+                self.error(
+                    c.valid.span(),
+                    "a coupon must be valid for longer than 0s",
+                    None,
+                );
+            }
+            Some(CouponDef {
+                prefix: prefix.clone(),
+                valid,
+            })
+        });
+        (self.errors.len() == errors_before).then(|| OfferDef {
+            name: name.get_ref().clone(),
+            description: offer.description.clone(),
+            rule,
+            channels: channel_mask,
+            value,
+            weight,
+            propensity,
+            rank,
+            priority: offer.priority.unwrap_or(0),
+            caps,
+            cooldown_dismiss,
+            cooldown_accept,
+            repeat: offer.repeat.unwrap_or(false),
+            budget,
+            sticky,
+            coupon,
+        })
+    }
+}

@@ -1,0 +1,808 @@
+//! Decisions: which offers a channel should present to a customer now, and what the
+//! customer did with them.
+//!
+//! A decision runs under the customer's shard lock, against the live profile:
+//!
+//! 1. experiment arms: assigned once per customer and experiment by hashing (experiment,
+//!    primary key) into the arms' weights, then remembered, so neither a channel switch
+//!    nor a later login moves a customer between arms;
+//! 2. every offer in config order goes through the same gate, and the first constraint
+//!    that fails is its outcome: control arm, experiment arm, channel, eligibility rule,
+//!    already accepted, cooldown, frequency cap, budget;
+//! 3. the survivors are ranked: priority tier first, then the ranking score (by default
+//!    `propensity * value * weight`, times the arm's boost), ties to config order; the
+//!    offer the customer was last shown within its sticky window goes first while it
+//!    stays eligible, which is what keeps every channel showing the same offer;
+//! 4. the fallback offer is considered only when nothing else survived;
+//! 5. with `record_impression`, the impressions of the returned offers are recorded in
+//!    the same critical section (caps, sticky window, coupons), impression budgets are
+//!    spent exactly (an offer whose budget runs out in a race is skipped, never
+//!    over-spent), and the impressions flow into the profile as feedback events.
+//!
+//! A customer omnia has never seen is decided against a blank profile first seen now on
+//! the asking channel, so new visitors get the offers that new visitors qualify for.
+//!
+//! Feedback (impression, click, accept, dismiss) refers to a remembered decision or to
+//! (customer, offer, channel). It spends budgets, updates caps, cooldowns, stickiness and
+//! coupons, counts per offer, channel and arm, and is applied to the profile as the
+//! event type `decisions.feedback_events` maps it to, so rules can read it.
+
+mod budget;
+mod counters;
+mod log;
+mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use compact_str::CompactString;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::{BudgetCounts, Config, OfferDef, ValueType};
+use crate::engine::eval::Eval;
+use crate::engine::event::{parse_key, EventError, Key};
+use crate::engine::{Customer, Engine};
+use crate::model::decision::{
+    ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
+    FeedbackTarget, OfferStats, Outcome, RankedOffer,
+};
+use crate::model::event::{RawEvent, RawValue};
+
+use budget::Budget;
+use counters::{Counters, DECISIONS};
+use log::{DecisionLog, LoggedDecision};
+pub(crate) use state::CustomerOffers;
+
+/// Why a decision or a feedback could not be made. Each names what and where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecideError {
+    #[error("unknown channel `{name}`; declared channels: {declared}")]
+    UnknownChannel { name: String, declared: String },
+    #[error("bad customer key `{key}`: {reason}")]
+    BadKey { key: String, reason: String },
+    #[error("unknown offer `{name}`; declared offers: {declared}")]
+    UnknownOffer { name: String, declared: String },
+    #[error("unknown context field `{name}`; declared in [decisions.context]: {declared}")]
+    UnknownContext { name: String, declared: String },
+    #[error("context field `{name}` must be a {expected}, found a {found}")]
+    ContextType {
+        name: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("`top` is 0; ask for at least one offer")]
+    ZeroTop,
+    #[error("decision {decision_id} is unknown: it was never made or is older than the last {remembered} decisions (decisions.remember_decisions); send the feedback with the customer key, offer and channel instead")]
+    UnknownDecision { decision_id: u64, remembered: usize },
+    #[error("offer `{offer}` was not returned by decision {decision_id}; feedback must name an offer the decision returned")]
+    OfferNotInDecision { offer: String, decision_id: u64 },
+    #[error("the budget of offer `{offer}` is spent: {limit} {counts}{period}; this {kind} is not recorded")]
+    BudgetSpent {
+        offer: String,
+        counts: &'static str,
+        limit: u64,
+        period: String,
+        kind: FeedbackKind,
+    },
+    #[error("customer `{key}` is unknown, and {kind} feedback has no event type to create a profile with; map it in [decisions.feedback_events]")]
+    UnknownCustomer { key: String, kind: FeedbackKind },
+    #[error("{0}")]
+    Event(#[from] EventError),
+}
+
+/// Decision state shared by every customer: budgets, counters, remembered decisions.
+pub(crate) struct Decider {
+    budgets: Vec<Option<Budget>>,
+    counters: Counters,
+    log: DecisionLog,
+    next_id: AtomicU64,
+}
+
+impl Decider {
+    pub fn new(config: &Config, now_ms: i64) -> Decider {
+        let d = &config.decisions;
+        Decider {
+            budgets: d
+                .offers
+                .iter()
+                .map(|o| o.budget.clone().map(Budget::new))
+                .collect(),
+            counters: Counters::new(config),
+            log: DecisionLog::new(d.remember_decisions),
+            // Ids start at the clock in the high bits, so they keep growing across
+            // restarts as long as fewer than 65,536 decisions are made per millisecond.
+            next_id: AtomicU64::new((now_ms.max(1) as u64) << 16),
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the offer's budget of `counts` is spent at `now`.
+    fn budget_spent(&self, offer: usize, now: u32) -> bool {
+        self.budgets[offer]
+            .as_ref()
+            .is_some_and(|b| b.exhausted(now))
+    }
+
+    /// Spends one unit of the offer's budget if it counts `kind`; `Ok(true)` if spent.
+    fn spend(&self, offer: usize, kind: FeedbackKind, now: u32) -> Result<bool, ()> {
+        match &self.budgets[offer] {
+            Some(b) if counts(b.def().counts) == kind => {
+                if b.try_spend(now) {
+                    Ok(true)
+                } else {
+                    Err(())
+                }
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn refund(&self, offer: usize, now: u32) {
+        if let Some(b) = &self.budgets[offer] {
+            b.refund(now);
+        }
+    }
+}
+
+fn counts(c: BudgetCounts) -> FeedbackKind {
+    match c {
+        BudgetCounts::Impressions => FeedbackKind::Impression,
+        BudgetCounts::Accepts => FeedbackKind::Accept,
+    }
+}
+
+/// The arm of `key` in an experiment: the xxh3 hash of `experiment:key`, modulo the
+/// total weight, falls into one arm's share. Documented in docs/decisioning.md so that
+/// other systems can reproduce it.
+pub fn assign_arm(experiment: &crate::config::ExperimentDef, key: &str) -> usize {
+    let mut h = Xxh3::new();
+    h.update(experiment.name.as_bytes());
+    h.update(b":");
+    h.update(key.as_bytes());
+    let mut point = h.digest() % experiment.total_weight.max(1);
+    for (i, arm) in experiment.arms.iter().enumerate() {
+        if point < arm.weight as u64 {
+            return i;
+        }
+        point -= arm.weight as u64;
+    }
+    experiment.arms.len().saturating_sub(1)
+}
+
+/// An offer that passed every constraint.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    offer: usize,
+    score: f64,
+    priority: i32,
+    sticky: bool,
+}
+
+/// What arbitration found, before impressions are recorded.
+struct Arbitration {
+    /// Ranked best first.
+    ranked: Vec<Candidate>,
+    /// Per offer: outcome, score, detail (filled when explaining).
+    considered: Vec<(Outcome, f64, String)>,
+}
+
+/// Ranks the offers for one customer. Pure: reads the profile and offer history only.
+fn arbitrate(
+    engine: &Engine,
+    eval: &Eval<'_>,
+    history: Option<&CustomerOffers>,
+    arms: &[u8],
+    channel: usize,
+    explain: bool,
+) -> Arbitration {
+    let config = engine.config();
+    let d = &config.decisions;
+    let now = eval.now;
+    let arm_defs: Vec<&crate::config::ArmDef> = arms
+        .iter()
+        .enumerate()
+        .filter(|(_, &a)| a > 0)
+        .map(|(e, &a)| &d.experiments[e].arms[a as usize - 1])
+        .collect();
+    let control = arm_defs.iter().any(|a| a.control);
+    let mut considered = Vec::with_capacity(if explain { d.offers.len() } else { 0 });
+    let mut ranked: Vec<Candidate> = Vec::new();
+
+    let gate = |o: usize, def: &OfferDef| -> Result<f64, (Outcome, String)> {
+        if !def.on_channel(channel) {
+            return Err((Outcome::Channel, String::new()));
+        }
+        if let Some((_, rule)) = &def.rule {
+            if !eval.truth(rule) {
+                return Err((Outcome::Rule, String::new()));
+            }
+        }
+        if let Some(h) = history {
+            if h.accepted_for_good(o, def) {
+                return Err((Outcome::Accepted, String::new()));
+            }
+            if let Some(until) = h.cooling_until(o, def, now) {
+                return Err((Outcome::Cooldown, format!("until {until}")));
+            }
+            if let Some(cap) = h.capped(o, def, channel, now) {
+                let cap = &def.caps[cap];
+                let on = cap
+                    .channel
+                    .map(|c| format!(" on {}", config.channels[c]))
+                    .unwrap_or_default();
+                return Err((
+                    Outcome::Capped,
+                    format!(
+                        "{} impressions per {}{on}",
+                        cap.impressions,
+                        crate::config::duration::format_duration(cap.per as u64)
+                    ),
+                ));
+            }
+        }
+        if engine.decider.budget_spent(o, now) {
+            return Err((Outcome::Budget, String::new()));
+        }
+        let base = match &def.rank {
+            Some((_, rank)) => eval.number(rank),
+            None => {
+                let propensity = def.propensity.map_or(1.0, |p| eval.score(p));
+                propensity * def.value * def.weight
+            }
+        };
+        let boost: f64 = arm_defs.iter().map(|a| a.boosts[o]).product();
+        Ok(base * boost)
+    };
+
+    for (o, def) in d.offers.iter().enumerate() {
+        let verdict = if Some(o) == d.fallback {
+            Err((Outcome::Fallback, String::new()))
+        } else if control {
+            Err((Outcome::Control, String::new()))
+        } else if arm_defs
+            .iter()
+            .any(|a| a.offers.as_ref().is_some_and(|allowed| !allowed[o]))
+        {
+            Err((Outcome::Experiment, String::new()))
+        } else {
+            gate(o, def)
+        };
+        match verdict {
+            Ok(score) => {
+                ranked.push(Candidate {
+                    offer: o,
+                    score,
+                    priority: def.priority,
+                    sticky: false,
+                });
+                if explain {
+                    considered.push((Outcome::Outranked, score, String::new()));
+                }
+            }
+            Err((outcome, detail)) => {
+                if explain {
+                    considered.push((outcome, f64::NAN, detail));
+                }
+            }
+        }
+    }
+    if ranked.is_empty() {
+        if let Some(f) = d.fallback {
+            match gate(f, &d.offers[f]) {
+                Ok(score) => {
+                    ranked.push(Candidate {
+                        offer: f,
+                        score,
+                        priority: d.offers[f].priority,
+                        sticky: false,
+                    });
+                    if explain {
+                        considered[f] = (Outcome::Outranked, score, "fallback".into());
+                    }
+                }
+                Err((outcome, detail)) => {
+                    if explain {
+                        considered[f] = (outcome, f64::NAN, detail);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(sticky) = history.and_then(|h| h.sticky).filter(|s| s.until > now) {
+        if let Some(c) = ranked.iter_mut().find(|c| c.offer == sticky.offer as usize) {
+            c.sticky = true;
+        }
+    }
+    // NaN scores (a rank reading an unset attribute) sort last.
+    let key = |s: f64| if s.is_nan() { f64::NEG_INFINITY } else { s };
+    ranked.sort_by(|a, b| {
+        b.sticky
+            .cmp(&a.sticky)
+            .then(b.priority.cmp(&a.priority))
+            .then(key(b.score).total_cmp(&key(a.score)))
+            .then(a.offer.cmp(&b.offer))
+    });
+    Arbitration { ranked, considered }
+}
+
+impl Engine {
+    /// Decides which offers `request.channel` should present to the customer now.
+    pub fn decide(&self, request: &DecisionRequest) -> Result<Decision, DecideError> {
+        let config = self.config();
+        let d = &config.decisions;
+        if request.top == 0 {
+            return Err(DecideError::ZeroTop);
+        }
+        let channel = self.channel(&request.channel)?;
+        let key = self.key(&request.key)?;
+        let context = self.context(&request.context)?;
+        let now = self.now_secs();
+        let decision_id = self.decider.next_id();
+
+        let mut chosen: Vec<Candidate> = Vec::new();
+        let mut explanation: Vec<(Outcome, f64, String)> = Vec::new();
+        let mut arms: Vec<u8> = Vec::new();
+        let mut coupons: Vec<Coupon> = Vec::new();
+        let mut logged_key = CompactString::from(request.key.as_str());
+        let mut spent: Vec<usize> = Vec::new();
+
+        let known = self.with_customer(&key.text, now, &context, |customer| {
+            let Some(Customer { eval, offers, keys }) = customer else {
+                return false;
+            };
+            let primary = crate::engine::view::primary_key(keys);
+            assign_arms(config, offers, &primary);
+            arms = offers.arms.clone();
+            let a = arbitrate(self, &eval, Some(offers), &arms, channel, request.explain);
+            explanation = a.considered;
+            chosen = self.take_top(a.ranked, request, now, &mut explanation, &mut spent);
+            if request.record_impression {
+                for c in &chosen {
+                    self.remember_impression(offers, c.offer, channel, now, decision_id);
+                }
+            }
+            offers.prune(now);
+            coupons = open_coupons(config, offers, now);
+            logged_key = primary.into();
+            true
+        });
+        if !known {
+            let plan = self.plan();
+            let row = crate::engine::shard::blank_row(plan, now, channel, key.namespace);
+            let eval = Eval {
+                config: &plan.config,
+                layout: &plan.layout,
+                rings: &plan.rings,
+                p: &row,
+                now,
+                context: &context,
+            };
+            let mut fresh = CustomerOffers::default();
+            assign_arms(config, &mut fresh, &key.text);
+            arms = fresh.arms.clone();
+            let a = arbitrate(self, &eval, None, &arms, channel, request.explain);
+            explanation = a.considered;
+            chosen = self.take_top(a.ranked, request, now, &mut explanation, &mut spent);
+        }
+
+        for c in &chosen {
+            self.decider
+                .counters
+                .add(c.offer, channel, &arms, DECISIONS);
+        }
+        if request.record_impression && !chosen.is_empty() {
+            let kind = FeedbackKind::Impression;
+            for c in &chosen {
+                let offer = c.offer;
+                let applied = self.feedback_event(kind, &logged_key, channel, offer, decision_id);
+                if let Err(e) = applied {
+                    for &o in &spent {
+                        self.decider.refund(o, now);
+                    }
+                    return Err(e);
+                }
+                if !known {
+                    // The profile exists now; record the impression in its history.
+                    self.with_customer(&logged_key, now, &[], |customer| {
+                        if let Some(Customer { offers, .. }) = customer {
+                            assign_arms(config, offers, &logged_key);
+                            self.remember_impression(offers, offer, channel, now, decision_id);
+                            coupons = open_coupons(config, offers, now);
+                        }
+                    });
+                }
+                self.decider
+                    .counters
+                    .add(offer, channel, &arms, Counters::feedback_measure(kind));
+            }
+        }
+        if !chosen.is_empty() {
+            self.decider.log.insert(
+                decision_id,
+                LoggedDecision {
+                    key: logged_key,
+                    channel: channel as u8,
+                    offers: chosen.iter().map(|c| c.offer as u16).collect(),
+                },
+            );
+        }
+        let name_of = |o: usize| d.offers[o].name.clone();
+        Ok(Decision {
+            decision_id,
+            offers: chosen
+                .iter()
+                .map(|c| RankedOffer {
+                    offer: name_of(c.offer),
+                    score: c.score,
+                    priority: c.priority,
+                    sticky: c.sticky,
+                })
+                .collect(),
+            arms: arms
+                .iter()
+                .enumerate()
+                .filter(|(_, &a)| a > 0)
+                .map(|(e, &a)| ArmAssignment {
+                    experiment: d.experiments[e].name.clone(),
+                    arm: d.experiments[e].arms[a as usize - 1].name.clone(),
+                })
+                .collect(),
+            coupons,
+            known_customer: known,
+            explanation: explanation
+                .into_iter()
+                .enumerate()
+                .map(|(o, (outcome, score, detail))| Considered {
+                    offer: name_of(o),
+                    outcome,
+                    score,
+                    detail,
+                })
+                .collect(),
+        })
+    }
+
+    /// The first `top` candidates; with `record_impression`, impression budgets are spent
+    /// here, and a candidate whose budget runs out in a race makes room for the next.
+    fn take_top(
+        &self,
+        ranked: Vec<Candidate>,
+        request: &DecisionRequest,
+        now: u32,
+        explanation: &mut [(Outcome, f64, String)],
+        spent: &mut Vec<usize>,
+    ) -> Vec<Candidate> {
+        let mut chosen = Vec::with_capacity(request.top as usize);
+        for c in ranked {
+            if chosen.len() == request.top as usize {
+                break;
+            }
+            if request.record_impression {
+                match self.decider.spend(c.offer, FeedbackKind::Impression, now) {
+                    Ok(true) => spent.push(c.offer),
+                    Ok(false) => {}
+                    Err(()) => {
+                        if let Some(e) = explanation.get_mut(c.offer) {
+                            *e = (
+                                Outcome::Budget,
+                                f64::NAN,
+                                "spent by a concurrent decision".into(),
+                            );
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(e) = explanation.get_mut(c.offer) {
+                e.0 = Outcome::Chosen;
+                if c.sticky {
+                    e.2 = "sticky".into();
+                }
+            }
+            chosen.push(c);
+        }
+        chosen
+    }
+
+    /// Records an impression in a customer's offer history: caps, sticky window, and the
+    /// coupon the offer issues at its first impression.
+    fn remember_impression(
+        &self,
+        offers: &mut CustomerOffers,
+        offer: usize,
+        channel: usize,
+        now: u32,
+        decision_id: u64,
+    ) {
+        let def = &self.config().decisions.offers[offer];
+        offers.record_impression(offer, def, channel, now);
+        if let Some(coupon) = &def.coupon {
+            if offers.open_coupon(offer, now).is_none() {
+                offers.coupons.push(state::IssuedCoupon {
+                    offer: offer as u16,
+                    code: coupon_code(&coupon.prefix, decision_id, offer),
+                    issued: now,
+                    expires: now.saturating_add(coupon.valid),
+                    redeemed: false,
+                });
+            }
+        }
+    }
+
+    /// Records what a customer did with an offer.
+    pub fn feedback(
+        &self,
+        kind: FeedbackKind,
+        target: &FeedbackTarget,
+    ) -> Result<FeedbackResult, DecideError> {
+        let config = self.config();
+        let d = &config.decisions;
+        let (key, offer, channel, decision_id) = match target {
+            FeedbackTarget::Decision { decision_id, offer } => {
+                let logged =
+                    self.decider
+                        .log
+                        .get(*decision_id)
+                        .ok_or(DecideError::UnknownDecision {
+                            decision_id: *decision_id,
+                            remembered: self.decider.log.capacity(),
+                        })?;
+                let o = self.offer(offer)?;
+                if !logged.offers.contains(&(o as u16)) {
+                    return Err(DecideError::OfferNotInDecision {
+                        offer: offer.clone(),
+                        decision_id: *decision_id,
+                    });
+                }
+                (logged.key, o, logged.channel as usize, *decision_id)
+            }
+            FeedbackTarget::Customer {
+                key,
+                offer,
+                channel,
+            } => {
+                let channel = self.channel(channel)?;
+                let key = self.key(key)?;
+                let o = self.offer(offer)?;
+                (key.text, o, channel, self.decider.next_id())
+            }
+        };
+        let now = self.now_secs();
+        let def = &d.offers[offer];
+        let spent =
+            self.decider
+                .spend(offer, kind, now)
+                .map_err(|()| DecideError::BudgetSpent {
+                    offer: def.name.clone(),
+                    counts: def.budget.as_ref().map_or("", |b| b.counts.name()),
+                    limit: def.budget.as_ref().map_or(0, |b| b.limit),
+                    period: def
+                        .budget
+                        .as_ref()
+                        .and_then(|b| b.per)
+                        .map(|p| {
+                            format!(
+                                " per {}",
+                                crate::config::duration::format_duration(p as u64)
+                            )
+                        })
+                        .unwrap_or_default(),
+                    kind,
+                })?;
+        if let Err(e) = self.feedback_event(kind, &key, channel, offer, decision_id) {
+            if spent {
+                self.decider.refund(offer, now);
+            }
+            return Err(e);
+        }
+        let mut arms = Vec::new();
+        let mut coupon = None;
+        self.with_customer(&key, now, &[], |customer| {
+            let Some(Customer { offers, keys, .. }) = customer else {
+                return;
+            };
+            assign_arms(config, offers, &crate::engine::view::primary_key(keys));
+            arms = offers.arms.clone();
+            match kind {
+                FeedbackKind::Impression => {
+                    self.remember_impression(offers, offer, channel, now, decision_id);
+                    coupon = offers.open_coupon(offer, now).map(|c| c.clone());
+                }
+                FeedbackKind::Click => {}
+                FeedbackKind::Accept => {
+                    offers.memory_mut(offer).accepted_at = now;
+                    offers.release_sticky(offer);
+                    if let Some(c) = offers.open_coupon(offer, now) {
+                        c.redeemed = true;
+                        coupon = Some(c.clone());
+                    }
+                }
+                FeedbackKind::Dismiss => {
+                    offers.memory_mut(offer).dismissed_at = now;
+                    offers.release_sticky(offer);
+                }
+            }
+        });
+        self.decider
+            .counters
+            .add(offer, channel, &arms, Counters::feedback_measure(kind));
+        Ok(FeedbackResult {
+            decision_id,
+            coupon: coupon.map(|c| coupon_view(config, &c)),
+        })
+    }
+
+    /// Per offer, channel and experiment arm: decisions and feedback counted so far.
+    pub fn offer_stats(&self) -> Vec<OfferStats> {
+        self.decider.counters.snapshot(self.config())
+    }
+
+    /// Applies feedback to the profile as its mapped event type. Without a mapping, the
+    /// customer must already exist (there is nothing to create a profile with).
+    fn feedback_event(
+        &self,
+        kind: FeedbackKind,
+        key: &str,
+        channel: usize,
+        offer: usize,
+        decision_id: u64,
+    ) -> Result<(), DecideError> {
+        let config = self.config();
+        let Some(event_type) = config.decisions.feedback_events[kind.index()] else {
+            return match self.customer_of(key) {
+                Some(_) => Ok(()),
+                None => Err(DecideError::UnknownCustomer {
+                    key: key.to_string(),
+                    kind,
+                }),
+            };
+        };
+        let def = &config.events[event_type];
+        let mut event = RawEvent::new(&def.name, &config.channels[channel], self.now_ms());
+        event.keys.push(key.to_string());
+        for p in &def.properties {
+            match p.name.as_str() {
+                "offer" => event.properties.push((
+                    "offer".into(),
+                    RawValue::Str(config.decisions.offers[offer].name.clone()),
+                )),
+                "decision" => event
+                    .properties
+                    .push(("decision".into(), RawValue::Str(decision_id.to_string()))),
+                _ => {}
+            }
+        }
+        self.ingest(&event)?;
+        Ok(())
+    }
+
+    fn channel(&self, name: &str) -> Result<usize, DecideError> {
+        let config = self.config();
+        config
+            .channel_id(name)
+            .ok_or_else(|| DecideError::UnknownChannel {
+                name: name.to_string(),
+                declared: config.channels.join(", "),
+            })
+    }
+
+    fn offer(&self, name: &str) -> Result<usize, DecideError> {
+        let d = &self.config().decisions;
+        d.offer_id(name).ok_or_else(|| DecideError::UnknownOffer {
+            name: name.to_string(),
+            declared: d
+                .offers
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn key(&self, key: &str) -> Result<Key, DecideError> {
+        parse_key(self.config(), "", key).map_err(|e| match e {
+            EventError::BadKey { key, reason, .. } => DecideError::BadKey { key, reason },
+            other => DecideError::Event(other),
+        })
+    }
+
+    /// Request context as [`Eval::context`] carries it.
+    fn context(&self, fields: &[(String, RawValue)]) -> Result<Vec<f64>, DecideError> {
+        let config = self.config();
+        let declared = &config.decisions.context;
+        let mut out: Vec<f64> = declared
+            .iter()
+            .map(|c| {
+                if c.ty == ValueType::Number {
+                    f64::NAN
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        for (name, value) in fields {
+            let Some(i) = config.decisions.context_id(name) else {
+                return Err(DecideError::UnknownContext {
+                    name: name.clone(),
+                    declared: if declared.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        declared
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                });
+            };
+            out[i] = match (declared[i].ty, value) {
+                (ValueType::Number, RawValue::Num(v)) if v.is_finite() => *v,
+                (ValueType::String, RawValue::Str(s)) => {
+                    config.interner.lookup(s).unwrap_or(u32::MAX) as f64
+                }
+                (ValueType::Bool, RawValue::Bool(b)) => *b as u8 as f64,
+                (expected, found) => {
+                    return Err(DecideError::ContextType {
+                        name: name.clone(),
+                        expected: expected.name(),
+                        found: match found {
+                            RawValue::Num(_) => "non-finite number",
+                            other => other.as_ref().type_name(),
+                        },
+                    })
+                }
+            };
+        }
+        Ok(out)
+    }
+}
+
+/// Assigns the customer's arm in every experiment it has none in yet.
+fn assign_arms(config: &Config, offers: &mut CustomerOffers, key: &str) {
+    let experiments = &config.decisions.experiments;
+    if offers.arms.len() < experiments.len() {
+        offers.arms.resize(experiments.len(), 0);
+    }
+    for (e, experiment) in experiments.iter().enumerate() {
+        if offers.arms[e] == 0 {
+            offers.arms[e] = assign_arm(experiment, key) as u8 + 1;
+        }
+    }
+}
+
+fn open_coupons(config: &Config, offers: &CustomerOffers, now: u32) -> Vec<Coupon> {
+    offers
+        .coupons
+        .iter()
+        .filter(|c| !c.redeemed && c.expires > now)
+        .map(|c| coupon_view(config, c))
+        .collect()
+}
+
+fn coupon_view(config: &Config, c: &state::IssuedCoupon) -> Coupon {
+    Coupon {
+        offer: config.decisions.offers[c.offer as usize].name.clone(),
+        code: c.code.to_string(),
+        issued: c.issued,
+        expires: c.expires,
+    }
+}
+
+/// `PREFIX-XXXXXXXX`: eight characters of Crockford base32 (no I, L, O, U, so codes read
+/// out at a till are not misheard) from a hash of the decision and the offer.
+fn coupon_code(prefix: &str, decision_id: u64, offer: usize) -> CompactString {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut h = Xxh3::new();
+    h.update(&decision_id.to_le_bytes());
+    h.update(&(offer as u64).to_le_bytes());
+    let mut bits = h.digest();
+    let mut code = CompactString::from(prefix);
+    code.push('-');
+    for _ in 0..8 {
+        code.push(ALPHABET[(bits & 31) as usize] as char);
+        bits >>= 5;
+    }
+    code
+}

@@ -1,0 +1,273 @@
+//! What omnia remembers about one customer and the offers: impressions (for frequency
+//! caps), acceptances and dismissals (for cooldowns and no-repeat), the sticky offer
+//! (for cross-channel consistency), experiment arms, and coupons.
+//!
+//! It lives in the customer's shard beside the profile row, under the same lock, so a
+//! decision reads eligibility and constraints and records its impressions atomically:
+//! two channels asking at once cannot both spend the customer's last capped impression.
+//! Only customers with offer history have an entry, so a million profiles that never saw
+//! an offer cost nothing here.
+//!
+//! Invariants: `memories` is sorted by offer id with at most one entry per offer; an
+//! offer's impressions are in time order and none is older than its longest cap window
+//! (older ones can never count again); `arms` has one entry per experiment once any is
+//! assigned.
+
+use compact_str::CompactString;
+
+use crate::config::OfferDef;
+
+/// At most this many impressions are kept per customer and offer; caps allow at most 255
+/// per window, so a cap never undercounts unless a customer saw one offer more than this
+/// many times within its longest window.
+const MAX_IMPRESSIONS: usize = 256;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct OfferMemory {
+    pub offer: u16,
+    /// `(time, channel)` of recent impressions, oldest first.
+    pub impressions: Vec<(u32, u8)>,
+    /// Time of the last acceptance; 0 for never.
+    pub accepted_at: u32,
+    /// Time of the last dismissal; 0 for never.
+    pub dismissed_at: u32,
+}
+
+/// The offer every channel shows first until `until` (seconds), while it stays eligible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sticky {
+    pub offer: u16,
+    pub until: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct IssuedCoupon {
+    pub offer: u16,
+    pub code: CompactString,
+    pub issued: u32,
+    pub expires: u32,
+    pub redeemed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CustomerOffers {
+    pub memories: Vec<OfferMemory>,
+    pub sticky: Option<Sticky>,
+    /// Per experiment: the arm index + 1; 0 while unassigned.
+    pub arms: Vec<u8>,
+    pub coupons: Vec<IssuedCoupon>,
+}
+
+impl CustomerOffers {
+    pub fn memory(&self, offer: usize) -> Option<&OfferMemory> {
+        self.memories
+            .binary_search_by_key(&(offer as u16), |m| m.offer)
+            .ok()
+            .map(|i| &self.memories[i])
+    }
+
+    pub fn memory_mut(&mut self, offer: usize) -> &mut OfferMemory {
+        let offer = offer as u16;
+        let i = match self.memories.binary_search_by_key(&offer, |m| m.offer) {
+            Ok(i) => i,
+            Err(i) => {
+                self.memories.insert(
+                    i,
+                    OfferMemory {
+                        offer,
+                        ..OfferMemory::default()
+                    },
+                );
+                i
+            }
+        };
+        &mut self.memories[i]
+    }
+
+    /// The first cap of `def` that forbids showing it on `channel` at `now`, by index.
+    pub fn capped(&self, offer: usize, def: &OfferDef, channel: usize, now: u32) -> Option<usize> {
+        let memory = self.memory(offer)?;
+        def.caps.iter().position(|cap| {
+            if cap.channel.is_some_and(|c| c != channel) {
+                return false;
+            }
+            let seen = memory
+                .impressions
+                .iter()
+                .filter(|(t, ch)| {
+                    now.saturating_sub(*t) < cap.per
+                        && cap.channel.is_none_or(|c| c == *ch as usize)
+                })
+                .count();
+            seen >= cap.impressions as usize
+        })
+    }
+
+    /// When the offer's cooldown ends, if it is cooling down at `now`.
+    pub fn cooling_until(&self, offer: usize, def: &OfferDef, now: u32) -> Option<u32> {
+        let memory = self.memory(offer)?;
+        let end =
+            |at: u32, length: u32| (at != 0 && length != 0).then(|| at.saturating_add(length));
+        let until = end(memory.dismissed_at, def.cooldown_dismiss)
+            .max(end(memory.accepted_at, def.cooldown_accept))?;
+        (now < until).then_some(until)
+    }
+
+    /// Whether the customer accepted the offer and it does not repeat.
+    pub fn accepted_for_good(&self, offer: usize, def: &OfferDef) -> bool {
+        !def.repeat && self.memory(offer).is_some_and(|m| m.accepted_at != 0)
+    }
+
+    pub fn record_impression(&mut self, offer: usize, def: &OfferDef, channel: usize, now: u32) {
+        let longest = def.caps.iter().map(|c| c.per).max().unwrap_or(0);
+        let memory = self.memory_mut(offer);
+        memory
+            .impressions
+            .retain(|(t, _)| now.saturating_sub(*t) < longest);
+        if longest > 0 {
+            if memory.impressions.len() == MAX_IMPRESSIONS {
+                memory.impressions.remove(0);
+            }
+            memory.impressions.push((now, channel as u8));
+        }
+        if def.sticky > 0 && self.sticky.is_none_or(|s| s.until <= now) {
+            self.sticky = Some(Sticky {
+                offer: offer as u16,
+                until: now.saturating_add(def.sticky),
+            });
+        }
+    }
+
+    /// An acceptance or a dismissal ends the offer's sticky window.
+    pub fn release_sticky(&mut self, offer: usize) {
+        if self.sticky.is_some_and(|s| s.offer as usize == offer) {
+            self.sticky = None;
+        }
+    }
+
+    /// The customer's open coupon for an offer.
+    pub fn open_coupon(&mut self, offer: usize, now: u32) -> Option<&mut IssuedCoupon> {
+        self.coupons
+            .iter_mut()
+            .find(|c| c.offer as usize == offer && !c.redeemed && c.expires > now)
+    }
+
+    /// Forgets what can never matter again: expired coupons.
+    pub fn prune(&mut self, now: u32) {
+        self.coupons.retain(|c| c.expires > now);
+    }
+
+    /// Folds the offer history of a customer merged into this one. Both histories are
+    /// kept (caps count every impression either profile saw); this customer's sticky offer
+    /// and experiment arms win, so a merge never moves a customer between arms it has
+    /// been decided under.
+    pub fn absorb(&mut self, other: CustomerOffers) {
+        for theirs in other.memories {
+            let mine = self.memory_mut(theirs.offer as usize);
+            mine.impressions.extend(theirs.impressions);
+            mine.impressions.sort_unstable();
+            let excess = mine.impressions.len().saturating_sub(MAX_IMPRESSIONS);
+            mine.impressions.drain(..excess);
+            mine.accepted_at = mine.accepted_at.max(theirs.accepted_at);
+            mine.dismissed_at = mine.dismissed_at.max(theirs.dismissed_at);
+        }
+        if self.sticky.is_none() {
+            self.sticky = other.sticky;
+        }
+        if self.arms.is_empty() {
+            self.arms = other.arms;
+        } else {
+            for (mine, theirs) in self.arms.iter_mut().zip(other.arms) {
+                if *mine == 0 {
+                    *mine = theirs;
+                }
+            }
+        }
+        self.coupons.extend(other.coupons);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cap;
+
+    fn offer(caps: Vec<Cap>) -> OfferDef {
+        OfferDef {
+            name: "o".into(),
+            description: None,
+            rule: None,
+            channels: u32::MAX,
+            value: 1.0,
+            weight: 1.0,
+            propensity: None,
+            rank: None,
+            priority: 0,
+            caps,
+            cooldown_dismiss: 100,
+            cooldown_accept: 0,
+            repeat: false,
+            budget: None,
+            sticky: 50,
+            coupon: None,
+        }
+    }
+
+    #[test]
+    fn caps_count_only_their_window_and_channel() {
+        let def = offer(vec![
+            Cap {
+                impressions: 2,
+                per: 60,
+                channel: None,
+            },
+            Cap {
+                impressions: 1,
+                per: 600,
+                channel: Some(1),
+            },
+        ]);
+        let mut s = CustomerOffers::default();
+        s.record_impression(0, &def, 0, 1000);
+        assert_eq!(s.capped(0, &def, 0, 1000), None);
+        s.record_impression(0, &def, 0, 1010);
+        assert_eq!(s.capped(0, &def, 0, 1010), Some(0));
+        // 60 s after the first impression it no longer counts.
+        assert_eq!(s.capped(0, &def, 0, 1059), Some(0));
+        assert_eq!(s.capped(0, &def, 0, 1060), None);
+        s.record_impression(0, &def, 1, 1100);
+        assert_eq!(s.capped(0, &def, 1, 1101), Some(1));
+        assert_eq!(
+            s.capped(0, &def, 0, 1101),
+            None,
+            "the channel cap is for channel 1"
+        );
+        assert_eq!(s.capped(0, &def, 1, 1700), None);
+    }
+
+    #[test]
+    fn cooldown_and_sticky_and_merge() {
+        let def = offer(Vec::new());
+        let mut s = CustomerOffers::default();
+        s.record_impression(3, &def, 0, 10);
+        assert_eq!(
+            s.sticky,
+            Some(Sticky {
+                offer: 3,
+                until: 60
+            })
+        );
+        s.memory_mut(3).dismissed_at = 20;
+        s.release_sticky(3);
+        assert_eq!(s.sticky, None);
+        assert_eq!(s.cooling_until(3, &def, 119), Some(120));
+        assert_eq!(s.cooling_until(3, &def, 120), None);
+        let mut other = CustomerOffers::default();
+        other.memory_mut(3).accepted_at = 30;
+        other.arms = vec![2, 1];
+        s.arms = vec![1, 0];
+        s.absorb(other);
+        assert!(s.accepted_for_good(3, &def));
+        assert_eq!(s.arms, vec![1, 1]);
+    }
+}

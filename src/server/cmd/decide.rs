@@ -1,0 +1,40 @@
+//! DECIDE and FEEDBACK: the channels' questions and what their customers did.
+
+use crate::decide::DecideError;
+use crate::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use crate::protocol::{ErrorCode, Response};
+use crate::server::cmd::ingest::code_of;
+use crate::server::Shared;
+
+/// The protocol's code for a decision error.
+pub fn decide_code(e: &DecideError) -> ErrorCode {
+    match e {
+        DecideError::UnknownChannel { .. } => ErrorCode::UnknownChannel,
+        DecideError::BadKey { .. } => ErrorCode::BadKey,
+        DecideError::UnknownOffer { .. } => ErrorCode::UnknownOffer,
+        DecideError::UnknownContext { .. } | DecideError::ContextType { .. } => {
+            ErrorCode::BadContext
+        }
+        DecideError::ZeroTop => ErrorCode::BadQuery,
+        DecideError::UnknownDecision { .. } | DecideError::OfferNotInDecision { .. } => {
+            ErrorCode::UnknownDecision
+        }
+        DecideError::BudgetSpent { .. } => ErrorCode::BudgetSpent,
+        DecideError::UnknownCustomer { .. } => ErrorCode::UnknownCustomer,
+        DecideError::Event(e) => code_of(e),
+    }
+}
+
+pub fn decide(shared: &Shared, request: &DecisionRequest) -> Response {
+    match shared.engine.decide(request) {
+        Ok(decision) => Response::Decision(Box::new(decision)),
+        Err(e) => Response::error(decide_code(&e), e.to_string()),
+    }
+}
+
+pub fn feedback(shared: &Shared, kind: FeedbackKind, target: &FeedbackTarget) -> Response {
+    match shared.engine.feedback(kind, target) {
+        Ok(result) => Response::Feedback(result),
+        Err(e) => Response::error(decide_code(&e), e.to_string()),
+    }
+}
