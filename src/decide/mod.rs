@@ -748,7 +748,9 @@ impl Engine {
                         name: name.clone(),
                         expected: expected.name(),
                         found: match found {
-                            RawValue::Num(_) => "non-finite number",
+                            RawValue::Num(_) if expected == ValueType::Number => {
+                                "non-finite number"
+                            }
                             other => other.as_ref().type_name(),
                         },
                     })
