@@ -28,11 +28,17 @@ impl TestServer {
     }
 
     pub async fn with_limits(limits: Limits) -> TestServer {
+        TestServer::with(Config::embedded_default().expect("default config"), limits).await
+    }
+
+    /// A config of the test's own, default limits.
+    pub async fn with_config(config: Config) -> TestServer {
+        TestServer::with(config, Limits::default()).await
+    }
+
+    pub async fn with(config: Config, limits: Limits) -> TestServer {
         let clock = Arc::new(ManualClock::new(START_MS));
-        let engine = Arc::new(Engine::new(
-            Config::embedded_default().expect("default config"),
-            clock.clone(),
-        ));
+        let engine = Arc::new(Engine::new(config, clock.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
