@@ -234,7 +234,7 @@ impl Model {
                     .impressions
                     .iter()
                     .filter(|(t, ch, off)| {
-                        *off == o && now - t < per && cap_channel.is_none_or(|cc| cc == *ch)
+                        *off == o && now - t < per && cap_channel.map_or(true, |cc| cc == *ch)
                     })
                     .count();
                 if seen >= n {
@@ -242,14 +242,14 @@ impl Model {
                 }
             }
         }
-        spec.budget.is_none_or(|(_, limit)| self.spent[o] < limit)
+        spec.budget.map_or(true, |(_, limit)| self.spent[o] < limit)
     }
 
     fn impression(&mut self, customer: u8, o: usize, channel: usize, now: u32) {
         let c = self.customers.entry(customer).or_default();
         c.impressions.push((now, channel, o));
         let sticky = OFFERS[o].sticky;
-        if sticky > 0 && c.sticky.is_none_or(|(_, until)| until <= now) {
+        if sticky > 0 && c.sticky.map_or(true, |(_, until)| until <= now) {
             c.sticky = Some((o, now + sticky));
         }
     }

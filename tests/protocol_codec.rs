@@ -2,6 +2,10 @@
 //! byte sequence makes a decoder panic.
 
 use bytes::{Bytes, BytesMut};
+use omnia::model::decision::{
+    ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
+    FeedbackTarget, OfferStats, Outcome, RankedOffer,
+};
 use omnia::model::{ProfileView, RawEvent, RawValue};
 use omnia::protocol::message::{Rejected, ServerHello, Stats};
 use omnia::protocol::{opcode, Frame, Request, Response, DEFAULT_MAX_FRAME};
@@ -50,7 +54,46 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         Just(Request::Ping),
-        Just(Request::Stats),
+        any::<bool>().prop_map(|offers| Request::Stats { offers }),
+        (
+            text(),
+            text(),
+            any::<u8>(),
+            any::<(bool, bool)>(),
+            prop::collection::vec((text(), value()), 0..3)
+        )
+            .prop_map(
+                |(key, channel, top, (record_impression, explain), context)| {
+                    Request::Decide(DecisionRequest {
+                        key,
+                        channel,
+                        top,
+                        record_impression,
+                        explain,
+                        context,
+                    })
+                }
+            ),
+        (
+            prop::sample::select(FeedbackKind::ALL.to_vec()),
+            any::<u64>(),
+            text(),
+            text(),
+            prop::option::of(text())
+        )
+            .prop_map(
+                |(kind, decision_id, offer, key, channel)| Request::Feedback {
+                    kind,
+                    target: match channel {
+                        None => FeedbackTarget::Decision { decision_id, offer },
+                        Some(channel) => FeedbackTarget::Customer {
+                            key,
+                            offer,
+                            channel
+                        },
+                    },
+                }
+            ),
         prop::collection::vec(event(), 0..5).prop_map(|events| Request::Ingest { events }),
         prop::collection::vec(any::<u8>(), 0..40).prop_map(|b| Request::IngestJson {
             json: Bytes::from(b)
@@ -184,10 +227,118 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                         events_rejected,
                         merges,
                         connections,
-                        segments
+                        segments,
+                        offers: Vec::new(),
                     })
                 )
             ),
+        prop::collection::vec(
+            (
+                text(),
+                text(),
+                prop::option::of((text(), text())),
+                any::<[u64; 5]>()
+            ),
+            0..3
+        )
+        .prop_map(|rows| {
+            let offers = rows
+                .into_iter()
+                .map(|(offer, channel, arm, n)| OfferStats {
+                    offer,
+                    channel,
+                    experiment: arm.as_ref().map(|a| format!("e{}", a.0)),
+                    arm: arm.map(|a| format!("a{}", a.1)),
+                    decisions: n[0],
+                    impressions: n[1],
+                    clicks: n[2],
+                    accepts: n[3],
+                    dismisses: n[4],
+                })
+                .collect();
+            (
+                opcode::STATS,
+                Response::Stats(Stats {
+                    offers,
+                    ..Stats::default()
+                }),
+            )
+        }),
+        (
+            any::<(u64, bool)>(),
+            prop::collection::vec((text(), -1e9f64..1e9, any::<i32>(), any::<bool>()), 0..4),
+            prop::collection::vec((text(), text()), 0..3),
+            prop::collection::vec((text(), text(), any::<(u32, u32)>()), 0..3),
+            prop::collection::vec(
+                (
+                    text(),
+                    prop::sample::select(Outcome::ALL.to_vec()),
+                    -1e9f64..1e9,
+                    text()
+                ),
+                0..4
+            ),
+        )
+            .prop_map(
+                |((decision_id, known_customer), offers, arms, coupons, explanation)| {
+                    (
+                        opcode::DECIDE,
+                        Response::Decision(Box::new(Decision {
+                            decision_id,
+                            known_customer,
+                            offers: offers
+                                .into_iter()
+                                .map(|(offer, score, priority, sticky)| RankedOffer {
+                                    offer,
+                                    score,
+                                    priority,
+                                    sticky,
+                                })
+                                .collect(),
+                            arms: arms
+                                .into_iter()
+                                .map(|(experiment, arm)| ArmAssignment { experiment, arm })
+                                .collect(),
+                            coupons: coupons
+                                .into_iter()
+                                .map(|(offer, code, (issued, expires))| Coupon {
+                                    offer,
+                                    code,
+                                    issued,
+                                    expires,
+                                })
+                                .collect(),
+                            explanation: explanation
+                                .into_iter()
+                                .map(|(offer, outcome, score, detail)| Considered {
+                                    offer,
+                                    outcome,
+                                    score,
+                                    detail,
+                                })
+                                .collect(),
+                        })),
+                    )
+                }
+            ),
+        (
+            any::<u64>(),
+            prop::option::of((text(), text(), any::<(u32, u32)>()))
+        )
+            .prop_map(|(decision_id, coupon)| {
+                (
+                    opcode::FEEDBACK,
+                    Response::Feedback(FeedbackResult {
+                        decision_id,
+                        coupon: coupon.map(|(offer, code, (issued, expires))| Coupon {
+                            offer,
+                            code,
+                            issued,
+                            expires,
+                        }),
+                    }),
+                )
+            }),
         (any::<u16>(), text())
             .prop_map(|(code, message)| (opcode::PING, Response::Error { code, message })),
     ]
@@ -228,7 +379,7 @@ proptest! {
     }
 
     #[test]
-    fn truncated_bodies_are_errors_that_say_where(request in request().prop_filter("has a body", |r| !matches!(r, Request::Ping | Request::Stats | Request::IngestJson { .. } | Request::Ingest { .. })), cut in 1usize..8) {
+    fn truncated_bodies_are_errors_that_say_where(request in request().prop_filter("has a body", |r| !matches!(r, Request::Ping | Request::Stats { .. } | Request::IngestJson { .. } | Request::Ingest { .. })), cut in 1usize..8) {
         let body = request.encode().unwrap();
         if body.len() >= cut {
             let short = body.slice(..body.len() - cut);

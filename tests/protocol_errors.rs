@@ -2,8 +2,9 @@
 //! provoked by a real byte sequence on a raw socket and answered as documented, and the
 //! connection survives wherever framing is still intact.
 //!
-//! CAPACITY (20) is the one row not provoked here: it needs a shard's full id range
-//! (2^28 customers with 16 shards) and is covered by the engine's allocation code path.
+//! Two rows are not provoked here: CAPACITY (20) needs a shard's full id range (2^28
+//! customers with 16 shards) and is covered by the engine's allocation code path;
+//! NOT_IMPLEMENTED (7) is reserved, and no version-1 operation answers with it.
 
 mod common;
 
@@ -173,7 +174,7 @@ async fn bodies_that_do_not_decode_are_answered_and_the_connection_survives() {
         ErrorCode::InvalidUtf8,
         "key at byte 2 is not valid UTF-8",
     );
-    // An opcode nobody defined, and one reserved for decisioning.
+    // An opcode nobody defined, and a DECIDE with no body.
     assert_error(
         &raw.request(0x77, 13, Bytes::new()).await,
         13,
@@ -183,8 +184,16 @@ async fn bodies_that_do_not_decode_are_answered_and_the_connection_survives() {
     assert_error(
         &raw.request(opcode::DECIDE, 14, Bytes::new()).await,
         14,
-        ErrorCode::NotImplemented,
-        "DECIDE is reserved for decisioning",
+        ErrorCode::MalformedFrame,
+        "decide request: body ends at byte 0 while reading key",
+    );
+    // A feedback kind that does not exist.
+    assert_error(
+        &raw.request(opcode::FEEDBACK, 16, Bytes::from_static(&[9, 1]))
+            .await,
+        16,
+        ErrorCode::MalformedFrame,
+        "9 is not a kind of feedback",
     );
     // An INGEST batch cut in the middle of its second event: nothing of it is applied.
     let batch = Request::Ingest {
@@ -377,5 +386,119 @@ async fn broken_framing_is_answered_then_the_connection_is_closed() {
         .await;
     while noise.frame().await.is_some() {}
     Raw::greeted(&server.addr).await.still_alive().await;
+    server.shutdown().await;
+}
+
+const DECISION_CONFIG: &str = r#"
+channels = ["web"]
+[identity]
+namespaces = ["user"]
+[events.view]
+[events.offer_accept]
+[decisions]
+context = { page = "string" }
+feedback_events = { accept = "offer_accept" }
+[offers.one_left]
+budget = { accepts = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_errors_name_the_offer_the_decision_or_the_field() {
+    use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+    let config = omnia::config::Config::from_source(&omnia::config::Source::new(
+        "decisions.toml",
+        DECISION_CONFIG,
+    ))
+    .unwrap();
+    let server = TestServer::with_config(config).await;
+    let mut raw = Raw::greeted(&server.addr).await;
+    let by_customer = |kind, key: &str, offer: &str| Request::Feedback {
+        kind,
+        target: FeedbackTarget::Customer {
+            key: key.into(),
+            offer: offer.into(),
+            channel: "web".into(),
+        },
+    };
+    let send = |r: Request| r.encode().unwrap();
+
+    let reply = raw
+        .request(
+            opcode::FEEDBACK,
+            40,
+            send(by_customer(FeedbackKind::Accept, "user:1", "nope")),
+        )
+        .await;
+    assert_error(
+        &reply,
+        40,
+        ErrorCode::UnknownOffer,
+        "unknown offer `nope`; declared offers: one_left",
+    );
+
+    let reply = raw
+        .request(
+            opcode::FEEDBACK,
+            41,
+            send(Request::Feedback {
+                kind: FeedbackKind::Click,
+                target: FeedbackTarget::Decision {
+                    decision_id: 12,
+                    offer: "one_left".into(),
+                },
+            }),
+        )
+        .await;
+    assert_error(
+        &reply,
+        41,
+        ErrorCode::UnknownDecision,
+        "decision 12 is unknown",
+    );
+
+    let accept = send(by_customer(FeedbackKind::Accept, "user:1", "one_left"));
+    let first = raw.request(opcode::FEEDBACK, 42, accept.clone()).await;
+    assert_eq!(first.opcode, opcode::FEEDBACK | opcode::RESPONSE_BIT);
+    let reply = raw.request(opcode::FEEDBACK, 43, accept).await;
+    assert_error(
+        &reply,
+        43,
+        ErrorCode::BudgetSpent,
+        "the budget of offer `one_left` is spent: 1 accepts",
+    );
+
+    let decide = DecisionRequest {
+        key: "user:1".into(),
+        channel: "web".into(),
+        top: 1,
+        record_impression: false,
+        explain: false,
+        context: vec![("shelf".into(), omnia::model::RawValue::Str("3".into()))],
+    };
+    let reply = raw
+        .request(opcode::DECIDE, 44, send(Request::Decide(decide)))
+        .await;
+    assert_error(
+        &reply,
+        44,
+        ErrorCode::BadContext,
+        "unknown context field `shelf`; declared in [decisions.context]: page",
+    );
+
+    // Clicks have no event type here, so an unknown customer cannot be created.
+    let reply = raw
+        .request(
+            opcode::FEEDBACK,
+            45,
+            send(by_customer(FeedbackKind::Click, "user:ghost", "one_left")),
+        )
+        .await;
+    assert_error(
+        &reply,
+        45,
+        ErrorCode::UnknownCustomer,
+        "customer `user:ghost` is unknown",
+    );
+    raw.still_alive().await;
     server.shutdown().await;
 }

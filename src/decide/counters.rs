@@ -72,15 +72,15 @@ impl Counters {
                 slot_names.push((Some(e.name.clone()), Some(a.name.clone())));
             }
         }
-        for slot in 0..self.slots {
+        for (slot, (experiment, arm)) in slot_names.iter().enumerate() {
             for (o, offer) in d.offers.iter().enumerate() {
                 for (c, channel) in config.channels.iter().enumerate() {
                     let v = |m| self.cell(o, c, slot, m).load(Ordering::Relaxed);
                     let stats = OfferStats {
                         offer: offer.name.clone(),
                         channel: channel.clone(),
-                        experiment: slot_names[slot].0.clone(),
-                        arm: slot_names[slot].1.clone(),
+                        experiment: experiment.clone(),
+                        arm: arm.clone(),
                         decisions: v(DECISIONS),
                         impressions: v(Self::feedback_measure(FeedbackKind::Impression)),
                         clicks: v(Self::feedback_measure(FeedbackKind::Click)),

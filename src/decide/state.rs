@@ -96,7 +96,7 @@ impl CustomerOffers {
                 .iter()
                 .filter(|(t, ch)| {
                     now.saturating_sub(*t) < cap.per
-                        && cap.channel.is_none_or(|c| c == *ch as usize)
+                        && cap.channel.map_or(true, |c| c == *ch as usize)
                 })
                 .count();
             seen >= cap.impressions as usize
@@ -130,7 +130,7 @@ impl CustomerOffers {
             }
             memory.impressions.push((now, channel as u8));
         }
-        if def.sticky > 0 && self.sticky.is_none_or(|s| s.until <= now) {
+        if def.sticky > 0 && self.sticky.map_or(true, |s| s.until <= now) {
             self.sticky = Some(Sticky {
                 offer: offer as u16,
                 until: now.saturating_add(def.sticky),
