@@ -200,6 +200,16 @@ fn arbitrate(
     let config = engine.config();
     let d = &config.decisions;
     let now = eval.now;
+    let scores: Vec<f64> = (0..config.scores.len()).map(|s| eval.score(s)).collect();
+    let eval = &Eval {
+        config: eval.config,
+        layout: eval.layout,
+        rings: eval.rings,
+        p: eval.p,
+        now,
+        context: eval.context,
+        scores: &scores,
+    };
     let arm_defs: Vec<&crate::config::ArmDef> = arms
         .iter()
         .enumerate()
@@ -378,6 +388,7 @@ impl Engine {
                 p: &row,
                 now,
                 context: &context,
+                scores: &[],
             };
             let mut fresh = CustomerOffers::default();
             assign_arms(config, &mut fresh, &key.text);

@@ -192,6 +192,7 @@ impl ShardState {
                     p: self.row(plan, local),
                     now,
                     context: &[],
+                    scores: &[],
                 };
                 if segment.time_dependent {
                     eval.truth_and_next_change(&segment.expr)
@@ -346,6 +347,7 @@ impl ShardState {
             p: &self.rows[chunk][at..at + stride],
             now: self.now,
             context,
+            scores: &[],
         };
         let offers = self.offers.entry(local).or_default();
         (eval, offers, &self.keys[local as usize])
@@ -359,6 +361,7 @@ impl ShardState {
             p: self.row(plan, local),
             now: self.now,
             context: &[],
+            scores: &[],
         }
     }
 }
@@ -387,6 +390,7 @@ pub(crate) fn blank_row(plan: &Plan, now: u32, channel: usize, namespace: usize)
             p: &row,
             now,
             context: &[],
+            scores: &[],
         }
         .truth(&plan.config.segments[s].expr);
         plan.layout.set_segment(&mut row, s, member);
