@@ -749,3 +749,159 @@ fn comparing_an_event_property_with_another_string() {
         "sku == sku",
     );
 }
+
+// Offers, experiments and decision settings.
+
+#[test]
+fn offer_rule_naming_an_unknown_segment() {
+    let text = with("[offers.promo]\nrule = \"in(vips)\"\n");
+    let d = assert_error(&text, "unknown segment `vips`", EXTRA + 1, 12, "vips");
+    assert_eq!(d.help.as_deref(), Some("declared segments: (none)"));
+}
+
+#[test]
+fn context_fields_are_only_for_offer_rules() {
+    let text = with(
+        "[decisions]\ncontext = { page = \"string\" }\n\n[segments.probe]\nrule = 'context.page == \"x\"'\n",
+    );
+    assert_error(
+        &text,
+        "`context.page` is only known to offer rules",
+        EXTRA + 4,
+        9,
+        "context.page",
+    );
+}
+
+#[test]
+fn an_undeclared_context_field_in_an_offer_rule() {
+    let text = with("[offers.promo]\nrule = 'context.store == \"x\"'\n");
+    let d = assert_error(
+        &text,
+        "unknown context field `store`",
+        EXTRA + 1,
+        17,
+        "store",
+    );
+    assert!(d.help.is_some());
+}
+
+#[test]
+fn value_and_weight_are_only_known_in_rank() {
+    let text = with("[offers.promo]\nrule = \"value > 3\"\n");
+    let d = assert_error(&text, "unknown name `value`", EXTRA + 1, 9, "value");
+    assert!(
+        d.help
+            .as_deref()
+            .is_some_and(|h| h.contains("only known in `rank`")),
+        "{d}"
+    );
+    let ok =
+        with("[offers.promo]\nvalue = 4\nweight = 2\nrank = \"value * weight + propensity\"\n");
+    assert!(Config::from_source(&Source::new("ok.toml", ok)).is_ok());
+}
+
+#[test]
+fn offer_on_an_unknown_channel() {
+    let text = with("[offers.promo]\nchannels = [\"web\", \"tv\"]\n");
+    assert_error(
+        &text,
+        "unknown channel `tv` in offers.promo.channels",
+        EXTRA + 1,
+        20,
+        "\"tv\"",
+    );
+}
+
+#[test]
+fn a_budget_must_count_one_thing() {
+    let text = with("[offers.promo]\nbudget = { accepts = 5, impressions = 9 }\n");
+    let d = assert_error(
+        &text,
+        "the budget of offer `promo` must count exactly one of `accepts` or `impressions`",
+        EXTRA + 1,
+        10,
+        "{ accepts = 5, impressions = 9 }",
+    );
+    assert!(d.help.is_some());
+}
+
+#[test]
+fn a_cap_needs_a_positive_window_and_a_sane_count() {
+    let text = with("[offers.promo]\ncaps = [{ impressions = 0, per = \"1d\" }]\n");
+    assert_error(
+        &text,
+        "a cap allows from 1 to 255 impressions, not 0",
+        EXTRA + 1,
+        25,
+        "0",
+    );
+}
+
+#[test]
+fn an_unknown_propensity_score() {
+    let text = with("[offers.promo]\npropensity = \"affinity\"\n");
+    assert_error(
+        &text,
+        "unknown score `affinity` in offers.promo.propensity",
+        EXTRA + 1,
+        14,
+        "\"affinity\"",
+    );
+}
+
+#[test]
+fn the_fallback_must_be_a_declared_offer() {
+    let text = with("[decisions]\nfallback = \"nothing\"\n\n[offers.promo]\nvalue = 1\n");
+    let d = assert_error(
+        &text,
+        "unknown offer `nothing` in decisions.fallback",
+        EXTRA + 1,
+        12,
+        "\"nothing\"",
+    );
+    assert_eq!(d.help.as_deref(), Some("declared offers: promo"));
+}
+
+#[test]
+fn feedback_events_must_be_declared_event_types_of_known_kinds() {
+    let text =
+        with("[decisions]\nfeedback_events = { impression = \"seen\", like = \"page_view\" }\n");
+    let all = diagnostics(&text);
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "unknown event type `seen` for impression feedback",
+            "`like` is not a kind of feedback"
+        ]
+    );
+}
+
+#[test]
+fn experiment_arms_must_name_declared_offers_and_carry_weight() {
+    let text = with(
+        "[offers.promo]\nvalue = 1\n\n[experiments.test]\narms = [{ name = \"a\", weight = 0 }, { name = \"b\", weight = 0, offers = [\"promo\", \"ghost\"] }]\n",
+    );
+    let all = diagnostics(&text);
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "experiment `test` needs at least one arm with a weight above 0",
+            "unknown offer `ghost` in an experiment arm"
+        ]
+    );
+}
+
+#[test]
+fn a_coupon_prefix_is_plain() {
+    let text = with("[offers.promo]\ncoupon = { prefix = \"cart 10\", valid = \"14d\" }\n");
+    assert_error(
+        &text,
+        "coupon prefix `cart 10` must be 1 to 16 characters of A-Z, 0-9 and `_`",
+        EXTRA + 1,
+        21,
+        "\"cart 10\"",
+    );
+}
