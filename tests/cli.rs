@@ -198,6 +198,69 @@ fn serve_ctl_metrics_and_sigterm() {
         (Some(1), Some(2), Some(1))
     );
 
+    // Decisions: a new visitor on the web, shown and accepted in the store.
+    let decide = ctl(
+        &addr,
+        &[
+            "decide",
+            "anon:new-1",
+            "--channel",
+            "web",
+            "--top",
+            "2",
+            "--record",
+            "--explain",
+            "--context",
+            "page=cart",
+        ],
+        None,
+    );
+    let shown = text(&decide.stdout);
+    assert!(decide.status.success(), "{}", text(&decide.stderr));
+    assert!(
+        shown.contains("(new customer)") && shown.contains("welcome_discount"),
+        "{shown}"
+    );
+    assert!(shown.contains("coupon WELCOME-"), "{shown}");
+    assert!(
+        shown.contains("rule_false"),
+        "the explanation lists excluded offers: {shown}"
+    );
+    let accept = ctl(
+        &addr,
+        &[
+            "--json",
+            "feedback",
+            "accept",
+            "--offer",
+            "welcome_discount",
+            "--key",
+            "anon:new-1",
+            "--channel",
+            "store",
+        ],
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&accept.stdout).unwrap();
+    assert!(
+        json["coupon"]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("WELCOME-")),
+        "{json}"
+    );
+    let bad = ctl(
+        &addr,
+        &["feedback", "like", "--offer", "x", "--decision", "1"],
+        None,
+    );
+    assert!(text(&bad.stderr).contains("`like` is not a kind of feedback"));
+    let stats = ctl(&addr, &["stats", "--offers"], None);
+    let table = text(&stats.stdout);
+    assert!(
+        table.contains("welcome_discount") && table.contains("accept%"),
+        "{table}"
+    );
+
     // Gauges refresh every 500 ms.
     std::thread::sleep(Duration::from_millis(700));
     let metrics = scrape(&served.metrics);
@@ -207,7 +270,8 @@ fn serve_ctl_metrics_and_sigterm() {
         "omnia_requests_total{op=\"ingest_json\"} 1",
         "omnia_request_duration_seconds_bucket{op=\"ping\",le=\"0.001\"}",
         "omnia_segment_members{segment=\"email_reachable\"} 1",
-        "omnia_customers 1",
+        "omnia_customers 2",
+        "omnia_offer_feedback_total{offer=\"welcome_discount\",channel=\"store\",experiment=\"\",arm=\"\",kind=\"accept\"} 1",
     ] {
         assert!(
             metrics.contains(expected),

@@ -51,7 +51,8 @@ pub struct BudgetDef {
     pub per: Option<u32>,
 }
 
-/// A coupon the offer issues at its first impression to a customer.
+/// A coupon the offer issues at an impression to a customer who holds no open coupon
+/// for it (none yet, or the last one redeemed or expired).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CouponDef {
     pub prefix: String,
@@ -181,7 +182,7 @@ impl Builder<'_> {
         let empty = RawDecisions::default();
         let settings = raw.decisions.as_ref().map_or(&empty, |d| d.get_ref());
         let sticky_default = match &settings.sticky {
-            Some(d) => self.duration(d, "decisions.sticky").unwrap_or(0),
+            Some(d) => self.sticky(d, "decisions.sticky"),
             None => 0,
         };
         if channels.len() > 32 {
@@ -346,6 +347,24 @@ impl Builder<'_> {
         }
     }
 
+    /// A sticky window: a duration, or `"off"`.
+    fn sticky(&mut self, value: &Spanned<String>, what: &str) -> u32 {
+        if value.get_ref() == "off" {
+            return 0;
+        }
+        match super::duration::parse_duration(value.get_ref()) {
+            Ok(s) => s as u32,
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    format!("bad duration for {what}: {e}"),
+                    Some("a sticky window is a duration such as `1d`, or `\"off\"`".into()),
+                );
+                0
+            }
+        }
+    }
+
     fn unknown_offer(&mut self, name: &Spanned<String>, place: &str, offers: &[&str]) {
         self.error(
             name.span(),
@@ -497,7 +516,6 @@ impl Builder<'_> {
                 found
             });
             match per {
-                Some(0) => self.error(c.per.span(), "a cap's window must be longer than 0s", None),
                 Some(per) => caps.push(Cap {
                     impressions: n,
                     per,
@@ -534,19 +552,13 @@ impl Builder<'_> {
                 return None;
             }
             let per = match &raw.per {
-                Some(p) => match self.duration(p, &what("budget.per")) {
-                    Some(0) => {
-                        self.error(p.span(), "a budget period must be longer than 0s", None);
-                        None
-                    }
-                    other => other,
-                },
+                Some(p) => self.duration(p, &what("budget.per")),
                 None => None,
             };
             Some(BudgetDef { counts, limit, per })
         });
         let sticky = match &offer.sticky {
-            Some(d) => self.duration(d, &what("sticky")).unwrap_or(0),
+            Some(d) => self.sticky(d, &what("sticky")),
             None => sticky_default,
         };
         let coupon = offer.coupon.as_ref().and_then(|c| {

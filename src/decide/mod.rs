@@ -245,8 +245,9 @@ fn arbitrate(
                 return Err((
                     Outcome::Capped,
                     format!(
-                        "{} impressions per {}{on}",
+                        "{} impression{} per {}{on}",
                         cap.impressions,
+                        if cap.impressions == 1 { "" } else { "s" },
                         crate::config::duration::format_duration(cap.per as u64)
                     ),
                 ));
@@ -349,6 +350,16 @@ impl Engine {
         let key = self.key(&request.key)?;
         let context = self.context(&request.context)?;
         let now = self.now_secs();
+        if request.record_impression
+            && d.feedback_events[FeedbackKind::Impression.index()].is_none()
+            && self.customer_of(&key.text).is_none()
+        {
+            // Checked before anything is spent or counted, so a refusal changes nothing.
+            return Err(DecideError::UnknownCustomer {
+                key: request.key.clone(),
+                kind: FeedbackKind::Impression,
+            });
+        }
         let decision_id = self.decider.next_id();
 
         let mut chosen: Vec<Candidate> = Vec::new();
@@ -518,7 +529,8 @@ impl Engine {
     }
 
     /// Records an impression in a customer's offer history: caps, sticky window, and the
-    /// coupon the offer issues at its first impression.
+    /// coupon the offer issues when the customer holds no open one for it. Returns that
+    /// coupon if this impression issued it.
     fn remember_impression(
         &self,
         offers: &mut CustomerOffers,
@@ -526,20 +538,22 @@ impl Engine {
         channel: usize,
         now: u32,
         decision_id: u64,
-    ) {
+    ) -> Option<state::IssuedCoupon> {
         let def = &self.config().decisions.offers[offer];
         offers.record_impression(offer, def, channel, now);
-        if let Some(coupon) = &def.coupon {
-            if offers.open_coupon(offer, now).is_none() {
-                offers.coupons.push(state::IssuedCoupon {
-                    offer: offer as u16,
-                    code: coupon_code(&coupon.prefix, decision_id, offer),
-                    issued: now,
-                    expires: now.saturating_add(coupon.valid),
-                    redeemed: false,
-                });
-            }
+        let coupon = def.coupon.as_ref()?;
+        if offers.open_coupon(offer, now).is_some() {
+            return None;
         }
+        let issued = state::IssuedCoupon {
+            offer: offer as u16,
+            code: coupon_code(&coupon.prefix, decision_id, offer),
+            issued: now,
+            expires: now.saturating_add(coupon.valid),
+            redeemed: false,
+        };
+        offers.coupons.push(issued.clone());
+        Some(issued)
     }
 
     /// Records what a customer did with an offer.
@@ -618,8 +632,7 @@ impl Engine {
             arms = offers.arms.clone();
             match kind {
                 FeedbackKind::Impression => {
-                    self.remember_impression(offers, offer, channel, now, decision_id);
-                    coupon = offers.open_coupon(offer, now).map(|c| c.clone());
+                    coupon = self.remember_impression(offers, offer, channel, now, decision_id);
                 }
                 FeedbackKind::Click => {}
                 FeedbackKind::Accept => {

@@ -5,8 +5,8 @@
 //! It lives in the customer's shard beside the profile row, under the same lock, so a
 //! decision reads eligibility and constraints and records its impressions atomically:
 //! two channels asking at once cannot both spend the customer's last capped impression.
-//! Only customers with offer history have an entry, so a million profiles that never saw
-//! an offer cost nothing here.
+//! Only customers with offer history (impressions, feedback, coupons, experiment arms)
+//! keep an entry, so a million profiles that never saw an offer cost nothing here.
 //!
 //! Invariants: `memories` is sorted by offer id with at most one entry per offer; an
 //! offer's impressions are in time order and none is older than its longest cap window
@@ -59,6 +59,14 @@ pub(crate) struct CustomerOffers {
 }
 
 impl CustomerOffers {
+    /// Nothing remembered: the entry can go.
+    pub fn is_empty(&self) -> bool {
+        self.memories.is_empty()
+            && self.sticky.is_none()
+            && self.arms.is_empty()
+            && self.coupons.is_empty()
+    }
+
     pub fn memory(&self, offer: usize) -> Option<&OfferMemory> {
         self.memories
             .binary_search_by_key(&(offer as u16), |m| m.offer)

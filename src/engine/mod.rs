@@ -388,7 +388,12 @@ impl Engine {
             None => f(None),
             Some((mut state, local)) => {
                 let (eval, offers, keys) = state.customer_mut(&self.plan, local, context);
-                f(Some(Customer { eval, offers, keys }))
+                let result = f(Some(Customer { eval, offers, keys }));
+                // Only customers with offer history keep an entry.
+                if state.offers.get(&local).is_some_and(|o| o.is_empty()) {
+                    state.offers.remove(&local);
+                }
+                result
             }
         }
     }

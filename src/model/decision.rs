@@ -77,9 +77,9 @@ pub struct DecisionRequest {
     pub context: Vec<(String, RawValue)>,
 }
 
-/// Why an offer was or was not chosen. The codes are part of the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Why an offer was or was not chosen. The codes are part of the protocol; the names
+/// (see [`Outcome::name`]) are what JSON, the command line and the docs show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Outcome {
     /// Returned to the channel.
@@ -139,6 +139,12 @@ impl Outcome {
             Outcome::Control => "control_arm",
             Outcome::Fallback => "fallback_unused",
         }
+    }
+}
+
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 

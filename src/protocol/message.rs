@@ -89,7 +89,8 @@ pub struct Stats {
     pub merges: u64,
     pub connections: u32,
     pub segments: Vec<(String, u64)>,
-    /// Per offer, channel and arm; only when asked for.
+    /// Per offer, channel and arm; only when asked for (empty otherwise, but the count
+    /// is always on the wire).
     pub offers: Vec<OfferStats>,
 }
 
@@ -130,7 +131,10 @@ pub enum Response {
     /// `u8 member` (SEGMENT_CONTAINS)
     Contains(bool),
     /// `u64 uptime_ms, u32 config_version, u64 customers, u64 keys, u64 events_ingested,
-    /// u64 events_rejected, u64 merges, u32 connections, u16 n, (str segment, u64 count) × n`
+    /// u64 events_rejected, u64 merges, u32 connections, u16 n, (str segment, u64 count) × n,
+    /// u32 m, (str offer, str channel, str experiment, str arm, u64 decisions,
+    /// u64 impressions, u64 clicks, u64 accepts, u64 dismisses) × m`; `m` is 0 unless the
+    /// request asked for offers; an empty experiment and arm are the totals
     Stats(Stats),
     /// `u64 decision_id, u8 known_customer, u8 offer_count, (str offer, f64 score,
     /// i32 priority, u8 sticky) × offer_count, u8 arm_count, (str experiment, str arm) ×
