@@ -123,7 +123,7 @@ fn decisions(c: &mut Criterion) {
     let engine = populated();
     let mut group = c.benchmark_group("decide_50_offers_top3");
     let mut rng = Rng(7);
-    let mut next = |rng: &mut Rng| {
+    let next = |rng: &mut Rng| {
         (
             format!("user:{}", rng.below(CUSTOMERS)),
             CHANNELS[rng.below(5) as usize],

@@ -1,34 +1,45 @@
 //! `loadgen`: omnichannel traffic for omnia, measured honestly.
 //!
-//! Today it drives the engine in-process (the TCP target arrives with the protocol):
-//! `--threads` workers each own a slice of a population of customers, walk them through
-//! journeys (anonymous browsing on web or app, product views, carts, logins that merge
-//! the anonymous profile into the account, purchases on web, app or in store, e-mail
-//! clicks, coupons, unsubscribes), and apply events in batches. Popularity is Zipf
-//! distributed, so a few customers are very active, as in real traffic. Time is
-//! simulated: the engine clock advances by `--sim-seconds-per-batch` per batch, so
-//! windows slide and time-driven segments move during the run.
-//!
-//! It reports events per second and the latency of applying one batch (HdrHistogram,
-//! p50 to max). Runs are deterministic for a seed, bounded by `--seconds`.
+//! `cargo run --release -p loadgen -- --workload mixed --rate 500000 --decide-rate 50000`
+//! sends journeys' events and channels' decisions to an omnia server at fixed rates
+//! (open loop: latency counts from when each request should have been sent), shows a
+//! live progress line, and prints a table per operation. `--json` and `--report` write
+//! the same for scripts and for people. `docs/benchmarks.md` has the recorded runs.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
-use hdrhistogram::Histogram;
+use clap::{Parser, ValueEnum};
+use loadgen::journey::Mix;
+use loadgen::redis_target::RedisTarget;
+use loadgen::report::Report;
+use loadgen::run::{run, Settings, TimeMode, Workload};
+use loadgen::target::{InProcessTarget, OmniaTarget};
 use mimalloc::MiMalloc;
-use omnia::clock::ManualClock;
 use omnia::config::Config;
-use omnia::engine::{Engine, Event, RawEvent};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Zipf};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetKind {
+    /// An omnia server, through omnia::client (`--addr`).
+    Omnia,
+    /// An engine inside this process: no network, the engine's own ceiling.
+    Inprocess,
+    /// Redis (`--redis`), the baseline: ingest only.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClockKind {
+    /// Events stamped with the wall clock.
+    Live,
+    /// Events stamped on a simulated clock that starts `--sim-span` ago and runs
+    /// `--sim-speed` times faster, never passing the wall clock.
+    Sim,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,286 +47,180 @@ static GLOBAL: MiMalloc = MiMalloc;
     about = "Omnichannel traffic for omnia, with honest measurements"
 )]
 struct Options {
+    #[arg(long, value_enum, default_value_t = TargetKind::Omnia)]
+    target: TargetKind,
+    /// The omnia server.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: String,
+    /// The Redis server, for `--target redis`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    #[arg(long, value_enum, default_value_t = Workload::Ingest)]
+    workload: Workload,
+    /// Connections per stream (ingest, decide, feedback and query streams each get this many).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    pipeline: usize,
+    /// Events per ingest request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Events per second (ingest, mixed) or queries per second (query), in all.
+    #[arg(long, default_value_t = 500_000.0)]
+    rate: f64,
+    /// Decisions per second (decide, mixed).
+    #[arg(long, default_value_t = 50_000.0)]
+    decide_rate: f64,
+    /// Feedback per second (mixed).
+    #[arg(long, default_value_t = 5_000.0)]
+    feedback_rate: f64,
+    /// Closed loop: as fast as the target answers, ignoring the rates.
+    #[arg(long)]
+    max: bool,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
     /// Customers in the population.
     #[arg(long, default_value_t = 100_000)]
     customers: u64,
-    /// Worker threads applying events.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// Events per batch.
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
-    /// How long to run, in seconds (after warm-up).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Warm-up before measuring, in seconds.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    /// Simulated seconds that pass per batch.
-    #[arg(long, default_value_t = 1)]
-    sim_seconds_per_batch: i64,
     /// Zipf exponent of customer popularity.
     #[arg(long, default_value_t = 1.05)]
     zipf: f64,
-    /// Config file; the embedded default if omitted.
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-}
-
-/// Where a customer is in its journey.
-#[derive(Clone, Copy, PartialEq)]
-enum Stage {
-    Anonymous,
-    Carted,
-    LoggedIn,
-    Customer,
-    Unsubscribed,
-}
-
-struct Journeys {
-    stages: Vec<Stage>,
-    rng: SmallRng,
-    first: u64,
-    zipf: Zipf<f64>,
-}
-
-const CHANNELS: [&str; 2] = ["web", "app"];
-const CATEGORIES: [&str; 4] = ["shoes", "bags", "coats", "hats"];
-
-impl Journeys {
-    /// The next event of a customer chosen by popularity, at simulated time `now`.
-    fn next(&mut self, now: i64) -> RawEvent {
-        let c = self.first + self.zipf.sample(&mut self.rng) as u64 - 1;
-        let slot = (c - self.first) as usize;
-        let rng = &mut self.rng;
-        let anon = format!("anon:{c}");
-        let user = format!("user:{c}");
-        let channel = CHANNELS[rng.random_range(0..2)];
-        let sku = format!("SKU-{}", rng.random_range(0..5000));
-        let category = CATEGORIES[rng.random_range(0..4)];
-        let price = rng.random_range(10..400) as f64;
-        let stage = self.stages[slot];
-        let roll: f64 = rng.random();
-        let (event, next) = match stage {
-            Stage::Anonymous if roll < 0.55 => (
-                RawEvent::new("page_view", channel, now)
-                    .key(&anon)
-                    .prop("url", "/c/shoes"),
-                stage,
-            ),
-            Stage::Anonymous if roll < 0.85 => (
-                RawEvent::new("product_view", channel, now)
-                    .key(&anon)
-                    .prop("sku", sku)
-                    .prop("category", category)
-                    .prop("price", price),
-                stage,
-            ),
-            Stage::Anonymous => (
-                RawEvent::new("add_to_cart", channel, now)
-                    .key(&anon)
-                    .prop("sku", sku)
-                    .prop("category", category)
-                    .prop("price", price),
-                Stage::Carted,
-            ),
-            Stage::Carted if roll < 0.5 => (
-                // Login on the app: the anonymous profile merges into the account.
-                RawEvent::new("identify", "app", now)
-                    .key(&user)
-                    .key(&anon)
-                    .key(&format!("email:c{c}@example.com"))
-                    .attr("email_opt_in", true)
-                    .attr("country", ["NL", "BE", "DE"][rng.random_range(0..3)]),
-                Stage::LoggedIn,
-            ),
-            Stage::Carted => (RawEvent::new("page_view", channel, now).key(&anon), stage),
-            Stage::LoggedIn if roll < 0.3 => (
-                RawEvent::new("email_click", "email", now)
-                    .key(&format!("email:c{c}@example.com"))
-                    .prop("campaign", "cart-reminder"),
-                stage,
-            ),
-            Stage::LoggedIn if roll < 0.7 => {
-                let where_ = ["web", "app", "store"][rng.random_range(0..3)];
-                (
-                    RawEvent::new("purchase", where_, now)
-                        .key(&user)
-                        .prop("amount", price)
-                        .prop("sku", sku)
-                        .prop("category", category),
-                    Stage::Customer,
-                )
-            }
-            Stage::LoggedIn => (
-                RawEvent::new("product_view", channel, now)
-                    .key(&user)
-                    .prop("sku", sku)
-                    .prop("category", category)
-                    .prop("price", price),
-                stage,
-            ),
-            Stage::Customer if roll < 0.2 => (
-                RawEvent::new("coupon_issued", "email", now)
-                    .key(&format!("email:c{c}@example.com"))
-                    .prop("coupon", "SPRING10")
-                    .prop("value", 10.0),
-                stage,
-            ),
-            Stage::Customer if roll < 0.35 => (
-                RawEvent::new("coupon_redeemed", "store", now)
-                    .key(&format!("card:{c}"))
-                    .key(&user)
-                    .prop("coupon", "SPRING10")
-                    .prop("value", 10.0),
-                stage,
-            ),
-            Stage::Customer if roll < 0.37 => (
-                RawEvent::new("unsubscribe", "email", now).key(&user),
-                Stage::Unsubscribed,
-            ),
-            Stage::Customer | Stage::Unsubscribed if roll < 0.6 => {
-                (RawEvent::new("page_view", channel, now).key(&user), stage)
-            }
-            Stage::Customer | Stage::Unsubscribed => (
-                RawEvent::new("purchase", channel, now)
-                    .key(&user)
-                    .prop("amount", price)
-                    .prop("category", category),
-                stage,
-            ),
-        };
-        self.stages[slot] = next;
-        event
-    }
+    /// Journey probabilities (TOML; fields left out keep their defaults).
+    #[arg(long)]
+    mix: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ClockKind::Live)]
+    clock: ClockKind,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 3600.0)]
+    sim_speed: f64,
+    /// How far in the past the simulated clock starts, in days.
+    #[arg(long, default_value_t = 7.0)]
+    sim_span_days: f64,
+    /// The config the server runs (offer and segment names for feedback and queries; the
+    /// engine's config for `--target inprocess`). The embedded default if omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Worker threads of this process.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a self-contained HTML report.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 fn main() -> anyhow::Result<()> {
-    let options = Options::parse();
+    let o = Options::parse();
     anyhow::ensure!(
-        options.threads >= 1 && options.batch >= 1 && options.customers >= options.threads as u64,
-        "need at least one thread, one event per batch and one customer per thread"
+        o.connections >= 1 && o.pipeline >= 1 && o.batch >= 1 && o.customers >= 1,
+        "--connections, --pipeline, --batch and --customers must be at least 1"
     );
-    let config = match &options.config {
+    anyhow::ensure!(o.seconds > 0.0, "--seconds must be above 0");
+    let config = match &o.config {
         Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}"))?,
     };
-    let start_ms: i64 = 1_767_225_600_000;
-    let clock = Arc::new(ManualClock::new(start_ms));
-    let engine = Arc::new(Engine::new(config, clock.clone()));
-    println!(
-        "loadgen: in-process, {} customers, {} threads, batches of {}, {}s warm-up + {}s measured",
-        options.customers, options.threads, options.batch, options.warmup, options.seconds
-    );
-
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let applied = Arc::new(AtomicU64::new(0));
-    let rejected = Arc::new(AtomicU64::new(0));
-    let per_thread = options.customers / options.threads as u64;
-    let mut workers = Vec::new();
-    for t in 0..options.threads {
-        let (engine, clock, measuring, stop, applied, rejected) = (
-            engine.clone(),
-            clock.clone(),
-            measuring.clone(),
-            stop.clone(),
-            applied.clone(),
-            rejected.clone(),
+    let mix = match &o.mix {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Mix::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Mix::default(),
+    };
+    if o.target == TargetKind::Redis {
+        anyhow::ensure!(
+            o.workload == Workload::Ingest,
+            "the Redis baseline implements the ingest workload only"
         );
-        let batch = options.batch;
-        let step_ms = options.sim_seconds_per_batch * 1000;
-        let mut journeys = Journeys {
-            stages: vec![Stage::Anonymous; per_thread as usize],
-            rng: SmallRng::seed_from_u64(options.seed.wrapping_add(t as u64)),
-            first: t as u64 * per_thread,
-            zipf: Zipf::new(per_thread as f64, options.zipf).context("zipf parameters")?,
-        };
-        workers.push(std::thread::spawn(move || -> Histogram<u64> {
-            let mut latency =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
-            let mut events: Vec<Event> = Vec::with_capacity(batch);
-            while !stop.load(Ordering::Relaxed) {
-                // Only the first worker moves simulated time, so it stays monotone.
-                if t == 0 {
-                    clock.advance_ms(step_ms);
-                }
-                let now = omnia::clock::Clock::now_ms(&*clock);
-                events.clear();
-                for _ in 0..batch {
-                    match engine.resolve(&journeys.next(now)) {
-                        Ok(event) => events.push(event),
-                        Err(_) => {
-                            rejected.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                let started = Instant::now();
-                let mut ok = 0;
-                for event in &events {
-                    match engine.apply(event) {
-                        Ok(_) => ok += 1,
-                        Err(_) => {
-                            rejected.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                let took = started.elapsed();
-                if measuring.load(Ordering::Relaxed) {
-                    latency.saturating_record(took.as_nanos() as u64);
-                    applied.fetch_add(ok, Ordering::Relaxed);
-                }
+    }
+    let settings = Settings {
+        workload: o.workload,
+        connections: o.connections,
+        pipeline: o.pipeline,
+        batch: o.batch,
+        rate: o.rate,
+        decide_rate: o.decide_rate,
+        feedback_rate: o.feedback_rate,
+        max: o.max,
+        seconds: o.seconds,
+        warmup: o.warmup,
+        customers: o.customers,
+        zipf: o.zipf,
+        seed: o.seed,
+        mix,
+        time: match o.clock {
+            ClockKind::Live => TimeMode::Live,
+            ClockKind::Sim => TimeMode::Sim {
+                speed: o.sim_speed,
+                span_ms: (o.sim_span_days * 86_400_000.0) as i64,
+            },
+        },
+        offers: config
+            .decisions
+            .offers
+            .iter()
+            .map(|o| o.name.clone())
+            .collect(),
+        segments: config.segments.iter().map(|s| s.name.clone()).collect(),
+        progress: !o.no_progress,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = o.threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime.enable_all().build()?;
+    let report: Report = runtime.block_on(async {
+        match o.target {
+            TargetKind::Omnia => {
+                let addr = o.addr.clone();
+                run(settings, &format!("omnia at {addr}"), || {
+                    let addr = addr.clone();
+                    async move { OmniaTarget::connect(&addr).await }
+                })
+                .await
             }
-            latency
-        }));
+            TargetKind::Inprocess => {
+                let engine = Arc::new(omnia::engine::Engine::new(
+                    config,
+                    Arc::new(omnia::clock::SystemClock),
+                ));
+                run(settings, "omnia in-process", || {
+                    let engine = engine.clone();
+                    async move { Ok(InProcessTarget { engine }) }
+                })
+                .await
+            }
+            TargetKind::Redis => {
+                let url = o.redis.clone();
+                run(settings, &format!("Redis at {url}"), || {
+                    let url = url.clone();
+                    async move { RedisTarget::connect(&url).await }
+                })
+                .await
+            }
+        }
+    })?;
+    print!("{}", report.table());
+    if let Some(path) = &o.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    std::thread::sleep(Duration::from_secs(options.warmup));
-    measuring.store(true, Ordering::SeqCst);
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(options.seconds));
-    measuring.store(false, Ordering::SeqCst);
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    for worker in workers {
-        let h = worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
-        latency.add(&h)?;
-    }
-    let events = applied.load(Ordering::Relaxed);
-    let stats = engine.stats();
-    println!(
-        "applied {events} events in {:.2?}: {:.0} events/s (apply only; event generation and name resolution excluded from latency, included in wall time)",
-        elapsed,
-        events as f64 / elapsed.as_secs_f64()
-    );
-    println!("rejected {}", rejected.load(Ordering::Relaxed));
-    println!(
-        "customers {}, keys {}, merges {}, pending timers {}",
-        stats.customers, stats.keys, stats.merges, stats.pending_timers
-    );
-    println!(
-        "batch apply latency ({} events per batch), {} batches:",
-        options.batch,
-        latency.len()
-    );
-    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
-        println!(
-            "  {label:<6} {:>10.1} µs",
-            latency.value_at_quantile(q) as f64 / 1000.0
-        );
-    }
-    println!("  max    {:>10.1} µs", latency.max() as f64 / 1000.0);
-    println!("segments:");
-    for segment in &engine.config().segments {
-        println!(
-            "  {:<24} {:>9}",
-            segment.name,
-            engine.segment_count(&segment.name)?
-        );
+    if let Some(path) = &o.report {
+        std::fs::write(path, report.html())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

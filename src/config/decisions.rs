@@ -515,13 +515,12 @@ impl Builder<'_> {
                 }
                 found
             });
-            match per {
-                Some(per) => caps.push(Cap {
+            if let Some(per) = per {
+                caps.push(Cap {
                     impressions: n,
                     per,
                     channel,
-                }),
-                None => {}
+                });
             }
         }
         let (mut cooldown_dismiss, mut cooldown_accept) = (0, 0);

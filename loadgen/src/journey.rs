@@ -1,0 +1,351 @@
+//! Omnichannel journeys: the traffic a retailer's channels really send.
+//!
+//! Each customer walks a small state machine: anonymous browsing on the web or in the
+//! app, product views, add to cart, then either abandonment (and later a reminder click
+//! from e-mail or SMS) or a login that merges the anonymous profile into the account;
+//! purchases on the web, in the app or in a store; coupons issued by e-mail and redeemed
+//! in a store with a loyalty card; now and then an unsubscribe. Every transition has a
+//! probability in [`Mix`], which a TOML file can override.
+//!
+//! Popularity is Zipf distributed over the population, so a few customers are very
+//! active, as in real traffic. A [`Journeys`] generator owns a slice of the population
+//! and a seeded RNG: the same seed and slice give the same events, in the same order.
+
+use omnia::engine::RawEvent;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use serde::{Deserialize, Serialize};
+
+/// Transition probabilities. Each stage's probabilities are checked in order; what is
+/// left over is the stage's default step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mix {
+    /// Anonymous: a page view (else a product view or, with `add_to_cart`, a cart).
+    pub anonymous_page_view: f64,
+    pub anonymous_add_to_cart: f64,
+    /// Carted: log in (merge), else keep browsing anonymously or abandon.
+    pub carted_login: f64,
+    /// Carted: abandon the cart; later a reminder click brings the customer back.
+    pub carted_abandon: f64,
+    /// Abandoned: click the reminder on e-mail or SMS (else stay away).
+    pub abandoned_reminder_click: f64,
+    /// Logged in: buy (on web, app or in a store).
+    pub logged_in_purchase: f64,
+    /// Customer: an e-mail coupon, its redemption in a store, an unsubscribe.
+    pub customer_coupon_issued: f64,
+    pub customer_coupon_redeemed: f64,
+    pub customer_unsubscribe: f64,
+    /// Customer: buy again (else browse).
+    pub customer_purchase: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            anonymous_page_view: 0.55,
+            anonymous_add_to_cart: 0.15,
+            carted_login: 0.4,
+            carted_abandon: 0.3,
+            abandoned_reminder_click: 0.2,
+            logged_in_purchase: 0.4,
+            customer_coupon_issued: 0.1,
+            customer_coupon_redeemed: 0.08,
+            customer_unsubscribe: 0.01,
+            customer_purchase: 0.25,
+        }
+    }
+}
+
+impl Mix {
+    /// Reads a mix from TOML; fields left out keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Mix, String> {
+        let mix: Mix = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, p) in [
+            ("anonymous_page_view", mix.anonymous_page_view),
+            ("anonymous_add_to_cart", mix.anonymous_add_to_cart),
+            ("carted_login", mix.carted_login),
+            ("carted_abandon", mix.carted_abandon),
+            ("abandoned_reminder_click", mix.abandoned_reminder_click),
+            ("logged_in_purchase", mix.logged_in_purchase),
+            ("customer_coupon_issued", mix.customer_coupon_issued),
+            ("customer_coupon_redeemed", mix.customer_coupon_redeemed),
+            ("customer_unsubscribe", mix.customer_unsubscribe),
+            ("customer_purchase", mix.customer_purchase),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name} is {p}; a probability is from 0 to 1"));
+            }
+        }
+        let sums = [
+            (
+                "anonymous",
+                mix.anonymous_page_view + mix.anonymous_add_to_cart,
+            ),
+            ("carted", mix.carted_login + mix.carted_abandon),
+            (
+                "customer",
+                mix.customer_coupon_issued
+                    + mix.customer_coupon_redeemed
+                    + mix.customer_unsubscribe
+                    + mix.customer_purchase,
+            ),
+        ];
+        for (stage, sum) in sums {
+            if sum > 1.0 {
+                return Err(format!(
+                    "the {stage} probabilities add up to {sum}; at most 1"
+                ));
+            }
+        }
+        Ok(mix)
+    }
+}
+
+/// Where a customer is in its journey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Anonymous,
+    Carted,
+    Abandoned,
+    LoggedIn,
+    Customer,
+}
+
+pub const CATEGORIES: [&str; 4] = ["shoes", "bags", "coats", "hats"];
+
+/// A generator of events for customers `first .. first + count`.
+pub struct Journeys {
+    mix: Mix,
+    stages: Vec<Stage>,
+    rng: SmallRng,
+    first: u64,
+    zipf: Zipf<f64>,
+}
+
+impl Journeys {
+    pub fn new(mix: Mix, first: u64, count: u64, zipf: f64, seed: u64) -> Result<Journeys, String> {
+        let zipf = Zipf::new(count.max(1) as f64, zipf).map_err(|e| format!("zipf: {e}"))?;
+        Ok(Journeys {
+            mix,
+            stages: vec![Stage::Anonymous; count.max(1) as usize],
+            rng: SmallRng::seed_from_u64(seed),
+            first,
+            zipf,
+        })
+    }
+
+    /// A customer chosen by popularity.
+    pub fn pick(&mut self) -> u64 {
+        self.first + self.zipf.sample(&mut self.rng) as u64 - 1
+    }
+
+    /// The key a channel would know customer `c` by in its current stage.
+    pub fn key_of(&self, c: u64) -> String {
+        match self.stages[(c - self.first) as usize] {
+            Stage::Anonymous | Stage::Carted | Stage::Abandoned => format!("anon:{c}"),
+            Stage::LoggedIn | Stage::Customer => format!("user:{c}"),
+        }
+    }
+
+    pub fn stage_of(&self, c: u64) -> Stage {
+        self.stages[(c - self.first) as usize]
+    }
+
+    pub fn rng(&mut self) -> &mut SmallRng {
+        &mut self.rng
+    }
+
+    /// The next event of a customer chosen by popularity, stamped `now_ms`.
+    pub fn next(&mut self, now_ms: i64) -> RawEvent {
+        let c = self.pick();
+        self.next_for(c, now_ms)
+    }
+
+    /// The next event of customer `c`.
+    pub fn next_for(&mut self, c: u64, now: i64) -> RawEvent {
+        let slot = (c - self.first) as usize;
+        let m = &self.mix;
+        let rng = &mut self.rng;
+        let anon = format!("anon:{c}");
+        let user = format!("user:{c}");
+        let email = format!("email:c{c}@example.com");
+        let channel = ["web", "app"][rng.random_range(0..2)];
+        let sku = format!("SKU-{}", rng.random_range(0..5000));
+        let category = CATEGORIES[rng.random_range(0..4)];
+        let price = rng.random_range(10..400) as f64;
+        let stage = self.stages[slot];
+        let roll: f64 = rng.random();
+        let product = |event: &str, key: &str| {
+            RawEvent::new(event, channel, now)
+                .key(key)
+                .prop("sku", sku.clone())
+                .prop("category", category)
+                .prop("price", price)
+        };
+        let (event, next) = match stage {
+            Stage::Anonymous if roll < m.anonymous_page_view => (
+                RawEvent::new("page_view", channel, now)
+                    .key(&anon)
+                    .prop("url", "/c/shoes"),
+                stage,
+            ),
+            Stage::Anonymous if roll < m.anonymous_page_view + m.anonymous_add_to_cart => (
+                product("add_to_cart", &anon).prop("quantity", 1.0),
+                Stage::Carted,
+            ),
+            Stage::Anonymous => (product("product_view", &anon), stage),
+            Stage::Carted if roll < m.carted_login => (
+                // Login in the app: the anonymous profile merges into the account.
+                RawEvent::new("identify", "app", now)
+                    .key(&user)
+                    .key(&anon)
+                    .key(&email)
+                    .attr("email_opt_in", true)
+                    .attr("country", ["NL", "BE", "DE"][rng.random_range(0..3)]),
+                Stage::LoggedIn,
+            ),
+            Stage::Carted if roll < m.carted_login + m.carted_abandon => (
+                RawEvent::new("page_view", channel, now)
+                    .key(&anon)
+                    .prop("url", "/checkout"),
+                Stage::Abandoned,
+            ),
+            Stage::Carted => (product("product_view", &anon), stage),
+            Stage::Abandoned if roll < m.abandoned_reminder_click => {
+                let via = ["email_click", "sms_click"][rng.random_range(0..2)];
+                let channel = if via == "email_click" { "email" } else { "sms" };
+                (
+                    RawEvent::new(via, channel, now)
+                        .key(&anon)
+                        .key(&email)
+                        .prop("campaign", "cart-reminder"),
+                    Stage::LoggedIn,
+                )
+            }
+            Stage::Abandoned => (RawEvent::new("page_view", channel, now).key(&anon), stage),
+            Stage::LoggedIn if roll < m.logged_in_purchase => {
+                let where_ = ["web", "app", "store"][rng.random_range(0..3)];
+                (
+                    RawEvent::new("purchase", where_, now)
+                        .key(&user)
+                        .prop("amount", price)
+                        .prop("sku", sku.clone())
+                        .prop("category", category),
+                    Stage::Customer,
+                )
+            }
+            Stage::LoggedIn => (product("product_view", &user), stage),
+            Stage::Customer if roll < m.customer_coupon_issued => (
+                RawEvent::new("coupon_issued", "email", now)
+                    .key(&email)
+                    .prop("coupon", "SPRING10")
+                    .prop("value", 10.0),
+                stage,
+            ),
+            Stage::Customer if roll < m.customer_coupon_issued + m.customer_coupon_redeemed => (
+                RawEvent::new("coupon_redeemed", "store", now)
+                    .key(&format!("card:{c}"))
+                    .key(&user)
+                    .prop("coupon", "SPRING10")
+                    .prop("value", 10.0)
+                    .prop("store", "amsterdam-centraal"),
+                stage,
+            ),
+            Stage::Customer
+                if roll
+                    < m.customer_coupon_issued
+                        + m.customer_coupon_redeemed
+                        + m.customer_unsubscribe =>
+            {
+                (
+                    RawEvent::new("unsubscribe", "email", now)
+                        .key(&user)
+                        .prop("list", "newsletter"),
+                    stage,
+                )
+            }
+            Stage::Customer
+                if roll
+                    < m.customer_coupon_issued
+                        + m.customer_coupon_redeemed
+                        + m.customer_unsubscribe
+                        + m.customer_purchase =>
+            {
+                (
+                    RawEvent::new("purchase", channel, now)
+                        .key(&user)
+                        .prop("amount", price)
+                        .prop("category", category),
+                    stage,
+                )
+            }
+            Stage::Customer => (product("product_view", &user), stage),
+        };
+        self.stages[slot] = next;
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(seed: u64, n: usize) -> Vec<RawEvent> {
+        let mut j = Journeys::new(Mix::default(), 0, 1000, 1.05, seed).unwrap();
+        (0..n).map(|i| j.next(1_000 + i as i64)).collect()
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_events() {
+        assert_eq!(events(7, 500), events(7, 500));
+        assert_ne!(events(7, 500), events(8, 500));
+    }
+
+    #[test]
+    fn the_mix_shapes_the_traffic() {
+        let all = events(1, 200_000);
+        let share =
+            |name: &str| all.iter().filter(|e| e.event == name).count() as f64 / all.len() as f64;
+        // Every kind of step happens, in plausible proportions.
+        for name in [
+            "page_view",
+            "product_view",
+            "add_to_cart",
+            "identify",
+            "email_click",
+            "sms_click",
+            "purchase",
+            "coupon_issued",
+            "coupon_redeemed",
+            "unsubscribe",
+        ] {
+            assert!(share(name) > 0.0, "{name} never happens");
+        }
+        assert!(share("page_view") > share("add_to_cart"));
+        assert!(share("purchase") > share("unsubscribe"));
+
+        // A mix without carts never leaves the anonymous stage.
+        let none = Mix {
+            anonymous_add_to_cart: 0.0,
+            ..Mix::default()
+        };
+        let mut j = Journeys::new(none, 0, 100, 1.05, 3).unwrap();
+        let names: std::collections::HashSet<String> =
+            (0..10_000).map(|i| j.next(i).event).collect();
+        let expected: std::collections::HashSet<String> =
+            ["page_view", "product_view"].map(String::from).into();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn a_mix_file_overrides_defaults_and_is_checked() {
+        let mix = Mix::from_toml("carted_login = 0.9\ncarted_abandon = 0.1").unwrap();
+        assert_eq!(mix.carted_login, 0.9);
+        assert_eq!(mix.anonymous_page_view, Mix::default().anonymous_page_view);
+        let err = Mix::from_toml("carted_login = 0.9\ncarted_abandon = 0.2").unwrap_err();
+        assert!(err.contains("carted probabilities add up to"), "{err}");
+        assert!(Mix::from_toml("carted_logon = 1").is_err());
+    }
+}

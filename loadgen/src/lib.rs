@@ -1,0 +1,17 @@
+//! The omnia load generator: realistic omnichannel traffic, honest latency, reports
+//! people can read.
+//!
+//! - [`journey`]: customers walking omnichannel journeys, deterministic per seed;
+//! - [`pacing`]: open-loop scheduling (latency from the intended send time, so a stalled
+//!   server shows up in the numbers) and closed-loop `--max`;
+//! - [`target`]: an omnia server over TCP, an in-process engine, and [`redis_target`],
+//!   the baseline;
+//! - [`run`]: workloads (`ingest`, `decide`, `mixed`, `query`) as paced streams;
+//! - [`report`]: histograms, the table, JSON and the HTML report.
+
+pub mod journey;
+pub mod pacing;
+pub mod redis_target;
+pub mod report;
+pub mod run;
+pub mod target;

@@ -1,0 +1,153 @@
+//! What the load is sent to: an omnia server over TCP (through `omnia::client`, as a
+//! channel backend would), an engine in this process (no network, for the engine's own
+//! ceiling), or Redis (the baseline; see `redis_target`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use omnia::client::{Client, ClientError};
+use omnia::engine::{Engine, RawEvent};
+use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::protocol::ErrorCode;
+
+/// One request of a workload.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Ingest(Vec<RawEvent>),
+    Decide(DecisionRequest),
+    Feedback(FeedbackKind, FeedbackTarget),
+    /// A segment count or set-algebra query.
+    Query(String),
+}
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Ingest(_) => OpKind::Ingest,
+            Op::Decide(_) => OpKind::Decide,
+            Op::Feedback(..) => OpKind::Feedback,
+            Op::Query(_) => OpKind::Query,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Ingest,
+    Decide,
+    Feedback,
+    Query,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 4] = [
+        OpKind::Ingest,
+        OpKind::Decide,
+        OpKind::Feedback,
+        OpKind::Query,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Ingest => "ingest",
+            OpKind::Decide => "decide",
+            OpKind::Feedback => "feedback",
+            OpKind::Query => "query",
+        }
+    }
+}
+
+/// Something that executes ops. `Ok(units)`: events applied for an ingest batch, 1
+/// otherwise. An error is counted, never hidden: a rejected event in a batch is one.
+pub trait Target: Send + Sync + 'static {
+    fn execute(&self, op: Op) -> impl Future<Output = Result<u64, String>> + Send;
+}
+
+/// An omnia server, one pipelined connection per target.
+pub struct OmniaTarget {
+    client: Client,
+}
+
+impl OmniaTarget {
+    pub async fn connect(addr: &str) -> Result<OmniaTarget, String> {
+        Client::connect(addr)
+            .await
+            .map(|client| OmniaTarget { client })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Target for OmniaTarget {
+    async fn execute(&self, op: Op) -> Result<u64, String> {
+        let c = &self.client;
+        match op {
+            Op::Ingest(events) => {
+                let ack = c.ingest(events).await.map_err(|e| e.to_string())?;
+                match ack.rejected.first() {
+                    None => Ok(ack.accepted as u64),
+                    Some(r) => Err(format!(
+                        "{} of the batch rejected, the first: {}",
+                        ack.rejected.len(),
+                        r.message
+                    )),
+                }
+            }
+            Op::Decide(request) => c
+                .decide(request)
+                .await
+                .map(|_| 1)
+                .map_err(|e| e.to_string()),
+            Op::Feedback(kind, target) => match c.feedback(kind, target).await {
+                Ok(_) => Ok(1),
+                // A spent budget is the server answering correctly, not a failure.
+                Err(ClientError::Server {
+                    code: Some(ErrorCode::BudgetSpent),
+                    ..
+                }) => Ok(0),
+                Err(e) => Err(e.to_string()),
+            },
+            Op::Query(q) => c
+                .segment_count(&q)
+                .await
+                .map(|_| 1)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The engine in this process: what omnia does without the network.
+pub struct InProcessTarget {
+    pub engine: Arc<Engine>,
+}
+
+impl Target for InProcessTarget {
+    async fn execute(&self, op: Op) -> Result<u64, String> {
+        let e = &self.engine;
+        match op {
+            Op::Ingest(events) => {
+                let mut applied = 0;
+                let mut first_error = None;
+                for event in &events {
+                    match e.ingest(event) {
+                        Ok(_) => applied += 1,
+                        Err(err) => {
+                            first_error.get_or_insert(err.to_string());
+                        }
+                    }
+                }
+                match first_error {
+                    None => Ok(applied),
+                    Some(err) => Err(err),
+                }
+            }
+            Op::Decide(request) => e.decide(&request).map(|_| 1).map_err(|e| e.to_string()),
+            Op::Feedback(kind, target) => match e.feedback(kind, &target) {
+                Ok(_) => Ok(1),
+                Err(omnia::decide::DecideError::BudgetSpent { .. }) => Ok(0),
+                Err(e) => Err(e.to_string()),
+            },
+            Op::Query(q) => e.segment_count(&q).map(|_| 1).map_err(|e| e.to_string()),
+        }
+    }
+}

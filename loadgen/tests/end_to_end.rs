@@ -1,0 +1,135 @@
+//! A short run of every workload against a real omnia server on an ephemeral port. It
+//! checks that the report is right (counts, rates, no errors, every output format), not
+//! speed: rates are low so that a busy 2-core machine keeps up.
+
+use std::sync::Arc;
+
+use loadgen::journey::Mix;
+use loadgen::run::{run, Settings, TimeMode, Workload};
+use loadgen::target::{OmniaTarget, OpKind};
+use omnia::clock::SystemClock;
+use omnia::config::Config;
+use omnia::engine::Engine;
+use omnia::server::{Limits, ServerStats, Shared};
+
+async fn server() -> (String, Arc<Engine>, tokio::sync::oneshot::Sender<()>) {
+    let engine = Arc::new(Engine::new(
+        Config::embedded_default().unwrap(),
+        Arc::new(SystemClock),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        limits: Limits::default(),
+        stats: ServerStats::default(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(omnia::server::run(listener, shared, async move {
+        let _ = stopped.await;
+    }));
+    (addr, engine, stop)
+}
+
+fn settings(workload: Workload) -> Settings {
+    let config = Config::embedded_default().unwrap();
+    Settings {
+        workload,
+        connections: 2,
+        pipeline: 4,
+        batch: 50,
+        rate: 5_000.0,
+        decide_rate: 400.0,
+        feedback_rate: 100.0,
+        max: false,
+        seconds: 1.0,
+        warmup: 0.2,
+        customers: 2_000,
+        zipf: 1.05,
+        seed: 11,
+        mix: Mix::default(),
+        time: TimeMode::Sim {
+            speed: 3600.0,
+            span_ms: 86_400_000,
+        },
+        offers: config
+            .decisions
+            .offers
+            .iter()
+            .map(|o| o.name.clone())
+            .collect(),
+        segments: config.segments.iter().map(|s| s.name.clone()).collect(),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_run_reports_what_the_server_did() {
+    let (addr, engine, stop) = server().await;
+    let report = run(settings(Workload::Mixed), "omnia", || {
+        let addr = addr.clone();
+        async move { OmniaTarget::connect(&addr).await }
+    })
+    .await
+    .unwrap();
+    let ops: Vec<OpKind> = report.ops.iter().map(|o| o.op).collect();
+    assert_eq!(ops, [OpKind::Ingest, OpKind::Decide, OpKind::Feedback]);
+    for op in &report.ops {
+        assert_eq!(op.errors, 0, "{:?}: {:?}", op.op, op.first_error);
+        assert!(op.count > 0, "{:?}", op.op);
+        assert!(op.p50_us > 0.0 && op.p50_us <= op.p99_us && op.p99_us <= op.max_us);
+        let target = op.target_rate.unwrap();
+        // Requests scheduled in the measured second: the rate, to within one per stream.
+        assert!(
+            (op.achieved_rate - target).abs() <= 2.0 + target * 0.02,
+            "{:?}: {} against {target}",
+            op.op,
+            op.achieved_rate
+        );
+    }
+    let ingest = &report.ops[0];
+    assert_eq!(
+        ingest.target_rate,
+        Some(100.0),
+        "5000 events/s in batches of 50"
+    );
+    assert_eq!(ingest.units_per_second, ingest.achieved_rate * 50.0);
+    // The server saw the events: everything sent after the warm-up, and more.
+    assert!(engine.stats().events_applied >= ingest.count * 50);
+    assert!(engine.offer_stats().iter().any(|s| s.decisions > 0));
+
+    let table = report.table();
+    assert!(
+        table.contains("decide") && table.contains("p99.9"),
+        "{table}"
+    );
+    assert!(!table.contains("NOT REACHED"), "{table}");
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["ops"][1]["op"], "decide");
+    let html = report.html();
+    assert!(html.starts_with("<!doctype html>") && html.matches("<svg").count() == 2);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_closed_loop_runs() {
+    let (addr, _engine, stop) = server().await;
+    let connect = || {
+        let addr = addr.clone();
+        async move { OmniaTarget::connect(&addr).await }
+    };
+    let mut s = settings(Workload::Query);
+    s.rate = 300.0;
+    let report = run(s, "omnia", connect).await.unwrap();
+    assert_eq!(report.ops[0].op, OpKind::Query);
+    assert_eq!(report.ops[0].errors, 0, "{:?}", report.ops[0].first_error);
+
+    let mut s = settings(Workload::Ingest);
+    s.max = true;
+    s.seconds = 0.5;
+    let report = run(s, "omnia", connect).await.unwrap();
+    assert_eq!(report.ops[0].target_rate, None);
+    assert!(report.ops[0].count > 0);
+    assert!(report.table().contains("closed loop"));
+    let _ = stop.send(());
+}
