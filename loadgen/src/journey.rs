@@ -12,6 +12,8 @@
 //! and a seeded RNG: the same seed and slice give the same events, in the same order.
 
 use omnia::engine::RawEvent;
+use omnia::model::ValueRef;
+use omnia::protocol::IngestWriter;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -122,6 +124,7 @@ pub struct Journeys {
     rng: SmallRng,
     first: u64,
     zipf: Zipf<f64>,
+    scratch: String,
 }
 
 impl Journeys {
@@ -133,6 +136,7 @@ impl Journeys {
             rng: SmallRng::seed_from_u64(seed),
             first,
             zipf,
+            scratch: String::with_capacity(64),
         })
     }
 
@@ -164,93 +168,142 @@ impl Journeys {
     }
 
     /// The next event of customer `c`.
-    pub fn next_for(&mut self, c: u64, now: i64) -> RawEvent {
+    pub fn next_for(&mut self, c: u64, now_ms: i64) -> RawEvent {
+        self.step(c, now_ms).to_raw()
+    }
+
+    /// Writes the next event of a customer chosen by popularity straight into an INGEST
+    /// body: the same event [`Journeys::next`] makes, without allocating for it.
+    pub fn write_next(&mut self, now_ms: i64, out: &mut IngestWriter) {
+        let c = self.pick();
+        let step = self.step(c, now_ms);
+        step.write(out, &mut self.scratch);
+    }
+
+    /// Moves customer `c` one step along its journey.
+    pub fn step(&mut self, c: u64, now: i64) -> Step {
+        use KeyKind::*;
         let slot = (c - self.first) as usize;
         let m = &self.mix;
         let rng = &mut self.rng;
-        let anon = format!("anon:{c}");
-        let user = format!("user:{c}");
-        let email = format!("email:c{c}@example.com");
-        let channel = ["web", "app"][rng.random_range(0..2)];
-        let sku = format!("SKU-{}", rng.random_range(0..5000));
-        let category = CATEGORIES[rng.random_range(0..4)];
-        let price = rng.random_range(10..400) as f64;
+        let web_or_app = ["web", "app"][rng.random_range(0..2)];
+        let sku = Val::Sku(rng.random_range(0..5000));
+        let category = Val::Str(CATEGORIES[rng.random_range(0..4)]);
+        let price = Val::Num(rng.random_range(10..400) as f64);
         let stage = self.stages[slot];
         let roll: f64 = rng.random();
-        let product = |event: &str, key: &str| {
-            RawEvent::new(event, channel, now)
-                .key(key)
-                .prop("sku", sku.clone())
-                .prop("category", category)
-                .prop("price", price)
+        let step = |event, channel, keys: &'static [KeyKind], props: &[(&'static str, Val)]| {
+            Step::new(c, event, channel, now, keys, props, &[])
+        };
+        let product = |event, key: &'static [KeyKind]| {
+            step(
+                event,
+                web_or_app,
+                key,
+                &[("sku", sku), ("category", category), ("price", price)],
+            )
         };
         let (event, next) = match stage {
             Stage::Anonymous if roll < m.anonymous_page_view => (
-                RawEvent::new("page_view", channel, now)
-                    .key(&anon)
-                    .prop("url", "/c/shoes"),
+                step(
+                    "page_view",
+                    web_or_app,
+                    &[Anon],
+                    &[("url", Val::Str("/c/shoes"))],
+                ),
                 stage,
             ),
             Stage::Anonymous if roll < m.anonymous_page_view + m.anonymous_add_to_cart => (
-                product("add_to_cart", &anon).prop("quantity", 1.0),
+                step(
+                    "add_to_cart",
+                    web_or_app,
+                    &[Anon],
+                    &[
+                        ("sku", sku),
+                        ("category", category),
+                        ("price", price),
+                        ("quantity", Val::Num(1.0)),
+                    ],
+                ),
                 Stage::Carted,
             ),
-            Stage::Anonymous => (product("product_view", &anon), stage),
+            Stage::Anonymous => (product("product_view", &[Anon]), stage),
             Stage::Carted if roll < m.carted_login => (
                 // Login in the app: the anonymous profile merges into the account.
-                RawEvent::new("identify", "app", now)
-                    .key(&user)
-                    .key(&anon)
-                    .key(&email)
-                    .attr("email_opt_in", true)
-                    .attr("country", ["NL", "BE", "DE"][rng.random_range(0..3)]),
+                Step::new(
+                    c,
+                    "identify",
+                    "app",
+                    now,
+                    &[User, Anon, Email],
+                    &[],
+                    &[
+                        ("email_opt_in", Val::Bool(true)),
+                        (
+                            "country",
+                            Val::Str(["NL", "BE", "DE"][rng.random_range(0..3)]),
+                        ),
+                    ],
+                ),
                 Stage::LoggedIn,
             ),
             Stage::Carted if roll < m.carted_login + m.carted_abandon => (
-                RawEvent::new("page_view", channel, now)
-                    .key(&anon)
-                    .prop("url", "/checkout"),
+                step(
+                    "page_view",
+                    web_or_app,
+                    &[Anon],
+                    &[("url", Val::Str("/checkout"))],
+                ),
                 Stage::Abandoned,
             ),
-            Stage::Carted => (product("product_view", &anon), stage),
+            Stage::Carted => (product("product_view", &[Anon]), stage),
             Stage::Abandoned if roll < m.abandoned_reminder_click => {
-                let via = ["email_click", "sms_click"][rng.random_range(0..2)];
-                let channel = if via == "email_click" { "email" } else { "sms" };
+                let (event, channel) =
+                    [("email_click", "email"), ("sms_click", "sms")][rng.random_range(0..2)];
                 (
-                    RawEvent::new(via, channel, now)
-                        .key(&anon)
-                        .key(&email)
-                        .prop("campaign", "cart-reminder"),
+                    step(
+                        event,
+                        channel,
+                        &[Anon, Email],
+                        &[("campaign", Val::Str("cart-reminder"))],
+                    ),
                     Stage::LoggedIn,
                 )
             }
-            Stage::Abandoned => (RawEvent::new("page_view", channel, now).key(&anon), stage),
+            Stage::Abandoned => (step("page_view", web_or_app, &[Anon], &[]), stage),
             Stage::LoggedIn if roll < m.logged_in_purchase => {
                 let where_ = ["web", "app", "store"][rng.random_range(0..3)];
                 (
-                    RawEvent::new("purchase", where_, now)
-                        .key(&user)
-                        .prop("amount", price)
-                        .prop("sku", sku.clone())
-                        .prop("category", category),
+                    step(
+                        "purchase",
+                        where_,
+                        &[User],
+                        &[("amount", price), ("sku", sku), ("category", category)],
+                    ),
                     Stage::Customer,
                 )
             }
-            Stage::LoggedIn => (product("product_view", &user), stage),
+            Stage::LoggedIn => (product("product_view", &[User]), stage),
             Stage::Customer if roll < m.customer_coupon_issued => (
-                RawEvent::new("coupon_issued", "email", now)
-                    .key(&email)
-                    .prop("coupon", "SPRING10")
-                    .prop("value", 10.0),
+                step(
+                    "coupon_issued",
+                    "email",
+                    &[Email],
+                    &[("coupon", Val::Str("SPRING10")), ("value", Val::Num(10.0))],
+                ),
                 stage,
             ),
             Stage::Customer if roll < m.customer_coupon_issued + m.customer_coupon_redeemed => (
-                RawEvent::new("coupon_redeemed", "store", now)
-                    .key(&format!("card:{c}"))
-                    .key(&user)
-                    .prop("coupon", "SPRING10")
-                    .prop("value", 10.0)
-                    .prop("store", "amsterdam-centraal"),
+                step(
+                    "coupon_redeemed",
+                    "store",
+                    &[Card, User],
+                    &[
+                        ("coupon", Val::Str("SPRING10")),
+                        ("value", Val::Num(10.0)),
+                        ("store", Val::Str("amsterdam-centraal")),
+                    ],
+                ),
                 stage,
             ),
             Stage::Customer
@@ -260,9 +313,12 @@ impl Journeys {
                         + m.customer_unsubscribe =>
             {
                 (
-                    RawEvent::new("unsubscribe", "email", now)
-                        .key(&user)
-                        .prop("list", "newsletter"),
+                    step(
+                        "unsubscribe",
+                        "email",
+                        &[User],
+                        &[("list", Val::Str("newsletter"))],
+                    ),
                     stage,
                 )
             }
@@ -274,17 +330,155 @@ impl Journeys {
                         + m.customer_purchase =>
             {
                 (
-                    RawEvent::new("purchase", channel, now)
-                        .key(&user)
-                        .prop("amount", price)
-                        .prop("category", category),
+                    step(
+                        "purchase",
+                        web_or_app,
+                        &[User],
+                        &[("amount", price), ("category", category)],
+                    ),
                     stage,
                 )
             }
-            Stage::Customer => (product("product_view", &user), stage),
+            Stage::Customer => (product("product_view", &[User]), stage),
         };
         self.stages[slot] = next;
         event
+    }
+}
+
+/// Which of a customer's keys an event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Anon,
+    User,
+    Email,
+    Card,
+}
+
+impl KeyKind {
+    fn write(self, c: u64, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        let _ = match self {
+            KeyKind::Anon => write!(out, "anon:{c}"),
+            KeyKind::User => write!(out, "user:{c}"),
+            KeyKind::Email => write!(out, "email:c{c}@example.com"),
+            KeyKind::Card => write!(out, "card:{c}"),
+        };
+    }
+}
+
+/// A property or attribute value of a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val {
+    Num(f64),
+    Str(&'static str),
+    Bool(bool),
+    /// A product code, `SKU-n`.
+    Sku(u32),
+}
+
+impl Val {
+    fn with<R>(self, scratch: &mut String, f: impl FnOnce(ValueRef<'_>) -> R) -> R {
+        match self {
+            Val::Num(n) => f(ValueRef::Num(n)),
+            Val::Str(s) => f(ValueRef::Str(s)),
+            Val::Bool(b) => f(ValueRef::Bool(b)),
+            Val::Sku(n) => {
+                use std::fmt::Write;
+                scratch.clear();
+                let _ = write!(scratch, "SKU-{n}");
+                f(ValueRef::Str(scratch))
+            }
+        }
+    }
+}
+
+/// One event of a journey, before it is written anywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub customer: u64,
+    pub event: &'static str,
+    pub channel: &'static str,
+    pub timestamp_ms: i64,
+    pub keys: &'static [KeyKind],
+    props: [(&'static str, Val); 4],
+    prop_count: usize,
+    attrs: [(&'static str, Val); 2],
+    attr_count: usize,
+}
+
+impl Step {
+    fn new(
+        customer: u64,
+        event: &'static str,
+        channel: &'static str,
+        timestamp_ms: i64,
+        keys: &'static [KeyKind],
+        props: &[(&'static str, Val)],
+        attrs: &[(&'static str, Val)],
+    ) -> Step {
+        let mut step = Step {
+            customer,
+            event,
+            channel,
+            timestamp_ms,
+            keys,
+            props: [("", Val::Num(0.0)); 4],
+            prop_count: props.len().min(4),
+            attrs: [("", Val::Num(0.0)); 2],
+            attr_count: attrs.len().min(2),
+        };
+        step.props[..step.prop_count].copy_from_slice(&props[..step.prop_count]);
+        step.attrs[..step.attr_count].copy_from_slice(&attrs[..step.attr_count]);
+        step
+    }
+
+    pub fn properties(&self) -> &[(&'static str, Val)] {
+        &self.props[..self.prop_count]
+    }
+
+    pub fn attributes(&self) -> &[(&'static str, Val)] {
+        &self.attrs[..self.attr_count]
+    }
+
+    pub fn to_raw(&self) -> RawEvent {
+        let mut scratch = String::new();
+        let mut e = RawEvent::new(self.event, self.channel, self.timestamp_ms);
+        for k in self.keys {
+            k.write(self.customer, &mut scratch);
+            e.keys.push(scratch.clone());
+        }
+        for (name, v) in self.properties() {
+            let value = v.with(&mut scratch, |v| v.to_owned());
+            e.properties.push((name.to_string(), value));
+        }
+        for (name, v) in self.attributes() {
+            let value = v.with(&mut scratch, |v| v.to_owned());
+            e.attributes.push((name.to_string(), value));
+        }
+        e
+    }
+
+    pub fn write(&self, out: &mut IngestWriter, scratch: &mut String) {
+        out.event(
+            self.event,
+            self.channel,
+            self.timestamp_ms,
+            self.keys.len() as u8,
+        );
+        for k in self.keys {
+            k.write(self.customer, scratch);
+            out.key(scratch);
+        }
+        out.properties(self.prop_count as u8);
+        for (name, v) in self.properties() {
+            v.with(scratch, |v| out.property(name, v));
+        }
+        out.attributes(self.attr_count as u8);
+        for (name, v) in self.attributes() {
+            v.with(scratch, |v| out.attribute(name, v));
+        }
     }
 }
 
@@ -347,5 +541,26 @@ mod tests {
         let err = Mix::from_toml("carted_login = 0.9\ncarted_abandon = 0.2").unwrap_err();
         assert!(err.contains("carted probabilities add up to"), "{err}");
         assert!(Mix::from_toml("carted_logon = 1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+    use omnia::protocol::Request;
+
+    #[test]
+    fn written_events_are_the_raw_events() {
+        let mut a = Journeys::new(Mix::default(), 0, 500, 1.05, 9).unwrap();
+        let mut b = Journeys::new(Mix::default(), 0, 500, 1.05, 9).unwrap();
+        let raw: Vec<RawEvent> = (0..2000).map(|i| a.next(i)).collect();
+        let mut w = IngestWriter::default();
+        for i in 0..2000 {
+            b.write_next(i, &mut w);
+        }
+        assert_eq!(
+            w.finish(),
+            Request::Ingest { events: raw }.encode().unwrap()
+        );
     }
 }

@@ -82,8 +82,14 @@ impl RedisTarget {
 
 impl Target for RedisTarget {
     async fn execute(&self, op: Op) -> Result<u64, String> {
-        let Op::Ingest(events) = op else {
-            return Err("the Redis baseline implements the ingest workload only".into());
+        let events = match op {
+            Op::Ingest(events) => events,
+            Op::IngestBody(body, _) => omnia::protocol::IngestBatch::decode(&body)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|e| e.to_owned())
+                .collect(),
+            _ => return Err("the Redis baseline implements the ingest workload only".into()),
         };
         let mut pipe = redis::pipe();
         for e in &events {

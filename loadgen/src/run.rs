@@ -305,6 +305,7 @@ async fn stream_task<T: Target>(
         };
         Pacing::Open { per_second }
     };
+    let bodies = target.takes_bodies();
     let target = Arc::new(target);
     let mut record = OpRecord::default();
     let errors: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
@@ -315,6 +316,15 @@ async fn stream_task<T: Target>(
         deadline,
         |i| {
             let op = match stream {
+                Stream::Ingest if bodies => {
+                    let now = clock.now_ms();
+                    let mut writer = omnia::protocol::IngestWriter::with_capacity(s.batch * 96);
+                    for _ in 0..s.batch {
+                        journeys.write_next(now, &mut writer);
+                    }
+                    let count = writer.len();
+                    Op::IngestBody(writer.finish(), count)
+                }
                 Stream::Ingest => {
                     let now = clock.now_ms();
                     Op::Ingest((0..s.batch).map(|_| journeys.next(now)).collect())

@@ -14,6 +14,8 @@ use omnia::protocol::ErrorCode;
 #[derive(Debug, Clone)]
 pub enum Op {
     Ingest(Vec<RawEvent>),
+    /// An INGEST body already written, and how many events it holds.
+    IngestBody(bytes::Bytes, u32),
     Decide(DecisionRequest),
     Feedback(FeedbackKind, FeedbackTarget),
     /// A segment count or set-algebra query.
@@ -23,7 +25,7 @@ pub enum Op {
 impl Op {
     pub fn kind(&self) -> OpKind {
         match self {
-            Op::Ingest(_) => OpKind::Ingest,
+            Op::Ingest(_) | Op::IngestBody(..) => OpKind::Ingest,
             Op::Decide(_) => OpKind::Decide,
             Op::Feedback(..) => OpKind::Feedback,
             Op::Query(_) => OpKind::Query,
@@ -62,6 +64,12 @@ impl OpKind {
 /// otherwise. An error is counted, never hidden: a rejected event in a batch is one.
 pub trait Target: Send + Sync + 'static {
     fn execute(&self, op: Op) -> impl Future<Output = Result<u64, String>> + Send;
+
+    /// Whether ingest should come as [`Op::IngestBody`] (written without allocating per
+    /// event) rather than as [`RawEvent`]s.
+    fn takes_bodies(&self) -> bool {
+        false
+    }
 }
 
 /// An omnia server, one pipelined connection per target.
@@ -79,9 +87,24 @@ impl OmniaTarget {
 }
 
 impl Target for OmniaTarget {
+    fn takes_bodies(&self) -> bool {
+        true
+    }
+
     async fn execute(&self, op: Op) -> Result<u64, String> {
         let c = &self.client;
         match op {
+            Op::IngestBody(body, _) => {
+                let ack = c.ingest_body(body).await.map_err(|e| e.to_string())?;
+                match ack.rejected.first() {
+                    None => Ok(ack.accepted as u64),
+                    Some(r) => Err(format!(
+                        "{} of the batch rejected, the first: {}",
+                        ack.rejected.len(),
+                        r.message
+                    )),
+                }
+            }
             Op::Ingest(events) => {
                 let ack = c.ingest(events).await.map_err(|e| e.to_string())?;
                 match ack.rejected.first() {
@@ -140,6 +163,16 @@ impl Target for InProcessTarget {
                     None => Ok(applied),
                     Some(err) => Err(err),
                 }
+            }
+            Op::IngestBody(body, _) => {
+                let batch =
+                    omnia::protocol::IngestBatch::decode(&body).map_err(|e| e.to_string())?;
+                let mut applied = 0;
+                for event in batch.iter() {
+                    e.ingest(&event).map_err(|e| e.to_string())?;
+                    applied += 1;
+                }
+                Ok(applied)
             }
             Op::Decide(request) => e.decide(&request).map(|_| 1).map_err(|e| e.to_string()),
             Op::Feedback(kind, target) => match e.feedback(kind, &target) {

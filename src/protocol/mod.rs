@@ -19,7 +19,7 @@ pub mod message;
 
 pub use error::ErrorCode;
 pub use frame::{Frame, FrameError, HEADER_LEN};
-pub use ingest::{EventRef, IngestBatch};
+pub use ingest::{EventRef, IngestBatch, IngestWriter};
 pub use message::{Request, Response};
 
 /// The protocol version this build speaks.
