@@ -26,6 +26,9 @@ static GLOBAL: MiMalloc = MiMalloc;
 enum TargetKind {
     /// An omnia server, through omnia::client (`--addr`).
     Omnia,
+    /// An omnia server started inside this process on an ephemeral port (with `--config`
+    /// or the embedded default), driven over TCP: a benchmark in one command.
+    Spawn,
     /// An engine inside this process: no network, the engine's own ceiling.
     Inprocess,
     /// Redis (`--redis`), the baseline: ingest only.
@@ -191,6 +194,31 @@ fn main() -> anyhow::Result<()> {
                     async move { OmniaTarget::connect(&addr).await }
                 })
                 .await
+            }
+            TargetKind::Spawn => {
+                let engine = Arc::new(omnia::engine::Engine::new(
+                    config,
+                    Arc::new(omnia::clock::SystemClock),
+                ));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?.to_string();
+                let shared = Arc::new(omnia::server::Shared {
+                    engine,
+                    limits: omnia::server::Limits::default(),
+                    stats: omnia::server::ServerStats::default(),
+                });
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(omnia::server::run(listener, shared, async move {
+                    let _ = stopped.await;
+                }));
+                let report = run(settings, &format!("omnia spawned at {addr}"), || {
+                    let addr = addr.clone();
+                    async move { OmniaTarget::connect(&addr).await }
+                })
+                .await;
+                let _ = stop.send(());
+                let _ = server.await;
+                report
             }
             TargetKind::Inprocess => {
                 let engine = Arc::new(omnia::engine::Engine::new(
