@@ -23,6 +23,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +79,11 @@ where
     // Whether the next send waited for a free slot in the pipeline.
     let mut held_back = false;
     loop {
+        // Take every completion that is ready, without waiting. Polling also moves the
+        // requests just added along (a request is sent when first polled).
+        while let Some(Some(done)) = in_flight.next().now_or_never() {
+            record(done);
+        }
         let intended = match period {
             Some(p) => start + p.mul_f64(sent as f64),
             None => Instant::now(),
@@ -87,25 +93,37 @@ where
             break;
         }
         if more && in_flight.len() < depth {
-            tokio::select! {
-                biased;
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => record(done),
-                _ = tokio::time::sleep_until(intended) => {
-                    let request = next.take().unwrap_or_else(|| make(sent));
-                    sent += 1;
-                    let intended = if held_back {
-                        intended
-                    } else {
-                        intended.max(Instant::now())
-                    };
-                    held_back = false;
-                    in_flight.push(async move {
-                        let result = request.await;
-                        Completion { intended, completed: Instant::now(), result }
-                    });
-                    next = Some(make(sent));
+            let now = Instant::now();
+            if intended > now {
+                // Not due yet: wait for it or for a completion, whichever comes first.
+                // (A timer deadline is rounded up to the next millisecond, so a request
+                // that is already due never goes through it.)
+                tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                        record(done);
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(intended) => {}
                 }
             }
+            let request = next.take().unwrap_or_else(|| make(sent));
+            sent += 1;
+            let intended = if held_back {
+                intended
+            } else {
+                intended.max(Instant::now())
+            };
+            held_back = false;
+            in_flight.push(async move {
+                let result = request.await;
+                Completion {
+                    intended,
+                    completed: Instant::now(),
+                    result,
+                }
+            });
+            next = Some(make(sent));
         } else if let Some(done) = in_flight.next().await {
             held_back = more;
             record(done);
