@@ -15,7 +15,7 @@ use loadgen::journey::Mix;
 use loadgen::redis_target::RedisTarget;
 use loadgen::report::Report;
 use loadgen::run::{run, Settings, TimeMode, Workload};
-use loadgen::target::{InProcessTarget, OmniaTarget};
+use loadgen::target::{spawn_server, InProcessTarget, OmniaTarget};
 use mimalloc::MiMalloc;
 use omnia::config::Config;
 
@@ -196,28 +196,13 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             TargetKind::Spawn => {
-                let engine = Arc::new(omnia::engine::Engine::new(
-                    config,
-                    Arc::new(omnia::clock::SystemClock),
-                ));
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let addr = listener.local_addr()?.to_string();
-                let shared = Arc::new(omnia::server::Shared {
-                    engine,
-                    limits: omnia::server::Limits::default(),
-                    stats: omnia::server::ServerStats::default(),
-                });
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::spawn(omnia::server::run(listener, shared, async move {
-                    let _ = stopped.await;
-                }));
+                let (addr, stop) = spawn_server(config).await?;
                 let report = run(settings, &format!("omnia spawned at {addr}"), || {
                     let addr = addr.clone();
                     async move { OmniaTarget::connect(&addr).await }
                 })
                 .await;
                 let _ = stop.send(());
-                let _ = server.await;
                 report
             }
             TargetKind::Inprocess => {

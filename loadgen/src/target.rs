@@ -94,28 +94,8 @@ impl Target for OmniaTarget {
     async fn execute(&self, op: Op) -> Result<u64, String> {
         let c = &self.client;
         match op {
-            Op::IngestBody(body, _) => {
-                let ack = c.ingest_body(body).await.map_err(|e| e.to_string())?;
-                match ack.rejected.first() {
-                    None => Ok(ack.accepted as u64),
-                    Some(r) => Err(format!(
-                        "{} of the batch rejected, the first: {}",
-                        ack.rejected.len(),
-                        r.message
-                    )),
-                }
-            }
-            Op::Ingest(events) => {
-                let ack = c.ingest(events).await.map_err(|e| e.to_string())?;
-                match ack.rejected.first() {
-                    None => Ok(ack.accepted as u64),
-                    Some(r) => Err(format!(
-                        "{} of the batch rejected, the first: {}",
-                        ack.rejected.len(),
-                        r.message
-                    )),
-                }
-            }
+            Op::IngestBody(body, _) => acknowledged(c.ingest_body(body).await),
+            Op::Ingest(events) => acknowledged(c.ingest(events).await),
             Op::Decide(request) => c
                 .decide(request)
                 .await
@@ -137,6 +117,39 @@ impl Target for OmniaTarget {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// An ingest acknowledgement as units applied; any rejected event makes it an error.
+fn acknowledged(ack: Result<omnia::client::Ingested, ClientError>) -> Result<u64, String> {
+    let ack = ack.map_err(|e| e.to_string())?;
+    match ack.rejected.first() {
+        None => Ok(ack.accepted as u64),
+        Some(r) => Err(format!(
+            "{} of the batch rejected, the first: {}",
+            ack.rejected.len(),
+            r.message
+        )),
+    }
+}
+
+/// An omnia server started inside this process on an ephemeral port: a benchmark (or a
+/// test) in one command. Send on the returned sender to stop it.
+pub async fn spawn_server(
+    config: omnia::config::Config,
+) -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let shared = Arc::new(omnia::server::Shared {
+        engine,
+        limits: omnia::server::Limits::default(),
+        stats: omnia::server::ServerStats::default(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(omnia::server::run(listener, shared, async move {
+        let _ = stopped.await;
+    }));
+    Ok((addr, stop))
 }
 
 /// The engine in this process: what omnia does without the network.

@@ -2,33 +2,15 @@
 //! checks that the report is right (counts, rates, no errors, every output format), not
 //! speed: rates are low so that a busy 2-core machine keeps up.
 
-use std::sync::Arc;
-
 use loadgen::journey::Mix;
 use loadgen::run::{run, Settings, TimeMode, Workload};
-use loadgen::target::{OmniaTarget, OpKind};
-use omnia::clock::SystemClock;
+use loadgen::target::{spawn_server, OmniaTarget, OpKind};
 use omnia::config::Config;
-use omnia::engine::Engine;
-use omnia::server::{Limits, ServerStats, Shared};
 
-async fn server() -> (String, Arc<Engine>, tokio::sync::oneshot::Sender<()>) {
-    let engine = Arc::new(Engine::new(
-        Config::embedded_default().unwrap(),
-        Arc::new(SystemClock),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shared = Arc::new(Shared {
-        engine: engine.clone(),
-        limits: Limits::default(),
-        stats: ServerStats::default(),
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(omnia::server::run(listener, shared, async move {
-        let _ = stopped.await;
-    }));
-    (addr, engine, stop)
+async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
+    spawn_server(Config::embedded_default().unwrap())
+        .await
+        .unwrap()
 }
 
 fn settings(workload: Workload) -> Settings {
@@ -65,7 +47,7 @@ fn settings(workload: Workload) -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_run_reports_what_the_server_did() {
-    let (addr, engine, stop) = server().await;
+    let (addr, stop) = server().await;
     let report = run(settings(Workload::Mixed), "omnia", || {
         let addr = addr.clone();
         async move { OmniaTarget::connect(&addr).await }
@@ -94,9 +76,18 @@ async fn a_mixed_run_reports_what_the_server_did() {
         "5000 events/s in batches of 50"
     );
     assert_eq!(ingest.units_per_second, ingest.achieved_rate * 50.0);
-    // The server saw the events: everything sent after the warm-up, and more.
-    assert!(engine.stats().events_applied >= ingest.count * 50);
-    assert!(engine.offer_stats().iter().any(|s| s.decisions > 0));
+    // The server saw the events and the decisions: everything sent after the warm-up,
+    // and more.
+    let client = omnia::client::Client::connect(&addr).await.unwrap();
+    let stats = client.stats_with_offers().await.unwrap();
+    assert!(stats.events_ingested >= ingest.count * 50);
+    let decided: u64 = stats
+        .offers
+        .iter()
+        .filter(|o| o.experiment.is_none())
+        .map(|o| o.decisions)
+        .sum();
+    assert!(decided >= report.ops[1].count, "{decided}");
 
     let table = report.table();
     assert!(
@@ -113,7 +104,7 @@ async fn a_mixed_run_reports_what_the_server_did() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_and_closed_loop_runs() {
-    let (addr, _engine, stop) = server().await;
+    let (addr, stop) = server().await;
     let connect = || {
         let addr = addr.clone();
         async move { OmniaTarget::connect(&addr).await }
