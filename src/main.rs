@@ -66,10 +66,12 @@ struct ServeOptions {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: String,
-    /// Data directory (created if missing). Durability arrives with the write-ahead
-    /// log; until then nothing is written to it.
+    /// Data directory (created if missing): the write-ahead log, replayed at start.
     #[arg(long, default_value = "./omnia-data")]
     data_dir: PathBuf,
+    /// Override `[storage] fsync`: always, interval or never.
+    #[arg(long, value_parser = parse_fsync)]
+    fsync: Option<omnia::config::FsyncPolicy>,
     /// Number of shards, overriding engine.shards (a power of two up to 256).
     #[arg(long)]
     shards: Option<u32>,
@@ -169,12 +171,10 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         options.max_connections > 0,
         "--max-connections must be at least 1"
     );
-    std::fs::create_dir_all(&options.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            options.data_dir.display()
-        )
-    })?;
+    if let Some(policy) = options.fsync {
+        config.storage.fsync = policy;
+    }
+    let wal_dir = omnia::store::open_data_dir(&options.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,7 +183,26 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&options.listen)
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let storage = config.storage.clone();
         let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
+        let recovered = omnia::store::recover(&wal_dir, &engine)?;
+        tracing::info!("{recovered}");
+        let wal = omnia::store::wal::Wal::open(
+            &wal_dir,
+            recovered.last_sequence + 1,
+            omnia::store::wal::WalOptions {
+                policy: storage.fsync,
+                interval: storage.fsync_interval,
+                segment_bytes: storage.segment_bytes,
+            },
+        )
+        .with_context(|| format!("cannot open the write-ahead log in {}", wal_dir.display()))?;
+        engine.attach_journal(wal.clone());
+        tracing::info!(
+            data_dir = %options.data_dir.display(),
+            fsync = storage.fsync.name(),
+            "write-ahead log open"
+        );
         tracing::info!(
             addr = %listener.local_addr()?,
             config = %engine.config().source_name,
@@ -219,12 +238,22 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 }
             }
         });
-        omnia::server::run(listener, shared, shutdown_signal())
-            .await
-            .context("the server stopped accepting connections")?;
+        let served = omnia::server::run(listener, shared, shutdown_signal()).await;
+        // Whatever was acknowledged is in the log already; this syncs the rest.
+        wal.close();
+        served.context("the server stopped accepting connections")?;
         tracing::info!("omnia stopped");
         anyhow::Ok(())
     })
+}
+
+fn parse_fsync(text: &str) -> Result<omnia::config::FsyncPolicy, String> {
+    match text {
+        "always" => Ok(omnia::config::FsyncPolicy::Always),
+        "interval" => Ok(omnia::config::FsyncPolicy::Interval),
+        "never" => Ok(omnia::config::FsyncPolicy::Never),
+        other => Err(format!("`{other}`: expected always, interval or never")),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub scores: IndexMap<Spanned<String>, RawScore>,
     #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
     pub decisions: Option<Spanned<RawDecisions>>,
     #[serde(default)]
     pub offers: IndexMap<Spanned<String>, RawOffer>,
@@ -192,4 +194,13 @@ pub struct RawArm {
     pub offers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub weights: IndexMap<Spanned<String>, f64>,
+}
+
+/// `[storage]`: the write-ahead log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub fsync: Option<super::FsyncPolicy>,
+    pub fsync_interval_ms: Option<Spanned<u64>>,
+    pub segment_mib: Option<Spanned<u64>>,
 }

@@ -62,6 +62,48 @@ impl ValueType {
     }
 }
 
+/// When the write-ahead log is synced to stable storage (`[storage] fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Acknowledge an event only after the log is synced: survives power loss.
+    Always,
+    /// Acknowledge after the write; sync at most every `fsync_interval_ms`: survives a
+    /// crash of the process, may lose that interval on power loss.
+    #[default]
+    Interval,
+    /// Acknowledge after the write; the kernel syncs when it likes.
+    Never,
+}
+
+impl FsyncPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Interval => "interval",
+            FsyncPolicy::Never => "never",
+        }
+    }
+}
+
+/// Settings of the write-ahead log, from `[storage]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSettings {
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: std::time::Duration,
+    pub segment_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: std::time::Duration::from_millis(100),
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
 /// Engine settings from the `[engine]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
@@ -229,6 +271,7 @@ pub struct Config {
     /// crc32c of the config text, shown as the config version.
     pub version: u32,
     pub engine: EngineSettings,
+    pub storage: StorageSettings,
     pub namespaces: Vec<String>,
     pub channels: Vec<String>,
     pub attributes: Vec<AttributeDef>,
@@ -498,6 +541,38 @@ impl Builder<'_> {
                 .unwrap_or(engine.recheck_interval);
         }
         engine.unknown_properties = raw.engine.unknown_properties.unwrap_or_default();
+        let mut storage = StorageSettings::default();
+        if let Some(policy) = raw.storage.fsync {
+            storage.fsync = policy;
+        }
+        if let Some(ms) = &raw.storage.fsync_interval_ms {
+            if !(1..=60_000).contains(ms.get_ref()) {
+                self.error(
+                    ms.span(),
+                    format!(
+                        "storage.fsync_interval_ms is {}, but it must be from 1 to 60000",
+                        ms.get_ref()
+                    ),
+                    None,
+                );
+            } else {
+                storage.fsync_interval = std::time::Duration::from_millis(*ms.get_ref());
+            }
+        }
+        if let Some(mib) = &raw.storage.segment_mib {
+            if !(1..=4096).contains(mib.get_ref()) {
+                self.error(
+                    mib.span(),
+                    format!(
+                        "storage.segment_mib is {}, but it must be from 1 to 4096",
+                        mib.get_ref()
+                    ),
+                    None,
+                );
+            } else {
+                storage.segment_bytes = mib.get_ref() << 20;
+            }
+        }
 
         // Names.
         let namespaces = self.names(raw.identity.namespaces.get_ref(), "identity namespace");
@@ -777,6 +852,7 @@ impl Builder<'_> {
             source_name: self.source.name.clone(),
             version: crc32c::crc32c(self.source.text.as_bytes()),
             engine,
+            storage,
             namespaces,
             channels,
             attributes,

@@ -110,6 +110,8 @@ pub struct Engine {
     events_applied: AtomicU64,
     merges: AtomicU64,
     pub(crate) decider: crate::decide::Decider,
+    /// Where accepted events are logged, once recovery has replayed the old ones.
+    journal: std::sync::OnceLock<Arc<crate::store::wal::Wal>>,
 }
 
 /// A known customer under its shard lock: its profile to read, its offer history to
@@ -140,6 +142,7 @@ impl Engine {
             .collect();
         let decider = crate::decide::Decider::new(&plan.config, clock.now_ms());
         Engine {
+            journal: std::sync::OnceLock::new(),
             decider,
             plan,
             shards,
@@ -195,10 +198,24 @@ impl Engine {
         event::resolve(&self.plan.config, raw)
     }
 
-    /// Resolves and applies a raw event.
+    /// Resolves and applies a raw event, and logs it if a write-ahead log is attached.
     pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
-        self.apply(&event)
+        let applied = self.apply(&event)?;
+        if let Some(journal) = self.journal.get() {
+            journal.append(raw);
+        }
+        Ok(applied)
+    }
+
+    /// Logs every event accepted from now on (after recovery has replayed the log).
+    /// A second call is ignored.
+    pub fn attach_journal(&self, journal: Arc<crate::store::wal::Wal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    pub fn journal(&self) -> Option<&Arc<crate::store::wal::Wal>> {
+        self.journal.get()
     }
 
     /// Applies a resolved event: identity, aggregates, segments, scores, timers.

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     BadContext = 24,
     /// FEEDBACK for a customer omnia does not know, with no event type to create one.
     UnknownCustomer = 25,
+    /// The write-ahead log failed: what the request changed is not durable, so it is not
+    /// acknowledged. An operator must look at the server's log and disk.
+    StorageFailed = 26,
 }
 
 impl ErrorCode {
@@ -71,6 +74,7 @@ impl ErrorCode {
             23 => BudgetSpent,
             24 => BadContext,
             25 => UnknownCustomer,
+            26 => StorageFailed,
             _ => return None,
         })
     }
@@ -102,6 +106,7 @@ impl ErrorCode {
             BudgetSpent => "BUDGET_SPENT",
             BadContext => "BAD_CONTEXT",
             UnknownCustomer => "UNKNOWN_CUSTOMER",
+            StorageFailed => "STORAGE_FAILED",
         }
     }
 

@@ -244,7 +244,20 @@ impl Handler {
                 return Ok(());
             };
             let started = Instant::now();
-            let response = self.respond(&frame);
+            let journal = self.shared.engine.journal().cloned();
+            let logged_before = journal.as_ref().map_or(0, |j| j.last_appended());
+            let mut response = self.respond(&frame);
+            // What the request changed must be durable, as the fsync policy promises,
+            // before the client hears of it.
+            if let Some(journal) = &journal {
+                let logged = journal.last_appended();
+                if logged > logged_before {
+                    if let Err(e) = journal.durable(logged).await {
+                        warn!(peer = %self.peer, error = %e, "cannot acknowledge: the log failed");
+                        response = Response::error(ErrorCode::StorageFailed, e);
+                    }
+                }
+            }
             let error = match &response {
                 Response::Error { code, .. } => Some(*code),
                 _ => None,

@@ -1,0 +1,260 @@
+//! Durability: the data directory, the write-ahead log and recovery.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! FORMAT                 "omnia data directory, format 1": checked at every start
+//! wal/<sequence>.log     the write-ahead log, in segments named by their first record
+//! ```
+//!
+//! At start, [`recover`] replays every record of the log into the engine, in order, and
+//! checks each: a record cut short or failing its checksum at the very end of the last
+//! segment is a write torn by a crash, so it is cut off and reported; anything else
+//! wrong stops the start with an error that names the file, the byte offset and what
+//! to do, because continuing would silently lose events that were acknowledged. Then
+//! [`wal::Wal::open`] appends after the last record.
+//!
+//! Not here yet: snapshots (so recovery replays the whole log, and log files are never
+//! removed), and offer state (caps, budgets, stickiness), which the log does not carry
+//! beyond the feedback events in profiles.
+
+pub mod wal;
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::engine::Engine;
+use crate::protocol::IngestBatch;
+use wal::{HEADER, MAX_PAYLOAD};
+
+/// The first line of `FORMAT`; a directory with another one is refused.
+pub const FORMAT: &str = "omnia data directory, format 1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not empty and has no FORMAT file, so it is not an omnia data directory; point --data-dir at an empty or new directory")]
+    NotADataDirectory { path: PathBuf },
+    #[error("{path} was written by an incompatible version of omnia (its FORMAT says `{found}`, this version writes `{FORMAT}`); start the version that wrote it, or use another --data-dir")]
+    IncompatibleFormat { path: PathBuf, found: String },
+    #[error("{path}, byte {offset}: {reason}. Records after this point cannot be trusted, and skipping them would lose acknowledged events, so omnia does not start. Restore the data directory from a backup, or, to accept losing everything from this record on, truncate the file to {offset} bytes and remove later log files")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path}, byte {offset}: record {sequence} no longer applies under this config: {reason}. Start with the config that accepted it, or change the config so that it applies")]
+    Replay {
+        path: PathBuf,
+        offset: u64,
+        sequence: u64,
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens (or creates) a data directory, checking its format.
+pub fn open_data_dir(path: &Path) -> Result<PathBuf, StoreError> {
+    std::fs::create_dir_all(path).map_err(io(path))?;
+    let format = path.join("FORMAT");
+    match std::fs::read_to_string(&format) {
+        Ok(text) => {
+            let found = text.lines().next().unwrap_or("").trim().to_string();
+            if found != FORMAT {
+                return Err(StoreError::IncompatibleFormat {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let empty = std::fs::read_dir(path).map_err(io(path))?.next().is_none();
+            if !empty {
+                return Err(StoreError::NotADataDirectory {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::write(&format, format!("{FORMAT}\n")).map_err(io(&format))?;
+            std::fs::File::open(path)
+                .and_then(|d| d.sync_all())
+                .map_err(io(path))?;
+        }
+        Err(e) => return Err(io(&format)(e)),
+    }
+    Ok(path.join("wal"))
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    pub events: u64,
+    pub segments: usize,
+    /// The last record's sequence (0 for an empty log).
+    pub last_sequence: u64,
+    /// A torn tail that was cut: the file, where, and how many bytes.
+    pub truncated: Option<(PathBuf, u64, u64)>,
+    pub took: Duration,
+}
+
+impl std::fmt::Display for Recovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "recovered {} events from {} log files in {:.2?}",
+            self.events, self.segments, self.took
+        )?;
+        if let Some((path, offset, bytes)) = &self.truncated {
+            write!(
+                f,
+                "; cut a torn write of {bytes} bytes at the end of {} (byte {offset})",
+                path.display()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The log's segment files, oldest first.
+pub fn segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(wal_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(io(wal_dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(wal_dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(first) = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.push((first, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Why the record at `at` of `bytes` is not whole and valid, or its length.
+fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), String> {
+    let rest = &bytes[at..];
+    if rest.len() < HEADER {
+        return Err(format!(
+            "a record header needs {HEADER} bytes, {} remain",
+            rest.len()
+        ));
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if !(8..=MAX_PAYLOAD).contains(&len) {
+        return Err(format!("record length {len} is impossible"));
+    }
+    if rest.len() < HEADER + len {
+        return Err(format!(
+            "the record claims {len} bytes, {} remain",
+            rest.len() - HEADER
+        ));
+    }
+    let payload = &rest[HEADER..HEADER + len];
+    if crc32c::crc32c(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let sequence = u64::from_le_bytes(payload[..8].try_into().unwrap_or([0; 8]));
+    Ok((sequence, len))
+}
+
+/// Replays the log into `engine`; cuts a torn tail; refuses anything else that is wrong.
+pub fn recover(wal_dir: &Path, engine: &Engine) -> Result<Recovered, StoreError> {
+    let started = Instant::now();
+    let files = segments(wal_dir)?;
+    let mut expected = files.first().map_or(1, |(first, _)| *first);
+    let mut events = 0;
+    let mut truncated = None;
+    for (i, (first, path)) in files.iter().enumerate() {
+        let last_file = i + 1 == files.len();
+        if *first != expected {
+            return Err(StoreError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!(
+                    "the file starts at record {first}, but record {expected} comes next"
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let mut at = 0;
+        while at < bytes.len() {
+            match check_record(&bytes, at) {
+                Ok((sequence, len)) => {
+                    if sequence != expected {
+                        return Err(StoreError::Corrupt {
+                            path: path.clone(),
+                            offset: at as u64,
+                            reason: format!(
+                                "record {sequence} where record {expected} was expected"
+                            ),
+                        });
+                    }
+                    let body = &bytes[at + HEADER + 8..at + HEADER + len];
+                    let replayed = IngestBatch::decode(body)
+                        .map_err(|e| e.to_string())
+                        .and_then(|batch| {
+                            batch.iter().try_for_each(|event| {
+                                engine.ingest(&event).map(|_| ()).map_err(|e| e.to_string())
+                            })
+                        });
+                    if let Err(reason) = replayed {
+                        return Err(StoreError::Replay {
+                            path: path.clone(),
+                            offset: at as u64,
+                            sequence,
+                            reason,
+                        });
+                    }
+                    events += 1;
+                    expected += 1;
+                    at += HEADER + len;
+                }
+                Err(reason) => {
+                    let more_valid = (at + 1..bytes.len()).any(|p| check_record(&bytes, p).is_ok());
+                    if !last_file || more_valid {
+                        return Err(StoreError::Corrupt {
+                            path: path.clone(),
+                            offset: at as u64,
+                            reason,
+                        });
+                    }
+                    // A write torn by a crash: nothing valid follows in the last file.
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io(path))?;
+                    file.set_len(at as u64).map_err(io(path))?;
+                    file.sync_all().map_err(io(path))?;
+                    tracing::warn!(file = %path.display(), offset = at, bytes = bytes.len() - at, %reason, "cut a torn write at the end of the log");
+                    truncated = Some((path.clone(), at as u64, (bytes.len() - at) as u64));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Recovered {
+        events,
+        segments: files.len(),
+        last_sequence: expected - 1,
+        truncated,
+        took: started.elapsed(),
+    })
+}

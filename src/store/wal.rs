@@ -1,0 +1,274 @@
+//! The write-ahead log: every event the engine accepts, in files, before the client
+//! hears that it was accepted.
+//!
+//! Record: `u32 length, u32 crc32c, payload`, little-endian, where `length` counts the
+//! payload and the checksum covers it. The payload is `u64 sequence` and then the event
+//! as a one-event INGEST body (the protocol's layout, so the log needs no format of its
+//! own). Sequences start at 1 and have no gaps.
+//!
+//! Files: `wal/<first sequence, 20 digits>.log`, a new one when the current passes the
+//! segment size, so whole files can be removed once a snapshot covers them.
+//!
+//! Group commit: [`Wal::append`] copies a record into a shared buffer and returns its
+//! sequence; a writer thread takes everything buffered in one `write`, then syncs as the
+//! fsync policy says and publishes how far it got. A connection waits with
+//! [`Wal::durable`] for its last event's sequence before it answers, so records from
+//! many connections share one write and one fsync.
+//!
+//! Policies: `always` publishes a sequence only after `fdatasync`; `interval` publishes
+//! after the write (the data is in the kernel: a crash of the process loses nothing) and
+//! syncs at most every interval; `never` leaves syncing to the kernel.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use crate::model::EventView;
+use crate::protocol::IngestWriter;
+
+/// Bytes before a record's payload.
+pub const HEADER: usize = 8;
+/// Longest accepted payload: an event is far smaller; a longer length is corruption.
+pub const MAX_PAYLOAD: usize = 1 << 24;
+
+pub use crate::config::FsyncPolicy;
+
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    pub policy: FsyncPolicy,
+    pub interval: Duration,
+    pub segment_bytes: u64,
+}
+
+struct Pending {
+    buf: Vec<u8>,
+    /// The sequence of the last record in `buf` (or written before, if empty).
+    last: u64,
+    closed: bool,
+}
+
+/// An open log, appending after `next - 1`.
+pub struct Wal {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// The highest sequence a client may be told is stored, by the policy.
+    durable: watch::Sender<u64>,
+    /// A write or sync error: the log stops, and so must acknowledgements.
+    failed: Mutex<Option<String>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The path of the segment whose first record has `sequence`.
+pub fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
+    dir.join(format!("{sequence:020}.log"))
+}
+
+/// Encodes one event as a record payload's event part.
+pub fn encode_event(event: &impl EventView) -> bytes::Bytes {
+    let mut w = IngestWriter::with_capacity(128);
+    let keys: Vec<&str> = event.keys().collect();
+    w.event(
+        event.event_type(),
+        event.channel(),
+        event.timestamp_ms(),
+        keys.len().min(255) as u8,
+    );
+    for k in keys.iter().take(255) {
+        w.key(k);
+    }
+    let props: Vec<_> = event.properties().collect();
+    w.properties(props.len().min(255) as u8);
+    for (name, value) in props.iter().take(255) {
+        w.property(name, *value);
+    }
+    let attrs: Vec<_> = event.attributes().collect();
+    w.attributes(attrs.len().min(255) as u8);
+    for (name, value) in attrs.iter().take(255) {
+        w.attribute(name, *value);
+    }
+    w.finish()
+}
+
+impl Wal {
+    /// Opens the log in `dir` for appending records from `next` on, starting a new
+    /// segment file.
+    pub fn open(dir: &Path, next: u64, options: WalOptions) -> std::io::Result<Arc<Wal>> {
+        std::fs::create_dir_all(dir)?;
+        let (durable, _) = watch::channel(next - 1);
+        let wal = Arc::new(Wal {
+            pending: Mutex::new(Pending {
+                buf: Vec::with_capacity(1 << 20),
+                last: next - 1,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            durable,
+            failed: Mutex::new(None),
+            writer: Mutex::new(None),
+        });
+        let mut file = Segment::create(dir, next)?;
+        let writer = wal.clone();
+        let dir = dir.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("omnia-wal".into())
+            .spawn(move || {
+                if let Err(e) = writer.write_loop(&dir, &mut file, &options) {
+                    tracing::error!(error = %e, "the write-ahead log failed; no more events are acknowledged");
+                    *writer.failed.lock() = Some(e.to_string());
+                    writer.durable.send_modify(|_| {});
+                }
+            })?;
+        *wal.writer.lock() = Some(handle);
+        Ok(wal)
+    }
+
+    /// Adds an event to the log; returns its sequence. The record is stored once
+    /// [`Wal::durable`] says so.
+    pub fn append(&self, event: &impl EventView) -> u64 {
+        let body = encode_event(event);
+        let mut p = self.pending.lock();
+        let sequence = p.last + 1;
+        p.last = sequence;
+        let len = (8 + body.len()) as u32;
+        let mut crc = crc32c::crc32c(&sequence.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &body);
+        p.buf.extend_from_slice(&len.to_le_bytes());
+        p.buf.extend_from_slice(&crc.to_le_bytes());
+        p.buf.extend_from_slice(&sequence.to_le_bytes());
+        p.buf.extend_from_slice(&body);
+        drop(p);
+        self.wake.notify_one();
+        sequence
+    }
+
+    /// The last sequence appended so far.
+    pub fn last_appended(&self) -> u64 {
+        self.pending.lock().last
+    }
+
+    /// Waits until `sequence` is stored as the policy promises. An error if the log
+    /// failed: the client must not be told that its events are safe.
+    pub async fn durable(&self, sequence: u64) -> Result<(), String> {
+        let mut rx = self.durable.subscribe();
+        loop {
+            if let Some(e) = self.failed.lock().clone() {
+                return Err(format!("the write-ahead log failed: {e}"));
+            }
+            if *rx.borrow_and_update() >= sequence {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err("the write-ahead log is closed".into());
+            }
+        }
+    }
+
+    /// Writes what is buffered, syncs, and stops the writer.
+    pub fn close(&self) {
+        self.pending.lock().closed = true;
+        self.wake.notify_one();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn write_loop(
+        &self,
+        dir: &Path,
+        file: &mut Segment,
+        options: &WalOptions,
+    ) -> std::io::Result<()> {
+        let mut batch = Vec::with_capacity(1 << 20);
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let (last, closed) = {
+                let mut p = self.pending.lock();
+                while p.buf.is_empty() && !p.closed {
+                    if options.policy == FsyncPolicy::Interval && unsynced {
+                        let wait = options.interval.saturating_sub(last_sync.elapsed());
+                        if self.wake.wait_for(&mut p, wait).timed_out() {
+                            break;
+                        }
+                    } else {
+                        self.wake.wait(&mut p);
+                    }
+                }
+                std::mem::swap(&mut p.buf, &mut batch);
+                (p.last, p.closed)
+            };
+            if !batch.is_empty() {
+                if file.len >= options.segment_bytes {
+                    file.sync()?;
+                    let first = last - count_records(&batch) + 1;
+                    *file = Segment::create(dir, first)?;
+                }
+                file.write(&batch)?;
+                batch.clear();
+                unsynced = true;
+                if options.policy == FsyncPolicy::Always {
+                    file.sync()?;
+                    unsynced = false;
+                    last_sync = Instant::now();
+                }
+                self.durable.send_replace(last);
+            }
+            if unsynced
+                && (closed
+                    || (options.policy == FsyncPolicy::Interval
+                        && last_sync.elapsed() >= options.interval))
+            {
+                file.sync()?;
+                unsynced = false;
+                last_sync = Instant::now();
+            }
+            if closed && self.pending.lock().buf.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Records in a buffer of whole records.
+fn count_records(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() >= HEADER {
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        buf = &buf[(HEADER + len).min(buf.len())..];
+        n += 1;
+    }
+    n
+}
+
+struct Segment {
+    file: File,
+    len: u64,
+}
+
+impl Segment {
+    fn create(dir: &Path, first: u64) -> std::io::Result<Segment> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, first))?;
+        let len = file.metadata()?.len();
+        // The new file's name must survive a power loss too.
+        File::open(dir)?.sync_all()?;
+        Ok(Segment { file, len })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
