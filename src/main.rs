@@ -105,7 +105,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Ctl(options) => ctl::run(options),
+        Command::Ctl(options) => {
+            // `omnia ctl profile KEY | head` must end quietly when `head` has read enough,
+            // as command-line tools do, not panic on a closed pipe.
+            #[cfg(unix)]
+            // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            ctl::run(options)
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 print!("{}", config.summary());
