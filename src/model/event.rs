@@ -39,6 +39,11 @@ pub trait EventView {
     fn keys(&self) -> impl Iterator<Item = &str>;
     fn properties(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)>;
     fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)>;
+    /// The event in the INGEST layout, when it already exists in that form (an event
+    /// read in place from a frame): the write-ahead log stores it as it is.
+    fn encoded(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl<T: EventView> EventView for &T {
@@ -59,6 +64,9 @@ impl<T: EventView> EventView for &T {
     }
     fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
         (*self).attributes()
+    }
+    fn encoded(&self) -> Option<&[u8]> {
+        (*self).encoded()
     }
 }
 

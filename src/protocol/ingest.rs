@@ -26,6 +26,8 @@ pub struct EventRef<'a> {
     keys: (u8, &'a [u8]),
     properties: (u8, &'a [u8]),
     attributes: (u8, &'a [u8]),
+    /// The whole event as it was on the wire, for logging it without re-encoding.
+    encoded: &'a [u8],
 }
 
 impl<'a> IngestBatch<'a> {
@@ -60,6 +62,7 @@ impl<'a> IngestBatch<'a> {
 }
 
 fn read_event<'a>(r: &mut Reader<'a>, i: u32) -> Result<EventRef<'a>, DecodeError> {
+    let whole = r.offset();
     let event = r.str(field!("event type of event {i}"))?;
     let channel = r.str(field!("channel of event {i}"))?;
     let timestamp_ms = r.i64(field!("timestamp of event {i}"))?;
@@ -90,6 +93,7 @@ fn read_event<'a>(r: &mut Reader<'a>, i: u32) -> Result<EventRef<'a>, DecodeErro
         keys,
         properties,
         attributes,
+        encoded: r.since(whole),
     })
 }
 
@@ -122,6 +126,9 @@ impl<'a> EventRef<'a> {
 }
 
 impl EventView for EventRef<'_> {
+    fn encoded(&self) -> Option<&[u8]> {
+        Some(self.encoded)
+    }
     fn event_type(&self) -> &str {
         self.event
     }

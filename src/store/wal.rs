@@ -68,30 +68,33 @@ pub fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}.log"))
 }
 
-/// Encodes one event as a record payload's event part.
-pub fn encode_event(event: &impl EventView) -> bytes::Bytes {
+/// Writes one event as a one-event INGEST body: copied as it is when it came in that
+/// layout, encoded otherwise.
+pub fn encode_event(event: &impl EventView, out: &mut Vec<u8>) {
+    out.extend_from_slice(&1u32.to_le_bytes());
+    if let Some(bytes) = event.encoded() {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut w = IngestWriter::with_capacity(128);
-    let keys: Vec<&str> = event.keys().collect();
     w.event(
         event.event_type(),
         event.channel(),
         event.timestamp_ms(),
-        keys.len().min(255) as u8,
+        event.keys().count().min(255) as u8,
     );
-    for k in keys.iter().take(255) {
+    for k in event.keys().take(255) {
         w.key(k);
     }
-    let props: Vec<_> = event.properties().collect();
-    w.properties(props.len().min(255) as u8);
-    for (name, value) in props.iter().take(255) {
-        w.property(name, *value);
+    w.properties(event.properties().count().min(255) as u8);
+    for (name, value) in event.properties().take(255) {
+        w.property(name, value);
     }
-    let attrs: Vec<_> = event.attributes().collect();
-    w.attributes(attrs.len().min(255) as u8);
-    for (name, value) in attrs.iter().take(255) {
-        w.attribute(name, *value);
+    w.attributes(event.attributes().count().min(255) as u8);
+    for (name, value) in event.attributes().take(255) {
+        w.attribute(name, value);
     }
-    w.finish()
+    out.extend_from_slice(&w.finish()[4..]);
 }
 
 impl Wal {
@@ -130,19 +133,25 @@ impl Wal {
     /// Adds an event to the log; returns its sequence. The record is stored once
     /// [`Wal::durable`] says so.
     pub fn append(&self, event: &impl EventView) -> u64 {
-        let body = encode_event(event);
         let mut p = self.pending.lock();
         let sequence = p.last + 1;
         p.last = sequence;
-        let len = (8 + body.len()) as u32;
-        let mut crc = crc32c::crc32c(&sequence.to_le_bytes());
-        crc = crc32c::crc32c_append(crc, &body);
-        p.buf.extend_from_slice(&len.to_le_bytes());
-        p.buf.extend_from_slice(&crc.to_le_bytes());
+        // Written in place: header, then the payload, then the header filled in.
+        let at = p.buf.len();
+        p.buf.extend_from_slice(&[0; HEADER]);
         p.buf.extend_from_slice(&sequence.to_le_bytes());
-        p.buf.extend_from_slice(&body);
+        encode_event(event, &mut p.buf);
+        let payload = &p.buf[at + HEADER..];
+        let len = payload.len() as u32;
+        let crc = crc32c::crc32c(payload);
+        p.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        p.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        let first = at == 0;
         drop(p);
-        self.wake.notify_one();
+        // The writer sleeps only when the buffer is empty: wake it for the first record.
+        if first {
+            self.wake.notify_one();
+        }
         sequence
     }
 
