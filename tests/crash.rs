@@ -142,22 +142,22 @@ async fn crash_rounds(data: &Path, fsync: &str, rounds: u64, seed: u64) {
         for t in tasks {
             t.await.unwrap();
         }
-        let mut l = ledger.lock().unwrap();
-        for (k, n) in std::mem::take(&mut l.in_flight) {
+        let in_flight = std::mem::take(&mut ledger.lock().unwrap().in_flight);
+        for (k, n) in in_flight {
             *maybe.entry(k).or_default() += n;
         }
     }
     let (mut child, addr) = start(data, fsync);
     let client = Client::connect(&addr).await.unwrap();
-    let l = ledger.lock().unwrap();
+    let acked_by_key = std::mem::take(&mut ledger.lock().unwrap().acked);
     assert!(
-        l.acked.values().sum::<u64>() > 0,
+        acked_by_key.values().sum::<u64>() > 0,
         "nothing was acknowledged before the kills"
     );
     for c in 0..CONNECTIONS {
         for k in 0..KEYS_PER_CONNECTION {
             let key = format!("user:c{c}-{k}");
-            let acked = l.acked.get(&key).copied().unwrap_or(0);
+            let acked = acked_by_key.get(&key).copied().unwrap_or(0);
             let unsure = maybe.get(&key).copied().unwrap_or(0);
             let profile = client.profile(&key).await.unwrap();
             let count = profile
