@@ -137,6 +137,8 @@ async fn accept_loop(
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut handler = Handler {
+            journal: shared.engine.journal().cloned(),
+            held: std::collections::VecDeque::new(),
             connection: Connection::new(
                 socket,
                 shared.limits.max_frame,
@@ -193,6 +195,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 struct Handler {
     connection: Connection,
+    /// The write-ahead log, if the server has one.
+    journal: Option<Arc<crate::store::wal::Wal>>,
+    /// Replies waiting for their requests' log records, in request order, with the last
+    /// record each one needs.
+    held: std::collections::VecDeque<(Frame, Option<u64>)>,
     shared: Arc<Shared>,
     shutdown: Shutdown,
     greeted: bool,
@@ -239,25 +246,15 @@ impl Handler {
                 }
             };
             let Some(frame) = frame else {
+                self.release_replies().await?;
                 self.connection.flush().await?;
                 debug!(peer = %self.peer, "connection closed");
                 return Ok(());
             };
             let started = Instant::now();
-            let journal = self.shared.engine.journal().cloned();
-            let logged_before = journal.as_ref().map_or(0, |j| j.last_appended());
-            let mut response = self.respond(&frame);
-            // What the request changed must be durable, as the fsync policy promises,
-            // before the client hears of it.
-            if let Some(journal) = &journal {
-                let logged = journal.last_appended();
-                if logged > logged_before {
-                    if let Err(e) = journal.durable(logged).await {
-                        warn!(peer = %self.peer, error = %e, "cannot acknowledge: the log failed");
-                        response = Response::error(ErrorCode::StorageFailed, e);
-                    }
-                }
-            }
+            let logged_before = self.journal.as_ref().map_or(0, |j| j.last_appended());
+            let response = self.respond(&frame);
+            let logged = self.journal.as_ref().map_or(0, |j| j.last_appended());
             let error = match &response {
                 Response::Error { code, .. } => Some(*code),
                 _ => None,
@@ -268,15 +265,52 @@ impl Handler {
                 frame.request_id,
                 response.encode(),
             );
-            self.connection.write_frame(&reply).await?;
+            // What a request changed must be durable, as the fsync policy promises,
+            // before the client hears of it. Replies wait in order; the requests the
+            // client has already sent are handled meanwhile, so a pipelining client's
+            // requests share one wait for the log.
+            let needs_log = logged > logged_before;
+            if needs_log || !self.held.is_empty() {
+                self.held.push_back((reply, needs_log.then_some(logged)));
+            } else {
+                self.connection.write_frame(&reply).await?;
+            }
             if !self.connection.has_buffered_frame() {
+                self.release_replies().await?;
                 self.connection.flush().await?;
             }
         }
     }
 
+    /// Waits until every held reply's log records are stored, then writes the replies in
+    /// order. If the log failed, the replies that needed it become STORAGE_FAILED errors.
+    async fn release_replies(&mut self) -> Result<(), ConnectionError> {
+        let last = self.held.iter().filter_map(|(_, lsn)| *lsn).max();
+        let failed = match (&self.journal, last) {
+            (Some(journal), Some(last)) => journal.durable(last).await.err(),
+            _ => None,
+        };
+        if let Some(e) = &failed {
+            warn!(peer = %self.peer, error = %e, "cannot acknowledge: the log failed");
+        }
+        while let Some((reply, lsn)) = self.held.pop_front() {
+            let reply = match (&failed, lsn) {
+                (Some(e), Some(_)) => Frame::new(
+                    opcode::ERROR,
+                    reply.request_id,
+                    Response::error(ErrorCode::StorageFailed, e.clone()).encode(),
+                ),
+                _ => reply,
+            };
+            self.connection.write_frame(&reply).await?;
+        }
+        Ok(())
+    }
+
     /// Framing is lost: say why to the client if we can, log it, and close.
     async fn framing_broken(&mut self, e: FrameError) -> Result<(), ConnectionError> {
+        // The requests before the broken frame are answered first.
+        self.release_replies().await?;
         let (code, request_id) = match &e {
             FrameError::TooLarge { request_id, .. } => {
                 (ErrorCode::FrameTooLarge, request_id.unwrap_or(0))
