@@ -183,7 +183,8 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(policy) = options.fsync {
         config.storage.fsync = policy;
     }
-    let wal_dir = omnia::store::open_data_dir(&options.data_dir)?;
+    let data_dir = omnia::store::open_data_dir(&options.data_dir)?;
+    let wal_dir = data_dir.wal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,7 +195,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let storage = config.storage.clone();
         let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
-        let recovered = omnia::store::recover(&wal_dir, &engine)?;
+        let recovered = omnia::store::recover(&data_dir, &engine)?;
         tracing::info!("{recovered}");
         let wal = omnia::store::wal::Wal::open(
             &wal_dir,
@@ -207,6 +208,13 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot open the write-ahead log in {}", wal_dir.display()))?;
         engine.attach_journal(wal.clone());
+        let snapshotter = omnia::store::snapshot::Snapshotter::spawn(
+            data_dir.clone(),
+            engine.clone(),
+            storage.snapshot_interval,
+            storage.snapshot_log_bytes,
+        )
+        .context("cannot start the snapshot thread")?;
         tracing::info!(
             data_dir = %options.data_dir.display(),
             fsync = storage.fsync.name(),
@@ -220,7 +228,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             "omnia is serving"
         );
         let shared = Arc::new(omnia::server::Shared {
-            engine,
+            engine: engine.clone(),
             limits: omnia::server::Limits {
                 max_connections: options.max_connections,
                 max_frame: options.max_frame,
@@ -248,6 +256,12 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         });
         let served = omnia::server::run(listener, shared, shutdown_signal()).await;
+        // A snapshot at shutdown makes the next start fast: it replays nothing.
+        snapshotter.stop();
+        match omnia::store::snapshot::write(&data_dir, &engine) {
+            Ok(written) => tracing::info!("{written}"),
+            Err(e) => tracing::error!(error = %e, "the snapshot at shutdown failed; the log keeps everything"),
+        }
         // Whatever was acknowledged is in the log already; this syncs the rest.
         wal.close();
         served.context("the server stopped accepting connections")?;

@@ -10,7 +10,7 @@ use omnia::clock::SystemClock;
 use omnia::config::{Config, FsyncPolicy};
 use omnia::engine::{Engine, RawEvent};
 use omnia::store::wal::{Wal, WalOptions};
-use omnia::store::{open_data_dir, recover, StoreError, FORMAT};
+use omnia::store::{open_data_dir, recover, DataDir, StoreError, FORMAT};
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -37,12 +37,12 @@ fn now_ms() -> i64 {
 }
 
 /// Logs `n` page views of `user:1` through an engine with a log attached.
-async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> PathBuf {
-    let wal_dir = open_data_dir(data).unwrap();
+async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
+    let data = open_data_dir(data).unwrap();
     let e = engine();
-    let recovered = recover(&wal_dir, &e).unwrap();
+    let recovered = recover(&data, &e).unwrap();
     let wal = Wal::open(
-        &wal_dir,
+        &data.wal(),
         recovered.last_sequence + 1,
         WalOptions {
             policy,
@@ -58,7 +58,7 @@ async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> PathBuf {
     }
     wal.durable(wal.last_appended()).await.unwrap();
     wal.close();
-    wal_dir
+    data
 }
 
 fn views(e: &Engine) -> f64 {
@@ -67,8 +67,8 @@ fn views(e: &Engine) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn only_segment(wal_dir: &Path) -> PathBuf {
-    let files = omnia::store::segments(wal_dir).unwrap();
+fn only_segment(data: &DataDir) -> PathBuf {
+    let files = omnia::store::segments(&data.wal()).unwrap();
     assert_eq!(files.len(), 1);
     files[0].1.clone()
 }
@@ -167,7 +167,7 @@ async fn a_missing_log_file_is_a_gap() {
     write_log(&d.0, 2, FsyncPolicy::Never).await;
     write_log(&d.0, 2, FsyncPolicy::Never).await;
     let wal_dir = write_log(&d.0, 2, FsyncPolicy::Never).await;
-    let files = omnia::store::segments(&wal_dir).unwrap();
+    let files = omnia::store::segments(&wal_dir.wal()).unwrap();
     std::fs::remove_file(&files[1].1).unwrap();
     let err = recover(&wal_dir, &engine()).unwrap_err();
     assert!(

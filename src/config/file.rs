@@ -203,4 +203,6 @@ pub struct RawStorage {
     pub fsync: Option<super::FsyncPolicy>,
     pub fsync_interval_ms: Option<Spanned<u64>>,
     pub segment_mib: Option<Spanned<u64>>,
+    pub snapshot_interval_s: Option<Spanned<u64>>,
+    pub snapshot_log_mib: Option<Spanned<u64>>,
 }

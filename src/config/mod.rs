@@ -92,6 +92,11 @@ pub struct StorageSettings {
     pub fsync: FsyncPolicy,
     pub fsync_interval: std::time::Duration,
     pub segment_bytes: u64,
+    /// A snapshot is taken this long after the last one (`None`: not by time).
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// A snapshot is taken once this many bytes were logged since the last one (`None`:
+    /// not by volume).
+    pub snapshot_log_bytes: Option<u64>,
 }
 
 impl Default for StorageSettings {
@@ -100,6 +105,8 @@ impl Default for StorageSettings {
             fsync: FsyncPolicy::Interval,
             fsync_interval: std::time::Duration::from_millis(100),
             segment_bytes: 64 << 20,
+            snapshot_interval: Some(std::time::Duration::from_secs(600)),
+            snapshot_log_bytes: Some(1 << 30),
         }
     }
 }
@@ -571,6 +578,35 @@ impl Builder<'_> {
                 );
             } else {
                 storage.segment_bytes = mib.get_ref() << 20;
+            }
+        }
+        if let Some(s) = &raw.storage.snapshot_interval_s {
+            if *s.get_ref() > 7 * 86_400 {
+                self.error(
+                    s.span(),
+                    format!(
+                        "storage.snapshot_interval_s is {}, but it must be at most 604800 (a week)",
+                        s.get_ref()
+                    ),
+                    Some("0 turns snapshots by time off".into()),
+                );
+            } else {
+                storage.snapshot_interval =
+                    (*s.get_ref() > 0).then(|| std::time::Duration::from_secs(*s.get_ref()));
+            }
+        }
+        if let Some(mib) = &raw.storage.snapshot_log_mib {
+            if *mib.get_ref() > 1 << 20 {
+                self.error(
+                    mib.span(),
+                    format!(
+                        "storage.snapshot_log_mib is {}, but it must be at most 1048576 (1 TiB)",
+                        mib.get_ref()
+                    ),
+                    Some("0 turns snapshots by log volume off".into()),
+                );
+            } else {
+                storage.snapshot_log_bytes = (*mib.get_ref() > 0).then(|| mib.get_ref() << 20);
             }
         }
 

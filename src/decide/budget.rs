@@ -27,7 +27,7 @@ impl Budget {
         &self.def
     }
 
-    fn period(&self, now: u32) -> u64 {
+    pub fn period(&self, now: u32) -> u64 {
         self.def.per.map_or(0, |per| (now / per) as u64)
     }
 
@@ -73,6 +73,23 @@ impl Budget {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Adds units spent in `period`, read from a snapshot: a later period replaces an
+    /// earlier one, an earlier one is over and adds nothing.
+    pub fn add_restored(&self, period: u64, units: u64) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let spent = current & 0xFFFF_FFFF;
+                match (current >> 32).cmp(&period) {
+                    std::cmp::Ordering::Less => Some(period << 32 | units.min(u32::MAX as u64)),
+                    std::cmp::Ordering::Equal => {
+                        Some(period << 32 | (spent + units).min(u32::MAX as u64))
+                    }
+                    std::cmp::Ordering::Greater => None,
+                }
+            });
     }
 
     /// Gives back a unit spent in the period containing `now` (a reservation that was not

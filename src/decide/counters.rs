@@ -44,6 +44,24 @@ impl Counters {
         &self.cells[((offer * self.channels + channel) * self.slots + slot) * MEASURES + measure]
     }
 
+    /// Every counter, in storage order (for snapshots).
+    pub fn values(&self) -> Vec<u64> {
+        self.cells
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Sets the counters from [`Counters::values`] of the same config; other lengths
+    /// (another config) are ignored: these are statistics, not state.
+    pub fn restore(&self, values: &[u64]) {
+        if values.len() == self.cells.len() {
+            for (cell, &v) in self.cells.iter().zip(values) {
+                cell.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Counts one measure for the total and for each of the customer's arms (`arms[e]` is
     /// the arm index + 1 in experiment `e`, 0 when not assigned).
     pub fn add(&self, offer: usize, channel: usize, arms: &[u8], measure: usize) {

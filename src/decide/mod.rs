@@ -30,7 +30,7 @@
 mod budget;
 mod counters;
 mod log;
-mod state;
+pub(crate) mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,6 +46,7 @@ use crate::model::decision::{
     FeedbackTarget, OfferStats, Outcome, RankedOffer,
 };
 use crate::model::event::{RawEvent, RawValue};
+use crate::store::wal::OfferAction;
 
 use budget::Budget;
 use counters::{Counters, DECISIONS};
@@ -139,6 +140,32 @@ impl Decider {
         }
     }
 
+    /// The budget period a `kind` action on `offer` at `now` spends in, if the offer's
+    /// budget counts that kind.
+    fn budget_period(&self, offer: usize, kind: FeedbackKind, now: u32) -> Option<u32> {
+        match &self.budgets[offer] {
+            Some(b) if counts(b.def().counts) == kind => Some(b.period(now) as u32),
+            _ => None,
+        }
+    }
+
+    /// Adds a shard's tally of spent budget units (from a snapshot) to the budgets.
+    pub fn restore_budget_spending(&self, tally: &[(u32, u32)]) {
+        for (budget, &(period, units)) in self.budgets.iter().zip(tally) {
+            if let (Some(b), true) = (budget, units > 0) {
+                b.add_restored(period as u64, units as u64);
+            }
+        }
+    }
+
+    pub fn counter_values(&self) -> Vec<u64> {
+        self.counters.values()
+    }
+
+    pub fn restore_counters(&self, values: &[u64]) {
+        self.counters.restore(values);
+    }
+
     fn refund(&self, offer: usize, now: u32) {
         if let Some(b) = &self.budgets[offer] {
             b.refund(now);
@@ -169,6 +196,38 @@ pub fn assign_arm(experiment: &crate::config::ExperimentDef, key: &str) -> usize
         point -= arm.weight as u64;
     }
     experiment.arms.len().saturating_sub(1)
+}
+
+/// One thing a customer did with an offer, as [`Engine::act`] applies it.
+struct Act<'a> {
+    kind: FeedbackKind,
+    offer: usize,
+    channel: usize,
+    now: u32,
+    decision_id: u64,
+    /// The key the customer was found by; logged to find it again in replay.
+    key: &'a str,
+}
+
+impl<'a> Act<'a> {
+    fn new(kind: FeedbackKind, offer: usize, channel: usize, now: u32) -> Act<'static> {
+        Act {
+            kind,
+            offer,
+            channel,
+            now,
+            decision_id: 0,
+            key: "",
+        }
+    }
+
+    fn by<'k>(self, decision_id: u64, key: &'k str) -> Act<'k> {
+        Act {
+            decision_id,
+            key,
+            ..self
+        }
+    }
 }
 
 /// An offer that passed every constraint.
@@ -370,22 +429,30 @@ impl Engine {
         let mut spent: Vec<usize> = Vec::new();
 
         let known = self.with_customer(&key.text, now, &context, |customer| {
-            let Some(Customer { eval, offers, keys }) = customer else {
+            let Some(mut customer) = customer else {
                 return false;
             };
-            let primary = crate::engine::view::primary_key(keys);
-            assign_arms(config, offers, &primary);
-            arms = offers.arms.clone();
-            let a = arbitrate(self, &eval, Some(offers), &arms, channel, request.explain);
+            let primary = crate::engine::view::primary_key(customer.keys);
+            assign_arms(config, customer.offers, &primary);
+            arms = customer.offers.arms.clone();
+            let a = arbitrate(
+                self,
+                &customer.eval,
+                Some(customer.offers),
+                &arms,
+                channel,
+                request.explain,
+            );
             explanation = a.considered;
             chosen = self.take_top(a.ranked, request, now, &mut explanation, &mut spent);
             if request.record_impression {
                 for c in &chosen {
-                    self.remember_impression(offers, c.offer, channel, now, decision_id);
+                    let act = Act::new(FeedbackKind::Impression, c.offer, channel, now);
+                    self.act(&mut customer, act.by(decision_id, &key.text));
                 }
             }
-            offers.prune(now);
-            coupons = open_coupons(config, offers, now);
+            customer.offers.prune(now);
+            coupons = open_coupons(config, customer.offers, now);
             logged_key = primary.into();
             true
         });
@@ -428,10 +495,11 @@ impl Engine {
                 if !known {
                     // The profile exists now; record the impression in its history.
                     self.with_customer(&logged_key, now, &[], |customer| {
-                        if let Some(Customer { offers, .. }) = customer {
-                            assign_arms(config, offers, &logged_key);
-                            self.remember_impression(offers, offer, channel, now, decision_id);
-                            coupons = open_coupons(config, offers, now);
+                        if let Some(mut customer) = customer {
+                            assign_arms(config, customer.offers, &logged_key);
+                            let act = Act::new(kind, offer, channel, now);
+                            self.act(&mut customer, act.by(decision_id, &logged_key));
+                            coupons = open_coupons(config, customer.offers, now);
                         }
                     });
                 }
@@ -528,32 +596,123 @@ impl Engine {
         chosen
     }
 
-    /// Records an impression in a customer's offer history: caps, sticky window, and the
-    /// coupon the offer issues when the customer holds no open one for it. Returns that
-    /// coupon if this impression issued it.
-    fn remember_impression(
-        &self,
-        offers: &mut CustomerOffers,
-        offer: usize,
-        channel: usize,
-        now: u32,
-        decision_id: u64,
-    ) -> Option<state::IssuedCoupon> {
-        let def = &self.config().decisions.offers[offer];
-        offers.record_impression(offer, def, channel, now);
-        let coupon = def.coupon.as_ref()?;
-        if offers.open_coupon(offer, now).is_some() {
-            return None;
+    /// Applies what a customer did with an offer to its offer state, under its shard's
+    /// lock: logs the change (so it survives a crash), tallies the budget unit the shard
+    /// spent, and changes caps, sticky window, cooldowns and coupons. Returns the coupon
+    /// an impression issued or an acceptance redeemed.
+    ///
+    /// An impression issues the offer's coupon when the customer holds no open one for it.
+    fn act(&self, customer: &mut Customer<'_>, action: Act<'_>) -> Option<state::IssuedCoupon> {
+        let Act {
+            kind,
+            offer,
+            channel,
+            now,
+            decision_id,
+            key,
+        } = action;
+        let config = self.config();
+        if let Some(journal) = self.journal() {
+            journal.append_offer_action(&OfferAction {
+                kind,
+                time: now,
+                decision_id,
+                key: key.to_string(),
+                offer: config.decisions.offers[offer].name.clone(),
+                channel: config.channels[channel].clone(),
+            });
         }
-        let issued = state::IssuedCoupon {
-            offer: offer as u16,
-            code: coupon_code(&coupon.prefix, decision_id, offer),
-            issued: now,
-            expires: now.saturating_add(coupon.valid),
-            redeemed: false,
-        };
-        offers.coupons.push(issued.clone());
-        Some(issued)
+        if let Some(period) = self.decider.budget_period(offer, kind, now) {
+            let tally = &mut customer.budget_spent[offer];
+            *tally = match *tally {
+                (p, units) if p == period => (p, units + 1),
+                (p, units) if p > period => (p, units),
+                _ => (period, 1),
+            };
+        }
+        let offers = &mut *customer.offers;
+        let def = &config.decisions.offers[offer];
+        match kind {
+            FeedbackKind::Impression => {
+                offers.record_impression(offer, def, channel, now);
+                let coupon = def.coupon.as_ref()?;
+                if offers.open_coupon(offer, now).is_some() {
+                    return None;
+                }
+                let issued = state::IssuedCoupon {
+                    offer: offer as u16,
+                    code: coupon_code(&coupon.prefix, decision_id, offer),
+                    issued: now,
+                    expires: now.saturating_add(coupon.valid),
+                    redeemed: false,
+                };
+                offers.coupons.push(issued.clone());
+                Some(issued)
+            }
+            FeedbackKind::Click => None,
+            FeedbackKind::Accept => {
+                offers.memory_mut(offer).accepted_at = now;
+                offers.release_sticky(offer);
+                let c = offers.open_coupon(offer, now)?;
+                c.redeemed = true;
+                Some(c.clone())
+            }
+            FeedbackKind::Dismiss => {
+                offers.memory_mut(offer).dismissed_at = now;
+                offers.release_sticky(offer);
+                None
+            }
+        }
+    }
+
+    /// Applies an offer action read back from the log at `sequence`, unless the
+    /// snapshot image of the customer's shard holds it already (`cuts`); counters count
+    /// it if it came after the snapshot copied them (`counted_to`).
+    pub fn replay_offer_action(
+        &self,
+        action: &OfferAction,
+        sequence: u64,
+        cuts: &[u64],
+        counted_to: u64,
+    ) -> Result<(), DecideError> {
+        let offer = self.offer(&action.offer)?;
+        let channel = self.channel(&action.channel)?;
+        let config = self.config();
+        let now = self.now_secs();
+        let mut arms = Vec::new();
+        let applied = self.with_customer(&action.key, now, &[], |customer| {
+            let Some(mut customer) = customer else {
+                return false;
+            };
+            if cuts.get(customer.shard).is_some_and(|&cut| sequence <= cut) {
+                return false;
+            }
+            let primary = crate::engine::view::primary_key(customer.keys);
+            assign_arms(config, customer.offers, &primary);
+            arms = customer.offers.arms.clone();
+            let _ = self.decider.spend(offer, action.kind, action.time);
+            self.act(
+                &mut customer,
+                Act {
+                    kind: action.kind,
+                    offer,
+                    channel,
+                    now: action.time,
+                    decision_id: action.decision_id,
+                    key: &action.key,
+                },
+            );
+            true
+        });
+        if applied && sequence > counted_to {
+            self.decider.counters.add(
+                offer,
+                channel,
+                &arms,
+                Counters::feedback_measure(action.kind),
+            );
+        }
+        Ok(())
     }
 
     /// Records what a customer did with an offer.
@@ -625,29 +784,14 @@ impl Engine {
         let mut arms = Vec::new();
         let mut coupon = None;
         self.with_customer(&key, now, &[], |customer| {
-            let Some(Customer { offers, keys, .. }) = customer else {
+            let Some(mut customer) = customer else {
                 return;
             };
-            assign_arms(config, offers, &crate::engine::view::primary_key(keys));
-            arms = offers.arms.clone();
-            match kind {
-                FeedbackKind::Impression => {
-                    coupon = self.remember_impression(offers, offer, channel, now, decision_id);
-                }
-                FeedbackKind::Click => {}
-                FeedbackKind::Accept => {
-                    offers.memory_mut(offer).accepted_at = now;
-                    offers.release_sticky(offer);
-                    if let Some(c) = offers.open_coupon(offer, now) {
-                        c.redeemed = true;
-                        coupon = Some(c.clone());
-                    }
-                }
-                FeedbackKind::Dismiss => {
-                    offers.memory_mut(offer).dismissed_at = now;
-                    offers.release_sticky(offer);
-                }
-            }
+            let primary = crate::engine::view::primary_key(customer.keys);
+            assign_arms(config, customer.offers, &primary);
+            arms = customer.offers.arms.clone();
+            let act = Act::new(kind, offer, channel, now);
+            coupon = self.act(&mut customer, act.by(decision_id, &key));
         });
         self.decider
             .counters

@@ -26,12 +26,13 @@
 
 pub(crate) mod eval;
 pub mod event;
+mod image;
 mod profile;
 pub mod query;
 pub(crate) mod shard;
 pub mod view;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam::utils::CachePadded;
@@ -39,6 +40,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard};
 
 pub use event::{Event, EventError, EventView, Key, RawEvent, RawValue};
+pub use image::{EngineImage, ShardImage};
 use profile::{Layout, Ring};
 pub use query::{Page, QueryError, SetQuery};
 use shard::ShardState;
@@ -112,6 +114,9 @@ pub struct Engine {
     pub(crate) decider: crate::decide::Decider,
     /// Where accepted events are logged, once recovery has replayed the old ones.
     journal: std::sync::OnceLock<Arc<crate::store::wal::Wal>>,
+    /// The shard images of a snapshot being taken (see `image`).
+    cutting: Mutex<Option<Vec<Option<ShardImage>>>>,
+    cutting_active: AtomicBool,
 }
 
 /// A known customer under its shard lock: its profile to read, its offer history to
@@ -120,6 +125,10 @@ pub(crate) struct Customer<'a> {
     pub eval: eval::Eval<'a>,
     pub offers: &'a mut crate::decide::CustomerOffers,
     pub keys: &'a [Key],
+    /// The shard's tally of budget units spent by its customers.
+    pub budget_spent: &'a mut [(u32, u32)],
+    /// The customer's shard.
+    pub shard: usize,
 }
 
 impl Engine {
@@ -143,6 +152,8 @@ impl Engine {
         let decider = crate::decide::Decider::new(&plan.config, clock.now_ms());
         Engine {
             journal: std::sync::OnceLock::new(),
+            cutting: Mutex::new(None),
+            cutting_active: AtomicBool::new(false),
             decider,
             plan,
             shards,
@@ -199,13 +210,31 @@ impl Engine {
     }
 
     /// Resolves and applies a raw event, and logs it if a write-ahead log is attached.
+    ///
+    /// The record is appended under the lock of the shard the event changes, so that a
+    /// snapshot can cut each shard at a log sequence (see `image`).
     pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
-        let applied = self.apply(&event)?;
-        if let Some(journal) = self.journal.get() {
-            journal.append(raw);
+        match self.journal.get() {
+            Some(journal) => self.apply_gated(&event, &mut |_| {
+                journal.append(raw);
+                true
+            }),
+            None => self.apply(&event),
         }
-        Ok(applied)
+    }
+
+    /// Applies an event read back from the log at `sequence`, unless the snapshot image
+    /// of the shard it changes already holds it (`cuts[shard]` is that image's cut).
+    pub fn replay(
+        &self,
+        event: &Event,
+        sequence: u64,
+        cuts: &[u64],
+    ) -> Result<Applied, EventError> {
+        self.apply_gated(event, &mut |shard| {
+            cuts.get(shard).map_or(true, |&cut| sequence > cut)
+        })
     }
 
     /// Logs every event accepted from now on (after recovery has replayed the log).
@@ -220,6 +249,17 @@ impl Engine {
 
     /// Applies a resolved event: identity, aggregates, segments, scores, timers.
     pub fn apply(&self, event: &Event) -> Result<Applied, EventError> {
+        self.apply_gated(event, &mut |_| true)
+    }
+
+    /// Applies an event; `gate` is called once, with the lock of the shard the event
+    /// ends up changing held, just before the change: it logs the event, or (in replay)
+    /// says whether the change is already there (`false` skips it).
+    fn apply_gated(
+        &self,
+        event: &Event,
+        gate: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Applied, EventError> {
         let now_ms = self.clock.now_ms();
         let skew_ms = self.plan.config.engine.max_future_skew as i64 * 1000;
         if event.timestamp_ms > now_ms + skew_ms {
@@ -231,15 +271,20 @@ impl Engine {
             });
         }
         let now = (now_ms.max(0) / 1000).min(u32::MAX as i64) as u32;
-        if let Some(applied) = self.apply_known(event, now) {
+        if let Some(applied) = self.apply_known(event, now, gate) {
             return Ok(applied);
         }
-        self.apply_with_identity_changes(event, now)
+        self.apply_with_identity_changes(event, now, gate)
     }
 
     /// The fast path: every key known and all on one customer. `None` sends the event
     /// down the slow path.
-    fn apply_known(&self, event: &Event, now: u32) -> Option<Applied> {
+    fn apply_known(
+        &self,
+        event: &Event,
+        now: u32,
+        gate: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<Applied> {
         let mut found: Option<CustomerRef> = None;
         for key in &event.keys {
             let r = CustomerRef::unpack(*self.identity.get(&key.text)?);
@@ -254,7 +299,9 @@ impl Engine {
         if state.gens.get(local as usize) != Some(&r.generation) || !state.is_live(local) {
             return None; // merged away since we read the map
         }
-        state.apply(&self.plan, local, event, false);
+        if gate(shard) {
+            state.apply(&self.plan, local, event, false);
+        }
         drop(state);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
         Some(Applied {
@@ -264,7 +311,12 @@ impl Engine {
         })
     }
 
-    fn apply_with_identity_changes(&self, event: &Event, now: u32) -> Result<Applied, EventError> {
+    fn apply_with_identity_changes(
+        &self,
+        event: &Event,
+        now: u32,
+        gate: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Applied, EventError> {
         let _identity = self.identity_writes.lock();
         // Under the identity mutex the map cannot change under us.
         let mut customers: Vec<CustomerRef> = Vec::new();
@@ -310,14 +362,18 @@ impl Engine {
         let merged = customers.len().saturating_sub(1);
         let (shard, local) = self.split(survivor.id);
         let mut state = self.lock_at(shard, now);
-        let keys_changed = state.add_keys(&self.plan, local, new_keys.iter().cloned());
-        for key in new_keys {
-            self.identity.insert(key.text, survivor.pack());
-        }
-        state.apply(&self.plan, local, event, keys_changed);
-        if created {
-            // A new profile: segments no event type leads to (e.g. "never bought") too.
-            state.evaluate_all(&self.plan, local);
+        // In replay a skipped event is one whose keys were all known (the image holds
+        // them), so it never gets here having created a profile or merged.
+        if gate(shard) {
+            let keys_changed = state.add_keys(&self.plan, local, new_keys.iter().cloned());
+            for key in new_keys {
+                self.identity.insert(key.text, survivor.pack());
+            }
+            state.apply(&self.plan, local, event, keys_changed);
+            if created {
+                // A new profile: segments no event type leads to (e.g. "never bought") too.
+                state.evaluate_all(&self.plan, local);
+            }
         }
         drop(state);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
@@ -361,6 +417,10 @@ impl Engine {
         } else {
             // Both locks, in index order, so that concurrent merges cannot deadlock.
             let (mut first, mut second) = (self.lock(ws.min(ls)), self.lock(ws.max(ls)));
+            // A snapshot in progress must see both shards before the merge, or neither
+            // (see `image`).
+            self.copy_if_uncopied(ws.min(ls), &first);
+            self.copy_if_uncopied(ws.max(ls), &second);
             let (winner, loser_state) = if ws < ls {
                 (&mut first, &mut second)
             } else {
@@ -404,8 +464,16 @@ impl Engine {
         match self.locate(key, now) {
             None => f(None),
             Some((mut state, local)) => {
-                let (eval, offers, keys) = state.customer_mut(&self.plan, local, context);
-                let result = f(Some(Customer { eval, offers, keys }));
+                let shard = self.split(state.id_base).0;
+                let (eval, offers, keys, budget_spent) =
+                    state.customer_mut(&self.plan, local, context);
+                let result = f(Some(Customer {
+                    eval,
+                    offers,
+                    keys,
+                    budget_spent,
+                    shard,
+                }));
                 // Only customers with offer history keep an entry.
                 if state.offers.get(&local).is_some_and(|o| o.is_empty()) {
                     state.offers.remove(&local);

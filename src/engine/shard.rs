@@ -30,7 +30,7 @@ use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
 use crate::decide::CustomerOffers;
 
 /// Profiles per storage chunk.
-const CHUNK_ROWS: usize = 4096;
+pub(super) const CHUNK_ROWS: usize = 4096;
 
 pub(crate) struct ShardState {
     pub id_base: u32,
@@ -38,16 +38,20 @@ pub(crate) struct ShardState {
     /// Profile rows in chunks of [`CHUNK_ROWS`]: growing a shard allocates one more
     /// chunk instead of copying every row under the lock (a latency spike of
     /// milliseconds at a million customers).
-    rows: Vec<Box<[u32]>>,
+    pub(super) rows: Vec<Box<[u32]>>,
     /// Bumped when a slot is freed, so stale identity entries are detected.
     pub gens: Vec<u32>,
     pub keys: Vec<Vec<Key>>,
-    free: Vec<u32>,
+    pub(super) free: Vec<u32>,
     pub live: RoaringBitmap,
     pub members: Vec<RoaringBitmap>,
-    timers: BTreeMap<u32, Vec<u32>>,
+    pub(super) timers: BTreeMap<u32, Vec<u32>>,
     /// Offer history of the customers that have one (see `decide::state`).
     pub offers: std::collections::HashMap<u32, CustomerOffers, ahash::RandomState>,
+    /// Per offer: `(period, units)` of its budget spent by this shard's customers, so a
+    /// snapshot of the shard carries exactly the spending of the changes it holds (the
+    /// budget itself is global, see `decide::budget`).
+    pub budget_spent: Vec<(u32, u32)>,
     /// The shard's time: never goes back, even if the clock does.
     pub now: u32,
 }
@@ -65,6 +69,7 @@ impl ShardState {
             members: vec![RoaringBitmap::new(); plan.config.segments.len()],
             timers: BTreeMap::new(),
             offers: Default::default(),
+            budget_spent: vec![(0, 0); plan.config.decisions.offers.len()],
             now: 0,
         }
     }
@@ -334,7 +339,12 @@ impl ShardState {
         plan: &'a Plan,
         local: u32,
         context: &'a [f64],
-    ) -> (Eval<'a>, &'a mut CustomerOffers, &'a [Key]) {
+    ) -> (
+        Eval<'a>,
+        &'a mut CustomerOffers,
+        &'a [Key],
+        &'a mut [(u32, u32)],
+    ) {
         let stride = plan.layout.stride;
         let (chunk, at) = (
             local as usize / CHUNK_ROWS,
@@ -350,7 +360,12 @@ impl ShardState {
             scores: &[],
         };
         let offers = self.offers.entry(local).or_default();
-        (eval, offers, &self.keys[local as usize])
+        (
+            eval,
+            offers,
+            &self.keys[local as usize],
+            &mut self.budget_spent,
+        )
     }
 
     pub fn eval<'a>(&'a self, plan: &'a Plan, local: u32) -> Eval<'a> {

@@ -64,6 +64,11 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
+    /// The next `n` bytes, as they are.
+    pub fn bytes(&mut self, n: usize, field: &dyn Fn() -> String) -> Result<&'a [u8], DecodeError> {
+        self.take(n, field)
+    }
+
     pub fn u8(&mut self, field: &dyn Fn() -> String) -> Result<u8, DecodeError> {
         Ok(self.take(1, field)?[0])
     }

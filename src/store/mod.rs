@@ -3,21 +3,24 @@
 //! Layout of a data directory:
 //!
 //! ```text
-//! FORMAT                 "omnia data directory, format 1": checked at every start
-//! wal/<sequence>.log     the write-ahead log, in segments named by their first record
+//! FORMAT                    "omnia data directory, format 2": checked at every start
+//! wal/<sequence>.log        the write-ahead log, in segments named by their first record
+//! snapshots/<position>.snap the newest snapshot (see `snapshot`)
 //! ```
 //!
-//! At start, [`recover`] replays every record of the log into the engine, in order, and
-//! checks each: a record cut short or failing its checksum at the very end of the last
-//! segment is a write torn by a crash, so it is cut off and reported; anything else
-//! wrong stops the start with an error that names the file, the byte offset and what
-//! to do, because continuing would silently lose events that were acknowledged. Then
+//! At start, [`recover`] loads the newest snapshot, if there is one, then replays the
+//! log after it into the engine, in order, and checks each record: a record cut short or
+//! failing its checksum at the very end of the last segment is a write torn by a crash,
+//! so it is cut off and reported; anything else wrong, in the log or in the snapshot,
+//! stops the start with an error that names the file, the byte offset and what to do,
+//! because continuing would silently lose what was acknowledged. Then
 //! [`wal::Wal::open`] appends after the last record.
 //!
-//! Not here yet: snapshots (so recovery replays the whole log, and log files are never
-//! removed), and offer state (caps, budgets, stickiness), which the log does not carry
-//! beyond the feedback events in profiles.
+//! Not durable: the decision log that lets FEEDBACK name a decision by id (feedback by
+//! customer, offer and channel still works after a restart), and the count of decisions
+//! made since the last snapshot (a statistic; impressions and feedback are logged).
 
+pub mod snapshot;
 pub mod wal;
 
 use std::fs::OpenOptions;
@@ -29,7 +32,7 @@ use crate::protocol::IngestBatch;
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT`; a directory with another one is refused.
-pub const FORMAT: &str = "omnia data directory, format 1";
+pub const FORMAT: &str = "omnia data directory, format 2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +51,20 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
+    #[error("{path}, byte {offset}: the snapshot is damaged: {reason}. omnia does not start from a damaged snapshot. Restore the data directory from a backup; or, only if the log still holds every record from the first one on (log files are removed once a snapshot covers them), move the snapshot away to rebuild everything from the log")]
+    CorruptSnapshot {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path} was written under a config with another profile layout (its namespaces, channels, attributes, aggregates, segments, scores, offers, experiments or shard count differ). Start with the config that wrote it; changing the layout of a running engine is what `omnia ctl reload` is for")]
+    SnapshotConfig { path: PathBuf },
+    #[error("{path}: the log starts at record {first}, but the snapshot needs every record after {covers}: log files are missing. Restore the data directory from a backup")]
+    LogGap {
+        path: PathBuf,
+        first: u64,
+        covers: u64,
+    },
     #[error("{path}, byte {offset}: record {sequence} no longer applies under this config: {reason}. Start with the config that accepted it, or change the config so that it applies")]
     Replay {
         path: PathBuf,
@@ -55,6 +72,28 @@ pub enum StoreError {
         sequence: u64,
         reason: String,
     },
+}
+
+/// An open data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the write-ahead log's files are.
+    pub fn wal(&self) -> PathBuf {
+        self.root.join("wal")
+    }
+
+    /// Where the snapshot is.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -65,7 +104,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 /// Opens (or creates) a data directory, checking its format.
-pub fn open_data_dir(path: &Path) -> Result<PathBuf, StoreError> {
+pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
     std::fs::create_dir_all(path).map_err(io(path))?;
     let format = path.join("FORMAT");
     match std::fs::read_to_string(&format) {
@@ -92,12 +131,17 @@ pub fn open_data_dir(path: &Path) -> Result<PathBuf, StoreError> {
         }
         Err(e) => return Err(io(&format)(e)),
     }
-    Ok(path.join("wal"))
+    Ok(DataDir {
+        root: path.to_path_buf(),
+    })
 }
 
 /// What recovery found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recovered {
+    /// The snapshot loaded, and how many customers it held.
+    pub snapshot: Option<(PathBuf, u64)>,
+    /// Log records replayed (events and offer actions), after the snapshot.
     pub events: u64,
     pub segments: usize,
     /// The last record's sequence (0 for an empty log).
@@ -109,9 +153,16 @@ pub struct Recovered {
 
 impl std::fmt::Display for Recovered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((path, customers)) = &self.snapshot {
+            write!(
+                f,
+                "loaded {customers} customers from {}, then ",
+                path.display()
+            )?;
+        }
         write!(
             f,
-            "recovered {} events from {} log files in {:.2?}",
+            "replayed {} log records from {} log files, in {:.2?}",
             self.events, self.segments, self.took
         )?;
         if let Some((path, offset, bytes)) = &self.truncated {
@@ -175,11 +226,40 @@ fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), String> {
     Ok((sequence, len))
 }
 
-/// Replays the log into `engine`; cuts a torn tail; refuses anything else that is wrong.
-pub fn recover(wal_dir: &Path, engine: &Engine) -> Result<Recovered, StoreError> {
+/// Loads the newest snapshot into `engine` (which must be new) and replays the log after
+/// it; cuts a torn tail; refuses anything else that is wrong.
+pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError> {
     let started = Instant::now();
-    let files = segments(wal_dir)?;
-    let mut expected = files.first().map_or(1, |(first, _)| *first);
+    let (snapshot, cuts, counted_to) = match snapshot::newest(data)? {
+        Some(path) => {
+            let image = snapshot::read(&path, engine.config())?;
+            let cuts =
+                engine
+                    .restore(&image)
+                    .map_err(|(shard, e)| StoreError::CorruptSnapshot {
+                        path: path.clone(),
+                        offset: snapshot::shard_offset(&image, shard),
+                        reason: format!("shard {shard}: {e}"),
+                    })?;
+            let customers = engine.stats().customers;
+            (Some((path, customers)), cuts, image.position)
+        }
+        None => (None, Vec::new(), 0),
+    };
+    // Every record up to `covers` is in the snapshot; later ones may be, shard by shard.
+    let covers = cuts.iter().copied().min().unwrap_or(0);
+    let wal_dir = data.wal();
+    let files = segments(&wal_dir)?;
+    if let Some((first, path)) = files.first() {
+        if *first > covers + 1 {
+            return Err(StoreError::LogGap {
+                path: path.clone(),
+                first: *first,
+                covers,
+            });
+        }
+    }
+    let mut expected = files.first().map_or(covers + 1, |(first, _)| *first);
     let mut events = 0;
     let mut truncated = None;
     for (i, (first, path)) in files.iter().enumerate() {
@@ -207,23 +287,18 @@ pub fn recover(wal_dir: &Path, engine: &Engine) -> Result<Recovered, StoreError>
                             ),
                         });
                     }
-                    let body = &bytes[at + HEADER + 8..at + HEADER + len];
-                    let replayed = IngestBatch::decode(body)
-                        .map_err(|e| e.to_string())
-                        .and_then(|batch| {
-                            batch.iter().try_for_each(|event| {
-                                engine.ingest(&event).map(|_| ()).map_err(|e| e.to_string())
-                            })
-                        });
-                    if let Err(reason) = replayed {
-                        return Err(StoreError::Replay {
-                            path: path.clone(),
-                            offset: at as u64,
-                            sequence,
-                            reason,
-                        });
+                    if sequence > covers {
+                        let payload = &bytes[at + HEADER + 8..at + HEADER + len];
+                        replay(engine, payload, sequence, &cuts, counted_to).map_err(|reason| {
+                            StoreError::Replay {
+                                path: path.clone(),
+                                offset: at as u64,
+                                sequence,
+                                reason,
+                            }
+                        })?;
+                        events += 1;
                     }
-                    events += 1;
                     expected += 1;
                     at += HEADER + len;
                 }
@@ -250,11 +325,43 @@ pub fn recover(wal_dir: &Path, engine: &Engine) -> Result<Recovered, StoreError>
             }
         }
     }
+    let last_in_snapshot = cuts.iter().copied().max().unwrap_or(0).max(counted_to);
     Ok(Recovered {
+        snapshot,
         events,
         segments: files.len(),
-        last_sequence: expected - 1,
+        last_sequence: (expected - 1).max(last_in_snapshot),
         truncated,
         took: started.elapsed(),
     })
+}
+
+/// Applies one logged record (its payload after the sequence) to the engine.
+fn replay(
+    engine: &Engine,
+    payload: &[u8],
+    sequence: u64,
+    cuts: &[u64],
+    counted_to: u64,
+) -> Result<(), String> {
+    let (kind, body) = payload.split_first().ok_or("an empty record")?;
+    match *kind {
+        wal::EVENT => {
+            let batch = IngestBatch::decode(body).map_err(|e| e.to_string())?;
+            batch.iter().try_for_each(|raw| {
+                let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
+                engine
+                    .replay(&event, sequence, cuts)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        }
+        wal::OFFER_ACTION => {
+            let action = wal::OfferAction::decode(body)?;
+            engine
+                .replay_offer_action(&action, sequence, cuts, counted_to)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!("unknown record kind {other}")),
+    }
 }

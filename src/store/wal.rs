@@ -2,9 +2,18 @@
 //! hears that it was accepted.
 //!
 //! Record: `u32 length, u32 crc32c, payload`, little-endian, where `length` counts the
-//! payload and the checksum covers it. The payload is `u64 sequence` and then the event
-//! as a one-event INGEST body (the protocol's layout, so the log needs no format of its
-//! own). Sequences start at 1 and have no gaps.
+//! payload and the checksum covers it. The payload is `u64 sequence`, a `u8` kind, and
+//! the body:
+//! - [`EVENT`]: the event as a one-event INGEST body (the protocol's layout, so the log
+//!   needs no format of its own for events);
+//! - [`OFFER_ACTION`]: what a decision or feedback did to a customer's offer state (an
+//!   impression recorded, an acceptance, ...), see [`OfferAction`].
+//!
+//! Sequences start at 1 and have no gaps.
+//!
+//! Appends happen under the lock of the shard the record changes, so within a shard the
+//! log's order is the order of changes: that is what lets a snapshot cut each shard at
+//! its own sequence (see `store::snapshot`).
 //!
 //! Files: `wal/<first sequence, 20 digits>.log`, a new one when the current passes the
 //! segment size, so whole files can be removed once a snapshot covers them.
@@ -35,6 +44,64 @@ use crate::protocol::IngestWriter;
 pub const HEADER: usize = 8;
 /// Longest accepted payload: an event is far smaller; a longer length is corruption.
 pub const MAX_PAYLOAD: usize = 1 << 24;
+/// Record kind: an event, as a one-event INGEST body.
+pub const EVENT: u8 = 1;
+/// Record kind: an [`OfferAction`].
+pub const OFFER_ACTION: u8 = 2;
+
+/// A change to one customer's offer state, logged so that caps, cooldowns, stickiness,
+/// coupons and budgets survive a crash. Names, not indexes, so a reordered config still
+/// replays it.
+///
+/// Body: `u8 kind` (the FEEDBACK kind code), `u32 time` (seconds), `u64 decision id`,
+/// then the customer key, the offer and the channel, each as `u16 length` + UTF-8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferAction {
+    pub kind: crate::model::decision::FeedbackKind,
+    pub time: u32,
+    pub decision_id: u64,
+    pub key: String,
+    pub offer: String,
+    pub channel: String,
+}
+
+impl OfferAction {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.time.to_le_bytes());
+        out.extend_from_slice(&self.decision_id.to_le_bytes());
+        for text in [&self.key, &self.offer, &self.channel] {
+            let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<OfferAction, String> {
+        let mut r = crate::protocol::codec::Reader::new(body);
+        let f = |name: &'static str| move || format!("offer action {name}");
+        let code = r.u8(&f("kind")).map_err(|e| e.to_string())?;
+        let kind = crate::model::decision::FeedbackKind::from_u8(code)
+            .ok_or_else(|| format!("offer action of unknown kind {code}"))?;
+        let decoded = (|| {
+            let time = r.u32(&f("time"))?;
+            let decision_id = r.u64(&f("decision id"))?;
+            let key = r.str(&f("key"))?.to_string();
+            let offer = r.str(&f("offer"))?.to_string();
+            let channel = r.str(&f("channel"))?.to_string();
+            r.finish()?;
+            Ok::<_, crate::protocol::codec::DecodeError>(OfferAction {
+                kind,
+                time,
+                decision_id,
+                key,
+                offer,
+                channel,
+            })
+        })();
+        decoded.map_err(|e| e.to_string())
+    }
+}
 
 pub use crate::config::FsyncPolicy;
 
@@ -61,6 +128,8 @@ pub struct Wal {
     /// A write or sync error: the log stops, and so must acknowledgements.
     failed: Mutex<Option<String>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Bytes written to log files since the log was opened.
+    written: std::sync::atomic::AtomicU64,
 }
 
 /// The path of the segment whose first record has `sequence`.
@@ -113,6 +182,7 @@ impl Wal {
             durable,
             failed: Mutex::new(None),
             writer: Mutex::new(None),
+            written: std::sync::atomic::AtomicU64::new(0),
         });
         let mut file = Segment::create(dir, next)?;
         let writer = wal.clone();
@@ -133,6 +203,15 @@ impl Wal {
     /// Adds an event to the log; returns its sequence. The record is stored once
     /// [`Wal::durable`] says so.
     pub fn append(&self, event: &impl EventView) -> u64 {
+        self.append_record(EVENT, |buf| encode_event(event, buf))
+    }
+
+    /// Adds a change of offer state to the log; returns its sequence.
+    pub fn append_offer_action(&self, action: &OfferAction) -> u64 {
+        self.append_record(OFFER_ACTION, |buf| action.encode(buf))
+    }
+
+    fn append_record(&self, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let mut p = self.pending.lock();
         let sequence = p.last + 1;
         p.last = sequence;
@@ -140,7 +219,8 @@ impl Wal {
         let at = p.buf.len();
         p.buf.extend_from_slice(&[0; HEADER]);
         p.buf.extend_from_slice(&sequence.to_le_bytes());
-        encode_event(event, &mut p.buf);
+        p.buf.push(kind);
+        body(&mut p.buf);
         let payload = &p.buf[at + HEADER..];
         let len = payload.len() as u32;
         let crc = crc32c::crc32c(payload);
@@ -153,6 +233,11 @@ impl Wal {
             self.wake.notify_one();
         }
         sequence
+    }
+
+    /// Bytes written to log files since the log was opened.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The last sequence appended so far.
@@ -174,6 +259,20 @@ impl Wal {
             if rx.changed().await.is_err() {
                 return Err("the write-ahead log is closed".into());
             }
+        }
+    }
+
+    /// Blocks the calling thread until `sequence` is stored as the policy promises (for
+    /// threads outside the async runtime, such as the snapshot writer).
+    pub fn wait_durable(&self, sequence: u64) -> Result<(), String> {
+        loop {
+            if let Some(e) = self.failed.lock().clone() {
+                return Err(format!("the write-ahead log failed: {e}"));
+            }
+            if *self.durable.borrow() >= sequence {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -218,6 +317,8 @@ impl Wal {
                     *file = Segment::create(dir, first)?;
                 }
                 file.write(&batch)?;
+                self.written
+                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 batch.clear();
                 unsynced = true;
                 if options.policy == FsyncPolicy::Always {

@@ -131,6 +131,11 @@ impl Interner {
         code
     }
 
+    /// Every interned text, code 1 first (for snapshots).
+    pub fn strings(&self) -> Vec<std::sync::Arc<str>> {
+        self.strings.read().clone()
+    }
+
     /// The code of `text` if it was ever interned.
     pub fn lookup(&self, text: &str) -> Option<u32> {
         self.codes.get(text).map(|c| *c)

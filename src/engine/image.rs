@@ -1,0 +1,482 @@
+//! Images of the engine for snapshots: each shard as bytes, cut at its own log sequence.
+//!
+//! Why per shard: a snapshot must not stop ingest, so it copies one shard at a time,
+//! holding only that shard's lock for the copy. Every change to a shard is logged while
+//! that shard's lock is held (see [`Engine::ingest`]), so the log sequence read under
+//! the lock, the shard's *cut*, splits the log exactly: records up to the cut that
+//! change this shard are in the image, later ones are not. Recovery replays, for each
+//! shard, only the records after its cut.
+//!
+//! One change spans two shards: merging customers of different shards. If a snapshot
+//! copied the survivor's shard before a merge and the loser's after it, the loser's
+//! profile would be in neither image. So while a snapshot is being taken, a merge first
+//! copies whichever of its two shards is not copied yet: both images then hold the
+//! state before the merge, and replaying the merging event merges again.
+//!
+//! Layout of a shard image (little-endian; `str` is `u16` length + UTF-8):
+//!
+//! ```text
+//! u64 cut, u32 now, u32 stride, u32 slots
+//! slots x u32 generation
+//! slots x stride x u32 profile rows
+//! slots x (u8 key count, key count x (u8 namespace, str key))
+//! u32 free slots, that many u32
+//! u32 segments, each: u32 length + that many bytes of roaring bitmap (portable format)
+//! u32 customers with offer state, each: u32 slot + offer state (see `write_offers`)
+//! u32 offers, each: u32 budget period, u32 units spent in it
+//! ```
+//!
+//! Which customers are live and the timer queue are not stored: they follow from the
+//! keys and from each row's next-timer word.
+
+use std::sync::atomic::Ordering;
+
+use roaring::RoaringBitmap;
+
+use super::event::Key;
+use super::profile::NEXT_TIMER;
+use super::shard::{ShardState, CHUNK_ROWS};
+use super::{CustomerRef, Engine, Plan};
+use crate::decide::state::{IssuedCoupon, OfferMemory, Sticky};
+use crate::decide::CustomerOffers;
+use crate::protocol::codec::{DecodeError, Reader};
+
+/// A shard copied for a snapshot: its cut and its bytes.
+#[derive(Debug, Clone)]
+pub struct ShardImage {
+    pub cut: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Everything a snapshot holds of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineImage {
+    pub shards: Vec<ShardImage>,
+    /// The log sequence when the offer counters were copied, after every shard.
+    pub position: u64,
+    /// The offer counters (statistics: decisions, impressions, ...).
+    pub counters: Vec<u64>,
+    /// The texts of string attribute values, code 1 first: rows hold codes.
+    pub strings: Vec<String>,
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn field(name: &'static str) -> impl Fn() -> String {
+    move || name.to_string()
+}
+
+fn invalid(r: &Reader<'_>, name: &str, message: String) -> DecodeError {
+    DecodeError::Invalid {
+        field: name.to_string(),
+        offset: r.offset(),
+        message,
+    }
+}
+
+/// Writes a shard's image.
+pub(crate) fn write_shard(state: &ShardState, plan: &Plan, cut: u64, out: &mut Vec<u8>) {
+    let stride = plan.layout.stride;
+    let slots = state.gens.len();
+    out.reserve(slots * (stride * 4 + 40) + 1024);
+    out.extend_from_slice(&cut.to_le_bytes());
+    put_u32(out, state.now);
+    put_u32(out, stride as u32);
+    put_u32(out, slots as u32);
+    for &g in &state.gens {
+        put_u32(out, g);
+    }
+    let mut left = slots * stride;
+    for chunk in &state.rows {
+        let used = left.min(chunk.len());
+        for &w in &chunk[..used] {
+            put_u32(out, w);
+        }
+        left -= used;
+    }
+    for keys in &state.keys {
+        out.push(keys.len().min(255) as u8);
+        for key in keys.iter().take(255) {
+            out.push(key.namespace as u8);
+            put_str(out, &key.text);
+        }
+    }
+    put_u32(out, state.free.len() as u32);
+    for &f in &state.free {
+        put_u32(out, f);
+    }
+    put_u32(out, state.members.len() as u32);
+    for bitmap in &state.members {
+        put_u32(out, bitmap.serialized_size() as u32);
+        // Writing into a Vec cannot fail.
+        let _ = bitmap.serialize_into(&mut *out);
+    }
+    let mut customers: Vec<_> = state.offers.iter().filter(|(_, o)| !o.is_empty()).collect();
+    customers.sort_by_key(|(local, _)| **local);
+    put_u32(out, customers.len() as u32);
+    for (local, offers) in customers {
+        put_u32(out, *local);
+        write_offers(offers, out);
+    }
+    put_u32(out, state.budget_spent.len() as u32);
+    for &(period, units) in &state.budget_spent {
+        put_u32(out, period);
+        put_u32(out, units);
+    }
+}
+
+/// One customer's offer state:
+/// `u16 memories, each (u16 offer, u16 impressions, each (u32 time, u8 channel), u32
+/// accepted at, u32 dismissed at); u8 sticky (0/1), then u16 offer + u32 until; u8
+/// arms + arm bytes; u16 coupons, each (u16 offer, str code, u32 issued, u32 expires, u8
+/// redeemed)`.
+fn write_offers(o: &CustomerOffers, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(o.memories.len() as u16).to_le_bytes());
+    for m in &o.memories {
+        out.extend_from_slice(&m.offer.to_le_bytes());
+        out.extend_from_slice(&(m.impressions.len() as u16).to_le_bytes());
+        for &(time, channel) in &m.impressions {
+            put_u32(out, time);
+            out.push(channel);
+        }
+        put_u32(out, m.accepted_at);
+        put_u32(out, m.dismissed_at);
+    }
+    match o.sticky {
+        Some(s) => {
+            out.push(1);
+            out.extend_from_slice(&s.offer.to_le_bytes());
+            put_u32(out, s.until);
+        }
+        None => out.push(0),
+    }
+    out.push(o.arms.len() as u8);
+    out.extend_from_slice(&o.arms);
+    out.extend_from_slice(&(o.coupons.len() as u16).to_le_bytes());
+    for c in &o.coupons {
+        out.extend_from_slice(&c.offer.to_le_bytes());
+        put_str(out, &c.code);
+        put_u32(out, c.issued);
+        put_u32(out, c.expires);
+        out.push(c.redeemed as u8);
+    }
+}
+
+fn read_offers(r: &mut Reader<'_>, plan: &Plan) -> Result<CustomerOffers, DecodeError> {
+    let offers = plan.config.decisions.offers.len();
+    let offer = |r: &mut Reader<'_>| -> Result<u16, DecodeError> {
+        let o = r.u16(&field("offer"))?;
+        if o as usize >= offers {
+            return Err(invalid(r, "offer", format!("offer {o} of {offers}")));
+        }
+        Ok(o)
+    };
+    let mut state = CustomerOffers::default();
+    for _ in 0..r.u16(&field("offer memories"))? {
+        let offer = offer(r)?;
+        let n = r.u16(&field("impressions"))?;
+        let mut impressions = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            impressions.push((r.u32(&field("impression time"))?, r.u8(&field("channel"))?));
+        }
+        state.memories.push(OfferMemory {
+            offer,
+            impressions,
+            accepted_at: r.u32(&field("accepted at"))?,
+            dismissed_at: r.u32(&field("dismissed at"))?,
+        });
+    }
+    if r.u8(&field("sticky"))? != 0 {
+        state.sticky = Some(Sticky {
+            offer: offer(r)?,
+            until: r.u32(&field("sticky until"))?,
+        });
+    }
+    for _ in 0..r.u8(&field("arms"))? {
+        state.arms.push(r.u8(&field("arm"))?);
+    }
+    for _ in 0..r.u16(&field("coupons"))? {
+        state.coupons.push(IssuedCoupon {
+            offer: offer(r)?,
+            code: r.str(&field("coupon code"))?.into(),
+            issued: r.u32(&field("coupon issued"))?,
+            expires: r.u32(&field("coupon expires"))?,
+            redeemed: r.u8(&field("coupon redeemed"))? != 0,
+        });
+    }
+    Ok(state)
+}
+
+/// Reads a shard image written by [`write_shard`] under the same config layout.
+///
+/// `codes` maps the string codes in the image's rows to this engine's (`codes[old]`), or
+/// is empty when they are the same.
+pub(crate) fn read_shard(
+    plan: &Plan,
+    id_base: u32,
+    capacity: u64,
+    bytes: &[u8],
+    codes: &[u32],
+) -> Result<(ShardState, u64), DecodeError> {
+    let mut r = Reader::new(bytes);
+    let cut = r.u64(&field("cut"))?;
+    let mut state = ShardState::new(plan, id_base, capacity);
+    state.now = r.u32(&field("shard time"))?;
+    let stride = r.u32(&field("stride"))? as usize;
+    if stride != plan.layout.stride {
+        return Err(invalid(
+            &r,
+            "stride",
+            format!(
+                "rows of {stride} words, this config lays out {}",
+                plan.layout.stride
+            ),
+        ));
+    }
+    let slots = r.u32(&field("slots"))? as usize;
+    if slots as u64 > capacity {
+        return Err(invalid(
+            &r,
+            "slots",
+            format!("{slots} slots, capacity {capacity}"),
+        ));
+    }
+    state.gens = Vec::with_capacity(slots);
+    for _ in 0..slots {
+        state.gens.push(r.u32(&field("generation"))?);
+    }
+    let mut left = slots * stride;
+    while left > 0 {
+        let mut chunk = vec![0u32; CHUNK_ROWS * stride].into_boxed_slice();
+        let used = left.min(chunk.len());
+        for w in &mut chunk[..used] {
+            *w = r.u32(&field("profile row"))?;
+        }
+        state.rows.push(chunk);
+        left -= used;
+    }
+    // `allocate` adds a chunk when the slot count reaches a chunk boundary, so exactly
+    // the chunks holding `slots` rows exist, as here.
+    if !codes.is_empty() {
+        let strings: Vec<usize> = plan
+            .layout
+            .attributes
+            .iter()
+            .filter(|(_, ty)| *ty == crate::config::ValueType::String)
+            .map(|(at, _)| *at)
+            .collect();
+        for local in 0..slots {
+            let (chunk, row) = (local / CHUNK_ROWS, local % CHUNK_ROWS * stride);
+            for &at in &strings {
+                let word = &mut state.rows[chunk][row + at];
+                *word = *codes.get(*word as usize).ok_or_else(|| {
+                    invalid(
+                        &r,
+                        "profile row",
+                        format!("string code {} is unknown", *word),
+                    )
+                })?;
+            }
+        }
+    }
+    let namespaces = plan.config.namespaces.len();
+    state.keys = Vec::with_capacity(slots);
+    for local in 0..slots as u32 {
+        let n = r.u8(&field("key count"))?;
+        let mut keys = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let namespace = r.u8(&field("key namespace"))? as usize;
+            if namespace >= namespaces {
+                return Err(invalid(
+                    &r,
+                    "key namespace",
+                    format!("namespace {namespace} of {namespaces}"),
+                ));
+            }
+            keys.push(Key {
+                namespace,
+                text: r.str(&field("key"))?.into(),
+            });
+        }
+        if !keys.is_empty() {
+            state.live.insert(id_base + local);
+            let next = state.row(plan, local)[NEXT_TIMER];
+            if next != 0 {
+                state.timers.entry(next).or_default().push(local);
+            }
+        }
+        state.keys.push(keys);
+    }
+    for _ in 0..r.u32(&field("free slots"))? {
+        let slot = r.u32(&field("free slot"))?;
+        if slot as usize >= slots {
+            return Err(invalid(&r, "free slot", format!("slot {slot} of {slots}")));
+        }
+        state.free.push(slot);
+    }
+    let segments = r.u32(&field("segments"))? as usize;
+    if segments != plan.config.segments.len() {
+        return Err(invalid(
+            &r,
+            "segments",
+            format!(
+                "{segments} segments, this config has {}",
+                plan.config.segments.len()
+            ),
+        ));
+    }
+    for s in 0..segments {
+        let len = r.u32(&field("bitmap length"))? as usize;
+        let at = r.offset();
+        let bitmap_bytes = r.bytes(len, &field("bitmap"))?;
+        state.members[s] =
+            RoaringBitmap::deserialize_from(bitmap_bytes).map_err(|e| DecodeError::Invalid {
+                field: format!("bitmap of segment `{}`", plan.config.segments[s].name),
+                offset: at,
+                message: e.to_string(),
+            })?;
+    }
+    for _ in 0..r.u32(&field("customers with offer state"))? {
+        let local = r.u32(&field("slot"))?;
+        if local as usize >= slots {
+            return Err(invalid(&r, "slot", format!("slot {local} of {slots}")));
+        }
+        let offers = read_offers(&mut r, plan)?;
+        state.offers.insert(local, offers);
+    }
+    let offers = r.u32(&field("budget offers"))? as usize;
+    if offers != state.budget_spent.len() {
+        return Err(invalid(
+            &r,
+            "budget offers",
+            format!(
+                "{offers} offers, this config has {}",
+                state.budget_spent.len()
+            ),
+        ));
+    }
+    for spent in &mut state.budget_spent {
+        *spent = (
+            r.u32(&field("budget period"))?,
+            r.u32(&field("budget units"))?,
+        );
+    }
+    r.finish()?;
+    Ok((state, cut))
+}
+
+impl Engine {
+    fn log_position(&self) -> u64 {
+        self.journal.get().map_or(0, |j| j.last_appended())
+    }
+
+    /// Copies every shard, one at a time, each at its own cut (see the module docs).
+    pub fn image(&self) -> EngineImage {
+        self.image_with(|_| {})
+    }
+
+    /// [`Engine::image`], calling `between(shard)` after each shard is copied, with no
+    /// lock held: tests use it to change the engine in the middle of a snapshot.
+    pub fn image_with(&self, mut between: impl FnMut(usize)) -> EngineImage {
+        let n = self.shards.len();
+        *self.cutting.lock() = Some(vec![None; n]);
+        self.cutting_active.store(true, Ordering::SeqCst);
+        for shard in 0..n {
+            let state = self.lock(shard);
+            self.copy_if_uncopied(shard, &state);
+            drop(state);
+            between(shard);
+        }
+        self.cutting_active.store(false, Ordering::SeqCst);
+        let images = self.cutting.lock().take().unwrap_or_default();
+        let position = self.log_position();
+        EngineImage {
+            shards: images.into_iter().flatten().collect(),
+            position,
+            counters: self.decider.counter_values(),
+            // After every shard: it holds every code their rows use.
+            strings: self
+                .plan
+                .config
+                .interner
+                .strings()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+
+    /// Copies a shard into the snapshot being taken unless it is copied already. Called
+    /// with the shard's lock held.
+    pub(super) fn copy_if_uncopied(&self, shard: usize, state: &ShardState) {
+        if !self.cutting_active.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut cutting = self.cutting.lock();
+        if let Some(images) = cutting.as_mut() {
+            if images[shard].is_none() {
+                let cut = self.log_position();
+                let mut bytes = Vec::new();
+                write_shard(state, &self.plan, cut, &mut bytes);
+                images[shard] = Some(ShardImage { cut, bytes });
+            }
+        }
+    }
+
+    /// Loads shard images into this engine, which must be new (no customers yet), and
+    /// rebuilds what images do not store: the identity map, the global budgets.
+    pub fn restore(&self, image: &EngineImage) -> Result<Vec<u64>, (usize, DecodeError)> {
+        if image.shards.len() != self.shards.len() {
+            return Err((
+                0,
+                DecodeError::Invalid {
+                    field: "shards".into(),
+                    offset: 0,
+                    message: format!(
+                        "{} shards, this config has {}",
+                        image.shards.len(),
+                        self.shards.len()
+                    ),
+                },
+            ));
+        }
+        let capacity = 1u64 << self.local_bits;
+        // The image's string codes, as this engine's interner numbers them: the same
+        // unless the config's rules mention other strings than the writer's did.
+        let interner = &self.plan.config.interner;
+        let mut codes = vec![0u32];
+        codes.extend(image.strings.iter().map(|s| interner.intern(s)));
+        if codes.iter().enumerate().all(|(i, &c)| c == i as u32) {
+            codes.clear();
+        }
+        let mut cuts = Vec::with_capacity(self.shards.len());
+        for (shard, shard_image) in image.shards.iter().enumerate() {
+            let base = ((shard as u64) << self.local_bits) as u32;
+            let (state, cut) = read_shard(&self.plan, base, capacity, &shard_image.bytes, &codes)
+                .map_err(|e| (shard, e))?;
+            for local in &state.live {
+                let slot = (local - base) as usize;
+                let r = CustomerRef {
+                    id: local,
+                    generation: state.gens[slot],
+                };
+                for key in &state.keys[slot] {
+                    self.identity.insert(key.text.clone(), r.pack());
+                }
+            }
+            self.decider.restore_budget_spending(&state.budget_spent);
+            *self.shards[shard].lock() = state;
+            cuts.push(cut);
+        }
+        self.decider.restore_counters(&image.counters);
+        Ok(cuts)
+    }
+}

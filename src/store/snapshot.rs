@@ -1,0 +1,448 @@
+//! Snapshots: the whole engine in one file, so that recovery replays only the log after
+//! it and old log files can be removed.
+//!
+//! A snapshot is written to `snapshots/<position>.snap.tmp`, synced, renamed to
+//! `snapshots/<position>.snap` and the directory synced, so a crash leaves either the
+//! old snapshot or the new one, never half of one. Then older snapshots go, and so do
+//! the log files whose every record the new snapshot holds.
+//!
+//! Each shard is cut at its own log sequence (see `engine::image`), so ingest is held
+//! up only while one shard is copied. A record is in the snapshot if its sequence is at
+//! most the cut of the shard it changed; recovery replays the log from the smallest
+//! cut on and skips, per shard, what the image holds.
+//!
+//! File layout (little-endian):
+//!
+//! ```text
+//! 16 bytes  magic "omnia snapshot\n\0"
+//! u32       snapshot format (1)
+//! u64       fingerprint of the profile layout of the config that wrote it
+//! u64       position: the log sequence when it was completed
+//! u32       shards
+//! u32       crc32c of the 36 bytes above
+//! shards x  section: u64 length, u32 crc32c of the body, body (a shard image)
+//! 1 x       section whose body is: u32 n, n x u64 offer counters
+//! 1 x       section whose body is: u32 n, n x (u32 length, UTF-8): the texts of string
+//!           attribute values, code 1 first (rows hold the codes)
+//! ```
+//!
+//! A snapshot holds profile rows laid out by the config, so it can only be loaded under
+//! a config with the same layout (the fingerprint covers namespaces, channels,
+//! attributes, aggregates, segments, scores, offers, experiments and the shard count).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{io, DataDir, StoreError};
+use crate::config::{Config, ScoreModel};
+use crate::engine::{Engine, EngineImage, ShardImage};
+
+const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
+const VERSION: u32 = 1;
+const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
+
+/// A fingerprint of everything that decides where things are in a profile row and
+/// what indexes in the offer state mean.
+pub fn layout_fingerprint(config: &Config) -> u64 {
+    let scores: Vec<(&str, bool)> = config
+        .scores
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                matches!(s.model, ScoreModel::Decayed { .. }),
+            )
+        })
+        .collect();
+    let segments: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
+    let offers: Vec<&str> = config
+        .decisions
+        .offers
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
+    let experiments: Vec<(&str, Vec<&str>)> = config
+        .decisions
+        .experiments
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.arms.iter().map(|a| a.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{segments:?}|{scores:?}|{offers:?}|{experiments:?}|{}",
+        config.namespaces,
+        config.channels,
+        config.attributes,
+        config.features,
+        config.engine.shards
+    );
+    xxh3_64(text.as_bytes())
+}
+
+/// What writing a snapshot did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub position: u64,
+    /// The smallest shard cut: every log record up to it is in the snapshot.
+    pub covers: u64,
+    pub customers: u64,
+    pub removed_log_files: usize,
+    pub took: Duration,
+}
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "snapshot {} written: {} customers, {} bytes, covers the log to record {}, in {:.2?}; removed {} log files",
+            self.path.display(),
+            self.customers,
+            self.bytes,
+            self.covers,
+            self.took,
+            self.removed_log_files
+        )
+    }
+}
+
+fn snapshot_path(dir: &Path, position: u64) -> PathBuf {
+    dir.join(format!("{position:020}.snap"))
+}
+
+/// Takes a snapshot of `engine` into the data directory, then removes older snapshots
+/// and the log files it covers.
+pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
+    write_image(data, engine, engine.image())
+}
+
+/// [`write`] with an image taken already.
+pub fn write_image(
+    data: &DataDir,
+    engine: &Engine,
+    image: EngineImage,
+) -> Result<Written, StoreError> {
+    let started = Instant::now();
+    let customers = engine.stats().customers;
+    // Only what the log holds may be in a snapshot: otherwise a crash now could leave
+    // it holding events the log lost, and the log's next records would reuse their
+    // sequences.
+    if let Some(journal) = engine.journal() {
+        journal
+            .wait_durable(image.position)
+            .map_err(|reason| StoreError::Io {
+                path: data.wal(),
+                source: std::io::Error::other(reason),
+            })?;
+    }
+    let dir = data.snapshots();
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = snapshot_path(&dir, image.position);
+    let tmp = path.with_extension("snap.tmp");
+    let mut bytes = 0u64;
+    {
+        let mut file =
+            std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io(&tmp))?);
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&layout_fingerprint(engine.config()).to_le_bytes());
+        header.extend_from_slice(&image.position.to_le_bytes());
+        header.extend_from_slice(&(image.shards.len() as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        let mut counters = Vec::with_capacity(4 + image.counters.len() * 8);
+        counters.extend_from_slice(&(image.counters.len() as u32).to_le_bytes());
+        for c in &image.counters {
+            counters.extend_from_slice(&c.to_le_bytes());
+        }
+        let mut strings = Vec::new();
+        strings.extend_from_slice(&(image.strings.len() as u32).to_le_bytes());
+        for text in &image.strings {
+            strings.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            strings.extend_from_slice(text.as_bytes());
+        }
+        let mut put = |b: &[u8]| -> Result<(), StoreError> {
+            file.write_all(b).map_err(io(&tmp))?;
+            bytes += b.len() as u64;
+            Ok(())
+        };
+        put(&header)?;
+        for body in image
+            .shards
+            .iter()
+            .map(|s| s.bytes.as_slice())
+            .chain([counters.as_slice(), strings.as_slice()])
+        {
+            put(&(body.len() as u64).to_le_bytes())?;
+            put(&crc32c::crc32c(body).to_le_bytes())?;
+            put(body)?;
+        }
+        let file = file.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&dir))?;
+    // The new snapshot is safe: what it replaces can go.
+    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+        let entry = entry.map_err(io(&dir))?;
+        let other = entry.path();
+        if other != path {
+            std::fs::remove_file(&other).map_err(io(&other))?;
+        }
+    }
+    let covers = image.shards.iter().map(|s| s.cut).min().unwrap_or(0);
+    let removed_log_files = remove_covered_log(&data.wal(), covers)?;
+    Ok(Written {
+        path,
+        bytes,
+        position: image.position,
+        covers,
+        customers,
+        removed_log_files,
+        took: started.elapsed(),
+    })
+}
+
+/// Removes the log files whose every record is at most `covers`. The newest file is the
+/// one being written and always stays.
+fn remove_covered_log(wal: &Path, covers: u64) -> Result<usize, StoreError> {
+    let files = super::segments(wal)?;
+    let mut removed = 0;
+    for pair in files.windows(2) {
+        let (_, path) = &pair[0];
+        let (next_first, _) = pair[1];
+        if next_first - 1 <= covers {
+            std::fs::remove_file(path).map_err(io(path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The newest snapshot in the data directory, if any.
+pub fn newest(data: &DataDir) -> Result<Option<PathBuf>, StoreError> {
+    let dir = data.snapshots();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in entries {
+        let path = entry.map_err(io(&dir))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        let Some(position) = name
+            .as_deref()
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().map_or(true, |(p, _)| position > *p) {
+            newest = Some((position, path));
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
+}
+
+/// Reads and checks a snapshot written under a config with `config`'s layout.
+pub fn read(path: &Path, config: &Config) -> Result<EngineImage, StoreError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let corrupt = |offset: usize, reason: String| StoreError::CorruptSnapshot {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if bytes.len() < HEADER {
+        return Err(corrupt(
+            0,
+            format!(
+                "the file has {} bytes, a header needs {HEADER}",
+                bytes.len()
+            ),
+        ));
+    }
+    if &bytes[..16] != MAGIC {
+        return Err(corrupt(0, "it does not start as an omnia snapshot".into()));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    if crc32c::crc32c(&bytes[..HEADER - 4]) != u32_at(HEADER - 4) {
+        return Err(corrupt(0, "header checksum mismatch".into()));
+    }
+    let version = u32_at(16);
+    if version != VERSION {
+        return Err(corrupt(
+            16,
+            format!("snapshot format {version}; this version reads format {VERSION}"),
+        ));
+    }
+    let fingerprint = u64_at(20);
+    if fingerprint != layout_fingerprint(config) {
+        return Err(StoreError::SnapshotConfig {
+            path: path.to_path_buf(),
+        });
+    }
+    let position = u64_at(28);
+    let shards = u32_at(36) as usize;
+    let mut at = HEADER;
+    let mut sections = Vec::with_capacity(shards + 1);
+    for i in 0..shards + 2 {
+        let what = match i - shards.min(i) {
+            _ if i < shards => format!("shard {i}"),
+            0 => "the offer counters".to_string(),
+            _ => "the string table".to_string(),
+        };
+        if bytes.len() - at < 12 {
+            return Err(corrupt(at, format!("the file ends before {what}")));
+        }
+        let len = u64_at(at) as usize;
+        let crc = u32_at(at + 8);
+        let body_at = at + 12;
+        if bytes.len() - body_at < len {
+            return Err(corrupt(
+                at,
+                format!(
+                    "{what} claims {len} bytes, {} remain",
+                    bytes.len() - body_at
+                ),
+            ));
+        }
+        let body = &bytes[body_at..body_at + len];
+        if crc32c::crc32c(body) != crc {
+            return Err(corrupt(at, format!("checksum mismatch in {what}")));
+        }
+        sections.push((body_at, body));
+        at = body_at + len;
+    }
+    if at != bytes.len() {
+        return Err(corrupt(
+            at,
+            format!("{} bytes after the last section", bytes.len() - at),
+        ));
+    }
+    let (strings_at, strings_body) = sections.pop().unwrap_or((at, &[]));
+    let strings = read_strings(strings_body)
+        .ok_or_else(|| corrupt(strings_at, "the string table is malformed".into()))?;
+    let (counters_at, counters) = sections.pop().unwrap_or((at, &[]));
+    let n = counters
+        .get(..4)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) as usize;
+    if counters.len() != 4 + n * 8 {
+        return Err(corrupt(
+            counters_at,
+            "the offer counters section is malformed".into(),
+        ));
+    }
+    let counters = counters[4..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    let shards = sections
+        .into_iter()
+        .map(|(_, body)| ShardImage {
+            cut: body
+                .get(..8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default())),
+            bytes: body.to_vec(),
+        })
+        .collect();
+    Ok(EngineImage {
+        shards,
+        position,
+        counters,
+        strings,
+    })
+}
+
+fn read_strings(body: &[u8]) -> Option<Vec<String>> {
+    let mut r = crate::protocol::codec::Reader::new(body);
+    let f = || "string".to_string();
+    let n = r.u32(&f).ok()?;
+    let mut strings = Vec::with_capacity((n as usize).min(body.len() / 4));
+    for _ in 0..n {
+        let len = r.u32(&f).ok()? as usize;
+        strings.push(String::from_utf8(r.bytes(len, &f).ok()?.to_vec()).ok()?);
+    }
+    r.finish().ok()?;
+    Some(strings)
+}
+
+/// The byte offset in the snapshot file where shard `shard`'s body starts, for errors.
+pub fn shard_offset(image: &EngineImage, shard: usize) -> u64 {
+    let before: usize = image.shards[..shard.min(image.shards.len())]
+        .iter()
+        .map(|s| 12 + s.bytes.len())
+        .sum();
+    (HEADER + before + 12) as u64
+}
+
+/// Takes snapshots in the background: every `interval`, and whenever `log_bytes` more
+/// were logged since the last one, whichever comes first.
+pub struct Snapshotter {
+    stop: crossbeam::channel::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Snapshotter {
+    pub fn spawn(
+        data: DataDir,
+        engine: std::sync::Arc<Engine>,
+        interval: Option<Duration>,
+        log_bytes: Option<u64>,
+    ) -> std::io::Result<Snapshotter> {
+        let (stop, stopped) = crossbeam::channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("omnia-snapshot".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                let logged = || engine.journal().map_or(0, |j| j.bytes_written());
+                let mut logged_at_last = logged();
+                loop {
+                    match stopped.recv_timeout(Duration::from_millis(250)) {
+                        Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let by_time = interval.is_some_and(|i| last.elapsed() >= i);
+                    let by_volume =
+                        log_bytes.is_some_and(|b| logged() - logged_at_last >= b);
+                    if !(by_time || by_volume) {
+                        continue;
+                    }
+                    logged_at_last = logged();
+                    last = Instant::now();
+                    match write(&data, &engine) {
+                        Ok(written) => tracing::info!(
+                            reason = if by_time { "interval" } else { "log volume" },
+                            "{written}"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "the snapshot failed; the log keeps everything, and the next one is tried at the next interval"),
+                    }
+                }
+            })?;
+        Ok(Snapshotter {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops taking snapshots, waiting for one being written.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

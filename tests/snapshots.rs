@@ -1,0 +1,495 @@
+//! Snapshots through the library: an engine restored from a snapshot plus the log after
+//! it equals the engine that wrote them, also when snapshots are taken while several
+//! threads ingest, merge identities, decide and give feedback; covered log files go;
+//! offer state (caps, stickiness, coupons, budgets) survives; a damaged snapshot or one
+//! from another config stops the start with the file, the offset and what to do.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use omnia::clock::ManualClock;
+use omnia::config::{Config, FsyncPolicy, Source};
+use omnia::decide::DecideError;
+use omnia::engine::{Engine, RawEvent};
+use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::model::RawValue;
+use omnia::store::wal::{Wal, WalOptions};
+use omnia::store::{open_data_dir, recover, snapshot, DataDir, StoreError};
+
+/// Monday 2 March 2026, 10:00 UTC.
+const START: i64 = 1_772_445_600_000;
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(name: &str) -> Dir {
+    let path = std::env::temp_dir().join(format!("omnia-snapshots-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    Dir(path)
+}
+
+/// An engine on `data`, recovered and logging, as `omnia serve` runs one.
+struct Node {
+    data: DataDir,
+    engine: Arc<Engine>,
+    wal: Arc<Wal>,
+    recovered: omnia::store::Recovered,
+}
+
+fn start(path: &Path, config: Config, clock: &Arc<ManualClock>) -> Result<Node, StoreError> {
+    let data = open_data_dir(path)?;
+    let engine = Arc::new(Engine::new(config, clock.clone()));
+    let recovered = recover(&data, &engine)?;
+    let wal = Wal::open(
+        &data.wal(),
+        recovered.last_sequence + 1,
+        WalOptions {
+            policy: FsyncPolicy::Never,
+            interval: Duration::from_millis(5),
+            // Small segments, so that snapshots have whole files to remove.
+            segment_bytes: 16 << 10,
+        },
+    )
+    .unwrap();
+    engine.attach_journal(wal.clone());
+    Ok(Node {
+        data,
+        engine,
+        wal,
+        recovered,
+    })
+}
+
+impl Node {
+    /// Everything acknowledged is written; the log is closed, as at a crash after the
+    /// last acknowledgement (a process crash loses nothing written).
+    fn stop(self) {
+        self.wal.wait_durable(self.wal.last_appended()).unwrap();
+        self.wal.close();
+    }
+}
+
+fn retail() -> Config {
+    Config::embedded_default().unwrap()
+}
+
+/// Customer `i`'s journey step `step`: anonymous browsing on a cookie, a login that
+/// merges the cookie into the account (their profiles usually live in different
+/// shards), carts, purchases, opt-ins.
+fn event(i: usize, step: usize, now: i64) -> RawEvent {
+    let anon = format!("anon:c{i}");
+    let user = format!("user:{i}");
+    match step % 6 {
+        0 | 1 => RawEvent::new("page_view", if i % 2 == 0 { "web" } else { "app" }, now).key(&anon),
+        2 => RawEvent::new("page_view", "web", now)
+            .key(&anon)
+            .key(&user)
+            .key(&format!("email:c{i}@example.com"))
+            .attr("email_opt_in", true)
+            .attr("country", if i % 3 == 0 { "NL" } else { "FR" }),
+        3 => RawEvent::new("add_to_cart", "app", now)
+            .key(&user)
+            .prop("sku", RawValue::Str(format!("sku-{}", i % 7)))
+            .prop("price", 20.0 + i as f64),
+        4 => RawEvent::new("purchase", "store", now)
+            .key(&user)
+            .prop("amount", 100.0 + (i * 37 % 500) as f64),
+        _ => RawEvent::new("email_open", "email", now).key(&format!("email:c{i}@example.com")),
+    }
+}
+
+fn decide(engine: &Engine, key: &str, channel: &str, record: bool) -> Result<String, DecideError> {
+    let request = DecisionRequest {
+        key: key.into(),
+        channel: channel.into(),
+        top: 3,
+        record_impression: record,
+        explain: true,
+        context: Vec::new(),
+    };
+    let d = engine.decide(&request)?;
+    Ok(format!(
+        "{:?} {:?} {:?}",
+        d.offers
+            .iter()
+            .map(|o| (&o.offer, o.sticky))
+            .collect::<Vec<_>>(),
+        d.coupons,
+        d.explanation
+            .iter()
+            .map(|c| (&c.offer, c.outcome.name(), &c.detail))
+            .collect::<Vec<_>>()
+    ))
+}
+
+/// What a channel or a data team can see of customers `0..n`: profiles (without the
+/// internal id, which depends on the order profiles were created in), decisions with
+/// explanations on two channels, segment sizes, offer counters.
+fn observe(engine: &Engine, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for i in 0..n {
+        for key in [format!("user:{i}"), format!("anon:c{i}")] {
+            let profile = engine.profile(&key).map(|mut p| {
+                p.customer = 0;
+                p.keys.sort();
+                p
+            });
+            seen.push(format!("{key}: {profile:?}"));
+            for channel in ["email", "web"] {
+                seen.push(format!(
+                    "{key} {channel}: {:?}",
+                    decide(engine, &key, channel, false)
+                ));
+            }
+        }
+    }
+    for segment in &engine.config().segments {
+        seen.push(format!(
+            "{}: {}",
+            segment.name,
+            engine.segment_count(&segment.name).unwrap()
+        ));
+    }
+    seen.push(format!("{:?}", engine.stats().customers));
+    seen
+}
+
+fn compare(a: &[String], b: &[String]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x, y);
+    }
+}
+
+#[test]
+fn a_snapshot_and_the_log_after_it_restore_the_engine_exactly() {
+    let d = dir("exact");
+    let clock = Arc::new(ManualClock::new(START));
+    let node = start(&d.0, retail(), &clock).unwrap();
+    let n = 60;
+    let mut now = START - 3_600_000;
+    for step in 0..6 {
+        for i in 0..n {
+            node.engine.ingest(&event(i, step, now)).unwrap();
+            now += 1_000;
+        }
+        if step == 3 {
+            snapshot::write(&node.data, &node.engine).unwrap();
+        }
+    }
+    for i in 0..n {
+        decide(&node.engine, &format!("user:{i}"), "email", true).unwrap();
+    }
+    let before = observe(&node.engine, n);
+    let files_before = omnia::store::segments(&node.data.wal()).unwrap();
+    node.stop();
+
+    let node = start(&d.0, retail(), &clock).unwrap();
+    let (path, customers) = node.recovered.snapshot.clone().unwrap();
+    assert!(path.starts_with(node.data.snapshots()));
+    assert_eq!(
+        customers, n as u64,
+        "the logins merged cookies into accounts"
+    );
+    assert!(node.recovered.events > 0);
+    compare(&before, &observe(&node.engine, n));
+    // Appending continues after the old records: one more event, one more restart.
+    node.engine.ingest(&event(0, 4, now)).unwrap();
+    let after = observe(&node.engine, n);
+    node.stop();
+    let node = start(&d.0, retail(), &clock).unwrap();
+    compare(&after, &observe(&node.engine, n));
+    // The first restart's log file is new; older ones were all kept since the snapshot.
+    assert!(omnia::store::segments(&node.data.wal()).unwrap().len() > files_before.len());
+    node.stop();
+}
+
+#[test]
+fn snapshots_taken_during_concurrent_ingest_merges_and_decisions_lose_nothing() {
+    let d = dir("concurrent");
+    let clock = Arc::new(ManualClock::new(START));
+    let node = start(&d.0, retail(), &clock).unwrap();
+    let n = 400;
+    let threads = 4;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let engine = node.engine.clone();
+            s.spawn(move || {
+                for step in 0..6 {
+                    for i in (t..n).step_by(threads) {
+                        let now = START - 3_600_000 + (step * n + i) as i64 * 100;
+                        engine.ingest(&event(i, step, now)).unwrap();
+                        if step == 5 && i % 3 == 0 {
+                            decide(&engine, &format!("user:{i}"), "email", true).unwrap();
+                        }
+                        if step == 5 && i % 9 == 0 {
+                            let target = FeedbackTarget::Customer {
+                                key: format!("user:{i}"),
+                                offer: "cart_reminder".into(),
+                                channel: "store".into(),
+                            };
+                            // Not every customer was offered it; feedback counts anyway.
+                            let _ = engine.feedback(FeedbackKind::Accept, &target);
+                        }
+                    }
+                }
+            });
+        }
+        let engine = node.engine.clone();
+        let data = node.data.clone();
+        s.spawn(move || {
+            for _ in 0..5 {
+                snapshot::write(&data, &engine).unwrap();
+                std::thread::yield_now();
+            }
+        });
+    });
+    let before = observe(&node.engine, n);
+    node.stop();
+    let node = start(&d.0, retail(), &clock).unwrap();
+    assert!(node.recovered.snapshot.is_some());
+    compare(&before, &observe(&node.engine, n));
+    node.stop();
+}
+
+/// The one change that spans two shards, a merge, in the middle of a snapshot: after
+/// the snapshot copied one of the two shards and before it copied the other. Both orders
+/// (the survivor's shard copied first, or the loser's) must come back whole.
+#[test]
+fn a_merge_between_a_copied_and_an_uncopied_shard_comes_back_whole() {
+    let clock = Arc::new(ManualClock::new(START));
+    let shard_of = |engine: &Engine, key: &str| engine.customer_of(key).unwrap() >> 28;
+    let mut orders_seen = [false, false];
+    for i in 0..40 {
+        let d = dir(&format!("straddle-{i}"));
+        let node = start(&d.0, retail(), &clock).unwrap();
+        let (anon, user) = (format!("anon:c{i}"), format!("user:{i}"));
+        let e = &node.engine;
+        e.ingest(&event(i, 0, START - 60_000)).unwrap();
+        e.ingest(
+            &RawEvent::new("purchase", "store", START - 50_000)
+                .key(&user)
+                .prop("amount", 250.0),
+        )
+        .unwrap();
+        let (loser, survivor) = (shard_of(e, &anon), shard_of(e, &user));
+        if loser == survivor {
+            continue;
+        }
+        orders_seen[(survivor < loser) as usize] = true;
+        // The login that merges the cookie into the account, once the first of the two
+        // shards is copied.
+        let image = e.image_with(|copied| {
+            if copied == loser.min(survivor) as usize {
+                e.ingest(&event(i, 2, START - 40_000)).unwrap();
+            }
+        });
+        snapshot::write_image(&node.data, e, image).unwrap();
+        let before = observe(e, i + 1);
+        assert_eq!(e.customer_of(&anon), e.customer_of(&user));
+        node.stop();
+        let node = start(&d.0, retail(), &clock).unwrap();
+        compare(&before, &observe(&node.engine, i + 1));
+        node.stop();
+    }
+    assert_eq!(orders_seen, [true, true], "both orders were tried");
+}
+
+const BUDGET_CONFIG: &str = r#"
+channels = ["web", "email", "store"]
+[identity]
+namespaces = ["user"]
+[events.view]
+[events.offer_impression]
+properties = { offer = "string", decision = "string" }
+[events.offer_accept]
+properties = { offer = "string", decision = "string" }
+
+[decisions]
+fallback = "fallback"
+feedback_events = { impression = "offer_impression", accept = "offer_accept" }
+
+[offers.limited]
+rule = "ever(view)"
+value = 10
+budget = { accepts = 3 }
+repeat = true
+coupon = { prefix = "LTD", valid = "7d" }
+
+[offers.capped]
+rule = "ever(view)"
+value = 5
+caps = [{ impressions = 2, per = "1d" }]
+sticky = "1h"
+
+[offers.fallback]
+value = 0.1
+"#;
+
+fn budget_config() -> Config {
+    Config::from_source(&Source::new("budget.toml", BUDGET_CONFIG))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn accept(engine: &Engine, user: usize) -> Result<(), DecideError> {
+    let target = FeedbackTarget::Customer {
+        key: format!("user:{user}"),
+        offer: "limited".into(),
+        channel: "store".into(),
+    };
+    engine.feedback(FeedbackKind::Accept, &target).map(|_| ())
+}
+
+#[test]
+fn budgets_caps_stickiness_and_coupons_survive_restarts_with_and_without_a_snapshot() {
+    for with_snapshot in [false, true] {
+        let d = dir(&format!("offers-{with_snapshot}"));
+        let clock = Arc::new(ManualClock::new(START));
+        let node = start(&d.0, budget_config(), &clock).unwrap();
+        for user in 0..4 {
+            node.engine
+                .ingest(&RawEvent::new("view", "web", START).key(&format!("user:{user}")))
+                .unwrap();
+        }
+        // user:0 sees both offers twice: `capped` reaches its cap, a coupon is issued.
+        let first = decide(&node.engine, "user:0", "web", true).unwrap();
+        assert!(first.contains("LTD"), "{first}");
+        decide(&node.engine, "user:0", "email", true).unwrap();
+        accept(&node.engine, 0).unwrap();
+        if with_snapshot {
+            snapshot::write(&node.data, &node.engine).unwrap();
+        }
+        accept(&node.engine, 1).unwrap();
+        let before = observe(&node.engine, 4);
+        node.stop();
+
+        let node = start(&d.0, budget_config(), &clock).unwrap();
+        assert_eq!(node.recovered.snapshot.is_some(), with_snapshot);
+        compare(&before, &observe(&node.engine, 4));
+        let capped = decide(&node.engine, "user:0", "web", false).unwrap();
+        assert!(capped.contains(r#"("capped", "capped""#), "{capped}");
+        // Two of three acceptances were spent before the restart: one is left.
+        accept(&node.engine, 2).unwrap();
+        let err = accept(&node.engine, 3).unwrap_err();
+        assert!(matches!(err, DecideError::BudgetSpent { .. }), "{err}");
+        node.stop();
+    }
+}
+
+fn written_snapshot(name: &str) -> (Dir, PathBuf, Arc<ManualClock>) {
+    let d = dir(name);
+    let clock = Arc::new(ManualClock::new(START));
+    let node = start(&d.0, retail(), &clock).unwrap();
+    for i in 0..20 {
+        for step in 0..3 {
+            node.engine.ingest(&event(i, step, START - 60_000)).unwrap();
+        }
+    }
+    let written = snapshot::write(&node.data, &node.engine).unwrap();
+    node.stop();
+    (d, written.path, clock)
+}
+
+#[test]
+fn a_damaged_snapshot_stops_the_start_with_the_file_and_offset() {
+    let (d, path, clock) = written_snapshot("damaged");
+    let good = std::fs::read(&path).unwrap();
+
+    // A byte flipped in the first shard's body: its section (after the 44-byte header) fails.
+    let mut bytes = good.clone();
+    bytes[44 + 12 + 30] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = start(&d.0, retail(), &clock).err().unwrap();
+    assert!(
+        matches!(&err, StoreError::CorruptSnapshot { offset: 44, reason, .. } if reason == "checksum mismatch in shard 0"),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}, byte 44: the snapshot is damaged: checksum mismatch in shard 0.",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("Restore the data directory from a backup"),
+        "{message}"
+    );
+
+    // Cut short.
+    std::fs::write(&path, &good[..good.len() - 3]).unwrap();
+    let err = start(&d.0, retail(), &clock).err().unwrap();
+    assert!(err.to_string().contains("the string table claims"), "{err}");
+
+    // The header.
+    let mut bytes = good.clone();
+    bytes[30] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = start(&d.0, retail(), &clock).err().unwrap();
+    assert!(
+        matches!(&err, StoreError::CorruptSnapshot { offset: 0, reason, .. } if reason == "header checksum mismatch"),
+        "{err}"
+    );
+
+    // Intact again: it starts.
+    std::fs::write(&path, &good).unwrap();
+    start(&d.0, retail(), &clock).unwrap().stop();
+}
+
+#[test]
+fn a_snapshot_from_a_config_with_another_layout_is_refused() {
+    let (d, path, clock) = written_snapshot("layout");
+    let mut config = retail();
+    config.engine.shards = 8;
+    let err = start(&d.0, config, &clock).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} was written under a config with another profile layout (its namespaces, channels, attributes, aggregates, segments, scores, offers, experiments or shard count differ). Start with the config that wrote it; changing the layout of a running engine is what `omnia ctl reload` is for",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn log_files_a_snapshot_covers_are_removed_and_a_missing_one_is_a_gap() {
+    let d = dir("gap");
+    let clock = Arc::new(ManualClock::new(START));
+    let node = start(&d.0, retail(), &clock).unwrap();
+    // Written in batches of 100 (a few KiB), so that the 16 KiB files fill one by one.
+    let ingest = |step: usize, now: i64| {
+        for i in 0..1000 {
+            node.engine.ingest(&event(i, step, now)).unwrap();
+            if i % 100 == 99 {
+                node.wal.wait_durable(node.wal.last_appended()).unwrap();
+            }
+        }
+    };
+    ingest(0, START - 60_000);
+    let files = omnia::store::segments(&node.data.wal()).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    let written = snapshot::write(&node.data, &node.engine).unwrap();
+    assert_eq!(written.covers, 1000);
+    assert_eq!(written.removed_log_files, files.len() - 1);
+    ingest(1, START - 30_000);
+    node.stop();
+    // Losing the log file after the snapshot loses acknowledged events: refused.
+    let files = omnia::store::segments(&d.0.join("wal")).unwrap();
+    std::fs::remove_file(&files[0].1).unwrap();
+    let err = start(&d.0, retail(), &clock).err().unwrap();
+    assert!(
+        matches!(err, StoreError::LogGap { covers: 1000, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("but the snapshot needs every record after 1000"),
+        "{err}"
+    );
+}
