@@ -66,12 +66,17 @@ struct ServeOptions {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: String,
-    /// Data directory (created if missing): the write-ahead log, replayed at start.
+    /// Data directory (created if missing): the write-ahead log and the snapshot,
+    /// recovered at start.
     #[arg(long, default_value = "./omnia-data")]
     data_dir: PathBuf,
     /// Override `[storage] fsync`: always, interval or never.
     #[arg(long, value_parser = parse_fsync)]
     fsync: Option<omnia::config::FsyncPolicy>,
+    /// Override `[storage] snapshot_interval_s`: seconds between snapshots (0: not by
+    /// time).
+    #[arg(long, value_name = "SECONDS")]
+    snapshot_interval: Option<u64>,
     /// Number of shards, overriding engine.shards (a power of two up to 256).
     #[arg(long)]
     shards: Option<u32>,
@@ -182,6 +187,14 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
     );
     if let Some(policy) = options.fsync {
         config.storage.fsync = policy;
+    }
+    if let Some(seconds) = options.snapshot_interval {
+        anyhow::ensure!(
+            seconds <= 7 * 86_400,
+            "--snapshot-interval {seconds}: at most 604800 (a week); 0 turns snapshots by time off"
+        );
+        config.storage.snapshot_interval =
+            (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
     }
     let data_dir = omnia::store::open_data_dir(&options.data_dir)?;
     let wal_dir = data_dir.wal();

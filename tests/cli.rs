@@ -34,8 +34,13 @@ mod tempdir {
 }
 
 fn serve() -> Served {
+    let port = free_port();
+    serve_on(std::env::temp_dir().join(format!("omnia-cli-test-{port}")))
+}
+
+/// Starts `omnia serve` on a data directory (removed when the result is dropped).
+fn serve_on(dir: std::path::PathBuf) -> Served {
     let (port, metrics_port) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("omnia-cli-test-{port}"));
     let child = Command::new(OMNIA)
         .args([
             "serve",
@@ -296,6 +301,24 @@ fn serve_ctl_metrics_and_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+
+    // Shutdown wrote a snapshot; a restart loads it and has everything.
+    let dir = served._dir.0.clone();
+    let snapshots: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        snapshots.len() == 1 && snapshots[0].ends_with(".snap"),
+        "{snapshots:?}"
+    );
+    std::mem::forget(served._dir);
+    let mut again = serve_on(dir);
+    let stats = ctl(&again.addr, &["--json", "stats"], None);
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(json["customers"].as_u64(), Some(2), "{json}");
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
 }
 
 #[test]

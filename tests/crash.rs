@@ -29,7 +29,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(data: &Path, fsync: &str) -> (Child, String) {
+/// How a round ends: how long ingest runs before the kill, and the snapshot interval.
+#[derive(Clone, Copy)]
+struct Rounds {
+    count: u64,
+    /// Milliseconds of ingest before a kill: `base` plus up to `spread`.
+    base: u64,
+    spread: u64,
+    snapshot_interval: u64,
+}
+
+fn start(data: &Path, fsync: &str, snapshot_interval: u64) -> (Child, String) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(OMNIA)
@@ -42,6 +52,8 @@ fn start(data: &Path, fsync: &str) -> (Child, String) {
             "warn",
             "--fsync",
             fsync,
+            "--snapshot-interval",
+            &snapshot_interval.to_string(),
             "--data-dir",
         ])
         .arg(data)
@@ -118,12 +130,12 @@ async fn ingest_until_killed(
     }
 }
 
-async fn crash_rounds(data: &Path, fsync: &str, rounds: u64, seed: u64) {
+async fn crash_rounds(data: &Path, fsync: &str, rounds: Rounds, seed: u64) {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     // Events in flight at a kill that did not make it are not in flight next round.
     let mut maybe: HashMap<String, u64> = HashMap::new();
-    for round in 0..rounds {
-        let (mut child, addr) = start(data, fsync);
+    for round in 0..rounds.count {
+        let (mut child, addr) = start(data, fsync, rounds.snapshot_interval);
         let tasks: Vec<_> = (0..CONNECTIONS)
             .map(|c| {
                 let (addr, ledger) = (addr.clone(), ledger.clone());
@@ -135,7 +147,7 @@ async fn crash_rounds(data: &Path, fsync: &str, rounds: u64, seed: u64) {
                 ))
             })
             .collect();
-        let wait = 100 + (seed.wrapping_mul(round + 7) % 400);
+        let wait = rounds.base + (seed.wrapping_mul(round + 7) % rounds.spread);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
@@ -147,13 +159,56 @@ async fn crash_rounds(data: &Path, fsync: &str, rounds: u64, seed: u64) {
             *maybe.entry(k).or_default() += n;
         }
     }
-    let (mut child, addr) = start(data, fsync);
-    let client = Client::connect(&addr).await.unwrap();
     let acked_by_key = std::mem::take(&mut ledger.lock().unwrap().acked);
     assert!(
         acked_by_key.values().sum::<u64>() > 0,
         "nothing was acknowledged before the kills"
     );
+    let (mut child, addr) = start(data, fsync, rounds.snapshot_interval);
+    verify(&addr, &acked_by_key, &maybe, fsync).await;
+    if rounds.snapshot_interval > 0 {
+        // Once more from a snapshot for certain: wait for one, kill, start, verify.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while snapshot_files(data).is_empty() {
+            assert!(Instant::now() < deadline, "no snapshot was taken");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            snapshot_files(data).len(),
+            1,
+            "only the newest snapshot is kept"
+        );
+        let (restarted, addr) = start(data, fsync, rounds.snapshot_interval);
+        child = restarted;
+        verify(&addr, &acked_by_key, &maybe, fsync).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The `.snap` files in the data directory.
+fn snapshot_files(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("snapshots"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every customer's count is at least what was acknowledged and at most that plus what
+/// was in flight; segments agree with the count.
+async fn verify(
+    addr: &str,
+    acked_by_key: &HashMap<String, u64>,
+    maybe: &HashMap<String, u64>,
+    fsync: &str,
+) {
+    let client = Client::connect(addr).await.unwrap();
     for c in 0..CONNECTIONS {
         for k in 0..KEYS_PER_CONNECTION {
             let key = format!("user:c{c}-{k}");
@@ -178,8 +233,6 @@ async fn crash_rounds(data: &Path, fsync: &str, rounds: u64, seed: u64) {
             );
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 struct Dir(PathBuf);
@@ -196,11 +249,38 @@ fn dir(name: &str) -> Dir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_fsync_always_loses_no_acknowledged_event() {
     let d = dir("always");
-    crash_rounds(&d.0, "always", 4, 0x5eed_0001).await;
+    let rounds = Rounds {
+        count: 4,
+        base: 100,
+        spread: 400,
+        snapshot_interval: 0,
+    };
+    crash_rounds(&d.0, "always", rounds, 0x5eed_0001).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_fsync_interval_loses_no_acknowledged_event() {
     let d = dir("interval");
-    crash_rounds(&d.0, "interval", 3, 0x5eed_0002).await;
+    let rounds = Rounds {
+        count: 3,
+        base: 100,
+        spread: 400,
+        snapshot_interval: 0,
+    };
+    crash_rounds(&d.0, "interval", rounds, 0x5eed_0002).await;
+}
+
+/// Snapshots every second while rounds run 1.1 to 2 seconds: kills land before, during
+/// and after snapshots, and recovery starts from a snapshot plus the log after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_snapshots_loses_no_acknowledged_event() {
+    let d = dir("snapshots");
+    let rounds = Rounds {
+        count: 3,
+        base: 1_100,
+        spread: 900,
+        snapshot_interval: 1,
+    };
+    crash_rounds(&d.0, "interval", rounds, 0x5eed_0003).await;
+    assert!(!snapshot_files(&d.0).is_empty());
 }
