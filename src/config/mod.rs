@@ -106,7 +106,7 @@ impl Default for StorageSettings {
             fsync_interval: std::time::Duration::from_millis(100),
             segment_bytes: 64 << 20,
             snapshot_interval: Some(std::time::Duration::from_secs(600)),
-            snapshot_log_bytes: Some(1 << 30),
+            snapshot_log_bytes: Some(512 << 20),
         }
     }
 }

@@ -1,17 +1,21 @@
 //! Images of the engine for snapshots: each shard as bytes, cut at its own log sequence.
 //!
-//! Why per shard: a snapshot must not stop ingest, so it copies one shard at a time,
-//! holding only that shard's lock for the copy. Every change to a shard is logged while
-//! that shard's lock is held (see [`Engine::ingest`]), so the log sequence read under
-//! the lock, the shard's *cut*, splits the log exactly: records up to the cut that
-//! change this shard are in the image, later ones are not. Recovery replays, for each
-//! shard, only the records after its cut.
+//! Why per shard: a snapshot must not stop ingest. It makes a *cut* of one shard at a
+//! time: under the shard's lock, it reads the log sequence and copies the small parts
+//! (bitmaps, generations, offer state); rows and keys are then saved chunk by chunk
+//! (4,096 customers), each either by the snapshot or, if a change comes first, by the
+//! change, just before it (copy on write, see `ShardCut`). So no lock is held for
+//! longer than one chunk's copy, and an INGEST batch, which touches every shard, never
+//! waits for a whole shard. Every change to a shard is logged while that shard's lock is
+//! held (see [`Engine::ingest`]), so the cut splits the log exactly: records up to it
+//! that change this shard are in the image, later ones are not. Recovery replays, for
+//! each shard, only the records after its cut.
 //!
 //! One change spans two shards: merging customers of different shards. If a snapshot
-//! copied the survivor's shard before a merge and the loser's after it, the loser's
-//! profile would be in neither image. So while a snapshot is being taken, a merge first
-//! copies whichever of its two shards is not copied yet: both images then hold the
-//! state before the merge, and replaying the merging event merges again.
+//! cut the survivor's shard before a merge and the loser's after it, the loser's
+//! profile would be in neither image. So while cuts are being made, a merge first cuts
+//! whichever of its two shards is not cut yet: both images then hold the state before
+//! the merge, and replaying the merging event merges again.
 //!
 //! Layout of a shard image (little-endian; `str` is `u16` length + UTF-8):
 //!
@@ -35,7 +39,7 @@ use roaring::RoaringBitmap;
 
 use super::event::Key;
 use super::profile::NEXT_TIMER;
-use super::shard::{ShardState, CHUNK_ROWS};
+use super::shard::{touched_chunk, ShardCut, ShardState, CHUNK_ROWS};
 use super::{CustomerRef, Engine, Plan};
 use crate::decide::state::{IssuedCoupon, OfferMemory, Sticky};
 use crate::decide::CustomerOffers;
@@ -58,10 +62,36 @@ pub struct EngineImage {
     pub counters: Vec<u64>,
     /// The texts of string attribute values, code 1 first: rows hold codes.
     pub strings: Vec<String>,
+    /// The longest time one shard was locked for its copy: how long ingest to that
+    /// shard waited.
+    pub longest_pause: std::time::Duration,
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Words as little-endian bytes: one copy on little-endian machines, where this is the
+/// time a shard stays locked for its snapshot.
+fn put_words(out: &mut Vec<u8>, words: &[u32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(words));
+    } else {
+        for &w in words {
+            put_u32(out, w);
+        }
+    }
+}
+
+/// The inverse of [`put_words`]; `bytes` holds exactly `words.len() * 4` bytes.
+fn get_words(words: &mut [u32], bytes: &[u8]) {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice_mut::<u32, u8>(words).copy_from_slice(bytes);
+    } else {
+        for (w, b) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -82,52 +112,45 @@ fn invalid(r: &Reader<'_>, name: &str, message: String) -> DecodeError {
     }
 }
 
-/// Writes a shard's image.
-pub(crate) fn write_shard(state: &ShardState, plan: &Plan, cut: u64, out: &mut Vec<u8>) {
+/// Writes a shard's image from its cut, every chunk saved.
+pub(crate) fn write_cut(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
     let stride = plan.layout.stride;
-    let slots = state.gens.len();
+    let slots = cut.slots;
     out.reserve(slots * (stride * 4 + 40) + 1024);
-    out.extend_from_slice(&cut.to_le_bytes());
-    put_u32(out, state.now);
+    out.extend_from_slice(&cut.cut.to_le_bytes());
+    put_u32(out, cut.now);
     put_u32(out, stride as u32);
     put_u32(out, slots as u32);
-    for &g in &state.gens {
-        put_u32(out, g);
-    }
+    put_words(out, &cut.gens);
+    let chunks = || cut.chunks.iter().flatten();
     let mut left = slots * stride;
-    for chunk in &state.rows {
-        let used = left.min(chunk.len());
-        for &w in &chunk[..used] {
-            put_u32(out, w);
-        }
+    for (rows, _) in chunks() {
+        let used = left.min(rows.len());
+        put_words(out, &rows[..used]);
         left -= used;
     }
-    for keys in &state.keys {
+    for keys in chunks().flat_map(|(_, keys)| keys) {
         out.push(keys.len().min(255) as u8);
         for key in keys.iter().take(255) {
             out.push(key.namespace as u8);
             put_str(out, &key.text);
         }
     }
-    put_u32(out, state.free.len() as u32);
-    for &f in &state.free {
-        put_u32(out, f);
-    }
-    put_u32(out, state.members.len() as u32);
-    for bitmap in &state.members {
+    put_u32(out, cut.free.len() as u32);
+    put_words(out, &cut.free);
+    put_u32(out, cut.members.len() as u32);
+    for bitmap in &cut.members {
         put_u32(out, bitmap.serialized_size() as u32);
         // Writing into a Vec cannot fail.
         let _ = bitmap.serialize_into(&mut *out);
     }
-    let mut customers: Vec<_> = state.offers.iter().filter(|(_, o)| !o.is_empty()).collect();
-    customers.sort_by_key(|(local, _)| **local);
-    put_u32(out, customers.len() as u32);
-    for (local, offers) in customers {
+    put_u32(out, cut.offers.len() as u32);
+    for (local, offers) in &cut.offers {
         put_u32(out, *local);
         write_offers(offers, out);
     }
-    put_u32(out, state.budget_spent.len() as u32);
-    for &(period, units) in &state.budget_spent {
+    put_u32(out, cut.budget_spent.len() as u32);
+    for &(period, units) in &cut.budget_spent {
         put_u32(out, period);
         put_u32(out, units);
     }
@@ -249,17 +272,16 @@ pub(crate) fn read_shard(
             format!("{slots} slots, capacity {capacity}"),
         ));
     }
-    state.gens = Vec::with_capacity(slots);
-    for _ in 0..slots {
-        state.gens.push(r.u32(&field("generation"))?);
-    }
+    state.gens = vec![0; slots];
+    get_words(&mut state.gens, r.bytes(slots * 4, &field("generations"))?);
     let mut left = slots * stride;
     while left > 0 {
         let mut chunk = vec![0u32; CHUNK_ROWS * stride].into_boxed_slice();
         let used = left.min(chunk.len());
-        for w in &mut chunk[..used] {
-            *w = r.u32(&field("profile row"))?;
-        }
+        get_words(
+            &mut chunk[..used],
+            r.bytes(used * 4, &field("profile rows"))?,
+        );
         state.rows.push(chunk);
         left -= used;
     }
@@ -383,23 +405,59 @@ impl Engine {
         self.image_with(|_| {})
     }
 
-    /// [`Engine::image`], calling `between(shard)` after each shard is copied, with no
+    /// [`Engine::image`], calling `between(shard)` after each shard is cut, with no
     /// lock held: tests use it to change the engine in the middle of a snapshot.
     pub fn image_with(&self, mut between: impl FnMut(usize)) -> EngineImage {
         let n = self.shards.len();
-        *self.cutting.lock() = Some(vec![None; n]);
+        *self.cutting.lock() = Some(vec![false; n]);
         self.cutting_active.store(true, Ordering::SeqCst);
-        for shard in 0..n {
-            let state = self.lock(shard);
-            self.copy_if_uncopied(shard, &state);
+        let mut longest_pause = std::time::Duration::ZERO;
+        let mut timed = |shard: usize, f: &mut dyn FnMut(&mut ShardState)| {
+            let mut state = self.lock(shard);
+            let locked = std::time::Instant::now();
+            f(&mut state);
             drop(state);
+            longest_pause = longest_pause.max(locked.elapsed());
+        };
+        for shard in 0..n {
+            // Buffers for every chunk a change may save, faulted in here, not there.
+            let chunks = self.shards[shard].lock().gens.len().div_ceil(CHUNK_ROWS);
+            let mut spare: Vec<_> = (0..chunks)
+                .map(|_| touched_chunk(self.plan.layout.stride))
+                .collect();
+            timed(shard, &mut |state| {
+                self.cut_if_uncut(shard, state);
+                if let Some(cut) = state.cut.as_deref_mut() {
+                    cut.spare.append(&mut spare);
+                }
+            });
             between(shard);
         }
+        // Every shard is cut: merges need not cut any more.
         self.cutting_active.store(false, Ordering::SeqCst);
-        let images = self.cutting.lock().take().unwrap_or_default();
+        *self.cutting.lock() = None;
+        let mut shards = Vec::with_capacity(n);
+        for shard in 0..n {
+            let chunks = self.shards[shard]
+                .lock()
+                .cut
+                .as_ref()
+                .map_or(0, |c| c.chunks.len());
+            for chunk in 0..chunks {
+                timed(shard, &mut |state| state.save_chunk(&self.plan, chunk));
+            }
+            let mut cut = None;
+            timed(shard, &mut |state| cut = state.cut.take());
+            let mut bytes = Vec::new();
+            let cut = cut.map_or(0, |cut| {
+                write_cut(&cut, &self.plan, &mut bytes);
+                cut.cut
+            });
+            shards.push(ShardImage { cut, bytes });
+        }
         let position = self.log_position();
         EngineImage {
-            shards: images.into_iter().flatten().collect(),
+            shards,
             position,
             counters: self.decider.counter_values(),
             // After every shard: it holds every code their rows use.
@@ -411,22 +469,21 @@ impl Engine {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            longest_pause,
         }
     }
 
-    /// Copies a shard into the snapshot being taken unless it is copied already. Called
-    /// with the shard's lock held.
-    pub(super) fn copy_if_uncopied(&self, shard: usize, state: &ShardState) {
+    /// Cuts a shard for the snapshot being made unless it is cut already. Called with
+    /// the shard's lock held, which is what makes the cut and the log sequence agree.
+    pub(super) fn cut_if_uncut(&self, shard: usize, state: &mut ShardState) {
         if !self.cutting_active.load(Ordering::SeqCst) {
             return;
         }
         let mut cutting = self.cutting.lock();
-        if let Some(images) = cutting.as_mut() {
-            if images[shard].is_none() {
-                let cut = self.log_position();
-                let mut bytes = Vec::new();
-                write_shard(state, &self.plan, cut, &mut bytes);
-                images[shard] = Some(ShardImage { cut, bytes });
+        if let Some(cut) = cutting.as_mut().and_then(|c| c.get_mut(shard)) {
+            if !*cut {
+                *cut = true;
+                state.start_cut(self.log_position(), Vec::new());
             }
         }
     }

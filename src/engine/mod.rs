@@ -114,8 +114,8 @@ pub struct Engine {
     pub(crate) decider: crate::decide::Decider,
     /// Where accepted events are logged, once recovery has replayed the old ones.
     journal: std::sync::OnceLock<Arc<crate::store::wal::Wal>>,
-    /// The shard images of a snapshot being taken (see `image`).
-    cutting: Mutex<Option<Vec<Option<ShardImage>>>>,
+    /// Which shards a snapshot being made has cut (see `image`).
+    cutting: Mutex<Option<Vec<bool>>>,
     cutting_active: AtomicBool,
 }
 
@@ -419,8 +419,8 @@ impl Engine {
             let (mut first, mut second) = (self.lock(ws.min(ls)), self.lock(ws.max(ls)));
             // A snapshot in progress must see both shards before the merge, or neither
             // (see `image`).
-            self.copy_if_uncopied(ws.min(ls), &first);
-            self.copy_if_uncopied(ws.max(ls), &second);
+            self.cut_if_uncut(ws.min(ls), &mut first);
+            self.cut_if_uncut(ws.max(ls), &mut second);
             let (winner, loser_state) = if ws < ls {
                 (&mut first, &mut second)
             } else {

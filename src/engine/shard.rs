@@ -54,6 +54,40 @@ pub(crate) struct ShardState {
     pub budget_spent: Vec<(u32, u32)>,
     /// The shard's time: never goes back, even if the clock does.
     pub now: u32,
+    /// The snapshot being taken of this shard, if any (see `image`): chunks of rows and
+    /// keys are saved into it before their first change.
+    pub(super) cut: Option<Box<ShardCut>>,
+}
+
+/// A shard as it was at a log sequence, for a snapshot: the small parts copied when
+/// the cut was made, the rows and keys chunk by chunk, each saved before it first
+/// changed after the cut or, unchanged, by the snapshot itself. So making a cut holds
+/// the shard's lock only to copy the small parts, and saving a chunk only for one chunk.
+pub(crate) struct ShardCut {
+    pub cut: u64,
+    pub now: u32,
+    pub slots: usize,
+    pub gens: Vec<u32>,
+    pub free: Vec<u32>,
+    pub members: Vec<RoaringBitmap>,
+    pub offers: Vec<(u32, CustomerOffers)>,
+    pub budget_spent: Vec<(u32, u32)>,
+    /// Per chunk: its rows (a whole chunk's buffer; the rows of `slots` are valid) and
+    /// its slots' keys, once saved.
+    pub chunks: Vec<Option<(Box<[u32]>, Vec<Vec<Key>>)>>,
+    /// Chunk buffers the snapshot allocated, and touched, before the cut: a change that
+    /// saves a chunk copies into one instead of faulting in fresh pages on the hot path.
+    pub spare: Vec<Box<[u32]>>,
+}
+
+/// A buffer for one chunk of rows with every page already faulted in.
+pub(crate) fn touched_chunk(stride: usize) -> Box<[u32]> {
+    let mut buf = vec![0u32; CHUNK_ROWS * stride].into_boxed_slice();
+    // A zeroed allocation maps pages lazily; a write to each page maps it now.
+    for i in (0..buf.len()).step_by(1024) {
+        buf[i] = 1;
+    }
+    buf
 }
 
 impl ShardState {
@@ -71,6 +105,7 @@ impl ShardState {
             offers: Default::default(),
             budget_spent: vec![(0, 0); plan.config.decisions.offers.len()],
             now: 0,
+            cut: None,
         }
     }
 
@@ -86,12 +121,58 @@ impl ShardState {
 
     #[inline]
     fn row_mut(&mut self, plan: &Plan, local: u32) -> &mut [u32] {
+        if self.cut.is_some() {
+            self.save_chunk(plan, local as usize / CHUNK_ROWS);
+        }
         let stride = plan.layout.stride;
         let (chunk, at) = (
             local as usize / CHUNK_ROWS,
             local as usize % CHUNK_ROWS * stride,
         );
         &mut self.rows[chunk][at..at + stride]
+    }
+
+    /// Makes a cut of this shard at log sequence `cut` (see [`ShardCut`]).
+    pub fn start_cut(&mut self, cut: u64, spare: Vec<Box<[u32]>>) {
+        let slots = self.gens.len();
+        let mut offers: Vec<(u32, CustomerOffers)> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| !o.is_empty())
+            .map(|(l, o)| (*l, o.clone()))
+            .collect();
+        offers.sort_by_key(|(l, _)| *l);
+        self.cut = Some(Box::new(ShardCut {
+            cut,
+            now: self.now,
+            slots,
+            gens: self.gens.clone(),
+            free: self.free.clone(),
+            members: self.members.clone(),
+            offers,
+            budget_spent: self.budget_spent.clone(),
+            chunks: vec![None; slots.div_ceil(CHUNK_ROWS)],
+            spare,
+        }));
+    }
+
+    /// Saves a chunk into the cut being taken, unless it is saved already.
+    pub fn save_chunk(&mut self, plan: &Plan, chunk: usize) {
+        let Some(cut) = self.cut.as_deref_mut() else {
+            return;
+        };
+        let Some(slot @ None) = cut.chunks.get_mut(chunk) else {
+            return;
+        };
+        let first = chunk * CHUNK_ROWS;
+        let end = cut.slots.min(first + CHUNK_ROWS);
+        let used = (end - first) * plan.layout.stride;
+        let mut rows = cut
+            .spare
+            .pop()
+            .unwrap_or_else(|| vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
+        rows[..used].copy_from_slice(&self.rows[chunk][..used]);
+        *slot = Some((rows, self.keys[first..end].to_vec()));
     }
 
     pub fn is_live(&self, local: u32) -> bool {
@@ -134,6 +215,7 @@ impl ShardState {
             if self.keys[local as usize].contains(&key) {
                 continue;
             }
+            // (`row_mut` below saves the chunk, keys included, before they change.)
             self.row_mut(plan, local)[KEY_MASK] |= 1 << key.namespace;
             self.keys[local as usize].push(key);
             added = true;
@@ -292,6 +374,7 @@ impl ShardState {
     /// Removes a customer: out of every bitmap, its row cleared, its slot free for
     /// reuse. Returns what it was, for a merge.
     pub fn take(&mut self, plan: &Plan, local: u32) -> Taken {
+        self.save_chunk(plan, local as usize / CHUNK_ROWS);
         let id = self.id_base + local;
         let row = self.row(plan, local).to_vec();
         for s in 0..plan.config.segments.len() {

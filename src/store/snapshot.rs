@@ -44,6 +44,8 @@ use crate::engine::{Engine, EngineImage, ShardImage};
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
 const VERSION: u32 = 1;
 const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
+/// Bytes written between syncs of a snapshot file.
+const SYNC_EVERY: usize = 8 << 20;
 
 /// A fingerprint of everything that decides where things are in a profile row and
 /// what indexes in the offer state mean.
@@ -97,6 +99,8 @@ pub struct Written {
     pub covers: u64,
     pub customers: u64,
     pub removed_log_files: usize,
+    /// The longest a shard was locked while it was copied.
+    pub longest_pause: Duration,
     pub took: Duration,
 }
 
@@ -104,12 +108,13 @@ impl std::fmt::Display for Written {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "snapshot {} written: {} customers, {} bytes, covers the log to record {}, in {:.2?}; removed {} log files",
+            "snapshot {} written: {} customers, {} bytes, covers the log to record {}, in {:.2?} (no shard locked longer than {:.2?}); removed {} log files",
             self.path.display(),
             self.customers,
             self.bytes,
             self.covers,
             self.took,
+            self.longest_pause,
             self.removed_log_files
         )
     }
@@ -122,7 +127,8 @@ fn snapshot_path(dir: &Path, position: u64) -> PathBuf {
 /// Takes a snapshot of `engine` into the data directory, then removes older snapshots
 /// and the log files it covers.
 pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
-    write_image(data, engine, engine.image())
+    let started = Instant::now();
+    write_from(data, engine, engine.image(), started)
 }
 
 /// [`write`] with an image taken already.
@@ -131,7 +137,15 @@ pub fn write_image(
     engine: &Engine,
     image: EngineImage,
 ) -> Result<Written, StoreError> {
-    let started = Instant::now();
+    write_from(data, engine, image, Instant::now())
+}
+
+fn write_from(
+    data: &DataDir,
+    engine: &Engine,
+    image: EngineImage,
+    started: Instant,
+) -> Result<Written, StoreError> {
     let customers = engine.stats().customers;
     // Only what the log holds may be in a snapshot: otherwise a crash now could leave
     // it holding events the log lost, and the log's next records would reuse their
@@ -171,8 +185,19 @@ pub fn write_image(
             strings.extend_from_slice(&(text.len() as u32).to_le_bytes());
             strings.extend_from_slice(text.as_bytes());
         }
+        // Synced as it is written: hundreds of megabytes of dirty pages at once would
+        // make the kernel throttle every writer, the log's too, and stall ingest.
+        let mut unsynced = 0usize;
         let mut put = |b: &[u8]| -> Result<(), StoreError> {
-            file.write_all(b).map_err(io(&tmp))?;
+            for piece in b.chunks(SYNC_EVERY) {
+                file.write_all(piece).map_err(io(&tmp))?;
+                unsynced += piece.len();
+                if unsynced >= SYNC_EVERY {
+                    file.flush().map_err(io(&tmp))?;
+                    file.get_ref().sync_data().map_err(io(&tmp))?;
+                    unsynced = 0;
+                }
+            }
             bytes += b.len() as u64;
             Ok(())
         };
@@ -211,6 +236,7 @@ pub fn write_image(
         covers,
         customers,
         removed_log_files,
+        longest_pause: image.longest_pause,
         took: started.elapsed(),
     })
 }
@@ -364,6 +390,7 @@ pub fn read(path: &Path, config: &Config) -> Result<EngineImage, StoreError> {
         position,
         counters,
         strings,
+        longest_pause: Duration::ZERO,
     })
 }
 

@@ -32,7 +32,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
@@ -291,21 +291,43 @@ impl Wal {
         file: &mut Segment,
         options: &WalOptions,
     ) -> std::io::Result<()> {
+        // Under `interval`, another thread syncs: a slow fsync (a snapshot being written
+        // fills the disk queue, say) then never holds up the writes, and so the
+        // acknowledgements, queued behind it.
+        let syncer = Syncer::default();
+        std::thread::scope(|scope| {
+            if options.policy == FsyncPolicy::Interval {
+                syncer.replace(file.file.try_clone()?);
+                let syncer = &syncer;
+                std::thread::Builder::new()
+                    .name("omnia-wal-sync".into())
+                    .spawn_scoped(scope, move || {
+                        if let Err(e) = syncer.run(options.interval) {
+                            tracing::error!(error = %e, "syncing the write-ahead log failed; no more events are acknowledged");
+                            *self.failed.lock() = Some(e.to_string());
+                            self.durable.send_modify(|_| {});
+                        }
+                    })?;
+            }
+            let written = self.write_batches(dir, file, options, &syncer);
+            syncer.stop();
+            written
+        })
+    }
+
+    fn write_batches(
+        &self,
+        dir: &Path,
+        file: &mut Segment,
+        options: &WalOptions,
+        syncer: &Syncer,
+    ) -> std::io::Result<()> {
         let mut batch = Vec::with_capacity(1 << 20);
-        let mut last_sync = Instant::now();
-        let mut unsynced = false;
         loop {
             let (last, closed) = {
                 let mut p = self.pending.lock();
                 while p.buf.is_empty() && !p.closed {
-                    if options.policy == FsyncPolicy::Interval && unsynced {
-                        let wait = options.interval.saturating_sub(last_sync.elapsed());
-                        if self.wake.wait_for(&mut p, wait).timed_out() {
-                            break;
-                        }
-                    } else {
-                        self.wake.wait(&mut p);
-                    }
+                    self.wake.wait(&mut p);
                 }
                 std::mem::swap(&mut p.buf, &mut batch);
                 (p.last, p.closed)
@@ -315,31 +337,79 @@ impl Wal {
                     file.sync()?;
                     let first = last - count_records(&batch) + 1;
                     *file = Segment::create(dir, first)?;
+                    if options.policy == FsyncPolicy::Interval {
+                        syncer.replace(file.file.try_clone()?);
+                    }
                 }
                 file.write(&batch)?;
                 self.written
                     .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 batch.clear();
-                unsynced = true;
-                if options.policy == FsyncPolicy::Always {
-                    file.sync()?;
-                    unsynced = false;
-                    last_sync = Instant::now();
+                match options.policy {
+                    FsyncPolicy::Always => file.sync()?,
+                    FsyncPolicy::Interval => syncer.mark_dirty(),
+                    FsyncPolicy::Never => {}
                 }
                 self.durable.send_replace(last);
             }
-            if unsynced
-                && (closed
-                    || (options.policy == FsyncPolicy::Interval
-                        && last_sync.elapsed() >= options.interval))
-            {
-                file.sync()?;
-                unsynced = false;
-                last_sync = Instant::now();
-            }
             if closed && self.pending.lock().buf.is_empty() {
+                // Even `never` syncs at a clean close.
+                return file.sync();
+            }
+        }
+    }
+}
+
+/// The `interval` policy's syncing thread: syncs the current file at most every
+/// interval, when something was written since the last sync.
+#[derive(Default)]
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    file: Option<File>,
+    dirty: bool,
+    stop: bool,
+}
+
+impl Syncer {
+    /// The file to sync from now on (the writer synced the one before itself).
+    fn replace(&self, file: File) {
+        let mut state = self.state.lock();
+        state.file = Some(file);
+        state.dirty = false;
+    }
+
+    fn mark_dirty(&self) {
+        self.state.lock().dirty = true;
+    }
+
+    fn stop(&self) {
+        self.state.lock().stop = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self, interval: Duration) -> std::io::Result<()> {
+        let mut state = self.state.lock();
+        loop {
+            if state.stop {
                 return Ok(());
             }
+            self.wake.wait_for(&mut state, interval);
+            if !state.dirty {
+                continue;
+            }
+            state.dirty = false;
+            let Some(file) = state.file.as_ref().map(File::try_clone).transpose()? else {
+                continue;
+            };
+            // Synced without the lock, so the writer never waits for it.
+            drop(state);
+            file.sync_data()?;
+            state = self.state.lock();
         }
     }
 }
