@@ -124,12 +124,12 @@ pub(crate) fn write_cut(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
     put_words(out, &cut.gens);
     let chunks = || cut.chunks.iter().flatten();
     let mut left = slots * stride;
-    for (rows, _) in chunks() {
-        let used = left.min(rows.len());
-        put_words(out, &rows[..used]);
+    for chunk in chunks() {
+        let used = left.min(chunk.rows.len());
+        put_words(out, &chunk.rows[..used]);
         left -= used;
     }
-    for keys in chunks().flat_map(|(_, keys)| keys) {
+    for keys in chunks().flat_map(|chunk| &chunk.keys) {
         out.push(keys.len().min(255) as u8);
         for key in keys.iter().take(255) {
             out.push(key.namespace as u8);

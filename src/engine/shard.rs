@@ -74,10 +74,17 @@ pub(crate) struct ShardCut {
     pub budget_spent: Vec<(u32, u32)>,
     /// Per chunk: its rows (a whole chunk's buffer; the rows of `slots` are valid) and
     /// its slots' keys, once saved.
-    pub chunks: Vec<Option<(Box<[u32]>, Vec<Vec<Key>>)>>,
+    pub chunks: Vec<Option<SavedChunk>>,
     /// Chunk buffers the snapshot allocated, and touched, before the cut: a change that
     /// saves a chunk copies into one instead of faulting in fresh pages on the hot path.
     pub spare: Vec<Box<[u32]>>,
+}
+
+/// One chunk of a shard as a cut saved it.
+#[derive(Clone)]
+pub(crate) struct SavedChunk {
+    pub rows: Box<[u32]>,
+    pub keys: Vec<Vec<Key>>,
 }
 
 /// A buffer for one chunk of rows with every page already faulted in.
@@ -172,7 +179,10 @@ impl ShardState {
             .pop()
             .unwrap_or_else(|| vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
         rows[..used].copy_from_slice(&self.rows[chunk][..used]);
-        *slot = Some((rows, self.keys[first..end].to_vec()));
+        *slot = Some(SavedChunk {
+            rows,
+            keys: self.keys[first..end].to_vec(),
+        });
     }
 
     pub fn is_live(&self, local: u32) -> bool {
