@@ -275,6 +275,8 @@ pub struct Dependencies {
 #[derive(Debug)]
 pub struct Config {
     pub source_name: String,
+    /// The config's text, kept so that a snapshot can say which layout its rows have.
+    pub source_text: String,
     /// crc32c of the config text, shown as the config version.
     pub version: u32,
     pub engine: EngineSettings,
@@ -886,6 +888,7 @@ impl Builder<'_> {
 
         let mut config = Config {
             source_name: self.source.name.clone(),
+            source_text: self.source.text.clone(),
             version: crc32c::crc32c(self.source.text.as_bytes()),
             engine,
             storage,

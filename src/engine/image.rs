@@ -39,6 +39,7 @@ use roaring::RoaringBitmap;
 
 use super::event::Key;
 use super::profile::NEXT_TIMER;
+use super::relayout::LayoutMap;
 use super::shard::{touched_chunk, ShardCut, ShardState, CHUNK_ROWS};
 use super::{CustomerRef, Engine, Plan};
 use crate::decide::state::{IssuedCoupon, OfferMemory, Sticky};
@@ -65,6 +66,17 @@ pub struct EngineImage {
     /// The longest time one shard was locked for its copy: how long ingest to that
     /// shard waited.
     pub longest_pause: std::time::Duration,
+    /// The config the rows are laid out by: its name and text.
+    pub config: (String, String),
+}
+
+/// Why an image cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("shard {shard}: {error}")]
+    Shard { shard: usize, error: DecodeError },
+    #[error("{0}")]
+    Layout(String),
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -272,8 +284,11 @@ pub(crate) fn read_shard(
             format!("{slots} slots, capacity {capacity}"),
         ));
     }
+    // Read before anything is allocated for them: a damaged count must not allocate
+    // gigabytes.
+    let gens = r.bytes(slots * 4, &field("generations"))?;
     state.gens = vec![0; slots];
-    get_words(&mut state.gens, r.bytes(slots * 4, &field("generations"))?);
+    get_words(&mut state.gens, gens);
     let mut left = slots * stride;
     while left > 0 {
         let mut chunk = vec![0u32; CHUNK_ROWS * stride].into_boxed_slice();
@@ -310,6 +325,14 @@ pub(crate) fn read_shard(
         }
     }
     let namespaces = plan.config.namespaces.len();
+    // Each slot has at least its key count byte.
+    if r.remaining() < slots {
+        return Err(invalid(
+            &r,
+            "keys",
+            format!("{slots} slots, {} bytes left", r.remaining()),
+        ));
+    }
     state.keys = Vec::with_capacity(slots);
     for local in 0..slots as u32 {
         let n = r.u8(&field("key count"))?;
@@ -470,6 +493,10 @@ impl Engine {
                 .map(|s| s.to_string())
                 .collect(),
             longest_pause,
+            config: (
+                self.plan.config.source_name.clone(),
+                self.plan.config.source_text.clone(),
+            ),
         }
     }
 
@@ -489,22 +516,31 @@ impl Engine {
     }
 
     /// Loads shard images into this engine, which must be new (no customers yet), and
-    /// rebuilds what images do not store: the identity map, the global budgets.
-    pub fn restore(&self, image: &EngineImage) -> Result<Vec<u64>, (usize, DecodeError)> {
+    /// rebuilds what images do not store: the identity map, the global budgets. The
+    /// rows must be laid out by this engine's config.
+    pub fn restore(&self, image: &EngineImage) -> Result<Vec<u64>, RestoreError> {
+        self.restore_with(image, None)
+    }
+
+    /// [`Engine::restore`] of an image whose rows are laid out by `from`'s config,
+    /// moved into this engine's layout on the way (see `relayout`). Returns each shard's
+    /// cut.
+    pub(crate) fn restore_with(
+        &self,
+        image: &EngineImage,
+        from: Option<&Plan>,
+    ) -> Result<Vec<u64>, RestoreError> {
         if image.shards.len() != self.shards.len() {
-            return Err((
-                0,
-                DecodeError::Invalid {
-                    field: "shards".into(),
-                    offset: 0,
-                    message: format!(
-                        "{} shards, this config has {}",
-                        image.shards.len(),
-                        self.shards.len()
-                    ),
-                },
-            ));
+            return Err(RestoreError::Layout(format!(
+                "it has {} shards and the config has {}: engine.shards cannot change while a data directory lives (customer ids hold their shard)",
+                image.shards.len(),
+                self.shards.len()
+            )));
         }
+        let map = from
+            .map(|from| LayoutMap::new(from, &self.plan).map(|map| (from, map)))
+            .transpose()
+            .map_err(RestoreError::Layout)?;
         let capacity = 1u64 << self.local_bits;
         // The image's string codes, as this engine's interner numbers them: the same
         // unless the config's rules mention other strings than the writer's did.
@@ -517,8 +553,12 @@ impl Engine {
         let mut cuts = Vec::with_capacity(self.shards.len());
         for (shard, shard_image) in image.shards.iter().enumerate() {
             let base = ((shard as u64) << self.local_bits) as u32;
-            let (state, cut) = read_shard(&self.plan, base, capacity, &shard_image.bytes, &codes)
-                .map_err(|e| (shard, e))?;
+            let layout = map.as_ref().map_or(&self.plan, |(from, _)| *from);
+            let (mut state, cut) = read_shard(layout, base, capacity, &shard_image.bytes, &codes)
+                .map_err(|error| RestoreError::Shard { shard, error })?;
+            if let Some((from, map)) = &map {
+                state = map.convert(state, from, &self.plan);
+            }
             for local in &state.live {
                 let slot = (local - base) as usize;
                 let r = CustomerRef {
@@ -533,7 +573,11 @@ impl Engine {
             *self.shards[shard].lock() = state;
             cuts.push(cut);
         }
-        self.decider.restore_counters(&image.counters);
+        if map.as_ref().map_or(true, |(from, _)| {
+            LayoutMap::same_offer_counters(from, &self.plan)
+        }) {
+            self.decider.restore_counters(&image.counters);
+        }
         Ok(cuts)
     }
 }

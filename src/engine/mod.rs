@@ -29,6 +29,7 @@ pub mod event;
 mod image;
 mod profile;
 pub mod query;
+mod relayout;
 pub(crate) mod shard;
 pub mod view;
 
@@ -40,7 +41,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard};
 
 pub use event::{Event, EventError, EventView, Key, RawEvent, RawValue};
-pub use image::{EngineImage, ShardImage};
+pub use image::{EngineImage, RestoreError, ShardImage};
 use profile::{Layout, Ring};
 pub use query::{Page, QueryError, SetQuery};
 use shard::ShardState;
@@ -131,15 +132,19 @@ pub(crate) struct Customer<'a> {
     pub shard: usize,
 }
 
+impl Plan {
+    pub fn new(config: Config) -> Plan {
+        Plan {
+            layout: Layout::new(&config),
+            rings: config.features.iter().map(Ring::of).collect(),
+            config: Arc::new(config),
+        }
+    }
+}
+
 impl Engine {
     pub fn new(config: Config, clock: Arc<dyn Clock>) -> Engine {
-        let layout = Layout::new(&config);
-        let rings = config.features.iter().map(Ring::of).collect();
-        let plan = Plan {
-            config: Arc::new(config),
-            layout,
-            rings,
-        };
+        let plan = Plan::new(config);
         let shard_count = plan.config.engine.shards;
         let local_bits = 32 - shard_count.trailing_zeros();
         let capacity = 1u64 << local_bits;

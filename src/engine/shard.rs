@@ -127,7 +127,7 @@ impl ShardState {
     }
 
     #[inline]
-    fn row_mut(&mut self, plan: &Plan, local: u32) -> &mut [u32] {
+    pub(super) fn row_mut(&mut self, plan: &Plan, local: u32) -> &mut [u32] {
         if self.cut.is_some() {
             self.save_chunk(plan, local as usize / CHUNK_ROWS);
         }

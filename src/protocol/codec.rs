@@ -64,6 +64,11 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     /// The next `n` bytes, as they are.
     pub fn bytes(&mut self, n: usize, field: &dyn Fn() -> String) -> Result<&'a [u8], DecodeError> {
         self.take(n, field)

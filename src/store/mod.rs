@@ -57,8 +57,8 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
-    #[error("{path} was written under a config with another profile layout (its namespaces, channels, attributes, aggregates, segments, scores, offers, experiments or shard count differ). Start with the config that wrote it; changing the layout of a running engine is what `omnia ctl reload` is for")]
-    SnapshotConfig { path: PathBuf },
+    #[error("{path} cannot be loaded under this config: {reason}. Start with a config that keeps what it needs, or with the config that wrote it")]
+    SnapshotConfig { path: PathBuf, reason: String },
     #[error("{path}: the log starts at record {first}, but the snapshot needs every record after {covers}: log files are missing. Restore the data directory from a backup")]
     LogGap {
         path: PathBuf,
@@ -232,15 +232,8 @@ pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError>
     let started = Instant::now();
     let (snapshot, cuts, counted_to) = match snapshot::newest(data)? {
         Some(path) => {
-            let image = snapshot::read(&path, engine.config())?;
-            let cuts =
-                engine
-                    .restore(&image)
-                    .map_err(|(shard, e)| StoreError::CorruptSnapshot {
-                        path: path.clone(),
-                        offset: snapshot::shard_offset(&image, shard),
-                        reason: format!("shard {shard}: {e}"),
-                    })?;
+            let (image, fingerprint) = snapshot::read(&path)?;
+            let cuts = load(engine, &image, fingerprint, &path)?;
             let customers = engine.stats().customers;
             (Some((path, customers)), cuts, image.position)
         }
@@ -334,6 +327,50 @@ pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError>
         truncated,
         took: started.elapsed(),
     })
+}
+
+/// Loads a snapshot's image into `engine`: as it is if the engine's config lays rows
+/// out the same way, or moved from the layout of the config stored in the snapshot.
+fn load(
+    engine: &Engine,
+    image: &crate::engine::EngineImage,
+    fingerprint: u64,
+    path: &Path,
+) -> Result<Vec<u64>, StoreError> {
+    let from = if fingerprint == snapshot::layout_fingerprint(engine.config()) {
+        None
+    } else {
+        let (name, text) = &image.config;
+        let mut config = crate::config::Config::from_source(&crate::config::Source::new(
+            name.clone(),
+            text.clone(),
+        ))
+        .map_err(|e| StoreError::SnapshotConfig {
+            path: path.to_path_buf(),
+            reason: format!("the config stored in it ({name}) no longer compiles:\n{e}"),
+        })?;
+        // `serve --shards` overrides the file; the snapshot knows the count it had.
+        config.engine.shards = image.shards.len() as u32;
+        tracing::info!(
+            snapshot = %path.display(),
+            written_under = %name,
+            "the config changed since the snapshot: moving profiles into its layout and evaluating every segment"
+        );
+        Some(crate::engine::Plan::new(config))
+    };
+    engine
+        .restore_with(image, from.as_ref())
+        .map_err(|e| match e {
+            crate::engine::RestoreError::Shard { shard, error } => StoreError::CorruptSnapshot {
+                path: path.to_path_buf(),
+                offset: snapshot::shard_offset(image, shard),
+                reason: format!("shard {shard}: {error}"),
+            },
+            crate::engine::RestoreError::Layout(reason) => StoreError::SnapshotConfig {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })
 }
 
 /// Applies one logged record (its payload after the sequence) to the engine.

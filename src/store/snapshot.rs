@@ -24,11 +24,15 @@
 //! 1 x       section whose body is: u32 n, n x u64 offer counters
 //! 1 x       section whose body is: u32 n, n x (u32 length, UTF-8): the texts of string
 //!           attribute values, code 1 first (rows hold the codes)
+//! 1 x       section whose body is: u32 length + UTF-8 name, u32 length + UTF-8 text of
+//!           the config that wrote it
 //! ```
 //!
-//! A snapshot holds profile rows laid out by the config, so it can only be loaded under
-//! a config with the same layout (the fingerprint covers namespaces, channels,
-//! attributes, aggregates, segments, scores, offers, experiments and the shard count).
+//! Profile rows are laid out by the config. Loaded under a config with the same layout
+//! (the fingerprint covers namespaces, channels, attributes, aggregates, segments,
+//! scores, offers, experiments and the shard count), a snapshot's rows are used as they
+//! are; under another, the config stored in the snapshot says where everything was, and
+//! the rows are moved into the new layout (see `engine::relayout`).
 
 use std::fs::File;
 use std::io::Write;
@@ -188,6 +192,11 @@ fn write_from(
         // Synced as it is written: hundreds of megabytes of dirty pages at once would
         // make the kernel throttle every writer, the log's too, and stall ingest.
         let mut unsynced = 0usize;
+        let mut config = Vec::new();
+        for text in [&image.config.0, &image.config.1] {
+            config.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            config.extend_from_slice(text.as_bytes());
+        }
         let mut put = |b: &[u8]| -> Result<(), StoreError> {
             for piece in b.chunks(SYNC_EVERY) {
                 file.write_all(piece).map_err(io(&tmp))?;
@@ -202,12 +211,11 @@ fn write_from(
             Ok(())
         };
         put(&header)?;
-        for body in image
-            .shards
-            .iter()
-            .map(|s| s.bytes.as_slice())
-            .chain([counters.as_slice(), strings.as_slice()])
-        {
+        for body in image.shards.iter().map(|s| s.bytes.as_slice()).chain([
+            counters.as_slice(),
+            strings.as_slice(),
+            config.as_slice(),
+        ]) {
             put(&(body.len() as u64).to_le_bytes())?;
             put(&crc32c::crc32c(body).to_le_bytes())?;
             put(body)?;
@@ -284,8 +292,15 @@ pub fn newest(data: &DataDir) -> Result<Option<PathBuf>, StoreError> {
 }
 
 /// Reads and checks a snapshot written under a config with `config`'s layout.
-pub fn read(path: &Path, config: &Config) -> Result<EngineImage, StoreError> {
+pub fn read(path: &Path) -> Result<(EngineImage, u64), StoreError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
+    decode(&bytes, path)
+}
+
+/// Checks and splits the bytes of a snapshot file (`path` names it in errors): the
+/// image and the layout fingerprint of the config that wrote it. The shard images inside
+/// are decoded by [`Engine::restore`].
+pub fn decode(bytes: &[u8], path: &Path) -> Result<(EngineImage, u64), StoreError> {
     let corrupt = |offset: usize, reason: String| StoreError::CorruptSnapshot {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -316,20 +331,16 @@ pub fn read(path: &Path, config: &Config) -> Result<EngineImage, StoreError> {
         ));
     }
     let fingerprint = u64_at(20);
-    if fingerprint != layout_fingerprint(config) {
-        return Err(StoreError::SnapshotConfig {
-            path: path.to_path_buf(),
-        });
-    }
     let position = u64_at(28);
     let shards = u32_at(36) as usize;
     let mut at = HEADER;
     let mut sections = Vec::with_capacity(shards + 1);
-    for i in 0..shards + 2 {
+    for i in 0..shards + 3 {
         let what = match i - shards.min(i) {
             _ if i < shards => format!("shard {i}"),
             0 => "the offer counters".to_string(),
-            _ => "the string table".to_string(),
+            1 => "the string table".to_string(),
+            _ => "the config".to_string(),
         };
         if bytes.len() - at < 12 {
             return Err(corrupt(at, format!("the file ends before {what}")));
@@ -359,8 +370,16 @@ pub fn read(path: &Path, config: &Config) -> Result<EngineImage, StoreError> {
             format!("{} bytes after the last section", bytes.len() - at),
         ));
     }
+    let (config_at, config_body) = sections.pop().unwrap_or((at, &[]));
+    let config = read_strings(config_body, false)
+        .and_then(|mut texts| {
+            let text = texts.pop()?;
+            let name = texts.pop()?;
+            texts.is_empty().then_some((name, text))
+        })
+        .ok_or_else(|| corrupt(config_at, "the config section is malformed".into()))?;
     let (strings_at, strings_body) = sections.pop().unwrap_or((at, &[]));
-    let strings = read_strings(strings_body)
+    let strings = read_strings(strings_body, true)
         .ok_or_else(|| corrupt(strings_at, "the string table is malformed".into()))?;
     let (counters_at, counters) = sections.pop().unwrap_or((at, &[]));
     let n = counters
@@ -385,21 +404,28 @@ pub fn read(path: &Path, config: &Config) -> Result<EngineImage, StoreError> {
             bytes: body.to_vec(),
         })
         .collect();
-    Ok(EngineImage {
+    let image = EngineImage {
         shards,
         position,
         counters,
         strings,
         longest_pause: Duration::ZERO,
-    })
+        config,
+    };
+    Ok((image, fingerprint))
 }
 
-fn read_strings(body: &[u8]) -> Option<Vec<String>> {
+/// Strings as `u32 length + UTF-8` each, after a `u32` count if `counted`, else to the
+/// end.
+fn read_strings(body: &[u8], counted: bool) -> Option<Vec<String>> {
     let mut r = crate::protocol::codec::Reader::new(body);
     let f = || "string".to_string();
-    let n = r.u32(&f).ok()?;
+    let n = if counted { r.u32(&f).ok()? } else { u32::MAX };
     let mut strings = Vec::with_capacity((n as usize).min(body.len() / 4));
     for _ in 0..n {
+        if !counted && r.remaining() == 0 {
+            break;
+        }
         let len = r.u32(&f).ok()? as usize;
         strings.push(String::from_utf8(r.bytes(len, &f).ok()?.to_vec()).ok()?);
     }

@@ -1,0 +1,37 @@
+//! Bytes from the data directory, which a damaged disk or a careless copy can make
+//! anything: a snapshot file, a shard image inside one (past its checksum, as if the
+//! damage had been written before the checksum was computed), and a log record's offer
+//! action. Damage may be refused; it must never panic or allocate without bound.
+#![no_main]
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use omnia::clock::ManualClock;
+use omnia::config::Config;
+use omnia::engine::{Engine, EngineImage};
+use omnia::store::{snapshot, wal::OfferAction};
+
+fn engine() -> Engine {
+    Engine::new(
+        Config::embedded_default().expect("the default config is valid"),
+        Arc::new(ManualClock::new(1_772_445_600_000)),
+    )
+}
+
+/// The image of an empty engine: valid sections to put the fuzzed shard among.
+fn empty_image() -> &'static EngineImage {
+    static IMAGE: OnceLock<EngineImage> = OnceLock::new();
+    IMAGE.get_or_init(|| engine().image())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = OfferAction::decode(data);
+    if let Ok((image, _)) = snapshot::decode(data, Path::new("fuzz.snap")) {
+        let _ = engine().restore(&image);
+    }
+    let mut image = empty_image().clone();
+    image.shards[0].bytes = data.to_vec();
+    let _ = engine().restore(&image);
+});

@@ -1,0 +1,252 @@
+//! Moving profiles from one config's layout to another's: what lets a snapshot written
+//! under one config be loaded under a changed one.
+//!
+//! A profile row is laid out from the config (see `profile`), so a changed config puts
+//! things elsewhere. [`LayoutMap`] matches the two by name: channels, attributes (same
+//! name and type), decayed scores (same name) and aggregates (same rule text, such as
+//! `count(purchase, 30d)`, and the same window shape). What matches is copied; what the
+//! new config adds starts empty, as if nothing had happened before the change; what it
+//! drops is gone. Segment bits are not copied: every segment is evaluated afresh for
+//! every customer, so new and changed rules hold at once, and the timers follow from
+//! that evaluation. Offer state follows offers, channels and experiments by name; an
+//! experiment keeps its assignments only if its arms are unchanged.
+//!
+//! Namespaces may be added or reordered, never removed: customers' keys in a removed
+//! namespace would be lost, and with them the way to find the customer.
+
+use super::event::Key;
+use super::profile::{Ring, FIRST_SEEN, KEY_MASK, LAST_SEEN};
+use super::shard::ShardState;
+use super::Plan;
+use crate::config::{Feature, ScoreModel, ValueType};
+use crate::decide::CustomerOffers;
+
+/// Where each part of an old row goes in a new one, and how indexes translate.
+pub(crate) struct LayoutMap {
+    /// `(old offset, new offset, words)`.
+    moves: Vec<(usize, usize, usize)>,
+    namespaces: Vec<usize>,
+    channels: Vec<Option<usize>>,
+    offers: Vec<Option<u16>>,
+    /// Per new experiment: the old one with the same name and arms.
+    experiments: Vec<Option<usize>>,
+}
+
+fn feature_words(feature: &Feature) -> usize {
+    Ring::of(feature).map_or(1, |ring| 1 + ring.words())
+}
+
+fn same_shape(a: &Feature, b: &Feature) -> bool {
+    match (Ring::of(a), Ring::of(b)) {
+        (Some(x), Some(y)) => x.width == y.width && x.buckets == y.buckets && x.sum == y.sum,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl LayoutMap {
+    pub fn new(from: &Plan, to: &Plan) -> Result<LayoutMap, String> {
+        let (a, b) = (&from.config, &to.config);
+        let position = |names: &[String], name: &str| names.iter().position(|n| n == name);
+        let mut namespaces = Vec::new();
+        for name in &a.namespaces {
+            namespaces.push(position(&b.namespaces, name).ok_or_else(|| {
+                format!("namespace `{name}` is gone, and customers' keys in it would be lost; keep it in [identity] namespaces")
+            })?);
+        }
+        let channels: Vec<Option<usize>> = a
+            .channels
+            .iter()
+            .map(|c| position(&b.channels, c))
+            .collect();
+        let mut moves = vec![(FIRST_SEEN, FIRST_SEEN, 1), (LAST_SEEN, LAST_SEEN, 1)];
+        for (old, new) in channels.iter().enumerate() {
+            if let Some(new) = new {
+                moves.push((
+                    from.layout.channel_last_seen(old),
+                    to.layout.channel_last_seen(*new),
+                    1,
+                ));
+            }
+        }
+        for (i, attr) in a.attributes.iter().enumerate() {
+            let found = b
+                .attributes
+                .iter()
+                .position(|x| x.name == attr.name && x.ty == attr.ty);
+            if let Some(j) = found {
+                let words = if attr.ty == ValueType::Number { 3 } else { 2 };
+                moves.push((
+                    from.layout.attributes[i].0,
+                    to.layout.attributes[j].0,
+                    words,
+                ));
+            }
+        }
+        for (i, score) in a.scores.iter().enumerate() {
+            let (Some(at), ScoreModel::Decayed { .. }) = (from.layout.scores[i], &score.model)
+            else {
+                continue;
+            };
+            let found = b.scores.iter().position(|x| {
+                x.name == score.name && matches!(x.model, ScoreModel::Decayed { .. })
+            });
+            if let Some(new_at) = found.and_then(|j| to.layout.scores[j]) {
+                moves.push((at, new_at, 3));
+            }
+        }
+        for (i, feature) in a.features.iter().enumerate() {
+            let found = b
+                .features
+                .iter()
+                .position(|x| x.label() == feature.label() && same_shape(x, feature));
+            if let Some(j) = found {
+                moves.push((
+                    from.layout.features[i],
+                    to.layout.features[j],
+                    feature_words(feature),
+                ));
+            }
+        }
+        let offers = a
+            .decisions
+            .offers
+            .iter()
+            .map(|o| {
+                b.decisions
+                    .offers
+                    .iter()
+                    .position(|x| x.name == o.name)
+                    .map(|j| j as u16)
+            })
+            .collect();
+        let experiments = b
+            .decisions
+            .experiments
+            .iter()
+            .map(|e| {
+                a.decisions.experiments.iter().position(|x| {
+                    x.name == e.name
+                        && x.arms.len() == e.arms.len()
+                        && x.arms.iter().zip(&e.arms).all(|(p, q)| p.name == q.name)
+                })
+            })
+            .collect();
+        Ok(LayoutMap {
+            moves,
+            namespaces,
+            channels,
+            offers,
+            experiments,
+        })
+    }
+
+    /// Whether offer counters (per offer, channel and arm) mean the same in both.
+    pub fn same_offer_counters(from: &Plan, to: &Plan) -> bool {
+        let (a, b) = (&from.config, &to.config);
+        let names = |c: &crate::config::Config| {
+            (
+                c.channels.clone(),
+                c.decisions
+                    .offers
+                    .iter()
+                    .map(|o| o.name.clone())
+                    .collect::<Vec<_>>(),
+                c.decisions
+                    .experiments
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.name.clone(),
+                            e.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        names(a) == names(b)
+    }
+
+    fn offers(&self, old: CustomerOffers) -> CustomerOffers {
+        let mut new = CustomerOffers::default();
+        for mut memory in old.memories {
+            let Some(offer) = self.offers[memory.offer as usize] else {
+                continue;
+            };
+            memory.offer = offer;
+            memory.impressions = memory
+                .impressions
+                .into_iter()
+                .filter_map(|(t, ch)| Some((t, self.channels[ch as usize]? as u8)))
+                .collect();
+            new.memories.push(memory);
+        }
+        new.memories.sort_by_key(|m| m.offer);
+        new.sticky = old.sticky.and_then(|mut s| {
+            s.offer = self.offers[s.offer as usize]?;
+            Some(s)
+        });
+        if old.arms.iter().any(|&a| a > 0) {
+            new.arms = self
+                .experiments
+                .iter()
+                .map(|e| e.and_then(|i| old.arms.get(i).copied()).unwrap_or(0))
+                .collect();
+        }
+        new.coupons = old
+            .coupons
+            .into_iter()
+            .filter_map(|mut c| {
+                c.offer = self.offers[c.offer as usize]?;
+                Some(c)
+            })
+            .collect();
+        new
+    }
+
+    /// The shard `old` (in `from`'s layout) in `to`'s layout, every segment evaluated.
+    pub fn convert(&self, old: ShardState, from: &Plan, to: &Plan) -> ShardState {
+        let mut new = ShardState::new(to, old.id_base, old.capacity);
+        new.now = old.now;
+        for (o, spent) in old.budget_spent.iter().enumerate() {
+            if let Some(n) = self.offers[o] {
+                new.budget_spent[n as usize] = *spent;
+            }
+        }
+        for local in 0..old.gens.len() as u32 {
+            let allocated = new.allocate(to);
+            debug_assert_eq!(allocated, Some(local));
+        }
+        new.gens.clone_from(&old.gens);
+        new.free.clone_from(&old.free);
+        for local in 0..old.gens.len() as u32 {
+            if !old.is_live(local) {
+                continue;
+            }
+            let keys: Vec<Key> = old.keys[local as usize]
+                .iter()
+                .map(|k| Key {
+                    namespace: self.namespaces[k.namespace],
+                    text: k.text.clone(),
+                })
+                .collect();
+            let src = old.row(from, local);
+            let dst = new.row_mut(to, local);
+            // (`old` and `new` are two shards: no aliasing.)
+            for &(at, to_at, words) in &self.moves {
+                dst[to_at..to_at + words].copy_from_slice(&src[at..at + words]);
+            }
+            dst[KEY_MASK] = 0;
+            new.add_keys(to, local, keys);
+            new.evaluate_all(to, local);
+        }
+        let mut offers = old.offers;
+        for (local, state) in offers.drain() {
+            let converted = self.offers(state);
+            if !converted.is_empty() {
+                new.offers.insert(local, converted);
+            }
+        }
+        new
+    }
+}
