@@ -17,6 +17,8 @@ use omnia::model::RawValue;
 use omnia::store::wal::{Wal, WalOptions};
 use omnia::store::{open_data_dir, recover, snapshot, DataDir, StoreError};
 
+mod common;
+
 /// Monday 2 March 2026, 10:00 UTC.
 const START: i64 = 1_772_445_600_000;
 
@@ -457,28 +459,6 @@ fn a_snapshot_with_another_shard_count_is_refused() {
     );
 }
 
-/// The default config changed the way data teams change configs: a segment added, one
-/// changed, one removed, an aggregate and a channel added, an attribute and an offer
-/// removed.
-fn changed_retail() -> Config {
-    let text = omnia::config::DEFAULT_CONFIG
-        .replace(
-            r#"channels = ["web", "app", "email", "sms", "store", "call_center"]"#,
-            r#"channels = ["kiosk", "web", "app", "email", "sms", "store", "call_center"]"#,
-        )
-        .replace("sum(purchase.amount, 90d) > 500", "sum(purchase.amount, 90d) > 200")
-        .replace(
-            "[segments.engaged_browsers]",
-            "[segments.dutch_buyers]\nrule = 'attr.country == \"NL\" and ever(purchase)'\n\n[segments.email_openers]\nrule = \"count(email_open, 30d) >= 1\"\n\n[segments.engaged_browsers_gone]",
-        )
-        .replace(
-            "rule = \"count(page_view on web, 1h) > 5 and since(purchase) > 1d\"",
-            "rule = \"since(purchase) > 1d\"",
-        )
-        .replace("birth_year = \"number\"\n", "");
-    Config::from_source(&Source::new("changed.toml", text)).unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[test]
 fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_under_it() {
     let d = dir("relayout");
@@ -520,8 +500,8 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
     snapshot::write(&node.data, &node.engine).unwrap();
     node.stop();
 
-    let node = start(&d.0, changed_retail(), &clock).unwrap();
-    let fresh = Engine::new(changed_retail(), clock.clone());
+    let node = start(&d.0, common::changed_retail(), &clock).unwrap();
+    let fresh = Engine::new(common::changed_retail(), clock.clone());
     for e in &events {
         fresh.ingest(e).unwrap();
     }
@@ -598,7 +578,7 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
         .unwrap();
     snapshot::write(&node.data, &node.engine).unwrap();
     node.stop();
-    let node = start(&d.0, changed_retail(), &clock).unwrap();
+    let node = start(&d.0, common::changed_retail(), &clock).unwrap();
     assert!(node
         .engine
         .profile("user:1")

@@ -431,6 +431,7 @@ impl Engine {
     /// [`Engine::image`], calling `between(shard)` after each shard is cut, with no
     /// lock held: tests use it to change the engine in the middle of a snapshot.
     pub fn image_with(&self, mut between: impl FnMut(usize)) -> EngineImage {
+        let _one_at_a_time = self.imaging.lock();
         let n = self.shards.len();
         *self.cutting.lock() = Some(vec![false; n]);
         self.cutting_active.store(true, Ordering::SeqCst);

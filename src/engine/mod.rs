@@ -118,6 +118,8 @@ pub struct Engine {
     /// Which shards a snapshot being made has cut (see `image`).
     cutting: Mutex<Option<Vec<bool>>>,
     cutting_active: AtomicBool,
+    /// Held while an image is made: one at a time.
+    imaging: Mutex<()>,
 }
 
 /// A known customer under its shard lock: its profile to read, its offer history to
@@ -159,6 +161,7 @@ impl Engine {
             journal: std::sync::OnceLock::new(),
             cutting: Mutex::new(None),
             cutting_active: AtomicBool::new(false),
+            imaging: Mutex::new(()),
             decider,
             plan,
             shards,
@@ -175,6 +178,11 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.plan.config
+    }
+
+    /// The clock the engine reads.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// The engine clock, in milliseconds since the Unix epoch.

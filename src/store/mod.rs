@@ -20,6 +20,7 @@
 //! customer, offer and channel still works after a restart), and the count of decisions
 //! made since the last snapshot (a statistic; impressions and feedback are logged).
 
+pub mod reload;
 pub mod snapshot;
 pub mod wal;
 

@@ -128,9 +128,17 @@ fn snapshot_path(dir: &Path, position: u64) -> PathBuf {
     dir.join(format!("{position:020}.snap"))
 }
 
+/// Held by whoever writes a snapshot or reloads the config: one at a time, because a
+/// snapshot removes log files that a reload may be reading.
+pub fn exclusive() -> parking_lot::MutexGuard<'static, ()> {
+    static EXCLUSIVE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    EXCLUSIVE.lock()
+}
+
 /// Takes a snapshot of `engine` into the data directory, then removes older snapshots
 /// and the log files it covers.
 pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
+    let _exclusive = exclusive();
     let started = Instant::now();
     write_from(data, engine, engine.image(), started)
 }
@@ -141,6 +149,7 @@ pub fn write_image(
     engine: &Engine,
     image: EngineImage,
 ) -> Result<Written, StoreError> {
+    let _exclusive = exclusive();
     write_from(data, engine, image, Instant::now())
 }
 

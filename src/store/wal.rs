@@ -240,6 +240,11 @@ impl Wal {
         self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The highest sequence stored as the policy promises, now.
+    pub fn durable_now(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
     /// The last sequence appended so far.
     pub fn last_appended(&self) -> u64 {
         self.pending.lock().last

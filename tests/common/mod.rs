@@ -86,3 +86,27 @@ impl TestServer {
             .expect("the server stopped cleanly");
     }
 }
+
+/// The default config changed the way data teams change configs: segments added, one
+/// changed, one removed (`engaged_browsers`, its rule now elsewhere), an aggregate and a
+/// channel added, an attribute removed, an offer renamed (one removed, one added).
+pub fn changed_retail() -> omnia::config::Config {
+    let text = omnia::config::DEFAULT_CONFIG
+        .replace(
+            r#"channels = ["web", "app", "email", "sms", "store", "call_center"]"#,
+            r#"channels = ["kiosk", "web", "app", "email", "sms", "store", "call_center"]"#,
+        )
+        .replace("sum(purchase.amount, 90d) > 500", "sum(purchase.amount, 90d) > 200")
+        .replace(
+            "[segments.engaged_browsers]",
+            "[segments.dutch_buyers]\nrule = 'attr.country == \"NL\" and ever(purchase)'\n\n[segments.email_openers]\nrule = \"count(email_open, 30d) >= 1\"\n\n[segments.engaged_browsers_gone]",
+        )
+        .replace(
+            "rule = \"count(page_view on web, 1h) > 5 and since(purchase) > 1d\"",
+            "rule = \"since(purchase) > 1d\"",
+        )
+        .replace("birth_year = \"number\"\n", "")
+        .replace("[offers.free_shipping]", "[offers.free_delivery]");
+    omnia::config::Config::from_source(&omnia::config::Source::new("changed.toml", text))
+        .unwrap_or_else(|e| panic!("{e}"))
+}

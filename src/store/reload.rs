@@ -1,0 +1,261 @@
+//! Live reload: a new config swapped in while ingest and decisions go on.
+//!
+//! The running engine is not changed in place: its layout, its dependency index, its
+//! compiled rules are all the config's. Instead a second engine is built under the new
+//! config from what the running one knows, and the two are swapped:
+//!
+//! 1. [`prepare`] takes a snapshot image of the running engine (copy on write: ingest
+//!    goes on), loads it into a new engine, moving profiles into the new layout and
+//!    evaluating every segment for every customer (see `engine::relayout`), then
+//!    replays the log written meanwhile into the new engine, up to what is stored.
+//! 2. [`Prepared::finish`], called while the server holds requests back, replays the
+//!    last records (those logged since step 1 ended), hands the log over to the new
+//!    engine and returns it. The pause lasts only this last catch-up.
+//!
+//! So the new engine holds exactly what the old one did, as if its events had been
+//! applied under the new config, except aggregates that only the new config keeps: they
+//! start from the reload, and the report names them and the rules that read them.
+//!
+//! Only one snapshot or reload runs at a time ([`snapshot::exclusive`]): a snapshot
+//! removes log files that a reload is reading.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{check_record, io, replay, segments, snapshot, DataDir, StoreError, HEADER};
+use crate::config::Config;
+use crate::engine::{Engine, RestoreError};
+
+/// What a reload changed, for the operator.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ReloadReport {
+    pub config_version: u32,
+    pub customers: u64,
+    pub segments_added: Vec<String>,
+    pub segments_changed: Vec<String>,
+    pub segments_removed: Vec<String>,
+    pub offers_added: Vec<String>,
+    pub offers_removed: Vec<String>,
+    /// Aggregates the old config did not keep: they count from the reload on. Each
+    /// with the segments and scores that read them.
+    pub new_aggregates: Vec<(String, Vec<String>)>,
+    /// Log records replayed into the new engine while it was built, and in the pause.
+    pub replayed: u64,
+    pub took: Duration,
+    /// How long requests were held back for the swap.
+    pub paused: Duration,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        writeln!(
+            f,
+            "config version {:08x} is live: {} customers re-evaluated in {:.2?} (requests held for {:.2?}, {} log records replayed)",
+            self.config_version, self.customers, self.took, self.paused, self.replayed
+        )?;
+        writeln!(f, "segments added: {}", list(&self.segments_added))?;
+        writeln!(f, "segments changed: {}", list(&self.segments_changed))?;
+        writeln!(f, "segments removed: {}", list(&self.segments_removed))?;
+        writeln!(f, "offers added: {}", list(&self.offers_added))?;
+        write!(f, "offers removed: {}", list(&self.offers_removed))?;
+        for (aggregate, readers) in &self.new_aggregates {
+            write!(
+                f,
+                "\nwarning: `{aggregate}` was not kept before: it counts from now, so {} see only what happens from now on",
+                if readers.is_empty() {
+                    "rules that read it".to_string()
+                } else {
+                    readers.join(", ")
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a reload did not happen. The running config stays in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new engine built and caught up with the log, waiting for [`Prepared::finish`].
+pub struct Prepared {
+    engine: Arc<Engine>,
+    cuts: Vec<u64>,
+    counted_to: u64,
+    /// The last log record the new engine has seen.
+    replayed_to: u64,
+    report: ReloadReport,
+    started: Instant,
+    _exclusive: parking_lot::MutexGuard<'static, ()>,
+}
+
+/// What changed between two configs, for the report.
+fn compare(old: &Config, new: &Config, report: &mut ReloadReport) {
+    for s in &new.segments {
+        match old.segments.iter().find(|o| o.name == s.name) {
+            None => report.segments_added.push(s.name.clone()),
+            Some(o) if o.rule != s.rule => report.segments_changed.push(s.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in &old.segments {
+        if !new.segments.iter().any(|s| s.name == o.name) {
+            report.segments_removed.push(o.name.clone());
+        }
+    }
+    let offer_names =
+        |c: &Config| -> Vec<String> { c.decisions.offers.iter().map(|o| o.name.clone()).collect() };
+    let (before, after) = (offer_names(old), offer_names(new));
+    report.offers_added = after
+        .iter()
+        .filter(|o| !before.contains(o))
+        .cloned()
+        .collect();
+    report.offers_removed = before
+        .iter()
+        .filter(|o| !after.contains(o))
+        .cloned()
+        .collect();
+    for (i, feature) in new.features.iter().enumerate() {
+        if old.features.iter().any(|f| f.label() == feature.label()) {
+            continue;
+        }
+        let mut readers: Vec<String> = new
+            .segments
+            .iter()
+            .filter(|s| s.refs.features.contains(&i))
+            .map(|s| format!("segment {}", s.name))
+            .collect();
+        readers.extend(new.scores.iter().filter_map(|s| match &s.model {
+            crate::config::ScoreModel::Logistic { refs, .. } if refs.features.contains(&i) => {
+                Some(format!("score {}", s.name))
+            }
+            _ => None,
+        }));
+        report
+            .new_aggregates
+            .push((feature.label().to_string(), readers));
+    }
+}
+
+/// Builds an engine under `config` from `current` and the log (step 1 above).
+pub fn prepare(data: &DataDir, current: &Engine, config: Config) -> Result<Prepared, ReloadError> {
+    let started = Instant::now();
+    let exclusive = snapshot::exclusive();
+    if config.engine.shards != current.config().engine.shards {
+        return Err(ReloadError::Refused(format!(
+            "engine.shards is {} in the new config and {} in the running one: the shard count cannot change while a data directory lives",
+            config.engine.shards,
+            current.config().engine.shards
+        )));
+    }
+    let mut report = ReloadReport {
+        config_version: config.version,
+        ..ReloadReport::default()
+    };
+    compare(current.config(), &config, &mut report);
+    let image = current.image();
+    let same =
+        snapshot::layout_fingerprint(&config) == snapshot::layout_fingerprint(current.config());
+    let next = Arc::new(Engine::new(config, current.clock()));
+    let cuts = next
+        .restore_with(&image, (!same).then(|| current.plan()))
+        .map_err(|e| match e {
+            RestoreError::Layout(reason) => ReloadError::Refused(reason),
+            // The image was made a moment ago by this process: a failure is a bug.
+            RestoreError::Shard { shard, error } => ReloadError::Refused(format!(
+                "the running engine's shard {shard} could not be read back: {error}"
+            )),
+        })?;
+    report.customers = next.stats().customers;
+    let mut prepared = Prepared {
+        engine: next,
+        counted_to: image.position,
+        replayed_to: cuts.iter().copied().min().unwrap_or(0),
+        cuts,
+        report,
+        started,
+        _exclusive: exclusive,
+    };
+    if let Some(journal) = current.journal() {
+        let stored = journal.durable_now();
+        prepared.catch_up(data, stored)?;
+    }
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Replays the log records after the last one replayed, up to `upto`, which must
+    /// be stored (so whole in the files).
+    fn catch_up(&mut self, data: &DataDir, upto: u64) -> Result<(), StoreError> {
+        let wal = data.wal();
+        let files = segments(&wal)?;
+        for (i, (first, path)) in files.iter().enumerate() {
+            let next_first = files.get(i + 1).map_or(u64::MAX, |(f, _)| *f);
+            if next_first <= self.replayed_to + 1 || *first > upto {
+                continue;
+            }
+            let bytes = std::fs::read(path).map_err(io(path))?;
+            let mut at = 0;
+            let mut expected = *first;
+            while at < bytes.len() && expected <= upto {
+                let (sequence, len) =
+                    check_record(&bytes, at).map_err(|reason| StoreError::Corrupt {
+                        path: path.clone(),
+                        offset: at as u64,
+                        reason,
+                    })?;
+                if sequence > self.replayed_to {
+                    let payload = &bytes[at + HEADER + 8..at + HEADER + len];
+                    replay(&self.engine, payload, sequence, &self.cuts, self.counted_to).map_err(
+                        |reason| StoreError::Replay {
+                            path: path.clone(),
+                            offset: at as u64,
+                            sequence,
+                            reason,
+                        },
+                    )?;
+                    self.replayed_to = sequence;
+                    self.report.replayed += 1;
+                }
+                expected = sequence + 1;
+                at += HEADER + len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2: replays what was logged since [`prepare`] and hands the log over. Call it
+    /// while no request can change `current` (the server holds them back), and swap
+    /// the returned engine in before letting them go.
+    pub fn finish(
+        mut self,
+        data: &DataDir,
+        current: &Engine,
+    ) -> Result<(Arc<Engine>, ReloadReport), ReloadError> {
+        let paused = Instant::now();
+        if let Some(journal) = current.journal() {
+            let last = journal.last_appended();
+            journal
+                .wait_durable(last)
+                .map_err(ReloadError::Refused)?;
+            self.catch_up(data, last)?;
+            self.engine.attach_journal(journal.clone());
+        }
+        self.report.paused = paused.elapsed();
+        self.report.took = self.started.elapsed();
+        Ok((self.engine, self.report))
+    }
+}
