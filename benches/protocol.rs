@@ -15,7 +15,7 @@ use omnia::config::Config;
 use omnia::engine::Engine;
 use omnia::model::{EventView, RawEvent};
 use omnia::protocol::{Frame, IngestBatch, Request, DEFAULT_MAX_FRAME};
-use omnia::server::{Limits, ServerStats, Shared};
+use omnia::server::{Limits, Shared};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -129,11 +129,7 @@ fn round_trips(c: &mut Criterion) {
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let shared = Arc::new(Shared {
-            engine,
-            limits: Limits::default(),
-            stats: ServerStats::default(),
-        });
+        let shared = Arc::new(Shared::new(engine, Limits::default()));
         tokio::spawn(omnia::server::run(
             listener,
             shared,

@@ -40,6 +40,9 @@ enum CtlCommand {
     /// Segment queries.
     #[command(subcommand)]
     Segment(SegmentCommand),
+    /// Make the server read its config file again and swap it in, without a restart;
+    /// prints what changed. An invalid file is refused with its errors (exit code 1).
+    Reload,
     /// Server counters and segment sizes.
     Stats {
         /// Also show every offer's decisions and feedback per channel and experiment arm.
@@ -338,6 +341,14 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                     };
                     println!("{verb} {} for {} (expires {})", c.code, c.offer, c.expires);
                 }
+            }
+        }
+        CtlCommand::Reload => {
+            let report = client.reload().await?;
+            if json {
+                print_json(&report);
+            } else {
+                println!("{report}");
             }
         }
         CtlCommand::Stats { offers } => {

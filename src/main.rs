@@ -221,13 +221,6 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot open the write-ahead log in {}", wal_dir.display()))?;
         engine.attach_journal(wal.clone());
-        let snapshotter = omnia::store::snapshot::Snapshotter::spawn(
-            data_dir.clone(),
-            engine.clone(),
-            storage.snapshot_interval,
-            storage.snapshot_log_bytes,
-        )
-        .context("cannot start the snapshot thread")?;
         tracing::info!(
             data_dir = %options.data_dir.display(),
             fsync = storage.fsync.name(),
@@ -240,16 +233,44 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             shards = engine.config().engine.shards,
             "omnia is serving"
         );
-        let shared = Arc::new(omnia::server::Shared {
-            engine: engine.clone(),
-            limits: omnia::server::Limits {
-                max_connections: options.max_connections,
-                max_frame: options.max_frame,
-                idle_timeout: std::time::Duration::from_secs(options.idle_timeout),
-                ..omnia::server::Limits::default()
-            },
-            stats: omnia::server::ServerStats::default(),
-        });
+        let limits = omnia::server::Limits {
+            max_connections: options.max_connections,
+            max_frame: options.max_frame,
+            idle_timeout: std::time::Duration::from_secs(options.idle_timeout),
+            ..omnia::server::Limits::default()
+        };
+        let mut shared = omnia::server::Shared::new(engine, limits);
+        if let Some(path) = &options.config {
+            shared = shared.with_reload(omnia::server::ReloadSource {
+                config: path.clone(),
+                shards: options.shards,
+                data: data_dir.clone(),
+            });
+        }
+        let shared = Arc::new(shared);
+        // Snapshots follow the engine a reload swaps in.
+        let current = shared.clone();
+        let snapshotter = omnia::store::snapshot::Snapshotter::spawn(
+            data_dir.clone(),
+            Arc::new(move || current.engine()),
+            storage.snapshot_interval,
+            storage.snapshot_log_bytes,
+        )
+        .context("cannot start the snapshot thread")?;
+        #[cfg(unix)]
+        {
+            let reloader = shared.clone();
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("cannot listen for SIGHUP")?;
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    // The outcome is logged by the reload itself.
+                    let _ = omnia::server::cmd::reload::reload(&reloader).await;
+                }
+            });
+        }
         if !options.no_metrics {
             omnia::server::metrics::install(options.metrics_listen).map_err(anyhow::Error::msg)?;
             tracing::info!(addr = %options.metrics_listen, "metrics at /metrics");
@@ -262,16 +283,16 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 every.tick().await;
-                ticker.engine.tick();
+                ticker.engine().tick();
                 if metrics {
                     omnia::server::metrics::publish_gauges(&ticker);
                 }
             }
         });
-        let served = omnia::server::run(listener, shared, shutdown_signal()).await;
+        let served = omnia::server::run(listener, shared.clone(), shutdown_signal()).await;
         // A snapshot at shutdown makes the next start fast: it replays nothing.
         snapshotter.stop();
-        match omnia::store::snapshot::write(&data_dir, &engine) {
+        match omnia::store::snapshot::write(&data_dir, &shared.engine()) {
             Ok(written) => tracing::info!("{written}"),
             Err(e) => tracing::error!(error = %e, "the snapshot at shutdown failed; the log keeps everything"),
         }

@@ -40,6 +40,11 @@ fn serve() -> Served {
 
 /// Starts `omnia serve` on a data directory (removed when the result is dropped).
 fn serve_on(dir: std::path::PathBuf) -> Served {
+    serve_with(dir, &[])
+}
+
+/// [`serve_on`] with more options.
+fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
     let (port, metrics_port) = (free_port(), free_port());
     let child = Command::new(OMNIA)
         .args([
@@ -52,6 +57,7 @@ fn serve_on(dir: std::path::PathBuf) -> Served {
         ])
         .arg(&dir)
         .args(["--log", "warn"])
+        .args(options)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -347,4 +353,94 @@ fn check_config_reports_errors_or_a_summary() {
         "{shown}"
     );
     assert!(shown.contains(":6:15\n"), "{shown}");
+}
+
+#[test]
+fn reload_through_ctl_and_sighup_keeps_serving_and_refuses_an_invalid_config() {
+    let dir = std::env::temp_dir().join(format!("omnia-cli-reload-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("omnia.toml");
+    std::fs::write(&config, omnia::config::DEFAULT_CONFIG).unwrap();
+    let mut served = serve_with(dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let addr = served.addr.clone();
+    let events: String = (0..6)
+        .map(|i| {
+            let country = if i % 2 == 0 { "NL" } else { "FR" };
+            format!(
+                "{{\"type\":\"identify\",\"userId\":\"u{i}\",\"traits\":{{\"country\":\"{country}\"}},\"context\":{{\"channel\":\"web\"}}}}\n\
+                 {{\"type\":\"track\",\"event\":\"purchase\",\"userId\":\"u{i}\",\"properties\":{{\"amount\":300}},\"context\":{{\"channel\":\"store\"}}}}\n"
+            )
+        })
+        .collect();
+    assert!(ctl(&addr, &["ingest", "-"], Some(&events)).status.success());
+    let count = |query: &str| {
+        text(&ctl(&addr, &["segment", "count", query], None).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(count("high_value"), "0", "300 is not above 500");
+
+    // An invalid file: refused with its errors and their place; the config stays.
+    let broken = omnia::config::DEFAULT_CONFIG.replace(
+        "sum(purchase.amount, 90d) > 500",
+        "sum(purchse.amount, 90d) > 500",
+    );
+    std::fs::write(&config, &broken).unwrap();
+    let refused = ctl(&addr, &["reload"], None);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("INVALID_CONFIG (27)") && message.contains("the running config stays"),
+        "{message}"
+    );
+    assert!(
+        message.contains("omnia.toml:") && message.contains("purchse"),
+        "{message}"
+    );
+    assert_eq!(count("high_value"), "0");
+
+    // A changed file: swapped in, and the report says what changed.
+    let changed = omnia::config::DEFAULT_CONFIG
+        .replace("sum(purchase.amount, 90d) > 500", "sum(purchase.amount, 90d) > 200")
+        .replace(
+            "[segments.high_value]",
+            "[segments.dutch_buyers]\nrule = 'attr.country == \"NL\" and ever(purchase)'\n\n[segments.high_value]",
+        );
+    std::fs::write(&config, &changed).unwrap();
+    let reloaded = ctl(&addr, &["reload"], None);
+    let report = text(&reloaded.stdout);
+    assert!(reloaded.status.success(), "{}", text(&reloaded.stderr));
+    assert!(report.contains("segments added: dutch_buyers"), "{report}");
+    assert!(report.contains("segments changed: high_value"), "{report}");
+    assert_eq!(count("high_value"), "6");
+    assert_eq!(count("dutch_buyers"), "3");
+
+    // SIGHUP reloads too: back to the default.
+    std::fs::write(&config, omnia::config::DEFAULT_CONFIG).unwrap();
+    let version = |addr: &str| -> u64 {
+        let stats = ctl(addr, &["--json", "stats"], None);
+        serde_json::from_slice::<serde_json::Value>(&stats.stdout).unwrap()["config_version"]
+            .as_u64()
+            .unwrap()
+    };
+    let default_version = omnia::config::Config::embedded_default().unwrap().version as u64;
+    assert_ne!(version(&addr), default_version);
+    let hup = Command::new("kill")
+        .args(["-HUP", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while version(&addr) != default_version {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count("high_value"), "0");
+    assert!(
+        text(&ctl(&addr, &["segment", "count", "dutch_buyers"], None).stderr)
+            .contains("UNKNOWN_SEGMENT")
+    );
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -54,6 +54,7 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         Just(Request::Ping),
+        Just(Request::Reload),
         any::<bool>().prop_map(|offers| Request::Stats { offers }),
         (
             text(),
@@ -339,6 +340,38 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                     }),
                 )
             }),
+        (
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>()
+            ),
+            prop::collection::vec(prop::collection::vec(text(), 0..3), 5),
+            prop::collection::vec((text(), prop::collection::vec(text(), 0..3)), 0..3),
+        )
+            .prop_map(
+                |((version, customers, replayed, took, paused), mut lists, new)| {
+                    let mut list = || lists.pop().unwrap_or_default();
+                    (
+                        opcode::RELOAD,
+                        Response::Reloaded(Box::new(omnia::model::reload::ReloadReport {
+                            config_version: version,
+                            customers,
+                            replayed,
+                            took: std::time::Duration::from_millis(took as u64),
+                            paused: std::time::Duration::from_millis(paused as u64),
+                            segments_added: list(),
+                            segments_changed: list(),
+                            segments_removed: list(),
+                            offers_added: list(),
+                            offers_removed: list(),
+                            new_aggregates: new,
+                        })),
+                    )
+                }
+            ),
         (any::<u16>(), text())
             .prop_map(|(code, message)| (opcode::PING, Response::Error { code, message })),
     ]

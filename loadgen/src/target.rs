@@ -140,11 +140,10 @@ pub async fn spawn_server(
     let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    let shared = Arc::new(omnia::server::Shared {
+    let shared = Arc::new(omnia::server::Shared::new(
         engine,
-        limits: omnia::server::Limits::default(),
-        stats: omnia::server::ServerStats::default(),
-    });
+        omnia::server::Limits::default(),
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(omnia::server::run(listener, shared, async move {
         let _ = stopped.await;

@@ -286,6 +286,15 @@ impl Client {
         }
     }
 
+    /// Asks the server to read its config file again and swap it in; the report says
+    /// what changed. Errors: INVALID_CONFIG (the file's errors), RELOAD_REFUSED.
+    pub async fn reload(&self) -> Result<crate::model::reload::ReloadReport, ClientError> {
+        match self.request(&Request::Reload).await? {
+            Response::Reloaded(report) => Ok(*report),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         self.stats_with(false).await
     }

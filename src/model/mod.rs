@@ -4,6 +4,7 @@
 pub mod decision;
 pub mod event;
 pub mod profile;
+pub mod reload;
 
 pub use event::{EventView, RawEvent, RawValue, ValueRef};
 pub use profile::{CustomerId, ProfileView};

@@ -45,6 +45,13 @@ pub enum ErrorCode {
     /// The write-ahead log failed: what the request changed is not durable, so it is not
     /// acknowledged. An operator must look at the server's log and disk.
     StorageFailed = 26,
+    /// RELOAD: the server's config file has errors (the message lists them with their
+    /// places). The running config stays.
+    InvalidConfig = 27,
+    /// RELOAD: the config is valid but cannot replace the running one (for example it
+    /// changes the shard count or removes a namespace), or the server has no config file
+    /// to reload. The running config stays.
+    ReloadRefused = 28,
 }
 
 impl ErrorCode {
@@ -75,6 +82,8 @@ impl ErrorCode {
             24 => BadContext,
             25 => UnknownCustomer,
             26 => StorageFailed,
+            27 => InvalidConfig,
+            28 => ReloadRefused,
             _ => return None,
         })
     }
@@ -107,6 +116,8 @@ impl ErrorCode {
             BadContext => "BAD_CONTEXT",
             UnknownCustomer => "UNKNOWN_CUSTOMER",
             StorageFailed => "STORAGE_FAILED",
+            InvalidConfig => "INVALID_CONFIG",
+            ReloadRefused => "RELOAD_REFUSED",
         }
     }
 

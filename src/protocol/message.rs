@@ -14,7 +14,9 @@ use crate::model::decision::{
     ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
     FeedbackTarget, OfferStats, Outcome, RankedOffer,
 };
+use crate::model::reload::ReloadReport;
 use crate::model::{ProfileView, RawEvent, RawValue};
+use std::time::Duration;
 
 /// DECIDE flag bits.
 pub mod decide_flags {
@@ -66,6 +68,8 @@ pub enum Request {
         kind: FeedbackKind,
         target: FeedbackTarget,
     },
+    /// empty: re-read the server's config file and swap it in
+    Reload,
 }
 
 /// One event of a batch that was not accepted.
@@ -144,6 +148,11 @@ pub enum Response {
     Decision(Box<Decision>),
     /// `u64 decision_id, u8 has_coupon, [coupon]`
     Feedback(FeedbackResult),
+    /// `u32 config_version, u64 customers, u64 replayed, u32 took_ms, u32 paused_ms`,
+    /// then five lists, each `u16 n, str × n`: segments added, changed, removed, offers
+    /// added, removed; then `u16 n, (str aggregate, u16 m, str reader × m) × n`: the
+    /// aggregates that count from the reload and the rules that read them
+    Reloaded(Box<ReloadReport>),
     /// `u16 code, str message` (opcode 0xFF)
     Error { code: u16, message: String },
 }
@@ -175,6 +184,7 @@ impl Request {
             Request::Stats { .. } => opcode::STATS,
             Request::Decide(_) => opcode::DECIDE,
             Request::Feedback { .. } => opcode::FEEDBACK,
+            Request::Reload => opcode::RELOAD,
         }
     }
 
@@ -268,6 +278,7 @@ impl Request {
                 b.str(segment);
                 b.str(key);
             }
+            Request::Reload => {}
         }
         Ok(b.freeze())
     }
@@ -282,6 +293,7 @@ impl Request {
                 client: r.str(field!("client_name"))?.to_string(),
             },
             opcode::PING => Request::Ping,
+            opcode::RELOAD => Request::Reload,
             opcode::STATS => Request::Stats {
                 offers: !body.is_empty() && r.u8(field!("sections"))? & 1 != 0,
             },
@@ -535,6 +547,33 @@ impl Response {
                     put_coupon(&mut b, c);
                 }
             }
+            Response::Reloaded(report) => {
+                b.put_u32_le(report.config_version);
+                b.put_u64_le(report.customers);
+                b.put_u64_le(report.replayed);
+                b.put_u32_le(report.took.as_millis().min(u32::MAX as u128) as u32);
+                b.put_u32_le(report.paused.as_millis().min(u32::MAX as u128) as u32);
+                for list in [
+                    &report.segments_added,
+                    &report.segments_changed,
+                    &report.segments_removed,
+                    &report.offers_added,
+                    &report.offers_removed,
+                ] {
+                    put_len16(&mut b, list.len());
+                    for name in list.iter().take(u16::MAX as usize) {
+                        b.str(name);
+                    }
+                }
+                put_len16(&mut b, report.new_aggregates.len());
+                for (aggregate, readers) in report.new_aggregates.iter().take(u16::MAX as usize) {
+                    b.str(aggregate);
+                    put_len16(&mut b, readers.len());
+                    for reader in readers.iter().take(u16::MAX as usize) {
+                        b.str(reader);
+                    }
+                }
+            }
             Response::Error { code, message } => {
                 b.put_u16_le(*code);
                 b.str(message);
@@ -771,6 +810,39 @@ impl Response {
                         decision_id,
                         coupon,
                     })
+                }
+                opcode::RELOAD => {
+                    let config_version = r.u32(field!("config_version"))?;
+                    let customers = r.u64(field!("customers"))?;
+                    let replayed = r.u64(field!("replayed"))?;
+                    let took = Duration::from_millis(r.u32(field!("took_ms"))? as u64);
+                    let paused = Duration::from_millis(r.u32(field!("paused_ms"))? as u64);
+                    let segments_added = strings(&mut r, "segment added")?;
+                    let segments_changed = strings(&mut r, "segment changed")?;
+                    let segments_removed = strings(&mut r, "segment removed")?;
+                    let offers_added = strings(&mut r, "offer added")?;
+                    let offers_removed = strings(&mut r, "offer removed")?;
+                    let n = r.u16(field!("new aggregate count"))?;
+                    let new_aggregates = (0..n)
+                        .map(|i| {
+                            let aggregate = r.str(field!("new aggregate {i}"))?.to_string();
+                            let readers = strings(&mut r, "reader")?;
+                            Ok((aggregate, readers))
+                        })
+                        .collect::<Result<_, DecodeError>>()?;
+                    Response::Reloaded(Box::new(ReloadReport {
+                        config_version,
+                        customers,
+                        segments_added,
+                        segments_changed,
+                        segments_removed,
+                        offers_added,
+                        offers_removed,
+                        new_aggregates,
+                        replayed,
+                        took,
+                        paused,
+                    }))
                 }
                 other => {
                     return Err(DecodeError::Invalid {

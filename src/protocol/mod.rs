@@ -42,6 +42,7 @@ pub mod opcode {
     pub const STATS: u8 = 0x30;
     pub const DECIDE: u8 = 0x40;
     pub const FEEDBACK: u8 = 0x41;
+    pub const RELOAD: u8 = 0x50;
     pub const RESPONSE_BIT: u8 = 0x80;
     pub const ERROR: u8 = 0xFF;
 
@@ -59,6 +60,7 @@ pub mod opcode {
             STATS => "stats",
             DECIDE => "decide",
             FEEDBACK => "feedback",
+            RELOAD => "reload",
             _ if op == ERROR => "error",
             _ => "unknown",
         }

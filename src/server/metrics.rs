@@ -76,13 +76,13 @@ fn code_name(code: u16) -> &'static str {
 pub fn publish_gauges(shared: &Shared) {
     metrics::gauge!("omnia_connections")
         .set(shared.stats.connections.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("omnia_customers").set(shared.engine.stats().customers as f64);
-    for segment in &shared.engine.config().segments {
-        let members = shared.engine.segment_count(&segment.name).unwrap_or(0);
+    metrics::gauge!("omnia_customers").set(shared.engine().stats().customers as f64);
+    for segment in &shared.engine().config().segments {
+        let members = shared.engine().segment_count(&segment.name).unwrap_or(0);
         metrics::gauge!("omnia_segment_members", "segment" => segment.name.clone())
             .set(members as f64);
     }
-    for o in shared.engine.offer_stats() {
+    for o in shared.engine().offer_stats() {
         let labels = [
             ("offer", o.offer.clone()),
             ("channel", o.channel.clone()),

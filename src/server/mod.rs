@@ -75,9 +75,54 @@ impl Default for ServerStats {
 
 /// What every connection shares.
 pub struct Shared {
-    pub engine: Arc<Engine>,
+    /// The engine requests go to; a reload swaps it.
+    engine: parking_lot::RwLock<Arc<Engine>>,
     pub limits: Limits,
     pub stats: ServerStats,
+    /// Held for reading while a request runs, and for writing while a reload swaps
+    /// engines: no request sees half of a swap, and none changes the old engine after
+    /// the new one has caught up with it.
+    gate: parking_lot::RwLock<()>,
+    /// Where the config comes from, for RELOAD and SIGHUP; `None` when the server runs
+    /// on the embedded default config.
+    pub reload: Option<ReloadSource>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a reload needs besides the running engine.
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    /// The config file, read again at each reload.
+    pub config: std::path::PathBuf,
+    /// `serve --shards`, applied to the file's config as at start.
+    pub shards: Option<u32>,
+    /// The data directory, whose log the new engine catches up from.
+    pub data: crate::store::DataDir,
+}
+
+impl Shared {
+    pub fn new(engine: Arc<Engine>, limits: Limits) -> Shared {
+        Shared {
+            engine: parking_lot::RwLock::new(engine),
+            limits,
+            stats: ServerStats::default(),
+            gate: parking_lot::RwLock::new(()),
+            reload: None,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Lets RELOAD and SIGHUP re-read `source.config`.
+    pub fn with_reload(mut self, source: ReloadSource) -> Shared {
+        self.reload = Some(source);
+        self
+    }
+
+    /// The engine now (a reload may swap it at any time; hold the `Arc` for one request).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.read().clone()
+    }
 }
 
 /// Serves `listener` until `shutdown` completes, then drains connections and returns.
@@ -137,7 +182,7 @@ async fn accept_loop(
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut handler = Handler {
-            journal: shared.engine.journal().cloned(),
+            journal: shared.engine().journal().cloned(),
             held: std::collections::VecDeque::new(),
             connection: Connection::new(
                 socket,
@@ -253,7 +298,18 @@ impl Handler {
             };
             let started = Instant::now();
             let logged_before = self.journal.as_ref().map_or(0, |j| j.last_appended());
-            let response = self.respond(&frame);
+            let response = if self.greeted && frame.opcode == opcode::RELOAD {
+                // Not under the gate: a reload takes it for writing itself.
+                match Request::decode(frame.opcode, &frame.body) {
+                    Ok(Some(Request::Reload)) => cmd::reload::apply(&self.shared).await,
+                    Ok(_) => Response::error(ErrorCode::UnknownOpcode, "RELOAD did not decode"),
+                    Err(e) => Self::decode_error(frame.opcode, e),
+                }
+            } else {
+                let shared = self.shared.clone();
+                let _gate = shared.gate.read();
+                self.respond(&frame)
+            };
             let logged = self.journal.as_ref().map_or(0, |j| j.last_appended());
             let error = match &response {
                 Response::Error { code, .. } => Some(*code),
@@ -381,6 +437,11 @@ impl Handler {
                 response
             }
             Request::Ping => Response::Pong,
+            // Handled before `respond`, outside the gate.
+            Request::Reload => Response::error(
+                ErrorCode::HelloRequired,
+                "the first request on a connection must be HELLO",
+            ),
             Request::Ingest { events } => cmd::ingest::apply(shared, events.iter().map(Ok)),
             Request::IngestJson { json } => cmd::ingest_json::apply(shared, &json),
             Request::Profile { key } => cmd::profile::apply(shared, &key),

@@ -20,65 +20,12 @@
 //! removes log files that a reload is reading.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{check_record, io, replay, segments, snapshot, DataDir, StoreError, HEADER};
 use crate::config::Config;
 use crate::engine::{Engine, RestoreError};
-
-/// What a reload changed, for the operator.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct ReloadReport {
-    pub config_version: u32,
-    pub customers: u64,
-    pub segments_added: Vec<String>,
-    pub segments_changed: Vec<String>,
-    pub segments_removed: Vec<String>,
-    pub offers_added: Vec<String>,
-    pub offers_removed: Vec<String>,
-    /// Aggregates the old config did not keep: they count from the reload on. Each
-    /// with the segments and scores that read them.
-    pub new_aggregates: Vec<(String, Vec<String>)>,
-    /// Log records replayed into the new engine while it was built, and in the pause.
-    pub replayed: u64,
-    pub took: Duration,
-    /// How long requests were held back for the swap.
-    pub paused: Duration,
-}
-
-impl std::fmt::Display for ReloadReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |v: &[String]| {
-            if v.is_empty() {
-                "none".to_string()
-            } else {
-                v.join(", ")
-            }
-        };
-        writeln!(
-            f,
-            "config version {:08x} is live: {} customers re-evaluated in {:.2?} (requests held for {:.2?}, {} log records replayed)",
-            self.config_version, self.customers, self.took, self.paused, self.replayed
-        )?;
-        writeln!(f, "segments added: {}", list(&self.segments_added))?;
-        writeln!(f, "segments changed: {}", list(&self.segments_changed))?;
-        writeln!(f, "segments removed: {}", list(&self.segments_removed))?;
-        writeln!(f, "offers added: {}", list(&self.offers_added))?;
-        write!(f, "offers removed: {}", list(&self.offers_removed))?;
-        for (aggregate, readers) in &self.new_aggregates {
-            write!(
-                f,
-                "\nwarning: `{aggregate}` was not kept before: it counts from now, so {} see only what happens from now on",
-                if readers.is_empty() {
-                    "rules that read it".to_string()
-                } else {
-                    readers.join(", ")
-                }
-            )?;
-        }
-        Ok(())
-    }
-}
+pub use crate::model::reload::ReloadReport;
 
 /// Why a reload did not happen. The running config stays in every case.
 #[derive(Debug, thiserror::Error)]
@@ -248,9 +195,7 @@ impl Prepared {
         let paused = Instant::now();
         if let Some(journal) = current.journal() {
             let last = journal.last_appended();
-            journal
-                .wait_durable(last)
-                .map_err(ReloadError::Refused)?;
+            journal.wait_durable(last).map_err(ReloadError::Refused)?;
             self.catch_up(data, last)?;
             self.engine.attach_journal(journal.clone());
         }

@@ -459,9 +459,10 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
+    /// `engine` says which engine to snapshot now (a reload swaps it).
     pub fn spawn(
         data: DataDir,
-        engine: std::sync::Arc<Engine>,
+        engine: std::sync::Arc<dyn Fn() -> std::sync::Arc<Engine> + Send + Sync>,
         interval: Option<Duration>,
         log_bytes: Option<u64>,
     ) -> std::io::Result<Snapshotter> {
@@ -470,7 +471,7 @@ impl Snapshotter {
             .name("omnia-snapshot".into())
             .spawn(move || {
                 let mut last = Instant::now();
-                let logged = || engine.journal().map_or(0, |j| j.bytes_written());
+                let logged = || engine().journal().map_or(0, |j| j.bytes_written());
                 let mut logged_at_last = logged();
                 loop {
                     match stopped.recv_timeout(Duration::from_millis(250)) {
@@ -485,7 +486,7 @@ impl Snapshotter {
                     }
                     logged_at_last = logged();
                     last = Instant::now();
-                    match write(&data, &engine) {
+                    match write(&data, &engine()) {
                         Ok(written) => tracing::info!(
                             reason = if by_time { "interval" } else { "log volume" },
                             "{written}"

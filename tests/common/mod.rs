@@ -7,7 +7,7 @@ use std::sync::Arc;
 use omnia::clock::ManualClock;
 use omnia::config::Config;
 use omnia::engine::Engine;
-use omnia::server::{Limits, ServerStats, Shared};
+use omnia::server::{Limits, Shared};
 use tokio::sync::oneshot;
 
 /// Monday 2 March 2026, 10:00 UTC.
@@ -43,11 +43,7 @@ impl TestServer {
             .await
             .expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let shared = Arc::new(Shared {
-            engine: engine.clone(),
-            limits,
-            stats: ServerStats::default(),
-        });
+        let shared = Arc::new(Shared::new(engine.clone(), limits));
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(omnia::server::run(listener, shared, async move {
             let _ = stopped.await;

@@ -26,14 +26,14 @@ pub fn decide_code(e: &DecideError) -> ErrorCode {
 }
 
 pub fn decide(shared: &Shared, request: &DecisionRequest) -> Response {
-    match shared.engine.decide(request) {
+    match shared.engine().decide(request) {
         Ok(decision) => Response::Decision(Box::new(decision)),
         Err(e) => Response::error(decide_code(&e), e.to_string()),
     }
 }
 
 pub fn feedback(shared: &Shared, kind: FeedbackKind, target: &FeedbackTarget) -> Response {
-    match shared.engine.feedback(kind, target) {
+    match shared.engine().feedback(kind, target) {
         Ok(result) => Response::Feedback(result),
         Err(e) => Response::error(decide_code(&e), e.to_string()),
     }

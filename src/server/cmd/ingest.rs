@@ -38,10 +38,10 @@ pub fn apply<E: EventView>(
 ) -> Response {
     let mut accepted = 0u32;
     let mut rejected = Vec::new();
+    let engine = shared.engine();
     for (index, event) in events.enumerate() {
         let outcome = event.and_then(|raw| {
-            shared
-                .engine
+            engine
                 .ingest(&raw)
                 .map_err(|e| (code_of(&e), e.to_string()))
         });

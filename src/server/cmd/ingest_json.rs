@@ -32,8 +32,9 @@ use crate::server::Shared;
 type Converted = Result<RawEvent, (ErrorCode, String)>;
 
 pub fn apply(shared: &Shared, json: &[u8]) -> Response {
-    let config = shared.engine.config();
-    let now = shared.engine.now_ms();
+    let engine = shared.engine();
+    let config = engine.config();
+    let now = engine.now_ms();
     match parse(config, json, now) {
         Ok(events) => ingest::apply(
             shared,

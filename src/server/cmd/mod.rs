@@ -6,5 +6,6 @@ pub mod hello;
 pub mod ingest;
 pub mod ingest_json;
 pub mod profile;
+pub mod reload;
 pub mod segment;
 pub mod stats;

@@ -16,17 +16,17 @@ fn error(e: QueryError) -> Response {
 }
 
 pub fn count(shared: &Shared, query: &str) -> Response {
-    match shared.engine.query(query) {
-        Ok(q) => Response::Count(shared.engine.count(&q)),
+    match shared.engine().query(query) {
+        Ok(q) => Response::Count(shared.engine().count(&q)),
         Err(e) => error(e),
     }
 }
 
 pub fn members(shared: &Shared, query: &str, cursor: u32, limit: u32) -> Response {
-    match shared.engine.query(query) {
+    match shared.engine().query(query) {
         Ok(q) => {
             let page = shared
-                .engine
+                .engine()
                 .members(&q, cursor, limit.clamp(1, MAX_PAGE) as usize);
             Response::Members {
                 members: page.members,
@@ -38,7 +38,7 @@ pub fn members(shared: &Shared, query: &str, cursor: u32, limit: u32) -> Respons
 }
 
 pub fn contains(shared: &Shared, segment: &str, key: &str) -> Response {
-    match shared.engine.contains(segment, key) {
+    match shared.engine().contains(segment, key) {
         Ok(member) => Response::Contains(member),
         Err(e) => error(e),
     }

@@ -8,8 +8,9 @@ use crate::protocol::Response;
 use crate::server::Shared;
 
 pub fn apply(shared: &Shared, offers: bool) -> Response {
-    let engine = shared.engine.stats();
-    let config = shared.engine.config();
+    let current = shared.engine();
+    let engine = current.stats();
+    let config = current.config();
     Response::Stats(Stats {
         uptime_ms: shared.stats.started.elapsed().as_millis() as u64,
         config_version: config.version,
@@ -25,12 +26,12 @@ pub fn apply(shared: &Shared, offers: bool) -> Response {
             .map(|s| {
                 (
                     s.name.clone(),
-                    shared.engine.segment_count(&s.name).unwrap_or(0),
+                    shared.engine().segment_count(&s.name).unwrap_or(0),
                 )
             })
             .collect(),
         offers: if offers {
-            shared.engine.offer_stats()
+            shared.engine().offer_stats()
         } else {
             Vec::new()
         },

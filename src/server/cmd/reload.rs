@@ -1,0 +1,70 @@
+//! RELOAD (and SIGHUP): read the server's config file again and swap it in while
+//! requests go on (see `store::reload`). An invalid file is refused with its errors; a
+//! valid one that cannot replace the running config (another shard count, a namespace
+//! removed) is refused with the reason. Either way the running config stays.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::model::reload::ReloadReport;
+use crate::protocol::{ErrorCode, Response};
+use crate::server::Shared;
+use crate::store::reload::{prepare, ReloadError};
+use crate::store::snapshot;
+
+pub async fn apply(shared: &Arc<Shared>) -> Response {
+    match reload(shared).await {
+        Ok(report) => Response::Reloaded(Box::new(report)),
+        Err((code, message)) => Response::error(code, message),
+    }
+}
+
+/// Reloads the config file; the error is the code and message a client gets.
+pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, String)> {
+    let _one_at_a_time = shared.reloading.lock().await;
+    let Some(source) = shared.reload.clone() else {
+        return Err((
+            ErrorCode::ReloadRefused,
+            "this server runs on the embedded default config, so there is no file to reload; start it with --config FILE".into(),
+        ));
+    };
+    let shared = shared.clone();
+    let refused = |e: ReloadError| {
+        let message = format!("reload refused, the running config stays: {e}");
+        warn!("{message}");
+        (ErrorCode::ReloadRefused, message)
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut config = Config::load(&source.config).map_err(|e| {
+            let message = format!("the config is invalid, the running config stays:\n{e}");
+            warn!("{message}");
+            (ErrorCode::InvalidConfig, message)
+        })?;
+        if let Some(shards) = source.shards {
+            config.engine.shards = shards;
+        }
+        info!(config = %source.config.display(), "reloading the config: building the new engine");
+        let current = shared.engine();
+        let prepared = prepare(&source.data, &current, config).map_err(refused)?;
+        let (next, report) = {
+            let _gate = shared.gate.write();
+            let (next, report) = prepared.finish(&source.data, &current).map_err(refused)?;
+            *shared.engine.write() = next.clone();
+            (next, report)
+        };
+        info!("{report}");
+        // From now on the log holds events the old config accepted and the new one may
+        // not: a snapshot now means a restart never replays them.
+        match snapshot::write(&source.data, &next) {
+            Ok(written) => info!("{written}"),
+            Err(e) => {
+                warn!(error = %e, "the snapshot after the reload failed; the log keeps everything")
+            }
+        }
+        Ok(report)
+    })
+    .await
+    .unwrap_or_else(|e| Err((ErrorCode::ReloadRefused, format!("the reload failed: {e}"))))
+}
