@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! 16 bytes  magic "omnia snapshot\n\0"
-//! u32       snapshot format (1)
+//! u32       snapshot format (2)
 //! u64       fingerprint of the profile layout of the config that wrote it
 //! u64       position: the log sequence when it was completed
 //! u32       shards
@@ -46,7 +46,7 @@ use crate::config::{Config, ScoreModel};
 use crate::engine::{Engine, EngineImage, ShardImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
 /// Bytes written between syncs of a snapshot file.
 const SYNC_EVERY: usize = 8 << 20;
@@ -336,7 +336,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(EngineImage, u64), StoreErro
     if version != VERSION {
         return Err(corrupt(
             16,
-            format!("snapshot format {version}; this version reads format {VERSION}"),
+            format!("it is in snapshot format {version}, and this version of omnia reads format {VERSION} (start the version that wrote it)"),
         ));
     }
     let fingerprint = u64_at(20);
