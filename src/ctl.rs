@@ -368,6 +368,13 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 println!("events rejected  {}", stats.events_rejected);
                 println!("merges           {}", stats.merges);
                 println!("connections      {}", stats.connections);
+                match stats.reload_progress {
+                    Some(percent) => println!(
+                        "reloads          {} (one running: {percent}% of customers moved)",
+                        stats.reloads
+                    ),
+                    None => println!("reloads          {}", stats.reloads),
+                }
                 println!("segments:");
                 for (name, n) in &stats.segments {
                     println!("  {name:<24} {n:>10}");

@@ -210,12 +210,14 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
         (
             any::<(u64, u32, u64, u64)>(),
             any::<(u64, u64, u64, u32)>(),
+            (any::<u32>(), prop::option::of(0u8..=100)),
             prop::collection::vec((text(), any::<u64>()), 0..3)
         )
             .prop_map(
                 |(
                     (uptime_ms, config_version, customers, keys),
                     (events_ingested, events_rejected, merges, connections),
+                    (reloads, reload_progress),
                     segments,
                 )| (
                     opcode::STATS,
@@ -228,6 +230,8 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                         events_rejected,
                         merges,
                         connections,
+                        reloads,
+                        reload_progress,
                         segments,
                         offers: Vec::new(),
                     })

@@ -108,7 +108,7 @@ fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_con
             });
         }
         halfway.wait();
-        let prepared = prepare(&data, &first, common::changed_retail()).unwrap();
+        let prepared = prepare(&data, &first, common::changed_retail(), &|_| {}).unwrap();
         built.wait();
         step_5_done.wait();
         let mut engine = current.write();
@@ -205,14 +205,14 @@ fn a_reload_that_would_lose_keys_or_change_shards_is_refused_and_the_engine_stay
         r#"namespaces = ["user", "email", "card", "phone"]"#,
     );
     let config = Config::from_source(&omnia::config::Source::new("no-anon.toml", no_anon)).unwrap();
-    let err = prepare(&data, &engine, config).err().unwrap();
+    let err = prepare(&data, &engine, config, &|_| {}).err().unwrap();
     assert!(
         matches!(&err, ReloadError::Refused(m) if m == "namespace `anon` is gone, and customers' keys in it would be lost; keep it in [identity] namespaces"),
         "{err}"
     );
     let mut config = Config::embedded_default().unwrap();
     config.engine.shards = 4;
-    let err = prepare(&data, &engine, config).err().unwrap();
+    let err = prepare(&data, &engine, config, &|_| {}).err().unwrap();
     assert!(
         err.to_string().contains("the shard count cannot change"),
         "{err}"

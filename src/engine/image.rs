@@ -520,16 +520,19 @@ impl Engine {
     /// rebuilds what images do not store: the identity map, the global budgets. The
     /// rows must be laid out by this engine's config.
     pub fn restore(&self, image: &EngineImage) -> Result<Vec<u64>, RestoreError> {
-        self.restore_with(image, None)
+        self.restore_with(image, None, &|_, _| {})
     }
 
     /// [`Engine::restore`] of an image whose rows are laid out by `from`'s config,
     /// moved into this engine's layout on the way (see `relayout`). Returns each shard's
     /// cut.
+    ///
+    /// `progress(done, total)` is called after each shard.
     pub(crate) fn restore_with(
         &self,
         image: &EngineImage,
         from: Option<&Plan>,
+        progress: &dyn Fn(usize, usize),
     ) -> Result<Vec<u64>, RestoreError> {
         if image.shards.len() != self.shards.len() {
             return Err(RestoreError::Layout(format!(
@@ -573,6 +576,7 @@ impl Engine {
             self.decider.restore_budget_spending(&state.budget_spent);
             *self.shards[shard].lock() = state;
             cuts.push(cut);
+            progress(shard + 1, image.shards.len());
         }
         if map.as_ref().map_or(true, |(from, _)| {
             LayoutMap::same_offer_counters(from, &self.plan)

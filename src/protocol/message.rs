@@ -92,6 +92,10 @@ pub struct Stats {
     pub events_rejected: u64,
     pub merges: u64,
     pub connections: u32,
+    /// Reloads of the config completed since the server started.
+    pub reloads: u32,
+    /// While a reload runs: the percentage of customers moved into the new config.
+    pub reload_progress: Option<u8>,
     pub segments: Vec<(String, u64)>,
     /// Per offer, channel and arm; only when asked for (empty otherwise, but the count
     /// is always on the wire).
@@ -135,7 +139,8 @@ pub enum Response {
     /// `u8 member` (SEGMENT_CONTAINS)
     Contains(bool),
     /// `u64 uptime_ms, u32 config_version, u64 customers, u64 keys, u64 events_ingested,
-    /// u64 events_rejected, u64 merges, u32 connections, u16 n, (str segment, u64 count) × n,
+    /// u64 events_rejected, u64 merges, u32 connections, u32 reloads, u8 reload_progress
+    /// (255: no reload running), u16 n, (str segment, u64 count) × n,
     /// u32 m, (str offer, str channel, str experiment, str arm, u64 decisions,
     /// u64 impressions, u64 clicks, u64 accepts, u64 dismisses) × m`; `m` is 0 unless the
     /// request asked for offers; an empty experiment and arm are the totals
@@ -497,6 +502,8 @@ impl Response {
                 b.put_u64_le(s.events_rejected);
                 b.put_u64_le(s.merges);
                 b.put_u32_le(s.connections);
+                b.put_u32_le(s.reloads);
+                b.put_u8(s.reload_progress.map_or(u8::MAX, |p| p.min(100)));
                 put_len16(&mut b, s.segments.len());
                 for (name, n) in s.segments.iter().take(u16::MAX as usize) {
                     b.str(name);
@@ -709,6 +716,11 @@ impl Response {
                         events_rejected: r.u64(field!("events_rejected"))?,
                         merges: r.u64(field!("merges"))?,
                         connections: r.u32(field!("connections"))?,
+                        reloads: r.u32(field!("reloads"))?,
+                        reload_progress: match r.u8(field!("reload_progress"))? {
+                            u8::MAX => None,
+                            percent => Some(percent),
+                        },
                         segments: Vec::new(),
                         offers: Vec::new(),
                     };

@@ -60,6 +60,10 @@ pub struct ServerStats {
     pub connections: AtomicU32,
     pub events_ingested: AtomicU64,
     pub events_rejected: AtomicU64,
+    /// Reloads completed.
+    pub reloads: AtomicU32,
+    /// While a reload runs, the percentage of customers moved; 255 otherwise.
+    pub reload_progress: std::sync::atomic::AtomicU8,
 }
 
 impl Default for ServerStats {
@@ -69,6 +73,8 @@ impl Default for ServerStats {
             connections: AtomicU32::new(0),
             events_ingested: AtomicU64::new(0),
             events_rejected: AtomicU64::new(0),
+            reloads: AtomicU32::new(0),
+            reload_progress: std::sync::atomic::AtomicU8::new(u8::MAX),
         }
     }
 }

@@ -360,7 +360,9 @@ fn load(
         Some(crate::engine::Plan::new(config))
     };
     engine
-        .restore_with(image, from.as_ref())
+        .restore_with(image, from.as_ref(), &|done, total| {
+            tracing::debug!(done, total, "shards loaded");
+        })
         .map_err(|e| match e {
             crate::engine::RestoreError::Shard { shard, error } => StoreError::CorruptSnapshot {
                 path: path.to_path_buf(),

@@ -101,7 +101,13 @@ fn compare(old: &Config, new: &Config, report: &mut ReloadReport) {
 }
 
 /// Builds an engine under `config` from `current` and the log (step 1 above).
-pub fn prepare(data: &DataDir, current: &Engine, config: Config) -> Result<Prepared, ReloadError> {
+/// `progress` gets the percentage of customers moved so far.
+pub fn prepare(
+    data: &DataDir,
+    current: &Engine,
+    config: Config,
+    progress: &dyn Fn(u8),
+) -> Result<Prepared, ReloadError> {
     let started = Instant::now();
     let exclusive = snapshot::exclusive();
     if config.engine.shards != current.config().engine.shards {
@@ -121,7 +127,11 @@ pub fn prepare(data: &DataDir, current: &Engine, config: Config) -> Result<Prepa
         snapshot::layout_fingerprint(&config) == snapshot::layout_fingerprint(current.config());
     let next = Arc::new(Engine::new(config, current.clock()));
     let cuts = next
-        .restore_with(&image, (!same).then(|| current.plan()))
+        .restore_with(&image, (!same).then(|| current.plan()), &|done, total| {
+            let percent = (done * 100 / total.max(1)) as u8;
+            tracing::info!("reloading the config: {percent}% of customers moved");
+            progress(percent);
+        })
         .map_err(|e| match e {
             RestoreError::Layout(reason) => ReloadError::Refused(reason),
             // The image was made a moment ago by this process: a failure is a bug.

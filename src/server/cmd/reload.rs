@@ -3,6 +3,7 @@
 //! valid one that cannot replace the running config (another shard count, a namespace
 //! removed) is refused with the reason. Either way the running config stays.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -47,13 +48,20 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, St
         }
         info!(config = %source.config.display(), "reloading the config: building the new engine");
         let current = shared.engine();
-        let prepared = prepare(&source.data, &current, config).map_err(refused)?;
-        let (next, report) = {
+        let progress = &shared.stats.reload_progress;
+        progress.store(0, Ordering::Relaxed);
+        let swapped = prepare(&source.data, &current, config, &|percent| {
+            progress.store(percent.min(100), Ordering::Relaxed);
+        })
+        .and_then(|prepared| {
             let _gate = shared.gate.write();
-            let (next, report) = prepared.finish(&source.data, &current).map_err(refused)?;
+            let (next, report) = prepared.finish(&source.data, &current)?;
             *shared.engine.write() = next.clone();
-            (next, report)
-        };
+            Ok((next, report))
+        });
+        progress.store(u8::MAX, Ordering::Relaxed);
+        let (next, report) = swapped.map_err(refused)?;
+        shared.stats.reloads.fetch_add(1, Ordering::Relaxed);
         info!("{report}");
         // From now on the log holds events the old config accepted and the new one may
         // not: a snapshot now means a restart never replays them.

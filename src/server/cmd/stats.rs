@@ -20,6 +20,11 @@ pub fn apply(shared: &Shared, offers: bool) -> Response {
         events_rejected: shared.stats.events_rejected.load(Ordering::Relaxed),
         merges: engine.merges,
         connections: shared.stats.connections.load(Ordering::Relaxed),
+        reloads: shared.stats.reloads.load(Ordering::Relaxed),
+        reload_progress: match shared.stats.reload_progress.load(Ordering::Relaxed) {
+            u8::MAX => None,
+            percent => Some(percent),
+        },
         segments: config
             .segments
             .iter()
