@@ -39,6 +39,18 @@ struct Rounds {
     snapshot_interval: u64,
 }
 
+impl Rounds {
+    /// Kills after 100 to 500 ms, no snapshots: recovery from the log alone.
+    fn quick(count: u64) -> Rounds {
+        Rounds {
+            count,
+            base: 100,
+            spread: 400,
+            snapshot_interval: 0,
+        }
+    }
+}
+
 fn start(data: &Path, fsync: &str, snapshot_interval: u64) -> (Child, String) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -249,25 +261,13 @@ fn dir(name: &str) -> Dir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_fsync_always_loses_no_acknowledged_event() {
     let d = dir("always");
-    let rounds = Rounds {
-        count: 4,
-        base: 100,
-        spread: 400,
-        snapshot_interval: 0,
-    };
-    crash_rounds(&d.0, "always", rounds, 0x5eed_0001).await;
+    crash_rounds(&d.0, "always", Rounds::quick(4), 0x5eed_0001).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_fsync_interval_loses_no_acknowledged_event() {
     let d = dir("interval");
-    let rounds = Rounds {
-        count: 3,
-        base: 100,
-        spread: 400,
-        snapshot_interval: 0,
-    };
-    crash_rounds(&d.0, "interval", rounds, 0x5eed_0002).await;
+    crash_rounds(&d.0, "interval", Rounds::quick(3), 0x5eed_0002).await;
 }
 
 /// Snapshots every second while rounds run 1.1 to 2 seconds: kills land before, during

@@ -12,17 +12,11 @@ use omnia::engine::{Engine, RawEvent};
 use omnia::store::wal::{Wal, WalOptions};
 use omnia::store::{open_data_dir, recover, DataDir, StoreError, FORMAT};
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
-fn dir(name: &str) -> Dir {
-    let path = std::env::temp_dir().join(format!("omnia-durability-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    Dir(path)
+fn dir(name: &str) -> TempDir {
+    TempDir::new("durability", name)
 }
 
 fn engine() -> Engine {

@@ -3,7 +3,6 @@
 //! under the new config from the start, except segments that read an aggregate only the
 //! new config keeps (it counts from the reload, and the report names it).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,20 +16,12 @@ use omnia::store::{open_data_dir, recover};
 use parking_lot::RwLock;
 
 mod common;
+use common::TempDir;
 
 const START: i64 = common::START_MS;
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn dir(name: &str) -> Dir {
-    let path = std::env::temp_dir().join(format!("omnia-reload-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    Dir(path)
+fn dir(name: &str) -> TempDir {
+    TempDir::new("reload", name)
 }
 
 /// Customer `i`'s step `step` of a journey: browsing, a login merging the cookie into
@@ -40,12 +31,7 @@ fn event(i: usize, step: usize) -> RawEvent {
     let (anon, user) = (format!("anon:c{i}"), format!("user:{i}"));
     match step % 6 {
         0 | 1 => RawEvent::new("page_view", "web", now).key(&anon),
-        2 => RawEvent::new("page_view", "app", now)
-            .key(&anon)
-            .key(&user)
-            .key(&format!("email:c{i}@example.com"))
-            .attr("email_opt_in", true)
-            .attr("country", if i % 3 == 0 { "NL" } else { "FR" }),
+        2 => common::login(i, "app", now),
         3 => RawEvent::new("add_to_cart", "app", now)
             .key(&user)
             .prop("sku", RawValue::Str(format!("sku-{}", i % 7))),

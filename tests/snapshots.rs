@@ -18,21 +18,13 @@ use omnia::store::wal::{Wal, WalOptions};
 use omnia::store::{open_data_dir, recover, snapshot, DataDir, StoreError};
 
 mod common;
+use common::TempDir;
 
 /// Monday 2 March 2026, 10:00 UTC.
 const START: i64 = 1_772_445_600_000;
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn dir(name: &str) -> Dir {
-    let path = std::env::temp_dir().join(format!("omnia-snapshots-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    Dir(path)
+fn dir(name: &str) -> TempDir {
+    TempDir::new("snapshots", name)
 }
 
 /// An engine on `data`, recovered and logging, as `omnia serve` runs one.
@@ -88,12 +80,7 @@ fn event(i: usize, step: usize, now: i64) -> RawEvent {
     let user = format!("user:{i}");
     match step % 6 {
         0 | 1 => RawEvent::new("page_view", if i % 2 == 0 { "web" } else { "app" }, now).key(&anon),
-        2 => RawEvent::new("page_view", "web", now)
-            .key(&anon)
-            .key(&user)
-            .key(&format!("email:c{i}@example.com"))
-            .attr("email_opt_in", true)
-            .attr("country", if i % 3 == 0 { "NL" } else { "FR" }),
+        2 => common::login(i, "web", now),
         3 => RawEvent::new("add_to_cart", "app", now)
             .key(&user)
             .prop("sku", RawValue::Str(format!("sku-{}", i % 7)))
@@ -383,7 +370,7 @@ fn budgets_caps_stickiness_and_coupons_survive_restarts_with_and_without_a_snaps
     }
 }
 
-fn written_snapshot(name: &str) -> (Dir, PathBuf, Arc<ManualClock>) {
+fn written_snapshot(name: &str) -> (TempDir, PathBuf, Arc<ManualClock>) {
     let d = dir(name);
     let clock = Arc::new(ManualClock::new(START));
     let node = start(&d.0, retail(), &clock).unwrap();

@@ -10,6 +10,36 @@ use omnia::engine::Engine;
 use omnia::server::{Limits, Shared};
 use tokio::sync::oneshot;
 
+/// A fresh directory under the system's temporary one, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// `omnia-{suite}-{name}-{pid}`, emptied first.
+    pub fn new(suite: &str, name: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("omnia-{suite}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Customer `i` logs in on `channel`: the cookie `anon:c{i}`, the account `user:{i}` and
+/// an e-mail address in one event, which merges the cookie's profile into the account's.
+pub fn login(i: usize, channel: &str, now: i64) -> omnia::engine::RawEvent {
+    omnia::engine::RawEvent::new("page_view", channel, now)
+        .key(&format!("anon:c{i}"))
+        .key(&format!("user:{i}"))
+        .key(&format!("email:c{i}@example.com"))
+        .attr("email_opt_in", true)
+        .attr("country", if i % 3 == 0 { "NL" } else { "FR" })
+}
+
 /// Monday 2 March 2026, 10:00 UTC.
 pub const START_MS: i64 = 1_772_445_600_000;
 
