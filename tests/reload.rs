@@ -205,3 +205,49 @@ fn a_reload_that_would_lose_keys_or_change_shards_is_refused_and_the_engine_stay
     );
     assert!(engine.profile("anon:c1").is_some());
 }
+
+#[test]
+fn decisions_survive_a_reload_and_the_replaced_engine_is_never_snapshotted() {
+    let d = dir("decisions");
+    let clock = Arc::new(ManualClock::new(START));
+    let data = open_data_dir(&d.0).unwrap();
+    let old = Engine::new(Config::embedded_default().unwrap(), clock.clone());
+    for step in 0..3 {
+        old.ingest(&event(1, step)).unwrap();
+    }
+    let request = omnia::model::decision::DecisionRequest {
+        key: "user:1".into(),
+        channel: "email".into(),
+        top: 1,
+        record_impression: true,
+        explain: false,
+        context: Vec::new(),
+    };
+    let decision = old.decide(&request).unwrap();
+    let offer = decision.offers[0].offer.clone();
+    // Same offers, a segment changed.
+    let text = omnia::config::DEFAULT_CONFIG.replace(
+        "sum(purchase.amount, 90d) > 500",
+        "sum(purchase.amount, 90d) > 200",
+    );
+    let config = Config::from_source(&omnia::config::Source::new("new.toml", text)).unwrap();
+    let prepared = prepare(&data, &old, config, &|_| {}).unwrap();
+    let (new, _) = prepared.finish(&data, &old).unwrap();
+    let target = omnia::model::decision::FeedbackTarget::Decision {
+        decision_id: decision.decision_id,
+        offer: offer.clone(),
+    };
+    new.feedback(omnia::model::decision::FeedbackKind::Click, &target)
+        .unwrap();
+    let counted = |e: &Engine| -> u64 {
+        e.offer_stats()
+            .iter()
+            .filter(|s| s.offer == offer && s.experiment.is_none())
+            .map(|s| s.decisions)
+            .sum()
+    };
+    assert_eq!(counted(&new), 1, "the decision counter came along");
+    let err = omnia::store::snapshot::write(&data, &old).err().unwrap();
+    assert!(matches!(err, omnia::store::StoreError::Replaced), "{err}");
+    omnia::store::snapshot::write(&data, &new).unwrap();
+}

@@ -48,6 +48,16 @@ impl DecisionLog {
         }
     }
 
+    /// Moves every decision of `other` (of the same capacity) into this log, which must
+    /// be empty.
+    pub fn take_from(&self, other: &DecisionLog) {
+        for (mine, theirs) in self.shards.iter().zip(other.shards.iter()) {
+            let (mut mine, mut theirs) = (mine.lock(), theirs.lock());
+            std::mem::swap(&mut mine.by_id, &mut theirs.by_id);
+            std::mem::swap(&mut mine.order, &mut theirs.order);
+        }
+    }
+
     pub fn capacity(&self) -> usize {
         self.per_shard * SHARDS
     }

@@ -207,6 +207,9 @@ struct Act<'a> {
     decision_id: u64,
     /// The key the customer was found by; logged to find it again in replay.
     key: &'a str,
+    /// Whether the offer counters count it (replay counts only what a snapshot's
+    /// counters do not hold).
+    count: bool,
 }
 
 impl<'a> Act<'a> {
@@ -218,6 +221,7 @@ impl<'a> Act<'a> {
             now,
             decision_id: 0,
             key: "",
+            count: true,
         }
     }
 
@@ -503,9 +507,6 @@ impl Engine {
                         }
                     });
                 }
-                self.decider
-                    .counters
-                    .add(offer, channel, &arms, Counters::feedback_measure(kind));
             }
         }
         if !chosen.is_empty() {
@@ -610,8 +611,19 @@ impl Engine {
             now,
             decision_id,
             key,
+            ..
         } = action;
         let config = self.config();
+        if action.count {
+            // Under the shard lock with the log record, so a snapshot's counters and
+            // its shards agree on which actions they hold.
+            self.decider.counters.add(
+                offer,
+                channel,
+                &customer.offers.arms,
+                Counters::feedback_measure(kind),
+            );
+        }
         if let Some(journal) = self.journal() {
             journal.append_offer_action(&OfferAction {
                 kind,
@@ -675,21 +687,24 @@ impl Engine {
         cuts: &[u64],
         counted_to: u64,
     ) -> Result<(), DecideError> {
-        let offer = self.offer(&action.offer)?;
-        let channel = self.channel(&action.channel)?;
+        // An offer or channel the config no longer has: its state is gone with it (as
+        // when a snapshot is moved into the new layout), so its history is too.
+        let (Ok(offer), Ok(channel)) = (self.offer(&action.offer), self.channel(&action.channel))
+        else {
+            tracing::debug!(offer = %action.offer, channel = %action.channel, sequence, "skipped an offer action for an offer or channel the config dropped");
+            return Ok(());
+        };
         let config = self.config();
         let now = self.now_secs();
-        let mut arms = Vec::new();
-        let applied = self.with_customer(&action.key, now, &[], |customer| {
+        self.with_customer(&action.key, now, &[], |customer| {
             let Some(mut customer) = customer else {
-                return false;
+                return;
             };
             if cuts.get(customer.shard).is_some_and(|&cut| sequence <= cut) {
-                return false;
+                return;
             }
             let primary = crate::engine::view::primary_key(customer.keys);
             assign_arms(config, customer.offers, &primary);
-            arms = customer.offers.arms.clone();
             let _ = self.decider.spend(offer, action.kind, action.time);
             self.act(
                 &mut customer,
@@ -700,19 +715,37 @@ impl Engine {
                     now: action.time,
                     decision_id: action.decision_id,
                     key: &action.key,
+                    count: sequence > counted_to,
                 },
             );
-            true
         });
-        if applied && sequence > counted_to {
-            self.decider.counters.add(
-                offer,
-                channel,
-                &arms,
-                Counters::feedback_measure(action.kind),
-            );
-        }
         Ok(())
+    }
+
+    /// Takes over `old`'s remembered decisions and offer counters, if offers, channels
+    /// and experiments are the same in both configs (their indexes mean the same);
+    /// otherwise they start empty. Called by a reload once `old` takes no requests.
+    pub(crate) fn adopt_decisions(&self, old: &Engine) {
+        let names = |c: &Config| {
+            (
+                c.channels.clone(),
+                c.decisions
+                    .offers
+                    .iter()
+                    .map(|o| o.name.clone())
+                    .collect::<Vec<_>>(),
+                c.decisions
+                    .experiments
+                    .iter()
+                    .map(|e| (e.name.clone(), e.arms.len()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        if names(self.config()) != names(old.config()) {
+            return;
+        }
+        self.decider.log.take_from(&old.decider.log);
+        self.decider.restore_counters(&old.decider.counter_values());
     }
 
     /// Records what a customer did with an offer.
@@ -781,7 +814,6 @@ impl Engine {
             }
             return Err(e);
         }
-        let mut arms = Vec::new();
         let mut coupon = None;
         self.with_customer(&key, now, &[], |customer| {
             let Some(mut customer) = customer else {
@@ -789,13 +821,9 @@ impl Engine {
             };
             let primary = crate::engine::view::primary_key(customer.keys);
             assign_arms(config, customer.offers, &primary);
-            arms = customer.offers.arms.clone();
             let act = Act::new(kind, offer, channel, now);
             coupon = self.act(&mut customer, act.by(decision_id, &key));
         });
-        self.decider
-            .counters
-            .add(offer, channel, &arms, Counters::feedback_measure(kind));
         Ok(FeedbackResult {
             decision_id,
             coupon: coupon.map(|c| coupon_view(config, &c)),

@@ -23,7 +23,7 @@
 //! u64 cut, u32 now, u32 stride, u32 slots
 //! slots x u32 generation
 //! slots x stride x u32 profile rows
-//! slots x (u8 key count, key count x (u8 namespace, str key))
+//! slots x (u16 key count, key count x (u8 namespace, str key))
 //! u32 free slots, that many u32
 //! u32 segments, each: u32 length + that many bytes of roaring bitmap (portable format)
 //! u32 customers with offer state, each: u32 slot + offer state (see `write_offers`)
@@ -142,8 +142,9 @@ pub(crate) fn write_cut(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
         left -= used;
     }
     for keys in chunks().flat_map(|chunk| &chunk.keys) {
-        out.push(keys.len().min(255) as u8);
-        for key in keys.iter().take(255) {
+        let n = keys.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+        for key in keys.iter().take(n) {
             out.push(key.namespace as u8);
             put_str(out, &key.text);
         }
@@ -214,13 +215,24 @@ fn read_offers(r: &mut Reader<'_>, plan: &Plan) -> Result<CustomerOffers, Decode
         }
         Ok(o)
     };
+    let channels = plan.config.channels.len();
+    let experiments = &plan.config.decisions.experiments;
     let mut state = CustomerOffers::default();
     for _ in 0..r.u16(&field("offer memories"))? {
         let offer = offer(r)?;
         let n = r.u16(&field("impressions"))?;
         let mut impressions = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            impressions.push((r.u32(&field("impression time"))?, r.u8(&field("channel"))?));
+            let time = r.u32(&field("impression time"))?;
+            let channel = r.u8(&field("channel"))?;
+            if channel as usize >= channels {
+                return Err(invalid(
+                    r,
+                    "channel",
+                    format!("channel {channel} of {channels}"),
+                ));
+            }
+            impressions.push((time, channel));
         }
         state.memories.push(OfferMemory {
             offer,
@@ -235,8 +247,20 @@ fn read_offers(r: &mut Reader<'_>, plan: &Plan) -> Result<CustomerOffers, Decode
             until: r.u32(&field("sticky until"))?,
         });
     }
-    for _ in 0..r.u8(&field("arms"))? {
-        state.arms.push(r.u8(&field("arm"))?);
+    let arms = r.u8(&field("arms"))? as usize;
+    if arms > experiments.len() {
+        return Err(invalid(
+            r,
+            "arms",
+            format!("{arms} arms, {} experiments", experiments.len()),
+        ));
+    }
+    for e in experiments.iter().take(arms) {
+        let arm = r.u8(&field("arm"))?;
+        if arm as usize > e.arms.len() {
+            return Err(invalid(r, "arm", format!("arm {arm} of {}", e.arms.len())));
+        }
+        state.arms.push(arm);
     }
     for _ in 0..r.u16(&field("coupons"))? {
         state.coupons.push(IssuedCoupon {
@@ -325,8 +349,8 @@ pub(crate) fn read_shard(
         }
     }
     let namespaces = plan.config.namespaces.len();
-    // Each slot has at least its key count byte.
-    if r.remaining() < slots {
+    // Each slot has at least its key count.
+    if r.remaining() < slots * 2 {
         return Err(invalid(
             &r,
             "keys",
@@ -335,7 +359,7 @@ pub(crate) fn read_shard(
     }
     state.keys = Vec::with_capacity(slots);
     for local in 0..slots as u32 {
-        let n = r.u8(&field("key count"))?;
+        let n = r.u16(&field("key count"))?;
         let mut keys = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let namespace = r.u8(&field("key namespace"))? as usize;

@@ -120,6 +120,9 @@ pub struct Engine {
     cutting_active: AtomicBool,
     /// Held while an image is made: one at a time.
     imaging: Mutex<()>,
+    /// Set when a reload replaced this engine: it takes no more changes, and a
+    /// snapshot of it would miss the changes its successor took.
+    retired: AtomicBool,
 }
 
 /// A known customer under its shard lock: its profile to read, its offer history to
@@ -162,6 +165,7 @@ impl Engine {
             cutting: Mutex::new(None),
             cutting_active: AtomicBool::new(false),
             imaging: Mutex::new(()),
+            retired: AtomicBool::new(false),
             decider,
             plan,
             shards,
@@ -178,6 +182,15 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.plan.config
+    }
+
+    /// Marks this engine as replaced by a reload (see `retired`).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// The clock the engine reads.

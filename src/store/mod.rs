@@ -60,6 +60,8 @@ pub enum StoreError {
     },
     #[error("{path} cannot be loaded under this config: {reason}. Start with a config that keeps what it needs, or with the config that wrote it")]
     SnapshotConfig { path: PathBuf, reason: String },
+    #[error("the engine was replaced by a reload; its successor is snapshotted instead")]
+    Replaced,
     #[error("{path}: the log starts at record {first}, but the snapshot needs every record after {covers}: log files are missing. Restore the data directory from a backup")]
     LogGap {
         path: PathBuf,

@@ -219,6 +219,10 @@ impl Prepared {
             self.catch_up(data, last)?;
             self.engine.attach_journal(journal.clone());
         }
+        // No request reaches `current` any more: what it knows beyond the log (the
+        // decisions FEEDBACK can name, the decision counters) is final; carry it over.
+        self.engine.adopt_decisions(current);
+        current.retire();
         self.report.paused = paused.elapsed();
         self.report.took = self.started.elapsed();
         Ok((self.engine, self.report))

@@ -139,6 +139,9 @@ pub fn exclusive() -> parking_lot::MutexGuard<'static, ()> {
 /// and the log files it covers.
 pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
     let _exclusive = exclusive();
+    if engine.is_retired() {
+        return Err(StoreError::Replaced);
+    }
     let started = Instant::now();
     write_from(data, engine, engine.image(), started)
 }
@@ -159,16 +162,21 @@ fn write_from(
     image: EngineImage,
     started: Instant,
 ) -> Result<Written, StoreError> {
+    if engine.is_retired() {
+        return Err(StoreError::Replaced);
+    }
     let customers = engine.stats().customers;
     // Only what the log holds may be in a snapshot: otherwise a crash now could leave
     // it holding events the log lost, and the log's next records would reuse their
     // sequences.
+    // And synced, whatever the fsync policy: a snapshot that outlived a power loss
+    // the log's tail did not would leave a gap before the log's next records.
     if let Some(journal) = engine.journal() {
         journal
-            .wait_durable(image.position)
-            .map_err(|reason| StoreError::Io {
+            .sync_through(image.position)
+            .map_err(|source| StoreError::Io {
                 path: data.wal(),
-                source: std::io::Error::other(reason),
+                source,
             })?;
     }
     let dir = data.snapshots();
@@ -343,7 +351,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(EngineImage, u64), StoreErro
     let position = u64_at(28);
     let shards = u32_at(36) as usize;
     let mut at = HEADER;
-    let mut sections = Vec::with_capacity(shards + 1);
+    let mut sections = Vec::with_capacity(shards.min(4096) + 3);
     for i in 0..shards + 3 {
         let what = match i - shards.min(i) {
             _ if i < shards => format!("shard {i}"),
@@ -491,6 +499,7 @@ impl Snapshotter {
                             reason = if by_time { "interval" } else { "log volume" },
                             "{written}"
                         ),
+                        Err(StoreError::Replaced) => {}
                         Err(e) => tracing::error!(error = %e, "the snapshot failed; the log keeps everything, and the next one is tried at the next interval"),
                     }
                 }

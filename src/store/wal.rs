@@ -130,6 +130,8 @@ pub struct Wal {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Bytes written to log files since the log was opened.
     written: std::sync::atomic::AtomicU64,
+    /// The file being written.
+    current: Mutex<PathBuf>,
 }
 
 /// The path of the segment whose first record has `sequence`.
@@ -183,6 +185,7 @@ impl Wal {
             failed: Mutex::new(None),
             writer: Mutex::new(None),
             written: std::sync::atomic::AtomicU64::new(0),
+            current: Mutex::new(segment_path(dir, next)),
         });
         let mut file = Segment::create(dir, next)?;
         let writer = wal.clone();
@@ -281,6 +284,16 @@ impl Wal {
         }
     }
 
+    /// Blocks until every record up to `sequence` is written and synced to stable
+    /// storage, whatever the policy.
+    pub fn sync_through(&self, sequence: u64) -> std::io::Result<()> {
+        self.wait_durable(sequence).map_err(std::io::Error::other)?;
+        // Older files were synced when the writer moved on from them; the records are
+        // in the file current now, or in one of those.
+        let current = self.current.lock().clone();
+        File::open(&current)?.sync_data()
+    }
+
     /// Writes what is buffered, syncs, and stops the writer.
     pub fn close(&self) {
         self.pending.lock().closed = true;
@@ -342,6 +355,7 @@ impl Wal {
                     file.sync()?;
                     let first = last - count_records(&batch) + 1;
                     *file = Segment::create(dir, first)?;
+                    *self.current.lock() = segment_path(dir, first);
                     if options.policy == FsyncPolicy::Interval {
                         syncer.replace(file.file.try_clone()?);
                     }
