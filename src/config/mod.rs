@@ -338,6 +338,25 @@ impl Config {
         .build(raw)
     }
 
+    /// Whether offer, channel and experiment arm indexes mean the same in both configs:
+    /// what lets offer counters and remembered decisions pass from one to the other.
+    pub fn same_offer_indexes(&self, other: &Config) -> bool {
+        let d = (&self.decisions, &other.decisions);
+        self.channels == other.channels
+            && d.0.offers.len() == d.1.offers.len()
+            && d.0
+                .offers
+                .iter()
+                .zip(&d.1.offers)
+                .all(|(a, b)| a.name == b.name)
+            && d.0.experiments.len() == d.1.experiments.len()
+            && d.0.experiments.iter().zip(&d.1.experiments).all(|(a, b)| {
+                a.name == b.name
+                    && a.arms.len() == b.arms.len()
+                    && a.arms.iter().zip(&b.arms).all(|(x, y)| x.name == y.name)
+            })
+    }
+
     pub fn event_id(&self, name: &str) -> Option<usize> {
         self.events.iter().position(|e| e.name == name)
     }

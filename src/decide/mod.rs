@@ -726,22 +726,7 @@ impl Engine {
     /// and experiments are the same in both configs (their indexes mean the same);
     /// otherwise they start empty. Called by a reload once `old` takes no requests.
     pub(crate) fn adopt_decisions(&self, old: &Engine) {
-        let names = |c: &Config| {
-            (
-                c.channels.clone(),
-                c.decisions
-                    .offers
-                    .iter()
-                    .map(|o| o.name.clone())
-                    .collect::<Vec<_>>(),
-                c.decisions
-                    .experiments
-                    .iter()
-                    .map(|e| (e.name.clone(), e.arms.len()))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        if names(self.config()) != names(old.config()) {
+        if !self.config().same_offer_indexes(old.config()) {
             return;
         }
         self.decider.log.take_from(&old.decider.log);

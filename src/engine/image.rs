@@ -603,7 +603,7 @@ impl Engine {
             progress(shard + 1, image.shards.len());
         }
         if map.as_ref().map_or(true, |(from, _)| {
-            LayoutMap::same_offer_counters(from, &self.plan)
+            from.config.same_offer_indexes(&self.plan.config)
         }) {
             self.decider.restore_counters(&image.counters);
         }

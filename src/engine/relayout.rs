@@ -141,32 +141,6 @@ impl LayoutMap {
         })
     }
 
-    /// Whether offer counters (per offer, channel and arm) mean the same in both.
-    pub fn same_offer_counters(from: &Plan, to: &Plan) -> bool {
-        let (a, b) = (&from.config, &to.config);
-        let names = |c: &crate::config::Config| {
-            (
-                c.channels.clone(),
-                c.decisions
-                    .offers
-                    .iter()
-                    .map(|o| o.name.clone())
-                    .collect::<Vec<_>>(),
-                c.decisions
-                    .experiments
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.name.clone(),
-                            e.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        };
-        names(a) == names(b)
-    }
-
     fn offers(&self, old: CustomerOffers) -> CustomerOffers {
         let mut new = CustomerOffers::default();
         for mut memory in old.memories {
