@@ -117,6 +117,9 @@ struct Pending {
     /// The sequence of the last record in `buf` (or written before, if empty).
     last: u64,
     closed: bool,
+    /// The writer stopped on an error: records are numbered but no longer kept, as
+    /// nothing will write them (and no acknowledgement will say they were).
+    dead: bool,
 }
 
 /// An open log, appending after `next - 1`.
@@ -179,6 +182,7 @@ impl Wal {
                 buf: Vec::with_capacity(1 << 20),
                 last: next - 1,
                 closed: false,
+                dead: false,
             }),
             wake: Condvar::new(),
             durable,
@@ -196,6 +200,10 @@ impl Wal {
                 if let Err(e) = writer.write_loop(&dir, &mut file, &options) {
                     tracing::error!(error = %e, "the write-ahead log failed; no more events are acknowledged");
                     *writer.failed.lock() = Some(e.to_string());
+                    let mut p = writer.pending.lock();
+                    p.dead = true;
+                    p.buf = Vec::new();
+                    drop(p);
                     writer.durable.send_modify(|_| {});
                 }
             })?;
@@ -218,6 +226,9 @@ impl Wal {
         let mut p = self.pending.lock();
         let sequence = p.last + 1;
         p.last = sequence;
+        if p.dead {
+            return sequence;
+        }
         // Written in place: header, then the payload, then the header filled in.
         let at = p.buf.len();
         p.buf.extend_from_slice(&[0; HEADER]);
