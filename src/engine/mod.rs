@@ -242,10 +242,14 @@ impl Engine {
     pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
         match self.journal.get() {
-            Some(journal) => self.apply_gated(&event, &mut |_| {
-                journal.append(raw);
-                true
-            }),
+            Some(journal) => self.apply_gated(
+                &event,
+                &mut |_| {
+                    journal.append(raw);
+                    true
+                },
+                false,
+            ),
             None => self.apply(&event),
         }
     }
@@ -258,9 +262,11 @@ impl Engine {
         sequence: u64,
         cuts: &[u64],
     ) -> Result<Applied, EventError> {
-        self.apply_gated(event, &mut |shard| {
-            cuts.get(shard).map_or(true, |&cut| sequence > cut)
-        })
+        self.apply_gated(
+            event,
+            &mut |shard| cuts.get(shard).map_or(true, |&cut| sequence > cut),
+            true,
+        )
     }
 
     /// Logs every event accepted from now on (after recovery has replayed the log).
@@ -275,20 +281,24 @@ impl Engine {
 
     /// Applies a resolved event: identity, aggregates, segments, scores, timers.
     pub fn apply(&self, event: &Event) -> Result<Applied, EventError> {
-        self.apply_gated(event, &mut |_| true)
+        self.apply_gated(event, &mut |_| true, false)
     }
 
     /// Applies an event; `gate` is called once, with the lock of the shard the event
     /// ends up changing held, just before the change: it logs the event, or (in replay)
     /// says whether the change is already there (`false` skips it).
+    ///
+    /// Replay skips the check for events from the future: they were accepted when they
+    /// were logged, and a clock set back since must not stop a start.
     fn apply_gated(
         &self,
         event: &Event,
         gate: &mut dyn FnMut(usize) -> bool,
+        replaying: bool,
     ) -> Result<Applied, EventError> {
         let now_ms = self.clock.now_ms();
         let skew_ms = self.plan.config.engine.max_future_skew as i64 * 1000;
-        if event.timestamp_ms > now_ms + skew_ms {
+        if !replaying && event.timestamp_ms > now_ms + skew_ms {
             return Err(EventError::FromTheFuture {
                 event: self.plan.config.events[event.event_type].name.clone(),
                 timestamp_ms: event.timestamp_ms,
