@@ -454,7 +454,26 @@ impl Engine {
 
     /// [`Engine::image`], calling `between(shard)` after each shard is cut, with no
     /// lock held: tests use it to change the engine in the middle of a snapshot.
-    pub fn image_with(&self, mut between: impl FnMut(usize)) -> EngineImage {
+    pub fn image_with(&self, between: impl FnMut(usize)) -> EngineImage {
+        let mut shards = Vec::with_capacity(self.shards.len());
+        let mut image = self.image_into(between, &mut |cut, bytes| {
+            shards.push(ShardImage {
+                cut,
+                bytes: std::mem::take(bytes),
+            })
+        });
+        image.shards = shards;
+        image
+    }
+
+    /// Makes an image, handing each shard's encoding to `sink(cut, bytes)` as soon as
+    /// it is made instead of keeping them all: a snapshot writes them to its file, and
+    /// one buffer serves every shard. The image returned has no shards.
+    pub fn image_into(
+        &self,
+        mut between: impl FnMut(usize),
+        sink: &mut dyn FnMut(u64, &mut Vec<u8>),
+    ) -> EngineImage {
         let _one_at_a_time = self.imaging.lock();
         let n = self.shards.len();
         *self.cutting.lock() = Some(vec![false; n]);
@@ -484,7 +503,7 @@ impl Engine {
         // Every shard is cut: merges need not cut any more.
         self.cutting_active.store(false, Ordering::SeqCst);
         *self.cutting.lock() = None;
-        let mut shards = Vec::with_capacity(n);
+        let mut bytes = Vec::new();
         for shard in 0..n {
             let chunks = self.shards[shard]
                 .lock()
@@ -496,16 +515,16 @@ impl Engine {
             }
             let mut cut = None;
             timed(shard, &mut |state| cut = state.cut.take());
-            let mut bytes = Vec::new();
+            bytes.clear();
             let cut = cut.map_or(0, |cut| {
                 write_cut(&cut, &self.plan, &mut bytes);
                 cut.cut
             });
-            shards.push(ShardImage { cut, bytes });
+            sink(cut, &mut bytes);
         }
         let position = self.log_position();
         EngineImage {
-            shards,
+            shards: Vec::new(),
             position,
             counters: self.decider.counter_values(),
             // After every shard: it holds every code their rows use.

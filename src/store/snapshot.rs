@@ -1,7 +1,8 @@
 //! Snapshots: the whole engine in one file, so that recovery replays only the log after
 //! it and old log files can be removed.
 //!
-//! A snapshot is written to `snapshots/<position>.snap.tmp`, synced, renamed to
+//! A snapshot is written to `snapshots/next.snap.tmp` (each shard as soon as it is
+//! encoded, the header last, once the position is known), synced, renamed to
 //! `snapshots/<position>.snap` and the directory synced, so a crash leaves either the
 //! old snapshot or the new one, never half of one. Then older snapshots go, and so do
 //! the log files whose every record the new snapshot holds.
@@ -143,7 +144,21 @@ pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
         return Err(StoreError::Replaced);
     }
     let started = Instant::now();
-    write_from(data, engine, engine.image(), started)
+    let mut file = SnapshotFile::create(data)?;
+    // Each shard goes to the file as soon as it is encoded: the encoding of the whole
+    // engine is never in memory at once.
+    let mut cuts = Vec::new();
+    let mut failed = None;
+    let image = engine.image_into(|_| {}, &mut |cut, bytes| {
+        cuts.push(cut);
+        if failed.is_none() {
+            failed = file.section(bytes).err();
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    finish(data, engine, file, &image, cuts, started)
 }
 
 /// [`write`] with an image taken already.
@@ -153,24 +168,94 @@ pub fn write_image(
     image: EngineImage,
 ) -> Result<Written, StoreError> {
     let _exclusive = exclusive();
-    write_from(data, engine, image, Instant::now())
-}
-
-fn write_from(
-    data: &DataDir,
-    engine: &Engine,
-    image: EngineImage,
-    started: Instant,
-) -> Result<Written, StoreError> {
     if engine.is_retired() {
         return Err(StoreError::Replaced);
     }
+    let started = Instant::now();
+    let mut file = SnapshotFile::create(data)?;
+    for shard in &image.shards {
+        file.section(&shard.bytes)?;
+    }
+    let cuts = image.shards.iter().map(|s| s.cut).collect();
+    finish(data, engine, file, &image, cuts, started)
+}
+
+/// A snapshot file being written: its header is written last, once the position is
+/// known.
+struct SnapshotFile {
+    file: std::io::BufWriter<File>,
+    tmp: PathBuf,
+    bytes: u64,
+    unsynced: usize,
+}
+
+impl SnapshotFile {
+    fn create(data: &DataDir) -> Result<SnapshotFile, StoreError> {
+        let dir = data.snapshots();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join("next.snap.tmp");
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut file = SnapshotFile {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            bytes: 0,
+            unsynced: 0,
+        };
+        file.put(&[0; HEADER])?;
+        Ok(file)
+    }
+
+    /// Synced as it is written: hundreds of megabytes of dirty pages at once would make
+    /// the kernel throttle every writer, the log's too, and stall ingest.
+    fn put(&mut self, b: &[u8]) -> Result<(), StoreError> {
+        for piece in b.chunks(SYNC_EVERY) {
+            self.file.write_all(piece).map_err(io(&self.tmp))?;
+            self.unsynced += piece.len();
+            if self.unsynced >= SYNC_EVERY {
+                self.file.flush().map_err(io(&self.tmp))?;
+                self.file.get_ref().sync_data().map_err(io(&self.tmp))?;
+                self.unsynced = 0;
+            }
+        }
+        self.bytes += b.len() as u64;
+        Ok(())
+    }
+
+    fn section(&mut self, body: &[u8]) -> Result<(), StoreError> {
+        self.put(&(body.len() as u64).to_le_bytes())?;
+        self.put(&crc32c::crc32c(body).to_le_bytes())?;
+        self.put(body)
+    }
+
+    /// Writes the header over its placeholder and syncs the file.
+    fn finish(self, header: &[u8]) -> Result<(PathBuf, u64), StoreError> {
+        use std::io::{Seek, SeekFrom};
+        let tmp = self.tmp;
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| io(&tmp)(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(io(&tmp))?;
+        file.write_all(header).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        Ok((tmp, self.bytes))
+    }
+}
+
+/// Writes the sections after the shards and the header, puts the file in place, and
+/// removes what it replaces.
+fn finish(
+    data: &DataDir,
+    engine: &Engine,
+    mut file: SnapshotFile,
+    image: &EngineImage,
+    cuts: Vec<u64>,
+    started: Instant,
+) -> Result<Written, StoreError> {
     let customers = engine.stats().customers;
-    // Only what the log holds may be in a snapshot: otherwise a crash now could leave
-    // it holding events the log lost, and the log's next records would reuse their
-    // sequences.
-    // And synced, whatever the fsync policy: a snapshot that outlived a power loss
-    // the log's tail did not would leave a gap before the log's next records.
+    // Only what the log holds may be in a snapshot, synced whatever the fsync policy:
+    // otherwise a crash, or a power loss, could leave it holding changes the log lost,
+    // and the log's next records would reuse their sequences.
     if let Some(journal) = engine.journal() {
         journal
             .sync_through(image.position)
@@ -179,67 +264,36 @@ fn write_from(
                 source,
             })?;
     }
-    let dir = data.snapshots();
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let path = snapshot_path(&dir, image.position);
-    let tmp = path.with_extension("snap.tmp");
-    let mut bytes = 0u64;
-    {
-        let mut file =
-            std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io(&tmp))?);
-        let mut header = Vec::with_capacity(HEADER);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&layout_fingerprint(engine.config()).to_le_bytes());
-        header.extend_from_slice(&image.position.to_le_bytes());
-        header.extend_from_slice(&(image.shards.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c(&header);
-        header.extend_from_slice(&crc.to_le_bytes());
-        let mut counters = Vec::with_capacity(4 + image.counters.len() * 8);
-        counters.extend_from_slice(&(image.counters.len() as u32).to_le_bytes());
-        for c in &image.counters {
-            counters.extend_from_slice(&c.to_le_bytes());
-        }
-        let mut strings = Vec::new();
-        strings.extend_from_slice(&(image.strings.len() as u32).to_le_bytes());
-        for text in &image.strings {
-            strings.extend_from_slice(&(text.len() as u32).to_le_bytes());
-            strings.extend_from_slice(text.as_bytes());
-        }
-        // Synced as it is written: hundreds of megabytes of dirty pages at once would
-        // make the kernel throttle every writer, the log's too, and stall ingest.
-        let mut unsynced = 0usize;
-        let mut config = Vec::new();
-        for text in [&image.config.0, &image.config.1] {
-            config.extend_from_slice(&(text.len() as u32).to_le_bytes());
-            config.extend_from_slice(text.as_bytes());
-        }
-        let mut put = |b: &[u8]| -> Result<(), StoreError> {
-            for piece in b.chunks(SYNC_EVERY) {
-                file.write_all(piece).map_err(io(&tmp))?;
-                unsynced += piece.len();
-                if unsynced >= SYNC_EVERY {
-                    file.flush().map_err(io(&tmp))?;
-                    file.get_ref().sync_data().map_err(io(&tmp))?;
-                    unsynced = 0;
-                }
-            }
-            bytes += b.len() as u64;
-            Ok(())
-        };
-        put(&header)?;
-        for body in image.shards.iter().map(|s| s.bytes.as_slice()).chain([
-            counters.as_slice(),
-            strings.as_slice(),
-            config.as_slice(),
-        ]) {
-            put(&(body.len() as u64).to_le_bytes())?;
-            put(&crc32c::crc32c(body).to_le_bytes())?;
-            put(body)?;
-        }
-        let file = file.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&tmp))?;
+    let mut counters = Vec::with_capacity(4 + image.counters.len() * 8);
+    counters.extend_from_slice(&(image.counters.len() as u32).to_le_bytes());
+    for c in &image.counters {
+        counters.extend_from_slice(&c.to_le_bytes());
     }
+    let mut strings = Vec::new();
+    strings.extend_from_slice(&(image.strings.len() as u32).to_le_bytes());
+    for text in &image.strings {
+        strings.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        strings.extend_from_slice(text.as_bytes());
+    }
+    let mut config = Vec::new();
+    for text in [&image.config.0, &image.config.1] {
+        config.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        config.extend_from_slice(text.as_bytes());
+    }
+    for body in [&counters, &strings, &config] {
+        file.section(body)?;
+    }
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&layout_fingerprint(engine.config()).to_le_bytes());
+    header.extend_from_slice(&image.position.to_le_bytes());
+    header.extend_from_slice(&(cuts.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    let (tmp, bytes) = file.finish(&header)?;
+    let dir = data.snapshots();
+    let path = snapshot_path(&dir, image.position);
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     File::open(&dir)
         .and_then(|d| d.sync_all())
@@ -252,7 +306,7 @@ fn write_from(
             std::fs::remove_file(&other).map_err(io(&other))?;
         }
     }
-    let covers = image.shards.iter().map(|s| s.cut).min().unwrap_or(0);
+    let covers = cuts.iter().copied().min().unwrap_or(0);
     let removed_log_files = remove_covered_log(&data.wal(), covers)?;
     Ok(Written {
         path,
