@@ -973,8 +973,8 @@ fn coupon_view(config: &Config, c: &state::IssuedCoupon) -> Coupon {
     }
 }
 
-/// `PREFIX-XXXXXXXX`: eight characters of Crockford base32 (no I, L, O, U, so codes read
-/// out at a till are not misheard) from a hash of the decision and the offer.
+/// The prefix, a dash, and eight characters of Crockford base32 (no I, L, O, U, so codes
+/// read out at a till are not misheard) from a hash of the decision and the offer.
 fn coupon_code(prefix: &str, decision_id: u64, offer: usize) -> CompactString {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut h = Xxh3::new();
