@@ -40,7 +40,7 @@ use roaring::RoaringBitmap;
 use super::event::Key;
 use super::profile::NEXT_TIMER;
 use super::relayout::LayoutMap;
-use super::shard::{touched_chunk, ShardCut, ShardState, CHUNK_ROWS};
+use super::shard::{ShardCut, ShardState, CHUNK_ROWS};
 use super::{CustomerRef, Engine, Plan};
 use crate::decide::state::{IssuedCoupon, OfferMemory, Sticky};
 use crate::decide::CustomerOffers;
@@ -85,7 +85,7 @@ fn put_u32(out: &mut Vec<u8>, v: u32) {
 
 /// Words as little-endian bytes: one copy on little-endian machines, where this is the
 /// time a shard stays locked for its snapshot.
-fn put_words(out: &mut Vec<u8>, words: &[u32]) {
+pub(super) fn put_words(out: &mut Vec<u8>, words: &[u32]) {
     if cfg!(target_endian = "little") {
         out.extend_from_slice(bytemuck::cast_slice(words));
     } else {
@@ -125,23 +125,20 @@ fn invalid(r: &Reader<'_>, name: &str, message: String) -> DecodeError {
 }
 
 /// Writes a shard's image from its cut, every chunk saved.
-pub(crate) fn write_cut(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
+/// The start of a shard's image, up to its rows.
+fn write_cut_head(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
     let stride = plan.layout.stride;
-    let slots = cut.slots;
-    out.reserve(slots * (stride * 4 + 40) + 1024);
+    out.reserve(cut.slots * (stride * 4 + 8) + 1024);
     out.extend_from_slice(&cut.cut.to_le_bytes());
     put_u32(out, cut.now);
     put_u32(out, stride as u32);
-    put_u32(out, slots as u32);
+    put_u32(out, cut.slots as u32);
     put_words(out, &cut.gens);
-    let chunks = || cut.chunks.iter().flatten();
-    let mut left = slots * stride;
-    for chunk in chunks() {
-        let used = left.min(chunk.rows.len());
-        put_words(out, &chunk.rows[..used]);
-        left -= used;
-    }
-    for keys in chunks().flat_map(|chunk| &chunk.keys) {
+}
+
+/// Slots' keys as the image stores them.
+pub(super) fn put_keys(out: &mut Vec<u8>, slots: &[Vec<Key>]) {
+    for keys in slots {
         let n = keys.len().min(u16::MAX as usize);
         out.extend_from_slice(&(n as u16).to_le_bytes());
         for key in keys.iter().take(n) {
@@ -149,6 +146,10 @@ pub(crate) fn write_cut(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
             put_str(out, &key.text);
         }
     }
+}
+
+/// The end of a shard's image, after its keys.
+fn write_cut_tail(cut: &ShardCut, out: &mut Vec<u8>) {
     put_u32(out, cut.free.len() as u32);
     put_words(out, &cut.free);
     put_u32(out, cut.members.len() as u32);
@@ -486,42 +487,39 @@ impl Engine {
             drop(state);
             longest_pause = longest_pause.max(locked.elapsed());
         };
+        // One shard at a time: cut it, then encode its chunks, each under the lock for
+        // that chunk only, straight from the rows unless a change saved it first. The
+        // buffers serve every shard.
+        let (mut bytes, mut keys) = (Vec::new(), Vec::new());
         for shard in 0..n {
-            // Buffers for every chunk a change may save, faulted in here, not there.
-            let chunks = self.shards[shard].lock().gens.len().div_ceil(CHUNK_ROWS);
-            let mut spare: Vec<_> = (0..chunks)
-                .map(|_| touched_chunk(self.plan.layout.stride))
-                .collect();
+            bytes.clear();
+            keys.clear();
+            let mut chunks = 0;
             timed(shard, &mut |state| {
                 self.cut_if_uncut(shard, state);
-                if let Some(cut) = state.cut.as_deref_mut() {
-                    cut.spare.append(&mut spare);
+                if let Some(cut) = state.cut.as_deref() {
+                    write_cut_head(cut, &self.plan, &mut bytes);
+                    chunks = cut.chunks.len();
                 }
             });
             between(shard);
-        }
-        // Every shard is cut: merges need not cut any more.
-        self.cutting_active.store(false, Ordering::SeqCst);
-        *self.cutting.lock() = None;
-        let mut bytes = Vec::new();
-        for shard in 0..n {
-            let chunks = self.shards[shard]
-                .lock()
-                .cut
-                .as_ref()
-                .map_or(0, |c| c.chunks.len());
             for chunk in 0..chunks {
-                timed(shard, &mut |state| state.save_chunk(&self.plan, chunk));
+                timed(shard, &mut |state| {
+                    state.encode_chunk(&self.plan, chunk, &mut bytes, &mut keys)
+                });
             }
             let mut cut = None;
             timed(shard, &mut |state| cut = state.cut.take());
-            bytes.clear();
+            bytes.extend_from_slice(&keys);
             let cut = cut.map_or(0, |cut| {
-                write_cut(&cut, &self.plan, &mut bytes);
+                write_cut_tail(&cut, &mut bytes);
                 cut.cut
             });
             sink(cut, &mut bytes);
         }
+        // Every shard is cut: merges need not cut any more.
+        self.cutting_active.store(false, Ordering::SeqCst);
+        *self.cutting.lock() = None;
         let position = self.log_position();
         EngineImage {
             shards: Vec::new(),
@@ -554,7 +552,7 @@ impl Engine {
         if let Some(cut) = cutting.as_mut().and_then(|c| c.get_mut(shard)) {
             if !*cut {
                 *cut = true;
-                state.start_cut(self.log_position(), Vec::new());
+                state.start_cut(self.log_position());
             }
         }
     }

@@ -72,29 +72,25 @@ pub(crate) struct ShardCut {
     pub members: Vec<RoaringBitmap>,
     pub offers: Vec<(u32, CustomerOffers)>,
     pub budget_spent: Vec<(u32, u32)>,
-    /// Per chunk: its rows (a whole chunk's buffer; the rows of `slots` are valid) and
-    /// its slots' keys, once saved.
-    pub chunks: Vec<Option<SavedChunk>>,
-    /// Chunk buffers the snapshot allocated, and touched, before the cut: a change that
-    /// saves a chunk copies into one instead of faulting in fresh pages on the hot path.
-    pub spare: Vec<Box<[u32]>>,
+    /// Per chunk: what became of it since the cut.
+    pub chunks: Vec<Chunk>,
+}
+
+/// A chunk of a cut shard.
+pub(crate) enum Chunk {
+    /// Not changed since the cut, not yet encoded: the rows are as they were.
+    Unchanged,
+    /// A change came first and saved it.
+    Saved(SavedChunk),
+    /// In the image already: later changes need not save it.
+    Encoded,
 }
 
 /// One chunk of a shard as a cut saved it.
-#[derive(Clone)]
 pub(crate) struct SavedChunk {
+    /// The used part of the chunk's rows.
     pub rows: Box<[u32]>,
     pub keys: Vec<Vec<Key>>,
-}
-
-/// A buffer for one chunk of rows with every page already faulted in.
-pub(crate) fn touched_chunk(stride: usize) -> Box<[u32]> {
-    let mut buf = vec![0u32; CHUNK_ROWS * stride].into_boxed_slice();
-    // A zeroed allocation maps pages lazily; a write to each page maps it now.
-    for i in (0..buf.len()).step_by(1024) {
-        buf[i] = 1;
-    }
-    buf
 }
 
 impl ShardState {
@@ -140,7 +136,7 @@ impl ShardState {
     }
 
     /// Makes a cut of this shard at log sequence `cut` (see [`ShardCut`]).
-    pub fn start_cut(&mut self, cut: u64, spare: Vec<Box<[u32]>>) {
+    pub fn start_cut(&mut self, cut: u64) {
         let slots = self.gens.len();
         let mut offers: Vec<(u32, CustomerOffers)> = self
             .offers
@@ -158,31 +154,59 @@ impl ShardState {
             members: self.members.clone(),
             offers,
             budget_spent: self.budget_spent.clone(),
-            chunks: vec![None; slots.div_ceil(CHUNK_ROWS)],
-            spare,
+            chunks: (0..slots.div_ceil(CHUNK_ROWS))
+                .map(|_| Chunk::Unchanged)
+                .collect(),
         }));
     }
 
-    /// Saves a chunk into the cut being taken, unless it is saved already.
+    /// Saves a chunk into the cut being taken, before a change, unless it is saved or
+    /// encoded already.
     pub fn save_chunk(&mut self, plan: &Plan, chunk: usize) {
         let Some(cut) = self.cut.as_deref_mut() else {
             return;
         };
-        let Some(slot @ None) = cut.chunks.get_mut(chunk) else {
+        let Some(slot @ Chunk::Unchanged) = cut.chunks.get_mut(chunk) else {
             return;
         };
         let first = chunk * CHUNK_ROWS;
         let end = cut.slots.min(first + CHUNK_ROWS);
         let used = (end - first) * plan.layout.stride;
-        let mut rows = cut
-            .spare
-            .pop()
-            .unwrap_or_else(|| vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
-        rows[..used].copy_from_slice(&self.rows[chunk][..used]);
-        *slot = Some(SavedChunk {
-            rows,
+        *slot = Chunk::Saved(SavedChunk {
+            rows: self.rows[chunk][..used].into(),
             keys: self.keys[first..end].to_vec(),
         });
+    }
+
+    /// Encodes a chunk of the cut being taken: its rows into `rows`, its keys into
+    /// `keys`, from the shard itself if no change came since the cut.
+    pub fn encode_chunk(
+        &mut self,
+        plan: &Plan,
+        chunk: usize,
+        rows: &mut Vec<u8>,
+        keys: &mut Vec<u8>,
+    ) {
+        let Some(cut) = self.cut.as_deref_mut() else {
+            return;
+        };
+        let Some(slot) = cut.chunks.get_mut(chunk) else {
+            return;
+        };
+        let first = chunk * CHUNK_ROWS;
+        let end = cut.slots.min(first + CHUNK_ROWS);
+        match std::mem::replace(slot, Chunk::Encoded) {
+            Chunk::Unchanged => {
+                let used = (end - first) * plan.layout.stride;
+                super::image::put_words(rows, &self.rows[chunk][..used]);
+                super::image::put_keys(keys, &self.keys[first..end]);
+            }
+            Chunk::Saved(saved) => {
+                super::image::put_words(rows, &saved.rows);
+                super::image::put_keys(keys, &saved.keys);
+            }
+            Chunk::Encoded => {}
+        }
     }
 
     pub fn is_live(&self, local: u32) -> bool {
