@@ -372,7 +372,9 @@ impl Engine {
             }
         }
         let mut created = false;
-        let survivor = if customers.is_empty() {
+        // A new profile keeps its shard locked from allocation to the change: a snapshot
+        // cutting in between would see a slot neither live nor free.
+        let (survivor, held) = if customers.is_empty() {
             let first = &event.keys[0];
             let shard = (self.hasher.hash_one(&*first.text) as usize) & (self.shards.len() - 1);
             let mut state = self.lock_at(shard, now);
@@ -384,20 +386,24 @@ impl Engine {
                 });
             };
             created = true;
-            CustomerRef {
+            let survivor = CustomerRef {
                 id: state.id_base + local,
                 generation: state.gens[local as usize],
-            }
+            };
+            (survivor, Some(state))
         } else {
             let survivor = self.choose_survivor(&customers);
             for other in customers.iter().filter(|c| **c != survivor) {
                 self.merge(survivor, *other);
             }
-            survivor
+            (survivor, None)
         };
         let merged = customers.len().saturating_sub(1);
         let (shard, local) = self.split(survivor.id);
-        let mut state = self.lock_at(shard, now);
+        let mut state = match held {
+            Some(state) => state,
+            None => self.lock_at(shard, now),
+        };
         // In replay a skipped event is one whose keys were all known (the image holds
         // them), so it never gets here having created a profile or merged.
         if gate(shard) {
