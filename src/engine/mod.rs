@@ -372,8 +372,10 @@ impl Engine {
             }
         }
         let mut created = false;
-        // A new profile keeps its shard locked from allocation to the change: a snapshot
-        // cutting in between would see a slot neither live nor free.
+        // The survivor's shard stays locked from the new slot or the merge to the change
+        // and its log record: a snapshot cutting in between would see a slot neither live
+        // nor free, and another event on the merged profile would be logged before the
+        // merge that it followed.
         let (survivor, held) = if customers.is_empty() {
             let first = &event.keys[0];
             let shard = (self.hasher.hash_one(&*first.text) as usize) & (self.shards.len() - 1);
@@ -393,10 +395,12 @@ impl Engine {
             (survivor, Some(state))
         } else {
             let survivor = self.choose_survivor(&customers);
-            for other in customers.iter().filter(|c| **c != survivor) {
-                self.merge(survivor, *other);
-            }
-            (survivor, None)
+            let losers: Vec<CustomerRef> = customers
+                .iter()
+                .copied()
+                .filter(|c| *c != survivor)
+                .collect();
+            (survivor, Some(self.merge(survivor, &losers, now)))
         };
         let merged = customers.len().saturating_sub(1);
         let (shard, local) = self.split(survivor.id);
@@ -446,40 +450,46 @@ impl Engine {
             .unwrap_or(customers[0])
     }
 
-    /// Folds `loser` into `survivor`. Called with the identity mutex held.
-    fn merge(&self, survivor: CustomerRef, loser: CustomerRef) {
+    /// Folds `losers` into `survivor` with every shard involved locked at once (in index
+    /// order, so that concurrent merges cannot deadlock), and returns the survivor's
+    /// shard still locked. Called with the identity mutex held.
+    fn merge(
+        &self,
+        survivor: CustomerRef,
+        losers: &[CustomerRef],
+        now: u32,
+    ) -> MutexGuard<'_, ShardState> {
         let (ws, wl) = self.split(survivor.id);
-        let (ls, ll) = self.split(loser.id);
-        let keys = if ws == ls {
-            let mut state = self.lock(ws);
-            let taken = state.take(&self.plan, ll);
-            let keys = taken.keys.clone();
-            state.absorb(&self.plan, wl, taken);
-            keys
-        } else {
-            // Both locks, in index order, so that concurrent merges cannot deadlock.
-            let (mut first, mut second) = (self.lock(ws.min(ls)), self.lock(ws.max(ls)));
-            // A snapshot in progress must see both shards before the merge, or neither
-            // (see `image`).
-            self.cut_if_uncut(ws.min(ls), &mut first);
-            self.cut_if_uncut(ws.max(ls), &mut second);
-            let (winner, loser_state) = if ws < ls {
-                (&mut first, &mut second)
-            } else {
-                (&mut second, &mut first)
-            };
-            // Both shards must agree on the time used to combine windows.
-            let now = winner.now.max(loser_state.now);
-            winner.now = now;
-            loser_state.now = now;
-            let taken = loser_state.take(&self.plan, ll);
-            let keys = taken.keys.clone();
-            winner.absorb(&self.plan, wl, taken);
-            keys
-        };
-        for key in keys {
-            self.identity.insert(key.text, survivor.pack());
+        let mut shards: Vec<usize> = losers.iter().map(|l| self.split(l.id).0).collect();
+        shards.push(ws);
+        shards.sort_unstable();
+        shards.dedup();
+        let mut locked: Vec<MutexGuard<'_, ShardState>> =
+            shards.iter().map(|&s| self.lock_at(s, now)).collect();
+        if locked.len() > 1 {
+            // A snapshot in progress must see every shard of the merge before it, or
+            // none (see `image`). And the shards must agree on the time used to combine
+            // windows.
+            for (state, &shard) in locked.iter_mut().zip(&shards) {
+                self.cut_if_uncut(shard, state);
+            }
+            let time = locked.iter().map(|s| s.now).max().unwrap_or(0);
+            for state in &mut locked {
+                state.now = time;
+            }
         }
+        let at = |shard: usize| shards.binary_search(&shard).unwrap_or(0);
+        for loser in losers {
+            let (ls, ll) = self.split(loser.id);
+            let taken = locked[at(ls)].take(&self.plan, ll);
+            let keys = taken.keys.clone();
+            locked[at(ws)].absorb(&self.plan, wl, taken);
+            for key in keys {
+                self.identity.insert(key.text, survivor.pack());
+            }
+        }
+        // The other shards are released; the survivor's stays locked for the event.
+        locked.swap_remove(at(ws))
     }
 
     /// Runs every due timer in every shard: time-driven segment changes happen now.
