@@ -284,15 +284,14 @@ pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError>
                         });
                     }
                     if sequence > covers {
-                        let payload = &bytes[at + HEADER + 8..at + HEADER + len];
-                        replay(engine, payload, sequence, &cuts, counted_to).map_err(|reason| {
-                            StoreError::Replay {
-                                path: path.clone(),
-                                offset: at as u64,
-                                sequence,
-                                reason,
-                            }
-                        })?;
+                        let record = Record {
+                            path,
+                            bytes: &bytes,
+                            at,
+                            len,
+                            sequence,
+                        };
+                        record.replay(engine, &cuts, counted_to)?;
                         events += 1;
                     }
                     expected += 1;
@@ -376,6 +375,30 @@ fn load(
                 reason,
             },
         })
+}
+
+/// A whole, checked record of a log file, where it stands.
+struct Record<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    at: usize,
+    len: usize,
+    sequence: u64,
+}
+
+impl Record<'_> {
+    /// Applies the record to `engine`; an error names the file, offset and record.
+    fn replay(&self, engine: &Engine, cuts: &[u64], counted_to: u64) -> Result<(), StoreError> {
+        let payload = &self.bytes[self.at + HEADER + 8..self.at + HEADER + self.len];
+        replay(engine, payload, self.sequence, cuts, counted_to).map_err(|reason| {
+            StoreError::Replay {
+                path: self.path.to_path_buf(),
+                offset: self.at as u64,
+                sequence: self.sequence,
+                reason,
+            }
+        })
+    }
 }
 
 /// Applies one logged record (its payload after the sequence) to the engine.

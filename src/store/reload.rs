@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{check_record, io, replay, segments, snapshot, DataDir, StoreError, HEADER};
+use super::{check_record, io, segments, snapshot, DataDir, Record, StoreError, HEADER};
 use crate::config::Config;
 use crate::engine::{Engine, RestoreError};
 pub use crate::model::reload::ReloadReport;
@@ -185,15 +185,14 @@ impl Prepared {
                         reason,
                     })?;
                 if sequence > self.replayed_to {
-                    let payload = &bytes[at + HEADER + 8..at + HEADER + len];
-                    replay(&self.engine, payload, sequence, &self.cuts, self.counted_to).map_err(
-                        |reason| StoreError::Replay {
-                            path: path.clone(),
-                            offset: at as u64,
-                            sequence,
-                            reason,
-                        },
-                    )?;
+                    let record = Record {
+                        path,
+                        bytes: &bytes,
+                        at,
+                        len,
+                        sequence,
+                    };
+                    record.replay(&self.engine, &self.cuts, self.counted_to)?;
                     self.replayed_to = sequence;
                     self.report.replayed += 1;
                 }
