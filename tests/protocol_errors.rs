@@ -9,90 +9,11 @@
 mod common;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::raw::{assert_error, Raw};
 use common::{TestServer, START_MS};
 use omnia::model::RawEvent;
-use omnia::protocol::{opcode, ErrorCode, Frame, Request, Response};
+use omnia::protocol::{opcode, ErrorCode, Request, Response};
 use omnia::server::Limits;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn connect(addr: &str) -> Raw {
-        Raw {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn greeted(addr: &str) -> Raw {
-        let mut raw = Raw::connect(addr).await;
-        let hello = Request::Hello {
-            min_version: 1,
-            max_version: 1,
-            client: "raw".into(),
-        };
-        let reply = raw.request(opcode::HELLO, 1, hello.encode().unwrap()).await;
-        assert_eq!(reply.opcode, opcode::HELLO | opcode::RESPONSE_BIT);
-        raw
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// The next frame, or `None` once the server closed the connection.
-    async fn frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = Frame::parse(&mut self.buf, u32::MAX).unwrap() {
-                return Some(frame);
-            }
-            if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn request(&mut self, op: u8, id: u32, body: Bytes) -> Frame {
-        let mut bytes = BytesMut::new();
-        Frame::new(op, id, body).write_to(&mut bytes);
-        self.send(&bytes).await;
-        self.frame().await.expect("a response")
-    }
-
-    /// Framing still works: a PING is answered.
-    async fn still_alive(&mut self) {
-        let pong = self.request(opcode::PING, 99, Bytes::new()).await;
-        assert_eq!(
-            (pong.opcode, pong.request_id),
-            (opcode::PING | opcode::RESPONSE_BIT, 99)
-        );
-    }
-}
-
-#[track_caller]
-fn assert_error(frame: &Frame, id: u32, code: ErrorCode, message_part: &str) {
-    assert_eq!(
-        frame.opcode,
-        opcode::ERROR,
-        "expected an error, got {frame:?}"
-    );
-    assert_eq!(frame.request_id, id);
-    let Response::Error { code: got, message } =
-        Response::decode(frame.opcode, &frame.body).unwrap()
-    else {
-        unreachable!()
-    };
-    assert_eq!(ErrorCode::from_u16(got), Some(code), "{message}");
-    assert!(
-        message.contains(message_part),
-        "`{message}` does not contain `{message_part}`"
-    );
-}
 
 fn body(f: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut b = BytesMut::new();

@@ -47,6 +47,8 @@ pub struct RawEngine {
     pub max_future_skew: Option<Spanned<String>>,
     pub recheck_interval: Option<Spanned<String>>,
     pub unknown_properties: Option<UnknownProperties>,
+    pub max_value_bytes: Option<Spanned<u32>>,
+    pub max_event_bytes: Option<Spanned<u32>>,
 }
 
 /// What to do with an event property the config does not declare.

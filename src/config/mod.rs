@@ -123,7 +123,15 @@ pub struct EngineSettings {
     /// Longest wait before re-checking a rule whose time dependence is not linear.
     pub recheck_interval: u32,
     pub unknown_properties: UnknownProperties,
+    /// Longest string property or attribute value, in bytes.
+    pub max_value_bytes: u32,
+    /// Most bytes of keys, names and values in one event.
+    pub max_event_bytes: u32,
 }
+
+/// Largest `engine.max_value_bytes` and `engine.max_event_bytes`: a log record holds at
+/// most 16 MiB, and an event is far smaller.
+pub const MAX_EVENT_BYTES_LIMIT: u32 = 1 << 20;
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -133,6 +141,9 @@ impl Default for EngineSettings {
             max_future_skew: 300,
             recheck_interval: 60,
             unknown_properties: UnknownProperties::Reject,
+            max_value_bytes: 4096,
+            // Segment's limit for one event.
+            max_event_bytes: 32 * 1024,
         }
     }
 }
@@ -569,6 +580,33 @@ impl Builder<'_> {
                 .unwrap_or(engine.recheck_interval);
         }
         engine.unknown_properties = raw.engine.unknown_properties.unwrap_or_default();
+        for (field, value, setting) in [
+            (
+                "engine.max_value_bytes",
+                &raw.engine.max_value_bytes,
+                &mut engine.max_value_bytes,
+            ),
+            (
+                "engine.max_event_bytes",
+                &raw.engine.max_event_bytes,
+                &mut engine.max_event_bytes,
+            ),
+        ] {
+            if let Some(n) = value {
+                if !(1..=MAX_EVENT_BYTES_LIMIT).contains(n.get_ref()) {
+                    self.error(
+                        n.span(),
+                        format!(
+                            "{field} is {}, but it must be from 1 to {MAX_EVENT_BYTES_LIMIT}",
+                            n.get_ref()
+                        ),
+                        None,
+                    );
+                } else {
+                    *setting = *n.get_ref();
+                }
+            }
+        }
         let mut storage = StorageSettings::default();
         if let Some(policy) = raw.storage.fsync {
             storage.fsync = policy;

@@ -99,8 +99,24 @@ pub enum EventError {
         expected: &'static str,
         found: &'static str,
     },
-    #[error("event `{event}` has timestamp {timestamp_ms}, which is not milliseconds since the Unix epoch between 1970 and 2106")]
+    #[error("event `{event}` has timestamp {timestamp_ms}, which is not milliseconds since the Unix epoch between 2001-01-01 and 2106-02-07")]
     BadTimestamp { event: String, timestamp_ms: i64 },
+    #[error("event `{event}` has timestamp {timestamp_ms}, which looks like seconds since the Unix epoch: timestamps are milliseconds ({timestamp_ms}000), between 2001-01-01 and 2106-02-07")]
+    TimestampInSeconds { event: String, timestamp_ms: i64 },
+    #[error("{field} of event `{event}` is {bytes} bytes long; a string value is at most {max} bytes (engine.max_value_bytes)")]
+    ValueTooLong {
+        event: String,
+        /// `property \`NAME\`` or `attribute \`NAME\``.
+        field: String,
+        bytes: usize,
+        max: u32,
+    },
+    #[error("event `{event}` carries {bytes} bytes of keys, names and values; an event is at most {max} bytes (engine.max_event_bytes)")]
+    TooLarge {
+        event: String,
+        bytes: usize,
+        max: u32,
+    },
     #[error("event `{event}` cannot create a new customer: shard {shard} holds its maximum of {capacity} customers; raise engine.shards")]
     Full {
         event: String,
@@ -149,6 +165,52 @@ pub fn parse_key(config: &Config, event: &str, key: &str) -> Result<Key, EventEr
     })
 }
 
+/// The earliest accepted event time: 2001-01-01T00:00:00Z, in milliseconds. Earlier
+/// times are almost always a unit mistake (seconds sent as milliseconds).
+pub const MIN_TIMESTAMP_MS: i64 = 978_307_200_000;
+/// The latest accepted event time: the last whole second a `u32` of seconds holds
+/// (2106-02-07), the unit profiles store times in.
+pub const MAX_TIMESTAMP_MS: i64 = (u32::MAX as i64 - 1) * 1000;
+
+/// Refuses an event whose strings are longer than the config allows: one string value
+/// (`engine.max_value_bytes`), or keys, names and values together
+/// (`engine.max_event_bytes`). Ignored properties count too, because the log keeps the
+/// event as it came.
+fn check_size(config: &Config, name: &str, raw: &impl EventView) -> Result<(), EventError> {
+    let max_value = config.engine.max_value_bytes;
+    let mut total = name.len() + raw.channel().len();
+    total += raw.keys().map(str::len).sum::<usize>();
+    let long = |kind: &str, field: &str, bytes: usize| EventError::ValueTooLong {
+        event: name.to_string(),
+        field: format!("{kind} `{field}`"),
+        bytes,
+        max: max_value,
+    };
+    for (field, value) in raw.properties() {
+        let bytes = value.text_len();
+        if bytes > max_value as usize {
+            return Err(long("property", field, bytes));
+        }
+        total += field.len() + bytes;
+    }
+    for (field, value) in raw.attributes() {
+        let bytes = value.text_len();
+        if bytes > max_value as usize {
+            return Err(long("attribute", field, bytes));
+        }
+        total += field.len() + bytes;
+    }
+    let max = config.engine.max_event_bytes;
+    if total > max as usize {
+        return Err(EventError::TooLarge {
+            event: name.to_string(),
+            bytes: total,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Why `value` cannot be stored as `ty`: (expected, found), or `None` if it can.
 /// Numbers must be finite: NaN and infinity would make every rule on them meaningless.
 fn mismatch(ty: ValueType, value: ValueRef<'_>) -> Option<(&'static str, &'static str)> {
@@ -192,12 +254,25 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
         });
     }
     let timestamp_ms = raw.timestamp_ms();
-    if timestamp_ms < 1000 || timestamp_ms / 1000 > u32::MAX as i64 - 1 {
-        return Err(EventError::BadTimestamp {
-            event: name.to_string(),
-            timestamp_ms,
-        });
+    if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&timestamp_ms) {
+        let event = name.to_string();
+        // Epoch seconds of 2001 to 2106, read as milliseconds, fall in January 1970: a
+        // tracker that sends seconds is told so instead of being filed in 1970.
+        return Err(
+            if (MIN_TIMESTAMP_MS / 1000..=MAX_TIMESTAMP_MS / 1000).contains(&timestamp_ms) {
+                EventError::TimestampInSeconds {
+                    event,
+                    timestamp_ms,
+                }
+            } else {
+                EventError::BadTimestamp {
+                    event,
+                    timestamp_ms,
+                }
+            },
+        );
     }
+    check_size(config, name, raw)?;
     let mut properties = vec![PropValue::Missing; def.properties.len()];
     for (property, value) in raw.properties() {
         let Some(index) = def.properties.iter().position(|p| p.name == property) else {

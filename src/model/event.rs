@@ -22,6 +22,14 @@ impl ValueRef<'_> {
         }
     }
 
+    /// Bytes of text the value carries: a string's length, 0 for numbers and bools.
+    pub fn text_len(&self) -> usize {
+        match self {
+            ValueRef::Str(s) => s.len(),
+            _ => 0,
+        }
+    }
+
     pub fn to_owned(&self) -> RawValue {
         match *self {
             ValueRef::Num(v) => RawValue::Num(v),

@@ -52,6 +52,12 @@ pub enum ErrorCode {
     /// changes the shard count or removes a namespace), or the server has no config file
     /// to reload. The running config stays.
     ReloadRefused = 28,
+    /// An event's strings are longer than the server's limits (`engine.max_value_bytes`
+    /// for one value, `engine.max_event_bytes` for the whole event).
+    EventTooLarge = 29,
+    /// The server is at its connection limit: it answered this one and closed it. Try
+    /// again later, or on another node.
+    ServerBusy = 30,
 }
 
 impl ErrorCode {
@@ -84,6 +90,8 @@ impl ErrorCode {
             26 => StorageFailed,
             27 => InvalidConfig,
             28 => ReloadRefused,
+            29 => EventTooLarge,
+            30 => ServerBusy,
             _ => return None,
         })
     }
@@ -118,14 +126,20 @@ impl ErrorCode {
             StorageFailed => "STORAGE_FAILED",
             InvalidConfig => "INVALID_CONFIG",
             ReloadRefused => "RELOAD_REFUSED",
+            EventTooLarge => "EVENT_TOO_LARGE",
+            ServerBusy => "SERVER_BUSY",
         }
     }
 
     /// Whether sending the same request again later can succeed.
     pub fn retriable(self) -> bool {
-        // Only capacity can change without the request changing (a shard frees slots
-        // as profiles merge); every other error needs a corrected request.
-        matches!(self, ErrorCode::Capacity)
+        // Capacity can change without the request changing (a shard frees slots as
+        // profiles merge), a busy server frees connections, and a failed log resumes
+        // once its disk has room; every other error needs a corrected request.
+        matches!(
+            self,
+            ErrorCode::Capacity | ErrorCode::ServerBusy | ErrorCode::StorageFailed
+        )
     }
 }
 

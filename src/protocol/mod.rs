@@ -3,7 +3,8 @@
 //! Everything about bytes on the wire lives here and nowhere else: [`frame`] finds
 //! frames in a byte stream, [`codec`] reads and writes the primitive types,
 //! [`message`] turns frame bodies into typed requests and responses and back, and
-//! [`ErrorCode`] is the error table. Nothing here knows about the engine or sockets; the
+//! [`ErrorCode`] is the error table, and [`json`] bounds the JSON bodies clients send
+//! before anything parses them. Nothing here knows about the engine or sockets; the
 //! server joins them. The specification for client authors is `docs/protocol.md`.
 //!
 //! In short: little-endian; a frame is `u32 length` (of what follows) then an 8-byte
@@ -15,6 +16,7 @@ pub mod codec;
 mod error;
 pub mod frame;
 pub mod ingest;
+pub mod json;
 pub mod message;
 
 pub use error::ErrorCode;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::sync::Arc;
 
 use omnia::clock::ManualClock;

@@ -23,7 +23,10 @@ pub fn code_of(e: &EventError) -> ErrorCode {
         EventError::UnknownAttribute { .. } | EventError::AttributeType { .. } => {
             ErrorCode::BadAttribute
         }
-        EventError::BadTimestamp { .. } => ErrorCode::BadTimestamp,
+        EventError::BadTimestamp { .. } | EventError::TimestampInSeconds { .. } => {
+            ErrorCode::BadTimestamp
+        }
+        EventError::ValueTooLong { .. } | EventError::TooLarge { .. } => ErrorCode::EventTooLarge,
         EventError::FromTheFuture { .. } => ErrorCode::FutureTimestamp,
         EventError::Full { .. } => ErrorCode::Capacity,
     }

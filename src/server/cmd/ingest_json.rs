@@ -26,6 +26,7 @@ use simd_json::BorrowedValue as Value;
 use super::ingest;
 use crate::config::{Config, UnknownProperties};
 use crate::model::{RawEvent, RawValue};
+use crate::protocol::json::{check_nesting, MAX_JSON_DEPTH};
 use crate::protocol::{ErrorCode, Response};
 use crate::server::Shared;
 
@@ -46,8 +47,19 @@ pub fn apply(shared: &Shared, json: &[u8]) -> Response {
 
 /// Converts a body to events; `Err` only when the body as a whole is not JSON.
 pub fn parse(config: &Config, json: &[u8], now_ms: i64) -> Result<Vec<Converted>, String> {
+    // A body one event per line may have one line nested too deep: that line is rejected
+    // below, on its own. Any other body too deep is refused before the parser sees it.
+    let ndjson =
+        json.contains(&b'\n') && json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[');
+    let too_deep = check_nesting(json, MAX_JSON_DEPTH).err();
+    if let (Some(e), false) = (&too_deep, ndjson) {
+        return Err(e.to_string());
+    }
     let mut whole = json.to_vec();
-    let parsed = simd_json::to_borrowed_value(&mut whole);
+    let parsed = match too_deep {
+        None => simd_json::to_borrowed_value(&mut whole).map_err(|e| e.to_string()),
+        Some(e) => Err(e.to_string()),
+    };
     let events = match parsed {
         Ok(value) => Ok(match &value {
             Value::Array(items) => items
@@ -66,24 +78,35 @@ pub fn parse(config: &Config, json: &[u8], now_ms: i64) -> Result<Vec<Converted>
             single => vec![convert(config, 0, single, now_ms)],
         }),
         // A body that is not one JSON value may be one event per line; an array is not.
-        Err(_)
-            if json.contains(&b'\n')
-                && json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') =>
-        {
+        Err(_) if ndjson => {
             Ok(json
                 .split(|b| *b == b'\n')
                 .enumerate()
                 .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
                 .enumerate()
                 .map(|(i, (line_index, line))| {
-                    let mut line = line.to_vec();
-                    let parsed = simd_json::to_borrowed_value(&mut line);
-                    let converted = match parsed {
-                        Ok(v) => convert(config, i, &v, now_ms),
-                        Err(e) => Err((
+                    let bad = |e: String| {
+                        Err((
                             ErrorCode::BadJson,
                             format!("event {i} (line {}): bad JSON: {e}", line_index + 1),
-                        )),
+                        ))
+                    };
+                    if let Err(e) = check_nesting(line, MAX_JSON_DEPTH) {
+                        return Err((
+                            ErrorCode::BadJson,
+                            format!(
+                                "event {i} (line {}, column {}): JSON nested deeper than {} levels; events are at most {} arrays or objects deep",
+                                line_index + 1,
+                                e.column,
+                                e.max,
+                                e.max
+                            ),
+                        ));
+                    }
+                    let mut line = line.to_vec();
+                    let converted = match simd_json::to_borrowed_value(&mut line) {
+                        Ok(v) => convert(config, i, &v, now_ms),
+                        Err(e) => bad(e.to_string()),
                     };
                     converted
                 })

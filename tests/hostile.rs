@@ -1,0 +1,198 @@
+//! One request must never kill omnia: hostile JSON, unit mistakes and oversized values
+//! sent to the real server, each answered with an error that says what and where, with
+//! the server still answering afterwards.
+
+mod common;
+
+use bytes::Bytes;
+use common::raw::{assert_error, Raw};
+use common::{TestServer, START_MS};
+use omnia::model::RawEvent;
+use omnia::protocol::{opcode, ErrorCode, Request, Response};
+
+/// A JSON document nested `depth` levels deep: `[[[…]]]`.
+fn nested(depth: usize) -> String {
+    "[".repeat(depth) + &"]".repeat(depth)
+}
+
+/// A track call on the web for `anon:a`, with `extra` spliced into the object.
+fn track(extra: &str) -> String {
+    format!(
+        r#"{{"type":"track","event":"page_view","anonymousId":"a","context":{{"channel":"web"}}{extra}}}"#
+    )
+}
+
+async fn ingest_json(raw: &mut Raw, id: u32, json: String) -> Response {
+    let body = Request::IngestJson {
+        json: Bytes::from(json),
+    }
+    .encode()
+    .unwrap();
+    let reply = raw.request(opcode::INGEST_JSON, id, body).await;
+    Response::decode(reply.opcode, &reply.body).unwrap()
+}
+
+/// The rejections of an acknowledgement, as (index, code, message).
+fn rejections(response: &Response) -> Vec<(u32, Option<ErrorCode>, String)> {
+    let Response::Ingested { rejected, .. } = response else {
+        panic!("expected an acknowledgement, got {response:?}")
+    };
+    rejected
+        .iter()
+        .map(|r| (r.index, ErrorCode::from_u16(r.code), r.message.clone()))
+        .collect()
+}
+
+fn accepted(response: &Response) -> u32 {
+    match response {
+        Response::Ingested { accepted, .. } => *accepted,
+        other => panic!("expected an acknowledgement, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn json_nested_100000_levels_deep_is_refused_in_every_place_and_the_server_lives() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::greeted(&server.addr).await;
+
+    // A whole body: one error for the request, with the place.
+    let body = Request::IngestJson {
+        json: Bytes::from(nested(100_000)),
+    }
+    .encode()
+    .unwrap();
+    let reply = raw.request(opcode::INGEST_JSON, 2, body).await;
+    assert_error(
+        &reply,
+        2,
+        ErrorCode::BadJson,
+        "JSON nested deeper than 64 levels at byte 64 (line 1, column 65)",
+    );
+    raw.still_alive().await;
+
+    // A nested property value inside an otherwise fine event.
+    let deep_property = track(&format!(r#","properties":{{"x":{}}}"#, nested(100_000)));
+    let body = Request::IngestJson {
+        json: Bytes::from(deep_property),
+    }
+    .encode()
+    .unwrap();
+    let reply = raw.request(opcode::INGEST_JSON, 3, body).await;
+    assert_error(
+        &reply,
+        3,
+        ErrorCode::BadJson,
+        "nested deeper than 64 levels",
+    );
+    raw.still_alive().await;
+
+    // One line of many: that line is rejected by its index and line, the others applied.
+    let ndjson = format!("{}\n{}\n{}\n", track(""), nested(100_000), track(""));
+    let response = ingest_json(&mut raw, 4, ndjson).await;
+    assert_eq!(accepted(&response), 2);
+    assert_eq!(
+        rejections(&response),
+        vec![(
+            1,
+            Some(ErrorCode::BadJson),
+            "event 1 (line 2, column 65): JSON nested deeper than 64 levels; events are at most 64 arrays or objects deep".to_string()
+        )]
+    );
+    raw.still_alive().await;
+
+    // 64 levels are fine: the limit is where the docs say.
+    let at_limit = track(&format!(r#","integrations":{}"#, nested(62)));
+    assert_eq!(accepted(&ingest_json(&mut raw, 5, at_limit).await), 1);
+}
+
+#[tokio::test]
+async fn integers_beyond_64_bits_are_ignored_where_omnia_ignores_the_field() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::greeted(&server.addr).await;
+    let huge = "123456789012345678901234567890";
+    let ignored = track(&format!(r#","integrations":{{"All":{huge}}}"#));
+    assert_eq!(accepted(&ingest_json(&mut raw, 2, ignored).await), 1);
+
+    // In a field omnia reads it is that event's error, not the batch's.
+    let as_timestamp = track(&format!(r#","timestamp":{huge}"#));
+    let response = ingest_json(&mut raw, 3, format!("[{},{as_timestamp}]", track(""))).await;
+    assert_eq!(accepted(&response), 1);
+    let rejected = rejections(&response);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        (rejected[0].0, rejected[0].1),
+        (1, Some(ErrorCode::BadTimestamp))
+    );
+    assert!(
+        rejected[0].2.contains("field `timestamp`"),
+        "{}",
+        rejected[0].2
+    );
+}
+
+#[tokio::test]
+async fn an_epoch_seconds_timestamp_is_rejected_with_a_hint() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::greeted(&server.addr).await;
+    let seconds = START_MS / 1000;
+    let response = ingest_json(&mut raw, 2, track(&format!(r#","timestamp":{seconds}"#))).await;
+    assert_eq!(
+        rejections(&response),
+        vec![(
+            0,
+            Some(ErrorCode::BadTimestamp),
+            format!("event `page_view` has timestamp {seconds}, which looks like seconds since the Unix epoch: timestamps are milliseconds ({seconds}000), between 2001-01-01 and 2106-02-07")
+        )]
+    );
+    // Milliseconds of the same instant are accepted.
+    let millis = track(&format!(r#","timestamp":{}"#, seconds * 1000));
+    assert_eq!(accepted(&ingest_json(&mut raw, 3, millis).await), 1);
+    // The binary protocol says the same.
+    let client = omnia::client::Client::connect(&server.addr).await.unwrap();
+    let ack = client
+        .ingest(vec![
+            RawEvent::new("page_view", "web", seconds).key("anon:b")
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 0);
+    assert!(ack.rejected[0].message.contains("looks like seconds"));
+}
+
+#[tokio::test]
+async fn values_beyond_the_size_limits_are_rejected_by_field() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::greeted(&server.addr).await;
+    let long = "x".repeat(5_000_000);
+    let trait_too_long = format!(
+        r#"{{"type":"identify","userId":"s","traits":{{"country":"{long}"}},"context":{{"channel":"web"}}}}"#
+    );
+    let response = ingest_json(&mut raw, 2, trait_too_long).await;
+    assert_eq!(
+        rejections(&response),
+        vec![(
+            0,
+            Some(ErrorCode::EventTooLarge),
+            "attribute `country` of event `identify` is 5000000 bytes long; a string value is at most 4096 bytes (engine.max_value_bytes)".to_string()
+        )]
+    );
+    // Many values each within the limit, together too large for one event.
+    let client = omnia::client::Client::connect(&server.addr).await.unwrap();
+    let mut event = RawEvent::new("identify", "web", START_MS).key("user:s");
+    for _ in 0..9 {
+        event = event.attr("country", "z".repeat(4000).as_str());
+    }
+    let ack = client.ingest(vec![event]).await.unwrap();
+    assert_eq!(ack.accepted, 0);
+    assert_eq!(ack.rejected[0].code, ErrorCode::EventTooLarge as u16);
+    assert!(
+        ack.rejected[0]
+            .message
+            .contains("an event is at most 32768 bytes"),
+        "{}",
+        ack.rejected[0].message
+    );
+    // No profile was made from the refused events.
+    assert_eq!(server.engine.customer_of("user:s"), None);
+    raw.still_alive().await;
+}
