@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use omnia::client::{Client, ClientError};
+use omnia::client::{Client, ClientError, ClientOptions};
 use omnia::model::decision::{Decision, DecisionRequest, FeedbackKind, FeedbackTarget, OfferStats};
 use omnia::model::RawValue;
 
@@ -20,6 +20,12 @@ pub struct CtlOptions {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for a connection to the server (retries included).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", global = true)]
+    connect_timeout: u64,
+    /// Seconds to wait for each response.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", global = true)]
+    timeout: u64,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -131,7 +137,11 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
-    let client = Client::connect(&options.addr).await?;
+    let timeouts = ClientOptions {
+        connect_timeout: std::time::Duration::from_secs(options.connect_timeout.max(1)),
+        request_timeout: std::time::Duration::from_secs(options.timeout.max(1)),
+    };
+    let client = Client::connect_with(&options.addr, timeouts).await?;
     let json = options.json;
     match options.command {
         CtlCommand::Ping => {

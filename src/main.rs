@@ -89,6 +89,17 @@ struct ServeOptions {
     /// Seconds after which a connection with no request is closed.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    /// Mebibytes of read buffer all connections together may hold beyond 16 KiB each;
+    /// past it the server stops reading until frames complete. At least --max-frame.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    max_buffered_mib: usize,
+    /// Seconds a new connection has to complete HELLO before it is closed.
+    #[arg(long, default_value_t = 5)]
+    handshake_timeout: u64,
+    /// Seconds shutdown waits for connections to finish; then they are dropped (nothing
+    /// they were not answered was acknowledged) and the shutdown snapshot is written.
+    #[arg(long, default_value_t = 10)]
+    shutdown_timeout: u64,
     /// Address of the Prometheus endpoint (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9878")]
     metrics_listen: std::net::SocketAddr,
@@ -185,6 +196,16 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         options.max_connections > 0,
         "--max-connections must be at least 1"
     );
+    anyhow::ensure!(
+        (options.max_buffered_mib << 20) >= options.max_frame as usize,
+        "--max-buffered-mib {} is smaller than one --max-frame of {} bytes",
+        options.max_buffered_mib,
+        options.max_frame
+    );
+    anyhow::ensure!(
+        options.handshake_timeout > 0,
+        "--handshake-timeout must be at least 1 second"
+    );
     if let Some(policy) = options.fsync {
         config.storage.fsync = policy;
     }
@@ -200,6 +221,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let wal_dir = data_dir.wal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(give_back_freed_memory)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -237,6 +259,9 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             max_connections: options.max_connections,
             max_frame: options.max_frame,
             idle_timeout: std::time::Duration::from_secs(options.idle_timeout),
+            handshake_timeout: std::time::Duration::from_secs(options.handshake_timeout),
+            shutdown_timeout: std::time::Duration::from_secs(options.shutdown_timeout),
+            read_budget: options.max_buffered_mib << 20,
             ..omnia::server::Limits::default()
         };
         let mut shared = omnia::server::Shared::new(engine, limits);
@@ -302,6 +327,30 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         tracing::info!("omnia stopped");
         anyhow::Ok(())
     })
+}
+
+/// Called when a worker thread has nothing to do: at most once a second per thread, lets
+/// mimalloc return the memory this thread freed to the OS. mimalloc purges freed pages
+/// lazily, on later allocations by the same thread; a worker that served a burst of
+/// connections and then idles would otherwise keep that memory resident for good.
+fn give_back_freed_memory() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    LAST.with(|last| {
+        let now = Instant::now();
+        if last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        last.set(Some(now));
+        // SAFETY: mi_collect only walks this thread's own heap; any thread may call it.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    });
 }
 
 fn parse_fsync(text: &str) -> Result<omnia::config::FsyncPolicy, String> {

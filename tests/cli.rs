@@ -1,104 +1,14 @@
 //! The `omnia` binary as an operator and a script use it: `serve` with metrics,
 //! `ctl` commands with tables, JSON and exit codes, SIGTERM, and `check-config`.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const OMNIA: &str = env!("CARGO_BIN_EXE_omnia");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Served {
-    child: Child,
-    addr: String,
-    metrics: String,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn serve() -> Served {
-    let port = free_port();
-    serve_on(std::env::temp_dir().join(format!("omnia-cli-test-{port}")))
-}
-
-/// Starts `omnia serve` on a data directory (removed when the result is dropped).
-fn serve_on(dir: std::path::PathBuf) -> Served {
-    serve_with(dir, &[])
-}
-
-/// [`serve_on`] with more options.
-fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
-    let (port, metrics_port) = (free_port(), free_port());
-    let child = Command::new(OMNIA)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .args(["--log", "warn"])
-        .args(options)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omnia serve");
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Served {
-        child,
-        addr,
-        metrics: format!("127.0.0.1:{metrics_port}"),
-        _dir: tempdir::Dir(dir),
-    }
-}
-
-fn ctl(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(OMNIA)
-        .args(["ctl", "--addr", addr])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
-}
+use common::binary::{ctl, free_port, serve, serve_on, serve_with, OMNIA};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -443,4 +353,78 @@ fn reload_through_ctl_and_sighup_keeps_serving_and_refuses_an_invalid_config() {
     served.child.kill().unwrap();
     served.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that pipelines requests and never reads a response cannot hold SIGTERM past
+/// `--shutdown-timeout`: the server drops it, writes its shutdown snapshot, exits 0, and
+/// the restart loads that snapshot.
+#[test]
+fn sigterm_with_a_client_that_never_reads_stops_within_the_shutdown_deadline() {
+    use omnia::protocol::{opcode, Frame, Request};
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("omnia-cli-test-greedy-{port}"));
+    let mut served = serve_with(dir.clone(), &["--shutdown-timeout", "2"]);
+    let ingest = ctl(
+        &served.addr,
+        &["ingest", "-"],
+        Some(
+            r#"{"type":"track","event":"page_view","anonymousId":"greedy","context":{"channel":"web"}}"#,
+        ),
+    );
+    assert!(ingest.status.success(), "{}", text(&ingest.stderr));
+
+    let mut greedy = TcpStream::connect(&served.addr).unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    let hello = Request::Hello {
+        min_version: 1,
+        max_version: 1,
+        client: "never reads".into(),
+    };
+    Frame::new(opcode::HELLO, 1, hello.encode().unwrap()).write_to(&mut bytes);
+    for id in 2..20_000 {
+        let stats = Request::Stats { offers: true };
+        Frame::new(opcode::STATS, id, stats.encode().unwrap()).write_to(&mut bytes);
+    }
+    // Writes until the socket buffers are full both ways, then blocks: it never reads.
+    let writer = std::thread::spawn(move || {
+        let _ = greedy.write_all(&bytes);
+        greedy
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Without a deadline the server would wait for the idle timeout (300 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = served.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop within its shutdown deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "shutdown exits 0, got {exit}");
+    drop(writer.join());
+    let snapshots: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        snapshots.len() == 1 && snapshots[0].ends_with(".snap"),
+        "the shutdown snapshot was written: {snapshots:?}"
+    );
+
+    std::mem::forget(served._dir);
+    let mut again = serve_on(dir);
+    let stats = ctl(&again.addr, &["--json", "stats"], None);
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(json["customers"].as_u64(), Some(1), "{json}");
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
 }

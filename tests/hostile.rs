@@ -196,3 +196,173 @@ async fn values_beyond_the_size_limits_are_rejected_by_field() {
     assert_eq!(server.engine.customer_of("user:s"), None);
     raw.still_alive().await;
 }
+
+#[tokio::test]
+async fn a_connection_over_the_limit_is_told_server_busy_and_closed() {
+    let limits = omnia::server::Limits {
+        max_connections: 64,
+        ..omnia::server::Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        open.push(Raw::greeted(&server.addr).await);
+    }
+    // Connection 65: its HELLO is answered with SERVER_BUSY, then the server closes it.
+    let mut refused = Raw::connect(&server.addr).await;
+    let hello = Request::Hello {
+        min_version: 1,
+        max_version: 1,
+        client: "65th".into(),
+    };
+    let reply = refused
+        .request(opcode::HELLO, 7, hello.encode().unwrap())
+        .await;
+    assert_error(
+        &reply,
+        7,
+        ErrorCode::ServerBusy,
+        "the server is at its limit of 64 connections; try again later",
+    );
+    assert!(
+        refused.frame().await.is_none(),
+        "then the connection closes"
+    );
+    // The Rust client reports it as a retriable server error.
+    let err = match omnia::client::Client::connect(&server.addr).await {
+        Ok(_) => panic!("connected beyond the limit"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), Some(ErrorCode::ServerBusy), "{err}");
+    assert!(ErrorCode::ServerBusy.retriable());
+    // A slot freed is a slot served.
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(client) = omnia::client::Client::connect(&server.addr).await {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    again
+        .expect("a connection once a slot is free")
+        .ping()
+        .await
+        .unwrap();
+    open[0].still_alive().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_after_the_handshake_timeout_and_free_their_slots() {
+    let limits = omnia::server::Limits {
+        max_connections: 8,
+        handshake_timeout: std::time::Duration::from_millis(300),
+        ..omnia::server::Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(Raw::connect(&server.addr).await);
+    }
+    for socket in &mut silent {
+        let reply = socket.frame().await.expect("a parting error");
+        assert_error(
+            &reply,
+            0,
+            ErrorCode::HelloRequired,
+            "no HELLO within 300ms of connecting; the connection is closed",
+        );
+        assert!(socket.frame().await.is_none());
+    }
+    // Every slot is free again.
+    let client = omnia::client::Client::connect(&server.addr).await.unwrap();
+    client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drops_a_client_that_never_reads_at_its_deadline() {
+    let limits = omnia::server::Limits {
+        shutdown_timeout: std::time::Duration::from_millis(500),
+        ..omnia::server::Limits::default()
+    };
+    let mut server = TestServer::with_limits(limits).await;
+    let mut greedy = Raw::greeted(&server.addr).await;
+    let mut bytes = bytes::BytesMut::new();
+    for id in 2..50_000 {
+        let stats = Request::Stats { offers: true }.encode().unwrap();
+        omnia::protocol::Frame::new(opcode::STATS, id, stats).write_to(&mut bytes);
+    }
+    // Sends until the socket buffers are full both ways; never reads.
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = greedy.stream.write_all(&bytes).await;
+        greedy
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.begin_shutdown();
+    // The idle timeout is 300 s: only the shutdown deadline can end this in time.
+    tokio::time::timeout(std::time::Duration::from_secs(30), server.finished())
+        .await
+        .expect("the server stopped at its shutdown deadline");
+    writer.abort();
+}
+
+/// A big INGEST_JSON frame: `n` page views of `anon:{tag}`, about 100 bytes each.
+fn big_ingest(id: u32, tag: &str, n: usize) -> bytes::BytesMut {
+    let line = format!(
+        "{}\n",
+        track("").replace(
+            "\"anonymousId\":\"a\"",
+            &format!("\"anonymousId\":\"{tag}\"")
+        )
+    );
+    let json = line.repeat(n);
+    let body = Request::IngestJson {
+        json: Bytes::from(json),
+    }
+    .encode()
+    .unwrap();
+    let mut frame = bytes::BytesMut::new();
+    omnia::protocol::Frame::new(opcode::INGEST_JSON, id, body).write_to(&mut frame);
+    frame
+}
+
+#[tokio::test]
+async fn frames_beyond_the_read_budget_wait_their_turn_and_the_budget_comes_back() {
+    let limits = omnia::server::Limits {
+        max_frame: 1 << 20,
+        read_budget: 1 << 20,
+        ..omnia::server::Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let budget = server.shared.read_budget_available();
+    let mut first = Raw::greeted(&server.addr).await;
+    let mut second = Raw::greeted(&server.addr).await;
+    // Each frame needs most of the budget: the second can be read only once the first
+    // is done.
+    let a = big_ingest(2, "first", 7_000);
+    let b = big_ingest(3, "second", 7_000);
+    assert!(a.len() > 600_000 && a.len() < 1 << 20, "{}", a.len());
+    first.send(&a[..a.len() / 2]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    second.send(&b).await;
+    first.send(&a[a.len() / 2..]).await;
+    for (raw, id) in [(&mut first, 2), (&mut second, 3)] {
+        let reply = raw.frame().await.expect("an acknowledgement");
+        assert_eq!(reply.request_id, id);
+        let response = Response::decode(reply.opcode, &reply.body).unwrap();
+        assert_eq!(accepted(&response), 7_000);
+    }
+    first.still_alive().await;
+    second.still_alive().await;
+    // Buffers shrink back to their base, returning what they had reserved, when the
+    // handlers next wait for a request.
+    for _ in 0..100 {
+        if server.shared.read_budget_available() == budget {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.shared.read_budget_available(), budget);
+}

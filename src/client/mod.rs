@@ -5,7 +5,10 @@
 //! matched by id by a reader task. So many requests are in flight on one connection
 //! without one waiting for another (pipelining).
 //!
-//! [`Client::connect`] retries with exponential backoff and says HELLO. If the
+//! [`Client::connect`] retries with exponential backoff, within the connect timeout,
+//! and says HELLO. Every request has a response timeout ([`ClientOptions`]): a server
+//! that stops answering is an error, not a hang; the request may still have been
+//! applied. If the
 //! connection breaks, requests in flight fail with [`ClientError::ConnectionLost`]
 //! (they may or may not have been applied, so they are not resent silently), and the
 //! next request reconnects. Server errors arrive as [`ClientError::Server`] with the
@@ -43,6 +46,10 @@ pub enum ClientError {
         raw_code: u16,
         message: String,
     },
+    #[error(
+        "no response from {addr} within {after:?}; the request may or may not have been applied"
+    )]
+    Timeout { addr: String, after: Duration },
     #[error("bad response from the server: {0}")]
     Protocol(String),
     #[error("request cannot be encoded: {0}")]
@@ -80,19 +87,46 @@ pub struct Ingested {
     pub rejected: Vec<Rejected>,
 }
 
+/// How long a client waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// For a connection and its HELLO, retries included.
+    pub connect_timeout: Duration,
+    /// For each response.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            // A RELOAD of millions of customers takes seconds; nothing else comes close.
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A pipelined connection to an omnia server. Cheap to clone; clones share it.
 #[derive(Clone)]
 pub struct Client {
     addr: String,
+    options: ClientOptions,
     link: Arc<Mutex<Option<Arc<Link>>>>,
     next_id: Arc<AtomicU32>,
     info: Arc<std::sync::Mutex<Option<ServerHello>>>,
 }
 
 impl Client {
-    /// Connects (retrying with backoff for about 3 s) and says HELLO.
+    /// Connects (retrying with backoff for up to 5 s) and says HELLO; responses time out
+    /// after 60 s.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects with timeouts of the caller's choosing.
+    pub async fn connect_with(addr: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let client = Client {
+            options,
             addr: addr.to_string(),
             link: Arc::new(Mutex::new(None)),
             next_id: Arc::new(AtomicU32::new(1)),
@@ -116,20 +150,25 @@ impl Client {
             }
         }
         let mut delay = Duration::from_millis(25);
+        let give_up = tokio::time::Instant::now() + self.options.connect_timeout;
         let socket = loop {
-            match TcpStream::connect(&self.addr).await {
-                Ok(socket) => break socket,
-                Err(e) if delay > Duration::from_secs(2) => {
-                    return Err(ClientError::Connect {
-                        addr: self.addr.clone(),
-                        source: e,
-                    })
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let error = match tokio::time::timeout(left, TcpStream::connect(&self.addr)).await {
+                Ok(Ok(socket)) => break socket,
+                Ok(Err(e)) => e,
+                Err(_) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", self.options.connect_timeout),
+                ),
+            };
+            if tokio::time::Instant::now() + delay >= give_up {
+                return Err(ClientError::Connect {
+                    addr: self.addr.clone(),
+                    source: error,
+                });
             }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
         };
         let _ = socket.set_nodelay(true);
         let link = Arc::new(spawn_link(socket));
@@ -179,9 +218,21 @@ impl Client {
                 "the connection closed before the request was sent".into(),
             ));
         }
-        let frame = rx.await.map_err(|_| {
-            ClientError::ConnectionLost("no response before the connection closed".into())
-        })??;
+        let frame = match tokio::time::timeout(self.options.request_timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| {
+                ClientError::ConnectionLost("no response before the connection closed".into())
+            })??,
+            Err(_) => {
+                // A late answer finds no one waiting and is dropped by the reader.
+                if let Ok(mut pending) = link.pending.lock() {
+                    pending.remove(&id);
+                }
+                return Err(ClientError::Timeout {
+                    addr: self.addr.clone(),
+                    after: self.options.request_timeout,
+                });
+            }
+        };
         match Response::decode(frame.opcode, &frame.body)
             .map_err(|e| ClientError::Protocol(e.to_string()))?
         {
@@ -391,8 +442,10 @@ fn spawn_link(socket: TcpStream) -> Link {
                         Some(tx) => {
                             let _ = tx.send(Ok(frame));
                         }
-                        // An error for a request the server could not identify (id 0).
-                        None => fail_first(&reader_pending, frame),
+                        // An error for a request the server could not identify.
+                        None if frame.request_id == 0 => fail_first(&reader_pending, frame),
+                        // The answer to a request that timed out.
+                        None => {}
                     }
                     continue;
                 }

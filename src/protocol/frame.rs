@@ -72,7 +72,8 @@ impl Frame {
             return Err(FrameError::TooShort { length });
         }
         if buf.len() < 4 + length as usize {
-            buf.reserve(4 + length as usize - buf.len());
+            // Nothing is reserved for the rest: a declared length is a promise, and the
+            // reader grows its buffer as bytes arrive (see `server::connection`).
             return Ok(None);
         }
         buf.advance(4);

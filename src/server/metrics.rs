@@ -10,6 +10,7 @@
 //! | `omnia_events_ingested_total` | counter | |
 //! | `omnia_events_rejected_total` | counter | `code` |
 //! | `omnia_connections` | gauge | |
+//! | `omnia_connections_refused_total` | counter | |
 //! | `omnia_customers` | gauge | |
 //! | `omnia_segment_members` | gauge | `segment` |
 //! | `omnia_offer_decisions_total` | counter | `offer`, `channel`, `experiment`, `arm` |
@@ -59,6 +60,11 @@ pub(crate) fn request(op: u8, elapsed: Duration, error: Option<u16>) {
         metrics::counter!("omnia_request_errors_total", "op" => name, "code" => code_name(code))
             .increment(1);
     }
+}
+
+/// A connection over the limit, told SERVER_BUSY (or closed, in a flood).
+pub(crate) fn connection_refused() {
+    metrics::counter!("omnia_connections_refused_total").increment(1);
 }
 
 pub(crate) fn events(accepted: u32, rejected: impl Iterator<Item = u16>) {

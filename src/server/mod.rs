@@ -12,9 +12,18 @@
 //! without reading fills the socket buffers, the server's write waits, and the server
 //! stops reading that connection: its memory stays bounded by one frame in and the
 //! write buffer out.
+//!
+//! Greedy clients. At the connection limit a new connection is still accepted, told
+//! SERVER_BUSY (as the answer to its first request) and closed, so a client never
+//! waits on a socket nobody serves. A connection that has not completed HELLO within
+//! the handshake timeout is closed, so silent sockets cannot hold the slots. Shutdown
+//! has a hard deadline: handlers still running then (a client that never reads its
+//! responses, say) are dropped, so the caller can write its shutdown snapshot within a
+//! supervisor's grace period. A dropped handler's unanswered requests were never
+//! acknowledged.
 
 pub mod cmd;
-mod connection;
+pub mod connection;
 pub mod metrics;
 mod shutdown;
 
@@ -23,7 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, Semaphore};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::engine::Engine;
@@ -40,6 +50,14 @@ pub struct Limits {
     pub max_in_flight: u32,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection that has not completed HELLO this long after it was accepted is
+    /// closed.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for connections to finish before it drops them.
+    pub shutdown_timeout: Duration,
+    /// Bytes of read buffer all connections together may hold beyond their base
+    /// ([`connection::READ_BASE`] each); at least `max_frame`.
+    pub read_budget: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +67,9 @@ impl Default for Limits {
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             max_in_flight: 1024,
             idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            read_budget: 256 << 20,
         }
     }
 }
@@ -94,6 +115,8 @@ pub struct Shared {
     pub reload: Option<ReloadSource>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Read buffer beyond each connection's base, shared by all of them.
+    read_budget: connection::ReadBudget,
 }
 
 /// What a reload needs besides the running engine.
@@ -110,6 +133,9 @@ pub struct ReloadSource {
 impl Shared {
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Shared {
         Shared {
+            read_budget: connection::ReadBudget::new(
+                limits.read_budget.max(limits.max_frame as usize),
+            ),
             engine: parking_lot::RwLock::new(engine),
             limits,
             stats: ServerStats::default(),
@@ -125,62 +151,111 @@ impl Shared {
         self
     }
 
+    /// Bytes of the read budget no connection holds now.
+    pub fn read_budget_available(&self) -> usize {
+        self.read_budget.available()
+    }
+
     /// The engine now (a reload may swap it at any time; hold the `Arc` for one request).
     pub fn engine(&self) -> Arc<Engine> {
         self.engine.read().clone()
     }
 }
 
-/// Serves `listener` until `shutdown` completes, then drains connections and returns.
 /// Serves until `shutdown` completes (`Ok`), or until accepting connections keeps
 /// failing (`Err`, after the open connections are drained): a supervisor must see that
-/// as a failure, not a clean stop.
+/// as a failure, not a clean stop. Either way it returns within
+/// [`Limits::shutdown_timeout`] of the stop, having dropped the connections still open
+/// then.
 pub async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future,
 ) -> std::io::Result<()> {
     let (notify_shutdown, _) = broadcast::channel(1);
-    let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel::<()>(1);
     let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
-    let accept = accept_loop(
-        &listener,
-        &shared,
-        &limit,
-        &notify_shutdown,
-        &shutdown_complete_tx,
-    );
-    let outcome = tokio::select! {
-        failed = accept => failed,
-        _ = shutdown => {
-            info!("shutting down: no new connections; finishing requests in flight");
-            Ok(())
+    let busy = Arc::new(Semaphore::new(BUSY_REPLIES));
+    let mut tasks = JoinSet::new();
+    let outcome = {
+        let accept = accept_loop(
+            &listener,
+            &shared,
+            &limit,
+            &busy,
+            &notify_shutdown,
+            &mut tasks,
+        );
+        tokio::select! {
+            failed = accept => failed,
+            _ = shutdown => {
+                info!("shutting down: no new connections; finishing requests in flight");
+                Ok(())
+            }
         }
     };
     drop(notify_shutdown);
-    drop(shutdown_complete_tx);
-    let _ = shutdown_complete_rx.recv().await;
+    drop(listener);
+    let deadline = tokio::time::sleep(shared.limits.shutdown_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                warn!(
+                    connections = tasks.len(),
+                    "shutdown deadline of {:?} passed: dropping the connections still open; their unanswered requests were not acknowledged",
+                    shared.limits.shutdown_timeout
+                );
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
     info!("every connection is closed");
     outcome
 }
+
+/// Connections over the limit being told SERVER_BUSY at once; beyond that they are
+/// closed without a word (closing is the answer a flood gets).
+const BUSY_REPLIES: usize = 64;
+/// How long a refused connection gets to send its first request and read the answer.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
     limit: &Arc<Semaphore>,
+    busy: &Arc<Semaphore>,
     notify: &broadcast::Sender<()>,
-    complete: &mpsc::Sender<()>,
+    tasks: &mut JoinSet<()>,
 ) -> std::io::Result<()> {
+    let mut accepting = Box::pin(accept(listener));
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return Ok(());
+        // Finished handlers leave the set as they finish, so it holds (and keeps the
+        // memory of) live connections only.
+        let accepted = tokio::select! {
+            accepted = &mut accepting => accepted,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
-        let socket = match accept(listener).await {
+        accepting.set(accept(listener));
+        let socket = match accepted {
             Ok(socket) => socket,
             Err(e) => {
                 warn!(error = %e, "accept keeps failing; the server stops");
                 return Err(e);
             }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics::connection_refused();
+            if let Ok(permit) = busy.clone().try_acquire_owned() {
+                let max = shared.limits.max_connections;
+                tasks.spawn(async move {
+                    refuse_busy(socket, max).await;
+                    drop(permit);
+                });
+            }
+            continue;
         };
         let _ = socket.set_nodelay(true);
         let peer = socket
@@ -194,30 +269,99 @@ async fn accept_loop(
                 socket,
                 shared.limits.max_frame,
                 shared.limits.idle_timeout,
+                shared.read_budget.clone(),
             ),
             shared: shared.clone(),
             shutdown: Shutdown::new(notify.subscribe()),
             greeted: false,
             peer,
-            _complete: complete.clone(),
         };
-        tokio::spawn(async move {
-            handler
-                .shared
-                .stats
-                .connections
-                .fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = handler.run().await {
-                warn!(peer = %handler.peer, error = %e, "connection closed");
+        tasks.spawn(async move {
+            // Counted down on drop, so a handler dropped at the shutdown deadline is too.
+            let _open = OpenConnection::new(handler.shared.clone(), permit);
+            match handler.run().await {
+                Ok(()) => {}
+                // A client that goes away without closing cleanly is a client's affair.
+                Err(ConnectionError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    debug!(peer = %handler.peer, error = %e, "connection reset by the client");
+                }
+                Err(e) => warn!(peer = %handler.peer, error = %e, "connection closed"),
             }
-            handler
-                .shared
-                .stats
-                .connections
-                .fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
+}
+
+/// A connection being served: holds its slot and counts it in the stats.
+struct OpenConnection {
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) -> OpenConnection {
+        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection {
+            shared,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.shared
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells a connection over the limit that the server is busy, as the answer to its
+/// first request (so a client matches it to its HELLO), then closes it. The request is
+/// read whole first: closing a socket with unread bytes resets it, and the reset could
+/// reach the client before the answer.
+async fn refuse_busy(mut socket: TcpStream, max_connections: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = bytes::BytesMut::with_capacity(256);
+    let read_first = async {
+        while first.len() < 12 || first.len() < 4 + frame_length(&first).min(1024) {
+            if socket.read_buf(&mut first).await? == 0 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(BUSY_WAIT, read_first).await;
+    let request_id = if first.len() >= 12 {
+        u32::from_le_bytes([first[8], first[9], first[10], first[11]])
+    } else {
+        0
+    };
+    let reply = Response::error(
+        ErrorCode::ServerBusy,
+        format!("the server is at its limit of {max_connections} connections; try again later"),
+    );
+    let mut out = bytes::BytesMut::new();
+    Frame::new(opcode::ERROR, request_id, reply.encode()).write_to(&mut out);
+    let answered = async {
+        socket.write_all(&out).await?;
+        socket.shutdown().await?;
+        // Until the client closes too, so the answer is not lost to a reset.
+        let mut sink = [0u8; 1024];
+        while socket.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(BUSY_WAIT, answered).await;
+}
+
+/// The length field of a frame whose first four bytes are in `buf`.
+fn frame_length(buf: &[u8]) -> usize {
+    u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
 }
 
 /// Accepts with exponential backoff on errors (1, 2, 4 … 64 s), as transient errors
@@ -255,13 +399,13 @@ struct Handler {
     shutdown: Shutdown,
     greeted: bool,
     peer: String,
-    _complete: mpsc::Sender<()>,
 }
 
 impl Handler {
     async fn run(&mut self) -> Result<(), ConnectionError> {
         debug!(peer = %self.peer, "connection opened");
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let handshake_deadline = tokio::time::Instant::now() + self.shared.limits.handshake_timeout;
         loop {
             // Between requests: a whole buffered request is answered even during
             // shutdown. After the shutdown signal, requests still arriving (sent before
@@ -282,11 +426,18 @@ impl Handler {
                     }
                 }
                 Ok(None) => {
+                    // Until HELLO, the handshake's deadline; then the idle timeout.
+                    let wait = if self.greeted {
+                        self.shared.limits.idle_timeout
+                    } else {
+                        handshake_deadline.saturating_duration_since(tokio::time::Instant::now())
+                    };
                     tokio::select! {
-                        read = tokio::time::timeout(self.shared.limits.idle_timeout, self.connection.read_frame()) => match read {
+                        read = tokio::time::timeout(wait, self.connection.read_frame()) => match read {
                             Ok(Ok(frame)) => frame,
                             Ok(Err(ConnectionError::Frame(e))) => return self.framing_broken(e).await,
                             Ok(Err(e)) => return Err(e),
+                            Err(_) if !self.greeted => return self.handshake_timed_out().await,
                             Err(_) => {
                                 info!(peer = %self.peer, "closing idle connection");
                                 None
@@ -366,6 +517,22 @@ impl Handler {
             };
             self.connection.write_frame(&reply).await?;
         }
+        Ok(())
+    }
+
+    /// No HELLO within the handshake timeout: say so and close, freeing the slot.
+    async fn handshake_timed_out(&mut self) -> Result<(), ConnectionError> {
+        let limit = self.shared.limits.handshake_timeout;
+        info!(peer = %self.peer, "closing a connection that sent no HELLO within {limit:?}");
+        let reply = Response::error(
+            ErrorCode::HelloRequired,
+            format!("no HELLO within {limit:?} of connecting; the connection is closed"),
+        );
+        let _ = self
+            .connection
+            .write_frame(&Frame::new(opcode::ERROR, 0, reply.encode()))
+            .await;
+        let _ = self.connection.flush().await;
         Ok(())
     }
 

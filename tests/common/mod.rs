@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod raw;
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub struct TestServer {
     pub addr: String,
     pub engine: Arc<Engine>,
     pub clock: Arc<ManualClock>,
+    pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -77,13 +79,14 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr").to_string();
         let shared = Arc::new(Shared::new(engine.clone(), limits));
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(omnia::server::run(listener, shared, async move {
+        let handle = tokio::spawn(omnia::server::run(listener, shared.clone(), async move {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
             engine,
             clock,
+            shared,
             stop: Some(stop),
             handle,
         }

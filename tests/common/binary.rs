@@ -1,0 +1,101 @@
+//! The `omnia` binary, started on a free port with a data directory of its own, and
+//! `omnia ctl` run against it: for tests of what an operator sees.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const OMNIA: &str = env!("CARGO_BIN_EXE_omnia");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    pub metrics: String,
+    pub _dir: tempdir::Dir,
+}
+
+pub mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn serve() -> Served {
+    let port = free_port();
+    serve_on(std::env::temp_dir().join(format!("omnia-cli-test-{port}")))
+}
+
+/// Starts `omnia serve` on a data directory (removed when the result is dropped).
+pub fn serve_on(dir: std::path::PathBuf) -> Served {
+    serve_with(dir, &[])
+}
+
+/// [`serve_on`] with more options.
+pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
+    let (port, metrics_port) = (free_port(), free_port());
+    let child = Command::new(OMNIA)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .args(["--log", "warn"])
+        .args(options)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start omnia serve");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Served {
+        child,
+        addr,
+        metrics: format!("127.0.0.1:{metrics_port}"),
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+pub fn ctl(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(OMNIA)
+        .args(["ctl", "--addr", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
