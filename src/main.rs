@@ -236,6 +236,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             &wal_dir,
             recovered.last_sequence + 1,
             omnia::store::wal::WalOptions {
+                faults: None,
                 policy: storage.fsync,
                 interval: storage.fsync_interval,
                 segment_bytes: storage.segment_bytes,

@@ -39,6 +39,7 @@ async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
         &data.wal(),
         recovered.last_sequence + 1,
         WalOptions {
+            faults: None,
             policy,
             interval: Duration::from_millis(5),
             segment_bytes: 1 << 20,

@@ -56,6 +56,7 @@ fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_con
         &data.wal(),
         1,
         WalOptions {
+            faults: None,
             policy: FsyncPolicy::Never,
             interval: Duration::from_millis(5),
             segment_bytes: 64 << 10,

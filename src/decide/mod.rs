@@ -413,6 +413,10 @@ impl Engine {
         let key = self.key(&request.key)?;
         let context = self.context(&request.context)?;
         let now = self.now_secs();
+        if request.record_impression {
+            // Before anything is spent or changed: a refusal changes nothing.
+            self.writable()?;
+        }
         if request.record_impression
             && d.feedback_events[FeedbackKind::Impression.index()].is_none()
             && self.customer_of(&key.text).is_none()
@@ -773,6 +777,8 @@ impl Engine {
         };
         let now = self.now_secs();
         let def = &d.offers[offer];
+        // Before the budget is spent: a refusal changes nothing.
+        self.writable()?;
         let spent =
             self.decider
                 .spend(offer, kind, now)
@@ -855,7 +861,7 @@ impl Engine {
                 _ => {}
             }
         }
-        self.ingest(&event)?;
+        self.ingest_admitted(&event)?;
         Ok(())
     }
 

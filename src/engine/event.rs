@@ -111,6 +111,9 @@ pub enum EventError {
         bytes: usize,
         max: u32,
     },
+    /// The write-ahead log cannot store changes now (a full disk): nothing was applied.
+    #[error("{reason}")]
+    StorageFailed { reason: String },
     #[error("event `{event}` carries {bytes} bytes of keys, names and values; an event is at most {max} bytes (engine.max_event_bytes)")]
     TooLarge {
         event: String,

@@ -239,7 +239,30 @@ impl Engine {
     ///
     /// The record is appended under the lock of the shard the event changes, so that a
     /// snapshot can cut each shard at a log sequence (see `image`).
+    ///
+    /// Refused, with nothing applied, while the log cannot store changes.
     pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
+        self.writable()?;
+        self.ingest_admitted(raw)
+    }
+
+    /// Whether a change may be applied now: not while the write-ahead log cannot store
+    /// it (a full disk), since the engine must never show what it did not log. A change
+    /// checked here and applied just as the log fails is kept by the log and stored
+    /// once it can be (its acknowledgement waits for that).
+    pub fn writable(&self) -> Result<(), EventError> {
+        match self.journal.get() {
+            Some(journal) => journal
+                .writable()
+                .map_err(|reason| EventError::StorageFailed { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Engine::ingest`] for a change whose request was admitted already ([`Engine::writable`]):
+    /// the second half of a decision or feedback, which must not be refused once the
+    /// first half is applied.
+    pub(crate) fn ingest_admitted(&self, raw: &impl EventView) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
         match self.journal.get() {
             Some(journal) => self.apply_gated(

@@ -42,8 +42,9 @@ pub enum ErrorCode {
     BadContext = 24,
     /// FEEDBACK for a customer omnia does not know, with no event type to create one.
     UnknownCustomer = 25,
-    /// The write-ahead log failed: what the request changed is not durable, so it is not
-    /// acknowledged. An operator must look at the server's log and disk.
+    /// The write-ahead log cannot store changes now (a full or failing disk): the
+    /// request was refused and nothing of it applied. The log retries by itself, so the
+    /// same request can succeed later.
     StorageFailed = 26,
     /// RELOAD: the server's config file has errors (the message lists them with their
     /// places). The running config stays.

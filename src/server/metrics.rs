@@ -12,6 +12,7 @@
 //! | `omnia_connections` | gauge | |
 //! | `omnia_connections_refused_total` | counter | |
 //! | `omnia_customers` | gauge | |
+//! | `omnia_journal_healthy` | gauge | |
 //! | `omnia_segment_members` | gauge | `segment` |
 //! | `omnia_offer_decisions_total` | counter | `offer`, `channel`, `experiment`, `arm` |
 //! | `omnia_offer_feedback_total` | counter | `offer`, `channel`, `experiment`, `arm`, `kind` |
@@ -83,6 +84,9 @@ pub fn publish_gauges(shared: &Shared) {
     metrics::gauge!("omnia_connections")
         .set(shared.stats.connections.load(Ordering::Relaxed) as f64);
     metrics::gauge!("omnia_customers").set(shared.engine().stats().customers as f64);
+    if let Some(journal) = shared.engine().journal() {
+        metrics::gauge!("omnia_journal_healthy").set(if journal.is_healthy() { 1.0 } else { 0.0 });
+    }
     for segment in &shared.engine().config().segments {
         let members = shared.engine().segment_count(&segment.name).unwrap_or(0);
         metrics::gauge!("omnia_segment_members", "segment" => segment.name.clone())

@@ -27,6 +27,20 @@
 //! Policies: `always` publishes a sequence only after `fdatasync`; `interval` publishes
 //! after the write (the data is in the kernel: a crash of the process loses nothing) and
 //! syncs at most every interval; `never` leaves syncing to the kernel.
+//!
+//! Failures (a full disk, an I/O error) are a degraded mode, not a dead end. The writer
+//! keeps the batch it could not store, cuts the file back to where the batch began (a
+//! write that ran out of space may have stored part of it; under `always`, a failed
+//! `fdatasync` may have dropped it from the page cache, so it is written again rather
+//! than trusted), and tries again with backoff, 10 ms doubling to 5 s, logging each
+//! failure. Meanwhile [`Wal::writable`] says no: the engine refuses new changes before
+//! applying them, so a refused change is never applied, and reads go on. Changes that
+//! were applied before the failure was seen stay buffered and are written when space
+//! comes back; their acknowledgements wait until then. Once a write (and, under
+//! `interval`, a sync) succeeds again the log is healthy and takes changes, with no
+//! restart. Invariant: no record that was appended is ever dropped while the log is
+//! open; the only records lost are those still buffered when the process dies, and
+//! none of those was acknowledged.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -110,6 +124,26 @@ pub struct WalOptions {
     pub policy: FsyncPolicy,
     pub interval: Duration,
     pub segment_bytes: u64,
+    /// Fails writes and syncs on purpose, for tests of the degraded mode on machines
+    /// where a test cannot fill a disk. `None` in production.
+    pub faults: Option<Arc<Faults>>,
+}
+
+/// Injected storage failures: while set, every write stores half its bytes and then
+/// fails with "no space left on device", and every sync fails the same way.
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub full: std::sync::atomic::AtomicBool,
+}
+
+impl Faults {
+    fn check(&self) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 struct Pending {
@@ -117,9 +151,14 @@ struct Pending {
     /// The sequence of the last record in `buf` (or written before, if empty).
     last: u64,
     closed: bool,
-    /// The writer stopped on an error: records are numbered but no longer kept, as
-    /// nothing will write them (and no acknowledgement will say they were).
-    dead: bool,
+}
+
+/// Why the log cannot take changes now: the writer's or the syncer's last error, while
+/// it retries.
+#[derive(Default)]
+struct Health {
+    writer: Option<String>,
+    syncer: Option<String>,
 }
 
 /// An open log, appending after `next - 1`.
@@ -128,8 +167,13 @@ pub struct Wal {
     wake: Condvar,
     /// The highest sequence a client may be told is stored, by the policy.
     durable: watch::Sender<u64>,
-    /// A write or sync error: the log stops, and so must acknowledgements.
+    /// The writer gave up: the log was closed with records it could not store. No more
+    /// acknowledgements.
     failed: Mutex<Option<String>>,
+    /// Set while writes or syncs fail and are being retried.
+    health: Mutex<Health>,
+    /// Whether `health` holds an error, readable without its lock on the hot path.
+    degraded: std::sync::atomic::AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Bytes written to log files since the log was opened.
     written: std::sync::atomic::AtomicU64,
@@ -182,28 +226,25 @@ impl Wal {
                 buf: Vec::with_capacity(1 << 20),
                 last: next - 1,
                 closed: false,
-                dead: false,
             }),
             wake: Condvar::new(),
             durable,
             failed: Mutex::new(None),
+            health: Mutex::new(Health::default()),
+            degraded: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(None),
             written: std::sync::atomic::AtomicU64::new(0),
             current: Mutex::new(segment_path(dir, next)),
         });
-        let mut file = Segment::create(dir, next)?;
+        let mut file = Segment::create(dir, next, options.faults.clone())?;
         let writer = wal.clone();
         let dir = dir.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("omnia-wal".into())
             .spawn(move || {
                 if let Err(e) = writer.write_loop(&dir, &mut file, &options) {
-                    tracing::error!(error = %e, "the write-ahead log failed; no more events are acknowledged");
+                    tracing::error!(error = %e, "the write-ahead log was closed with records it could not store; they were never acknowledged");
                     *writer.failed.lock() = Some(e.to_string());
-                    let mut p = writer.pending.lock();
-                    p.dead = true;
-                    p.buf = Vec::new();
-                    drop(p);
                     writer.durable.send_modify(|_| {});
                 }
             })?;
@@ -226,9 +267,6 @@ impl Wal {
         let mut p = self.pending.lock();
         let sequence = p.last + 1;
         p.last = sequence;
-        if p.dead {
-            return sequence;
-        }
         // Written in place: header, then the payload, then the header filled in.
         let at = p.buf.len();
         p.buf.extend_from_slice(&[0; HEADER]);
@@ -249,6 +287,44 @@ impl Wal {
         sequence
     }
 
+    /// Whether the log takes changes now: `Err` with the storage error while writes or
+    /// syncs fail and are retried. A change refused for this must not be applied.
+    pub fn writable(&self) -> Result<(), String> {
+        if !self.degraded.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let health = self.health.lock();
+        match health.writer.as_ref().or(health.syncer.as_ref()) {
+            Some(e) => Err(format!(
+                "the write-ahead log cannot store changes: {e}; nothing was changed. The log retries by itself: free space on its disk"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether writes and syncs succeed (`omnia_journal_healthy`).
+    pub fn is_healthy(&self) -> bool {
+        self.writable().is_ok()
+    }
+
+    /// Records a storage error of the writer or the syncer (`None`: it succeeded again),
+    /// logging the changes of state.
+    fn set_health(&self, who: fn(&mut Health) -> &mut Option<String>, error: Option<String>) {
+        let mut health = self.health.lock();
+        let slot = who(&mut health);
+        match (&*slot, &error) {
+            (None, Some(e)) => {
+                tracing::error!(error = %e, "the write-ahead log cannot store changes; new changes are refused, reads go on, and the log retries until its disk has room")
+            }
+            (Some(_), None) => tracing::info!("the write-ahead log stores changes again"),
+            _ => {}
+        }
+        *slot = error;
+        let degraded = health.writer.is_some() || health.syncer.is_some();
+        self.degraded
+            .store(degraded, std::sync::atomic::Ordering::Release);
+    }
+
     /// Bytes written to log files since the log was opened.
     pub fn bytes_written(&self) -> u64 {
         self.written.load(std::sync::atomic::Ordering::Relaxed)
@@ -264,8 +340,9 @@ impl Wal {
         self.pending.lock().last
     }
 
-    /// Waits until `sequence` is stored as the policy promises. An error if the log
-    /// failed: the client must not be told that its events are safe.
+    /// Waits until `sequence` is stored as the policy promises, through any retries of
+    /// a degraded log. An error if the log was closed without storing it: the client
+    /// must not be told that its events are safe.
     pub async fn durable(&self, sequence: u64) -> Result<(), String> {
         let mut rx = self.durable.subscribe();
         loop {
@@ -282,7 +359,8 @@ impl Wal {
     }
 
     /// Blocks the calling thread until `sequence` is stored as the policy promises (for
-    /// threads outside the async runtime, such as the snapshot writer).
+    /// threads outside the async runtime, such as the snapshot writer). Unlike
+    /// [`Wal::durable`], it does not wait out a degraded log: it fails at once.
     pub fn wait_durable(&self, sequence: u64) -> Result<(), String> {
         loop {
             if let Some(e) = self.failed.lock().clone() {
@@ -291,6 +369,7 @@ impl Wal {
             if *self.durable.borrow() >= sequence {
                 return Ok(());
             }
+            self.writable()?;
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -328,14 +407,13 @@ impl Wal {
             if options.policy == FsyncPolicy::Interval {
                 syncer.replace(file.file.try_clone()?);
                 let syncer = &syncer;
+                let faults = options.faults.clone();
                 std::thread::Builder::new()
                     .name("omnia-wal-sync".into())
                     .spawn_scoped(scope, move || {
-                        if let Err(e) = syncer.run(options.interval) {
-                            tracing::error!(error = %e, "syncing the write-ahead log failed; no more events are acknowledged");
-                            *self.failed.lock() = Some(e.to_string());
-                            self.durable.send_modify(|_| {});
-                        }
+                        syncer.run(options.interval, faults, |error| {
+                            self.set_health(|h| &mut h.syncer, error)
+                        })
                     })?;
             }
             let written = self.write_batches(dir, file, options, &syncer);
@@ -362,24 +440,30 @@ impl Wal {
                 (p.last, p.closed)
             };
             if !batch.is_empty() {
-                if file.len >= options.segment_bytes {
-                    file.sync()?;
-                    let first = last - count_records(&batch) + 1;
-                    *file = Segment::create(dir, first)?;
-                    *self.current.lock() = segment_path(dir, first);
-                    if options.policy == FsyncPolicy::Interval {
-                        syncer.replace(file.file.try_clone()?);
+                let mut backoff = RETRY_FIRST;
+                loop {
+                    match self.store(dir, file, options, syncer, &batch, last) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            self.set_health(|h| &mut h.writer, Some(e.to_string()));
+                            // Closing with records that cannot be stored: give up, so
+                            // shutdown ends; none of them was acknowledged.
+                            let mut p = self.pending.lock();
+                            if p.closed {
+                                return Err(e);
+                            }
+                            tracing::warn!(error = %e, "the write-ahead log could not store {} bytes; retrying in {backoff:?}", batch.len());
+                            self.wake.wait_for(&mut p, backoff);
+                            backoff = (backoff * 2).min(RETRY_MAX);
+                        }
                     }
                 }
-                file.write(&batch)?;
+                if self.degraded.load(std::sync::atomic::Ordering::Acquire) {
+                    self.set_health(|h| &mut h.writer, None);
+                }
                 self.written
                     .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 batch.clear();
-                match options.policy {
-                    FsyncPolicy::Always => file.sync()?,
-                    FsyncPolicy::Interval => syncer.mark_dirty(),
-                    FsyncPolicy::Never => {}
-                }
                 self.durable.send_replace(last);
             }
             if closed && self.pending.lock().buf.is_empty() {
@@ -388,7 +472,50 @@ impl Wal {
             }
         }
     }
+
+    /// Stores one batch whose last record is `last`: in a new segment file if the
+    /// current one is full, synced as the policy says. On failure the file is cut back to
+    /// where the batch began, so the batch can be written again whole.
+    fn store(
+        &self,
+        dir: &Path,
+        file: &mut Segment,
+        options: &WalOptions,
+        syncer: &Syncer,
+        batch: &[u8],
+        last: u64,
+    ) -> std::io::Result<()> {
+        if file.len >= options.segment_bytes {
+            file.sync()?;
+            let first = last - count_records(batch) + 1;
+            *file = Segment::create(dir, first, options.faults.clone())?;
+            *self.current.lock() = segment_path(dir, first);
+            if options.policy == FsyncPolicy::Interval {
+                syncer.replace(file.file.try_clone()?);
+            }
+        }
+        let start = file.len;
+        let stored = file.write(batch).and_then(|()| match options.policy {
+            FsyncPolicy::Always => file.sync(),
+            FsyncPolicy::Interval => {
+                syncer.mark_dirty();
+                Ok(())
+            }
+            FsyncPolicy::Never => Ok(()),
+        });
+        if stored.is_err() {
+            // Part of the batch may be in the file (a write that ran out of space), or
+            // gone from the page cache (a failed sync): the retry writes it again whole.
+            let _ = file.truncate(start);
+        }
+        stored
+    }
 }
+
+/// The first wait before storing a failed batch again, doubled after each failure…
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+/// …up to this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The `interval` policy's syncing thread: syncs the current file at most every
 /// interval, when something was written since the last sync.
@@ -422,24 +549,50 @@ impl Syncer {
         self.wake.notify_one();
     }
 
-    fn run(&self, interval: Duration) -> std::io::Result<()> {
+    /// Syncs until stopped. A failed sync is reported through `health` and tried again
+    /// at the next interval (the file stays dirty); a success after it clears it.
+    fn run(
+        &self,
+        interval: Duration,
+        faults: Option<Arc<Faults>>,
+        health: impl Fn(Option<String>),
+    ) {
         let mut state = self.state.lock();
+        let mut failing = false;
         loop {
             if state.stop {
-                return Ok(());
+                return;
             }
             self.wake.wait_for(&mut state, interval);
             if !state.dirty {
                 continue;
             }
             state.dirty = false;
-            let Some(file) = state.file.as_ref().map(File::try_clone).transpose()? else {
-                continue;
-            };
+            let file = state.file.as_ref().map(File::try_clone);
             // Synced without the lock, so the writer never waits for it.
             drop(state);
-            file.sync_data()?;
+            let synced = match file {
+                None => Ok(()),
+                Some(file) => file.and_then(|file| {
+                    if let Some(faults) = &faults {
+                        faults.check()?;
+                    }
+                    file.sync_data()
+                }),
+            };
             state = self.state.lock();
+            match synced {
+                Ok(()) if failing => {
+                    failing = false;
+                    health(None);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    failing = true;
+                    state.dirty = true;
+                    health(Some(format!("sync: {e}")));
+                }
+            }
         }
     }
 }
@@ -457,11 +610,13 @@ fn count_records(mut buf: &[u8]) -> u64 {
 
 struct Segment {
     file: File,
+    /// Bytes of whole batches stored in the file.
     len: u64,
+    faults: Option<Arc<Faults>>,
 }
 
 impl Segment {
-    fn create(dir: &Path, first: u64) -> std::io::Result<Segment> {
+    fn create(dir: &Path, first: u64, faults: Option<Arc<Faults>>) -> std::io::Result<Segment> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -469,16 +624,33 @@ impl Segment {
         let len = file.metadata()?.len();
         // The new file's name must survive a power loss too.
         File::open(dir)?.sync_all()?;
-        Ok(Segment { file, len })
+        Ok(Segment { file, len, faults })
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(faults) = &self.faults {
+            if let Err(e) = faults.check() {
+                // As a disk that fills up halfway through a write.
+                self.file.write_all(&bytes[..bytes.len() / 2])?;
+                return Err(e);
+            }
+        }
         self.file.write_all(bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
+        if let Some(faults) = &self.faults {
+            faults.check()?;
+        }
         self.file.sync_data()
+    }
+
+    /// Cuts the file back to `len` bytes; appends continue from there.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
     }
 }

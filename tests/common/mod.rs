@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod observe;
 pub mod raw;
 
 use std::sync::Arc;
@@ -73,6 +74,11 @@ impl TestServer {
     pub async fn with(config: Config, limits: Limits) -> TestServer {
         let clock = Arc::new(ManualClock::new(START_MS));
         let engine = Arc::new(Engine::new(config, clock.clone()));
+        TestServer::serve(engine, clock, limits).await
+    }
+
+    /// Serves an engine the test made (with a journal attached, say) on `clock`.
+    pub async fn serve(engine: Arc<Engine>, clock: Arc<ManualClock>, limits: Limits) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");

@@ -28,6 +28,7 @@ pub fn code_of(e: &EventError) -> ErrorCode {
         }
         EventError::ValueTooLong { .. } | EventError::TooLarge { .. } => ErrorCode::EventTooLarge,
         EventError::FromTheFuture { .. } => ErrorCode::FutureTimestamp,
+        EventError::StorageFailed { .. } => ErrorCode::StorageFailed,
         EventError::Full { .. } => ErrorCode::Capacity,
     }
 }
@@ -42,6 +43,11 @@ pub fn apply<E: EventView>(
     let mut accepted = 0u32;
     let mut rejected = Vec::new();
     let engine = shared.engine();
+    // A log that cannot store changes refuses the whole request before anything is
+    // applied; one that fails in the middle refuses the events after it, one by one.
+    if let Err(EventError::StorageFailed { reason }) = engine.writable() {
+        return Response::error(ErrorCode::StorageFailed, reason);
+    }
     for (index, event) in events.enumerate() {
         let outcome = event.and_then(|raw| {
             engine
