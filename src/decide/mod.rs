@@ -404,6 +404,7 @@ fn arbitrate(
 impl Engine {
     /// Decides which offers `request.channel` should present to the customer now.
     pub fn decide(&self, request: &DecisionRequest) -> Result<Decision, DecideError> {
+        let _strings = self.hold_strings();
         let config = self.config();
         let d = &config.decisions;
         if request.top == 0 {
@@ -743,6 +744,7 @@ impl Engine {
         kind: FeedbackKind,
         target: &FeedbackTarget,
     ) -> Result<FeedbackResult, DecideError> {
+        let _strings = self.hold_strings();
         let config = self.config();
         let d = &config.decisions;
         let (key, offer, channel, decision_id) = match target {

@@ -604,6 +604,15 @@ impl Engine {
             if let Some((from, map)) = &map {
                 state = map.convert(state, from, &self.plan);
             }
+            // The interner counts the rows that hold each code (see `Interner`).
+            for id in &state.live {
+                let row = state.row(&self.plan, id - base);
+                for &(at, ty) in &self.plan.layout.attributes {
+                    if ty == crate::config::ValueType::String {
+                        interner.retain(row[at]);
+                    }
+                }
+            }
             for local in &state.live {
                 let slot = (local - base) as usize;
                 let r = CustomerRef {

@@ -123,6 +123,9 @@ pub struct Engine {
     /// Set when a reload replaced this engine: it takes no more changes, and a
     /// snapshot of it would miss the changes its successor took.
     retired: AtomicBool,
+    /// Held for reading from resolving a change to applying it (a string code is in
+    /// hand, not yet in a row), and for writing while unreferenced strings are freed.
+    strings_gate: parking_lot::RwLock<()>,
 }
 
 /// A known customer under its shard lock: its profile to read, its offer history to
@@ -166,6 +169,7 @@ impl Engine {
             cutting_active: AtomicBool::new(false),
             imaging: Mutex::new(()),
             retired: AtomicBool::new(false),
+            strings_gate: parking_lot::RwLock::new(()),
             decider,
             plan,
             shards,
@@ -242,8 +246,26 @@ impl Engine {
     ///
     /// Refused, with nothing applied, while the log cannot store changes.
     pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
+        let _strings = self.strings_gate.read();
         self.writable()?;
         self.ingest_admitted(raw)
+    }
+
+    /// Holds off freeing unreferenced strings while a change is resolved and applied
+    /// (see `Interner`). Not reentrant: take it once per request.
+    pub(crate) fn hold_strings(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.strings_gate.read()
+    }
+
+    /// Frees attribute strings no profile holds any more (see `Interner`); returns how
+    /// many. Skipped while a snapshot image is being made: it lists the strings its rows
+    /// hold once every shard is encoded.
+    pub fn collect_strings(&self) -> usize {
+        let Some(_imaging) = self.imaging.try_lock() else {
+            return 0;
+        };
+        let _strings = self.strings_gate.write();
+        self.plan.config.interner.sweep()
     }
 
     /// Whether a change may be applied now: not while the write-ahead log cannot store
@@ -261,7 +283,7 @@ impl Engine {
 
     /// [`Engine::ingest`] for a change whose request was admitted already ([`Engine::writable`]):
     /// the second half of a decision or feedback, which must not be refused once the
-    /// first half is applied.
+    /// first half is applied. The caller holds [`Engine::hold_strings`].
     pub(crate) fn ingest_admitted(&self, raw: &impl EventView) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
         match self.journal.get() {
@@ -285,6 +307,7 @@ impl Engine {
         sequence: u64,
         cuts: &[u64],
     ) -> Result<Applied, EventError> {
+        let _strings = self.strings_gate.read();
         self.apply_gated(
             event,
             &mut |shard| cuts.get(shard).map_or(true, |&cut| sequence > cut),
@@ -303,6 +326,11 @@ impl Engine {
     }
 
     /// Applies a resolved event: identity, aggregates, segments, scores, timers.
+    ///
+    /// A resolved event may hold attribute string codes no row holds yet: apply it
+    /// before the next [`Engine::collect_strings`] ([`Engine::ingest`] sees to that).
+    /// Resolving and applying separately is for single-threaded callers (recovery,
+    /// benchmarks).
     pub fn apply(&self, event: &Event) -> Result<Applied, EventError> {
         self.apply_gated(event, &mut |_| true, false)
     }
@@ -515,12 +543,47 @@ impl Engine {
         locked.swap_remove(at(ws))
     }
 
+    /// Where the interner's count of rows holding a string code differs from the rows
+    /// themselves, as `code: counted N, held by M rows` (empty when they agree). For
+    /// tests of the invariant `Interner` states; locks every shard in turn.
+    pub fn string_reference_errors(&self) -> Vec<String> {
+        let _strings = self.strings_gate.write();
+        let mut held: std::collections::HashMap<u32, u32> = Default::default();
+        for shard in 0..self.shards.len() {
+            let state = self.shards[shard].lock();
+            for id in &state.live {
+                let row = state.row(&self.plan, id - state.id_base);
+                for &(at, ty) in &self.plan.layout.attributes {
+                    if ty == crate::config::ValueType::String && row[at] != 0 {
+                        *held.entry(row[at]).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let interner = &self.plan.config.interner;
+        let mut errors = Vec::new();
+        let codes = interner.strings().len() as u32;
+        for code in 1..=codes.max(held.keys().copied().max().unwrap_or(0)) {
+            let (counted, rows) = (
+                interner.references(code),
+                held.get(&code).copied().unwrap_or(0),
+            );
+            if counted != rows {
+                errors.push(format!("{code}: counted {counted}, held by {rows} rows"));
+            } else if rows > 0 && interner.resolve(code).is_none() {
+                errors.push(format!("{code}: held by {rows} rows but freed"));
+            }
+        }
+        errors
+    }
+
     /// Runs every due timer in every shard: time-driven segment changes happen now.
     /// Every read runs its shard's due timers first anyway; this spreads the work.
     pub fn tick(&self) {
         for shard in 0..self.shards.len() {
             drop(self.lock(shard));
         }
+        self.collect_strings();
     }
 
     pub(crate) fn plan(&self) -> &Plan {

@@ -393,7 +393,14 @@ impl ShardState {
             if ts >= row[time_at] {
                 match value {
                     AttrValue::Num(v) => set_f64(row, at, v),
-                    AttrValue::Str(code) => row[at] = code,
+                    AttrValue::Str(code) => {
+                        // The interner counts the rows that hold each code.
+                        if row[at] != code {
+                            config.interner.retain(code);
+                            config.interner.release(row[at]);
+                            row[at] = code;
+                        }
+                    }
                     AttrValue::Bool(b) => row[at] = b as u32,
                 }
                 row[time_at] = ts;
@@ -429,13 +436,22 @@ impl ShardState {
     /// segment of the result at once.
     pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken) {
         let now = self.now;
-        merge_rows(
-            &plan.config,
-            &plan.layout,
-            self.row_mut(plan, local),
-            &from.row,
-            now,
-        );
+        let into = self.row_mut(plan, local);
+        let strings = || {
+            plan.layout
+                .attributes
+                .iter()
+                .filter(|(_, ty)| *ty == ValueType::String)
+                .map(|&(at, _)| at)
+        };
+        let held: Vec<u32> = strings().map(|at| into[at]).collect();
+        merge_rows(&plan.config, &plan.layout, into, &from.row, now);
+        // Both rows held their string codes; the one each attribute kept holds it now,
+        // the other value is let go.
+        for (at, held) in strings().zip(held) {
+            let dropped = if into[at] == held { from.row[at] } else { held };
+            plan.config.interner.release(dropped);
+        }
         self.add_keys(plan, local, from.keys);
         if let Some(offers) = from.offers {
             self.offers.entry(local).or_default().absorb(offers);

@@ -416,7 +416,8 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
-            _ => self.interner.intern(value),
+            // Compiled into expressions: the code must live as long as the config.
+            _ => self.interner.pin(value),
         }
     }
 

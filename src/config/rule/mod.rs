@@ -107,52 +107,259 @@ pub enum Expr {
 
 /// Interns attribute string values as dense codes (from 1; 0 means "not set"), so rules
 /// compare attributes by integer. Shared by the compiled config and the engine.
+///
+/// Codes are reclaimed. A code is *pinned* when a rule mentions its text (its code is
+/// compiled into expressions, so it lives as long as the config), and otherwise lives
+/// while profile rows hold it: the engine counts, under each shard's lock, how many
+/// rows hold each code ([`Interner::retain`], [`Interner::release`]). A code whose
+/// count falls to zero becomes a candidate; [`Interner::sweep`] frees the candidates
+/// still unreferenced and later interns reuse their codes. So a high-cardinality
+/// attribute costs memory for the values customers hold now, not for every value ever
+/// seen, and a snapshot carries live values only.
+///
+/// Invariant: a code in a row is never freed (its count is at least one), and a code
+/// that [`Interner::intern`] returned is not freed before the caller stores it or drops
+/// it, because the engine never sweeps while it resolves or applies events.
+///
+/// Memory per live value: its text, about 24 bytes of table entry, and a hash-map
+/// entry of about 40 bytes (`docs/configuration.md` has the measured figure).
 #[derive(Debug, Default)]
 pub struct Interner {
     codes: dashmap::DashMap<std::sync::Arc<str>, u32, ahash::RandomState>,
-    strings: parking_lot::RwLock<Vec<std::sync::Arc<str>>>,
+    entries: parking_lot::RwLock<Vec<Entry>>,
+    /// Freed codes, reused by later interns.
+    free: parking_lot::Mutex<Vec<u32>>,
+    /// Codes whose count fell to zero (or that no row took yet): what a sweep checks.
+    unreferenced: parking_lot::Mutex<Vec<u32>>,
+    /// Bytes of live text.
+    text_bytes: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// `None` once freed.
+    text: Option<std::sync::Arc<str>>,
+    /// Rows that hold the code.
+    refs: std::sync::atomic::AtomicU32,
+    /// A rule mentions the text: never freed.
+    pinned: std::sync::atomic::AtomicBool,
+}
+
+/// What an interner holds, for stats and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InternerStats {
+    /// Codes assigned to a text now.
+    pub live: usize,
+    /// Codes freed and waiting for reuse.
+    pub free: usize,
+    /// Bytes of live text.
+    pub text_bytes: usize,
 }
 
 impl Interner {
-    /// The code of `text`, assigning the next one if it is new.
+    /// The code of `text`, assigning one if it is new. A new code is held by nothing
+    /// until a row takes it with [`Interner::retain`].
     pub fn intern(&self, text: &str) -> u32 {
         if let Some(code) = self.codes.get(text) {
             return *code;
         }
-        let mut strings = self.strings.write();
+        self.insert(text, false)
+    }
+
+    /// The code of a text a rule mentions: it is never freed.
+    pub fn pin(&self, text: &str) -> u32 {
+        let code = self.intern(text);
+        if let Some(entry) = self.entries.read().get(code as usize - 1) {
+            entry
+                .pinned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        code
+    }
+
+    fn insert(&self, text: &str, pinned: bool) -> u32 {
+        let mut entries = self.entries.write();
         // Checked again under the write lock: another thread may have won the race.
         if let Some(code) = self.codes.get(text) {
             return *code;
         }
         let shared: std::sync::Arc<str> = text.into();
-        strings.push(shared.clone());
-        let code = strings.len() as u32;
+        let entry = Entry {
+            text: Some(shared.clone()),
+            refs: Default::default(),
+            pinned: pinned.into(),
+        };
+        let code = match self.free.lock().pop() {
+            Some(code) => {
+                entries[code as usize - 1] = entry;
+                code
+            }
+            None => {
+                entries.push(entry);
+                entries.len() as u32
+            }
+        };
         self.codes.insert(shared, code);
+        self.text_bytes
+            .fetch_add(text.len(), std::sync::atomic::Ordering::Relaxed);
+        self.unreferenced.lock().push(code);
         code
     }
 
-    /// Every interned text, code 1 first (for snapshots).
-    pub fn strings(&self) -> Vec<std::sync::Arc<str>> {
-        self.strings.read().clone()
+    /// One more row holds `code` (0, "not set", is not counted).
+    pub fn retain(&self, code: u32) {
+        if code == 0 {
+            return;
+        }
+        if let Some(entry) = self.entries.read().get(code as usize - 1) {
+            entry
+                .refs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
-    /// The code of `text` if it was ever interned.
+    /// One row fewer holds `code`; at zero it becomes a candidate for the next sweep.
+    pub fn release(&self, code: u32) {
+        if code == 0 {
+            return;
+        }
+        let last = self
+            .entries
+            .read()
+            .get(code as usize - 1)
+            .is_some_and(|e| e.refs.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1);
+        if last {
+            self.unreferenced.lock().push(code);
+        }
+    }
+
+    /// Frees the candidates no row holds and no rule mentions; returns how many. The
+    /// caller guarantees that no code returned by [`Interner::intern`] is waiting to be
+    /// stored (the engine holds its string gate for writing).
+    pub fn sweep(&self) -> usize {
+        let candidates = std::mem::take(&mut *self.unreferenced.lock());
+        if candidates.is_empty() {
+            return 0;
+        }
+        let mut entries = self.entries.write();
+        let mut free = self.free.lock();
+        let mut freed = 0;
+        for code in candidates {
+            let Some(entry) = entries.get_mut(code as usize - 1) else {
+                continue;
+            };
+            if *entry.refs.get_mut() != 0 || *entry.pinned.get_mut() {
+                continue;
+            }
+            let Some(text) = entry.text.take() else {
+                continue; // listed twice
+            };
+            self.codes.remove(&*text);
+            self.text_bytes
+                .fetch_sub(text.len(), std::sync::atomic::Ordering::Relaxed);
+            free.push(code);
+            freed += 1;
+        }
+        // Freed codes at the end of the table are dropped rather than kept for reuse.
+        while entries.last().is_some_and(|e| e.text.is_none()) {
+            entries.pop();
+        }
+        let len = entries.len() as u32;
+        free.retain(|&c| c <= len);
+        if freed > 0 && self.codes.capacity() > 4 * self.codes.len().max(1024) {
+            self.codes.shrink_to_fit();
+            entries.shrink_to_fit();
+            free.shrink_to_fit();
+        }
+        freed
+    }
+
+    /// Every code's text, code 1 first, `""` for freed codes (for snapshots: no row holds
+    /// a freed code).
+    pub fn strings(&self) -> Vec<std::sync::Arc<str>> {
+        self.entries
+            .read()
+            .iter()
+            .map(|e| e.text.clone().unwrap_or_else(|| "".into()))
+            .collect()
+    }
+
+    /// The code of `text` if it is interned now.
     pub fn lookup(&self, text: &str) -> Option<u32> {
         self.codes.get(text).map(|c| *c)
     }
 
-    /// The text of a code; `None` for 0 or an unknown code.
+    /// The text of a code; `None` for 0, an unknown or a freed code.
     pub fn resolve(&self, code: u32) -> Option<std::sync::Arc<str>> {
         if code == 0 {
             return None;
         }
-        self.strings.read().get(code as usize - 1).cloned()
+        self.entries
+            .read()
+            .get(code as usize - 1)
+            .and_then(|e| e.text.clone())
+    }
+
+    /// Rows holding `code` (0 for unknown codes), for tests.
+    pub fn references(&self, code: u32) -> u32 {
+        self.entries
+            .read()
+            .get((code as usize).wrapping_sub(1))
+            .map_or(0, |e| e.refs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn stats(&self) -> InternerStats {
+        let entries = self.entries.read();
+        let free = self.free.lock().len();
+        InternerStats {
+            live: entries.len() - free,
+            free,
+            text_bytes: self.text_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreferenced_codes_are_freed_by_a_sweep_and_reused() {
+        let i = Interner::default();
+        let rule = i.pin("NL");
+        let a = i.intern("a-1");
+        let b = i.intern("b-2");
+        i.retain(a);
+        i.retain(b);
+        // Nothing is freed while rows hold the codes, nor a pinned one no row holds.
+        assert_eq!(i.sweep(), 0);
+        i.release(a);
+        assert_eq!(i.references(a), 0);
+        assert_eq!(i.sweep(), 1);
+        assert_eq!(i.resolve(a), None);
+        assert_eq!(i.lookup("a-1"), None);
+        assert_eq!(i.resolve(rule).as_deref(), Some("NL"));
+        assert_eq!(
+            i.stats(),
+            InternerStats {
+                live: 2,
+                free: 1,
+                text_bytes: 5
+            }
+        );
+        // A new text takes the freed code; a snapshot lists live texts only.
+        assert_eq!(i.intern("c-3"), a);
+        assert_eq!(
+            i.strings().iter().map(|s| &**s).collect::<Vec<_>>(),
+            ["NL", "c-3", "b-2"]
+        );
+        // Freed codes at the end of the table are dropped.
+        i.release(b);
+        i.sweep();
+        // (`c-3` too: no row took it.)
+        assert_eq!(i.stats().live, 1, "{:?}", i.strings());
+        assert_eq!(i.strings().len(), 1);
+    }
 
     #[test]
     fn interner_gives_stable_dense_codes() {
