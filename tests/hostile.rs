@@ -366,3 +366,29 @@ async fn frames_beyond_the_read_budget_wait_their_turn_and_the_budget_comes_back
     }
     assert_eq!(server.shared.read_budget_available(), budget);
 }
+
+#[test]
+fn a_config_nested_100000_levels_deep_is_an_error_with_its_place() {
+    // What RELOAD and check-config read: the TOML parser bounds its own recursion.
+    for value in [
+        nested(100_000),
+        "{a=".repeat(100_000) + &"}".repeat(100_000),
+    ] {
+        let text = format!("channels = [\"web\"]\nx = {value}\n");
+        let source = omnia::config::Source::new("deep.toml", text);
+        let error = match omnia::config::Config::from_source(&source) {
+            Ok(_) => panic!("a deep config is refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains("deep.toml:2:"),
+            "{}",
+            &error[..error.len().min(300)]
+        );
+        assert!(
+            error.contains("recursion"),
+            "{}",
+            &error[..error.len().min(300)]
+        );
+    }
+}

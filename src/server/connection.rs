@@ -66,11 +66,93 @@ pub enum ConnectionError {
     ClosedMidFrame(usize),
 }
 
+/// A connection's read buffer and how it grows, apart from the socket and the budget so
+/// that tests and the `frame` fuzz target drive it with any bytes in any pieces.
+///
+/// Invariant: a new allocation is at most `max(READ_BASE, 2 x buffered bytes)`, and
+/// never more than `max(READ_BASE, the front frame's length)`: memory follows what
+/// arrived, and a declared length only bounds it.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    buffer: BytesMut,
+    /// Capacity of the buffer's allocation.
+    allocated: usize,
+}
+
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        ReadBuffer {
+            buffer: BytesMut::with_capacity(READ_BASE),
+            allocated: READ_BASE,
+        }
+    }
+}
+
+impl ReadBuffer {
+    /// The bytes received and not yet taken as frames.
+    pub fn bytes(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// Capacity of the buffer's allocation.
+    pub fn allocated(&self) -> usize {
+        self.allocated
+    }
+
+    /// The end of the frame at the front, from its length prefix (4 until the prefix is
+    /// in).
+    fn frame_end(&self) -> usize {
+        match self.buffer.get(..4) {
+            Some(&[a, b, c, d]) => 4 + u32::from_le_bytes([a, b, c, d]) as usize,
+            _ => 4,
+        }
+    }
+
+    /// Whether the next read needs a larger allocation; makes room without one when it
+    /// can (spare capacity, or consumed frames moved out of the way, the usual case while
+    /// pipelining).
+    pub fn needs_growth(&mut self) -> bool {
+        let len = self.buffer.len();
+        if self.buffer.capacity() > len {
+            return false;
+        }
+        let want = self.frame_end().max(READ_BASE);
+        !(want <= self.allocated && self.buffer.try_reclaim(want - len))
+    }
+
+    /// Bytes beyond [`READ_BASE`] the front frame needs: what the caller reserves from
+    /// the budget, for the whole frame at once, before [`ReadBuffer::grow`].
+    pub fn reservation(&self) -> usize {
+        self.frame_end().saturating_sub(READ_BASE)
+    }
+
+    /// A new allocation of twice the bytes buffered (at least the base), toward the
+    /// front frame's length but never past it, with room for at least one more byte.
+    pub fn grow(&mut self) {
+        let len = self.buffer.len();
+        let want = self.frame_end().max(READ_BASE);
+        // `len < want`, as the front frame is incomplete, so there is room for a byte.
+        let target = want.min((2 * len).max(READ_BASE));
+        let mut bigger = BytesMut::with_capacity(target);
+        bigger.extend_from_slice(&self.buffer);
+        self.buffer = bigger;
+        self.allocated = target;
+    }
+
+    /// Back to the base allocation if nothing is buffered and it had grown; whether it
+    /// shrank.
+    pub fn shrink_if_empty(&mut self) -> bool {
+        if !self.buffer.is_empty() || self.allocated <= READ_BASE {
+            return false;
+        }
+        *self = ReadBuffer::default();
+        true
+    }
+}
+
 pub struct Connection {
     stream: BufWriter<TcpStream>,
-    buffer: BytesMut,
-    /// Capacity of the read buffer's allocation.
-    allocated: usize,
+    read: ReadBuffer,
     /// Units of the budget this connection holds.
     reserved: usize,
     budget: ReadBudget,
@@ -90,8 +172,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             stream: BufWriter::with_capacity(WRITE_BASE, socket),
-            buffer: BytesMut::with_capacity(READ_BASE),
-            allocated: READ_BASE,
+            read: ReadBuffer::default(),
             reserved: 0,
             budget,
             max_frame,
@@ -102,7 +183,7 @@ impl Connection {
 
     /// A frame already in the buffer, without reading the socket.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        Frame::parse(&mut self.buffer, self.max_frame)
+        Frame::parse(self.read.bytes(), self.max_frame)
     }
 
     /// The next frame; `None` when the client closed the connection between frames.
@@ -111,45 +192,28 @@ impl Connection {
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
-            if self.buffer.is_empty() && self.allocated > READ_BASE {
-                self.shrink();
+            if self.read.shrink_if_empty() {
+                self.release();
             }
             self.make_room().await;
-            if self.stream.get_mut().read_buf(&mut self.buffer).await? == 0 {
-                return if self.buffer.is_empty() {
+            if self.stream.get_mut().read_buf(self.read.bytes()).await? == 0 {
+                let buffered = self.read.bytes().len();
+                return if buffered == 0 {
                     Ok(None)
                 } else {
-                    Err(ConnectionError::ClosedMidFrame(self.buffer.len()))
+                    Err(ConnectionError::ClosedMidFrame(buffered))
                 };
             }
         }
     }
 
-    /// Makes room for the next read: at least one byte, and as the frame at the front
-    /// grows, an allocation that doubles toward its declared length (reserved from the
-    /// budget first, for the whole frame at once) but never past it.
+    /// Makes room for the next read; a larger allocation is first reserved from the
+    /// budget, for the whole frame at the front at once.
     async fn make_room(&mut self) {
-        let len = self.buffer.len();
-        let frame_end = if len >= 4 {
-            4 + u32::from_le_bytes([
-                self.buffer[0],
-                self.buffer[1],
-                self.buffer[2],
-                self.buffer[3],
-            ]) as usize
-        } else {
-            4
-        };
-        if self.buffer.capacity() > len {
+        if !self.read.needs_growth() {
             return;
         }
-        // The frame's bytes fit in the allocation once the consumed frames before it
-        // are moved out of the way (the usual case while pipelining).
-        let want = frame_end.max(READ_BASE);
-        if want <= self.allocated && self.buffer.try_reclaim(want - len) {
-            return;
-        }
-        let needed = want.saturating_sub(READ_BASE).div_ceil(UNIT);
+        let needed = self.read.reservation().div_ceil(UNIT);
         if needed > self.reserved {
             // Waits while other connections hold the budget: this connection reads
             // nothing meanwhile.
@@ -163,18 +227,7 @@ impl Connection {
                 self.reserved = needed;
             }
         }
-        let target = want.min((self.allocated * 2).max(len + 1));
-        let mut bigger = BytesMut::with_capacity(target);
-        bigger.extend_from_slice(&self.buffer);
-        self.buffer = bigger;
-        self.allocated = target;
-    }
-
-    /// Back to the base buffer, returning the reservation.
-    fn shrink(&mut self) {
-        self.buffer = BytesMut::with_capacity(READ_BASE);
-        self.allocated = READ_BASE;
-        self.release();
+        self.read.grow();
     }
 
     fn release(&mut self) {
@@ -210,15 +263,8 @@ impl Connection {
     /// Whether another whole request is already buffered (then responses are not
     /// flushed yet, to batch them).
     pub fn has_buffered_frame(&self) -> bool {
-        self.buffer.len() >= 4 && {
-            let length = u32::from_le_bytes([
-                self.buffer[0],
-                self.buffer[1],
-                self.buffer[2],
-                self.buffer[3],
-            ]) as usize;
-            self.buffer.len() >= 4 + length
-        }
+        let buffered = self.read.buffer.len();
+        buffered >= 4 && buffered >= self.read.frame_end()
     }
 }
 
@@ -232,5 +278,62 @@ fn not_reading(limit: std::time::Duration) -> std::io::Error {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in pieces of `piece` as a socket would, taking frames as they
+    /// complete; returns the largest allocation seen and the frames taken.
+    fn feed(bytes: &[u8], piece: usize) -> (usize, usize) {
+        let mut read = ReadBuffer::default();
+        let (mut largest, mut frames, mut rest) = (0, 0, bytes);
+        loop {
+            while let Ok(Some(_)) = Frame::parse(read.bytes(), u32::MAX) {
+                frames += 1;
+            }
+            if rest.is_empty() {
+                return (largest, frames);
+            }
+            read.shrink_if_empty();
+            if read.needs_growth() {
+                read.grow();
+            }
+            let room = read.bytes().capacity() - read.bytes().len();
+            let n = room.min(piece).min(rest.len());
+            assert!(n > 0, "room for the next read");
+            read.bytes().extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            largest = largest.max(read.allocated());
+        }
+    }
+
+    #[test]
+    fn a_declared_length_is_not_an_allocation() {
+        // A header declaring 8 MiB and 100 bytes of it: the base buffer, no more.
+        let mut bytes = (8u32 << 20).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 0x10, 0, 0, 2, 0, 0, 0]);
+        bytes.extend_from_slice(&[0; 100]);
+        assert_eq!(feed(&bytes, 7), (READ_BASE, 0));
+    }
+
+    #[test]
+    fn a_large_frame_grows_the_buffer_with_its_bytes_and_no_further() {
+        let body = bytes::Bytes::from(vec![7u8; 300_000]);
+        let mut bytes = BytesMut::new();
+        Frame::new(0x11, 1, body.clone()).write_to(&mut bytes);
+        Frame::new(0x02, 2, bytes::Bytes::new()).write_to(&mut bytes);
+        let (largest, frames) = feed(&bytes, 4096);
+        assert_eq!(frames, 2);
+        assert_eq!(
+            largest,
+            12 + 300_000,
+            "exactly the frame, reached by doubling"
+        );
+        // Half of it: at most twice what arrived.
+        let (largest, _) = feed(&bytes[..150_000], 4096);
+        assert!(largest <= 2 * 150_000, "{largest}");
     }
 }
