@@ -8,7 +8,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{ctl, free_port, serve, serve_on, serve_with, OMNIA};
+use common::binary::{
+    assert_one_snapshot, ctl, free_port, serve, serve_on, serve_with, sigterm, OMNIA,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -200,34 +202,12 @@ fn serve_ctl_metrics_and_sigterm() {
         );
     }
 
-    let status = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = served.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = sigterm(&mut served, Duration::from_secs(10));
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
 
     // Shutdown wrote a snapshot; a restart loads it and has everything.
     let dir = served._dir.0.clone();
-    let snapshots: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        snapshots.len() == 1 && snapshots[0].ends_with(".snap"),
-        "{snapshots:?}"
-    );
+    assert_one_snapshot(&dir);
     std::mem::forget(served._dir);
     let mut again = serve_on(dir);
     let stats = ctl(&again.addr, &["--json", "stats"], None);
@@ -392,33 +372,11 @@ fn sigterm_with_a_client_that_never_reads_stops_within_the_shutdown_deadline() {
     });
     std::thread::sleep(Duration::from_millis(500));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
     // Without a deadline the server would wait for the idle timeout (300 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = served.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop within its shutdown deadline"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = sigterm(&mut served, Duration::from_secs(30));
     assert!(exit.success(), "shutdown exits 0, got {exit}");
     drop(writer.join());
-    let snapshots: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        snapshots.len() == 1 && snapshots[0].ends_with(".snap"),
-        "the shutdown snapshot was written: {snapshots:?}"
-    );
+    assert_one_snapshot(&dir);
 
     std::mem::forget(served._dir);
     let mut again = serve_on(dir);

@@ -23,6 +23,16 @@
 //! folded in, its keys repointed, it leaves every bitmap, its slot is freed, and the
 //! survivor's segments are all re-evaluated before the event that caused the merge is
 //! applied. Merges chain: an event with keys of three customers merges all three.
+//!
+//! Admission. Every change ([`Engine::ingest`], a decision that records an impression,
+//! a feedback) first asks [`Engine::writable`]: while the write-ahead log cannot store
+//! changes (a full disk), it is refused before anything is applied, so the engine never
+//! shows what it did not log.
+//!
+//! Strings. Attribute string values are interned codes counted by the rows that hold
+//! them (see `config::rule::Interner`); the tick frees the ones no row holds. A change
+//! holds the string gate for reading from resolution to application, and a sweep takes
+//! it for writing, so a code in hand is never freed before a row holds it.
 
 pub(crate) mod eval;
 pub mod event;

@@ -99,3 +99,36 @@ pub fn ctl(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
 }
+
+/// Sends SIGTERM and waits for the exit, failing the test if it takes longer than
+/// `limit`.
+pub fn sigterm(served: &mut Served, limit: Duration) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(exit) = served.child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop within {limit:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The data directory holds exactly one snapshot (the one written at shutdown).
+pub fn assert_one_snapshot(dir: &std::path::Path) {
+    let snapshots: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        snapshots.len() == 1 && snapshots[0].ends_with(".snap"),
+        "one snapshot, written at shutdown: {snapshots:?}"
+    );
+}
