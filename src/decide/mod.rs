@@ -40,7 +40,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::{BudgetCounts, Config, OfferDef, ValueType};
 use crate::engine::eval::Eval;
 use crate::engine::event::{parse_key, EventError, Key};
-use crate::engine::{Customer, Engine};
+use crate::engine::{Customer, Engine, Receipt};
 use crate::model::decision::{
     ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
     FeedbackTarget, OfferStats, Outcome, RankedOffer,
@@ -404,6 +404,15 @@ fn arbitrate(
 impl Engine {
     /// Decides which offers `request.channel` should present to the customer now.
     pub fn decide(&self, request: &DecisionRequest) -> Result<Decision, DecideError> {
+        self.decide_with(request, &mut Receipt::default())
+    }
+
+    /// [`Engine::decide`], noting the log records of a recorded impression in `receipt`.
+    pub fn decide_with(
+        &self,
+        request: &DecisionRequest,
+        receipt: &mut Receipt,
+    ) -> Result<Decision, DecideError> {
         let _strings = self.hold_strings();
         let config = self.config();
         let d = &config.decisions;
@@ -457,7 +466,7 @@ impl Engine {
             if request.record_impression {
                 for c in &chosen {
                     let act = Act::new(FeedbackKind::Impression, c.offer, channel, now);
-                    self.act(&mut customer, act.by(decision_id, &key.text));
+                    self.act(&mut customer, act.by(decision_id, &key.text), receipt);
                 }
             }
             customer.offers.prune(now);
@@ -494,7 +503,8 @@ impl Engine {
             let kind = FeedbackKind::Impression;
             for c in &chosen {
                 let offer = c.offer;
-                let applied = self.feedback_event(kind, &logged_key, channel, offer, decision_id);
+                let applied =
+                    self.feedback_event(kind, &logged_key, channel, offer, decision_id, receipt);
                 if let Err(e) = applied {
                     for &o in &spent {
                         self.decider.refund(o, now);
@@ -507,7 +517,7 @@ impl Engine {
                         if let Some(mut customer) = customer {
                             assign_arms(config, customer.offers, &logged_key);
                             let act = Act::new(kind, offer, channel, now);
-                            self.act(&mut customer, act.by(decision_id, &logged_key));
+                            self.act(&mut customer, act.by(decision_id, &logged_key), receipt);
                             coupons = open_coupons(config, customer.offers, now);
                         }
                     });
@@ -608,7 +618,12 @@ impl Engine {
     /// an impression issued or an acceptance redeemed.
     ///
     /// An impression issues the offer's coupon when the customer holds no open one for it.
-    fn act(&self, customer: &mut Customer<'_>, action: Act<'_>) -> Option<state::IssuedCoupon> {
+    fn act(
+        &self,
+        customer: &mut Customer<'_>,
+        action: Act<'_>,
+        receipt: &mut Receipt,
+    ) -> Option<state::IssuedCoupon> {
         let Act {
             kind,
             offer,
@@ -630,14 +645,14 @@ impl Engine {
             );
         }
         if let Some(journal) = self.journal() {
-            journal.append_offer_action(&OfferAction {
+            receipt.logged(journal.append_offer_action(&OfferAction {
                 kind,
                 time: now,
                 decision_id,
                 key: key.to_string(),
                 offer: config.decisions.offers[offer].name.clone(),
                 channel: config.channels[channel].clone(),
-            });
+            }));
         }
         if let Some(period) = self.decider.budget_period(offer, kind, now) {
             let tally = &mut customer.budget_spent[offer];
@@ -711,6 +726,7 @@ impl Engine {
             let primary = crate::engine::view::primary_key(customer.keys);
             assign_arms(config, customer.offers, &primary);
             let _ = self.decider.spend(offer, action.kind, action.time);
+            // Replayed from the log: nothing is appended (no journal is attached yet).
             self.act(
                 &mut customer,
                 Act {
@@ -722,6 +738,7 @@ impl Engine {
                     key: &action.key,
                     count: sequence > counted_to,
                 },
+                &mut Receipt::default(),
             );
         });
         Ok(())
@@ -743,6 +760,16 @@ impl Engine {
         &self,
         kind: FeedbackKind,
         target: &FeedbackTarget,
+    ) -> Result<FeedbackResult, DecideError> {
+        self.feedback_with(kind, target, &mut Receipt::default())
+    }
+
+    /// [`Engine::feedback`], noting its log records in `receipt`.
+    pub fn feedback_with(
+        &self,
+        kind: FeedbackKind,
+        target: &FeedbackTarget,
+        receipt: &mut Receipt,
     ) -> Result<FeedbackResult, DecideError> {
         let _strings = self.hold_strings();
         let config = self.config();
@@ -801,7 +828,7 @@ impl Engine {
                         .unwrap_or_default(),
                     kind,
                 })?;
-        if let Err(e) = self.feedback_event(kind, &key, channel, offer, decision_id) {
+        if let Err(e) = self.feedback_event(kind, &key, channel, offer, decision_id, receipt) {
             if spent {
                 self.decider.refund(offer, now);
             }
@@ -815,7 +842,7 @@ impl Engine {
             let primary = crate::engine::view::primary_key(customer.keys);
             assign_arms(config, customer.offers, &primary);
             let act = Act::new(kind, offer, channel, now);
-            coupon = self.act(&mut customer, act.by(decision_id, &key));
+            coupon = self.act(&mut customer, act.by(decision_id, &key), receipt);
         });
         Ok(FeedbackResult {
             decision_id,
@@ -837,6 +864,7 @@ impl Engine {
         channel: usize,
         offer: usize,
         decision_id: u64,
+        receipt: &mut Receipt,
     ) -> Result<(), DecideError> {
         let config = self.config();
         let Some(event_type) = config.decisions.feedback_events[kind.index()] else {
@@ -863,7 +891,7 @@ impl Engine {
                 _ => {}
             }
         }
-        self.ingest_admitted(&event)?;
+        self.ingest_admitted(&event, receipt)?;
         Ok(())
     }
 

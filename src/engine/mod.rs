@@ -81,6 +81,26 @@ pub struct Applied {
     pub merged: usize,
 }
 
+/// The log records one request appended, so that its reply waits for exactly those:
+/// a read-only request's receipt stays empty and its reply waits for nothing. Sequences
+/// grow, so the last one covers the request's others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Receipt {
+    last: Option<u64>,
+}
+
+impl Receipt {
+    /// Notes a record the request appended.
+    pub fn logged(&mut self, sequence: u64) {
+        self.last = Some(self.last.map_or(sequence, |last| last.max(sequence)));
+    }
+
+    /// The last record the request appended, if it appended any.
+    pub fn last(&self) -> Option<u64> {
+        self.last
+    }
+}
+
 /// Counters over the engine's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineStats {
@@ -256,9 +276,18 @@ impl Engine {
     ///
     /// Refused, with nothing applied, while the log cannot store changes.
     pub fn ingest(&self, raw: &impl EventView) -> Result<Applied, EventError> {
+        self.ingest_with(raw, &mut Receipt::default())
+    }
+
+    /// [`Engine::ingest`], noting the log record in `receipt`.
+    pub fn ingest_with(
+        &self,
+        raw: &impl EventView,
+        receipt: &mut Receipt,
+    ) -> Result<Applied, EventError> {
         let _strings = self.strings_gate.read();
         self.writable()?;
-        self.ingest_admitted(raw)
+        self.ingest_admitted(raw, receipt)
     }
 
     /// Holds off freeing unreferenced strings while a change is resolved and applied
@@ -294,13 +323,17 @@ impl Engine {
     /// [`Engine::ingest`] for a change whose request was admitted already ([`Engine::writable`]):
     /// the second half of a decision or feedback, which must not be refused once the
     /// first half is applied. The caller holds [`Engine::hold_strings`].
-    pub(crate) fn ingest_admitted(&self, raw: &impl EventView) -> Result<Applied, EventError> {
+    pub(crate) fn ingest_admitted(
+        &self,
+        raw: &impl EventView,
+        receipt: &mut Receipt,
+    ) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
         match self.journal.get() {
             Some(journal) => self.apply_gated(
                 &event,
                 &mut |_| {
-                    journal.append(raw);
+                    receipt.logged(journal.append(raw));
                     true
                 },
                 false,

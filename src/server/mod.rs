@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Receipt};
 use crate::protocol::{opcode, ErrorCode, Frame, FrameError, Request, Response, PROTOCOL_VERSION};
 use connection::{Connection, ConnectionError};
 use shutdown::Shutdown;
@@ -454,7 +454,9 @@ impl Handler {
                 return Ok(());
             };
             let started = Instant::now();
-            let logged_before = self.journal.as_ref().map_or(0, |j| j.last_appended());
+            // The log records this request appends, and only those, are what its reply
+            // waits for: a read-only request waits for nothing.
+            let mut receipt = Receipt::default();
             let response = if self.greeted && frame.opcode == opcode::RELOAD {
                 // Not under the gate: a reload takes it for writing itself.
                 match Request::decode(frame.opcode, &frame.body) {
@@ -465,9 +467,8 @@ impl Handler {
             } else {
                 let shared = self.shared.clone();
                 let _gate = shared.gate.read();
-                self.respond(&frame)
+                self.respond(&frame, &mut receipt)
             };
-            let logged = self.journal.as_ref().map_or(0, |j| j.last_appended());
             let error = match &response {
                 Response::Error { code, .. } => Some(*code),
                 _ => None,
@@ -482,9 +483,9 @@ impl Handler {
             // before the client hears of it. Replies wait in order; the requests the
             // client has already sent are handled meanwhile, so a pipelining client's
             // requests share one wait for the log.
-            let needs_log = logged > logged_before;
-            if needs_log || !self.held.is_empty() {
-                self.held.push_back((reply, needs_log.then_some(logged)));
+            let needs_log = receipt.last();
+            if needs_log.is_some() || !self.held.is_empty() {
+                self.held.push_back((reply, needs_log));
             } else {
                 self.connection.write_frame(&reply).await?;
             }
@@ -565,7 +566,7 @@ impl Handler {
         Response::error(code, format!("{} request: {e}", opcode::name(op)))
     }
 
-    fn respond(&mut self, frame: &Frame) -> Response {
+    fn respond(&mut self, frame: &Frame, receipt: &mut Receipt) -> Response {
         if frame.version != PROTOCOL_VERSION {
             return Response::error(
                 ErrorCode::UnsupportedVersion,
@@ -578,7 +579,7 @@ impl Handler {
         if frame.opcode == opcode::INGEST && self.greeted {
             // The hot path: events are read in place from the frame, never copied.
             return match crate::protocol::IngestBatch::decode(&frame.body) {
-                Ok(batch) => cmd::ingest::apply(&self.shared, batch.iter().map(Ok)),
+                Ok(batch) => cmd::ingest::apply(&self.shared, batch.iter().map(Ok), receipt),
                 Err(e) => Self::decode_error(frame.opcode, e),
             };
         }
@@ -615,8 +616,10 @@ impl Handler {
                 ErrorCode::HelloRequired,
                 "the first request on a connection must be HELLO",
             ),
-            Request::Ingest { events } => cmd::ingest::apply(shared, events.iter().map(Ok)),
-            Request::IngestJson { json } => cmd::ingest_json::apply(shared, &json),
+            Request::Ingest { events } => {
+                cmd::ingest::apply(shared, events.iter().map(Ok), receipt)
+            }
+            Request::IngestJson { json } => cmd::ingest_json::apply(shared, &json, receipt),
             Request::Profile { key } => cmd::profile::apply(shared, &key),
             Request::SegmentCount { query } => cmd::segment::count(shared, &query),
             Request::SegmentMembers {
@@ -628,8 +631,10 @@ impl Handler {
                 cmd::segment::contains(shared, &segment, &key)
             }
             Request::Stats { offers } => cmd::stats::apply(shared, offers),
-            Request::Decide(request) => cmd::decide::decide(shared, &request),
-            Request::Feedback { kind, target } => cmd::decide::feedback(shared, kind, &target),
+            Request::Decide(request) => cmd::decide::decide(shared, &request, receipt),
+            Request::Feedback { kind, target } => {
+                cmd::decide::feedback(shared, kind, &target, receipt)
+            }
         }
     }
 }

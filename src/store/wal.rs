@@ -129,14 +129,25 @@ pub struct WalOptions {
     pub faults: Option<Arc<Faults>>,
 }
 
-/// Injected storage failures: while set, every write stores half its bytes and then
-/// fails with "no space left on device", and every sync fails the same way.
+/// Injected storage trouble: while `full` is set, every write stores half its bytes
+/// and then fails with "no space left on device", and every sync fails the same way;
+/// every sync first waits `sync_delay_ms` (a slow disk).
 #[derive(Debug, Default)]
 pub struct Faults {
     pub full: std::sync::atomic::AtomicBool,
+    pub sync_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
+    /// Before a sync: the delay, then the failure.
+    fn sync(&self) -> std::io::Result<()> {
+        let delay = self.sync_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        self.check()
+    }
+
     fn check(&self) -> std::io::Result<()> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
             Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
@@ -575,7 +586,7 @@ impl Syncer {
                 None => Ok(()),
                 Some(file) => file.and_then(|file| {
                     if let Some(faults) = &faults {
-                        faults.check()?;
+                        faults.sync()?;
                     }
                     file.sync_data()
                 }),
@@ -642,7 +653,7 @@ impl Segment {
 
     fn sync(&mut self) -> std::io::Result<()> {
         if let Some(faults) = &self.faults {
-            faults.check()?;
+            faults.sync()?;
         }
         self.file.sync_data()
     }

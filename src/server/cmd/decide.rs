@@ -1,6 +1,7 @@
 //! DECIDE and FEEDBACK: the channels' questions and what their customers did.
 
 use crate::decide::DecideError;
+use crate::engine::Receipt;
 use crate::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
 use crate::protocol::{ErrorCode, Response};
 use crate::server::cmd::ingest::code_of;
@@ -25,15 +26,20 @@ pub fn decide_code(e: &DecideError) -> ErrorCode {
     }
 }
 
-pub fn decide(shared: &Shared, request: &DecisionRequest) -> Response {
-    match shared.engine().decide(request) {
+pub fn decide(shared: &Shared, request: &DecisionRequest, receipt: &mut Receipt) -> Response {
+    match shared.engine().decide_with(request, receipt) {
         Ok(decision) => Response::Decision(Box::new(decision)),
         Err(e) => Response::error(decide_code(&e), e.to_string()),
     }
 }
 
-pub fn feedback(shared: &Shared, kind: FeedbackKind, target: &FeedbackTarget) -> Response {
-    match shared.engine().feedback(kind, target) {
+pub fn feedback(
+    shared: &Shared,
+    kind: FeedbackKind,
+    target: &FeedbackTarget,
+    receipt: &mut Receipt,
+) -> Response {
+    match shared.engine().feedback_with(kind, target, receipt) {
         Ok(result) => Response::Feedback(result),
         Err(e) => Response::error(decide_code(&e), e.to_string()),
     }

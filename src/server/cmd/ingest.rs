@@ -1,11 +1,12 @@
 //! INGEST (and the second half of INGEST_JSON): apply a batch, acknowledge how many
 //! were accepted, and report every rejected event by its index with a code and a
 //! message. Nothing is dropped silently; an accepted event is in the engine before the
-//! acknowledgement is written.
+//! acknowledgement is written, and the receipt names the log records the
+//! acknowledgement must wait for.
 
 use std::sync::atomic::Ordering;
 
-use crate::engine::EventError;
+use crate::engine::{EventError, Receipt};
 use crate::model::EventView;
 use crate::protocol::message::Rejected;
 use crate::protocol::{ErrorCode, Response};
@@ -39,6 +40,7 @@ pub fn code_of(e: &EventError) -> ErrorCode {
 pub fn apply<E: EventView>(
     shared: &Shared,
     events: impl Iterator<Item = Result<E, (ErrorCode, String)>>,
+    receipt: &mut Receipt,
 ) -> Response {
     let mut accepted = 0u32;
     let mut rejected = Vec::new();
@@ -51,7 +53,7 @@ pub fn apply<E: EventView>(
     for (index, event) in events.enumerate() {
         let outcome = event.and_then(|raw| {
             engine
-                .ingest(&raw)
+                .ingest_with(&raw, receipt)
                 .map_err(|e| (code_of(&e), e.to_string()))
         });
         match outcome {

@@ -25,6 +25,7 @@ use simd_json::BorrowedValue as Value;
 
 use super::ingest;
 use crate::config::{Config, UnknownProperties};
+use crate::engine::Receipt;
 use crate::model::{RawEvent, RawValue};
 use crate::protocol::json::{check_nesting, MAX_JSON_DEPTH};
 use crate::protocol::{ErrorCode, Response};
@@ -32,7 +33,7 @@ use crate::server::Shared;
 
 type Converted = Result<RawEvent, (ErrorCode, String)>;
 
-pub fn apply(shared: &Shared, json: &[u8]) -> Response {
+pub fn apply(shared: &Shared, json: &[u8], receipt: &mut Receipt) -> Response {
     let engine = shared.engine();
     let config = engine.config();
     let now = engine.now_ms();
@@ -40,6 +41,7 @@ pub fn apply(shared: &Shared, json: &[u8]) -> Response {
         Ok(events) => ingest::apply(
             shared,
             events.iter().map(|e| e.as_ref().map_err(Clone::clone)),
+            receipt,
         ),
         Err(message) => Response::error(ErrorCode::BadJson, message),
     }
