@@ -697,3 +697,79 @@ fn an_explanation_covers_every_offer() {
         .map(|c| c.score);
     assert_eq!(chosen, Some(10.0));
 }
+
+#[test]
+fn an_impression_returns_the_customers_open_coupon_whether_or_not_it_issued_it() {
+    let w = World::retail();
+    w.send(
+        "identify",
+        "app",
+        &["user:sofia", "email:sofia@example.com"],
+        &[("email_opt_in", RawValue::Bool(true))],
+    );
+    w.send("add_to_cart", "web", &["user:sofia"], &[]);
+    w.wait(31 * MINUTE);
+    let first = w
+        .try_feedback(
+            FeedbackKind::Impression,
+            "user:sofia",
+            "cart_reminder",
+            "email",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let issued = first
+        .coupon
+        .expect("the first impression issues the coupon");
+    // A second impression, on another channel: the same open coupon, none issued anew.
+    w.wait(MINUTE);
+    let second = w
+        .try_feedback(
+            FeedbackKind::Impression,
+            "user:sofia",
+            "cart_reminder",
+            "app",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second.coupon, Some(issued.clone()));
+    let d = w.ask("user:sofia", "web", 3, false);
+    assert_eq!(d.coupons, vec![issued]);
+}
+
+#[test]
+fn attributes_tied_on_the_second_keep_the_surviving_profiles_value_in_a_merge() {
+    let w = World::retail();
+    // Two profiles set `country` in the same second; the anonymous one arrives later.
+    w.send(
+        "identify",
+        "web",
+        &["user:ada"],
+        &[("country", RawValue::Str("NL".into()))],
+    );
+    w.send(
+        "identify",
+        "web",
+        &["anon:a1"],
+        &[("country", RawValue::Str("BE".into()))],
+    );
+    // One event with both keys merges them; `user:` is the preferred namespace, so the
+    // account survives, and at the same second its value is kept.
+    w.send("page_view", "web", &["anon:a1", "user:ada"], &[]);
+    let profile = w.engine.profile("anon:a1").expect("merged");
+    assert!(profile.keys.contains(&"user:ada".to_string()), "{profile}");
+    assert_eq!(
+        profile.attribute("country"),
+        Some(&RawValue::Str("NL".into()))
+    );
+    // Within one profile the later arrival at the same second wins.
+    w.send(
+        "identify",
+        "web",
+        &["user:ada"],
+        &[("country", RawValue::Str("DE".into()))],
+    );
+    let profile = w.engine.profile("user:ada").expect("profile");
+    assert_eq!(
+        profile.attribute("country"),
+        Some(&RawValue::Str("DE".into()))
+    );
+}

@@ -614,10 +614,9 @@ impl Engine {
 
     /// Applies what a customer did with an offer to its offer state, under its shard's
     /// lock: logs the change (so it survives a crash), tallies the budget unit the shard
-    /// spent, and changes caps, sticky window, cooldowns and coupons. Returns the coupon
-    /// an impression issued or an acceptance redeemed.
-    ///
-    /// An impression issues the offer's coupon when the customer holds no open one for it.
+    /// spent, and changes caps, sticky window, cooldowns and coupons. Returns, for an
+    /// impression, the customer's open coupon for the offer (issued by this impression
+    /// when the customer held none), and for an acceptance the coupon it redeemed.
     fn act(
         &self,
         customer: &mut Customer<'_>,
@@ -668,8 +667,10 @@ impl Engine {
             FeedbackKind::Impression => {
                 offers.record_impression(offer, def, channel, now);
                 let coupon = def.coupon.as_ref()?;
-                if offers.open_coupon(offer, now).is_some() {
-                    return None;
+                // The customer's open coupon for the offer, so the channel that shows it
+                // again can show the same code.
+                if let Some(open) = offers.open_coupon(offer, now) {
+                    return Some(open.clone());
                 }
                 let issued = state::IssuedCoupon {
                     offer: offer as u16,

@@ -2,7 +2,7 @@
 //!
 //! Shape (after mini-redis): [`run`] owns an accept loop that bounds connections with
 //! a semaphore and backs off on accept errors; each connection gets a task with a
-//! [`Handler`] that reads frames, dispatches by opcode to one file per command in
+//! `Handler` that reads frames, dispatches by opcode to one file per command in
 //! [`cmd`], and writes responses in request order. Shutdown is a broadcast: the accept
 //! loop stops, each handler answers the requests it has already received, flushes and
 //! closes, and `run` returns once every handler has dropped its completion sender.

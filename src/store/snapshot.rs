@@ -161,7 +161,7 @@ pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
     finish(data, engine, file, &image, cuts, started)
 }
 
-/// [`write`] with an image taken already.
+/// [`write()`] with an image taken already.
 pub fn write_image(
     data: &DataDir,
     engine: &Engine,
