@@ -1,14 +1,24 @@
 //! omnia: a real-time omnichannel decision engine.
 //!
-//! The library is the engine, usable in-process; the `omnia` binary wraps it in a
-//! command line (and, later, a TCP server). Layers import downward:
+//! The library is the engine, usable in-process, with the server, the client and the
+//! storage around it; the `omnia` binary wires them into `omnia serve`, `omnia ctl` and
+//! `omnia check-config`. The modules, lowest first:
 //!
+//! - [`model`]: events as sent, profiles as shown, decisions as channels ask for them:
+//!   what the layers talk about;
+//! - [`clock`]: the time source, injected so tests control time exactly;
 //! - [`config`]: the config file and the rule language, validated and compiled up front;
+//! - [`protocol`]: the binary wire format (frames, codec, messages, error codes) and the
+//!   bounds on JSON bodies; it knows nothing of the engine;
 //! - [`engine`]: identity, sharded profiles, aggregates, segments as roaring bitmaps,
 //!   scores, timers and queries;
-//! - [`clock`]: the time source, injected so tests control time exactly;
-//! - [`model`]: events as sent and profiles as shown, shared by every layer;
-//! - [`protocol`]: the binary wire format (frames, codec, messages, error codes).
+//! - [`decide`]: offers, constraints, arbitration, budgets, experiments;
+//! - [`store`]: the data directory, the write-ahead log, snapshots, recovery and reload;
+//! - [`server`] and [`client`]: the TCP server that joins the protocol to the engine,
+//!   and the async client.
+//!
+//! Known exception to "layers import downward", being removed (issue 12): the engine
+//! holds the decider and its offer state, and its journal is the store's `Wal`.
 
 pub mod client;
 pub mod clock;

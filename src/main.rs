@@ -217,8 +217,6 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         config.storage.snapshot_interval =
             (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
     }
-    let data_dir = omnia::store::open_data_dir(&options.data_dir)?;
-    let wal_dir = data_dir.wal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(give_back_freed_memory)
@@ -229,21 +227,18 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let storage = config.storage.clone();
-        let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
-        let recovered = omnia::store::recover(&data_dir, &engine)?;
+        let omnia::store::Node {
+            data: data_dir,
+            engine,
+            wal,
+            recovered,
+        } = omnia::store::Node::open(
+            &options.data_dir,
+            config,
+            Arc::new(omnia::clock::SystemClock),
+            omnia::store::wal::WalOptions::from_settings(&storage),
+        )?;
         tracing::info!("{recovered}");
-        let wal = omnia::store::wal::Wal::open(
-            &wal_dir,
-            recovered.last_sequence + 1,
-            omnia::store::wal::WalOptions {
-                faults: None,
-                policy: storage.fsync,
-                interval: storage.fsync_interval,
-                segment_bytes: storage.segment_bytes,
-            },
-        )
-        .with_context(|| format!("cannot open the write-ahead log in {}", wal_dir.display()))?;
-        engine.attach_journal(wal.clone());
         tracing::info!(
             data_dir = %options.data_dir.display(),
             fsync = storage.fsync.name(),

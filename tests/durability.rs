@@ -9,8 +9,8 @@ use std::time::Duration;
 use omnia::clock::SystemClock;
 use omnia::config::{Config, FsyncPolicy};
 use omnia::engine::{Engine, RawEvent};
-use omnia::store::wal::{Wal, WalOptions};
-use omnia::store::{open_data_dir, recover, DataDir, StoreError, FORMAT};
+use omnia::store::wal::WalOptions;
+use omnia::store::{open_data_dir, recover, DataDir, Node, StoreError, FORMAT};
 
 mod common;
 use common::TempDir;
@@ -32,12 +32,10 @@ fn now_ms() -> i64 {
 
 /// Logs `n` page views of `user:1` through an engine with a log attached.
 async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
-    let data = open_data_dir(data).unwrap();
-    let e = engine();
-    let recovered = recover(&data, &e).unwrap();
-    let wal = Wal::open(
-        &data.wal(),
-        recovered.last_sequence + 1,
+    let node = Node::open(
+        data,
+        Config::embedded_default().unwrap(),
+        Arc::new(SystemClock),
         WalOptions {
             faults: None,
             policy,
@@ -46,13 +44,14 @@ async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
         },
     )
     .unwrap();
-    e.attach_journal(wal.clone());
     for _ in 0..n {
-        e.ingest(&RawEvent::new("page_view", "web", now_ms()).key("user:1"))
+        node.engine
+            .ingest(&RawEvent::new("page_view", "web", now_ms()).key("user:1"))
             .unwrap();
     }
-    wal.durable(wal.last_appended()).await.unwrap();
-    wal.close();
+    node.wal.durable(node.wal.last_appended()).await.unwrap();
+    let data = node.data.clone();
+    node.close().unwrap();
     data
 }
 

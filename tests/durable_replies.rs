@@ -13,25 +13,20 @@ use common::{TempDir, TestServer, START_MS};
 use omnia::client::Client;
 use omnia::clock::ManualClock;
 use omnia::config::{Config, FsyncPolicy};
-use omnia::engine::{Engine, RawEvent};
-use omnia::store::wal::{Faults, Wal, WalOptions};
-use omnia::store::{open_data_dir, recover};
+use omnia::engine::RawEvent;
+use omnia::store::wal::{Faults, WalOptions};
+use omnia::store::Node;
 
 // Two worker threads, so that one connection's read runs while another's ingest appends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_request_waits_for_no_one_elses_sync() {
     let dir = TempDir::new("durable-replies", "slow-sync");
-    let data = open_data_dir(&dir.0).unwrap();
     let clock = Arc::new(ManualClock::new(START_MS));
-    let engine = Arc::new(Engine::new(
+    let faults = Arc::new(Faults::default());
+    let Node { engine, wal, .. } = Node::open(
+        &dir.0,
         Config::embedded_default().unwrap(),
         clock.clone(),
-    ));
-    let recovered = recover(&data, &engine).unwrap();
-    let faults = Arc::new(Faults::default());
-    let wal = Wal::open(
-        &data.wal(),
-        recovered.last_sequence + 1,
         WalOptions {
             faults: Some(faults.clone()),
             policy: FsyncPolicy::Always,
@@ -40,7 +35,6 @@ async fn a_read_only_request_waits_for_no_one_elses_sync() {
         },
     )
     .unwrap();
-    engine.attach_journal(wal.clone());
     let server = TestServer::serve(engine.clone(), clock, Default::default()).await;
     let reader = Client::connect(&server.addr).await.unwrap();
     let page_view = |key: &str| RawEvent::new("page_view", "web", START_MS).key(key);

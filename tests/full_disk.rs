@@ -22,8 +22,8 @@ use omnia::config::{Config, FsyncPolicy};
 use omnia::engine::{Engine, RawEvent};
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
 use omnia::protocol::ErrorCode;
-use omnia::store::wal::{Faults, Wal, WalOptions};
-use omnia::store::{open_data_dir, recover};
+use omnia::store::wal::{Faults, WalOptions};
+use omnia::store::{recover, Node};
 
 fn wal_options(policy: FsyncPolicy, faults: &Arc<Faults>) -> WalOptions {
     WalOptions {
@@ -72,21 +72,17 @@ async fn a_full_disk_refuses_changes_without_applying_them_and_writes_resume_wit
 
 async fn full_disk(policy: FsyncPolicy) {
     let dir = TempDir::new("full-disk", policy.name());
-    let data = open_data_dir(&dir.0).unwrap();
     let clock = Arc::new(ManualClock::new(START_MS));
-    let engine = Arc::new(Engine::new(
+    let faults = Arc::new(Faults::default());
+    let Node {
+        data, engine, wal, ..
+    } = Node::open(
+        &dir.0,
         Config::embedded_default().unwrap(),
         clock.clone(),
-    ));
-    let recovered = recover(&data, &engine).unwrap();
-    let faults = Arc::new(Faults::default());
-    let wal = Wal::open(
-        &data.wal(),
-        recovered.last_sequence + 1,
         wal_options(policy, &faults),
     )
     .unwrap();
-    engine.attach_journal(wal.clone());
     let server = TestServer::serve(engine.clone(), clock.clone(), Default::default()).await;
     let client = Client::connect(&server.addr).await.unwrap();
 

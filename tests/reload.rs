@@ -11,8 +11,8 @@ use omnia::config::{Config, FsyncPolicy};
 use omnia::engine::{Engine, RawEvent};
 use omnia::model::RawValue;
 use omnia::store::reload::{prepare, ReloadError};
-use omnia::store::wal::{Wal, WalOptions};
-use omnia::store::{open_data_dir, recover};
+use omnia::store::wal::WalOptions;
+use omnia::store::{open_data_dir, recover, Node};
 use parking_lot::RwLock;
 
 mod common;
@@ -46,15 +46,15 @@ fn event(i: usize, step: usize) -> RawEvent {
 fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_config() {
     let d = dir("concurrent");
     let clock = Arc::new(ManualClock::new(START));
-    let data = open_data_dir(&d.0).unwrap();
-    let first = Arc::new(Engine::new(
+    let Node {
+        data,
+        engine: first,
+        wal,
+        ..
+    } = Node::open(
+        &d.0,
         Config::embedded_default().unwrap(),
         clock.clone(),
-    ));
-    recover(&data, &first).unwrap();
-    let wal = Wal::open(
-        &data.wal(),
-        1,
         WalOptions {
             faults: None,
             policy: FsyncPolicy::Never,
@@ -63,7 +63,6 @@ fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_con
         },
     )
     .unwrap();
-    first.attach_journal(wal.clone());
     // As the server does it: the engine in a lock that requests hold for reading, and
     // that the swap takes for writing.
     let current = RwLock::new(first.clone());

@@ -13,8 +13,8 @@ use omnia::config::{Config, FsyncPolicy, Source};
 use omnia::decide::DecideError;
 use omnia::engine::{Engine, RawEvent};
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
-use omnia::store::wal::{Wal, WalOptions};
-use omnia::store::{open_data_dir, recover, snapshot, DataDir, StoreError};
+use omnia::store::wal::WalOptions;
+use omnia::store::{snapshot, Node, StoreError};
 
 mod common;
 use common::observe::{compare, decide, event, observe};
@@ -27,21 +27,12 @@ fn dir(name: &str) -> TempDir {
     TempDir::new("snapshots", name)
 }
 
-/// An engine on `data`, recovered and logging, as `omnia serve` runs one.
-struct Node {
-    data: DataDir,
-    engine: Arc<Engine>,
-    wal: Arc<Wal>,
-    recovered: omnia::store::Recovered,
-}
-
+/// An engine on `path`, recovered and logging, as `omnia serve` runs one.
 fn start(path: &Path, config: Config, clock: &Arc<ManualClock>) -> Result<Node, StoreError> {
-    let data = open_data_dir(path)?;
-    let engine = Arc::new(Engine::new(config, clock.clone()));
-    let recovered = recover(&data, &engine)?;
-    let wal = Wal::open(
-        &data.wal(),
-        recovered.last_sequence + 1,
+    Node::open(
+        path,
+        config,
+        clock.clone(),
         WalOptions {
             faults: None,
             policy: FsyncPolicy::Never,
@@ -50,23 +41,12 @@ fn start(path: &Path, config: Config, clock: &Arc<ManualClock>) -> Result<Node, 
             segment_bytes: 16 << 10,
         },
     )
-    .unwrap();
-    engine.attach_journal(wal.clone());
-    Ok(Node {
-        data,
-        engine,
-        wal,
-        recovered,
-    })
 }
 
-impl Node {
-    /// Everything acknowledged is written; the log is closed, as at a crash after the
-    /// last acknowledgement (a process crash loses nothing written).
-    fn stop(self) {
-        self.wal.wait_durable(self.wal.last_appended()).unwrap();
-        self.wal.close();
-    }
+/// Everything acknowledged is written; the log is closed, as at a crash after the last
+/// acknowledgement (a process crash loses nothing written).
+fn stop(node: Node) {
+    node.close().unwrap();
 }
 
 fn retail() -> Config {
@@ -94,7 +74,7 @@ fn a_snapshot_and_the_log_after_it_restore_the_engine_exactly() {
     }
     let before = observe(&node.engine, n);
     let files_before = omnia::store::segments(&node.data.wal()).unwrap();
-    node.stop();
+    stop(node);
 
     let node = start(&d.0, retail(), &clock).unwrap();
     let (path, customers) = node.recovered.snapshot.clone().unwrap();
@@ -108,12 +88,12 @@ fn a_snapshot_and_the_log_after_it_restore_the_engine_exactly() {
     // Appending continues after the old records: one more event, one more restart.
     node.engine.ingest(&event(0, 4, now)).unwrap();
     let after = observe(&node.engine, n);
-    node.stop();
+    stop(node);
     let node = start(&d.0, retail(), &clock).unwrap();
     compare(&after, &observe(&node.engine, n));
     // The first restart's log file is new; older ones were all kept since the snapshot.
     assert!(omnia::store::segments(&node.data.wal()).unwrap().len() > files_before.len());
-    node.stop();
+    stop(node);
 }
 
 #[test]
@@ -157,11 +137,11 @@ fn snapshots_taken_during_concurrent_ingest_merges_and_decisions_lose_nothing() 
         });
     });
     let before = observe(&node.engine, n);
-    node.stop();
+    stop(node);
     let node = start(&d.0, retail(), &clock).unwrap();
     assert!(node.recovered.snapshot.is_some());
     compare(&before, &observe(&node.engine, n));
-    node.stop();
+    stop(node);
 }
 
 /// The one change that spans two shards, a merge, in the middle of a snapshot: after
@@ -199,10 +179,10 @@ fn a_merge_between_a_copied_and_an_uncopied_shard_comes_back_whole() {
         snapshot::write_image(&node.data, e, image).unwrap();
         let before = observe(e, i + 1);
         assert_eq!(e.customer_of(&anon), e.customer_of(&user));
-        node.stop();
+        stop(node);
         let node = start(&d.0, retail(), &clock).unwrap();
         compare(&before, &observe(&node.engine, i + 1));
-        node.stop();
+        stop(node);
     }
     assert_eq!(orders_seen, [true, true], "both orders were tried");
 }
@@ -273,7 +253,7 @@ fn budgets_caps_stickiness_and_coupons_survive_restarts_with_and_without_a_snaps
         }
         accept(&node.engine, 1).unwrap();
         let before = observe(&node.engine, 4);
-        node.stop();
+        stop(node);
 
         let node = start(&d.0, budget_config(), &clock).unwrap();
         assert_eq!(node.recovered.snapshot.is_some(), with_snapshot);
@@ -284,7 +264,7 @@ fn budgets_caps_stickiness_and_coupons_survive_restarts_with_and_without_a_snaps
         accept(&node.engine, 2).unwrap();
         let err = accept(&node.engine, 3).unwrap_err();
         assert!(matches!(err, DecideError::BudgetSpent { .. }), "{err}");
-        node.stop();
+        stop(node);
     }
 }
 
@@ -298,7 +278,7 @@ fn written_snapshot(name: &str) -> (TempDir, PathBuf, Arc<ManualClock>) {
         }
     }
     let written = snapshot::write(&node.data, &node.engine).unwrap();
-    node.stop();
+    stop(node);
     (d, written.path, clock)
 }
 
@@ -346,7 +326,7 @@ fn a_damaged_snapshot_stops_the_start_with_the_file_and_offset() {
 
     // Intact again: it starts.
     std::fs::write(&path, &good).unwrap();
-    start(&d.0, retail(), &clock).unwrap().stop();
+    stop(start(&d.0, retail(), &clock).unwrap());
 }
 
 #[test]
@@ -403,7 +383,7 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
         .collect();
     assert!(issued.iter().any(|(_, c)| c.contains("code")), "{issued:?}");
     snapshot::write(&node.data, &node.engine).unwrap();
-    node.stop();
+    stop(node);
 
     let node = start(&d.0, common::changed_retail(), &clock).unwrap();
     let fresh = Engine::new(common::changed_retail(), clock.clone());
@@ -482,14 +462,14 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
         .ingest(&RawEvent::new("email_open", "kiosk", START).key("user:1"))
         .unwrap();
     snapshot::write(&node.data, &node.engine).unwrap();
-    node.stop();
+    stop(node);
     let node = start(&d.0, common::changed_retail(), &clock).unwrap();
     assert!(node
         .engine
         .profile("user:1")
         .unwrap()
         .in_segment("email_openers"));
-    node.stop();
+    stop(node);
 }
 
 #[test]
@@ -513,7 +493,7 @@ fn log_files_a_snapshot_covers_are_removed_and_a_missing_one_is_a_gap() {
     assert_eq!(written.covers, 1000);
     assert_eq!(written.removed_log_files, files.len() - 1);
     ingest(1, START - 30_000);
-    node.stop();
+    stop(node);
     // Losing the log file after the snapshot loses acknowledged events: refused.
     let files = omnia::store::segments(&d.0.join("wal")).unwrap();
     std::fs::remove_file(&files[0].1).unwrap();
@@ -537,7 +517,7 @@ fn a_clock_set_back_after_a_restart_does_not_stop_recovery() {
     for i in 0..10 {
         node.engine.ingest(&event(i, 0, START)).unwrap();
     }
-    node.stop();
+    stop(node);
     // The machine comes back with its clock an hour behind: the logged events are "from
     // the future" now, but they were accepted, so they come back (at the shard's time,
     // which never runs ahead of the clock).
@@ -548,5 +528,5 @@ fn a_clock_set_back_after_a_restart_does_not_stop_recovery() {
         let profile = node.engine.profile(&format!("anon:c{i}")).unwrap();
         assert!(profile.in_segment("new_visitors"), "{profile:?}");
     }
-    node.stop();
+    stop(node);
 }

@@ -264,15 +264,7 @@ fn arbitrate(
     let d = &config.decisions;
     let now = eval.now;
     let scores: Vec<f64> = (0..config.scores.len()).map(|s| eval.score(s)).collect();
-    let eval = &Eval {
-        config: eval.config,
-        layout: eval.layout,
-        rings: eval.rings,
-        p: eval.p,
-        now,
-        context: eval.context,
-        scores: &scores,
-    };
+    let eval = &eval.with_scores(&scores);
     let arm_defs: Vec<&crate::config::ArmDef> = arms
         .iter()
         .enumerate()
@@ -477,15 +469,7 @@ impl Engine {
         if !known {
             let plan = self.plan();
             let row = crate::engine::shard::blank_row(plan, now, channel, key.namespace);
-            let eval = Eval {
-                config: &plan.config,
-                layout: &plan.layout,
-                rings: &plan.rings,
-                p: &row,
-                now,
-                context: &context,
-                scores: &[],
-            };
+            let eval = Eval::of(plan, &row, now).with_context(&context);
             let mut fresh = CustomerOffers::default();
             assign_arms(config, &mut fresh, &key.text);
             arms = fresh.arms.clone();

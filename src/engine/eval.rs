@@ -91,6 +91,7 @@ fn sigmoid(z: f64) -> f64 {
 }
 
 /// One profile at one moment.
+#[derive(Clone, Copy)]
 pub(crate) struct Eval<'a> {
     pub config: &'a Config,
     pub layout: &'a Layout,
@@ -103,6 +104,32 @@ pub(crate) struct Eval<'a> {
     /// A decision ranks dozens of offers by the same propensity: computing each score
     /// once instead of per offer is most of a decision's time saved.
     pub scores: &'a [f64],
+}
+
+impl<'a> Eval<'a> {
+    /// A profile row laid out by `plan`, read at `now`, with no context fields and no
+    /// scores computed ahead.
+    pub fn of(plan: &'a super::Plan, row: &'a [u32], now: u32) -> Eval<'a> {
+        Eval {
+            config: &plan.config,
+            layout: &plan.layout,
+            rings: &plan.rings,
+            p: row,
+            now,
+            context: &[],
+            scores: &[],
+        }
+    }
+
+    /// The same profile, reading `context` for `context.NAME`.
+    pub fn with_context(self, context: &'a [f64]) -> Eval<'a> {
+        Eval { context, ..self }
+    }
+
+    /// The same profile, with its scores computed once, by score index.
+    pub fn with_scores(self, scores: &'a [f64]) -> Eval<'a> {
+        Eval { scores, ..self }
+    }
 }
 
 /// How a context field is carried in [`Eval::context`]: numbers as themselves (NaN when

@@ -306,15 +306,7 @@ impl ShardState {
         for &s in segments {
             let segment = &plan.config.segments[s];
             let (member, flip) = {
-                let eval = Eval {
-                    config: &plan.config,
-                    layout: &plan.layout,
-                    rings: &plan.rings,
-                    p: self.row(plan, local),
-                    now,
-                    context: &[],
-                    scores: &[],
-                };
+                let eval = Eval::of(plan, self.row(plan, local), now);
                 if segment.time_dependent {
                     eval.truth_and_next_change(&segment.expr)
                 } else {
@@ -483,15 +475,8 @@ impl ShardState {
             local as usize / CHUNK_ROWS,
             local as usize % CHUNK_ROWS * stride,
         );
-        let eval = Eval {
-            config: &plan.config,
-            layout: &plan.layout,
-            rings: &plan.rings,
-            p: &self.rows[chunk][at..at + stride],
-            now: self.now,
-            context,
-            scores: &[],
-        };
+        let eval =
+            Eval::of(plan, &self.rows[chunk][at..at + stride], self.now).with_context(context);
         let offers = self.offers.entry(local).or_default();
         (
             eval,
@@ -502,15 +487,7 @@ impl ShardState {
     }
 
     pub fn eval<'a>(&'a self, plan: &'a Plan, local: u32) -> Eval<'a> {
-        Eval {
-            config: &plan.config,
-            layout: &plan.layout,
-            rings: &plan.rings,
-            p: self.row(plan, local),
-            now: self.now,
-            context: &[],
-            scores: &[],
-        }
+        Eval::of(plan, self.row(plan, local), self.now)
     }
 }
 
@@ -531,16 +508,7 @@ pub(crate) fn blank_row(plan: &Plan, now: u32, channel: usize, namespace: usize)
     row[plan.layout.channel_last_seen(channel)] = now;
     row[KEY_MASK] = 1 << namespace;
     for &s in &plan.config.segment_order {
-        let member = Eval {
-            config: &plan.config,
-            layout: &plan.layout,
-            rings: &plan.rings,
-            p: &row,
-            now,
-            context: &[],
-            scores: &[],
-        }
-        .truth(&plan.config.segments[s].expr);
+        let member = Eval::of(plan, &row, now).truth(&plan.config.segments[s].expr);
         plan.layout.set_segment(&mut row, s, member);
     }
     row

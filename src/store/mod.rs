@@ -14,7 +14,8 @@
 //! so it is cut off and reported; anything else wrong, in the log or in the snapshot,
 //! stops the start with an error that names the file, the byte offset and what to do,
 //! because continuing would silently lose what was acknowledged. Then
-//! [`wal::Wal::open`] appends after the last record.
+//! [`wal::Wal::open`] appends after the last record. [`Node::open`] does all of it, in
+//! that order, for `omnia serve`, the tests and the benchmarks alike.
 //!
 //! Not durable: the decision log that lets FEEDBACK name a decision by id (feedback by
 //! customer, offer and channel still works after a restart), and the count of decisions
@@ -231,6 +232,64 @@ fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), String> {
 
 /// Loads the newest snapshot into `engine` (which must be new) and replays the log after
 /// it; cuts a torn tail; refuses anything else that is wrong.
+/// An engine on a data directory, recovered and logging: what `omnia serve` runs.
+pub struct Node {
+    pub data: DataDir,
+    pub engine: std::sync::Arc<Engine>,
+    pub wal: std::sync::Arc<wal::Wal>,
+    /// What recovery loaded and replayed.
+    pub recovered: Recovered,
+}
+
+impl Node {
+    /// Opens the data directory at `path` (creating it if missing), recovers an engine
+    /// under `config` on `clock` from it (the newest snapshot, then the log after it),
+    /// opens the log after the last record recovered and attaches it, so that every
+    /// change from now on is logged.
+    pub fn open(
+        path: &Path,
+        config: crate::config::Config,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+        options: wal::WalOptions,
+    ) -> Result<Node, StoreError> {
+        let data = open_data_dir(path)?;
+        let engine = std::sync::Arc::new(Engine::new(config, clock));
+        let recovered = recover(&data, &engine)?;
+        let wal = wal::Wal::open(&data.wal(), recovered.last_sequence + 1, options).map_err(
+            |source| StoreError::Io {
+                path: data.wal(),
+                source,
+            },
+        )?;
+        engine.attach_journal(wal.clone());
+        Ok(Node {
+            data,
+            engine,
+            wal,
+            recovered,
+        })
+    }
+
+    /// Waits until everything appended is stored, then closes the log.
+    pub fn close(self) -> Result<(), String> {
+        let stored = self.wal.wait_durable(self.wal.last_appended());
+        self.wal.close();
+        stored
+    }
+}
+
+impl wal::WalOptions {
+    /// The options the config's `[storage]` table sets.
+    pub fn from_settings(storage: &crate::config::StorageSettings) -> wal::WalOptions {
+        wal::WalOptions {
+            policy: storage.fsync,
+            interval: storage.fsync_interval,
+            segment_bytes: storage.segment_bytes,
+            faults: None,
+        }
+    }
+}
+
 pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let (snapshot, cuts, counted_to) = match snapshot::newest(data)? {
