@@ -1,0 +1,177 @@
+//! A data directory written by an earlier omnia loads in this one with everything it
+//! holds. `tests/fixtures/format2/` is a format-2 data directory (snapshot format 2, the
+//! write-ahead log's EVENT and OFFER_ACTION records) written by omnia 0.1.0 at commit
+//! 1188667 from the journey in [`history`]: 300 customers whose cookies merge into
+//! accounts, carts, purchases, e-mail opens, decisions with recorded impressions, accepts
+//! that spend a small budget to the end, dismissals; a snapshot in the middle and log
+//! records after it. This code must recover from it exactly what replaying the same
+//! history into a fresh engine gives: profiles, segments, decisions with their
+//! explanations (caps, stickiness, cooldowns, coupons, budgets), offer counters.
+//!
+//! If a format changes, the new code must still read (or migrate) this directory; the
+//! fixture is never rewritten. `OMNIA_WRITE_FIXTURE=DIR cargo test --test
+//! backward_compatibility` writes a new one into DIR, for a future format's fixture.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::observe::{compare, decide, event, observe};
+use common::TempDir;
+use omnia::clock::ManualClock;
+use omnia::config::{Config, FsyncPolicy, Source};
+use omnia::engine::Engine;
+use omnia::model::decision::{FeedbackKind, FeedbackTarget};
+use omnia::store::wal::WalOptions;
+use omnia::store::{snapshot, Node};
+
+const CUSTOMERS: usize = 300;
+/// Monday 2 March 2026, 10:00 UTC.
+const START: i64 = 1_772_445_600_000;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2")
+}
+
+/// The default config with a budget small enough to run out: 40 accepts of
+/// `welcome_discount`.
+fn config() -> Config {
+    let text = std::fs::read_to_string(fixture().join("config.toml")).unwrap();
+    Config::from_source(&Source::new("config.toml", text)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What happened, in order; `snapshot` is called once, half-way. Returns the time at
+/// the end.
+fn history(engine: &Engine, clock: &ManualClock, mut snapshot: impl FnMut()) -> i64 {
+    let mut now = START;
+    for step in 0..6 {
+        for i in 0..CUSTOMERS {
+            engine.ingest(&event(i, step, now)).unwrap();
+        }
+        now += 10 * 60_000;
+        clock.set_ms(now);
+        for i in (step..CUSTOMERS).step_by(7) {
+            let key = format!("user:{i}");
+            let _ = decide(engine, &key, "email", true);
+            let target = FeedbackTarget::Customer {
+                key: key.clone(),
+                offer: "welcome_discount".into(),
+                channel: "web".into(),
+            };
+            let kind = match i % 3 {
+                0 => FeedbackKind::Accept,
+                1 => FeedbackKind::Dismiss,
+                _ => FeedbackKind::Click,
+            };
+            // Accepts beyond the budget are refused; that is part of the history.
+            let _ = engine.feedback(kind, &target);
+        }
+        if step == 2 {
+            snapshot();
+        }
+    }
+    now
+}
+
+fn options() -> WalOptions {
+    WalOptions {
+        faults: None,
+        policy: FsyncPolicy::Never,
+        interval: Duration::from_millis(5),
+        segment_bytes: 64 << 20,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_format_2_data_directory_loads_with_everything_it_holds() {
+    if let Ok(dir) = std::env::var("OMNIA_WRITE_FIXTURE") {
+        write_fixture(Path::new(&dir));
+    }
+    // Recovery may cut a torn tail or start a log file: work on a copy.
+    let copy = TempDir::new("backward-compatibility", "format2");
+    let data = copy.0.join("data");
+    copy_dir(&fixture().join("data"), &data);
+
+    let expected_clock = Arc::new(ManualClock::new(START));
+    let expected = Engine::new(config(), expected_clock.clone());
+    let end = history(&expected, &expected_clock, || {});
+
+    let clock = Arc::new(ManualClock::new(end));
+    let node = Node::open(&data, config(), clock.clone(), options()).unwrap();
+    assert!(
+        node.recovered.snapshot.is_some(),
+        "the fixture has a snapshot: {}",
+        node.recovered
+    );
+    assert!(
+        node.recovered.events > 0,
+        "and log records after it: {}",
+        node.recovered
+    );
+    let loaded = &node.engine;
+
+    // Hard facts of the history, so a mistake both engines share still fails.
+    assert_eq!(loaded.stats().customers, CUSTOMERS as u64);
+    let accepts: u64 = loaded
+        .offer_stats()
+        .iter()
+        .filter(|o| o.offer == "welcome_discount" && o.experiment.is_none())
+        .map(|o| o.accepts)
+        .sum();
+    assert_eq!(accepts, 40, "the budget of 40 accepts is spent to the end");
+
+    assert_eq!(
+        loaded
+            .offer_stats()
+            .iter()
+            .map(feedback)
+            .collect::<Vec<_>>(),
+        expected
+            .offer_stats()
+            .iter()
+            .map(feedback)
+            .collect::<Vec<_>>()
+    );
+    compare(&observe(&expected, CUSTOMERS), &observe(loaded, CUSTOMERS));
+    node.close().unwrap();
+}
+
+/// The feedback counted for one offer, channel and arm (decisions are not logged).
+fn feedback(o: &omnia::model::decision::OfferStats) -> String {
+    format!(
+        "{} {} {:?} {:?}: {} {} {} {}",
+        o.offer, o.channel, o.experiment, o.arm, o.impressions, o.clicks, o.accepts, o.dismisses
+    )
+}
+
+/// Writes the history into a new data directory `dir/data`, with `config.toml` beside.
+fn write_fixture(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir.join("data"));
+    std::fs::create_dir_all(dir).unwrap();
+    if dir.join("config.toml") != fixture().join("config.toml") {
+        std::fs::copy(fixture().join("config.toml"), dir.join("config.toml")).unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(START));
+    let node = Node::open(&dir.join("data"), config(), clock.clone(), options()).unwrap();
+    let data = node.data.clone();
+    let engine = node.engine.clone();
+    history(&engine, &clock, || {
+        snapshot::write(&data, &engine).unwrap();
+    });
+    node.close().unwrap();
+}
