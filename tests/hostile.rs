@@ -192,6 +192,18 @@ async fn values_beyond_the_size_limits_are_rejected_by_field() {
         "{}",
         ack.rejected[0].message
     );
+    // More properties than the log's record can hold.
+    let props: Vec<String> = (0..300).map(|i| format!(r#""p{i}":{i}"#)).collect();
+    let many = track(&format!(r#","properties":{{{}}}"#, props.join(",")));
+    let response = ingest_json(&mut raw, 3, many).await;
+    assert_eq!(
+        rejections(&response),
+        vec![(
+            0,
+            Some(ErrorCode::EventTooLarge),
+            "event `page_view` has 300 properties; an event has at most 255 of each".to_string()
+        )]
+    );
     // No profile was made from the refused events.
     assert_eq!(server.engine.customer_of("user:s"), None);
     raw.still_alive().await;

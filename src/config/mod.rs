@@ -129,9 +129,11 @@ pub struct EngineSettings {
     pub max_event_bytes: u32,
 }
 
-/// Largest `engine.max_value_bytes` and `engine.max_event_bytes`: a log record holds at
-/// most 16 MiB, and an event is far smaller.
+/// Largest `engine.max_event_bytes`: a log record holds at most 16 MiB, and an event is
+/// far smaller.
 pub const MAX_EVENT_BYTES_LIMIT: u32 = 1 << 20;
+/// Largest `engine.max_value_bytes`: the log stores a value with a `u16` length.
+pub const MAX_VALUE_BYTES_LIMIT: u32 = u16::MAX as u32;
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -580,24 +582,26 @@ impl Builder<'_> {
                 .unwrap_or(engine.recheck_interval);
         }
         engine.unknown_properties = raw.engine.unknown_properties.unwrap_or_default();
-        for (field, value, setting) in [
+        for (field, value, setting, limit) in [
             (
                 "engine.max_value_bytes",
                 &raw.engine.max_value_bytes,
                 &mut engine.max_value_bytes,
+                MAX_VALUE_BYTES_LIMIT,
             ),
             (
                 "engine.max_event_bytes",
                 &raw.engine.max_event_bytes,
                 &mut engine.max_event_bytes,
+                MAX_EVENT_BYTES_LIMIT,
             ),
         ] {
             if let Some(n) = value {
-                if !(1..=MAX_EVENT_BYTES_LIMIT).contains(n.get_ref()) {
+                if !(1..=limit).contains(n.get_ref()) {
                     self.error(
                         n.span(),
                         format!(
-                            "{field} is {}, but it must be from 1 to {MAX_EVENT_BYTES_LIMIT}",
+                            "{field} is {}, but it must be from 1 to {limit}",
                             n.get_ref()
                         ),
                         None,

@@ -111,6 +111,12 @@ pub enum EventError {
         bytes: usize,
         max: u32,
     },
+    #[error("event `{event}` has {count} {what}; an event has at most 255 of each")]
+    TooMany {
+        event: String,
+        what: &'static str,
+        count: usize,
+    },
     /// The write-ahead log cannot store changes now (a full disk): nothing was applied.
     #[error("{reason}")]
     StorageFailed { reason: String },
@@ -168,6 +174,9 @@ pub fn parse_key(config: &Config, event: &str, key: &str) -> Result<Key, EventEr
     })
 }
 
+/// Most keys, properties or attributes one event may carry.
+pub const MAX_PER_EVENT: usize = 255;
+
 /// The earliest accepted event time: 2001-01-01T00:00:00Z, in milliseconds. Earlier
 /// times are almost always a unit mistake (seconds sent as milliseconds).
 pub const MIN_TIMESTAMP_MS: i64 = 978_307_200_000;
@@ -183,6 +192,19 @@ fn check_size(config: &Config, name: &str, raw: &impl EventView) -> Result<(), E
     let max_value = config.engine.max_value_bytes;
     let mut total = name.len() + raw.channel().len();
     total += raw.keys().map(str::len).sum::<usize>();
+    // The log stores at most 255 of each (a `u8` count): more could not be replayed.
+    let counts = [
+        ("keys", raw.keys().count()),
+        ("properties", raw.properties().count()),
+        ("attributes", raw.attributes().count()),
+    ];
+    if let Some((what, n)) = counts.into_iter().find(|(_, n)| *n > MAX_PER_EVENT) {
+        return Err(EventError::TooMany {
+            event: name.to_string(),
+            what,
+            count: n,
+        });
+    }
     let long = |kind: &str, field: &str, bytes: usize| EventError::ValueTooLong {
         event: name.to_string(),
         field: format!("{kind} `{field}`"),

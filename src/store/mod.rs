@@ -128,7 +128,15 @@ pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
                     path: path.to_path_buf(),
                 });
             }
-            std::fs::write(&format, format!("{FORMAT}\n")).map_err(io(&format))?;
+            // The file's bytes, then its name: a power loss must not leave an empty
+            // FORMAT, which the next start would refuse.
+            std::fs::File::create(&format)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(format!("{FORMAT}\n").as_bytes())?;
+                    f.sync_all()
+                })
+                .map_err(io(&format))?;
             std::fs::File::open(path)
                 .and_then(|d| d.sync_all())
                 .map_err(io(path))?;
@@ -230,8 +238,6 @@ fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), String> {
     Ok((sequence, len))
 }
 
-/// Loads the newest snapshot into `engine` (which must be new) and replays the log after
-/// it; cuts a torn tail; refuses anything else that is wrong.
 /// An engine on a data directory, recovered and logging: what `omnia serve` runs.
 pub struct Node {
     pub data: DataDir,
@@ -290,6 +296,8 @@ impl wal::WalOptions {
     }
 }
 
+/// Loads the newest snapshot into `engine` (which must be new) and replays the log after
+/// it; cuts a torn tail; refuses anything else that is wrong.
 pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let (snapshot, cuts, counted_to) = match snapshot::newest(data)? {

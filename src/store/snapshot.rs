@@ -20,7 +20,8 @@
 //! u64       fingerprint of the profile layout of the config that wrote it
 //! u64       position: the log sequence when it was completed
 //! u32       shards
-//! u32       crc32c of the 36 bytes above
+//! u32       crc32c of the 40 bytes above
+//! (the string table lists freed codes as empty texts: no row holds them)
 //! shards x  section: u64 length, u32 crc32c of the body, body (a shard image)
 //! 1 x       section whose body is: u32 n, n x u64 offer counters
 //! 1 x       section whose body is: u32 n, n x (u32 length, UTF-8): the texts of string

@@ -505,6 +505,11 @@ impl Wal {
                 syncer.replace(file.file.try_clone()?);
             }
         }
+        // A failed attempt whose cut failed too left bytes after the last whole group:
+        // cut them first, or this group would land after them.
+        if file.cut_pending {
+            file.truncate(file.len)?;
+        }
         let start = file.len;
         let stored = file.write(batch).and_then(|()| match options.policy {
             FsyncPolicy::Always => file.sync(),
@@ -516,8 +521,10 @@ impl Wal {
         });
         if stored.is_err() {
             // Part of the batch may be in the file (a write that ran out of space), or
-            // gone from the page cache (a failed sync): the retry writes it again whole.
-            let _ = file.truncate(start);
+            // gone from the page cache (a failed sync): the retry writes it again whole,
+            // after cutting the file back (now, or before the retry if this cut fails).
+            file.len = start;
+            file.cut_pending = file.truncate(start).is_err();
         }
         stored
     }
@@ -623,6 +630,8 @@ struct Segment {
     file: File,
     /// Bytes of whole batches stored in the file.
     len: u64,
+    /// The file holds bytes past `len` that a failed cut left: cut before writing.
+    cut_pending: bool,
     faults: Option<Arc<Faults>>,
 }
 
@@ -635,7 +644,12 @@ impl Segment {
         let len = file.metadata()?.len();
         // The new file's name must survive a power loss too.
         File::open(dir)?.sync_all()?;
-        Ok(Segment { file, len, faults })
+        Ok(Segment {
+            file,
+            len,
+            cut_pending: false,
+            faults,
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -662,6 +676,7 @@ impl Segment {
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
         self.file.set_len(len)?;
         self.len = len;
+        self.cut_pending = false;
         Ok(())
     }
 }

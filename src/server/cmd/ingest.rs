@@ -27,7 +27,9 @@ pub fn code_of(e: &EventError) -> ErrorCode {
         EventError::BadTimestamp { .. } | EventError::TimestampInSeconds { .. } => {
             ErrorCode::BadTimestamp
         }
-        EventError::ValueTooLong { .. } | EventError::TooLarge { .. } => ErrorCode::EventTooLarge,
+        EventError::ValueTooLong { .. }
+        | EventError::TooLarge { .. }
+        | EventError::TooMany { .. } => ErrorCode::EventTooLarge,
         EventError::FromTheFuture { .. } => ErrorCode::FutureTimestamp,
         EventError::StorageFailed { .. } => ErrorCode::StorageFailed,
         EventError::Full { .. } => ErrorCode::Capacity,
