@@ -15,7 +15,9 @@
 //! stops the start with an error that names the file, the byte offset and what to do,
 //! because continuing would silently lose what was acknowledged. Then
 //! [`wal::Wal::open`] appends after the last record. [`Node::open`] does all of it, in
-//! that order, for `omnia serve`, the tests and the benchmarks alike.
+//! that order, for `omnia serve`, the tests and the benchmarks alike. Recovery and a
+//! reload's catch-up read the log through one scanner (`scan_log`), which checks every
+//! record and that sequences run on without a gap.
 //!
 //! Not durable: the decision log that lets FEEDBACK name a decision by id (feedback by
 //! customer, offer and channel still works after a restart), and the count of decisions
@@ -322,71 +324,13 @@ pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError>
             });
         }
     }
-    let mut expected = files.first().map_or(covers + 1, |(first, _)| *first);
     let mut events = 0;
-    let mut truncated = None;
-    for (i, (first, path)) in files.iter().enumerate() {
-        let last_file = i + 1 == files.len();
-        if *first != expected {
-            return Err(StoreError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: format!(
-                    "the file starts at record {first}, but record {expected} comes next"
-                ),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(io(path))?;
-        let mut at = 0;
-        while at < bytes.len() {
-            match check_record(&bytes, at) {
-                Ok((sequence, len)) => {
-                    if sequence != expected {
-                        return Err(StoreError::Corrupt {
-                            path: path.clone(),
-                            offset: at as u64,
-                            reason: format!(
-                                "record {sequence} where record {expected} was expected"
-                            ),
-                        });
-                    }
-                    if sequence > covers {
-                        let record = Record {
-                            path,
-                            bytes: &bytes,
-                            at,
-                            len,
-                            sequence,
-                        };
-                        record.replay(engine, &cuts, counted_to)?;
-                        events += 1;
-                    }
-                    expected += 1;
-                    at += HEADER + len;
-                }
-                Err(reason) => {
-                    let more_valid = (at + 1..bytes.len()).any(|p| check_record(&bytes, p).is_ok());
-                    if !last_file || more_valid {
-                        return Err(StoreError::Corrupt {
-                            path: path.clone(),
-                            offset: at as u64,
-                            reason,
-                        });
-                    }
-                    // A write torn by a crash: nothing valid follows in the last file.
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(io(path))?;
-                    file.set_len(at as u64).map_err(io(path))?;
-                    file.sync_all().map_err(io(path))?;
-                    tracing::warn!(file = %path.display(), offset = at, bytes = bytes.len() - at, %reason, "cut a torn write at the end of the log");
-                    truncated = Some((path.clone(), at as u64, (bytes.len() - at) as u64));
-                    break;
-                }
-            }
-        }
-    }
+    let scanned = scan_log(&files, covers + 1, u64::MAX, TornTail::Cut, |record| {
+        record.replay(engine, &cuts, counted_to)?;
+        events += 1;
+        Ok(())
+    })?;
+    let (expected, truncated) = (scanned.next.unwrap_or(covers + 1), scanned.truncated);
     let last_in_snapshot = cuts.iter().copied().max().unwrap_or(0).max(counted_to);
     Ok(Recovered {
         snapshot,
@@ -445,7 +389,109 @@ fn load(
 }
 
 /// A whole, checked record of a log file, where it stands.
-struct Record<'a> {
+/// What to do with a record that is not whole and valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TornTail {
+    /// At the end of the last file with nothing valid after it, it is a write a crash
+    /// tore: cut it off (recovery, before anything else writes the log). Anywhere else
+    /// it is corruption.
+    Cut,
+    /// Always corruption (reading records known to be stored, while the log is live).
+    Refuse,
+}
+
+/// What a scan of the log found.
+pub(crate) struct Scanned {
+    /// The sequence after the last record read (`None` if no file held one).
+    pub next: Option<u64>,
+    /// A torn tail that was cut: the file, where, and how many bytes.
+    pub truncated: Option<(PathBuf, u64, u64)>,
+}
+
+/// Reads the log `files` (in order, as [`segments`] lists them) record by record,
+/// checking every record and that sequences run on without a gap, within and across
+/// files, and hands each record from sequence `from` through `upto` to `visit`; stops
+/// after `upto`. Recovery and a reload's catch-up both read the log through this.
+pub(crate) fn scan_log(
+    files: &[(u64, PathBuf)],
+    from: u64,
+    upto: u64,
+    torn: TornTail,
+    mut visit: impl FnMut(Record<'_>) -> Result<(), StoreError>,
+) -> Result<Scanned, StoreError> {
+    let mut expected = files.first().map(|(first, _)| *first);
+    let mut truncated = None;
+    for (i, (first, path)) in files.iter().enumerate() {
+        let next = expected.unwrap_or(*first);
+        if next > upto {
+            break;
+        }
+        if *first != next {
+            return Err(StoreError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("the file starts at record {first}, but record {next} comes next"),
+            });
+        }
+        let last_file = i + 1 == files.len();
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let mut at = 0;
+        let mut expected_here = *first;
+        while at < bytes.len() && expected_here <= upto {
+            match check_record(&bytes, at) {
+                Ok((sequence, len)) => {
+                    if sequence != expected_here {
+                        return Err(StoreError::Corrupt {
+                            path: path.clone(),
+                            offset: at as u64,
+                            reason: format!(
+                                "record {sequence} where record {expected_here} was expected"
+                            ),
+                        });
+                    }
+                    if sequence >= from {
+                        visit(Record {
+                            path,
+                            bytes: &bytes,
+                            at,
+                            len,
+                            sequence,
+                        })?;
+                    }
+                    expected_here += 1;
+                    at += HEADER + len;
+                }
+                Err(reason) => {
+                    let more_valid = (at + 1..bytes.len()).any(|p| check_record(&bytes, p).is_ok());
+                    if torn == TornTail::Refuse || !last_file || more_valid {
+                        return Err(StoreError::Corrupt {
+                            path: path.clone(),
+                            offset: at as u64,
+                            reason,
+                        });
+                    }
+                    // A write torn by a crash: nothing valid follows in the last file.
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io(path))?;
+                    file.set_len(at as u64).map_err(io(path))?;
+                    file.sync_all().map_err(io(path))?;
+                    tracing::warn!(file = %path.display(), offset = at, bytes = bytes.len() - at, %reason, "cut a torn write at the end of the log");
+                    truncated = Some((path.clone(), at as u64, (bytes.len() - at) as u64));
+                    break;
+                }
+            }
+        }
+        expected = Some(expected_here);
+    }
+    Ok(Scanned {
+        next: expected,
+        truncated,
+    })
+}
+
+pub(crate) struct Record<'a> {
     path: &'a Path,
     bytes: &'a [u8],
     at: usize,
@@ -495,5 +541,69 @@ fn replay(
                 .map_err(|e| e.to_string())
         }
         other => Err(format!("unknown record kind {other}")),
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    /// A record with `sequence` and an empty EVENT body, framed as the log frames it.
+    fn record(sequence: u64) -> Vec<u8> {
+        let mut payload = sequence.to_le_bytes().to_vec();
+        payload.push(wal::EVENT);
+        payload.extend_from_slice(&0u32.to_le_bytes());
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    fn log(name: &str, files: &[(u64, Vec<u64>)]) -> (PathBuf, Vec<(u64, PathBuf)>) {
+        let dir = std::env::temp_dir().join(format!("omnia-scan-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (first, sequences) in files {
+            let bytes: Vec<u8> = sequences.iter().flat_map(|&s| record(s)).collect();
+            std::fs::write(wal::segment_path(&dir, *first), bytes).unwrap();
+        }
+        let found = segments(&dir).unwrap();
+        (dir, found)
+    }
+
+    fn visited(files: &[(u64, PathBuf)], from: u64, upto: u64) -> Result<Vec<u64>, String> {
+        let mut seen = Vec::new();
+        scan_log(files, from, upto, TornTail::Refuse, |r| {
+            seen.push(r.sequence);
+            Ok(())
+        })
+        .map(|_| seen)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_scan_visits_the_range_asked_for_across_files() {
+        let (dir, files) = log("range", &[(1, vec![1, 2, 3]), (4, vec![4, 5])]);
+        assert_eq!(visited(&files, 2, 4), Ok(vec![2, 3, 4]));
+        assert_eq!(visited(&files, 1, u64::MAX), Ok(vec![1, 2, 3, 4, 5]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_gap_within_or_between_files_is_corruption() {
+        let (dir, files) = log("gap-in", &[(1, vec![1, 3])]);
+        let error = visited(&files, 1, u64::MAX).unwrap_err();
+        assert!(
+            error.contains("record 3 where record 2 was expected"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        let (dir, files) = log("gap-between", &[(1, vec![1, 2]), (4, vec![4])]);
+        let error = visited(&files, 1, u64::MAX).unwrap_err();
+        assert!(
+            error.contains("the file starts at record 4, but record 3 comes next"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{check_record, io, segments, snapshot, DataDir, Record, StoreError, HEADER};
+use super::{scan_log, segments, snapshot, DataDir, StoreError, TornTail};
 use crate::config::Config;
 use crate::engine::{Engine, RestoreError};
 pub use crate::model::reload::ReloadReport;
@@ -169,37 +169,22 @@ impl Prepared {
     fn catch_up(&mut self, data: &DataDir, upto: u64) -> Result<(), StoreError> {
         let wal = data.wal();
         let files = segments(&wal)?;
-        for (i, (first, path)) in files.iter().enumerate() {
-            let next_first = files.get(i + 1).map_or(u64::MAX, |(f, _)| *f);
-            if next_first <= self.replayed_to + 1 || *first > upto {
-                continue;
-            }
-            let bytes = std::fs::read(path).map_err(io(path))?;
-            let mut at = 0;
-            let mut expected = *first;
-            while at < bytes.len() && expected <= upto {
-                let (sequence, len) =
-                    check_record(&bytes, at).map_err(|reason| StoreError::Corrupt {
-                        path: path.clone(),
-                        offset: at as u64,
-                        reason,
-                    })?;
-                if sequence > self.replayed_to {
-                    let record = Record {
-                        path,
-                        bytes: &bytes,
-                        at,
-                        len,
-                        sequence,
-                    };
-                    record.replay(&self.engine, &self.cuts, self.counted_to)?;
-                    self.replayed_to = sequence;
-                    self.report.replayed += 1;
-                }
-                expected = sequence + 1;
-                at += HEADER + len;
-            }
-        }
+        // Files wholly before what is left to replay are not read again.
+        let from = self.replayed_to + 1;
+        let skip = files
+            .windows(2)
+            .take_while(|pair| pair[1].0 <= from)
+            .count();
+        let (engine, cuts, counted_to) = (&self.engine, &self.cuts, self.counted_to);
+        let (mut replayed_to, mut replayed) = (self.replayed_to, 0);
+        scan_log(&files[skip..], from, upto, TornTail::Refuse, |record| {
+            record.replay(engine, cuts, counted_to)?;
+            replayed_to = record.sequence;
+            replayed += 1;
+            Ok(())
+        })?;
+        self.replayed_to = replayed_to;
+        self.report.replayed += replayed;
         Ok(())
     }
 
