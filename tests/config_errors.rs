@@ -905,3 +905,20 @@ fn a_coupon_prefix_is_plain() {
         "\"cart 10\"",
     );
 }
+
+#[test]
+fn more_than_255_experiments() {
+    let experiments: String = (0..256)
+        .map(|i| format!("[experiments.e{i}]\narms = [{{ name = \"a\", weight = 1 }}]\n"))
+        .collect();
+    let text = with(&format!("[offers.promo]\nvalue = 1\n\n{experiments}"));
+    // The 256th experiment's name, on its own table header.
+    let line = EXTRA + 3 + 255 * 2;
+    assert_error(
+        &text,
+        "256 experiments: at most 255; end experiments that have answered their question",
+        line,
+        14,
+        "e255",
+    );
+}

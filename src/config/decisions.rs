@@ -255,6 +255,18 @@ impl Builder<'_> {
         }
 
         let mut experiments = Vec::new();
+        // A customer's arms are stored with a `u8` count (snapshots, offer state).
+        if raw.experiments.len() > u8::MAX as usize {
+            let span = raw.experiments.keys().nth(255).map_or(0..0, |k| k.span());
+            self.error(
+                span,
+                format!(
+                    "{} experiments: at most 255; end experiments that have answered their question",
+                    raw.experiments.len()
+                ),
+                None,
+            );
+        }
         for (name, experiment) in &raw.experiments {
             self.name(name, "experiment");
             let mut arms: Vec<ArmDef> = Vec::new();

@@ -330,7 +330,7 @@ impl Engine {
     ) -> Result<Applied, EventError> {
         let event = self.resolve(raw)?;
         match self.journal.get() {
-            Some(journal) => self.apply_gated(
+            Some(journal) => self.apply_with(
                 &event,
                 &mut |_| {
                     receipt.logged(journal.append(raw));
@@ -351,7 +351,7 @@ impl Engine {
         cuts: &[u64],
     ) -> Result<Applied, EventError> {
         let _strings = self.strings_gate.read();
-        self.apply_gated(
+        self.apply_with(
             event,
             &mut |shard| cuts.get(shard).map_or(true, |&cut| sequence > cut),
             true,
@@ -375,19 +375,19 @@ impl Engine {
     /// Resolving and applying separately is for single-threaded callers (recovery,
     /// benchmarks).
     pub fn apply(&self, event: &Event) -> Result<Applied, EventError> {
-        self.apply_gated(event, &mut |_| true, false)
+        self.apply_with(event, &mut |_| true, false)
     }
 
-    /// Applies an event; `gate` is called once, with the lock of the shard the event
+    /// Applies an event; `before_change` is called once, with the lock of the shard the event
     /// ends up changing held, just before the change: it logs the event, or (in replay)
     /// says whether the change is already there (`false` skips it).
     ///
     /// Replay skips the check for events from the future: they were accepted when they
     /// were logged, and a clock set back since must not stop a start.
-    fn apply_gated(
+    fn apply_with(
         &self,
         event: &Event,
-        gate: &mut dyn FnMut(usize) -> bool,
+        before_change: &mut dyn FnMut(usize) -> bool,
         replaying: bool,
     ) -> Result<Applied, EventError> {
         let now_ms = self.clock.now_ms();
@@ -401,10 +401,10 @@ impl Engine {
             });
         }
         let now = (now_ms.max(0) / 1000).min(u32::MAX as i64) as u32;
-        if let Some(applied) = self.apply_known(event, now, gate) {
+        if let Some(applied) = self.apply_known(event, now, before_change) {
             return Ok(applied);
         }
-        self.apply_with_identity_changes(event, now, gate)
+        self.apply_with_identity_changes(event, now, before_change)
     }
 
     /// The fast path: every key known and all on one customer. `None` sends the event
@@ -413,7 +413,7 @@ impl Engine {
         &self,
         event: &Event,
         now: u32,
-        gate: &mut dyn FnMut(usize) -> bool,
+        before_change: &mut dyn FnMut(usize) -> bool,
     ) -> Option<Applied> {
         let mut found: Option<CustomerRef> = None;
         for key in &event.keys {
@@ -429,7 +429,7 @@ impl Engine {
         if state.gens.get(local as usize) != Some(&r.generation) || !state.is_live(local) {
             return None; // merged away since we read the map
         }
-        if gate(shard) {
+        if before_change(shard) {
             state.apply(&self.plan, local, event, false);
         }
         drop(state);
@@ -445,7 +445,7 @@ impl Engine {
         &self,
         event: &Event,
         now: u32,
-        gate: &mut dyn FnMut(usize) -> bool,
+        before_change: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Applied, EventError> {
         let _identity = self.identity_writes.lock();
         // Under the identity mutex the map cannot change under us.
@@ -504,7 +504,7 @@ impl Engine {
         };
         // In replay a skipped event is one whose keys were all known (the image holds
         // them), so it never gets here having created a profile or merged.
-        if gate(shard) {
+        if before_change(shard) {
             let keys_changed = state.add_keys(&self.plan, local, new_keys.iter().cloned());
             for key in new_keys {
                 self.identity.insert(key.text, survivor.pack());

@@ -109,7 +109,7 @@ pub struct Shared {
     /// Held for reading while a request runs, and for writing while a reload swaps
     /// engines: no request sees half of a swap, and none changes the old engine after
     /// the new one has caught up with it.
-    gate: parking_lot::RwLock<()>,
+    reload_fence: parking_lot::RwLock<()>,
     /// Where the config comes from, for RELOAD and SIGHUP; `None` when the server runs
     /// on the embedded default config.
     pub reload: Option<ReloadSource>,
@@ -139,7 +139,7 @@ impl Shared {
             engine: parking_lot::RwLock::new(engine),
             limits,
             stats: ServerStats::default(),
-            gate: parking_lot::RwLock::new(()),
+            reload_fence: parking_lot::RwLock::new(()),
             reload: None,
             reloading: tokio::sync::Mutex::new(()),
         }
@@ -458,7 +458,7 @@ impl Handler {
             // waits for: a read-only request waits for nothing.
             let mut receipt = Receipt::default();
             let response = if self.greeted && frame.opcode == opcode::RELOAD {
-                // Not under the gate: a reload takes it for writing itself.
+                // Not under the reload fence: a reload takes it for writing itself.
                 match Request::decode(frame.opcode, &frame.body) {
                     Ok(Some(Request::Reload)) => cmd::reload::apply(&self.shared).await,
                     Ok(_) => Response::error(ErrorCode::UnknownOpcode, "RELOAD did not decode"),
@@ -466,7 +466,7 @@ impl Handler {
                 }
             } else {
                 let shared = self.shared.clone();
-                let _gate = shared.gate.read();
+                let _fence = shared.reload_fence.read();
                 self.respond(&frame, &mut receipt)
             };
             let error = match &response {
@@ -611,7 +611,7 @@ impl Handler {
                 response
             }
             Request::Ping => Response::Pong,
-            // Handled before `respond`, outside the gate.
+            // Handled before `respond`, outside the reload fence.
             Request::Reload => Response::error(
                 ErrorCode::HelloRequired,
                 "the first request on a connection must be HELLO",

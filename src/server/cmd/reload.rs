@@ -54,7 +54,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, St
             progress.store(percent.min(100), Ordering::Relaxed);
         })
         .and_then(|prepared| {
-            let _gate = shared.gate.write();
+            let _fence = shared.reload_fence.write();
             let (next, report) = prepared.finish(&source.data, &current)?;
             *shared.engine.write() = next.clone();
             Ok((next, report))
