@@ -354,13 +354,7 @@ fn sigterm_with_a_client_that_never_reads_stops_within_the_shutdown_deadline() {
     assert!(ingest.status.success(), "{}", text(&ingest.stderr));
 
     let mut greedy = TcpStream::connect(&served.addr).unwrap();
-    let mut bytes = bytes::BytesMut::new();
-    let hello = Request::Hello {
-        min_version: 1,
-        max_version: 1,
-        client: "never reads".into(),
-    };
-    Frame::new(opcode::HELLO, 1, hello.encode().unwrap()).write_to(&mut bytes);
+    let mut bytes = common::raw::hello_frame("never reads");
     for id in 2..20_000 {
         let stats = Request::Stats { offers: true };
         Frame::new(opcode::STATS, id, stats.encode().unwrap()).write_to(&mut bytes);

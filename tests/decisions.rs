@@ -158,6 +158,16 @@ impl World {
         self.engine.ingest(&e).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Sofia's account, with her e-mail address and her consent to e-mail.
+    fn sofia_reachable_by_email(&self) {
+        self.send(
+            "identify",
+            "app",
+            &["user:sofia", "email:sofia@example.com"],
+            &[("email_opt_in", RawValue::Bool(true))],
+        );
+    }
+
     fn tier(&self, key: &str, tier: &str) {
         self.send(
             "identify",
@@ -248,12 +258,7 @@ fn key_in_arm_with(world: &World, arm: &str, prefix: &str) -> String {
 fn sofia_is_offered_the_cart_reminder_on_every_channel_until_she_accepts_it() {
     let w = World::retail();
     // Sofia's account, known for a while, reachable by e-mail.
-    w.send(
-        "identify",
-        "app",
-        &["user:sofia", "email:sofia@example.com"],
-        &[("email_opt_in", RawValue::Bool(true))],
-    );
+    w.sofia_reachable_by_email();
     w.wait(2 * DAY);
     // Anonymous on the web: shoes into the cart. Then she logs in on the app.
     w.send("add_to_cart", "web", &["anon:c1"], &[]);
@@ -701,12 +706,7 @@ fn an_explanation_covers_every_offer() {
 #[test]
 fn an_impression_returns_the_customers_open_coupon_whether_or_not_it_issued_it() {
     let w = World::retail();
-    w.send(
-        "identify",
-        "app",
-        &["user:sofia", "email:sofia@example.com"],
-        &[("email_opt_in", RawValue::Bool(true))],
-    );
+    w.sofia_reachable_by_email();
     w.send("add_to_cart", "web", &["user:sofia"], &[]);
     w.wait(31 * MINUTE);
     let first = w

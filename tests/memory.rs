@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::binary::{free_port, serve_with, Served};
-use omnia::protocol::{opcode, Frame, Request};
+use omnia::protocol::opcode;
 
 /// Resident memory of a process, in bytes.
 fn resident(pid: u32) -> u64 {
@@ -57,13 +57,7 @@ fn a_thousand_connections_declaring_8_mib_frames_cost_their_bytes_not_their_prom
     let before = resident(pid);
 
     // HELLO, then a header that declares an 8 MiB INGEST and sends none of it: 31 bytes.
-    let mut greeting = bytes::BytesMut::new();
-    let hello = Request::Hello {
-        min_version: 1,
-        max_version: 1,
-        client: "promises".into(),
-    };
-    Frame::new(opcode::HELLO, 1, hello.encode().unwrap()).write_to(&mut greeting);
+    let mut greeting = common::raw::hello_frame("promises");
     greeting.extend_from_slice(&(8u32 << 20).to_le_bytes());
     greeting.extend_from_slice(&[1, opcode::INGEST, 0, 0, 2, 0, 0, 0]);
     let mut open = Vec::new();

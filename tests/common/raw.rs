@@ -82,3 +82,15 @@ pub fn assert_error(frame: &Frame, id: u32, code: ErrorCode, message_part: &str)
         "`{message}` does not contain `{message_part}`"
     );
 }
+
+/// The bytes of a HELLO frame with request id 1, for clients that write raw bytes.
+pub fn hello_frame(client: &str) -> BytesMut {
+    let hello = Request::Hello {
+        min_version: 1,
+        max_version: 1,
+        client: client.into(),
+    };
+    let mut bytes = BytesMut::new();
+    Frame::new(opcode::HELLO, 1, hello.encode().unwrap()).write_to(&mut bytes);
+    bytes
+}
