@@ -18,7 +18,8 @@
 //!   and the async client.
 //!
 //! Known exception to "layers import downward", being removed (issue 12): the engine
-//! holds the decider and its offer state, and its journal is the store's `Wal`.
+//! holds the decider and its offer state. (Its log is its own `engine::Journal` trait,
+//! which the store's `Wal` implements.)
 
 pub mod client;
 pub mod clock;

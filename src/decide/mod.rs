@@ -628,14 +628,19 @@ impl Engine {
             );
         }
         if let Some(journal) = self.journal() {
-            receipt.logged(journal.append_offer_action(&OfferAction {
+            let action = OfferAction {
                 kind,
                 time: now,
                 decision_id,
                 key: key.to_string(),
                 offer: config.decisions.offers[offer].name.clone(),
                 channel: config.channels[channel].clone(),
-            }));
+            };
+            receipt.logged(
+                journal.append(crate::engine::journal::kind::OFFER_ACTION, &mut |body| {
+                    action.encode(body)
+                }),
+            );
         }
         if let Some(period) = self.decider.budget_period(offer, kind, now) {
             let tally = &mut customer.budget_spent[offer];

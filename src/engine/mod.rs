@@ -37,6 +37,7 @@
 pub(crate) mod eval;
 pub mod event;
 mod image;
+pub mod journal;
 mod profile;
 pub mod query;
 mod relayout;
@@ -59,6 +60,7 @@ pub use view::ProfileView;
 
 use crate::clock::Clock;
 use crate::config::Config;
+pub use journal::Journal;
 
 /// Dense customer id: the shard in the high bits, the slot in the low bits.
 pub use crate::model::CustomerId;
@@ -143,8 +145,8 @@ pub struct Engine {
     events_applied: AtomicU64,
     merges: AtomicU64,
     pub(crate) decider: crate::decide::Decider,
-    /// Where accepted events are logged, once recovery has replayed the old ones.
-    journal: std::sync::OnceLock<Arc<crate::store::wal::Wal>>,
+    /// Where accepted changes are logged, once recovery has replayed the old ones.
+    journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// Which shards a snapshot being made has cut (see `image`).
     cutting: Mutex<Option<Vec<bool>>>,
     cutting_active: AtomicBool,
@@ -333,7 +335,9 @@ impl Engine {
             Some(journal) => self.apply_with(
                 &event,
                 &mut |_| {
-                    receipt.logged(journal.append(raw));
+                    receipt.logged(journal.append(journal::kind::EVENT, &mut |body| {
+                        crate::protocol::ingest::encode_one(raw, body)
+                    }));
                     true
                 },
                 false,
@@ -360,11 +364,11 @@ impl Engine {
 
     /// Logs every event accepted from now on (after recovery has replayed the log).
     /// A second call is ignored.
-    pub fn attach_journal(&self, journal: Arc<crate::store::wal::Wal>) {
+    pub fn attach_journal(&self, journal: Arc<dyn Journal>) {
         let _ = self.journal.set(journal);
     }
 
-    pub fn journal(&self) -> Option<&Arc<crate::store::wal::Wal>> {
+    pub fn journal(&self) -> Option<&Arc<dyn Journal>> {
         self.journal.get()
     }
 

@@ -244,6 +244,35 @@ impl IngestWriter {
     }
 }
 
+/// Writes one event as a one-event INGEST body: copied as it is when it came in that
+/// layout, encoded otherwise.
+pub fn encode_one(event: &impl EventView, out: &mut Vec<u8>) {
+    out.extend_from_slice(&1u32.to_le_bytes());
+    if let Some(bytes) = event.encoded() {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let mut w = IngestWriter::with_capacity(128);
+    w.event(
+        event.event_type(),
+        event.channel(),
+        event.timestamp_ms(),
+        event.keys().count().min(255) as u8,
+    );
+    for k in event.keys().take(255) {
+        w.key(k);
+    }
+    w.properties(event.properties().count().min(255) as u8);
+    for (name, value) in event.properties().take(255) {
+        w.property(name, value);
+    }
+    w.attributes(event.attributes().count().min(255) as u8);
+    for (name, value) in event.attributes().take(255) {
+        w.attribute(name, value);
+    }
+    out.extend_from_slice(&w.finish()[4..]);
+}
+
 #[cfg(test)]
 mod writer_tests {
     use super::*;

@@ -390,8 +390,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 struct Handler {
     connection: Connection,
-    /// The write-ahead log, if the server has one.
-    journal: Option<Arc<crate::store::wal::Wal>>,
+    /// The engine's journal, if the server has one.
+    journal: Option<Arc<dyn crate::engine::Journal>>,
     /// Replies waiting for their requests' log records, in request order, with the last
     /// record each one needs.
     held: std::collections::VecDeque<(Frame, Option<u64>)>,

@@ -260,9 +260,9 @@ fn finish(
     if let Some(journal) = engine.journal() {
         journal
             .sync_through(image.position)
-            .map_err(|source| StoreError::Io {
+            .map_err(|reason| StoreError::Io {
                 path: data.wal(),
-                source,
+                source: std::io::Error::other(reason),
             })?;
     }
     let mut counters = Vec::with_capacity(4 + image.counters.len() * 8);

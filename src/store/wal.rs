@@ -51,17 +51,20 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::engine::journal::Journal;
 use crate::model::EventView;
-use crate::protocol::IngestWriter;
+use crate::protocol::ingest::encode_one;
 
 /// Bytes before a record's payload.
 pub const HEADER: usize = 8;
 /// Longest accepted payload: an event is far smaller; a longer length is corruption.
 pub const MAX_PAYLOAD: usize = 1 << 24;
-/// Record kind: an event, as a one-event INGEST body.
-pub const EVENT: u8 = 1;
-/// Record kind: an [`OfferAction`].
-pub const OFFER_ACTION: u8 = 2;
+/// Record kinds, as the engine's journal names them: an event as a one-event INGEST
+/// body, and an [`OfferAction`].
+pub use crate::engine::journal::kind::{EVENT, OFFER_ACTION};
 
 /// A change to one customer's offer state, logged so that caps, cooldowns, stickiness,
 /// coupons and budgets survive a crash. Names, not indexes, so a reordered config still
@@ -197,35 +200,6 @@ pub fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}.log"))
 }
 
-/// Writes one event as a one-event INGEST body: copied as it is when it came in that
-/// layout, encoded otherwise.
-pub fn encode_event(event: &impl EventView, out: &mut Vec<u8>) {
-    out.extend_from_slice(&1u32.to_le_bytes());
-    if let Some(bytes) = event.encoded() {
-        out.extend_from_slice(bytes);
-        return;
-    }
-    let mut w = IngestWriter::with_capacity(128);
-    w.event(
-        event.event_type(),
-        event.channel(),
-        event.timestamp_ms(),
-        event.keys().count().min(255) as u8,
-    );
-    for k in event.keys().take(255) {
-        w.key(k);
-    }
-    w.properties(event.properties().count().min(255) as u8);
-    for (name, value) in event.properties().take(255) {
-        w.property(name, value);
-    }
-    w.attributes(event.attributes().count().min(255) as u8);
-    for (name, value) in event.attributes().take(255) {
-        w.attribute(name, value);
-    }
-    out.extend_from_slice(&w.finish()[4..]);
-}
-
 impl Wal {
     /// Opens the log in `dir` for appending records from `next` on, starting a new
     /// segment file.
@@ -265,8 +239,8 @@ impl Wal {
 
     /// Adds an event to the log; returns its sequence. The record is stored once
     /// [`Wal::durable`] says so.
-    pub fn append(&self, event: &impl EventView) -> u64 {
-        self.append_record(EVENT, |buf| encode_event(event, buf))
+    pub fn append_event(&self, event: &impl EventView) -> u64 {
+        self.append_record(EVENT, |buf| encode_one(event, buf))
     }
 
     /// Adds a change of offer state to the log; returns its sequence.
@@ -527,6 +501,43 @@ impl Wal {
             file.cut_pending = file.truncate(start).is_err();
         }
         stored
+    }
+}
+
+impl Journal for Wal {
+    fn writable(&self) -> Result<(), String> {
+        Wal::writable(self)
+    }
+
+    fn append(&self, kind: u8, body: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        self.append_record(kind, body)
+    }
+
+    fn last_appended(&self) -> u64 {
+        Wal::last_appended(self)
+    }
+
+    fn durable_now(&self) -> u64 {
+        Wal::durable_now(self)
+    }
+
+    fn durable(
+        &self,
+        sequence: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(Wal::durable(self, sequence))
+    }
+
+    fn wait_durable(&self, sequence: u64) -> Result<(), String> {
+        Wal::wait_durable(self, sequence)
+    }
+
+    fn sync_through(&self, sequence: u64) -> Result<(), String> {
+        Wal::sync_through(self, sequence).map_err(|e| e.to_string())
+    }
+
+    fn bytes_written(&self) -> u64 {
+        Wal::bytes_written(self)
     }
 }
 
