@@ -198,3 +198,42 @@ fn data_directories_of_another_format_or_none_are_refused() {
         format!("{FORMAT}\n")
     );
 }
+
+/// Records an earlier version accepted replay even where a new event would now be
+/// refused: a time before 2001 (which new events get as "looks like seconds"), and a
+/// value beyond `engine.max_value_bytes`.
+#[tokio::test]
+async fn records_accepted_before_todays_limits_still_replay() {
+    let d = dir("older-limits");
+    let node = Node::open(
+        &d.0,
+        Config::embedded_default().unwrap(),
+        Arc::new(SystemClock),
+        WalOptions {
+            faults: None,
+            policy: FsyncPolicy::Never,
+            interval: Duration::from_millis(5),
+            segment_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let in_1999 = RawEvent::new("page_view", "web", 915_148_800_000).key("user:old");
+    let long = RawEvent::new("identify", "web", now_ms())
+        .key("user:long")
+        .attr("country", "x".repeat(10_000).as_str());
+    // As an earlier version logged them; today's ingest refuses both.
+    assert!(node.engine.ingest(&in_1999).is_err());
+    assert!(node.engine.ingest(&long).is_err());
+    node.wal.append_event(&in_1999);
+    node.wal.append_event(&long);
+    let data = node.data.clone();
+    node.close().unwrap();
+    let again = engine();
+    let recovered = recover(&data, &again).unwrap();
+    assert_eq!(recovered.events, 2);
+    assert!(again.profile("user:old").is_some());
+    assert_eq!(
+        again.profile("user:long").unwrap().attribute("country"),
+        Some(&omnia::model::RawValue::Str("x".repeat(10_000)))
+    );
+}

@@ -19,7 +19,7 @@ use common::{login, TempDir, TestServer, START_MS};
 use omnia::client::{Client, ClientError};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, FsyncPolicy};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::{Engine, Journal, RawEvent};
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
 use omnia::protocol::ErrorCode;
 use omnia::store::wal::{Faults, WalOptions};

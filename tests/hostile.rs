@@ -404,3 +404,30 @@ fn a_config_nested_100000_levels_deep_is_an_error_with_its_place() {
         );
     }
 }
+
+#[tokio::test]
+async fn before_hello_a_frame_is_at_most_16_kib() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(&server.addr).await;
+    let reply = raw
+        .request(opcode::PING, 3, Bytes::from(vec![0u8; 20_000]))
+        .await;
+    assert_error(
+        &reply,
+        3,
+        ErrorCode::FrameTooLarge,
+        "frame of 20008 bytes is larger than the limit of 16384 bytes",
+    );
+    assert!(raw.frame().await.is_none(), "then the connection closes");
+    // After HELLO the server's limit applies.
+    let mut greeted = Raw::greeted(&server.addr).await;
+    let big = Request::IngestJson {
+        json: Bytes::from(format!("[{}]", vec![track(""); 300].join(","))),
+    }
+    .encode()
+    .unwrap();
+    assert!(big.len() > 20_000);
+    let reply = greeted.request(opcode::INGEST_JSON, 4, big).await;
+    let response = Response::decode(reply.opcode, &reply.body).unwrap();
+    assert_eq!(accepted(&response), 300);
+}

@@ -90,7 +90,7 @@ pub struct Ingested {
 /// How long a client waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// For a connection and its HELLO, retries included.
+    /// For a connection, retries included (its HELLO then has the response timeout).
     pub connect_timeout: Duration,
     /// For each response.
     pub request_timeout: Duration,

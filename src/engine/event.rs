@@ -184,6 +184,33 @@ pub const MIN_TIMESTAMP_MS: i64 = 978_307_200_000;
 /// (2106-02-07), the unit profiles store times in.
 pub const MAX_TIMESTAMP_MS: i64 = (u32::MAX as i64 - 1) * 1000;
 
+/// The limits a new event must meet before it is resolved, beyond what [`resolve`]
+/// checks: a time from 2001 on (epoch seconds are told so), and the size limits of
+/// `check_size`. Not applied in replay: records an earlier version or config accepted
+/// must still load.
+pub fn admit(config: &Config, raw: &impl EventView) -> Result<(), EventError> {
+    let timestamp_ms = raw.timestamp_ms();
+    if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&timestamp_ms) {
+        let event = raw.event_type().to_string();
+        // Epoch seconds of 2001 to 2106, read as milliseconds, fall in January 1970: a
+        // tracker that sends seconds is told so instead of being filed in 1970.
+        return Err(
+            if (MIN_TIMESTAMP_MS / 1000..=MAX_TIMESTAMP_MS / 1000).contains(&timestamp_ms) {
+                EventError::TimestampInSeconds {
+                    event,
+                    timestamp_ms,
+                }
+            } else {
+                EventError::BadTimestamp {
+                    event,
+                    timestamp_ms,
+                }
+            },
+        );
+    }
+    check_size(config, raw.event_type(), raw)
+}
+
 /// Refuses an event whose strings are longer than the config allows: one string value
 /// (`engine.max_value_bytes`), or keys, names and values together
 /// (`engine.max_event_bytes`). Ignored properties count too, because the log keeps the
@@ -279,25 +306,14 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
         });
     }
     let timestamp_ms = raw.timestamp_ms();
-    if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&timestamp_ms) {
-        let event = name.to_string();
-        // Epoch seconds of 2001 to 2106, read as milliseconds, fall in January 1970: a
-        // tracker that sends seconds is told so instead of being filed in 1970.
-        return Err(
-            if (MIN_TIMESTAMP_MS / 1000..=MAX_TIMESTAMP_MS / 1000).contains(&timestamp_ms) {
-                EventError::TimestampInSeconds {
-                    event,
-                    timestamp_ms,
-                }
-            } else {
-                EventError::BadTimestamp {
-                    event,
-                    timestamp_ms,
-                }
-            },
-        );
+    // What any stored record must satisfy: a time in `u32` seconds. The stricter limits
+    // for new events are [`admit`]'s, so a log an earlier version accepted still replays.
+    if timestamp_ms < 1000 || timestamp_ms / 1000 > u32::MAX as i64 - 1 {
+        return Err(EventError::BadTimestamp {
+            event: name.to_string(),
+            timestamp_ms,
+        });
     }
-    check_size(config, name, raw)?;
     let mut properties = vec![PropValue::Missing; def.properties.len()];
     for (property, value) in raw.properties() {
         let Some(index) = def.properties.iter().position(|p| p.name == property) else {

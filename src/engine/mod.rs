@@ -302,6 +302,10 @@ impl Engine {
     /// many. Skipped while a snapshot image is being made: it lists the strings its rows
     /// hold once every shard is encoded.
     pub fn collect_strings(&self) -> usize {
+        // Most ticks have nothing to free: they take no lock that holds up ingest.
+        if !self.plan.config.interner.has_unreferenced() {
+            return 0;
+        }
         let Some(_imaging) = self.imaging.try_lock() else {
             return 0;
         };
@@ -330,6 +334,7 @@ impl Engine {
         raw: &impl EventView,
         receipt: &mut Receipt,
     ) -> Result<Applied, EventError> {
+        event::admit(&self.plan.config, raw)?;
         let event = self.resolve(raw)?;
         match self.journal.get() {
             Some(journal) => self.apply_with(
@@ -354,7 +359,6 @@ impl Engine {
         sequence: u64,
         cuts: &[u64],
     ) -> Result<Applied, EventError> {
-        let _strings = self.strings_gate.read();
         self.apply_with(
             event,
             &mut |shard| cuts.get(shard).map_or(true, |&cut| sequence > cut),

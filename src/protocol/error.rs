@@ -44,7 +44,9 @@ pub enum ErrorCode {
     UnknownCustomer = 25,
     /// The write-ahead log cannot store changes now (a full or failing disk): the
     /// request was refused and nothing of it applied. The log retries by itself, so the
-    /// same request can succeed later.
+    /// same request can succeed later. (Also the answer, at shutdown, to a request that
+    /// was applied but whose record the log was closed without storing: never
+    /// acknowledged, and gone with the process.)
     StorageFailed = 26,
     /// RELOAD: the server's config file has errors (the message lists them with their
     /// places). The running config stays.

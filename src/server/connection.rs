@@ -5,10 +5,18 @@
 //! owns [`READ_BASE`] bytes of read buffer outright; anything beyond, it first
 //! reserves from the server-wide [`ReadBudget`], for the whole frame it is reading, and
 //! while the budget is spent it does not read (backpressure: the client's sends wait
-//! in TCP). A connection that holds a reservation can always finish its frame, so the
-//! budget cannot deadlock; the others wait their turn (the semaphore is fair). Once a
-//! large frame is consumed and nothing is buffered, the buffer shrinks back to its base
-//! and the reservation is returned.
+//! in TCP). A connection whose reservation covers its frame can always finish it; the
+//! others wait their turn (the semaphore is fair). Once a large frame is consumed and
+//! nothing is buffered, the buffer shrinks back to its base and the reservation is
+//! returned. Before HELLO, frames are limited to [`READ_BASE`], so a connection that has
+//! not greeted cannot reserve anything.
+//!
+//! Known limits: a reservation is for the declared frame, so a client that declares a
+//! large frame and sends it slowly holds that much of the budget until the frame
+//! completes or the idle timeout closes it (32 such clients hold the default 256 MiB,
+//! and other large frames wait; frames within the base buffer never wait). And a
+//! connection whose next frame needs more than it holds waits while holding its
+//! reservation; several such can wait on each other until the idle timeout.
 //!
 //! Invariant: `allocated <= READ_BASE + reserved`, and the reservations of all
 //! connections never exceed the budget, so the read buffers of `n` connections take at
@@ -156,7 +164,11 @@ pub struct Connection {
     /// Units of the budget this connection holds.
     reserved: usize,
     budget: ReadBudget,
+    /// The frame limit now: [`READ_BASE`] until HELLO, so that a connection that has
+    /// not said who it is cannot reserve any of the budget; then the server's limit.
     max_frame: u32,
+    /// The server's frame limit, from HELLO on.
+    greeted_max_frame: u32,
     out: BytesMut,
     /// How long a write may wait for the client to read; then the connection is
     /// closed, so a client that stops reading cannot hold the server (or its shutdown).
@@ -175,10 +187,16 @@ impl Connection {
             read: ReadBuffer::default(),
             reserved: 0,
             budget,
-            max_frame,
+            max_frame: max_frame.min(READ_BASE as u32),
+            greeted_max_frame: max_frame,
             out: BytesMut::new(),
             write_timeout,
         }
+    }
+
+    /// HELLO succeeded: frames up to the server's limit from now on.
+    pub fn greeted(&mut self) {
+        self.max_frame = self.greeted_max_frame;
     }
 
     /// A frame already in the buffer, without reading the socket.

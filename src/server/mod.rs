@@ -5,7 +5,8 @@
 //! `Handler` that reads frames, dispatches by opcode to one file per command in
 //! [`cmd`], and writes responses in request order. Shutdown is a broadcast: the accept
 //! loop stops, each handler answers the requests it has already received, flushes and
-//! closes, and `run` returns once every handler has dropped its completion sender.
+//! closes, and `run` returns once every handler task has finished, or at the shutdown
+//! deadline, when the ones left are dropped.
 //!
 //! Backpressure: a connection's requests are handled one at a time, and a response is
 //! written before the next request is read from the buffer. A client that pipelines
@@ -607,7 +608,10 @@ impl Handler {
                 client,
             } => {
                 let response = cmd::hello::apply(shared, min_version, max_version, &client);
-                self.greeted |= matches!(response, Response::Hello(_));
+                if matches!(response, Response::Hello(_)) && !self.greeted {
+                    self.greeted = true;
+                    self.connection.greeted();
+                }
                 response
             }
             Request::Ping => Response::Pong,

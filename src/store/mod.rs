@@ -388,7 +388,6 @@ fn load(
         })
 }
 
-/// A whole, checked record of a log file, where it stands.
 /// What to do with a record that is not whole and valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TornTail {
@@ -491,6 +490,7 @@ pub(crate) fn scan_log(
     })
 }
 
+/// A whole, checked record of a log file, where it stands.
 pub(crate) struct Record<'a> {
     path: &'a Path,
     bytes: &'a [u8],

@@ -243,11 +243,6 @@ impl Wal {
         self.append_record(EVENT, |buf| encode_one(event, buf))
     }
 
-    /// Adds a change of offer state to the log; returns its sequence.
-    pub fn append_offer_action(&self, action: &OfferAction) -> u64 {
-        self.append_record(OFFER_ACTION, |buf| action.encode(buf))
-    }
-
     fn append_record(&self, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let mut p = self.pending.lock();
         let sequence = p.last + 1;
@@ -285,11 +280,6 @@ impl Wal {
             )),
             None => Ok(()),
         }
-    }
-
-    /// Whether writes and syncs succeed (`omnia_journal_healthy`).
-    pub fn is_healthy(&self) -> bool {
-        self.writable().is_ok()
     }
 
     /// Records a storage error of the writer or the syncer (`None`: it succeeded again),

@@ -233,6 +233,11 @@ impl Interner {
         }
     }
 
+    /// Whether some code may be freeable (a sweep has candidates to check).
+    pub fn has_unreferenced(&self) -> bool {
+        !self.unreferenced.lock().is_empty()
+    }
+
     /// Frees the candidates no row holds and no rule mentions; returns how many. The
     /// caller guarantees that no code returned by [`Interner::intern`] is waiting to be
     /// stored (the engine holds its string gate for writing).
