@@ -1,15 +1,19 @@
 //! A data directory written by an earlier omnia loads in this one with everything it
-//! holds. `tests/fixtures/format2/` is a format-2 data directory (snapshot format 2, the
-//! write-ahead log's EVENT and OFFER_ACTION records) written by omnia 0.1.0 at commit
-//! 1188667 from the journey in [`history`]: 300 customers whose cookies merge into
-//! accounts, carts, purchases, e-mail opens, decisions with recorded impressions, accepts
-//! that spend a small budget to the end, dismissals; a snapshot in the middle and log
-//! records after it. This code must recover from it exactly what replaying the same
-//! history into a fresh engine gives: profiles, segments, decisions with their
-//! explanations (caps, stickiness, cooldowns, coupons, budgets), offer counters.
+//! holds. Each fixture is a data directory written from the journey in [`history`]: 300
+//! customers whose cookies merge into accounts, carts, purchases, e-mail opens, decisions
+//! with recorded impressions, accepts that spend a small budget to the end, dismissals; a
+//! snapshot in the middle and log records after it. This code must recover from each
+//! exactly what replaying the same history into a fresh engine gives: profiles,
+//! segments, decisions with their explanations (caps, stickiness, cooldowns, coupons,
+//! budgets), offer counters; and leave the directory in today's format.
 //!
-//! If a format changes, the new code must still read (or migrate) this directory; the
-//! fixture is never rewritten. `OMNIA_WRITE_FIXTURE=DIR cargo test --test
+//! - `tests/fixtures/format2/`: format 2 (snapshot format 2; log records EVENT and
+//!   OFFER_ACTION, an action as two records), written by omnia 0.1.0 at commit 1188667;
+//! - `tests/fixtures/format3/`: format 3 (snapshot format 2; log records EVENT and
+//!   ACTION, an action as one record), written at the commit that introduced format 3.
+//!
+//! If a format changes, the new code must still read (or migrate) these directories;
+//! fixtures are never rewritten. `OMNIA_WRITE_FIXTURE=DIR cargo test --test
 //! backward_compatibility` writes a new one into DIR, for a future format's fixture.
 
 mod common;
@@ -31,14 +35,14 @@ const CUSTOMERS: usize = 300;
 /// Monday 2 March 2026, 10:00 UTC.
 const START: i64 = 1_772_445_600_000;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2")
+fn fixture(format: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format{format}"))
 }
 
 /// The default config with a budget small enough to run out: 40 accepts of
-/// `welcome_discount`.
+/// `welcome_discount`. Every fixture holds the same file.
 fn config() -> Config {
-    let text = std::fs::read_to_string(fixture().join("config.toml")).unwrap();
+    let text = std::fs::read_to_string(fixture(2).join("config.toml")).unwrap();
     Config::from_source(&Source::new("config.toml", text)).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -97,15 +101,50 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The record kinds (payload byte 8) of every record in the fixture's log files.
+fn record_kinds(data: &Path) -> std::collections::BTreeSet<u8> {
+    let mut kinds = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(data.join("wal")).unwrap() {
+        let file = std::fs::read(entry.unwrap().path()).unwrap();
+        let mut at = 0;
+        while at + 17 <= file.len() {
+            let len = u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+            kinds.insert(file[at + 16]);
+            at += 8 + len;
+        }
+    }
+    kinds
+}
+
 #[test]
 fn a_format_2_data_directory_loads_with_everything_it_holds() {
     if let Ok(dir) = std::env::var("OMNIA_WRITE_FIXTURE") {
         write_fixture(Path::new(&dir));
     }
+    loads(2, [1, 2]);
+}
+
+#[test]
+fn a_format_3_data_directory_loads_with_everything_it_holds() {
+    loads(3, [1, 3]);
+}
+
+/// Recovers a copy of fixture `format`, whose log holds records of `kinds`.
+fn loads(format: u32, kinds: [u8; 2]) {
     // Recovery may cut a torn tail or start a log file: work on a copy.
-    let copy = TempDir::new("backward-compatibility", "format2");
+    let copy = TempDir::new("backward-compatibility", &format!("format{format}"));
     let data = copy.0.join("data");
-    copy_dir(&fixture().join("data"), &data);
+    copy_dir(&fixture(format).join("data"), &data);
+    let format_line = |data: &Path| std::fs::read_to_string(data.join("FORMAT")).unwrap();
+    assert_eq!(
+        format_line(&data),
+        format!("omnia data directory, format {format}\n")
+    );
+    assert_eq!(
+        record_kinds(&data),
+        kinds.into(),
+        "the fixture's record kinds"
+    );
 
     let expected_clock = Arc::new(ManualClock::new(START));
     let expected = Engine::new(config(), expected_clock.clone());
@@ -149,6 +188,11 @@ fn a_format_2_data_directory_loads_with_everything_it_holds() {
     );
     compare(&observe(&expected, CUSTOMERS), &observe(loaded, CUSTOMERS));
     node.close().unwrap();
+    assert_eq!(
+        format_line(&data),
+        format!("{}\n", omnia::store::FORMAT),
+        "opened, the directory is in today's format"
+    );
 }
 
 /// The feedback counted for one offer, channel and arm (decisions are not logged).
@@ -163,8 +207,8 @@ fn feedback(o: &omnia::model::decision::OfferStats) -> String {
 fn write_fixture(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("data"));
     std::fs::create_dir_all(dir).unwrap();
-    if dir.join("config.toml") != fixture().join("config.toml") {
-        std::fs::copy(fixture().join("config.toml"), dir.join("config.toml")).unwrap();
+    if dir.join("config.toml") != fixture(2).join("config.toml") {
+        std::fs::copy(fixture(2).join("config.toml"), dir.join("config.toml")).unwrap();
     }
     let clock = Arc::new(ManualClock::new(START));
     let node = Node::open(&dir.join("data"), config(), clock.clone(), options()).unwrap();

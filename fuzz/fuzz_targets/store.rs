@@ -1,7 +1,8 @@
 //! Bytes from the data directory, which a damaged disk or a careless copy can make
 //! anything: a snapshot file, a shard image inside one (past its checksum, as if the
-//! damage had been written before the checksum was computed), and a log record's offer
-//! action. Damage may be refused; it must never panic or allocate without bound.
+//! damage had been written before the checksum was computed), and a log record's action
+//! (format 3's ACTION, decoded and replayed, and format 2's OFFER_ACTION). Damage may be
+//! refused; it must never panic or allocate without bound.
 #![no_main]
 
 use std::path::Path;
@@ -11,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 use omnia::clock::ManualClock;
 use omnia::config::Config;
 use omnia::engine::{Engine, EngineImage};
-use omnia::store::{snapshot, wal::OfferAction};
+use omnia::decide::record::{ActionRecord, OfferAction};
+use omnia::store::snapshot;
 
 fn engine() -> Engine {
     Engine::new(
@@ -28,6 +30,9 @@ fn empty_image() -> &'static EngineImage {
 
 fuzz_target!(|data: &[u8]| {
     let _ = OfferAction::decode(data);
+    if let Ok(record) = ActionRecord::decode(data) {
+        let _ = engine().replay_action(&record, 1, &[], 0);
+    }
     if let Ok((image, _)) = snapshot::decode(data, Path::new("fuzz.snap")) {
         let _ = engine().restore(&image);
     }

@@ -91,17 +91,6 @@ impl Budget {
                 }
             });
     }
-
-    /// Gives back a unit spent in the period containing `now` (a reservation that was not
-    /// used).
-    pub fn refund(&self, now: u32) {
-        let period = self.period(now);
-        let _ = self
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-                (current >> 32 == period && current & 0xFFFF_FFFF > 0).then(|| current - 1)
-            });
-    }
 }
 
 #[cfg(test)]
@@ -140,7 +129,5 @@ mod tests {
         assert_eq!(budget.spent(86_400), 0);
         assert!(budget.try_spend(86_400));
         assert!(!budget.try_spend(100), "yesterday's budget is closed");
-        budget.refund(86_401);
-        assert_eq!(budget.spent(86_401), 0);
     }
 }

@@ -15,21 +15,26 @@
 //!    stays eligible, which is what keeps every channel showing the same offer;
 //! 4. the fallback offer is considered only when nothing else survived;
 //! 5. with `record_impression`, the impressions of the returned offers are recorded in
-//!    the same critical section (caps, sticky window, coupons), impression budgets are
-//!    spent exactly (an offer whose budget runs out in a race is skipped, never
-//!    over-spent), and the impressions flow into the profile as feedback events.
+//!    the same critical section: impression budgets are spent exactly (an offer whose
+//!    budget runs out in a race is skipped, never over-spent), and one action
+//!    (`engine::action`, one log record) applies the impression events to the profile
+//!    and the impressions to the offer state (caps, sticky window, coupons).
 //!
 //! A customer omnia has never seen is decided against a blank profile first seen now on
-//! the asking channel, so new visitors get the offers that new visitors qualify for.
+//! the asking channel, so new visitors get the offers that new visitors qualify for; a
+//! decision that records impressions creates that profile in the same critical section.
 //!
 //! Feedback (impression, click, accept, dismiss) refers to a remembered decision or to
-//! (customer, offer, channel). It spends budgets, updates caps, cooldowns, stickiness and
-//! coupons, counts per offer, channel and arm, and is applied to the profile as the
-//! event type `decisions.feedback_events` maps it to, so rules can read it.
+//! (customer, offer, channel). It is one action too: it spends budgets, updates caps,
+//! cooldowns, stickiness and coupons, counts per offer, channel and arm, and is applied
+//! to the profile as the event type `decisions.feedback_events` maps it to, so rules can
+//! read it. The actions themselves are in `actions.rs`, their log records in `record.rs`.
 
+mod actions;
 mod budget;
 mod counters;
 mod log;
+pub mod record;
 pub(crate) mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +43,7 @@ use compact_str::CompactString;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{BudgetCounts, Config, OfferDef, ValueType};
+use crate::engine::action::{Acted, Action, Create, Mode};
 use crate::engine::eval::Eval;
 use crate::engine::event::{parse_key, EventError, Key};
 use crate::engine::{Customer, Engine, Receipt};
@@ -45,8 +51,10 @@ use crate::model::decision::{
     ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
     FeedbackTarget, OfferStats, Outcome, RankedOffer,
 };
-use crate::model::event::{RawEvent, RawValue};
-use crate::store::wal::OfferAction;
+use crate::model::event::RawValue;
+
+use actions::{profile_event, Decided, Given, Replayed};
+use record::{ActionRecord, OfferAction};
 
 use budget::Budget;
 use counters::{Counters, DECISIONS};
@@ -165,12 +173,6 @@ impl Decider {
     pub fn restore_counters(&self, values: &[u64]) {
         self.counters.restore(values);
     }
-
-    fn refund(&self, offer: usize, now: u32) {
-        if let Some(b) = &self.budgets[offer] {
-            b.refund(now);
-        }
-    }
 }
 
 fn counts(c: BudgetCounts) -> FeedbackKind {
@@ -198,40 +200,17 @@ pub fn assign_arm(experiment: &crate::config::ExperimentDef, key: &str) -> usize
     experiment.arms.len().saturating_sub(1)
 }
 
-/// One thing a customer did with an offer, as [`Engine::act`] applies it.
-struct Act<'a> {
+/// One thing a customer did with an offer, as [`Engine::change_offer_state`] applies it.
+#[derive(Debug, Clone, Copy)]
+struct Act {
     kind: FeedbackKind,
     offer: usize,
     channel: usize,
     now: u32,
     decision_id: u64,
-    /// The key the customer was found by; logged to find it again in replay.
-    key: &'a str,
     /// Whether the offer counters count it (replay counts only what a snapshot's
     /// counters do not hold).
     count: bool,
-}
-
-impl<'a> Act<'a> {
-    fn new(kind: FeedbackKind, offer: usize, channel: usize, now: u32) -> Act<'static> {
-        Act {
-            kind,
-            offer,
-            channel,
-            now,
-            decision_id: 0,
-            key: "",
-            count: true,
-        }
-    }
-
-    fn by<'k>(self, decision_id: u64, key: &'k str) -> Act<'k> {
-        Act {
-            decision_id,
-            key,
-            ..self
-        }
-    }
 }
 
 /// An offer that passed every constraint.
@@ -399,7 +378,12 @@ impl Engine {
         self.decide_with(request, &mut Receipt::default())
     }
 
-    /// [`Engine::decide`], noting the log records of a recorded impression in `receipt`.
+    /// [`Engine::decide`], noting the log record of a recorded impression in `receipt`.
+    ///
+    /// A decision that records its impressions is one action (`engine::action`): under
+    /// the customer's one shard lock it is arbitrated, its impression budgets spent, and
+    /// then, as one log record, its impression events applied to the profile and its
+    /// offer state changed. A new visitor gets its profile in the same critical section.
     pub fn decide_with(
         &self,
         request: &DecisionRequest,
@@ -419,94 +403,62 @@ impl Engine {
             // Before anything is spent or changed: a refusal changes nothing.
             self.writable()?;
         }
-        if request.record_impression
-            && d.feedback_events[FeedbackKind::Impression.index()].is_none()
-            && self.customer_of(&key.text).is_none()
-        {
-            // Checked before anything is spent or counted, so a refusal changes nothing.
-            return Err(DecideError::UnknownCustomer {
-                key: request.key.clone(),
-                kind: FeedbackKind::Impression,
-            });
-        }
-        let decision_id = self.decider.next_id();
-
-        let mut chosen: Vec<Candidate> = Vec::new();
-        let mut explanation: Vec<(Outcome, f64, String)> = Vec::new();
-        let mut arms: Vec<u8> = Vec::new();
-        let mut coupons: Vec<Coupon> = Vec::new();
-        let mut logged_key = CompactString::from(request.key.as_str());
-        let mut spent: Vec<usize> = Vec::new();
-
-        let known = self.with_customer(&key.text, now, &context, |customer| {
-            let Some(mut customer) = customer else {
-                return false;
-            };
-            let primary = crate::engine::view::primary_key(customer.keys);
-            assign_arms(config, customer.offers, &primary);
-            arms = customer.offers.arms.clone();
-            let a = arbitrate(
-                self,
-                &customer.eval,
-                Some(customer.offers),
-                &arms,
-                channel,
-                request.explain,
-            );
-            explanation = a.considered;
-            chosen = self.take_top(a.ranked, request, now, &mut explanation, &mut spent);
-            if request.record_impression {
-                for c in &chosen {
-                    let act = Act::new(FeedbackKind::Impression, c.offer, channel, now);
-                    self.act(&mut customer, act.by(decision_id, &key.text), receipt);
+        let mut decided = Decided {
+            engine: self,
+            request,
+            channel,
+            now,
+            timestamp_ms: self.now_ms(),
+            decision_id: self.decider.next_id(),
+            key: &key,
+            event_type: d.feedback_events[FeedbackKind::Impression.index()],
+            chosen: Vec::new(),
+            explanation: Vec::new(),
+            arms: Vec::new(),
+            coupons: Vec::new(),
+            logged_key: CompactString::from(request.key.as_str()),
+            events: Vec::new(),
+        };
+        let known = if request.record_impression {
+            let create = decided.event_type.map(|_| Create { time: now, channel });
+            match self.act(&key, &context, create, &mut decided, Mode::Live(receipt))? {
+                Acted::Unknown => {
+                    return Err(DecideError::UnknownCustomer {
+                        key: request.key.clone(),
+                        kind: FeedbackKind::Impression,
+                    })
                 }
+                // A profile made for a declined decision was removed again.
+                Acted::Created | Acted::Declined { created: true } => false,
+                Acted::Applied | Acted::Declined { created: false } => true,
             }
-            customer.offers.prune(now);
-            coupons = open_coupons(config, customer.offers, now);
-            logged_key = primary.into();
-            true
-        });
-        if !known {
-            let plan = self.plan();
-            let row = crate::engine::shard::blank_row(plan, now, channel, key.namespace);
-            let eval = Eval::of(plan, &row, now).with_context(&context);
-            let mut fresh = CustomerOffers::default();
-            assign_arms(config, &mut fresh, &key.text);
-            arms = fresh.arms.clone();
-            let a = arbitrate(self, &eval, None, &arms, channel, request.explain);
-            explanation = a.considered;
-            chosen = self.take_top(a.ranked, request, now, &mut explanation, &mut spent);
-        }
+        } else {
+            let known = self.with_customer(&key.text, now, &context, |customer| {
+                let Some(customer) = customer else {
+                    return false;
+                };
+                decided.plan(customer);
+                true
+            });
+            if !known {
+                decided.new_visitor(&context);
+            }
+            known
+        };
+        let Decided {
+            decision_id,
+            chosen,
+            explanation,
+            arms,
+            coupons,
+            logged_key,
+            ..
+        } = decided;
 
         for c in &chosen {
             self.decider
                 .counters
                 .add(c.offer, channel, &arms, DECISIONS);
-        }
-        if request.record_impression && !chosen.is_empty() {
-            let kind = FeedbackKind::Impression;
-            for c in &chosen {
-                let offer = c.offer;
-                let applied =
-                    self.feedback_event(kind, &logged_key, channel, offer, decision_id, receipt);
-                if let Err(e) = applied {
-                    for &o in &spent {
-                        self.decider.refund(o, now);
-                    }
-                    return Err(e);
-                }
-                if !known {
-                    // The profile exists now; record the impression in its history.
-                    self.with_customer(&logged_key, now, &[], |customer| {
-                        if let Some(mut customer) = customer {
-                            assign_arms(config, customer.offers, &logged_key);
-                            let act = Act::new(kind, offer, channel, now);
-                            self.act(&mut customer, act.by(decision_id, &logged_key), receipt);
-                            coupons = open_coupons(config, customer.offers, now);
-                        }
-                    });
-                }
-            }
         }
         if !chosen.is_empty() {
             self.decider.log.insert(
@@ -562,28 +514,26 @@ impl Engine {
         request: &DecisionRequest,
         now: u32,
         explanation: &mut [(Outcome, f64, String)],
-        spent: &mut Vec<usize>,
     ) -> Vec<Candidate> {
         let mut chosen = Vec::with_capacity(request.top as usize);
         for c in ranked {
             if chosen.len() == request.top as usize {
                 break;
             }
-            if request.record_impression {
-                match self.decider.spend(c.offer, FeedbackKind::Impression, now) {
-                    Ok(true) => spent.push(c.offer),
-                    Ok(false) => {}
-                    Err(()) => {
-                        if let Some(e) = explanation.get_mut(c.offer) {
-                            *e = (
-                                Outcome::Budget,
-                                f64::NAN,
-                                "spent by a concurrent decision".into(),
-                            );
-                        }
-                        continue;
-                    }
+            if request.record_impression
+                && self
+                    .decider
+                    .spend(c.offer, FeedbackKind::Impression, now)
+                    .is_err()
+            {
+                if let Some(e) = explanation.get_mut(c.offer) {
+                    *e = (
+                        Outcome::Budget,
+                        f64::NAN,
+                        "spent by a concurrent decision".into(),
+                    );
                 }
+                continue;
             }
             if let Some(e) = explanation.get_mut(c.offer) {
                 e.0 = Outcome::Chosen;
@@ -597,15 +547,15 @@ impl Engine {
     }
 
     /// Applies what a customer did with an offer to its offer state, under its shard's
-    /// lock: logs the change (so it survives a crash), tallies the budget unit the shard
-    /// spent, and changes caps, sticky window, cooldowns and coupons. Returns, for an
-    /// impression, the customer's open coupon for the offer (issued by this impression
-    /// when the customer held none), and for an acceptance the coupon it redeemed.
-    fn act(
+    /// lock, as the second half of an action whose record is logged already: tallies the
+    /// budget unit the shard spent, and changes caps, sticky window, cooldowns and
+    /// coupons. Returns, for an impression, the customer's open coupon for the offer
+    /// (issued by this impression when the customer held none), and for an acceptance
+    /// the coupon it redeemed.
+    fn change_offer_state(
         &self,
         customer: &mut Customer<'_>,
-        action: Act<'_>,
-        receipt: &mut Receipt,
+        action: Act,
     ) -> Option<state::IssuedCoupon> {
         let Act {
             kind,
@@ -613,11 +563,10 @@ impl Engine {
             channel,
             now,
             decision_id,
-            key,
-            ..
+            count,
         } = action;
         let config = self.config();
-        if action.count {
+        if count {
             // Under the shard lock with the log record, so a snapshot's counters and
             // its shards agree on which actions they hold.
             self.decider.counters.add(
@@ -625,21 +574,6 @@ impl Engine {
                 channel,
                 &customer.offers.arms,
                 Counters::feedback_measure(kind),
-            );
-        }
-        if let Some(journal) = self.journal() {
-            let action = OfferAction {
-                kind,
-                time: now,
-                decision_id,
-                key: key.to_string(),
-                offer: config.decisions.offers[offer].name.clone(),
-                channel: config.channels[channel].clone(),
-            };
-            receipt.logged(
-                journal.append(crate::engine::journal::kind::OFFER_ACTION, &mut |body| {
-                    action.encode(body)
-                }),
             );
         }
         if let Some(period) = self.decider.budget_period(offer, kind, now) {
@@ -687,9 +621,82 @@ impl Engine {
         }
     }
 
-    /// Applies an offer action read back from the log at `sequence`, unless the
-    /// snapshot image of the customer's shard holds it already (`cuts`); counters count
-    /// it if it came after the snapshot copied them (`counted_to`).
+    /// Applies an action read back from the log at `sequence` (journal kind `ACTION`),
+    /// both halves, unless the snapshot image of the customer's shard holds it already
+    /// (`cuts`); counters count it if it came after the snapshot copied them
+    /// (`counted_to`). Offers the config no longer has are left out (their state is gone
+    /// with them); an event type or channel it no longer has is an error, as for an
+    /// event record.
+    pub fn replay_action(
+        &self,
+        record: &ActionRecord,
+        sequence: u64,
+        cuts: &[u64],
+        counted_to: u64,
+    ) -> Result<(), DecideError> {
+        let config = self.config();
+        let key = self.key(&record.key)?;
+        let channel = config.channel_id(&record.channel);
+        let event_type = match record.event.as_str() {
+            "" => None,
+            name => Some(config.event_id(name).ok_or_else(|| {
+                DecideError::Event(EventError::UnknownEventType {
+                    name: name.to_string(),
+                    declared: config
+                        .events
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            })?),
+        };
+        let Some(channel) = channel else {
+            if event_type.is_none() {
+                tracing::debug!(channel = %record.channel, sequence, "skipped an offer action for a channel the config dropped");
+                return Ok(());
+            }
+            return Err(self.channel(&record.channel).unwrap_err());
+        };
+        let offers: Vec<usize> = record
+            .offers
+            .iter()
+            .filter_map(|name| config.decisions.offer_id(name))
+            .collect();
+        let events = match event_type {
+            Some(e) => record
+                .offers
+                .iter()
+                .map(|offer| {
+                    let at = record.timestamp_ms;
+                    profile_event(config, e, channel, offer, record.decision_id, at)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut replayed = Replayed {
+            engine: self,
+            record,
+            channel,
+            offers,
+            events,
+            sequence,
+            cuts,
+            counted_to,
+        };
+        let create = event_type.map(|_| Create {
+            time: record.time,
+            channel,
+        });
+        self.act(&key, &[], create, &mut replayed, Mode::Replay)?;
+        Ok(())
+    }
+
+    /// Applies an offer action of data directory format 2 (journal kind `OFFER_ACTION`,
+    /// which logged the profile event apart as an EVENT record) read back from the log
+    /// at `sequence`, unless the snapshot image of the customer's shard holds it already
+    /// (`cuts`); counters count it if it came after the snapshot copied them
+    /// (`counted_to`).
     pub fn replay_offer_action(
         &self,
         action: &OfferAction,
@@ -716,8 +723,7 @@ impl Engine {
             let primary = crate::engine::view::primary_key(customer.keys);
             assign_arms(config, customer.offers, &primary);
             let _ = self.decider.spend(offer, action.kind, action.time);
-            // Replayed from the log: nothing is appended (no journal is attached yet).
-            self.act(
+            self.change_offer_state(
                 &mut customer,
                 Act {
                     kind: action.kind,
@@ -725,10 +731,8 @@ impl Engine {
                     channel,
                     now: action.time,
                     decision_id: action.decision_id,
-                    key: &action.key,
                     count: sequence > counted_to,
                 },
-                &mut Receipt::default(),
             );
         });
         Ok(())
@@ -754,7 +758,12 @@ impl Engine {
         self.feedback_with(kind, target, &mut Receipt::default())
     }
 
-    /// [`Engine::feedback`], noting its log records in `receipt`.
+    /// [`Engine::feedback`], noting its log record in `receipt`.
+    ///
+    /// One action (`engine::action`): under the customer's shard lock the budget is
+    /// spent, and then, as one log record, the feedback event is applied to the profile
+    /// and the offer state changed. A customer the feedback event creates gets its
+    /// profile in the same critical section.
     pub fn feedback_with(
         &self,
         kind: FeedbackKind,
@@ -781,7 +790,12 @@ impl Engine {
                         decision_id: *decision_id,
                     });
                 }
-                (logged.key, o, logged.channel as usize, *decision_id)
+                (
+                    self.key(&logged.key)?,
+                    o,
+                    logged.channel as usize,
+                    *decision_id,
+                )
             }
             FeedbackTarget::Customer {
                 key,
@@ -791,17 +805,38 @@ impl Engine {
                 let channel = self.channel(channel)?;
                 let key = self.key(key)?;
                 let o = self.offer(offer)?;
-                (key.text, o, channel, self.decider.next_id())
+                (key, o, channel, self.decider.next_id())
             }
         };
         let now = self.now_secs();
-        let def = &d.offers[offer];
         // Before the budget is spent: a refusal changes nothing.
         self.writable()?;
-        let spent =
-            self.decider
-                .spend(offer, kind, now)
-                .map_err(|()| DecideError::BudgetSpent {
+        let event_type = d.feedback_events[kind.index()];
+        let mut given = Given {
+            engine: self,
+            act: Act {
+                kind,
+                offer,
+                channel,
+                now,
+                decision_id,
+                count: true,
+            },
+            key: &key,
+            timestamp_ms: self.now_ms(),
+            event_type,
+            events: Vec::new(),
+            coupon: None,
+        };
+        let create = event_type.map(|_| Create { time: now, channel });
+        match self.act(&key, &[], create, &mut given, Mode::Live(receipt))? {
+            Acted::Unknown => Err(DecideError::UnknownCustomer {
+                key: key.text.to_string(),
+                kind,
+            }),
+            Acted::Declined { .. } => {
+                let def = &d.offers[offer];
+                Err(DecideError::BudgetSpent {
                     offer: def.name.clone(),
                     counts: def.budget.as_ref().map_or("", |b| b.counts.name()),
                     limit: def.budget.as_ref().map_or(0, |b| b.limit),
@@ -817,72 +852,18 @@ impl Engine {
                         })
                         .unwrap_or_default(),
                     kind,
-                })?;
-        if let Err(e) = self.feedback_event(kind, &key, channel, offer, decision_id, receipt) {
-            if spent {
-                self.decider.refund(offer, now);
+                })
             }
-            return Err(e);
+            Acted::Applied | Acted::Created => Ok(FeedbackResult {
+                decision_id,
+                coupon: given.coupon.map(|c| coupon_view(config, &c)),
+            }),
         }
-        let mut coupon = None;
-        self.with_customer(&key, now, &[], |customer| {
-            let Some(mut customer) = customer else {
-                return;
-            };
-            let primary = crate::engine::view::primary_key(customer.keys);
-            assign_arms(config, customer.offers, &primary);
-            let act = Act::new(kind, offer, channel, now);
-            coupon = self.act(&mut customer, act.by(decision_id, &key), receipt);
-        });
-        Ok(FeedbackResult {
-            decision_id,
-            coupon: coupon.map(|c| coupon_view(config, &c)),
-        })
     }
 
     /// Per offer, channel and experiment arm: decisions and feedback counted so far.
     pub fn offer_stats(&self) -> Vec<OfferStats> {
         self.decider.counters.snapshot(self.config())
-    }
-
-    /// Applies feedback to the profile as its mapped event type. Without a mapping, the
-    /// customer must already exist (there is nothing to create a profile with).
-    fn feedback_event(
-        &self,
-        kind: FeedbackKind,
-        key: &str,
-        channel: usize,
-        offer: usize,
-        decision_id: u64,
-        receipt: &mut Receipt,
-    ) -> Result<(), DecideError> {
-        let config = self.config();
-        let Some(event_type) = config.decisions.feedback_events[kind.index()] else {
-            return match self.customer_of(key) {
-                Some(_) => Ok(()),
-                None => Err(DecideError::UnknownCustomer {
-                    key: key.to_string(),
-                    kind,
-                }),
-            };
-        };
-        let def = &config.events[event_type];
-        let mut event = RawEvent::new(&def.name, &config.channels[channel], self.now_ms());
-        event.keys.push(key.to_string());
-        for p in &def.properties {
-            match p.name.as_str() {
-                "offer" => event.properties.push((
-                    "offer".into(),
-                    RawValue::Str(config.decisions.offers[offer].name.clone()),
-                )),
-                "decision" => event
-                    .properties
-                    .push(("decision".into(), RawValue::Str(decision_id.to_string()))),
-                _ => {}
-            }
-        }
-        self.ingest_admitted(&event, receipt)?;
-        Ok(())
     }
 
     fn channel(&self, name: &str) -> Result<usize, DecideError> {

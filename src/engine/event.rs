@@ -274,6 +274,17 @@ fn mismatch(ty: ValueType, value: ValueRef<'_>) -> Option<(&'static str, &'stati
     }
 }
 
+/// A string property's value as rules compare it: the index + 1 of the constant it
+/// equals, 0 when no rule compares the property with this string.
+pub(crate) fn string_property(prop: &crate::config::PropertyDef, s: &str) -> PropValue {
+    PropValue::Str(
+        prop.constants
+            .iter()
+            .position(|c| c == s)
+            .map_or(0, |i| i as u32 + 1),
+    )
+}
+
 /// Resolves an event (owned, or borrowed from a frame) against the config and the
 /// attribute interner. Allocates only the resolved event, and an error's text.
 pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventError> {
@@ -338,12 +349,7 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
         properties[index] = match value {
             ValueRef::Num(v) => PropValue::Num(v),
             ValueRef::Bool(b) => PropValue::Bool(b),
-            ValueRef::Str(s) => PropValue::Str(
-                prop.constants
-                    .iter()
-                    .position(|c| c == s)
-                    .map_or(0, |i| i as u32 + 1),
-            ),
+            ValueRef::Str(s) => string_property(prop, s),
         };
     }
     let mut attributes = Vec::new();

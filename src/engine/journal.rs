@@ -24,8 +24,12 @@ use std::pin::Pin;
 pub mod kind {
     /// An event, as a one-event INGEST body (`protocol::ingest::encode_one`).
     pub const EVENT: u8 = 1;
-    /// A change to a customer's offer state (`store::wal::OfferAction`).
+    /// A change to a customer's offer state alone (`decide::record::OfferAction`): written
+    /// by data directory format 2, still replayed.
     pub const OFFER_ACTION: u8 = 2;
+    /// One action on one customer: a recorded decision or a feedback, profile events and
+    /// offer state together (`decide::record::ActionRecord`, see `engine::action`).
+    pub const ACTION: u8 = 3;
 }
 
 /// Where the engine's changes are stored, in order.

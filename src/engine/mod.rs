@@ -29,11 +29,18 @@
 //! changes (a full disk), it is refused before anything is applied, so the engine never
 //! shows what it did not log.
 //!
+//! Actions. A change that a layer above makes to one customer, profile and more, as one
+//! log record under one shard lock (a decision that records impressions, a feedback) is
+//! an `action::Action`, run by `Engine::act`: the engine finds or creates the customer,
+//! logs the action's record and applies its events; what else it changes is the
+//! action's own business (see `action`).
+//!
 //! Strings. Attribute string values are interned codes counted by the rows that hold
 //! them (see `config::rule::Interner`); the tick frees the ones no row holds. A change
 //! holds the string gate for reading from resolution to application, and a sweep takes
 //! it for writing, so a code in hand is never freed before a row holds it.
 
+pub(crate) mod action;
 pub(crate) mod eval;
 pub mod event;
 mod image;
@@ -326,10 +333,9 @@ impl Engine {
         }
     }
 
-    /// [`Engine::ingest`] for a change whose request was admitted already ([`Engine::writable`]):
-    /// the second half of a decision or feedback, which must not be refused once the
-    /// first half is applied. The caller holds [`Engine::hold_strings`].
-    pub(crate) fn ingest_admitted(
+    /// [`Engine::ingest`] once the change is admitted ([`Engine::writable`]), with
+    /// [`Engine::hold_strings`] held.
+    fn ingest_admitted(
         &self,
         raw: &impl EventView,
         receipt: &mut Receipt,
@@ -480,7 +486,7 @@ impl Engine {
         // merge that it followed.
         let (survivor, held) = if customers.is_empty() {
             let first = &event.keys[0];
-            let shard = (self.hasher.hash_one(&*first.text) as usize) & (self.shards.len() - 1);
+            let shard = self.home_shard(&first.text);
             let mut state = self.lock_at(shard, now);
             let Some(local) = state.allocate(&self.plan) else {
                 return Err(EventError::Full {
@@ -654,19 +660,8 @@ impl Engine {
             None => f(None),
             Some((mut state, local)) => {
                 let shard = self.split(state.id_base).0;
-                let (eval, offers, keys, budget_spent) =
-                    state.customer_mut(&self.plan, local, context);
-                let result = f(Some(Customer {
-                    eval,
-                    offers,
-                    keys,
-                    budget_spent,
-                    shard,
-                }));
-                // Only customers with offer history keep an entry.
-                if state.offers.get(&local).is_some_and(|o| o.is_empty()) {
-                    state.offers.remove(&local);
-                }
+                let result = f(Some(state.customer(&self.plan, local, context, shard)));
+                state.drop_empty_offers(local);
                 result
             }
         }
@@ -674,24 +669,41 @@ impl Engine {
 
     /// The shard (locked) and slot of the customer a key belongs to.
     fn locate(&self, key: &str, now: u32) -> Option<(MutexGuard<'_, ShardState>, u32)> {
-        let try_once = || {
-            let r = CustomerRef::unpack(*self.identity.get(key)?);
-            let (shard, local) = self.split(r.id);
-            let state = self.lock_at(shard, now);
-            let current =
-                state.gens.get(local as usize) == Some(&r.generation) && state.is_live(local);
-            Some(current.then_some((state, local)))
-        };
         // A merge may free the slot between reading the map and taking the lock; then
         // the map already points at the survivor, so looking again finds it.
         for _ in 0..4 {
-            if let Some(found) = try_once()? {
+            if let Some(found) = self.try_locate(key, now)? {
                 return Some(found);
             }
         }
         // Under the identity mutex no merge can run, so this look is final.
         let _identity = self.identity_writes.lock();
-        try_once().flatten()
+        self.locate_under_identity(key, now)
+    }
+
+    /// [`Engine::locate`] for a caller holding the identity mutex: one look is final.
+    fn locate_under_identity(
+        &self,
+        key: &str,
+        now: u32,
+    ) -> Option<(MutexGuard<'_, ShardState>, u32)> {
+        self.try_locate(key, now).flatten()
+    }
+
+    /// One look: `None` if the key is unknown, `Some(None)` if its customer was merged
+    /// away between reading the map and taking the lock.
+    #[allow(clippy::type_complexity)]
+    fn try_locate(&self, key: &str, now: u32) -> Option<Option<(MutexGuard<'_, ShardState>, u32)>> {
+        let r = CustomerRef::unpack(*self.identity.get(key)?);
+        let (shard, local) = self.split(r.id);
+        let state = self.lock_at(shard, now);
+        let current = state.gens.get(local as usize) == Some(&r.generation) && state.is_live(local);
+        Some(current.then_some((state, local)))
+    }
+
+    /// The shard a new customer whose first key is `key` is created in.
+    fn home_shard(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) & (self.shards.len() - 1)
     }
 
     /// The customer a key belongs to.

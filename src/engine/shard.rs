@@ -459,17 +459,13 @@ impl ShardState {
     }
 
     /// A customer's profile for reading and its offer history for updating, at once.
-    pub fn customer_mut<'a>(
+    pub fn customer<'a>(
         &'a mut self,
         plan: &'a Plan,
         local: u32,
         context: &'a [f64],
-    ) -> (
-        Eval<'a>,
-        &'a mut CustomerOffers,
-        &'a [Key],
-        &'a mut [(u32, u32)],
-    ) {
+        shard: usize,
+    ) -> super::Customer<'a> {
         let stride = plan.layout.stride;
         let (chunk, at) = (
             local as usize / CHUNK_ROWS,
@@ -477,13 +473,20 @@ impl ShardState {
         );
         let eval =
             Eval::of(plan, &self.rows[chunk][at..at + stride], self.now).with_context(context);
-        let offers = self.offers.entry(local).or_default();
-        (
+        super::Customer {
             eval,
-            offers,
-            &self.keys[local as usize],
-            &mut self.budget_spent,
-        )
+            offers: self.offers.entry(local).or_default(),
+            keys: &self.keys[local as usize],
+            budget_spent: &mut self.budget_spent,
+            shard,
+        }
+    }
+
+    /// Only customers with offer history keep an entry in `offers`.
+    pub fn drop_empty_offers(&mut self, local: u32) {
+        if self.offers.get(&local).is_some_and(|o| o.is_empty()) {
+            self.offers.remove(&local);
+        }
     }
 
     pub fn eval<'a>(&'a self, plan: &'a Plan, local: u32) -> Eval<'a> {

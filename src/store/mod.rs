@@ -3,7 +3,8 @@
 //! Layout of a data directory:
 //!
 //! ```text
-//! FORMAT                    "omnia data directory, format 2": checked at every start
+//! FORMAT                    "omnia data directory, format 3": checked at every start
+//!                           (format 2 is migrated, see `MIGRATES`)
 //! wal/<sequence>.log        the write-ahead log, in segments named by their first record
 //! snapshots/<position>.snap the newest snapshot (see `snapshot`)
 //! ```
@@ -35,8 +36,14 @@ use crate::engine::Engine;
 use crate::protocol::IngestBatch;
 use wal::{HEADER, MAX_PAYLOAD};
 
-/// The first line of `FORMAT`; a directory with another one is refused.
-pub const FORMAT: &str = "omnia data directory, format 2";
+/// The first line of `FORMAT` this version writes.
+pub const FORMAT: &str = "omnia data directory, format 3";
+
+/// Earlier formats this version reads and migrates at start: format 2 differs only in
+/// the records it wrote (an EVENT and an OFFER_ACTION per offer action, where format 3
+/// writes one ACTION), which this version still replays, so migrating it is rewriting
+/// `FORMAT`. Any other first line is refused.
+pub const MIGRATES: &[&str] = &["omnia data directory, format 2"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,7 +123,10 @@ pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
     match std::fs::read_to_string(&format) {
         Ok(text) => {
             let found = text.lines().next().unwrap_or("").trim().to_string();
-            if found != FORMAT {
+            if MIGRATES.contains(&found.as_str()) {
+                write_format(path)?;
+                tracing::info!(data_dir = %path.display(), from = %found, to = FORMAT, "migrated the data directory");
+            } else if found != FORMAT {
                 return Err(StoreError::IncompatibleFormat {
                     path: path.to_path_buf(),
                     found,
@@ -124,30 +134,41 @@ pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let empty = std::fs::read_dir(path).map_err(io(path))?.next().is_none();
+            // A `FORMAT.next` alone is a first start that stopped before its rename.
+            let empty = std::fs::read_dir(path)
+                .map_err(io(path))?
+                .all(|e| e.is_ok_and(|e| e.file_name() == "FORMAT.next"));
             if !empty {
                 return Err(StoreError::NotADataDirectory {
                     path: path.to_path_buf(),
                 });
             }
-            // The file's bytes, then its name: a power loss must not leave an empty
-            // FORMAT, which the next start would refuse.
-            std::fs::File::create(&format)
-                .and_then(|mut f| {
-                    use std::io::Write;
-                    f.write_all(format!("{FORMAT}\n").as_bytes())?;
-                    f.sync_all()
-                })
-                .map_err(io(&format))?;
-            std::fs::File::open(path)
-                .and_then(|d| d.sync_all())
-                .map_err(io(path))?;
+            write_format(path)?;
         }
         Err(e) => return Err(io(&format)(e)),
     }
     Ok(DataDir {
         root: path.to_path_buf(),
     })
+}
+
+/// Writes `FORMAT` as this version's: the bytes into a new file, synced, then renamed
+/// over the old one and the directory synced, so a power loss leaves the old `FORMAT`
+/// or the new one, never an empty or half-written file.
+fn write_format(path: &Path) -> Result<(), StoreError> {
+    let format = path.join("FORMAT");
+    let next = path.join("FORMAT.next");
+    std::fs::File::create(&next)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(format!("{FORMAT}\n").as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(io(&next))?;
+    std::fs::rename(&next, &format).map_err(io(&format))?;
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io(path))
 }
 
 /// What recovery found.
@@ -535,9 +556,15 @@ fn replay(
             })
         }
         wal::OFFER_ACTION => {
-            let action = wal::OfferAction::decode(body)?;
+            let action = crate::decide::record::OfferAction::decode(body)?;
             engine
                 .replay_offer_action(&action, sequence, cuts, counted_to)
+                .map_err(|e| e.to_string())
+        }
+        wal::ACTION => {
+            let record = crate::decide::record::ActionRecord::decode(body)?;
+            engine
+                .replay_action(&record, sequence, cuts, counted_to)
                 .map_err(|e| e.to_string())
         }
         other => Err(format!("unknown record kind {other}")),

@@ -6,8 +6,10 @@
 //! the body:
 //! - [`EVENT`]: the event as a one-event INGEST body (the protocol's layout, so the log
 //!   needs no format of its own for events);
-//! - [`OFFER_ACTION`]: what a decision or feedback did to a customer's offer state (an
-//!   impression recorded, an acceptance, ...), see [`OfferAction`].
+//! - [`ACTION`]: one decision that recorded impressions, or one feedback: the profile
+//!   events and the offer state change together (`decide::record::ActionRecord`);
+//! - [`OFFER_ACTION`]: format 2 wrote a decision or feedback as an EVENT record and this
+//!   offer state record; still replayed, no longer written (see `decide::record::OfferAction`).
 //!
 //! Sequences start at 1 and have no gaps.
 //!
@@ -63,62 +65,8 @@ pub const HEADER: usize = 8;
 /// Longest accepted payload: an event is far smaller; a longer length is corruption.
 pub const MAX_PAYLOAD: usize = 1 << 24;
 /// Record kinds, as the engine's journal names them: an event as a one-event INGEST
-/// body, and an [`OfferAction`].
-pub use crate::engine::journal::kind::{EVENT, OFFER_ACTION};
-
-/// A change to one customer's offer state, logged so that caps, cooldowns, stickiness,
-/// coupons and budgets survive a crash. Names, not indexes, so a reordered config still
-/// replays it.
-///
-/// Body: `u8 kind` (the FEEDBACK kind code), `u32 time` (seconds), `u64 decision id`,
-/// then the customer key, the offer and the channel, each as `u16 length` + UTF-8.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OfferAction {
-    pub kind: crate::model::decision::FeedbackKind,
-    pub time: u32,
-    pub decision_id: u64,
-    pub key: String,
-    pub offer: String,
-    pub channel: String,
-}
-
-impl OfferAction {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.kind as u8);
-        out.extend_from_slice(&self.time.to_le_bytes());
-        out.extend_from_slice(&self.decision_id.to_le_bytes());
-        for text in [&self.key, &self.offer, &self.channel] {
-            let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
-            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-            out.extend_from_slice(bytes);
-        }
-    }
-
-    pub fn decode(body: &[u8]) -> Result<OfferAction, String> {
-        let mut r = crate::protocol::codec::Reader::new(body);
-        let f = |name: &'static str| move || format!("offer action {name}");
-        let code = r.u8(&f("kind")).map_err(|e| e.to_string())?;
-        let kind = crate::model::decision::FeedbackKind::from_u8(code)
-            .ok_or_else(|| format!("offer action of unknown kind {code}"))?;
-        let decoded = (|| {
-            let time = r.u32(&f("time"))?;
-            let decision_id = r.u64(&f("decision id"))?;
-            let key = r.str(&f("key"))?.to_string();
-            let offer = r.str(&f("offer"))?.to_string();
-            let channel = r.str(&f("channel"))?.to_string();
-            r.finish()?;
-            Ok::<_, crate::protocol::codec::DecodeError>(OfferAction {
-                kind,
-                time,
-                decision_id,
-                key,
-                offer,
-                channel,
-            })
-        })();
-        decoded.map_err(|e| e.to_string())
-    }
-}
+/// body, an action (`decide::record::ActionRecord`), and format 2's offer action.
+pub use crate::engine::journal::kind::{ACTION, EVENT, OFFER_ACTION};
 
 pub use crate::config::FsyncPolicy;
 

@@ -1,0 +1,300 @@
+//! The three offer actions, as `engine::action` runs them under one shard lock: a
+//! decision ([`Decided`]), a feedback ([`Given`]) and either read back from the log
+//! ([`Replayed`]). Each is one log record ([`ActionRecord`]) and changes the profile
+//! (one feedback event per offer, when the kind maps to an event type) and the offer
+//! state together.
+//!
+//! Invariant: a plan that says yes has spent every budget unit the action needs, so
+//! nothing after it can fail and nothing is refunded. A plan that says no has spent
+//! nothing (a decision's budgets are spent only for the offers it returns).
+
+use compact_str::CompactString;
+
+use super::record::ActionRecord;
+use super::{arbitrate, assign_arms, open_coupons, state, Act, Candidate, CustomerOffers, Outcome};
+use crate::config::Config;
+use crate::engine::action::Action;
+use crate::engine::eval::Eval;
+use crate::engine::event::{string_property, Event, Key, PropValue};
+use crate::engine::{Customer, Engine};
+use crate::model::decision::{Coupon, DecisionRequest, FeedbackKind};
+
+/// The feedback event of `offer` as the profile gets it: `event_type` on `channel` at
+/// `timestamp_ms`, with the `offer` and `decision` properties the type declares. Its
+/// keys are left empty: an action applies it to the customer it runs on.
+pub(super) fn profile_event(
+    config: &Config,
+    event_type: usize,
+    channel: usize,
+    offer: &str,
+    decision_id: u64,
+    timestamp_ms: i64,
+) -> Event {
+    let properties = config.events[event_type]
+        .properties
+        .iter()
+        .map(|p| match p.name.as_str() {
+            "offer" => string_property(p, offer),
+            "decision" => string_property(p, &decision_id.to_string()),
+            _ => PropValue::Missing,
+        })
+        .collect();
+    Event {
+        keys: Vec::new(),
+        event_type,
+        channel,
+        timestamp_ms,
+        properties,
+        attributes: Vec::new(),
+    }
+}
+
+/// A decision: arbitrated under the lock; with `record_impression`, its impressions are
+/// the action. Holds what the reply needs once the lock is released.
+pub(super) struct Decided<'a> {
+    pub engine: &'a Engine,
+    pub request: &'a DecisionRequest,
+    pub channel: usize,
+    pub now: u32,
+    pub timestamp_ms: i64,
+    pub decision_id: u64,
+    pub key: &'a Key,
+    /// The event type impressions enter the profile as, if any.
+    pub event_type: Option<usize>,
+    pub chosen: Vec<Candidate>,
+    pub explanation: Vec<(Outcome, f64, String)>,
+    pub arms: Vec<u8>,
+    pub coupons: Vec<Coupon>,
+    /// The key FEEDBACK by decision id finds the customer by: its primary key.
+    pub logged_key: CompactString,
+    pub events: Vec<Event>,
+}
+
+impl Decided<'_> {
+    /// Decides for a customer omnia has never seen and that this decision does not
+    /// create: against a blank profile first seen now on the asking channel, with no
+    /// lock and no change.
+    pub fn new_visitor(&mut self, context: &[f64]) {
+        let engine = self.engine;
+        let plan = engine.plan();
+        let row = crate::engine::shard::blank_row(plan, self.now, self.channel, self.key.namespace);
+        let eval = Eval::of(plan, &row, self.now).with_context(context);
+        let mut fresh = CustomerOffers::default();
+        assign_arms(engine.config(), &mut fresh, &self.key.text);
+        self.arms = fresh.arms;
+        let a = arbitrate(
+            engine,
+            &eval,
+            None,
+            &self.arms,
+            self.channel,
+            self.request.explain,
+        );
+        self.explanation = a.considered;
+        self.chosen = engine.take_top(a.ranked, self.request, self.now, &mut self.explanation);
+    }
+}
+
+impl Action for Decided<'_> {
+    fn plan(&mut self, customer: Customer<'_>) -> bool {
+        let engine = self.engine;
+        let config = engine.config();
+        let primary = crate::engine::view::primary_key(customer.keys);
+        assign_arms(config, customer.offers, &primary);
+        self.arms.clone_from(&customer.offers.arms);
+        let a = arbitrate(
+            engine,
+            &customer.eval,
+            Some(customer.offers),
+            &self.arms,
+            self.channel,
+            self.request.explain,
+        );
+        self.explanation = a.considered;
+        self.chosen = engine.take_top(a.ranked, self.request, self.now, &mut self.explanation);
+        customer.offers.prune(self.now);
+        self.coupons = open_coupons(config, customer.offers, self.now);
+        self.logged_key = primary.into();
+        if !self.request.record_impression || self.chosen.is_empty() {
+            return false;
+        }
+        if let Some(event_type) = self.event_type {
+            self.events = self
+                .chosen
+                .iter()
+                .map(|c| {
+                    let offer = &config.decisions.offers[c.offer].name;
+                    profile_event(
+                        config,
+                        event_type,
+                        self.channel,
+                        offer,
+                        self.decision_id,
+                        self.timestamp_ms,
+                    )
+                })
+                .collect();
+        }
+        true
+    }
+
+    fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    fn encode(&self, body: &mut Vec<u8>) {
+        let config = self.engine.config();
+        ActionRecord::encode_parts(
+            body,
+            FeedbackKind::Impression,
+            self.now,
+            self.timestamp_ms,
+            self.decision_id,
+            &self.key.text,
+            &config.channels[self.channel],
+            self.event_type
+                .map_or("", |e| config.events[e].name.as_str()),
+            self.chosen
+                .iter()
+                .map(|c| config.decisions.offers[c.offer].name.as_str()),
+        );
+    }
+
+    fn commit(&mut self, mut customer: Customer<'_>) {
+        for c in &self.chosen {
+            let act = Act {
+                kind: FeedbackKind::Impression,
+                offer: c.offer,
+                channel: self.channel,
+                now: self.now,
+                decision_id: self.decision_id,
+                count: true,
+            };
+            self.engine.change_offer_state(&mut customer, act);
+        }
+        customer.offers.prune(self.now);
+        self.coupons = open_coupons(self.engine.config(), customer.offers, self.now);
+    }
+}
+
+/// A feedback: its budget unit spent under the lock, then its event and offer state.
+pub(super) struct Given<'a> {
+    pub engine: &'a Engine,
+    pub act: Act,
+    pub key: &'a Key,
+    pub timestamp_ms: i64,
+    /// The event type this kind of feedback enters the profile as, if any.
+    pub event_type: Option<usize>,
+    pub events: Vec<Event>,
+    /// The coupon an impression issued or showed, or an acceptance redeemed.
+    pub coupon: Option<state::IssuedCoupon>,
+}
+
+impl Action for Given<'_> {
+    fn plan(&mut self, customer: Customer<'_>) -> bool {
+        let engine = self.engine;
+        let config = engine.config();
+        let primary = crate::engine::view::primary_key(customer.keys);
+        assign_arms(config, customer.offers, &primary);
+        let Act { kind, offer, .. } = self.act;
+        if engine.decider.spend(offer, kind, self.act.now).is_err() {
+            return false;
+        }
+        if let Some(event_type) = self.event_type {
+            let name = &config.decisions.offers[offer].name;
+            self.events = vec![profile_event(
+                config,
+                event_type,
+                self.act.channel,
+                name,
+                self.act.decision_id,
+                self.timestamp_ms,
+            )];
+        }
+        true
+    }
+
+    fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    fn encode(&self, body: &mut Vec<u8>) {
+        let config = self.engine.config();
+        ActionRecord::encode_parts(
+            body,
+            self.act.kind,
+            self.act.now,
+            self.timestamp_ms,
+            self.act.decision_id,
+            &self.key.text,
+            &config.channels[self.act.channel],
+            self.event_type
+                .map_or("", |e| config.events[e].name.as_str()),
+            std::iter::once(config.decisions.offers[self.act.offer].name.as_str()),
+        );
+    }
+
+    fn commit(&mut self, mut customer: Customer<'_>) {
+        self.coupon = self.engine.change_offer_state(&mut customer, self.act);
+    }
+}
+
+/// An action read back from the log: both halves again, unless the snapshot's image of
+/// the customer's shard holds them.
+pub(super) struct Replayed<'a> {
+    pub engine: &'a Engine,
+    pub record: &'a ActionRecord,
+    pub channel: usize,
+    /// The record's offers the config still has.
+    pub offers: Vec<usize>,
+    pub events: Vec<Event>,
+    pub sequence: u64,
+    pub cuts: &'a [u64],
+    pub counted_to: u64,
+}
+
+impl Action for Replayed<'_> {
+    fn plan(&mut self, customer: Customer<'_>) -> bool {
+        if self
+            .cuts
+            .get(customer.shard)
+            .is_some_and(|&cut| self.sequence <= cut)
+        {
+            return false;
+        }
+        let primary = crate::engine::view::primary_key(customer.keys);
+        assign_arms(self.engine.config(), customer.offers, &primary);
+        for &offer in &self.offers {
+            // Spent when it was logged. The budget restored from the snapshot holds only
+            // the shards' tallies up to their cuts, and this record is after its shard's
+            // cut, so it is spent again here; never refused: what was accepted stays.
+            let _ = self
+                .engine
+                .decider
+                .spend(offer, self.record.kind, self.record.time);
+        }
+        true
+    }
+
+    fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    fn encode(&self, body: &mut Vec<u8>) {
+        self.record.encode(body)
+    }
+
+    fn commit(&mut self, mut customer: Customer<'_>) {
+        for &offer in &self.offers {
+            let act = Act {
+                kind: self.record.kind,
+                offer,
+                channel: self.channel,
+                now: self.record.time,
+                decision_id: self.record.decision_id,
+                count: self.sequence > self.counted_to,
+            };
+            self.engine.change_offer_state(&mut customer, act);
+        }
+    }
+}

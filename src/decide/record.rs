@@ -1,0 +1,271 @@
+//! The log records of offer actions: [`ActionRecord`] (journal kind `ACTION`, 3): a decision that
+//! recorded impressions, or one feedback, with everything its replay needs to reproduce
+//! both halves, the offer state and the profile events (see `engine::action`); and
+//! [`OfferAction`] (kind `OFFER_ACTION`, 2), the offer state half alone, as data
+//! directory format 2 wrote it, still replayed.
+//!
+//! Offers, channel and event type are named, not indexed, so the record replays under a
+//! config that reorders them. The profile events are not stored: one per offer, they
+//! follow from the record (the event type, on the channel, at `timestamp_ms`, keyed by
+//! `key`, with the `offer` and `decision` properties the event type declares), so a
+//! decision of three offers costs one record, not three events.
+//!
+//! Body, little-endian (docs/storage.md, section 4.5):
+//!
+//! ```text
+//! u8   kind          FEEDBACK kind code: 1 impression, 2 click, 3 accept, 4 dismiss
+//! u32  time          seconds: when the action happened (offer state reads it)
+//! i64  timestamp_ms  the profile events' timestamp
+//! u64  decision_id   the decision (a fresh id for feedback by customer)
+//! str  key           the customer's key, "namespace:value"
+//! str  channel
+//! str  event         the profile event type; empty when the kind maps to none
+//! u8   offers        1 to 255
+//! str × offers       offer names
+//! ```
+
+use crate::model::decision::FeedbackKind;
+use crate::protocol::codec::{DecodeError, Reader};
+
+/// One action as logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRecord {
+    pub kind: FeedbackKind,
+    pub time: u32,
+    pub timestamp_ms: i64,
+    pub decision_id: u64,
+    pub key: String,
+    pub channel: String,
+    /// Empty: no profile event.
+    pub event: String,
+    pub offers: Vec<String>,
+}
+
+/// Writes `text` as `u16 length` + UTF-8. Every name here is a config name or a key,
+/// both far below 65,535 bytes (keys are bounded at admission, names by the config).
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+impl ActionRecord {
+    /// Encodes a record from borrowed parts, as the live path writes it without copying.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_parts<'a>(
+        out: &mut Vec<u8>,
+        kind: FeedbackKind,
+        time: u32,
+        timestamp_ms: i64,
+        decision_id: u64,
+        key: &str,
+        channel: &str,
+        event: &str,
+        offers: impl ExactSizeIterator<Item = &'a str>,
+    ) {
+        out.push(kind as u8);
+        out.extend_from_slice(&time.to_le_bytes());
+        out.extend_from_slice(&timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&decision_id.to_le_bytes());
+        put_str(out, key);
+        put_str(out, channel);
+        put_str(out, event);
+        debug_assert!(
+            (1..=255).contains(&offers.len()),
+            "an action has 1 to 255 offers"
+        );
+        out.push(offers.len().min(255) as u8);
+        for offer in offers.take(255) {
+            put_str(out, offer);
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        ActionRecord::encode_parts(
+            out,
+            self.kind,
+            self.time,
+            self.timestamp_ms,
+            self.decision_id,
+            &self.key,
+            &self.channel,
+            &self.event,
+            self.offers.iter().map(String::as_str),
+        )
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ActionRecord, String> {
+        let mut r = Reader::new(body);
+        let f = |name: &'static str| move || format!("action {name}");
+        let code = r.u8(&f("kind")).map_err(|e| e.to_string())?;
+        let kind =
+            FeedbackKind::from_u8(code).ok_or_else(|| format!("action of unknown kind {code}"))?;
+        let decoded = (|| {
+            let time = r.u32(&f("time"))?;
+            let timestamp_ms = r.i64(&f("timestamp"))?;
+            let decision_id = r.u64(&f("decision id"))?;
+            let key = r.str(&f("key"))?.to_string();
+            let channel = r.str(&f("channel"))?.to_string();
+            let event = r.str(&f("event"))?.to_string();
+            let count = r.u8(&f("offer count"))?;
+            let mut offers = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                offers.push(r.str(&f("offer"))?.to_string());
+            }
+            r.finish()?;
+            Ok::<_, DecodeError>(ActionRecord {
+                kind,
+                time,
+                timestamp_ms,
+                decision_id,
+                key,
+                channel,
+                event,
+                offers,
+            })
+        })();
+        let record = decoded.map_err(|e| e.to_string())?;
+        if record.offers.is_empty() {
+            return Err("an action with no offer".into());
+        }
+        Ok(record)
+    }
+}
+
+/// A change to one customer's offer state, as data directory format 2 logged it (beside
+/// an EVENT record for the profile), so that caps, cooldowns, stickiness,
+/// coupons and budgets survive a crash. Read, no longer written. Names, not indexes, so a reordered config still
+/// replays it.
+///
+/// Body: `u8 kind` (the FEEDBACK kind code), `u32 time` (seconds), `u64 decision id`,
+/// then the customer key, the offer and the channel, each as `u16 length` + UTF-8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferAction {
+    pub kind: FeedbackKind,
+    pub time: u32,
+    pub decision_id: u64,
+    pub key: String,
+    pub offer: String,
+    pub channel: String,
+}
+
+impl OfferAction {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.time.to_le_bytes());
+        out.extend_from_slice(&self.decision_id.to_le_bytes());
+        for text in [&self.key, &self.offer, &self.channel] {
+            let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<OfferAction, String> {
+        let mut r = Reader::new(body);
+        let f = |name: &'static str| move || format!("offer action {name}");
+        let code = r.u8(&f("kind")).map_err(|e| e.to_string())?;
+        let kind = FeedbackKind::from_u8(code)
+            .ok_or_else(|| format!("offer action of unknown kind {code}"))?;
+        let decoded = (|| {
+            let time = r.u32(&f("time"))?;
+            let decision_id = r.u64(&f("decision id"))?;
+            let key = r.str(&f("key"))?.to_string();
+            let offer = r.str(&f("offer"))?.to_string();
+            let channel = r.str(&f("channel"))?.to_string();
+            r.finish()?;
+            Ok::<_, DecodeError>(OfferAction {
+                kind,
+                time,
+                decision_id,
+                key,
+                offer,
+                channel,
+            })
+        })();
+        decoded.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ActionRecord {
+        ActionRecord {
+            kind: FeedbackKind::Impression,
+            time: 1_772_445_600,
+            timestamp_ms: 1_772_445_600_123,
+            decision_id: 117_662_402_903_474_180,
+            key: "user:42".into(),
+            channel: "web".into(),
+            event: "offer_impression".into(),
+            offers: vec!["welcome_discount".into(), "free_shipping".into()],
+        }
+    }
+
+    /// The body of the example in docs/storage.md, section 4.6 (record bytes 17 to 88).
+    #[test]
+    fn the_documented_example_is_what_omnia_writes() {
+        let example = ActionRecord {
+            timestamp_ms: 1_772_445_600_000,
+            offers: vec!["welcome_discount".into()],
+            ..record()
+        };
+        let mut body = Vec::new();
+        example.encode(&mut body);
+        let documented = "01 a0 5f a5 69 00 89 fd ad 9c 01 00 00 04 00 7b 00 55 05 a2 01 \
+            07 00 75 73 65 72 3a 34 32 03 00 77 65 62 10 00 6f 66 66 65 72 5f 69 6d 70 72 \
+            65 73 73 69 6f 6e 01 10 00 77 65 6c 63 6f 6d 65 5f 64 69 73 63 6f 75 6e 74";
+        let documented: Vec<u8> = documented
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        assert_eq!(body, documented);
+    }
+
+    #[test]
+    fn a_record_round_trips() {
+        let mut body = Vec::new();
+        record().encode(&mut body);
+        assert_eq!(ActionRecord::decode(&body).unwrap(), record());
+    }
+
+    #[test]
+    fn every_cut_short_record_and_trailing_bytes_are_errors() {
+        let mut body = Vec::new();
+        record().encode(&mut body);
+        for len in 0..body.len() {
+            assert!(ActionRecord::decode(&body[..len]).is_err(), "cut at {len}");
+        }
+        body.push(0);
+        assert!(ActionRecord::decode(&body).is_err());
+    }
+
+    #[test]
+    fn an_unknown_kind_or_no_offer_is_named() {
+        let mut body = Vec::new();
+        record().encode(&mut body);
+        body[0] = 9;
+        assert_eq!(
+            ActionRecord::decode(&body).unwrap_err(),
+            "action of unknown kind 9"
+        );
+        let mut none = record();
+        none.offers.clear();
+        let mut body = Vec::new();
+        // Written by hand: encode refuses (in debug builds) to write an empty list.
+        body.push(1);
+        body.extend_from_slice(&none.time.to_le_bytes());
+        body.extend_from_slice(&none.timestamp_ms.to_le_bytes());
+        body.extend_from_slice(&none.decision_id.to_le_bytes());
+        for s in [&none.key, &none.channel, &none.event] {
+            put_str(&mut body, s);
+        }
+        body.push(0);
+        assert_eq!(
+            ActionRecord::decode(&body).unwrap_err(),
+            "an action with no offer"
+        );
+    }
+}
