@@ -171,18 +171,22 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("bad --log filter `{}`", options.log))?,
         )
         .init();
-    let mut config = match &options.config {
-        Some(path) => Config::load(path),
-        None => Config::embedded_default(),
+    let overrides = omnia::config::Overrides {
+        shards: options.shards,
+        fsync: options.fsync,
+        snapshot_interval_s: options.snapshot_interval,
+    };
+    let config = match &options.config {
+        Some(path) => Config::load_with(path, &overrides),
+        None => Config::from_source_with(
+            &omnia::config::Source::new(
+                omnia::config::DEFAULT_CONFIG_NAME,
+                omnia::config::DEFAULT_CONFIG,
+            ),
+            &overrides,
+        ),
     }
     .map_err(|e| anyhow::anyhow!("the config is invalid:\n{e}"))?;
-    if let Some(shards) = options.shards {
-        anyhow::ensure!(
-            shards.is_power_of_two() && shards <= 256,
-            "--shards {shards}: must be a power of two from 1 to 256"
-        );
-        config.engine.shards = shards;
-    }
     anyhow::ensure!(
         options.idle_timeout > 0,
         "--idle-timeout must be at least 1 second"
@@ -206,17 +210,6 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         options.handshake_timeout > 0,
         "--handshake-timeout must be at least 1 second"
     );
-    if let Some(policy) = options.fsync {
-        config.storage.fsync = policy;
-    }
-    if let Some(seconds) = options.snapshot_interval {
-        anyhow::ensure!(
-            seconds <= 7 * 86_400,
-            "--snapshot-interval {seconds}: at most 604800 (a week); 0 turns snapshots by time off"
-        );
-        config.storage.snapshot_interval =
-            (seconds > 0).then(|| std::time::Duration::from_secs(seconds));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(give_back_freed_memory)
@@ -264,7 +257,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         if let Some(path) = &options.config {
             shared = shared.with_reload(omnia::server::ReloadSource {
                 config: path.clone(),
-                shards: options.shards,
+                overrides,
                 data: data_dir.clone(),
             });
         }

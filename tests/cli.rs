@@ -246,6 +246,37 @@ fn check_config_reports_errors_or_a_summary() {
 }
 
 #[test]
+fn serve_checks_flags_that_replace_settings_with_the_configs_rules() {
+    let dir = std::env::temp_dir().join(format!("omnia-cli-flags-{}", free_port()));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let bad = Command::new(OMNIA)
+        .args(["serve", "--no-metrics", "--listen", &addr, "--shards", "12"])
+        .args(["--snapshot-interval", "700000", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let shown = text(&bad.stderr);
+    assert!(
+        shown.contains(
+            "error: --shards is 12, but it must be a power of two from 1 to 256\n --> the command line\n"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "error: --snapshot-interval is 700000, but it must be at most 604800 (a week)"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("2 errors"), "{shown}");
+    assert!(
+        !dir.exists(),
+        "nothing is created for a config that does not validate"
+    );
+}
+
+#[test]
 fn reload_through_ctl_and_sighup_keeps_serving_and_refuses_an_invalid_config() {
     let dir = std::env::temp_dir().join(format!("omnia-cli-reload-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();

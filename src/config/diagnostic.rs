@@ -30,9 +30,10 @@ pub struct Diagnostic {
     pub message: String,
     /// The file (or name of the embedded source) the error is in.
     pub file: String,
-    /// 1-based line.
+    /// 1-based line; 0 for a setting given on the command line, which has no place in
+    /// a file ([`Diagnostic::command_line`]).
     pub line: usize,
-    /// 1-based column, in characters.
+    /// 1-based column, in characters (0 with line 0).
     pub column: usize,
     /// The source line, for display.
     pub source_line: String,
@@ -73,6 +74,20 @@ impl Diagnostic {
         }
     }
 
+    /// An error in a setting given on the command line (`serve --shards`), which
+    /// overrides the file's value and is checked by the same rule.
+    pub fn command_line(message: impl Into<String>) -> Self {
+        Diagnostic {
+            message: message.into(),
+            file: "the command line".into(),
+            line: 0,
+            column: 0,
+            source_line: String::new(),
+            width: 0,
+            help: None,
+        }
+    }
+
     /// Adds a hint on what to do.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
@@ -89,6 +104,13 @@ fn clamp_to_char_boundary(text: &str, mut at: usize) -> usize {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "error: {}\n --> {}", self.message, self.file)?;
+            if let Some(help) = &self.help {
+                write!(f, "\n  = help: {help}")?;
+            }
+            return Ok(());
+        }
         let gutter = self.line.to_string().len();
         let pad = " ".repeat(gutter);
         writeln!(f, "error: {}", self.message)?;
@@ -166,6 +188,16 @@ mod tests {
         assert_eq!(
             shown,
             "error: unknown event type `purchse`\n --> a.toml:2:15\n  |\n2 | rule = \"count(purchse, 30d)\"\n  |               ^^^^^^^\n  = help: declared event types: purchase"
+        );
+    }
+
+    #[test]
+    fn a_command_line_error_has_no_line() {
+        let d = Diagnostic::command_line("--shards is 12, but it must be a power of two")
+            .with_help("for example 16");
+        assert_eq!(
+            d.to_string(),
+            "error: --shards is 12, but it must be a power of two\n --> the command line\n  = help: for example 16"
         );
     }
 

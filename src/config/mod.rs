@@ -14,6 +14,11 @@
 //!   which segments it can change (transitively through `in(...)` and `score(...)`), in
 //!   evaluation order, so an event re-evaluates only what it can affect.
 //!
+//! Validation runs in passes (settings, names, segments, scores, decisions, cycles; see
+//! `Builder::build`), each adding its errors to one list. Settings given on the command
+//! line ([`Overrides`]) replace the file's before the passes, so they are checked by the
+//! same rules, at start and at reload.
+//!
 //! Invariants: segment and score references form no cycle; `segment_order` lists every
 //! segment after the segments it depends on.
 
@@ -22,6 +27,7 @@ pub mod diagnostic;
 pub mod duration;
 mod file;
 pub mod rule;
+mod settings;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +43,7 @@ pub use file::UnknownProperties;
 use file::{RawConfig, RawScoreKind};
 use rule::compile::list;
 use rule::{Compiler, Expr, Interner, Refs, RuleContext, RuleError};
+pub use settings::Overrides;
 
 /// The embedded default config: an omnichannel retailer.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/retail.toml");
@@ -318,6 +325,12 @@ impl Config {
 
     /// Reads and compiles a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &Overrides::default())
+    }
+
+    /// Reads and compiles a config file, with settings from the command line in place
+    /// of the file's (checked by the same rules).
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             diagnostics: vec![Diagnostic {
                 message: format!("cannot read config file: {e}"),
@@ -329,11 +342,17 @@ impl Config {
                 help: None,
             }],
         })?;
-        Config::from_source(&Source::new(path.display().to_string(), text))
+        Config::from_source_with(&Source::new(path.display().to_string(), text), overrides)
     }
 
     /// Parses, validates and compiles a config text.
     pub fn from_source(source: &Source) -> Result<Config, ConfigError> {
+        Config::from_source_with(source, &Overrides::default())
+    }
+
+    /// [`Config::from_source`] with settings from the command line in place of the
+    /// text's.
+    pub fn from_source_with(source: &Source, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(&source.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             ConfigError {
@@ -348,7 +367,7 @@ impl Config {
             source,
             errors: Vec::new(),
         }
-        .build(raw)
+        .build(raw, overrides)
     }
 
     /// Whether offer, channel and experiment arm indexes mean the same in both configs:
@@ -477,6 +496,14 @@ struct Builder<'s> {
     errors: Vec<Diagnostic>,
 }
 
+/// What pass 3 declares: the names rules and offers refer to.
+struct Declared {
+    namespaces: Vec<String>,
+    channels: Vec<String>,
+    attributes: Vec<AttributeDef>,
+    events: Vec<EventDef>,
+}
+
 impl Builder<'_> {
     fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
         let mut d = Diagnostic::new(self.source, span, message);
@@ -542,138 +569,85 @@ impl Builder<'_> {
         }
     }
 
-    fn build(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        // Engine settings.
-        let mut engine = EngineSettings::default();
-        if let Some(shards) = &raw.engine.shards {
-            let n = *shards.get_ref();
-            if !n.is_power_of_two() || n > 256 {
-                self.error(
-                    shards.span(),
-                    format!("engine.shards is {n}, but it must be a power of two from 1 to 256"),
-                    Some(
-                        "for example 16 (several shards per core keep lock contention low)".into(),
-                    ),
-                );
-            } else {
-                engine.shards = n;
-            }
-        }
-        if let Some(b) = &raw.engine.window_buckets {
-            let n = *b.get_ref();
-            if !(1..=64).contains(&n) {
-                self.error(
-                    b.span(),
-                    format!("engine.window_buckets is {n}, but it must be from 1 to 64"),
-                    None,
-                );
-            } else {
-                engine.window_buckets = n;
-            }
-        }
-        if let Some(d) = &raw.engine.max_future_skew {
-            engine.max_future_skew = self
-                .duration(d, "engine.max_future_skew")
-                .unwrap_or(engine.max_future_skew);
-        }
-        if let Some(d) = &raw.engine.recheck_interval {
-            engine.recheck_interval = self
-                .duration(d, "engine.recheck_interval")
-                .unwrap_or(engine.recheck_interval);
-        }
-        engine.unknown_properties = raw.engine.unknown_properties.unwrap_or_default();
-        for (field, value, setting, limit) in [
-            (
-                "engine.max_value_bytes",
-                &raw.engine.max_value_bytes,
-                &mut engine.max_value_bytes,
-                MAX_VALUE_BYTES_LIMIT,
-            ),
-            (
-                "engine.max_event_bytes",
-                &raw.engine.max_event_bytes,
-                &mut engine.max_event_bytes,
-                MAX_EVENT_BYTES_LIMIT,
-            ),
-        ] {
-            if let Some(n) = value {
-                if !(1..=limit).contains(n.get_ref()) {
-                    self.error(
-                        n.span(),
-                        format!(
-                            "{field} is {}, but it must be from 1 to {limit}",
-                            n.get_ref()
-                        ),
-                        None,
-                    );
-                } else {
-                    *setting = *n.get_ref();
-                }
-            }
-        }
-        let mut storage = StorageSettings::default();
-        if let Some(policy) = raw.storage.fsync {
-            storage.fsync = policy;
-        }
-        if let Some(ms) = &raw.storage.fsync_interval_ms {
-            if !(1..=60_000).contains(ms.get_ref()) {
-                self.error(
-                    ms.span(),
-                    format!(
-                        "storage.fsync_interval_ms is {}, but it must be from 1 to 60000",
-                        ms.get_ref()
-                    ),
-                    None,
-                );
-            } else {
-                storage.fsync_interval = std::time::Duration::from_millis(*ms.get_ref());
-            }
-        }
-        if let Some(mib) = &raw.storage.segment_mib {
-            if !(1..=4096).contains(mib.get_ref()) {
-                self.error(
-                    mib.span(),
-                    format!(
-                        "storage.segment_mib is {}, but it must be from 1 to 4096",
-                        mib.get_ref()
-                    ),
-                    None,
-                );
-            } else {
-                storage.segment_bytes = mib.get_ref() << 20;
-            }
-        }
-        if let Some(s) = &raw.storage.snapshot_interval_s {
-            if *s.get_ref() > 7 * 86_400 {
-                self.error(
-                    s.span(),
-                    format!(
-                        "storage.snapshot_interval_s is {}, but it must be at most 604800 (a week)",
-                        s.get_ref()
-                    ),
-                    Some("0 turns snapshots by time off".into()),
-                );
-            } else {
-                storage.snapshot_interval =
-                    (*s.get_ref() > 0).then(|| std::time::Duration::from_secs(*s.get_ref()));
-            }
-        }
-        if let Some(mib) = &raw.storage.snapshot_log_mib {
-            if *mib.get_ref() > 1 << 20 {
-                self.error(
-                    mib.span(),
-                    format!(
-                        "storage.snapshot_log_mib is {}, but it must be at most 1048576 (1 TiB)",
-                        mib.get_ref()
-                    ),
-                    Some("0 turns snapshots by log volume off".into()),
-                );
-            } else {
-                storage.snapshot_log_bytes = (*mib.get_ref() > 0).then(|| mib.get_ref() << 20);
-            }
-        }
+    /// Validates and compiles `raw` in passes, each adding its errors to one list, so
+    /// that every error of the config is reported at once, in file order: settings
+    /// (engine, storage: `settings`), names, segments, scores, decisions, cycles. A
+    /// value that fails is left out (or defaulted) and the later passes go on without it.
+    fn build(mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let engine = self.engine_settings(&raw.engine, overrides);
+        let storage = self.storage_settings(&raw.storage, overrides);
+        let Declared {
+            namespaces,
+            channels,
+            attributes,
+            mut events,
+        } = self.declared(&raw);
+        let segment_names: Vec<String> = raw.segments.keys().map(|k| k.get_ref().clone()).collect();
+        let score_names: Vec<String> = raw.scores.keys().map(|k| k.get_ref().clone()).collect();
 
-        // Names.
+        let context = self.decision_context(&raw);
+
+        // Rules.
+        let interner = Arc::new(Interner::default());
+        let ctx = RuleContext {
+            context: &context,
+            events: &events,
+            channels: &channels,
+            namespaces: &namespaces,
+            attributes: &attributes,
+            segments: &segment_names,
+            scores: &score_names,
+            window_buckets: engine.window_buckets,
+        };
+        let mut compiler = Compiler::new(ctx, &interner);
+        let segments = self.segments(&raw, &mut compiler);
+        let scores = self.scores(&raw, &events, &mut compiler);
+        let decisions = self.decisions(&raw, &mut compiler, context.clone());
+        let features = std::mem::take(&mut compiler.features);
+        let property_constants = std::mem::take(&mut compiler.property_constants);
+        drop(compiler);
+        for (event, tables) in events.iter_mut().zip(property_constants) {
+            for (property, constants) in event.properties.iter_mut().zip(tables) {
+                property.constants = constants;
+            }
+        }
+        // Cycles are looked for among the rules that compiled, so that a cycle is
+        // reported together with every other error.
+        self.cycles(&raw, &segments, &scores);
+        if !self.errors.is_empty() {
+            self.errors.sort_by_key(|d| (d.line, d.column));
+            return Err(ConfigError {
+                diagnostics: self.errors,
+            });
+        }
+        let segments: Vec<SegmentDef> = segments.into_iter().flatten().collect();
+        let scores: Vec<ScoreDef> = scores.into_iter().flatten().collect();
+
+        let mut config = Config {
+            source_name: self.source.name.clone(),
+            source_text: self.source.text.clone(),
+            version: crc32c::crc32c(self.source.text.as_bytes()),
+            engine,
+            storage,
+            namespaces,
+            channels,
+            attributes,
+            events,
+            features,
+            segments,
+            scores,
+            segment_order: Vec::new(),
+            dependencies: Dependencies::default(),
+            decisions,
+            interner,
+        };
+        analyse(&mut config);
+        Ok(config)
+    }
+
+    /// Pass 3: the names the rest refers to (namespaces, channels, attributes, event
+    /// types and their properties), and the names of segments and scores.
+    fn declared(&mut self, raw: &RawConfig) -> Declared {
         let namespaces = self.names(raw.identity.namespaces.get_ref(), "identity namespace");
         if namespaces.is_empty() {
             self.error(
@@ -754,24 +728,20 @@ impl Builder<'_> {
         for name in raw.scores.keys() {
             self.name(name, "score");
         }
-        let segment_names: Vec<String> = raw.segments.keys().map(|k| k.get_ref().clone()).collect();
-        let score_names: Vec<String> = raw.scores.keys().map(|k| k.get_ref().clone()).collect();
+        Declared {
+            namespaces,
+            channels,
+            attributes,
+            events,
+        }
+    }
 
-        let context = self.decision_context(&raw);
-
-        // Rules.
-        let interner = Arc::new(Interner::default());
-        let ctx = RuleContext {
-            context: &context,
-            events: &events,
-            channels: &channels,
-            namespaces: &namespaces,
-            attributes: &attributes,
-            segments: &segment_names,
-            scores: &score_names,
-            window_buckets: engine.window_buckets,
-        };
-        let mut compiler = Compiler::new(ctx, &interner);
+    /// Pass 4: every segment's rule, compiled; `None` where it failed.
+    fn segments(
+        &mut self,
+        raw: &RawConfig,
+        compiler: &mut Compiler<'_>,
+    ) -> Vec<Option<SegmentDef>> {
         let mut segments = Vec::new();
         for (name, segment) in &raw.segments {
             let mut refs = Refs::default();
@@ -790,6 +760,16 @@ impl Builder<'_> {
                 }
             }
         }
+        segments
+    }
+
+    /// Pass 5: every score, compiled; `None` where it failed.
+    fn scores(
+        &mut self,
+        raw: &RawConfig,
+        events: &[EventDef],
+        compiler: &mut Compiler<'_>,
+    ) -> Vec<Option<ScoreDef>> {
         let mut scores = Vec::new();
         for (name, score) in &raw.scores {
             let model = match score.kind {
@@ -884,17 +864,17 @@ impl Builder<'_> {
                 model,
             }));
         }
-        let decisions = self.decisions(&raw, &mut compiler, context.clone());
-        let features = std::mem::take(&mut compiler.features);
-        let property_constants = std::mem::take(&mut compiler.property_constants);
-        drop(compiler);
-        for (event, tables) in events.iter_mut().zip(property_constants) {
-            for (property, constants) in event.properties.iter_mut().zip(tables) {
-                property.constants = constants;
-            }
-        }
-        // Cycles are looked for among the rules that compiled, so that a cycle is
-        // reported together with every other error.
+        scores
+    }
+
+    /// Pass 7 (after decisions, pass 6): no segment or score depends on itself through
+    /// `in(...)` or `score(...)`, among the rules that compiled.
+    fn cycles(
+        &mut self,
+        raw: &RawConfig,
+        segments: &[Option<SegmentDef>],
+        scores: &[Option<ScoreDef>],
+    ) {
         let segment_count = segments.len();
         let edges: Vec<Vec<usize>> = segments
             .iter()
@@ -938,35 +918,6 @@ impl Builder<'_> {
                 Some("nothing can depend on itself through `in(...)` or `score(...)`; break the cycle".into()),
             );
         }
-        if !self.errors.is_empty() {
-            self.errors.sort_by_key(|d| (d.line, d.column));
-            return Err(ConfigError {
-                diagnostics: self.errors,
-            });
-        }
-        let segments: Vec<SegmentDef> = segments.into_iter().flatten().collect();
-        let scores: Vec<ScoreDef> = scores.into_iter().flatten().collect();
-
-        let mut config = Config {
-            source_name: self.source.name.clone(),
-            source_text: self.source.text.clone(),
-            version: crc32c::crc32c(self.source.text.as_bytes()),
-            engine,
-            storage,
-            namespaces,
-            channels,
-            attributes,
-            events,
-            features,
-            segments,
-            scores,
-            segment_order: Vec::new(),
-            dependencies: Dependencies::default(),
-            decisions,
-            interner,
-        };
-        analyse(&mut config);
-        Ok(config)
     }
 }
 

@@ -125,8 +125,9 @@ pub struct Shared {
 pub struct ReloadSource {
     /// The config file, read again at each reload.
     pub config: std::path::PathBuf,
-    /// `serve --shards`, applied to the file's config as at start.
-    pub shards: Option<u32>,
+    /// `serve --shards`, `--fsync`, `--snapshot-interval`: applied to the file's
+    /// settings before they are checked, as at start.
+    pub overrides: crate::config::Overrides,
     /// The data directory, whose log the new engine catches up from.
     pub data: crate::store::DataDir,
 }

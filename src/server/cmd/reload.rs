@@ -38,14 +38,11 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, St
         (ErrorCode::ReloadRefused, message)
     };
     tokio::task::spawn_blocking(move || {
-        let mut config = Config::load(&source.config).map_err(|e| {
+        let config = Config::load_with(&source.config, &source.overrides).map_err(|e| {
             let message = format!("the config is invalid, the running config stays:\n{e}");
             warn!("{message}");
             (ErrorCode::InvalidConfig, message)
         })?;
-        if let Some(shards) = source.shards {
-            config.engine.shards = shards;
-        }
         info!(config = %source.config.display(), "reloading the config: building the new engine");
         let current = shared.engine();
         let progress = &shared.stats.reload_progress;
