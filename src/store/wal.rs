@@ -56,9 +56,9 @@ use tokio::sync::watch;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::codec::events::encode_one;
 use crate::engine::journal::Journal;
 use crate::model::EventView;
-use crate::protocol::ingest::encode_one;
 
 /// Bytes before a record's payload.
 pub const HEADER: usize = 8;
@@ -81,12 +81,15 @@ pub struct WalOptions {
 }
 
 /// Injected storage trouble: while `full` is set, every write stores half its bytes
-/// and then fails with "no space left on device", and every sync fails the same way;
-/// every sync first waits `sync_delay_ms` (a slow disk).
+/// and then fails with "no space left on device", and so does every sync once a write
+/// was tried while full (what was written before the disk filled is stored: a sync of
+/// it alone succeeds, so a test knows which change the failure meets); every sync first
+/// waits `sync_delay_ms` (a slow disk).
 #[derive(Debug, Default)]
 pub struct Faults {
     pub full: std::sync::atomic::AtomicBool,
     pub sync_delay_ms: std::sync::atomic::AtomicU64,
+    written_while_full: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -96,11 +99,18 @@ impl Faults {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        self.check()
+        if self.written_while_full.load(std::sync::atomic::Ordering::SeqCst) {
+            self.check()
+        } else {
+            Ok(())
+        }
     }
 
+    /// Before a write.
     fn check(&self) -> std::io::Result<()> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            self.written_while_full
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
         } else {
             Ok(())
