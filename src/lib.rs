@@ -7,8 +7,10 @@
 //! - [`model`]: events as sent, profiles as shown, decisions as channels ask for them:
 //!   what the layers talk about;
 //! - [`clock`]: the time source, injected so tests control time exactly;
+//! - [`codec`]: the byte codec every format is written with (protocol, log, snapshots),
+//!   the event layout they share, and canonical fingerprints;
 //! - [`config`]: the config file and the rule language, validated and compiled up front;
-//! - [`protocol`]: the binary wire format (frames, codec, messages, error codes) and the
+//! - [`protocol`]: the binary wire format (frames, messages, error codes) and the
 //!   bounds on JSON bodies; it knows nothing of the engine;
 //! - [`engine`]: identity, sharded profiles, aggregates, segments as roaring bitmaps,
 //!   scores, timers and queries;
@@ -23,6 +25,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod decide;
 pub mod engine;

@@ -25,7 +25,9 @@
 //! ```
 
 use crate::model::decision::FeedbackKind;
-use crate::protocol::codec::{DecodeError, Reader};
+use bytes::BufMut;
+
+use crate::codec::{DecodeError, Reader, Write};
 
 /// One action as logged.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,14 +41,6 @@ pub struct ActionRecord {
     /// Empty: no profile event.
     pub event: String,
     pub offers: Vec<String>,
-}
-
-/// Writes `text` as `u16 length` + UTF-8. Every name here is a config name or a key,
-/// both far below 65,535 bytes (keys are bounded at admission, names by the config).
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(bytes);
 }
 
 impl ActionRecord {
@@ -63,20 +57,22 @@ impl ActionRecord {
         event: &str,
         offers: impl ExactSizeIterator<Item = &'a str>,
     ) {
-        out.push(kind as u8);
-        out.extend_from_slice(&time.to_le_bytes());
-        out.extend_from_slice(&timestamp_ms.to_le_bytes());
-        out.extend_from_slice(&decision_id.to_le_bytes());
-        put_str(out, key);
-        put_str(out, channel);
-        put_str(out, event);
+        // Every string here is a key (bounded at admission) or a config name, far below
+        // the 65,535 bytes of a `str`.
+        out.put_u8(kind as u8);
+        out.put_u32_le(time);
+        out.put_i64_le(timestamp_ms);
+        out.put_u64_le(decision_id);
+        out.str(key);
+        out.str(channel);
+        out.str(event);
         debug_assert!(
             (1..=255).contains(&offers.len()),
             "an action has 1 to 255 offers"
         );
         out.push(offers.len().min(255) as u8);
         for offer in offers.take(255) {
-            put_str(out, offer);
+            out.str(offer);
         }
     }
 
@@ -151,13 +147,11 @@ pub struct OfferAction {
 
 impl OfferAction {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.kind as u8);
-        out.extend_from_slice(&self.time.to_le_bytes());
-        out.extend_from_slice(&self.decision_id.to_le_bytes());
+        out.put_u8(self.kind as u8);
+        out.put_u32_le(self.time);
+        out.put_u64_le(self.decision_id);
         for text in [&self.key, &self.offer, &self.channel] {
-            let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
-            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-            out.extend_from_slice(bytes);
+            out.str(text);
         }
     }
 
@@ -260,7 +254,7 @@ mod tests {
         body.extend_from_slice(&none.timestamp_ms.to_le_bytes());
         body.extend_from_slice(&none.decision_id.to_le_bytes());
         for s in [&none.key, &none.channel, &none.event] {
-            put_str(&mut body, s);
+            body.str(s);
         }
         body.push(0);
         assert_eq!(

@@ -44,7 +44,9 @@ use super::shard::{ShardCut, ShardState, CHUNK_ROWS};
 use super::{CustomerRef, Engine, Plan};
 use crate::decide::state::{IssuedCoupon, OfferMemory, Sticky};
 use crate::decide::CustomerOffers;
-use crate::protocol::codec::{DecodeError, Reader};
+use bytes::BufMut;
+
+use crate::codec::{DecodeError, Reader, Write};
 
 /// A shard copied for a snapshot: its cut and its bytes.
 #[derive(Debug, Clone)]
@@ -79,10 +81,6 @@ pub enum RestoreError {
     Layout(String),
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
 /// Words as little-endian bytes: one copy on little-endian machines, where this is the
 /// time a shard stays locked for its snapshot.
 pub(super) fn put_words(out: &mut Vec<u8>, words: &[u32]) {
@@ -90,7 +88,7 @@ pub(super) fn put_words(out: &mut Vec<u8>, words: &[u32]) {
         out.extend_from_slice(bytemuck::cast_slice(words));
     } else {
         for &w in words {
-            put_u32(out, w);
+            out.put_u32_le(w);
         }
     }
 }
@@ -104,12 +102,6 @@ fn get_words(words: &mut [u32], bytes: &[u8]) {
             *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
     }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-    out.extend_from_slice(bytes);
 }
 
 fn field(name: &'static str) -> impl Fn() -> String {
@@ -130,9 +122,9 @@ fn write_cut_head(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
     let stride = plan.layout.stride;
     out.reserve(cut.slots * (stride * 4 + 8) + 1024);
     out.extend_from_slice(&cut.cut.to_le_bytes());
-    put_u32(out, cut.now);
-    put_u32(out, stride as u32);
-    put_u32(out, cut.slots as u32);
+    out.put_u32_le(cut.now);
+    out.put_u32_le(stride as u32);
+    out.put_u32_le(cut.slots as u32);
     put_words(out, &cut.gens);
 }
 
@@ -143,30 +135,30 @@ pub(super) fn put_keys(out: &mut Vec<u8>, slots: &[Vec<Key>]) {
         out.extend_from_slice(&(n as u16).to_le_bytes());
         for key in keys.iter().take(n) {
             out.push(key.namespace as u8);
-            put_str(out, &key.text);
+            out.str(&key.text);
         }
     }
 }
 
 /// The end of a shard's image, after its keys.
 fn write_cut_tail(cut: &ShardCut, out: &mut Vec<u8>) {
-    put_u32(out, cut.free.len() as u32);
+    out.put_u32_le(cut.free.len() as u32);
     put_words(out, &cut.free);
-    put_u32(out, cut.members.len() as u32);
+    out.put_u32_le(cut.members.len() as u32);
     for bitmap in &cut.members {
-        put_u32(out, bitmap.serialized_size() as u32);
+        out.put_u32_le(bitmap.serialized_size() as u32);
         // Writing into a Vec cannot fail.
         let _ = bitmap.serialize_into(&mut *out);
     }
-    put_u32(out, cut.offers.len() as u32);
+    out.put_u32_le(cut.offers.len() as u32);
     for (local, offers) in &cut.offers {
-        put_u32(out, *local);
+        out.put_u32_le(*local);
         write_offers(offers, out);
     }
-    put_u32(out, cut.budget_spent.len() as u32);
+    out.put_u32_le(cut.budget_spent.len() as u32);
     for &(period, units) in &cut.budget_spent {
-        put_u32(out, period);
-        put_u32(out, units);
+        out.put_u32_le(period);
+        out.put_u32_le(units);
     }
 }
 
@@ -181,17 +173,17 @@ fn write_offers(o: &CustomerOffers, out: &mut Vec<u8>) {
         out.extend_from_slice(&m.offer.to_le_bytes());
         out.extend_from_slice(&(m.impressions.len() as u16).to_le_bytes());
         for &(time, channel) in &m.impressions {
-            put_u32(out, time);
+            out.put_u32_le(time);
             out.push(channel);
         }
-        put_u32(out, m.accepted_at);
-        put_u32(out, m.dismissed_at);
+        out.put_u32_le(m.accepted_at);
+        out.put_u32_le(m.dismissed_at);
     }
     match o.sticky {
         Some(s) => {
             out.push(1);
             out.extend_from_slice(&s.offer.to_le_bytes());
-            put_u32(out, s.until);
+            out.put_u32_le(s.until);
         }
         None => out.push(0),
     }
@@ -200,9 +192,9 @@ fn write_offers(o: &CustomerOffers, out: &mut Vec<u8>) {
     out.extend_from_slice(&(o.coupons.len() as u16).to_le_bytes());
     for c in &o.coupons {
         out.extend_from_slice(&c.offer.to_le_bytes());
-        put_str(out, &c.code);
-        put_u32(out, c.issued);
-        put_u32(out, c.expires);
+        out.str(&c.code);
+        out.put_u32_le(c.issued);
+        out.put_u32_le(c.expires);
         out.push(c.redeemed as u8);
     }
 }

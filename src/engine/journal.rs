@@ -22,7 +22,7 @@ use std::pin::Pin;
 
 /// Record kinds: what a record's body is.
 pub mod kind {
-    /// An event, as a one-event INGEST body (`protocol::ingest::encode_one`).
+    /// An event, as a one-event INGEST body (`codec::events::encode_one`).
     pub const EVENT: u8 = 1;
     /// A change to a customer's offer state alone (`decide::record::OfferAction`): written
     /// by data directory format 2, still replayed.

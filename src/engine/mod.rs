@@ -347,7 +347,7 @@ impl Engine {
                 &event,
                 &mut |_| {
                     receipt.logged(journal.append(journal::kind::EVENT, &mut |body| {
-                        crate::protocol::ingest::encode_one(raw, body)
+                        crate::codec::events::encode_one(raw, body)
                     }));
                     true
                 },

@@ -1,7 +1,9 @@
 //! The omnia wire protocol, shared by the server and the client.
 //!
-//! Everything about bytes on the wire lives here and nowhere else: [`frame`] finds
-//! frames in a byte stream, [`codec`] reads and writes the primitive types,
+//! Everything about frames and messages on the wire lives here: [`frame`] finds
+//! frames in a byte stream, [`codec`] names the primitive types (omnia's one byte
+//! codec, [`crate::codec`], shared with the log and snapshots; so is the INGEST event
+//! layout, [`crate::codec::events`]),
 //! [`message`] turns frame bodies into typed requests and responses and back, and
 //! [`ErrorCode`] is the error table, and [`json`] bounds the JSON bodies clients send
 //! before anything parses them. Nothing here knows about the engine or sockets; the
@@ -15,13 +17,12 @@
 pub mod codec;
 mod error;
 pub mod frame;
-pub mod ingest;
 pub mod json;
 pub mod message;
 
+pub use crate::codec::events::{EventRef, IngestBatch, IngestWriter};
 pub use error::ErrorCode;
 pub use frame::{Frame, FrameError, HEADER_LEN};
-pub use ingest::{EventRef, IngestBatch, IngestWriter};
 pub use message::{Request, Response};
 
 /// The protocol version this build speaks.

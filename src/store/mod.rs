@@ -32,8 +32,8 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::codec::IngestBatch;
 use crate::engine::Engine;
-use crate::protocol::IngestBatch;
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT` this version writes.

@@ -41,10 +41,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use xxhash_rust::xxh3::xxh3_64;
+use bytes::BufMut;
 
 use super::{io, DataDir, StoreError};
-use crate::config::{Config, ScoreModel};
+use crate::codec::Fingerprint;
+use crate::codec::Write as _;
+use crate::config::{Aggregate, Config, Feature, ScoreModel};
 use crate::engine::{Engine, EngineImage, ShardImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
@@ -54,45 +56,67 @@ const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
 const SYNC_EVERY: usize = 8 << 20;
 
 /// A fingerprint of everything that decides where things are in a profile row and
-/// what indexes in the offer state mean.
+/// what indexes in the offer state mean: namespaces, channels, attributes, every
+/// aggregate (what it counts, its window and buckets), segments, scores (and which are
+/// decayed, with a slot in the row), offers, experiments and their arms, the shard
+/// count. A canonical encoding ([`Fingerprint`]), so only a change to one of these
+/// changes it, not a change to how a type prints itself.
 pub fn layout_fingerprint(config: &Config) -> u64 {
-    let scores: Vec<(&str, bool)> = config
-        .scores
-        .iter()
-        .map(|s| {
-            (
-                s.name.as_str(),
-                matches!(s.model, ScoreModel::Decayed { .. }),
-            )
-        })
-        .collect();
-    let segments: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
-    let offers: Vec<&str> = config
-        .decisions
-        .offers
-        .iter()
-        .map(|o| o.name.as_str())
-        .collect();
-    let experiments: Vec<(&str, Vec<&str>)> = config
-        .decisions
-        .experiments
-        .iter()
-        .map(|e| {
-            (
-                e.name.as_str(),
-                e.arms.iter().map(|a| a.name.as_str()).collect(),
-            )
-        })
-        .collect();
-    let text = format!(
-        "{:?}|{:?}|{:?}|{:?}|{segments:?}|{scores:?}|{offers:?}|{experiments:?}|{}",
-        config.namespaces,
-        config.channels,
-        config.attributes,
-        config.features,
-        config.engine.shards
-    );
-    xxh3_64(text.as_bytes())
+    let mut fp = Fingerprint::new();
+    fp.strs(config.namespaces.iter().map(String::as_str));
+    fp.strs(config.channels.iter().map(String::as_str));
+    fp.u32(config.attributes.len() as u32);
+    for a in &config.attributes {
+        fp.str(&a.name).u8(a.ty as u8);
+    }
+    fp.u32(config.features.len() as u32);
+    for feature in &config.features {
+        let matcher = match feature {
+            Feature::Window {
+                matcher,
+                aggregate,
+                window,
+                bucket_width,
+                buckets,
+                ..
+            } => {
+                fp.u8(0).u32(*window).u32(*bucket_width).u32(*buckets);
+                match aggregate {
+                    Aggregate::Count => fp.u8(0),
+                    Aggregate::Sum(property) => fp.u8(1).u64(*property as u64),
+                };
+                matcher
+            }
+            Feature::LastSeen { matcher, .. } => {
+                fp.u8(1);
+                matcher
+            }
+        };
+        let index = |i: Option<usize>| i.map_or(u64::MAX, |i| i as u64);
+        fp.u64(index(matcher.event)).u64(index(matcher.channel));
+        match &matcher.filter {
+            None => {
+                fp.u8(0);
+            }
+            Some(filter) => {
+                fp.u8(1);
+                filter.fingerprint(&mut fp);
+            }
+        }
+    }
+    fp.strs(config.segments.iter().map(|s| s.name.as_str()));
+    fp.u32(config.scores.len() as u32);
+    for s in &config.scores {
+        fp.str(&s.name)
+            .u8(matches!(s.model, ScoreModel::Decayed { .. }) as u8);
+    }
+    fp.strs(config.decisions.offers.iter().map(|o| o.name.as_str()));
+    fp.u32(config.decisions.experiments.len() as u32);
+    for e in &config.decisions.experiments {
+        fp.str(&e.name).strs(e.arms.iter().map(|a| a.name.as_str()));
+    }
+    fp.u32(config.engine.shards);
+    fp.finish()
 }
 
 /// What writing a snapshot did.
@@ -266,20 +290,18 @@ fn finish(
             })?;
     }
     let mut counters = Vec::with_capacity(4 + image.counters.len() * 8);
-    counters.extend_from_slice(&(image.counters.len() as u32).to_le_bytes());
-    for c in &image.counters {
-        counters.extend_from_slice(&c.to_le_bytes());
+    counters.put_u32_le(image.counters.len() as u32);
+    for &c in &image.counters {
+        counters.put_u64_le(c);
     }
     let mut strings = Vec::new();
-    strings.extend_from_slice(&(image.strings.len() as u32).to_le_bytes());
+    strings.put_u32_le(image.strings.len() as u32);
     for text in &image.strings {
-        strings.extend_from_slice(&(text.len() as u32).to_le_bytes());
-        strings.extend_from_slice(text.as_bytes());
+        strings.lstr(text);
     }
     let mut config = Vec::new();
     for text in [&image.config.0, &image.config.1] {
-        config.extend_from_slice(&(text.len() as u32).to_le_bytes());
-        config.extend_from_slice(text.as_bytes());
+        config.lstr(text);
     }
     for body in [&counters, &strings, &config] {
         file.section(body)?;
@@ -490,7 +512,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(EngineImage, u64), StoreErro
 /// Strings as `u32 length + UTF-8` each, after a `u32` count if `counted`, else to the
 /// end.
 fn read_strings(body: &[u8], counted: bool) -> Option<Vec<String>> {
-    let mut r = crate::protocol::codec::Reader::new(body);
+    let mut r = crate::codec::Reader::new(body);
     let f = || "string".to_string();
     let n = if counted { r.u32(&f).ok()? } else { u32::MAX };
     let mut strings = Vec::with_capacity((n as usize).min(body.len() / 4));
@@ -498,8 +520,7 @@ fn read_strings(body: &[u8], counted: bool) -> Option<Vec<String>> {
         if !counted && r.remaining() == 0 {
             break;
         }
-        let len = r.u32(&f).ok()? as usize;
-        strings.push(String::from_utf8(r.bytes(len, &f).ok()?.to_vec()).ok()?);
+        strings.push(r.lstr(&f).ok()?.to_string());
     }
     r.finish().ok()?;
     Some(strings)
@@ -571,5 +592,49 @@ impl Snapshotter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout_fingerprint;
+    use crate::config::{Config, Source, DEFAULT_CONFIG};
+
+    fn of(text: &str) -> u64 {
+        let config =
+            Config::from_source(&Source::new("t.toml", text)).unwrap_or_else(|e| panic!("{e}"));
+        layout_fingerprint(&config)
+    }
+
+    /// Pinned: the fingerprint is a format's promise ("the same layout"), so a build that
+    /// computes it differently for the same config must be a deliberate change.
+    #[test]
+    fn the_default_configs_fingerprint_is_pinned() {
+        assert_eq!(of(DEFAULT_CONFIG), of(DEFAULT_CONFIG));
+        assert_eq!(format!("{:016x}", of(DEFAULT_CONFIG)), PINNED);
+    }
+    const PINNED: &str = "8cdf2a05f9f17e7d";
+
+    #[test]
+    fn what_moves_rows_changes_it_and_nothing_else_does() {
+        let base = of(DEFAULT_CONFIG);
+        let changed = |from: &str, to: &str| {
+            assert!(DEFAULT_CONFIG.contains(from), "{from}");
+            of(&DEFAULT_CONFIG.replacen(from, to, 1))
+        };
+        // A description, a threshold: rules read the same aggregates, the same layout.
+        assert_eq!(changed("Spent more than 500", "Spent over 500"), base);
+        assert_eq!(changed("90d) > 500", "90d) > 700"), base);
+        // A new aggregate, a window, a channel, a shard count: another layout.
+        assert_ne!(
+            changed("90d) > 500", "90d) > 500 and count(purchase, 3d) > 0"),
+            base
+        );
+        assert_ne!(changed("shards = 16", "shards = 32"), base);
+        assert_ne!(
+            changed("\"call_center\"]", "\"call_center\", \"kiosk\"]"),
+            base
+        );
+        assert_ne!(changed("window_buckets = 8", "window_buckets = 4"), base);
     }
 }

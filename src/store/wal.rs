@@ -99,7 +99,10 @@ impl Faults {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        if self.written_while_full.load(std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .written_while_full
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
             self.check()
         } else {
             Ok(())

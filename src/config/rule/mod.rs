@@ -105,6 +105,130 @@ pub enum Expr {
     Or(Box<Expr>, Box<Expr>),
 }
 
+impl Expr {
+    /// Feeds the expression's canonical encoding to `fp`: a tag per variant (its place
+    /// in the enum above, so a new variant goes last), then its operands in order. Two
+    /// expressions encode alike iff they are equal (floats by their bits).
+    pub fn fingerprint(&self, fp: &mut crate::codec::Fingerprint) {
+        let index = |fp: &mut crate::codec::Fingerprint, tag: u8, i: usize| {
+            fp.u8(tag).u64(i as u64);
+        };
+        match self {
+            Expr::Num(v) => {
+                fp.u8(0).u64(v.to_bits());
+            }
+            Expr::Bool(b) => {
+                fp.u8(1).u8(*b as u8);
+            }
+            Expr::Str(code) => {
+                fp.u8(2).u32(*code);
+            }
+            Expr::Window(i) => index(fp, 3, *i),
+            Expr::Since(i) => index(fp, 4, *i),
+            Expr::Ever(i) => index(fp, 5, *i),
+            Expr::SinceLastSeen => {
+                fp.u8(6);
+            }
+            Expr::SinceChannel(i) => index(fp, 7, *i),
+            Expr::SinceFirstSeen => {
+                fp.u8(8);
+            }
+            Expr::ActiveChannels(window) => {
+                fp.u8(9).u32(*window);
+            }
+            Expr::HasKey(i) => index(fp, 10, *i),
+            Expr::AttrNum(i) => index(fp, 11, *i),
+            Expr::AttrStr(i) => index(fp, 12, *i),
+            Expr::AttrBool(i) => index(fp, 13, *i),
+            Expr::CtxNum(i) => index(fp, 14, *i),
+            Expr::CtxStr(i) => index(fp, 15, *i),
+            Expr::CtxBool(i) => index(fp, 16, *i),
+            Expr::PropNum(i) => index(fp, 17, *i),
+            Expr::PropStr(i) => index(fp, 18, *i),
+            Expr::PropBool(i) => index(fp, 19, *i),
+            Expr::Score(i) => index(fp, 20, *i),
+            Expr::InSegment(i) => index(fp, 21, *i),
+            Expr::Neg(e) => {
+                fp.u8(22);
+                e.fingerprint(fp);
+            }
+            Expr::Arith(op, l, r) => {
+                fp.u8(23).u8(*op as u8);
+                l.fingerprint(fp);
+                r.fingerprint(fp);
+            }
+            Expr::Min(l, r) | Expr::Max(l, r) => {
+                fp.u8(if matches!(self, Expr::Min(..)) {
+                    24
+                } else {
+                    25
+                });
+                l.fingerprint(fp);
+                r.fingerprint(fp);
+            }
+            Expr::Cmp(op, l, r) => {
+                fp.u8(26).u8(*op as u8);
+                l.fingerprint(fp);
+                r.fingerprint(fp);
+            }
+            Expr::StrEq {
+                negated,
+                left,
+                right,
+            }
+            | Expr::BoolEq {
+                negated,
+                left,
+                right,
+            } => {
+                fp.u8(if matches!(self, Expr::StrEq { .. }) {
+                    27
+                } else {
+                    28
+                })
+                .u8(*negated as u8);
+                left.fingerprint(fp);
+                right.fingerprint(fp);
+            }
+            Expr::NumIn {
+                negated,
+                value,
+                items,
+            } => {
+                fp.u8(29).u8(*negated as u8).u32(items.len() as u32);
+                for v in items {
+                    fp.u64(v.to_bits());
+                }
+                value.fingerprint(fp);
+            }
+            Expr::StrIn {
+                negated,
+                value,
+                items,
+            } => {
+                fp.u8(30).u8(*negated as u8).u32(items.len() as u32);
+                for &code in items {
+                    fp.u32(code);
+                }
+                value.fingerprint(fp);
+            }
+            Expr::Not(e) | Expr::Indicator(e) => {
+                fp.u8(if matches!(self, Expr::Not(_)) { 31 } else { 32 });
+                e.fingerprint(fp);
+            }
+            Expr::And(l, r) | Expr::Or(l, r) => {
+                fp.u8(if matches!(self, Expr::And(..)) {
+                    33
+                } else {
+                    34
+                });
+                l.fingerprint(fp);
+                r.fingerprint(fp);
+            }
+        }
+    }
+}
+
 /// Interns attribute string values as dense codes (from 1; 0 means "not set"), so rules
 /// compare attributes by integer. Shared by the compiled config and the engine.
 ///
