@@ -8,14 +8,33 @@
 //! Only customers with offer history (impressions, feedback, coupons, experiment arms)
 //! keep an entry, so a million profiles that never saw an offer cost nothing here.
 //!
+//! The shard holds each customer's state without looking inside: how it is encoded in a
+//! snapshot's shard image ([`CustomerOffers::encode`], [`CustomerOffers::decode`]) and
+//! moved into another config's indexes at a reload ([`CustomerOffers::remap`]) is
+//! decided here.
+//!
 //! Invariants: `memories` is sorted by offer id with at most one entry per offer; an
 //! offer's impressions are in time order and none is older than its longest cap window
 //! (older ones can never count again); `arms` has one entry per experiment once any is
 //! assigned.
 
+use bytes::BufMut;
 use compact_str::CompactString;
 
-use crate::config::OfferDef;
+use crate::codec::{DecodeError, Reader, Write};
+use crate::config::{Config, OfferDef};
+
+fn field(name: &'static str) -> impl Fn() -> String {
+    move || name.to_string()
+}
+
+fn invalid(r: &Reader<'_>, name: &str, message: String) -> DecodeError {
+    DecodeError::Invalid {
+        field: name.to_string(),
+        offset: r.offset(),
+        message,
+    }
+}
 
 /// At most this many impressions are kept per customer and offer; caps allow at most 255
 /// per window, so a cap never undercounts unless a customer saw one offer more than this
@@ -195,9 +214,225 @@ impl CustomerOffers {
     }
 }
 
+/// The offer state's bytes in a shard image (docs/storage.md, section 5.6): decide owns
+/// them, the engine's image only places them.
+impl CustomerOffers {
+    /// One customer's offer state:
+    /// `u16 memories, each (u16 offer, u16 impressions, each (u32 time, u8 channel), u32
+    /// accepted at, u32 dismissed at); u8 sticky (0/1), then u16 offer + u32 until; u8
+    /// arms + arm bytes; u16 coupons, each (u16 offer, str code, u32 issued, u32 expires, u8
+    /// redeemed)`.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let o = self;
+        out.extend_from_slice(&(o.memories.len() as u16).to_le_bytes());
+        for m in &o.memories {
+            out.extend_from_slice(&m.offer.to_le_bytes());
+            out.extend_from_slice(&(m.impressions.len() as u16).to_le_bytes());
+            for &(time, channel) in &m.impressions {
+                out.put_u32_le(time);
+                out.push(channel);
+            }
+            out.put_u32_le(m.accepted_at);
+            out.put_u32_le(m.dismissed_at);
+        }
+        match o.sticky {
+            Some(s) => {
+                out.push(1);
+                out.extend_from_slice(&s.offer.to_le_bytes());
+                out.put_u32_le(s.until);
+            }
+            None => out.push(0),
+        }
+        out.push(o.arms.len() as u8);
+        out.extend_from_slice(&o.arms);
+        out.extend_from_slice(&(o.coupons.len() as u16).to_le_bytes());
+        for c in &o.coupons {
+            out.extend_from_slice(&c.offer.to_le_bytes());
+            out.str(&c.code);
+            out.put_u32_le(c.issued);
+            out.put_u32_le(c.expires);
+            out.push(c.redeemed as u8);
+        }
+    }
+
+    /// The inverse of [`CustomerOffers::encode`], every index checked against `config`.
+    pub(crate) fn decode(
+        r: &mut Reader<'_>,
+        config: &Config,
+    ) -> Result<CustomerOffers, DecodeError> {
+        let offers = config.decisions.offers.len();
+        let offer = |r: &mut Reader<'_>| -> Result<u16, DecodeError> {
+            let o = r.u16(&field("offer"))?;
+            if o as usize >= offers {
+                return Err(invalid(r, "offer", format!("offer {o} of {offers}")));
+            }
+            Ok(o)
+        };
+        let channels = config.channels.len();
+        let experiments = &config.decisions.experiments;
+        let mut state = CustomerOffers::default();
+        for _ in 0..r.u16(&field("offer memories"))? {
+            let offer = offer(r)?;
+            let n = r.u16(&field("impressions"))?;
+            let mut impressions = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let time = r.u32(&field("impression time"))?;
+                let channel = r.u8(&field("channel"))?;
+                if channel as usize >= channels {
+                    return Err(invalid(
+                        r,
+                        "channel",
+                        format!("channel {channel} of {channels}"),
+                    ));
+                }
+                impressions.push((time, channel));
+            }
+            state.memories.push(OfferMemory {
+                offer,
+                impressions,
+                accepted_at: r.u32(&field("accepted at"))?,
+                dismissed_at: r.u32(&field("dismissed at"))?,
+            });
+        }
+        if r.u8(&field("sticky"))? != 0 {
+            state.sticky = Some(Sticky {
+                offer: offer(r)?,
+                until: r.u32(&field("sticky until"))?,
+            });
+        }
+        let arms = r.u8(&field("arms"))? as usize;
+        if arms > experiments.len() {
+            return Err(invalid(
+                r,
+                "arms",
+                format!("{arms} arms, {} experiments", experiments.len()),
+            ));
+        }
+        for e in experiments.iter().take(arms) {
+            let arm = r.u8(&field("arm"))?;
+            if arm as usize > e.arms.len() {
+                return Err(invalid(r, "arm", format!("arm {arm} of {}", e.arms.len())));
+            }
+            state.arms.push(arm);
+        }
+        for _ in 0..r.u16(&field("coupons"))? {
+            state.coupons.push(IssuedCoupon {
+                offer: offer(r)?,
+                code: r.str(&field("coupon code"))?.into(),
+                issued: r.u32(&field("coupon issued"))?,
+                expires: r.u32(&field("coupon expires"))?,
+                redeemed: r.u8(&field("coupon redeemed"))? != 0,
+            });
+        }
+        Ok(state)
+    }
+}
+
+/// How offer, channel and experiment indexes of one config map into another's, by name
+/// (`None`: gone), for a relayout.
+pub(crate) struct OfferRemap<'a> {
+    pub offers: &'a [Option<u16>],
+    pub channels: &'a [Option<usize>],
+    pub experiments: &'a [Option<usize>],
+}
+
+impl CustomerOffers {
+    /// This state in another config's indexes: what refers to an offer or channel the
+    /// new config lacks is dropped, experiment arms follow their experiment by name.
+    pub(crate) fn remap(self, map: &OfferRemap<'_>) -> CustomerOffers {
+        let old = self;
+        let mut new = CustomerOffers::default();
+        for mut memory in old.memories {
+            let Some(offer) = map.offers[memory.offer as usize] else {
+                continue;
+            };
+            memory.offer = offer;
+            memory.impressions = memory
+                .impressions
+                .into_iter()
+                .filter_map(|(t, ch)| Some((t, map.channels[ch as usize]? as u8)))
+                .collect();
+            new.memories.push(memory);
+        }
+        new.memories.sort_by_key(|m| m.offer);
+        new.sticky = old.sticky.and_then(|mut s| {
+            s.offer = map.offers[s.offer as usize]?;
+            Some(s)
+        });
+        if old.arms.iter().any(|&a| a > 0) {
+            new.arms = map
+                .experiments
+                .iter()
+                .map(|e| e.and_then(|i| old.arms.get(i).copied()).unwrap_or(0))
+                .collect();
+        }
+        new.coupons = old
+            .coupons
+            .into_iter()
+            .filter_map(|mut c| {
+                c.offer = map.offers[c.offer as usize]?;
+                Some(c)
+            })
+            .collect();
+        new
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> CustomerOffers {
+        let mut s = CustomerOffers::default();
+        s.memory_mut(2).impressions.push((100, 1));
+        s.memory_mut(2).accepted_at = 150;
+        s.memory_mut(0).dismissed_at = 90;
+        s.sticky = Some(Sticky {
+            offer: 2,
+            until: 400,
+        });
+        s.coupons.push(IssuedCoupon {
+            offer: 2,
+            code: "WELCOME-7Q".into(),
+            issued: 100,
+            expires: 900,
+            redeemed: false,
+        });
+        s
+    }
+
+    #[test]
+    fn the_image_bytes_round_trip_and_cuts_are_refused() {
+        let config = crate::config::Config::embedded_default().unwrap();
+        let mut bytes = Vec::new();
+        sample().encode(&mut bytes);
+        let mut r = Reader::new(&bytes);
+        assert_eq!(CustomerOffers::decode(&mut r, &config).unwrap(), sample());
+        r.finish().unwrap();
+        for len in 0..bytes.len() {
+            let mut r = Reader::new(&bytes[..len]);
+            assert!(
+                CustomerOffers::decode(&mut r, &config).is_err(),
+                "cut at {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_remap_follows_offers_by_index_and_drops_what_is_gone() {
+        // Offer 0 is gone, offer 2 becomes 0; channel 1 becomes 0.
+        let map = OfferRemap {
+            offers: &[None, None, Some(0)],
+            channels: &[None, Some(0)],
+            experiments: &[],
+        };
+        let new = sample().remap(&map);
+        assert_eq!(new.memories.len(), 1);
+        assert_eq!(new.memory(0).unwrap().impressions, vec![(100, 0)]);
+        assert_eq!(new.memory(0).unwrap().accepted_at, 150);
+        assert_eq!(new.sticky.map(|s| s.offer), Some(0));
+        assert_eq!(new.coupons[0].offer, 0);
+    }
     use crate::config::Cap;
 
     fn offer(caps: Vec<Cap>) -> OfferDef {

@@ -26,7 +26,7 @@
 //! slots x (u16 key count, key count x (u8 namespace, str key))
 //! u32 free slots, that many u32
 //! u32 segments, each: u32 length + that many bytes of roaring bitmap (portable format)
-//! u32 customers with offer state, each: u32 slot + offer state (see `write_offers`)
+//! u32 customers with offer state, each: u32 slot + offer state (see `decide::state::CustomerOffers::encode`)
 //! u32 offers, each: u32 budget period, u32 units spent in it
 //! ```
 //!
@@ -42,7 +42,6 @@ use super::profile::NEXT_TIMER;
 use super::relayout::LayoutMap;
 use super::shard::{ShardCut, ShardState, CHUNK_ROWS};
 use super::{CustomerRef, Engine, Plan};
-use crate::decide::state::{IssuedCoupon, OfferMemory, Sticky};
 use crate::decide::CustomerOffers;
 use bytes::BufMut;
 
@@ -153,118 +152,13 @@ fn write_cut_tail(cut: &ShardCut, out: &mut Vec<u8>) {
     out.put_u32_le(cut.offers.len() as u32);
     for (local, offers) in &cut.offers {
         out.put_u32_le(*local);
-        write_offers(offers, out);
+        offers.encode(out);
     }
     out.put_u32_le(cut.budget_spent.len() as u32);
     for &(period, units) in &cut.budget_spent {
         out.put_u32_le(period);
         out.put_u32_le(units);
     }
-}
-
-/// One customer's offer state:
-/// `u16 memories, each (u16 offer, u16 impressions, each (u32 time, u8 channel), u32
-/// accepted at, u32 dismissed at); u8 sticky (0/1), then u16 offer + u32 until; u8
-/// arms + arm bytes; u16 coupons, each (u16 offer, str code, u32 issued, u32 expires, u8
-/// redeemed)`.
-fn write_offers(o: &CustomerOffers, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(o.memories.len() as u16).to_le_bytes());
-    for m in &o.memories {
-        out.extend_from_slice(&m.offer.to_le_bytes());
-        out.extend_from_slice(&(m.impressions.len() as u16).to_le_bytes());
-        for &(time, channel) in &m.impressions {
-            out.put_u32_le(time);
-            out.push(channel);
-        }
-        out.put_u32_le(m.accepted_at);
-        out.put_u32_le(m.dismissed_at);
-    }
-    match o.sticky {
-        Some(s) => {
-            out.push(1);
-            out.extend_from_slice(&s.offer.to_le_bytes());
-            out.put_u32_le(s.until);
-        }
-        None => out.push(0),
-    }
-    out.push(o.arms.len() as u8);
-    out.extend_from_slice(&o.arms);
-    out.extend_from_slice(&(o.coupons.len() as u16).to_le_bytes());
-    for c in &o.coupons {
-        out.extend_from_slice(&c.offer.to_le_bytes());
-        out.str(&c.code);
-        out.put_u32_le(c.issued);
-        out.put_u32_le(c.expires);
-        out.push(c.redeemed as u8);
-    }
-}
-
-fn read_offers(r: &mut Reader<'_>, plan: &Plan) -> Result<CustomerOffers, DecodeError> {
-    let offers = plan.config.decisions.offers.len();
-    let offer = |r: &mut Reader<'_>| -> Result<u16, DecodeError> {
-        let o = r.u16(&field("offer"))?;
-        if o as usize >= offers {
-            return Err(invalid(r, "offer", format!("offer {o} of {offers}")));
-        }
-        Ok(o)
-    };
-    let channels = plan.config.channels.len();
-    let experiments = &plan.config.decisions.experiments;
-    let mut state = CustomerOffers::default();
-    for _ in 0..r.u16(&field("offer memories"))? {
-        let offer = offer(r)?;
-        let n = r.u16(&field("impressions"))?;
-        let mut impressions = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let time = r.u32(&field("impression time"))?;
-            let channel = r.u8(&field("channel"))?;
-            if channel as usize >= channels {
-                return Err(invalid(
-                    r,
-                    "channel",
-                    format!("channel {channel} of {channels}"),
-                ));
-            }
-            impressions.push((time, channel));
-        }
-        state.memories.push(OfferMemory {
-            offer,
-            impressions,
-            accepted_at: r.u32(&field("accepted at"))?,
-            dismissed_at: r.u32(&field("dismissed at"))?,
-        });
-    }
-    if r.u8(&field("sticky"))? != 0 {
-        state.sticky = Some(Sticky {
-            offer: offer(r)?,
-            until: r.u32(&field("sticky until"))?,
-        });
-    }
-    let arms = r.u8(&field("arms"))? as usize;
-    if arms > experiments.len() {
-        return Err(invalid(
-            r,
-            "arms",
-            format!("{arms} arms, {} experiments", experiments.len()),
-        ));
-    }
-    for e in experiments.iter().take(arms) {
-        let arm = r.u8(&field("arm"))?;
-        if arm as usize > e.arms.len() {
-            return Err(invalid(r, "arm", format!("arm {arm} of {}", e.arms.len())));
-        }
-        state.arms.push(arm);
-    }
-    for _ in 0..r.u16(&field("coupons"))? {
-        state.coupons.push(IssuedCoupon {
-            offer: offer(r)?,
-            code: r.str(&field("coupon code"))?.into(),
-            issued: r.u32(&field("coupon issued"))?,
-            expires: r.u32(&field("coupon expires"))?,
-            redeemed: r.u8(&field("coupon redeemed"))? != 0,
-        });
-    }
-    Ok(state)
 }
 
 /// Reads a shard image written by [`write_shard`] under the same config layout.
@@ -411,7 +305,7 @@ pub(crate) fn read_shard(
         if local as usize >= slots {
             return Err(invalid(&r, "slot", format!("slot {local} of {slots}")));
         }
-        let offers = read_offers(&mut r, plan)?;
+        let offers = CustomerOffers::decode(&mut r, &plan.config)?;
         state.offers.insert(local, offers);
     }
     let offers = r.u32(&field("budget offers"))? as usize;

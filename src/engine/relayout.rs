@@ -19,6 +19,7 @@ use super::profile::{Ring, FIRST_SEEN, KEY_MASK, LAST_SEEN};
 use super::shard::ShardState;
 use super::Plan;
 use crate::config::{Feature, ScoreModel, ValueType};
+use crate::decide::state::OfferRemap;
 use crate::decide::CustomerOffers;
 
 /// Where each part of an old row goes in a new one, and how indexes translate.
@@ -142,40 +143,11 @@ impl LayoutMap {
     }
 
     fn offers(&self, old: CustomerOffers) -> CustomerOffers {
-        let mut new = CustomerOffers::default();
-        for mut memory in old.memories {
-            let Some(offer) = self.offers[memory.offer as usize] else {
-                continue;
-            };
-            memory.offer = offer;
-            memory.impressions = memory
-                .impressions
-                .into_iter()
-                .filter_map(|(t, ch)| Some((t, self.channels[ch as usize]? as u8)))
-                .collect();
-            new.memories.push(memory);
-        }
-        new.memories.sort_by_key(|m| m.offer);
-        new.sticky = old.sticky.and_then(|mut s| {
-            s.offer = self.offers[s.offer as usize]?;
-            Some(s)
-        });
-        if old.arms.iter().any(|&a| a > 0) {
-            new.arms = self
-                .experiments
-                .iter()
-                .map(|e| e.and_then(|i| old.arms.get(i).copied()).unwrap_or(0))
-                .collect();
-        }
-        new.coupons = old
-            .coupons
-            .into_iter()
-            .filter_map(|mut c| {
-                c.offer = self.offers[c.offer as usize]?;
-                Some(c)
-            })
-            .collect();
-        new
+        old.remap(&OfferRemap {
+            offers: &self.offers,
+            channels: &self.channels,
+            experiments: &self.experiments,
+        })
     }
 
     /// The shard `old` (in `from`'s layout) in `to`'s layout, every segment evaluated.
