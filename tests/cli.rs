@@ -201,6 +201,21 @@ fn serve_ctl_metrics_and_sigterm() {
             "missing `{expected}` in\n{metrics}"
         );
     }
+    // The one FEEDBACK went through every stage, the log's wait included; a PING
+    // logs nothing, so it never waits for the log.
+    for stage in ["queued", "apply", "journal", "reply"] {
+        let expected =
+            format!("omnia_request_stage_seconds_count{{op=\"feedback\",stage=\"{stage}\"}} 1\n");
+        assert!(
+            metrics.contains(&expected),
+            "missing `{expected}` in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("omnia_request_stage_seconds_count{op=\"ping\",stage=\"reply\"}"));
+    assert!(
+        !metrics.contains("op=\"ping\",stage=\"journal\""),
+        "{metrics}"
+    );
 
     let exit = sigterm(&mut served, Duration::from_secs(10));
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");

@@ -173,6 +173,9 @@ pub struct Connection {
     /// How long a write may wait for the client to read; then the connection is
     /// closed, so a client that stops reading cannot hold the server (or its shutdown).
     write_timeout: std::time::Duration,
+    /// When the last read from the socket returned: the arrival of every frame it
+    /// completed (the socket is not read while a whole frame is buffered).
+    read_at: std::time::Instant,
 }
 
 impl Connection {
@@ -191,7 +194,14 @@ impl Connection {
             greeted_max_frame: max_frame,
             out: BytesMut::new(),
             write_timeout,
+            read_at: std::time::Instant::now(),
         }
+    }
+
+    /// When the frames now buffered arrived: the end of the socket read that completed
+    /// them. (Time in the kernel's socket buffer before that read is not seen.)
+    pub fn read_at(&self) -> std::time::Instant {
+        self.read_at
     }
 
     /// HELLO succeeded: frames up to the server's limit from now on.
@@ -214,7 +224,9 @@ impl Connection {
                 self.release();
             }
             self.make_room().await;
-            if self.stream.get_mut().read_buf(self.read.bytes()).await? == 0 {
+            let read = self.stream.get_mut().read_buf(self.read.bytes()).await?;
+            self.read_at = std::time::Instant::now();
+            if read == 0 {
                 let buffered = self.read.bytes().len();
                 return if buffered == 0 {
                     Ok(None)

@@ -7,6 +7,7 @@
 //! | `omnia_requests_total` | counter | `op` |
 //! | `omnia_request_errors_total` | counter | `op`, `code` |
 //! | `omnia_request_duration_seconds` | histogram (explicit buckets, 10 µs to 1 s) | `op` |
+//! | `omnia_request_stage_seconds` | histogram (the same buckets) | `op`, `stage` |
 //! | `omnia_events_ingested_total` | counter | |
 //! | `omnia_events_rejected_total` | counter | `code` |
 //! | `omnia_connections` | gauge | |
@@ -20,6 +21,15 @@
 //! Offer counters are published from the engine's own counters with the gauges, so a
 //! scrape sees them at most one publishing interval late; `experiment` and `arm` are
 //! empty for the totals over every customer.
+//!
+//! Stages of a request inside the server (`Stage`), so a tail seen by a client can be
+//! placed: `queued` from the socket read that completed its frame to the start of its
+//! handling (behind earlier requests of the same read, and the task's wait for a
+//! worker), `apply` its handling (decode, engine, locks: what
+//! `omnia_request_duration_seconds` measures), `journal` the wait for its log records
+//! (or, behind a held reply, for theirs), `reply` from then until its reply was
+//! flushed to the socket (behind the requests pipelined after it in the same read).
+//! Not seen: time in the kernel before the server reads, and after it writes.
 //!
 //! Recording goes through the `metrics` facade: without an installed exporter (tests,
 //! embedding) it costs next to nothing.
@@ -48,8 +58,38 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
             LATENCY_BUCKETS,
         )
         .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full("omnia_request_stage_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
         .install()
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+/// Where a request's time inside the server went; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Queued,
+    Apply,
+    Journal,
+    Reply,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::Apply => "apply",
+            Stage::Journal => "journal",
+            Stage::Reply => "reply",
+        }
+    }
+}
+
+pub(crate) fn stage(op: u8, stage: Stage, elapsed: Duration) {
+    metrics::histogram!("omnia_request_stage_seconds", "op" => opcode::name(op), "stage" => stage.name())
+        .record(elapsed.as_secs_f64());
 }
 
 pub(crate) fn request(op: u8, elapsed: Duration, error: Option<u16>) {

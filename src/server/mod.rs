@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use crate::engine::{Engine, Receipt};
 use crate::protocol::{opcode, ErrorCode, Frame, FrameError, Request, Response, PROTOCOL_VERSION};
 use connection::{Connection, ConnectionError};
+use metrics::Stage;
 use shutdown::Shutdown;
 
 /// Limits a server enforces.
@@ -267,6 +268,7 @@ async fn accept_loop(
         let mut handler = Handler {
             journal: shared.engine().journal().cloned(),
             held: std::collections::VecDeque::new(),
+            unflushed: Vec::new(),
             connection: Connection::new(
                 socket,
                 shared.limits.max_frame,
@@ -390,13 +392,25 @@ const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// …or this long after the shutdown signal, whichever comes first.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// A reply waiting for the log.
+struct Held {
+    reply: Frame,
+    /// The last log record its request needs; `None` if it only waits behind others.
+    lsn: Option<u64>,
+    op: u8,
+    /// When the reply was ready.
+    ready: Instant,
+}
+
 struct Handler {
     connection: Connection,
     /// The engine's journal, if the server has one.
     journal: Option<Arc<dyn crate::engine::Journal>>,
-    /// Replies waiting for their requests' log records, in request order, with the last
-    /// record each one needs.
-    held: std::collections::VecDeque<(Frame, Option<u64>)>,
+    /// Replies waiting for their requests' log records, in request order.
+    held: std::collections::VecDeque<Held>,
+    /// Replies written but not flushed yet: the operation, and since when the reply
+    /// stage counts (see `metrics::Stage`).
+    unflushed: Vec<(u8, Instant)>,
     shared: Arc<Shared>,
     shutdown: Shutdown,
     greeted: bool,
@@ -451,11 +465,16 @@ impl Handler {
             };
             let Some(frame) = frame else {
                 self.release_replies().await?;
-                self.connection.flush().await?;
+                self.flush().await?;
                 debug!(peer = %self.peer, "connection closed");
                 return Ok(());
             };
             let started = Instant::now();
+            metrics::stage(
+                frame.opcode,
+                Stage::Queued,
+                started.saturating_duration_since(self.connection.read_at()),
+            );
             // The log records this request appends, and only those, are what its reply
             // waits for: a read-only request waits for nothing.
             let mut receipt = Receipt::default();
@@ -475,7 +494,10 @@ impl Handler {
                 Response::Error { code, .. } => Some(*code),
                 _ => None,
             };
-            metrics::request(frame.opcode, started.elapsed(), error);
+            let ready = Instant::now();
+            let applied = ready.saturating_duration_since(started);
+            metrics::request(frame.opcode, applied, error);
+            metrics::stage(frame.opcode, Stage::Apply, applied);
             let reply = Frame::new(
                 response.opcode(frame.opcode),
                 frame.request_id,
@@ -487,13 +509,19 @@ impl Handler {
             // requests share one wait for the log.
             let needs_log = receipt.last();
             if needs_log.is_some() || !self.held.is_empty() {
-                self.held.push_back((reply, needs_log));
+                self.held.push_back(Held {
+                    reply,
+                    lsn: needs_log,
+                    op: frame.opcode,
+                    ready,
+                });
             } else {
                 self.connection.write_frame(&reply).await?;
+                self.unflushed.push((frame.opcode, ready));
             }
             if !self.connection.has_buffered_frame() {
                 self.release_replies().await?;
-                self.connection.flush().await?;
+                self.flush().await?;
             }
         }
     }
@@ -501,7 +529,7 @@ impl Handler {
     /// Waits until every held reply's log records are stored, then writes the replies in
     /// order. If the log failed, the replies that needed it become STORAGE_FAILED errors.
     async fn release_replies(&mut self) -> Result<(), ConnectionError> {
-        let last = self.held.iter().filter_map(|(_, lsn)| *lsn).max();
+        let last = self.held.iter().filter_map(|h| h.lsn).max();
         let failed = match (&self.journal, last) {
             (Some(journal), Some(last)) => journal.durable(last).await.err(),
             _ => None,
@@ -509,7 +537,20 @@ impl Handler {
         if let Some(e) = &failed {
             warn!(peer = %self.peer, error = %e, "cannot acknowledge: the log failed");
         }
-        while let Some((reply, lsn)) = self.held.pop_front() {
+        let durable_at = Instant::now();
+        while let Some(Held {
+            reply,
+            lsn,
+            op,
+            ready,
+        }) = self.held.pop_front()
+        {
+            metrics::stage(
+                op,
+                Stage::Journal,
+                durable_at.saturating_duration_since(ready),
+            );
+            self.unflushed.push((op, durable_at));
             let reply = match (&failed, lsn) {
                 (Some(e), Some(_)) => Frame::new(
                     opcode::ERROR,
@@ -519,6 +560,16 @@ impl Handler {
                 _ => reply,
             };
             self.connection.write_frame(&reply).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is written, and records the reply stage of every reply it sent.
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.connection.flush().await?;
+        let flushed = Instant::now();
+        for (op, since) in self.unflushed.drain(..) {
+            metrics::stage(op, Stage::Reply, flushed.saturating_duration_since(since));
         }
         Ok(())
     }
