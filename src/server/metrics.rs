@@ -70,10 +70,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 /// Where a request's time inside the server went; see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
-    Queued,
-    Apply,
-    Journal,
-    Reply,
+    Queued = 0,
+    Apply = 1,
+    Journal = 2,
+    Reply = 3,
 }
 
 impl Stage {
@@ -87,19 +87,62 @@ impl Stage {
     }
 }
 
-pub(crate) fn stage(op: u8, stage: Stage, elapsed: Duration) {
-    metrics::histogram!("omnia_request_stage_seconds", "op" => opcode::name(op), "stage" => stage.name())
-        .record(elapsed.as_secs_f64());
+/// One operation's per-request metrics, as handles.
+struct OpMetrics {
+    op: u8,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    stages: [metrics::Histogram; 4],
 }
 
-pub(crate) fn request(op: u8, elapsed: Duration, error: Option<u16>) {
-    let name = opcode::name(op);
-    metrics::counter!("omnia_requests_total", "op" => name).increment(1);
-    metrics::histogram!("omnia_request_duration_seconds", "op" => name)
-        .record(elapsed.as_secs_f64());
-    if let Some(code) = error {
-        metrics::counter!("omnia_request_errors_total", "op" => name, "code" => code_name(code))
-            .increment(1);
+/// The per-request metrics of one connection, looked up once per operation: the
+/// facade's macros hash their labels and search the registry on every call, which cost
+/// a sixth of the closed-loop decision rate with a record per stage (110,000 decisions/s
+/// without the stages, 90,000 with them looked up each time).
+#[derive(Default)]
+pub(crate) struct RequestMetrics {
+    ops: Vec<OpMetrics>,
+}
+
+impl RequestMetrics {
+    fn of(&mut self, op: u8) -> &OpMetrics {
+        let at = match self.ops.iter().position(|m| m.op == op) {
+            Some(at) => at,
+            None => {
+                let name = opcode::name(op);
+                let stage = |s: Stage| metrics::histogram!("omnia_request_stage_seconds", "op" => name, "stage" => s.name());
+                self.ops.push(OpMetrics {
+                    op,
+                    requests: metrics::counter!("omnia_requests_total", "op" => name),
+                    duration: metrics::histogram!("omnia_request_duration_seconds", "op" => name),
+                    stages: [
+                        stage(Stage::Queued),
+                        stage(Stage::Apply),
+                        stage(Stage::Journal),
+                        stage(Stage::Reply),
+                    ],
+                });
+                self.ops.len() - 1
+            }
+        };
+        &self.ops[at]
+    }
+
+    pub fn stage(&mut self, op: u8, stage: Stage, elapsed: Duration) {
+        self.of(op).stages[stage as usize].record(elapsed.as_secs_f64());
+    }
+
+    /// A request handled in `elapsed` (its apply stage), answered with `error` if any.
+    pub fn request(&mut self, op: u8, elapsed: Duration, error: Option<u16>) {
+        let m = self.of(op);
+        m.requests.increment(1);
+        m.duration.record(elapsed.as_secs_f64());
+        m.stages[Stage::Apply as usize].record(elapsed.as_secs_f64());
+        if let Some(code) = error {
+            let name = opcode::name(op);
+            metrics::counter!("omnia_request_errors_total", "op" => name, "code" => code_name(code))
+                .increment(1);
+        }
     }
 }
 

@@ -269,6 +269,7 @@ async fn accept_loop(
             journal: shared.engine().journal().cloned(),
             held: std::collections::VecDeque::new(),
             unflushed: Vec::new(),
+            metrics: metrics::RequestMetrics::default(),
             connection: Connection::new(
                 socket,
                 shared.limits.max_frame,
@@ -411,6 +412,7 @@ struct Handler {
     /// Replies written but not flushed yet: the operation, and since when the reply
     /// stage counts (see `metrics::Stage`).
     unflushed: Vec<(u8, Instant)>,
+    metrics: metrics::RequestMetrics,
     shared: Arc<Shared>,
     shutdown: Shutdown,
     greeted: bool,
@@ -470,7 +472,7 @@ impl Handler {
                 return Ok(());
             };
             let started = Instant::now();
-            metrics::stage(
+            self.metrics.stage(
                 frame.opcode,
                 Stage::Queued,
                 started.saturating_duration_since(self.connection.read_at()),
@@ -496,8 +498,7 @@ impl Handler {
             };
             let ready = Instant::now();
             let applied = ready.saturating_duration_since(started);
-            metrics::request(frame.opcode, applied, error);
-            metrics::stage(frame.opcode, Stage::Apply, applied);
+            self.metrics.request(frame.opcode, applied, error);
             let reply = Frame::new(
                 response.opcode(frame.opcode),
                 frame.request_id,
@@ -545,7 +546,7 @@ impl Handler {
             ready,
         }) = self.held.pop_front()
         {
-            metrics::stage(
+            self.metrics.stage(
                 op,
                 Stage::Journal,
                 durable_at.saturating_duration_since(ready),
@@ -569,7 +570,8 @@ impl Handler {
         self.connection.flush().await?;
         let flushed = Instant::now();
         for (op, since) in self.unflushed.drain(..) {
-            metrics::stage(op, Stage::Reply, flushed.saturating_duration_since(since));
+            self.metrics
+                .stage(op, Stage::Reply, flushed.saturating_duration_since(since));
         }
         Ok(())
     }
