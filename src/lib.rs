@@ -20,8 +20,9 @@
 //!   and the async client.
 //!
 //! Known exception to "layers import downward", being removed (issue 12): the engine
-//! holds the decider and its offer state. (Its log is its own `engine::Journal` trait,
-//! which the store's `Wal` implements.)
+//! holds the `Decider` and each shard a `decide::CustomerOffers` per customer (whose
+//! bytes and remapping decide owns). Its log is its own `engine::Journal` trait, which
+//! the store's `Wal` implements, and it writes bytes with `codec`, never the protocol.
 
 pub mod client;
 pub mod clock;

@@ -23,14 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::binary::{free_port, OMNIA};
-use common::TempDir;
+use common::{copy_dir, unsynced_wal, TempDir};
 use omnia::clock::ManualClock;
-use omnia::config::{Config, FsyncPolicy, Source};
+use omnia::config::{Config, Source};
 use omnia::engine::{Engine, RawEvent};
 use omnia::model::decision::{
     Decision, DecisionRequest, FeedbackKind, FeedbackTarget, OfferStats, Outcome,
 };
-use omnia::store::wal::WalOptions;
 use omnia::store::Node;
 
 const OFFERS: [&str; 4] = ["a", "b", "c", "d"];
@@ -239,15 +238,6 @@ fn history(engine: &Engine, clock: &ManualClock) -> (Vec<String>, i64) {
     (keys, now)
 }
 
-fn options() -> WalOptions {
-    WalOptions {
-        faults: None,
-        policy: FsyncPolicy::Never,
-        interval: Duration::from_millis(5),
-        segment_bytes: 64 << 20,
-    }
-}
-
 /// The byte offsets where each record of a log file ends.
 fn record_ends(file: &[u8]) -> Vec<usize> {
     let mut ends = Vec::new();
@@ -261,25 +251,12 @@ fn record_ends(file: &[u8]) -> Vec<usize> {
     ends
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_crash_after_any_record_leaves_both_halves_agreeing() {
     let dir = TempDir::new("actions", "cut");
     let written = dir.0.join("written");
     let clock = Arc::new(ManualClock::new(START));
-    let node = Node::open(&written, config(), clock.clone(), options()).unwrap();
+    let node = Node::open(&written, config(), clock.clone(), unsynced_wal()).unwrap();
     let (keys, end) = history(&node.engine, &clock);
     let full = check(&seen_in(&node.engine, &keys), &node.engine.offer_stats());
     assert!(full > 60, "the history shows many offers: {full}");
@@ -300,7 +277,7 @@ fn a_crash_after_any_record_leaves_both_halves_agreeing() {
         let name = logs[0].file_name().unwrap();
         std::fs::write(cut.join("wal").join(name), &log[..end_at]).unwrap();
         let clock = Arc::new(ManualClock::new(end));
-        let node = Node::open(&cut, config(), clock, options()).unwrap();
+        let node = Node::open(&cut, config(), clock, unsynced_wal()).unwrap();
         let found = check(&seen_in(&node.engine, &keys), &node.engine.offer_stats());
         assert!(
             found >= previous,
@@ -387,8 +364,18 @@ async fn sigkill_during_decisions_and_feedback_leaves_both_halves_agreeing() {
                 tokio::spawn(decide_until_killed(addr.clone(), prefix, tried.clone()))
             })
             .collect();
-        // Different moments in each round, all of them busy.
-        tokio::time::sleep(Duration::from_millis(150 + 70 * round)).await;
+        // Killed once the clients are busy (twenty new customers into the round, however
+        // slow the machine), at a different moment in each round.
+        let started = tried.lock().unwrap().len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tried.lock().unwrap().len() < started + 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clients made no progress"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(15 * round)).await;
         child.kill().unwrap();
         child.wait().unwrap();
         for w in workers {

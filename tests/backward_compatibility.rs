@@ -20,15 +20,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::observe::{compare, decide, event, observe};
-use common::TempDir;
+use common::{copy_dir, unsynced_wal, TempDir};
 use omnia::clock::ManualClock;
-use omnia::config::{Config, FsyncPolicy, Source};
+use omnia::config::{Config, Source};
 use omnia::engine::Engine;
 use omnia::model::decision::{FeedbackKind, FeedbackTarget};
-use omnia::store::wal::WalOptions;
 use omnia::store::{snapshot, Node};
 
 const CUSTOMERS: usize = 300;
@@ -77,28 +75,6 @@ fn history(engine: &Engine, clock: &ManualClock, mut snapshot: impl FnMut()) -> 
         }
     }
     now
-}
-
-fn options() -> WalOptions {
-    WalOptions {
-        faults: None,
-        policy: FsyncPolicy::Never,
-        interval: Duration::from_millis(5),
-        segment_bytes: 64 << 20,
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The record kinds (payload byte 8) of every record in the fixture's log files.
@@ -151,7 +127,7 @@ fn loads(format: u32, kinds: [u8; 2]) {
     let end = history(&expected, &expected_clock, || {});
 
     let clock = Arc::new(ManualClock::new(end));
-    let node = Node::open(&data, config(), clock.clone(), options()).unwrap();
+    let node = Node::open(&data, config(), clock.clone(), unsynced_wal()).unwrap();
     assert!(
         node.recovered.snapshot.is_some(),
         "the fixture has a snapshot: {}",
@@ -211,7 +187,7 @@ fn write_fixture(dir: &Path) {
         std::fs::copy(fixture(2).join("config.toml"), dir.join("config.toml")).unwrap();
     }
     let clock = Arc::new(ManualClock::new(START));
-    let node = Node::open(&dir.join("data"), config(), clock.clone(), options()).unwrap();
+    let node = Node::open(&dir.join("data"), config(), clock.clone(), unsynced_wal()).unwrap();
     let data = node.data.clone();
     let engine = node.engine.clone();
     history(&engine, &clock, || {

@@ -174,6 +174,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An [`DecodeError::Invalid`] of field `name` at the current offset.
+    pub fn invalid(&self, name: &str, message: String) -> DecodeError {
+        DecodeError::Invalid {
+            field: name.to_string(),
+            offset: self.pos,
+            message,
+        }
+    }
+
     /// The bytes read since `start` (an earlier [`offset`](Self::offset)).
     pub fn since(&self, start: usize) -> &'a [u8] {
         &self.buf[start.min(self.pos)..self.pos]
@@ -294,6 +303,11 @@ impl Fingerprint {
     pub fn finish(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(&self.bytes)
     }
+}
+
+/// A field name for a [`Reader`] call, for names known when the code is written.
+pub fn named(name: &'static str) -> impl Fn() -> String {
+    move || name.to_string()
 }
 
 /// A field name for error messages, built only when an error happens.

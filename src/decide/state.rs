@@ -21,20 +21,8 @@
 use bytes::BufMut;
 use compact_str::CompactString;
 
-use crate::codec::{DecodeError, Reader, Write};
+use crate::codec::{named, DecodeError, Reader, Write};
 use crate::config::{Config, OfferDef};
-
-fn field(name: &'static str) -> impl Fn() -> String {
-    move || name.to_string()
-}
-
-fn invalid(r: &Reader<'_>, name: &str, message: String) -> DecodeError {
-    DecodeError::Invalid {
-        field: name.to_string(),
-        offset: r.offset(),
-        message,
-    }
-}
 
 /// At most this many impressions are kept per customer and offer; caps allow at most 255
 /// per window, so a cap never undercounts unless a customer saw one offer more than this
@@ -262,66 +250,61 @@ impl CustomerOffers {
     ) -> Result<CustomerOffers, DecodeError> {
         let offers = config.decisions.offers.len();
         let offer = |r: &mut Reader<'_>| -> Result<u16, DecodeError> {
-            let o = r.u16(&field("offer"))?;
+            let o = r.u16(&named("offer"))?;
             if o as usize >= offers {
-                return Err(invalid(r, "offer", format!("offer {o} of {offers}")));
+                return Err(r.invalid("offer", format!("offer {o} of {offers}")));
             }
             Ok(o)
         };
         let channels = config.channels.len();
         let experiments = &config.decisions.experiments;
         let mut state = CustomerOffers::default();
-        for _ in 0..r.u16(&field("offer memories"))? {
+        for _ in 0..r.u16(&named("offer memories"))? {
             let offer = offer(r)?;
-            let n = r.u16(&field("impressions"))?;
+            let n = r.u16(&named("impressions"))?;
             let mut impressions = Vec::with_capacity(n as usize);
             for _ in 0..n {
-                let time = r.u32(&field("impression time"))?;
-                let channel = r.u8(&field("channel"))?;
+                let time = r.u32(&named("impression time"))?;
+                let channel = r.u8(&named("channel"))?;
                 if channel as usize >= channels {
-                    return Err(invalid(
-                        r,
-                        "channel",
-                        format!("channel {channel} of {channels}"),
-                    ));
+                    return Err(r.invalid("channel", format!("channel {channel} of {channels}")));
                 }
                 impressions.push((time, channel));
             }
             state.memories.push(OfferMemory {
                 offer,
                 impressions,
-                accepted_at: r.u32(&field("accepted at"))?,
-                dismissed_at: r.u32(&field("dismissed at"))?,
+                accepted_at: r.u32(&named("accepted at"))?,
+                dismissed_at: r.u32(&named("dismissed at"))?,
             });
         }
-        if r.u8(&field("sticky"))? != 0 {
+        if r.u8(&named("sticky"))? != 0 {
             state.sticky = Some(Sticky {
                 offer: offer(r)?,
-                until: r.u32(&field("sticky until"))?,
+                until: r.u32(&named("sticky until"))?,
             });
         }
-        let arms = r.u8(&field("arms"))? as usize;
+        let arms = r.u8(&named("arms"))? as usize;
         if arms > experiments.len() {
-            return Err(invalid(
-                r,
+            return Err(r.invalid(
                 "arms",
                 format!("{arms} arms, {} experiments", experiments.len()),
             ));
         }
         for e in experiments.iter().take(arms) {
-            let arm = r.u8(&field("arm"))?;
+            let arm = r.u8(&named("arm"))?;
             if arm as usize > e.arms.len() {
-                return Err(invalid(r, "arm", format!("arm {arm} of {}", e.arms.len())));
+                return Err(r.invalid("arm", format!("arm {arm} of {}", e.arms.len())));
             }
             state.arms.push(arm);
         }
-        for _ in 0..r.u16(&field("coupons"))? {
+        for _ in 0..r.u16(&named("coupons"))? {
             state.coupons.push(IssuedCoupon {
                 offer: offer(r)?,
-                code: r.str(&field("coupon code"))?.into(),
-                issued: r.u32(&field("coupon issued"))?,
-                expires: r.u32(&field("coupon expires"))?,
-                redeemed: r.u8(&field("coupon redeemed"))? != 0,
+                code: r.str(&named("coupon code"))?.into(),
+                issued: r.u32(&named("coupon issued"))?,
+                expires: r.u32(&named("coupon expires"))?,
+                redeemed: r.u8(&named("coupon redeemed"))? != 0,
             });
         }
         Ok(state)

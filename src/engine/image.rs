@@ -45,7 +45,7 @@ use super::{CustomerRef, Engine, Plan};
 use crate::decide::CustomerOffers;
 use bytes::BufMut;
 
-use crate::codec::{DecodeError, Reader, Write};
+use crate::codec::{named, DecodeError, Reader, Write};
 
 /// A shard copied for a snapshot: its cut and its bytes.
 #[derive(Debug, Clone)]
@@ -100,18 +100,6 @@ fn get_words(words: &mut [u32], bytes: &[u8]) {
         for (w, b) in words.iter_mut().zip(bytes.chunks_exact(4)) {
             *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
-    }
-}
-
-fn field(name: &'static str) -> impl Fn() -> String {
-    move || name.to_string()
-}
-
-fn invalid(r: &Reader<'_>, name: &str, message: String) -> DecodeError {
-    DecodeError::Invalid {
-        field: name.to_string(),
-        offset: r.offset(),
-        message,
     }
 }
 
@@ -173,13 +161,12 @@ pub(crate) fn read_shard(
     codes: &[u32],
 ) -> Result<(ShardState, u64), DecodeError> {
     let mut r = Reader::new(bytes);
-    let cut = r.u64(&field("cut"))?;
+    let cut = r.u64(&named("cut"))?;
     let mut state = ShardState::new(plan, id_base, capacity);
-    state.now = r.u32(&field("shard time"))?;
-    let stride = r.u32(&field("stride"))? as usize;
+    state.now = r.u32(&named("shard time"))?;
+    let stride = r.u32(&named("stride"))? as usize;
     if stride != plan.layout.stride {
-        return Err(invalid(
-            &r,
+        return Err(r.invalid(
             "stride",
             format!(
                 "rows of {stride} words, this config lays out {}",
@@ -187,17 +174,13 @@ pub(crate) fn read_shard(
             ),
         ));
     }
-    let slots = r.u32(&field("slots"))? as usize;
+    let slots = r.u32(&named("slots"))? as usize;
     if slots as u64 > capacity {
-        return Err(invalid(
-            &r,
-            "slots",
-            format!("{slots} slots, capacity {capacity}"),
-        ));
+        return Err(r.invalid("slots", format!("{slots} slots, capacity {capacity}")));
     }
     // Read before anything is allocated for them: a damaged count must not allocate
     // gigabytes.
-    let gens = r.bytes(slots * 4, &field("generations"))?;
+    let gens = r.bytes(slots * 4, &named("generations"))?;
     state.gens = vec![0; slots];
     get_words(&mut state.gens, gens);
     let mut left = slots * stride;
@@ -206,7 +189,7 @@ pub(crate) fn read_shard(
         let used = left.min(chunk.len());
         get_words(
             &mut chunk[..used],
-            r.bytes(used * 4, &field("profile rows"))?,
+            r.bytes(used * 4, &named("profile rows"))?,
         );
         state.rows.push(chunk);
         left -= used;
@@ -226,11 +209,7 @@ pub(crate) fn read_shard(
             for &at in &strings {
                 let word = &mut state.rows[chunk][row + at];
                 *word = *codes.get(*word as usize).ok_or_else(|| {
-                    invalid(
-                        &r,
-                        "profile row",
-                        format!("string code {} is unknown", *word),
-                    )
+                    r.invalid("profile row", format!("string code {} is unknown", *word))
                 })?;
             }
         }
@@ -238,28 +217,26 @@ pub(crate) fn read_shard(
     let namespaces = plan.config.namespaces.len();
     // Each slot has at least its key count.
     if r.remaining() < slots * 2 {
-        return Err(invalid(
-            &r,
+        return Err(r.invalid(
             "keys",
             format!("{slots} slots, {} bytes left", r.remaining()),
         ));
     }
     state.keys = Vec::with_capacity(slots);
     for local in 0..slots as u32 {
-        let n = r.u16(&field("key count"))?;
+        let n = r.u16(&named("key count"))?;
         let mut keys = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let namespace = r.u8(&field("key namespace"))? as usize;
+            let namespace = r.u8(&named("key namespace"))? as usize;
             if namespace >= namespaces {
-                return Err(invalid(
-                    &r,
+                return Err(r.invalid(
                     "key namespace",
                     format!("namespace {namespace} of {namespaces}"),
                 ));
             }
             keys.push(Key {
                 namespace,
-                text: r.str(&field("key"))?.into(),
+                text: r.str(&named("key"))?.into(),
             });
         }
         if !keys.is_empty() {
@@ -271,17 +248,16 @@ pub(crate) fn read_shard(
         }
         state.keys.push(keys);
     }
-    for _ in 0..r.u32(&field("free slots"))? {
-        let slot = r.u32(&field("free slot"))?;
+    for _ in 0..r.u32(&named("free slots"))? {
+        let slot = r.u32(&named("free slot"))?;
         if slot as usize >= slots {
-            return Err(invalid(&r, "free slot", format!("slot {slot} of {slots}")));
+            return Err(r.invalid("free slot", format!("slot {slot} of {slots}")));
         }
         state.free.push(slot);
     }
-    let segments = r.u32(&field("segments"))? as usize;
+    let segments = r.u32(&named("segments"))? as usize;
     if segments != plan.config.segments.len() {
-        return Err(invalid(
-            &r,
+        return Err(r.invalid(
             "segments",
             format!(
                 "{segments} segments, this config has {}",
@@ -290,9 +266,9 @@ pub(crate) fn read_shard(
         ));
     }
     for s in 0..segments {
-        let len = r.u32(&field("bitmap length"))? as usize;
+        let len = r.u32(&named("bitmap length"))? as usize;
         let at = r.offset();
-        let bitmap_bytes = r.bytes(len, &field("bitmap"))?;
+        let bitmap_bytes = r.bytes(len, &named("bitmap"))?;
         state.members[s] =
             RoaringBitmap::deserialize_from(bitmap_bytes).map_err(|e| DecodeError::Invalid {
                 field: format!("bitmap of segment `{}`", plan.config.segments[s].name),
@@ -300,18 +276,17 @@ pub(crate) fn read_shard(
                 message: e.to_string(),
             })?;
     }
-    for _ in 0..r.u32(&field("customers with offer state"))? {
-        let local = r.u32(&field("slot"))?;
+    for _ in 0..r.u32(&named("customers with offer state"))? {
+        let local = r.u32(&named("slot"))?;
         if local as usize >= slots {
-            return Err(invalid(&r, "slot", format!("slot {local} of {slots}")));
+            return Err(r.invalid("slot", format!("slot {local} of {slots}")));
         }
         let offers = CustomerOffers::decode(&mut r, &plan.config)?;
         state.offers.insert(local, offers);
     }
-    let offers = r.u32(&field("budget offers"))? as usize;
+    let offers = r.u32(&named("budget offers"))? as usize;
     if offers != state.budget_spent.len() {
-        return Err(invalid(
-            &r,
+        return Err(r.invalid(
             "budget offers",
             format!(
                 "{offers} offers, this config has {}",
@@ -321,8 +296,8 @@ pub(crate) fn read_shard(
     }
     for spent in &mut state.budget_spent {
         *spent = (
-            r.u32(&field("budget period"))?,
-            r.u32(&field("budget units"))?,
+            r.u32(&named("budget period"))?,
+            r.u32(&named("budget units"))?,
         );
     }
     r.finish()?;

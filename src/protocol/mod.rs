@@ -69,3 +69,53 @@ pub mod opcode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RawEvent;
+
+    #[test]
+    /// INGEST of protocol version 1 is event layout 1: what `IngestWriter` writes is
+    /// what `Request::encode` makes, and reads back.
+    fn an_ingest_body_is_event_layout_1() {
+        let events = vec![
+            RawEvent::new("purchase", "store", 1_700_000_000_000)
+                .key("user:1")
+                .key("card:9")
+                .prop("amount", 12.5)
+                .attr("vip", true),
+            RawEvent::new("page_view", "web", 5)
+                .key("anon:x")
+                .prop("url", "/"),
+        ];
+        let mut w = IngestWriter::with_capacity(16);
+        for e in &events {
+            w.event(&e.event, &e.channel, e.timestamp_ms, e.keys.len() as u8);
+            e.keys.iter().for_each(|k| w.key(k));
+            w.properties(e.properties.len() as u8);
+            e.properties
+                .iter()
+                .for_each(|(n, v)| w.property(n, v.as_ref()));
+            w.attributes(e.attributes.len() as u8);
+            e.attributes
+                .iter()
+                .for_each(|(n, v)| w.attribute(n, v.as_ref()));
+        }
+        assert_eq!(w.len(), 2);
+        let body = w.finish();
+        assert_eq!(
+            body,
+            Request::Ingest {
+                events: events.clone()
+            }
+            .encode()
+            .unwrap()
+        );
+        let batch = IngestBatch::decode(&body).unwrap();
+        assert_eq!(
+            batch.iter().map(|e| e.to_owned()).collect::<Vec<_>>(),
+            events
+        );
+    }
+}

@@ -14,6 +14,31 @@ use omnia::engine::Engine;
 use omnia::server::{Limits, Shared};
 use tokio::sync::oneshot;
 
+/// Log options for a test that crashes or cuts the log itself: no fsync (a test's
+/// process crash keeps what was written), files far larger than a test writes.
+pub fn unsynced_wal() -> omnia::store::wal::WalOptions {
+    omnia::store::wal::WalOptions {
+        faults: None,
+        policy: omnia::config::FsyncPolicy::Never,
+        interval: std::time::Duration::from_millis(5),
+        segment_bytes: 64 << 20,
+    }
+}
+
+/// Copies the directory tree `from` to `to` (a data directory, for a test to work on).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// A fresh directory under the system's temporary one, removed when dropped.
 pub struct TempDir(pub std::path::PathBuf);
 
