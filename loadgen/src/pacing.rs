@@ -40,6 +40,11 @@ pub struct Completion {
     /// When it was meant to be sent (open loop) or was sent (closed loop).
     pub intended: Instant,
     pub completed: Instant,
+    /// The generator's own lateness: from when the request was due (open loop) to when
+    /// it was sent, when nothing but the generator held it (its timer, its busy threads);
+    /// zero when it waited for a free slot in the pipeline (the server's backlog, which
+    /// its latency counts) and in closed loop.
+    pub late: Duration,
     /// Units of work it carried (events in a batch; 1 otherwise), or the error.
     pub result: Result<u64, ()>,
 }
@@ -109,10 +114,16 @@ where
             }
             let request = next.take().unwrap_or_else(|| make(sent));
             sent += 1;
+            let now = Instant::now();
+            let late = if held_back || period.is_none() {
+                Duration::ZERO
+            } else {
+                now.saturating_duration_since(intended)
+            };
             let intended = if held_back {
                 intended
             } else {
-                intended.max(Instant::now())
+                intended.max(now)
             };
             held_back = false;
             in_flight.push(async move {
@@ -120,6 +131,7 @@ where
                 Completion {
                     intended,
                     completed: Instant::now(),
+                    late,
                     result,
                 }
             });
@@ -169,7 +181,11 @@ mod tests {
             1000,
             start + Duration::from_millis(500),
             fake_server(start),
-            |c| latencies.push((c.intended - start, c.latency())),
+            |c| {
+                // Sent on time: the stall is the server's, none of it the generator's.
+                assert_eq!(c.late, Duration::ZERO);
+                latencies.push((c.intended - start, c.latency()))
+            },
         )
         .await;
         assert_eq!(sent, 500);
@@ -211,7 +227,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 Ok(1)
             },
-            |c| latencies.push(c.latency()),
+            |c| {
+                // Held back by the full pipeline: the server's backlog, not lateness.
+                assert_eq!(c.late, Duration::ZERO);
+                latencies.push(c.latency())
+            },
         )
         .await;
         let ms: Vec<u64> = latencies.iter().map(|l| l.as_millis() as u64).collect();

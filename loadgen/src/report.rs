@@ -22,6 +22,8 @@ pub fn histogram() -> Histogram<u64> {
 /// What one task measured for one operation.
 pub struct OpRecord {
     pub latency: Histogram<u64>,
+    /// The generator's lateness in sending ([`Completion::late`]).
+    pub late: Histogram<u64>,
     pub count: u64,
     pub errors: u64,
     pub units: u64,
@@ -34,6 +36,7 @@ impl Default for OpRecord {
     fn default() -> Self {
         OpRecord {
             latency: histogram(),
+            late: histogram(),
             count: 0,
             errors: 0,
             units: 0,
@@ -47,6 +50,8 @@ impl OpRecord {
     pub fn record(&mut self, c: &Completion, second: usize) {
         self.latency
             .saturating_record(c.latency().as_nanos().min(u64::MAX as u128) as u64);
+        self.late
+            .saturating_record(c.late.as_nanos().min(u64::MAX as u128) as u64);
         if self.timeline.len() <= second {
             self.timeline.resize(second + 1, 0);
         }
@@ -62,6 +67,7 @@ impl OpRecord {
 
     pub fn merge(&mut self, other: OpRecord) {
         let _ = self.latency.add(&other.latency);
+        let _ = self.late.add(&other.late);
         self.count += other.count;
         self.errors += other.errors;
         self.units += other.units;
@@ -128,6 +134,11 @@ pub struct OpReport {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// The generator's own lateness in sending (open loop): p99 and p99.9, µs. Not part
+    /// of the latencies (they start at the send), but load the server was not offered on
+    /// time: a large value means the generator, not the server, could not keep up.
+    pub late_p99_us: f64,
+    pub late_p999_us: f64,
     /// Whether the achieved rate is within 2% of the target.
     pub reached_target: Option<bool>,
     /// `(percentile, latency µs)` points for plots.
@@ -177,6 +188,8 @@ impl OpReport {
             p99_us: us(0.99),
             p999_us: us(0.999),
             max_us: r.latency.max() as f64 / 1000.0,
+            late_p99_us: r.late.value_at_quantile(0.99) as f64 / 1000.0,
+            late_p999_us: r.late.value_at_quantile(0.999) as f64 / 1000.0,
             reached_target: target_rate.map(|t| achieved >= 0.98 * t),
             percentiles,
             timeline: r.timeline,
@@ -227,6 +240,25 @@ impl Report {
                 fmt_latency(op.p999_us),
                 fmt_latency(op.max_us),
                 op.errors
+            );
+        }
+        if self.ops.iter().any(|op| op.target_rate.is_some()) {
+            let late: Vec<String> = self
+                .ops
+                .iter()
+                .map(|op| {
+                    format!(
+                        "{} p99 {}, p99.9 {}",
+                        op.op.name(),
+                        fmt_latency(op.late_p99_us),
+                        fmt_latency(op.late_p999_us)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "sent late by the generator itself (its timer, its busy threads; not in the latencies above, which start at the send): {}",
+                late.join("; ")
             );
         }
         for op in &self.ops {
@@ -394,6 +426,7 @@ mod tests {
             let c = Completion {
                 intended: start,
                 completed: start + Duration::from_micros(100 + i),
+                late: Duration::from_micros(i % 10),
                 result: Ok(10),
             };
             r.record(&c, (i / 100) as usize);
