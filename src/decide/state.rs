@@ -93,6 +93,10 @@ impl CustomerOffers {
                         ..OfferMemory::default()
                     },
                 );
+                debug_assert!(
+                    self.memories.windows(2).all(|w| w[0].offer < w[1].offer),
+                    "offer memories stay sorted, one per offer"
+                );
                 i
             }
         };

@@ -123,6 +123,7 @@ impl Engine {
         let acted = self.act_on(&mut state, local, context, action, &mut mode, true);
         if let Acted::Declined { .. } = acted {
             // Nobody saw it: the identity map never pointed at it.
+            debug_assert!(!self.identity.contains_key(&key.text));
             state.take(&self.plan, local);
         } else {
             let generation = state.gens[local as usize];

@@ -221,6 +221,8 @@ impl ShardState {
     /// A new empty profile slot, or `None` if the shard's id range is full.
     pub fn allocate(&mut self, plan: &Plan) -> Option<u32> {
         if let Some(local) = self.free.pop() {
+            // A free slot holds no customer: no keys, in no segment.
+            debug_assert!(!self.is_live(local), "slot {local} is free and live");
             return Some(local);
         }
         let local = self.gens.len() as u64;
@@ -407,6 +409,10 @@ impl ShardState {
     /// Removes a customer: out of every bitmap, its row cleared, its slot free for
     /// reuse. Returns what it was, for a merge.
     pub fn take(&mut self, plan: &Plan, local: u32) -> Taken {
+        debug_assert!(
+            self.is_live(local),
+            "taking slot {local}, which holds no customer"
+        );
         self.save_chunk(plan, local as usize / CHUNK_ROWS);
         let id = self.id_base + local;
         let row = self.row(plan, local).to_vec();
