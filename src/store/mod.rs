@@ -234,7 +234,7 @@ pub fn segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 }
 
 /// Why the record at `at` of `bytes` is not whole and valid, or its length.
-fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), String> {
+pub(crate) fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), String> {
     let rest = &bytes[at..];
     if rest.len() < HEADER {
         return Err(format!(

@@ -24,7 +24,12 @@
 //! sequence; a writer thread takes everything buffered in one `write`, then syncs as the
 //! fsync policy says and publishes how far it got. A connection waits with
 //! [`Wal::durable`] for its last event's sequence before it answers, so records from
-//! many connections share one write and one fsync.
+//! many connections share one write and one fsync. Under `interval` and `never`, where a
+//! write is all a reply waits for, the waiter first writes what is buffered itself if
+//! nothing else is writing (`write_inline`): no hand-off to the writer thread and back,
+//! which on two busy cores was most of a recorded decision's wait. Whoever writes takes
+//! the buffer and writes it under one output lock, so the file holds records in sequence
+//! order either way; new segments, retries and the close stay with the writer thread.
 //!
 //! Policies: `always` publishes a sequence only after `fdatasync`; `interval` publishes
 //! after the write (the data is in the kernel: a crash of the process loses nothing) and
@@ -154,6 +159,26 @@ pub struct Wal {
     written: std::sync::atomic::AtomicU64,
     /// The file being written.
     current: Mutex<PathBuf>,
+    /// What writes the log: the writer thread, or a waiter writing in its place
+    /// ([`Wal::write_inline`]). Taken pending records are written under this lock, in
+    /// the order they were taken, so the file holds them in sequence order.
+    output: Mutex<Output>,
+    /// Whether `output` holds a batch to retry, readable without its lock (the writer
+    /// checks it holding `pending`; locks are taken output first, then pending).
+    retry_waiting: std::sync::atomic::AtomicBool,
+    /// Syncs the current file under `interval`.
+    syncer: Syncer,
+    dir: PathBuf,
+    options: WalOptions,
+}
+
+/// The file and the batch being written.
+struct Output {
+    file: Segment,
+    batch: Vec<u8>,
+    /// A batch a waiter could not store, with its last sequence: the writer thread
+    /// retries it before anything else.
+    retry: Option<(Vec<u8>, u64)>,
 }
 
 /// The path of the segment whose first record has `sequence`.
@@ -167,6 +192,7 @@ impl Wal {
     pub fn open(dir: &Path, next: u64, options: WalOptions) -> std::io::Result<Arc<Wal>> {
         std::fs::create_dir_all(dir)?;
         let (durable, _) = watch::channel(next - 1);
+        let file = Segment::create(dir, next, options.faults.clone())?;
         let wal = Arc::new(Wal {
             pending: Mutex::new(Pending {
                 buf: Vec::with_capacity(1 << 20),
@@ -181,14 +207,21 @@ impl Wal {
             writer: Mutex::new(None),
             written: std::sync::atomic::AtomicU64::new(0),
             current: Mutex::new(segment_path(dir, next)),
+            output: Mutex::new(Output {
+                file,
+                batch: Vec::with_capacity(1 << 20),
+                retry: None,
+            }),
+            retry_waiting: std::sync::atomic::AtomicBool::new(false),
+            syncer: Syncer::default(),
+            dir: dir.to_path_buf(),
+            options,
         });
-        let mut file = Segment::create(dir, next, options.faults.clone())?;
         let writer = wal.clone();
-        let dir = dir.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("omnia-wal".into())
             .spawn(move || {
-                if let Err(e) = writer.write_loop(&dir, &mut file, &options) {
+                if let Err(e) = writer.write_loop() {
                     tracing::error!(error = %e, "the write-ahead log was closed with records it could not store; they were never acknowledged");
                     *writer.failed.lock() = Some(e.to_string());
                     writer.durable.send_modify(|_| {});
@@ -280,6 +313,9 @@ impl Wal {
     /// a degraded log. An error if the log was closed without storing it: the client
     /// must not be told that its events are safe.
     pub async fn durable(&self, sequence: u64) -> Result<(), String> {
+        if *self.durable.borrow() < sequence {
+            self.write_inline();
+        }
         let mut rx = self.durable.subscribe();
         loop {
             if let Some(e) = self.failed.lock().clone() {
@@ -329,56 +365,115 @@ impl Wal {
         }
     }
 
-    fn write_loop(
-        &self,
-        dir: &Path,
-        file: &mut Segment,
-        options: &WalOptions,
-    ) -> std::io::Result<()> {
+    /// Writes what is pending in the waiter's own thread, if nothing else is writing:
+    /// the reply that waits for it then needs no hand-off to the writer thread and back
+    /// (on two busy cores each hand-off waits for a thread to be scheduled: the log's
+    /// wait was most of a decision's tail, docs/benchmarks.md). Only where a write is
+    /// all the policy asks before a reply (`interval`, `never`: a write into the page
+    /// cache, microseconds); `always` syncs, which would hold a runtime worker for
+    /// milliseconds, so the writer thread does that. Also left to the thread: a new
+    /// segment (it syncs the old one), a degraded log's retries, and a closed log.
+    fn write_inline(&self) {
+        if self.options.policy == FsyncPolicy::Always
+            || self.degraded.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let Some(mut out) = self.output.try_lock() else {
+            return;
+        };
+        if out.retry.is_some() || out.file.len >= self.options.segment_bytes {
+            return;
+        }
+        let last = {
+            let mut p = self.pending.lock();
+            if p.buf.is_empty() || p.closed {
+                return;
+            }
+            std::mem::swap(&mut p.buf, &mut out.batch);
+            p.last
+        };
+        let Output { file, batch, retry } = &mut *out;
+        match self.store(file, batch, last) {
+            Ok(()) => self.stored(batch, last),
+            Err(e) => {
+                self.set_health(|h| &mut h.writer, Some(e.to_string()));
+                *retry = Some((std::mem::take(batch), last));
+                self.retry_waiting
+                    .store(true, std::sync::atomic::Ordering::Release);
+                drop(out);
+                // Under the lock the writer waits with, so the wake-up is not lost.
+                let _p = self.pending.lock();
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// A batch is in the file: count it and tell the waiters. Under the output lock, so
+    /// the durable sequence only grows.
+    fn stored(&self, batch: &mut Vec<u8>, last: u64) {
+        self.written
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        batch.clear();
+        self.durable.send_replace(last);
+    }
+
+    fn write_loop(&self) -> std::io::Result<()> {
         // Under `interval`, another thread syncs: a slow fsync (a snapshot being written
         // fills the disk queue, say) then never holds up the writes, and so the
         // acknowledgements, queued behind it.
-        let syncer = Syncer::default();
         std::thread::scope(|scope| {
-            if options.policy == FsyncPolicy::Interval {
-                syncer.replace(file.file.try_clone()?);
-                let syncer = &syncer;
-                let faults = options.faults.clone();
+            if self.options.policy == FsyncPolicy::Interval {
+                self.syncer
+                    .replace(self.output.lock().file.file.try_clone()?);
+                let faults = self.options.faults.clone();
+                let interval = self.options.interval;
                 std::thread::Builder::new()
                     .name("omnia-wal-sync".into())
                     .spawn_scoped(scope, move || {
-                        syncer.run(options.interval, faults, |error| {
+                        self.syncer.run(interval, faults, |error| {
                             self.set_health(|h| &mut h.syncer, error)
                         })
                     })?;
             }
-            let written = self.write_batches(dir, file, options, &syncer);
-            syncer.stop();
+            let written = self.write_batches();
+            self.syncer.stop();
             written
         })
     }
 
-    fn write_batches(
-        &self,
-        dir: &Path,
-        file: &mut Segment,
-        options: &WalOptions,
-        syncer: &Syncer,
-    ) -> std::io::Result<()> {
-        let mut batch = Vec::with_capacity(1 << 20);
+    fn write_batches(&self) -> std::io::Result<()> {
         loop {
-            let (last, closed) = {
+            let closed = {
                 let mut p = self.pending.lock();
-                while p.buf.is_empty() && !p.closed {
+                while p.buf.is_empty()
+                    && !p.closed
+                    && !self
+                        .retry_waiting
+                        .load(std::sync::atomic::Ordering::Acquire)
+                {
                     self.wake.wait(&mut p);
                 }
-                std::mem::swap(&mut p.buf, &mut batch);
-                (p.last, p.closed)
+                p.closed
+            };
+            let mut out = self.output.lock();
+            let (mut batch, last) = match out.retry.take() {
+                Some(retry) => {
+                    self.retry_waiting
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    retry
+                }
+                None => {
+                    let mut p = self.pending.lock();
+                    let mut batch = std::mem::take(&mut out.batch);
+                    std::mem::swap(&mut p.buf, &mut batch);
+                    (batch, p.last)
+                }
             };
             if !batch.is_empty() {
                 let mut backoff = RETRY_FIRST;
                 loop {
-                    match self.store(dir, file, options, syncer, &batch, last) {
+                    match self.store(&mut out.file, &batch, last) {
                         Ok(()) => break,
                         Err(e) => {
                             self.set_health(|h| &mut h.writer, Some(e.to_string()));
@@ -397,14 +492,12 @@ impl Wal {
                 if self.degraded.load(std::sync::atomic::Ordering::Acquire) {
                     self.set_health(|h| &mut h.writer, None);
                 }
-                self.written
-                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                batch.clear();
-                self.durable.send_replace(last);
+                self.stored(&mut batch, last);
             }
+            out.batch = batch;
             if closed && self.pending.lock().buf.is_empty() {
                 // Even `never` syncs at a clean close.
-                return file.sync();
+                return out.file.sync();
             }
         }
     }
@@ -412,15 +505,8 @@ impl Wal {
     /// Stores one batch whose last record is `last`: in a new segment file if the
     /// current one is full, synced as the policy says. On failure the file is cut back to
     /// where the batch began, so the batch can be written again whole.
-    fn store(
-        &self,
-        dir: &Path,
-        file: &mut Segment,
-        options: &WalOptions,
-        syncer: &Syncer,
-        batch: &[u8],
-        last: u64,
-    ) -> std::io::Result<()> {
+    fn store(&self, file: &mut Segment, batch: &[u8], last: u64) -> std::io::Result<()> {
+        let (dir, options, syncer) = (&self.dir, &self.options, &self.syncer);
         if file.len >= options.segment_bytes {
             file.sync()?;
             let first = last - count_records(batch) + 1;
@@ -640,5 +726,71 @@ impl Segment {
         self.len = len;
         self.cut_pending = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waiters that write in their own threads and the writer thread share the file: with
+    /// many connections appending and waiting at once, the file still holds every record
+    /// once, in sequence order, and every wait ends.
+    #[test]
+    fn waiters_and_the_writer_keep_the_file_in_sequence_order() {
+        for policy in [
+            FsyncPolicy::Never,
+            FsyncPolicy::Interval,
+            FsyncPolicy::Always,
+        ] {
+            let dir = std::env::temp_dir().join(format!(
+                "omnia-wal-order-{}-{}",
+                policy.name(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let options = WalOptions {
+                policy,
+                interval: Duration::from_millis(1),
+                segment_bytes: 64 << 20,
+                faults: None,
+            };
+            let wal = Wal::open(&dir, 1, options).unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..8)
+                    .map(|t| {
+                        let wal = wal.clone();
+                        tokio::spawn(async move {
+                            for i in 0..200u32 {
+                                let sequence = wal.append_record(EVENT, |body| {
+                                    body.extend_from_slice(&(t * 1000 + i).to_le_bytes())
+                                });
+                                wal.durable(sequence).await.unwrap();
+                                assert!(wal.durable_now() >= sequence);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            wal.close();
+            let bytes = std::fs::read(segment_path(&dir, 1)).unwrap();
+            let mut at = 0;
+            let mut expected = 1u64;
+            while at < bytes.len() {
+                let (sequence, len) = crate::store::check_record(&bytes, at).unwrap();
+                assert_eq!(sequence, expected, "{policy:?}: record at byte {at}");
+                expected += 1;
+                at += HEADER + len;
+            }
+            assert_eq!(expected - 1, 8 * 200, "{policy:?}: every record once");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
