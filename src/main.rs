@@ -109,6 +109,11 @@ struct ServeOptions {
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, default_value = "info")]
     log: String,
+    /// Threads that serve requests (the async runtime's workers); by default one per
+    /// core the process may run on. The log's writer and sync threads and the snapshot
+    /// thread come on top.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -210,7 +215,17 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         options.handshake_timeout > 0,
         "--handshake-timeout must be at least 1 second"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    if let Some(threads) = options.threads {
+        anyhow::ensure!(
+            (1..=1024).contains(&threads),
+            "--threads {threads}: from 1 to 1024"
+        );
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = options.threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime
         .enable_all()
         .on_thread_park(give_back_freed_memory)
         .build()

@@ -224,7 +224,8 @@ fn serve_ctl_metrics_and_sigterm() {
     let dir = served._dir.0.clone();
     assert_one_snapshot(&dir);
     std::mem::forget(served._dir);
-    let mut again = serve_on(dir);
+    // On one request thread this time: the same server, less parallel.
+    let mut again = serve_with(dir, &["--threads", "1"]);
     let stats = ctl(&again.addr, &["--json", "stats"], None);
     let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(json["customers"].as_u64(), Some(2), "{json}");
@@ -289,6 +290,14 @@ fn serve_checks_flags_that_replace_settings_with_the_configs_rules() {
         !dir.exists(),
         "nothing is created for a config that does not validate"
     );
+    let zero = Command::new(OMNIA)
+        .args(["serve", "--no-metrics", "--listen", &addr, "--threads", "0"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(1));
+    assert!(text(&zero.stderr).contains("--threads 0: from 1 to 1024"));
 }
 
 #[test]
