@@ -31,7 +31,7 @@ pub struct Overrides {
 }
 
 /// A setting's value and where it came from, for its error.
-struct Given<T> {
+struct Setting<T> {
     value: T,
     /// `engine.shards` or `--shards`.
     name: &'static str,
@@ -39,20 +39,20 @@ struct Given<T> {
     span: Option<Span>,
 }
 
-/// The flag's value if it was given, else the file's, if any.
-fn given<T: Copy>(
+/// The effective setting: the flag's value if it was given, else the file's, if any.
+fn effective<T: Copy>(
     file: &Option<Spanned<T>>,
     setting: &'static str,
     flag: Option<T>,
     flag_name: &'static str,
-) -> Option<Given<T>> {
+) -> Option<Setting<T>> {
     match (flag, file) {
-        (Some(value), _) => Some(Given {
+        (Some(value), _) => Some(Setting {
             value,
             name: flag_name,
             span: None,
         }),
-        (None, Some(v)) => Some(Given {
+        (None, Some(v)) => Some(Setting {
             value: *v.get_ref(),
             name: setting,
             span: Some(v.span()),
@@ -62,8 +62,8 @@ fn given<T: Copy>(
 }
 
 impl Builder<'_> {
-    fn setting_error<T>(&mut self, given: &Given<T>, message: String, help: Option<String>) {
-        match &given.span {
+    fn setting_error<T>(&mut self, setting: &Setting<T>, message: String, help: Option<String>) {
+        match &setting.span {
             Some(span) => self.error(span.clone(), message, help),
             None => {
                 let mut d = Diagnostic::command_line(message);
@@ -80,7 +80,8 @@ impl Builder<'_> {
         overrides: &Overrides,
     ) -> EngineSettings {
         let mut engine = EngineSettings::default();
-        if let Some(shards) = given(&raw.shards, "engine.shards", overrides.shards, "--shards") {
+        if let Some(shards) = effective(&raw.shards, "engine.shards", overrides.shards, "--shards")
+        {
             let n = shards.value;
             if !n.is_power_of_two() || n > 256 {
                 self.setting_error(
@@ -190,7 +191,7 @@ impl Builder<'_> {
                 storage.segment_bytes = mib.get_ref() << 20;
             }
         }
-        let interval = given(
+        let interval = effective(
             &raw.snapshot_interval_s,
             "storage.snapshot_interval_s",
             overrides.snapshot_interval_s,

@@ -639,17 +639,7 @@ impl Engine {
         let channel = config.channel_id(&record.channel);
         let event_type = match record.event.as_str() {
             "" => None,
-            name => Some(config.event_id(name).ok_or_else(|| {
-                DecideError::Event(EventError::UnknownEventType {
-                    name: name.to_string(),
-                    declared: config
-                        .events
-                        .iter()
-                        .map(|e| e.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
-            })?),
+            name => Some(crate::engine::event::event_type_id(config, name)?),
         };
         let Some(channel) = channel else {
             if event_type.is_none() {

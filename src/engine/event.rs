@@ -285,17 +285,27 @@ pub(crate) fn string_property(prop: &crate::config::PropertyDef, s: &str) -> Pro
     )
 }
 
+/// The id of the event type `name`, or the error that lists the declared ones.
+pub(crate) fn event_type_id(config: &Config, name: &str) -> Result<usize, EventError> {
+    config
+        .event_id(name)
+        .ok_or_else(|| EventError::UnknownEventType {
+            name: name.to_string(),
+            declared: config
+                .events
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// Resolves an event (owned, or borrowed from a frame) against the config and the
 /// attribute interner. Allocates only the resolved event, and an error's text.
 pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventError> {
     let name = raw.event_type();
+    let event_type = event_type_id(config, name)?;
     let list = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
-    let Some(event_type) = config.event_id(name) else {
-        return Err(EventError::UnknownEventType {
-            name: name.to_string(),
-            declared: list(&mut config.events.iter().map(|e| e.name.as_str())),
-        });
-    };
     let def = &config.events[event_type];
     let Some(channel) = config.channel_id(raw.channel()) else {
         return Err(EventError::UnknownChannel {
