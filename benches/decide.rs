@@ -11,8 +11,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, Source, DEFAULT_CONFIG};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::DecisionRequest;
+use omnia::node::Node;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -74,8 +75,8 @@ fn config_with_50_offers() -> Config {
     config
 }
 
-fn populated() -> Engine {
-    let engine = Engine::new(config_with_50_offers(), Arc::new(ManualClock::new(NOW_MS)));
+fn populated() -> Node {
+    let engine = Node::new(config_with_50_offers(), Arc::new(ManualClock::new(NOW_MS)));
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for c in 0..CUSTOMERS {
         let key = format!("user:{c}");

@@ -44,7 +44,7 @@ fn resident_bytes() -> u64 {
 
 fn populated() -> Engine {
     let before = resident_bytes();
-    let engine = Engine::new(
+    let engine: Engine = Engine::new(
         Config::embedded_default().expect("default config"),
         Arc::new(ManualClock::new(NOW_MS)),
     );

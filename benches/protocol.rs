@@ -12,8 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use omnia::client::Client;
 use omnia::clock::ManualClock;
 use omnia::config::Config;
-use omnia::engine::Engine;
 use omnia::model::{EventView, RawEvent};
+use omnia::node::Node;
 use omnia::protocol::{Frame, IngestBatch, Request, DEFAULT_MAX_FRAME};
 use omnia::server::{Limits, Shared};
 
@@ -123,7 +123,7 @@ fn round_trips(c: &mut Criterion) {
         .build()
         .unwrap();
     let (addr, client) = runtime.block_on(async {
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(Node::new(
             Config::embedded_default().unwrap(),
             Arc::new(ManualClock::new(NOW_MS)),
         ));

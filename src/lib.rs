@@ -14,15 +14,17 @@
 //!   bounds on JSON bodies; it knows nothing of the engine;
 //! - [`engine`]: identity, sharded profiles, aggregates, segments as roaring bitmaps,
 //!   scores, timers and queries;
-//! - [`decide`]: offers, constraints, arbitration, budgets, experiments;
+//! - [`decide`]: offers, constraints, arbitration, budgets, experiments, and the offer
+//!   state each shard keeps per customer as the engine's extension;
+//! - [`node`]: the engine with the decider beside it, what requests run on;
 //! - [`store`]: the data directory, the write-ahead log, snapshots, recovery and reload;
 //! - [`server`] and [`client`]: the TCP server that joins the protocol to the engine,
 //!   and the async client.
 //!
-//! Known exception to "layers import downward", being removed (issue 12): the engine
-//! holds the `Decider` and each shard a `decide::CustomerOffers` per customer (whose
-//! bytes and remapping decide owns). Its log is its own `engine::Journal` trait, which
-//! the store's `Wal` implements, and it writes bytes with `codec`, never the protocol.
+//! Layers import downward only. The engine holds per customer an `engine::Extension`
+//! it does not look inside (decide's offer state), so it never imports decide; its log
+//! is its own `engine::Journal` trait, which the store's `Wal` implements; it writes
+//! bytes with `codec`, never the protocol.
 
 pub mod client;
 pub mod clock;
@@ -31,6 +33,7 @@ pub mod config;
 pub mod decide;
 pub mod engine;
 pub mod model;
+pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod store;

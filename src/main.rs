@@ -235,12 +235,12 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let storage = config.storage.clone();
-        let omnia::store::Node {
+        let omnia::store::Store {
             data: data_dir,
-            engine,
+            node,
             wal,
             recovered,
-        } = omnia::store::Node::open(
+        } = omnia::store::Store::open(
             &options.data_dir,
             config,
             Arc::new(omnia::clock::SystemClock),
@@ -254,9 +254,9 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         );
         tracing::info!(
             addr = %listener.local_addr()?,
-            config = %engine.config().source_name,
-            config_version = format!("{:08x}", engine.config().version),
-            shards = engine.config().engine.shards,
+            config = %node.config().source_name,
+            config_version = format!("{:08x}", node.config().version),
+            shards = node.config().engine.shards,
             "omnia is serving"
         );
         let limits = omnia::server::Limits {
@@ -268,7 +268,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             read_budget: options.max_buffered_mib << 20,
             ..omnia::server::Limits::default()
         };
-        let mut shared = omnia::server::Shared::new(engine, limits);
+        let mut shared = omnia::server::Shared::new(node, limits);
         if let Some(path) = &options.config {
             shared = shared.with_reload(omnia::server::ReloadSource {
                 config: path.clone(),
@@ -281,7 +281,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let current = shared.clone();
         let snapshotter = omnia::store::snapshot::Snapshotter::spawn(
             data_dir.clone(),
-            Arc::new(move || current.engine()),
+            Arc::new(move || current.node()),
             storage.snapshot_interval,
             storage.snapshot_log_bytes,
         )
@@ -312,7 +312,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 every.tick().await;
-                ticker.engine().tick();
+                ticker.node().engine().tick();
                 if metrics {
                     omnia::server::metrics::publish_gauges(&ticker);
                 }
@@ -321,7 +321,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let served = omnia::server::run(listener, shared.clone(), shutdown_signal()).await;
         // A snapshot at shutdown makes the next start fast: it replays nothing.
         snapshotter.stop();
-        match omnia::store::snapshot::write(&data_dir, &shared.engine()) {
+        match omnia::store::snapshot::write(&data_dir, &shared.node()) {
             Ok(written) => tracing::info!("{written}"),
             Err(e) => tracing::error!(error = %e, "the snapshot at shutdown failed; the log keeps everything"),
         }
@@ -411,7 +411,7 @@ fn demo(config: Config, customers: u32) -> anyhow::Result<()> {
         ["page_view", "product_view", "add_to_cart", "purchase", "identify"].iter().all(|e| has(e)),
         "the demo drives the retail journey and needs the event types page_view, product_view, add_to_cart, purchase and identify"
     );
-    let engine = Engine::new(config, clock.clone());
+    let engine: Engine = Engine::new(config, clock.clone());
     println!(
         "omnia demo: {customers} simulated customers on {}",
         engine.config().source_name

@@ -26,11 +26,12 @@ use common::binary::{free_port, OMNIA};
 use common::{copy_dir, unsynced_wal, TempDir};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, Source};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::{
     Decision, DecisionRequest, FeedbackKind, FeedbackTarget, OfferStats, Outcome,
 };
-use omnia::store::Node;
+use omnia::node::Node;
+use omnia::store::Store;
 
 const OFFERS: [&str; 4] = ["a", "b", "c", "d"];
 /// Monday 2 March 2026, 10:00 UTC.
@@ -197,7 +198,7 @@ fn check(seen: &[Seen], stats: &[OfferStats]) -> usize {
     impressions
 }
 
-fn seen_in(engine: &Engine, keys: &[String]) -> Vec<Seen> {
+fn seen_in(engine: &Node, keys: &[String]) -> Vec<Seen> {
     keys.iter()
         .filter_map(|key| {
             let profile = engine.profile(key)?;
@@ -213,7 +214,7 @@ fn seen_in(engine: &Engine, keys: &[String]) -> Vec<Seen> {
 /// Customers 0..12 arrive with a page view, 12..24 are new visitors whose first
 /// decision creates them; three rounds of decisions, each first offer accepted every
 /// other time. Returns the keys and the time at the end.
-fn history(engine: &Engine, clock: &ManualClock) -> (Vec<String>, i64) {
+fn history(engine: &Node, clock: &ManualClock) -> (Vec<String>, i64) {
     let keys: Vec<String> = (0..24).map(|i| format!("user:{i}")).collect();
     let mut now = START;
     for key in &keys[..12] {
@@ -256,9 +257,9 @@ fn a_crash_after_any_record_leaves_both_halves_agreeing() {
     let dir = TempDir::new("actions", "cut");
     let written = dir.0.join("written");
     let clock = Arc::new(ManualClock::new(START));
-    let node = Node::open(&written, config(), clock.clone(), unsynced_wal()).unwrap();
-    let (keys, end) = history(&node.engine, &clock);
-    let full = check(&seen_in(&node.engine, &keys), &node.engine.offer_stats());
+    let node = Store::open(&written, config(), clock.clone(), unsynced_wal()).unwrap();
+    let (keys, end) = history(&node.node, &clock);
+    let full = check(&seen_in(&node.node, &keys), &node.node.offer_stats());
     assert!(full > 60, "the history shows many offers: {full}");
     node.close().unwrap();
 
@@ -277,8 +278,8 @@ fn a_crash_after_any_record_leaves_both_halves_agreeing() {
         let name = logs[0].file_name().unwrap();
         std::fs::write(cut.join("wal").join(name), &log[..end_at]).unwrap();
         let clock = Arc::new(ManualClock::new(end));
-        let node = Node::open(&cut, config(), clock, unsynced_wal()).unwrap();
-        let found = check(&seen_in(&node.engine, &keys), &node.engine.offer_stats());
+        let node = Store::open(&cut, config(), clock, unsynced_wal()).unwrap();
+        let found = check(&seen_in(&node.node, &keys), &node.node.offer_stats());
         assert!(
             found >= previous,
             "more of the log holds no fewer impressions"

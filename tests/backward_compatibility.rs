@@ -25,9 +25,9 @@ use common::observe::{compare, decide, event, observe};
 use common::{copy_dir, unsynced_wal, TempDir};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, Source};
-use omnia::engine::Engine;
 use omnia::model::decision::{FeedbackKind, FeedbackTarget};
-use omnia::store::{snapshot, Node};
+use omnia::node::Node;
+use omnia::store::{snapshot, Store};
 
 const CUSTOMERS: usize = 300;
 /// Monday 2 March 2026, 10:00 UTC.
@@ -46,7 +46,7 @@ fn config() -> Config {
 
 /// What happened, in order; `snapshot` is called once, half-way. Returns the time at
 /// the end.
-fn history(engine: &Engine, clock: &ManualClock, mut snapshot: impl FnMut()) -> i64 {
+fn history(engine: &Node, clock: &ManualClock, mut snapshot: impl FnMut()) -> i64 {
     let mut now = START;
     for step in 0..6 {
         for i in 0..CUSTOMERS {
@@ -123,11 +123,11 @@ fn loads(format: u32, kinds: [u8; 2]) {
     );
 
     let expected_clock = Arc::new(ManualClock::new(START));
-    let expected = Engine::new(config(), expected_clock.clone());
+    let expected = Node::new(config(), expected_clock.clone());
     let end = history(&expected, &expected_clock, || {});
 
     let clock = Arc::new(ManualClock::new(end));
-    let node = Node::open(&data, config(), clock.clone(), unsynced_wal()).unwrap();
+    let node = Store::open(&data, config(), clock.clone(), unsynced_wal()).unwrap();
     assert!(
         node.recovered.snapshot.is_some(),
         "the fixture has a snapshot: {}",
@@ -138,7 +138,7 @@ fn loads(format: u32, kinds: [u8; 2]) {
         "and log records after it: {}",
         node.recovered
     );
-    let loaded = &node.engine;
+    let loaded = &node.node;
 
     // Hard facts of the history, so a mistake both engines share still fails.
     assert_eq!(loaded.stats().customers, CUSTOMERS as u64);
@@ -187,9 +187,9 @@ fn write_fixture(dir: &Path) {
         std::fs::copy(fixture(2).join("config.toml"), dir.join("config.toml")).unwrap();
     }
     let clock = Arc::new(ManualClock::new(START));
-    let node = Node::open(&dir.join("data"), config(), clock.clone(), unsynced_wal()).unwrap();
+    let node = Store::open(&dir.join("data"), config(), clock.clone(), unsynced_wal()).unwrap();
     let data = node.data.clone();
-    let engine = node.engine.clone();
+    let engine = node.node.clone();
     history(&engine, &clock, || {
         snapshot::write(&data, &engine).unwrap();
     });

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use omnia::clock::ManualClock;
 use omnia::config::Config;
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
+use omnia::node::Node;
 
 const NOW_MS: i64 = 1_772_445_600_000;
 
@@ -75,8 +76,8 @@ fn stream(people: u64, events: usize) -> Vec<RawEvent> {
         .collect()
 }
 
-fn engine() -> Engine {
-    Engine::new(
+fn engine() -> Node {
+    Node::new(
         Config::embedded_default().expect("default config"),
         Arc::new(ManualClock::new(NOW_MS)),
     )
@@ -128,8 +129,8 @@ fn concurrent_ingest_equals_a_single_threaded_replay() {
             let (Some(mut x), Some(mut y)) = (replay.profile(&key), concurrent.profile(&key))
             else {
                 assert_eq!(
-                    replay.customer_of(&key).is_some(),
-                    concurrent.customer_of(&key).is_some(),
+                    replay.engine().customer_of(&key).is_some(),
+                    concurrent.engine().customer_of(&key).is_some(),
                     "{key} known in one engine only"
                 );
                 continue;

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use omnia::clock::{Clock, ManualClock};
 use omnia::config::{Config, Source};
 use omnia::decide::DecideError;
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::node::Node;
 use proptest::prelude::*;
 
 const CONFIG: &str = r#"
@@ -344,8 +345,8 @@ impl Model {
     }
 }
 
-fn ingest(engine: &Engine, event: &str, channel: &str, customer: u8) -> Result<(), TestCaseError> {
-    let mut e = RawEvent::new(event, channel, engine.now_ms());
+fn ingest(engine: &Node, event: &str, channel: &str, customer: u8) -> Result<(), TestCaseError> {
+    let mut e = RawEvent::new(event, channel, engine.engine().now_ms());
     e.keys.push(format!("user:{customer}"));
     engine
         .ingest(&e)
@@ -357,7 +358,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let clock = Arc::new(ManualClock::new(START_MS));
     let config = Config::from_source(&Source::new("model.toml", CONFIG))
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let engine = Engine::new(config, clock.clone());
+    let engine = Node::new(config, clock.clone());
     let mut model = Model::default();
     for (step, op) in ops.iter().enumerate() {
         let now = (clock.now_ms() / 1000) as u32;

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use omnia::clock::{Clock, ManualClock};
 use omnia::config::{Config, Source};
 use omnia::decide::{assign_arm, DecideError};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::{Decision, DecisionRequest, FeedbackKind, FeedbackTarget, Outcome};
 use omnia::model::RawValue;
+use omnia::node::Node;
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -122,14 +123,17 @@ arms = [
 
 struct World {
     clock: Arc<ManualClock>,
-    engine: Engine,
+    node: Node,
 }
 
 impl World {
     fn with(config: Config) -> World {
         let clock = Arc::new(ManualClock::new(START));
-        let engine = Engine::new(config, clock.clone());
-        World { clock, engine }
+        let engine = Node::new(config, clock.clone());
+        World {
+            clock,
+            node: engine,
+        }
     }
 
     fn test() -> World {
@@ -145,7 +149,7 @@ impl World {
 
     fn wait(&self, ms: i64) {
         self.clock.advance_ms(ms);
-        self.engine.tick();
+        self.node.tick();
     }
 
     fn send(&self, event: &str, channel: &str, keys: &[&str], attrs: &[(&str, RawValue)]) {
@@ -155,7 +159,7 @@ impl World {
             .iter()
             .map(|(n, v)| (n.to_string(), v.clone()))
             .collect();
-        self.engine.ingest(&e).unwrap_or_else(|e| panic!("{e}"));
+        self.node.ingest(&e).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Sofia's account, with her e-mail address and her consent to e-mail.
@@ -178,7 +182,7 @@ impl World {
     }
 
     fn ask(&self, key: &str, channel: &str, top: u8, record: bool) -> Decision {
-        self.engine
+        self.node
             .decide(&request(key, channel, top, record))
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -204,7 +208,7 @@ impl World {
         offer: &str,
         channel: &str,
     ) -> Result<omnia::model::decision::FeedbackResult, DecideError> {
-        self.engine.feedback(
+        self.node.feedback(
             kind,
             &FeedbackTarget::Customer {
                 key: key.into(),
@@ -217,7 +221,7 @@ impl World {
     fn outcome(&self, key: &str, channel: &str, offer: &str) -> Outcome {
         let mut r = request(key, channel, 3, false);
         r.explain = true;
-        let d = self.engine.decide(&r).unwrap_or_else(|e| panic!("{e}"));
+        let d = self.node.decide(&r).unwrap_or_else(|e| panic!("{e}"));
         d.explanation
             .iter()
             .find(|c| c.offer == offer)
@@ -247,7 +251,7 @@ fn key_in_arm(world: &World, arm: &str) -> String {
 }
 
 fn key_in_arm_with(world: &World, arm: &str, prefix: &str) -> String {
-    let experiment = &world.engine.config().decisions.experiments[0];
+    let experiment = &world.node.config().decisions.experiments[0];
     (0..)
         .map(|i| format!("{prefix}{i}"))
         .find(|k| experiment.arms[assign_arm(experiment, k)].name == arm)
@@ -264,7 +268,7 @@ fn sofia_is_offered_the_cart_reminder_on_every_channel_until_she_accepts_it() {
     w.send("add_to_cart", "web", &["anon:c1"], &[]);
     w.send("page_view", "app", &["anon:c1", "user:sofia"], &[]);
     w.wait(31 * MINUTE);
-    let profile = w.engine.profile("user:sofia").expect("profile");
+    let profile = w.node.profile("user:sofia").expect("profile");
     assert!(profile.in_segment("cart_abandoners"), "{profile}");
 
     // The e-mail channel asks and sends the reminder.
@@ -310,7 +314,7 @@ fn sofia_is_offered_the_cart_reminder_on_every_channel_until_she_accepts_it() {
         Outcome::Accepted
     );
     // The feedback is in her profile as events, so rules and scores can read it.
-    let profile = w.engine.profile("user:sofia").expect("profile");
+    let profile = w.node.profile("user:sofia").expect("profile");
     assert!(profile.last_seen as i64 * 1000 >= w.clock.now_ms() - 1000);
 }
 
@@ -323,7 +327,7 @@ fn caps_slide_with_the_clock() {
     w.show(&k, "web", 1);
     // Impressions flow into the profile, where rules read them.
     assert!(w
-        .engine
+        .node
         .profile(&k)
         .expect("profile")
         .in_segment("saw_capped"));
@@ -418,7 +422,7 @@ fn an_accept_budget_is_never_overspent_by_racing_channels() {
         outcome,
         Outcome::Budget | Outcome::Control | Outcome::Experiment
     ));
-    let stats = w.engine.offer_stats();
+    let stats = w.node.offer_stats();
     let total: u64 = stats
         .iter()
         .filter(|s| s.offer == "limited" && s.experiment.is_none())
@@ -433,7 +437,7 @@ fn an_impression_budget_is_spent_exactly_by_decisions_that_record() {
     let keys: Vec<String> = (0..200)
         .map(|i| format!("anon:s{i}"))
         .filter(|k| {
-            let e = &w.engine.config().decisions.experiments[0];
+            let e = &w.node.config().decisions.experiments[0];
             e.arms[assign_arm(e, k)].name == "boost"
         })
         .take(40)
@@ -507,7 +511,7 @@ fn the_offer_shown_on_one_channel_leads_on_every_channel_while_sticky() {
 #[test]
 fn experiment_arms_are_stable_and_follow_their_weights() {
     let w = World::test();
-    let experiment = &w.engine.config().decisions.experiments[0];
+    let experiment = &w.node.config().decisions.experiments[0];
     let mut counts = [0u64; 3];
     for i in 0..100_000 {
         let key = format!("user:{i}");
@@ -541,7 +545,7 @@ fn experiment_arms_are_stable_and_follow_their_weights() {
     let user = anon.replace("anon:", "user:");
     w.send("view", "app", &[&anon, &user], &[]);
     assert_eq!(
-        w.engine.profile(&anon).map(|p| p.primary_key),
+        w.node.profile(&anon).map(|p| p.primary_key),
         Some(user.clone())
     );
     assert_eq!(w.ask(&user, "email", 1, false).arms, before);
@@ -578,22 +582,19 @@ fn context_fields_reach_eligibility_rules() {
     let k = key_in_arm(&w, "boost");
     let mut r = request(&k, "web", 1, false);
     r.context = vec![("page".into(), RawValue::Str("checkout".into()))];
-    let d = w.engine.decide(&r).unwrap_or_else(|e| panic!("{e}"));
+    let d = w.node.decide(&r).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(names(&d), ["checkout"]);
     assert!(!d.known_customer);
     r.context = vec![("page".into(), RawValue::Str("home".into()))];
-    assert_eq!(names(&w.engine.decide(&r).expect("decide")), ["fallback"]);
+    assert_eq!(names(&w.node.decide(&r).expect("decide")), ["fallback"]);
     r.context = vec![("page".into(), RawValue::Num(3.0))];
-    let err = w
-        .engine
-        .decide(&r)
-        .expect_err("a number for a string field");
+    let err = w.node.decide(&r).expect_err("a number for a string field");
     assert_eq!(
         err.to_string(),
         "context field `page` must be a string, found a number"
     );
     r.context = vec![("shelf".into(), RawValue::Str("x".into()))];
-    let err = w.engine.decide(&r).expect_err("undeclared field");
+    let err = w.node.decide(&r).expect_err("undeclared field");
     assert!(
         err.to_string().contains("unknown context field `shelf`"),
         "{err}"
@@ -607,13 +608,13 @@ fn a_new_visitor_gets_the_offers_new_visitors_qualify_for() {
     assert!(!d.known_customer);
     assert_eq!(names(&d)[0], "welcome_discount");
     assert!(
-        w.engine.profile("anon:first-visit").is_none(),
+        w.node.profile("anon:first-visit").is_none(),
         "asking creates nothing"
     );
     // Recording the impression creates the profile, with the impression in it.
     let shown = w.show("anon:first-visit", "web", 1);
     assert_eq!(names(&shown), ["welcome_discount"]);
-    let profile = w.engine.profile("anon:first-visit").expect("created");
+    let profile = w.node.profile("anon:first-visit").expect("created");
     assert!(profile.in_segment("new_visitors"));
     assert_eq!(shown.coupons.len(), 1);
     // The next channel sees the same offer first and the same coupon.
@@ -629,7 +630,7 @@ fn feedback_by_decision_id_and_its_errors() {
     w.send("view", "web", &[&k], &[]);
     let d = w.ask(&k, "web", 1, false);
     let by_id = |offer: &str, id: u64| {
-        w.engine.feedback(
+        w.node.feedback(
             FeedbackKind::Click,
             &FeedbackTarget::Decision {
                 decision_id: id,
@@ -639,7 +640,7 @@ fn feedback_by_decision_id_and_its_errors() {
     };
     let ok = by_id("capped", d.decision_id).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ok.decision_id, d.decision_id);
-    let stats = w.engine.offer_stats();
+    let stats = w.node.offer_stats();
     let clicks = stats
         .iter()
         .find(|s| s.offer == "capped" && s.channel == "web" && s.arm.as_deref() == Some("boost"))
@@ -662,15 +663,15 @@ fn feedback_by_decision_id_and_its_errors() {
         "{unknown}"
     );
     assert!(matches!(
-        w.engine.decide(&request(&k, "tv", 1, false)),
+        w.node.decide(&request(&k, "tv", 1, false)),
         Err(DecideError::UnknownChannel { .. })
     ));
     assert!(matches!(
-        w.engine.decide(&request("nokey", "web", 1, false)),
+        w.node.decide(&request("nokey", "web", 1, false)),
         Err(DecideError::BadKey { .. })
     ));
     assert!(matches!(
-        w.engine.decide(&request(&k, "web", 0, false)),
+        w.node.decide(&request(&k, "web", 0, false)),
         Err(DecideError::ZeroTop)
     ));
 }
@@ -682,8 +683,8 @@ fn an_explanation_covers_every_offer() {
     w.send("view", "web", &[&k], &[]);
     let mut r = request(&k, "app", 1, false);
     r.explain = true;
-    let d = w.engine.decide(&r).expect("decide");
-    let offers = &w.engine.config().decisions.offers;
+    let d = w.node.decide(&r).expect("decide");
+    let offers = &w.node.config().decisions.offers;
     assert_eq!(d.explanation.len(), offers.len());
     let outcome = |name: &str| {
         d.explanation
@@ -754,7 +755,7 @@ fn attributes_tied_on_the_second_keep_the_surviving_profiles_value_in_a_merge() 
     // One event with both keys merges them; `user:` is the preferred namespace, so the
     // account survives, and at the same second its value is kept.
     w.send("page_view", "web", &["anon:a1", "user:ada"], &[]);
-    let profile = w.engine.profile("anon:a1").expect("merged");
+    let profile = w.node.profile("anon:a1").expect("merged");
     assert!(profile.keys.contains(&"user:ada".to_string()), "{profile}");
     assert_eq!(
         profile.attribute("country"),
@@ -767,7 +768,7 @@ fn attributes_tied_on_the_second_keep_the_surviving_profiles_value_in_a_merge() 
         &["user:ada"],
         &[("country", RawValue::Str("DE".into()))],
     );
-    let profile = w.engine.profile("user:ada").expect("profile");
+    let profile = w.node.profile("user:ada").expect("profile");
     assert_eq!(
         profile.attribute("country"),
         Some(&RawValue::Str("DE".into()))

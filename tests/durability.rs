@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use omnia::clock::SystemClock;
 use omnia::config::{Config, FsyncPolicy};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
+use omnia::node::Node;
 use omnia::store::wal::WalOptions;
-use omnia::store::{open_data_dir, recover, DataDir, Node, StoreError, FORMAT};
+use omnia::store::{open_data_dir, recover, DataDir, Store, StoreError, FORMAT};
 
 mod common;
 use common::TempDir;
@@ -19,8 +20,8 @@ fn dir(name: &str) -> TempDir {
     TempDir::new("durability", name)
 }
 
-fn engine() -> Engine {
-    Engine::new(Config::embedded_default().unwrap(), Arc::new(SystemClock))
+fn engine() -> Node {
+    Node::new(Config::embedded_default().unwrap(), Arc::new(SystemClock))
 }
 
 fn now_ms() -> i64 {
@@ -32,7 +33,7 @@ fn now_ms() -> i64 {
 
 /// Logs `n` page views of `user:1` through an engine with a log attached.
 async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
-    let node = Node::open(
+    let node = Store::open(
         data,
         Config::embedded_default().unwrap(),
         Arc::new(SystemClock),
@@ -45,7 +46,7 @@ async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
     )
     .unwrap();
     for _ in 0..n {
-        node.engine
+        node.node
             .ingest(&RawEvent::new("page_view", "web", now_ms()).key("user:1"))
             .unwrap();
     }
@@ -55,7 +56,7 @@ async fn write_log(data: &Path, n: usize, policy: FsyncPolicy) -> DataDir {
     data
 }
 
-fn views(e: &Engine) -> f64 {
+fn views(e: &Node) -> f64 {
     e.profile("user:1")
         .and_then(|p| p.aggregate("count(page_view on web, 1h)"))
         .unwrap_or(0.0)
@@ -205,7 +206,7 @@ fn data_directories_of_another_format_or_none_are_refused() {
 #[tokio::test]
 async fn records_accepted_before_todays_limits_still_replay() {
     let d = dir("older-limits");
-    let node = Node::open(
+    let node = Store::open(
         &d.0,
         Config::embedded_default().unwrap(),
         Arc::new(SystemClock),
@@ -222,8 +223,8 @@ async fn records_accepted_before_todays_limits_still_replay() {
         .key("user:long")
         .attr("country", "x".repeat(10_000).as_str());
     // As an earlier version logged them; today's ingest refuses both.
-    assert!(node.engine.ingest(&in_1999).is_err());
-    assert!(node.engine.ingest(&long).is_err());
+    assert!(node.node.ingest(&in_1999).is_err());
+    assert!(node.node.ingest(&long).is_err());
     node.wal.append_event(&in_1999);
     node.wal.append_event(&long);
     let data = node.data.clone();

@@ -15,7 +15,7 @@ use omnia::clock::ManualClock;
 use omnia::config::{Config, FsyncPolicy};
 use omnia::engine::RawEvent;
 use omnia::store::wal::{Faults, WalOptions};
-use omnia::store::Node;
+use omnia::store::Store;
 
 // Two worker threads, so that one connection's read runs while another's ingest appends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +23,9 @@ async fn a_read_only_request_waits_for_no_one_elses_sync() {
     let dir = TempDir::new("durable-replies", "slow-sync");
     let clock = Arc::new(ManualClock::new(START_MS));
     let faults = Arc::new(Faults::default());
-    let Node { engine, wal, .. } = Node::open(
+    let Store {
+        node: engine, wal, ..
+    } = Store::open(
         &dir.0,
         Config::embedded_default().unwrap(),
         clock.clone(),

@@ -19,11 +19,12 @@ use common::{login, TempDir, TestServer, START_MS};
 use omnia::client::{Client, ClientError};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, FsyncPolicy};
-use omnia::engine::{Engine, Journal, RawEvent};
+use omnia::engine::{Journal, RawEvent};
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::node::Node;
 use omnia::protocol::ErrorCode;
 use omnia::store::wal::{Faults, WalOptions};
-use omnia::store::{recover, Node};
+use omnia::store::{recover, Store};
 
 fn wal_options(policy: FsyncPolicy, faults: &Arc<Faults>) -> WalOptions {
     WalOptions {
@@ -74,9 +75,12 @@ async fn full_disk(policy: FsyncPolicy) {
     let dir = TempDir::new("full-disk", policy.name());
     let clock = Arc::new(ManualClock::new(START_MS));
     let faults = Arc::new(Faults::default());
-    let Node {
-        data, engine, wal, ..
-    } = Node::open(
+    let Store {
+        data,
+        node: engine,
+        wal,
+        ..
+    } = Store::open(
         &dir.0,
         Config::embedded_default().unwrap(),
         clock.clone(),
@@ -185,7 +189,7 @@ async fn full_disk(policy: FsyncPolicy) {
     server.shutdown().await;
     wal.durable(wal.last_appended()).await.unwrap();
     wal.close();
-    let again = Engine::new(Config::embedded_default().unwrap(), clock.clone());
+    let again = Node::new(Config::embedded_default().unwrap(), clock.clone());
     recover(&data, &again).unwrap();
     assert_eq!(feedback_counts(&engine), feedback_counts(&again));
     compare(&observe(&engine, 30), &observe(&again, 30));
@@ -193,7 +197,7 @@ async fn full_disk(policy: FsyncPolicy) {
 
 /// Feedback counted per offer, channel and arm: what the log records (decisions that
 /// record nothing are counted in memory only).
-fn feedback_counts(engine: &Engine) -> Vec<String> {
+fn feedback_counts(engine: &Node) -> Vec<String> {
     engine
         .offer_stats()
         .into_iter()

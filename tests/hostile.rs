@@ -205,7 +205,7 @@ async fn values_beyond_the_size_limits_are_rejected_by_field() {
         )]
     );
     // No profile was made from the refused events.
-    assert_eq!(server.engine.customer_of("user:s"), None);
+    assert_eq!(server.node.engine().customer_of("user:s"), None);
     raw.still_alive().await;
 }
 

@@ -129,7 +129,7 @@ async fn bodies_that_do_not_decode_are_answered_and_the_connection_survives() {
         .await;
     assert_error(&reply, 15, ErrorCode::MalformedFrame, "of event 1");
     assert_eq!(
-        server.engine.stats().customers,
+        server.node.stats().customers,
         0,
         "a malformed batch applies nothing"
     );
@@ -189,7 +189,7 @@ async fn every_rejected_event_is_reported_by_index_with_its_code() {
     );
     assert_eq!(rejected[1].message, "unknown channel `fax` in event `purchase`; declared channels: web, app, email, sms, store, call_center");
     assert_eq!(
-        server.engine.stats().customers,
+        server.node.stats().customers,
         1,
         "only the good event was applied"
     );

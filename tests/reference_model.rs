@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use omnia::clock::{Clock, ManualClock};
 use omnia::config::{Config, Source};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
+use omnia::node::Node;
 use proptest::prelude::*;
 
 const CONFIG: &str = r#"
@@ -320,7 +321,7 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn check(engine: &Engine, model: &Model, now: i64, step: usize) {
+fn check(engine: &Node, model: &Model, now: i64, step: usize) {
     let people: Vec<&Person> = model
         .people
         .iter()
@@ -338,7 +339,7 @@ fn check(engine: &Engine, model: &Model, now: i64, step: usize) {
             expected += member as u64;
             let key = &p.keys[0];
             assert_eq!(
-                engine.contains(segment, key).unwrap(),
+                engine.engine().contains(segment, key).unwrap(),
                 member,
                 "step {step}: {key} in {segment} at {now}: {:#?}",
                 engine.profile(key)
@@ -351,7 +352,7 @@ fn check(engine: &Engine, model: &Model, now: i64, step: usize) {
         );
     }
     for q in QUERIES {
-        let query = engine.query(q).unwrap();
+        let query = engine.engine().query(q).unwrap();
         let expected: BTreeSet<usize> = people
             .iter()
             .enumerate()
@@ -359,7 +360,7 @@ fn check(engine: &Engine, model: &Model, now: i64, step: usize) {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(
-            engine.count(&query),
+            engine.engine().count(&query),
             expected.len() as u64,
             "count of `{q}` after step {step}"
         );
@@ -367,7 +368,7 @@ fn check(engine: &Engine, model: &Model, now: i64, step: usize) {
         let mut got = BTreeSet::new();
         let mut cursor = 0;
         loop {
-            let page = engine.members(&query, cursor, 3);
+            let page = engine.engine().members(&query, cursor, 3);
             for (_, key) in &page.members {
                 let owner = model.owner[key];
                 let index = people
@@ -389,7 +390,7 @@ fn run(steps: &[Step]) {
     let clock = Arc::new(ManualClock::new(START_MS));
     let config = Config::from_source(&Source::new("reference.toml", CONFIG))
         .unwrap_or_else(|e| panic!("{e}"));
-    let engine = Engine::new(config, clock.clone());
+    let engine = Node::new(config, clock.clone());
     let mut model = Model::default();
     for (i, step) in steps.iter().enumerate() {
         match step {

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use omnia::clock::ManualClock;
 use omnia::config::{Config, FsyncPolicy};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::RawValue;
+use omnia::node::Node;
 use omnia::store::reload::{prepare, ReloadError};
 use omnia::store::wal::WalOptions;
-use omnia::store::{open_data_dir, recover, Node};
+use omnia::store::{open_data_dir, recover, Store};
 use parking_lot::RwLock;
 
 mod common;
@@ -46,12 +47,12 @@ fn event(i: usize, step: usize) -> RawEvent {
 fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_config() {
     let d = dir("concurrent");
     let clock = Arc::new(ManualClock::new(START));
-    let Node {
+    let Store {
         data,
-        engine: first,
+        node: first,
         wal,
         ..
-    } = Node::open(
+    } = Store::open(
         &d.0,
         Config::embedded_default().unwrap(),
         clock.clone(),
@@ -126,7 +127,7 @@ fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_con
     );
     assert!(report.to_string().contains("warning: `count(email_open, 30d)` was not kept before: it counts from now, so segment email_openers see only what happens from now on"), "{report}");
 
-    let fresh = Engine::new(common::changed_retail(), clock.clone());
+    let fresh = Node::new(common::changed_retail(), clock.clone());
     for step in 0..6 {
         for i in 0..n {
             fresh.ingest(&event(i, step)).unwrap();
@@ -166,7 +167,7 @@ fn a_reload_under_concurrent_ingest_equals_applying_everything_under_the_new_con
         .unwrap();
     wal.wait_durable(wal.last_appended()).unwrap();
     wal.close();
-    let restarted = Engine::new(common::changed_retail(), clock.clone());
+    let restarted = Node::new(common::changed_retail(), clock.clone());
     let r = recover(&data, &restarted).unwrap();
     assert!(r.events > 0);
     assert!(restarted
@@ -184,7 +185,7 @@ fn a_reload_that_would_lose_keys_or_change_shards_is_refused_and_the_engine_stay
     let d = dir("refused");
     let clock = Arc::new(ManualClock::new(START));
     let data = open_data_dir(&d.0).unwrap();
-    let engine = Engine::new(Config::embedded_default().unwrap(), clock.clone());
+    let engine = Node::new(Config::embedded_default().unwrap(), clock.clone());
     engine.ingest(&event(1, 2)).unwrap();
     let no_anon = omnia::config::DEFAULT_CONFIG.replace(
         r#"namespaces = ["user", "email", "card", "phone", "anon"]"#,
@@ -211,7 +212,7 @@ fn decisions_survive_a_reload_and_the_replaced_engine_is_never_snapshotted() {
     let d = dir("decisions");
     let clock = Arc::new(ManualClock::new(START));
     let data = open_data_dir(&d.0).unwrap();
-    let old = Engine::new(Config::embedded_default().unwrap(), clock.clone());
+    let old = Node::new(Config::embedded_default().unwrap(), clock.clone());
     for step in 0..3 {
         old.ingest(&event(1, step)).unwrap();
     }
@@ -239,7 +240,7 @@ fn decisions_survive_a_reload_and_the_replaced_engine_is_never_snapshotted() {
     };
     new.feedback(omnia::model::decision::FeedbackKind::Click, &target)
         .unwrap();
-    let counted = |e: &Engine| -> u64 {
+    let counted = |e: &Node| -> u64 {
         e.offer_stats()
             .iter()
             .filter(|s| s.offer == offer && s.experiment.is_none())

@@ -18,7 +18,7 @@ async fn sofia_journey_over_tcp_with_json_and_binary_ingest() {
     let info = client.server_info().unwrap();
     assert_eq!(
         (info.version, info.config_version),
-        (1, server.engine.config().version)
+        (1, server.node.config().version)
     );
 
     // An account made a week ago in the app (binary).
@@ -247,7 +247,7 @@ async fn graceful_shutdown_answers_every_request_in_flight() {
         accepted += ack.accepted;
     }
     assert_eq!(accepted, 300);
-    let engine = server.engine.clone();
+    let engine = server.node.clone();
     server.finished().await;
     assert_eq!(
         engine.stats().events_applied,

@@ -11,10 +11,11 @@ use std::time::Duration;
 use omnia::clock::ManualClock;
 use omnia::config::{Config, FsyncPolicy, Source};
 use omnia::decide::DecideError;
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::node::Node;
 use omnia::store::wal::WalOptions;
-use omnia::store::{snapshot, Node, StoreError};
+use omnia::store::{snapshot, Store, StoreError};
 
 mod common;
 use common::observe::{compare, decide, event, observe};
@@ -27,9 +28,9 @@ fn dir(name: &str) -> TempDir {
     TempDir::new("snapshots", name)
 }
 
-/// An engine on `path`, recovered and logging, as `omnia serve` runs one.
-fn start(path: &Path, config: Config, clock: &Arc<ManualClock>) -> Result<Node, StoreError> {
-    Node::open(
+/// A node on `path`, recovered and logging, as `omnia serve` runs one.
+fn start(path: &Path, config: Config, clock: &Arc<ManualClock>) -> Result<Store, StoreError> {
+    Store::open(
         path,
         config,
         clock.clone(),
@@ -45,7 +46,7 @@ fn start(path: &Path, config: Config, clock: &Arc<ManualClock>) -> Result<Node, 
 
 /// Everything acknowledged is written; the log is closed, as at a crash after the last
 /// acknowledgement (a process crash loses nothing written).
-fn stop(node: Node) {
+fn stop(node: Store) {
     node.close().unwrap();
 }
 
@@ -62,17 +63,17 @@ fn a_snapshot_and_the_log_after_it_restore_the_engine_exactly() {
     let mut now = START - 3_600_000;
     for step in 0..6 {
         for i in 0..n {
-            node.engine.ingest(&event(i, step, now)).unwrap();
+            node.node.ingest(&event(i, step, now)).unwrap();
             now += 1_000;
         }
         if step == 3 {
-            snapshot::write(&node.data, &node.engine).unwrap();
+            snapshot::write(&node.data, &node.node).unwrap();
         }
     }
     for i in 0..n {
-        decide(&node.engine, &format!("user:{i}"), "email", true).unwrap();
+        decide(&node.node, &format!("user:{i}"), "email", true).unwrap();
     }
-    let before = observe(&node.engine, n);
+    let before = observe(&node.node, n);
     let files_before = omnia::store::segments(&node.data.wal()).unwrap();
     stop(node);
 
@@ -84,13 +85,13 @@ fn a_snapshot_and_the_log_after_it_restore_the_engine_exactly() {
         "the logins merged cookies into accounts"
     );
     assert!(node.recovered.events > 0);
-    compare(&before, &observe(&node.engine, n));
+    compare(&before, &observe(&node.node, n));
     // Appending continues after the old records: one more event, one more restart.
-    node.engine.ingest(&event(0, 4, now)).unwrap();
-    let after = observe(&node.engine, n);
+    node.node.ingest(&event(0, 4, now)).unwrap();
+    let after = observe(&node.node, n);
     stop(node);
     let node = start(&d.0, retail(), &clock).unwrap();
-    compare(&after, &observe(&node.engine, n));
+    compare(&after, &observe(&node.node, n));
     // The first restart's log file is new; older ones were all kept since the snapshot.
     assert!(omnia::store::segments(&node.data.wal()).unwrap().len() > files_before.len());
     stop(node);
@@ -105,7 +106,7 @@ fn snapshots_taken_during_concurrent_ingest_merges_and_decisions_lose_nothing() 
     let threads = 4;
     std::thread::scope(|s| {
         for t in 0..threads {
-            let engine = node.engine.clone();
+            let engine = node.node.clone();
             s.spawn(move || {
                 for step in 0..6 {
                     for i in (t..n).step_by(threads) {
@@ -127,7 +128,7 @@ fn snapshots_taken_during_concurrent_ingest_merges_and_decisions_lose_nothing() 
                 }
             });
         }
-        let engine = node.engine.clone();
+        let engine = node.node.clone();
         let data = node.data.clone();
         s.spawn(move || {
             for _ in 0..5 {
@@ -136,11 +137,11 @@ fn snapshots_taken_during_concurrent_ingest_merges_and_decisions_lose_nothing() 
             }
         });
     });
-    let before = observe(&node.engine, n);
+    let before = observe(&node.node, n);
     stop(node);
     let node = start(&d.0, retail(), &clock).unwrap();
     assert!(node.recovered.snapshot.is_some());
-    compare(&before, &observe(&node.engine, n));
+    compare(&before, &observe(&node.node, n));
     stop(node);
 }
 
@@ -150,13 +151,13 @@ fn snapshots_taken_during_concurrent_ingest_merges_and_decisions_lose_nothing() 
 #[test]
 fn a_merge_between_a_copied_and_an_uncopied_shard_comes_back_whole() {
     let clock = Arc::new(ManualClock::new(START));
-    let shard_of = |engine: &Engine, key: &str| engine.customer_of(key).unwrap() >> 28;
+    let shard_of = |engine: &Node, key: &str| engine.engine().customer_of(key).unwrap() >> 28;
     let mut orders_seen = [false, false];
     for i in 0..40 {
         let d = dir(&format!("straddle-{i}"));
         let node = start(&d.0, retail(), &clock).unwrap();
         let (anon, user) = (format!("anon:c{i}"), format!("user:{i}"));
-        let e = &node.engine;
+        let e = &node.node;
         e.ingest(&event(i, 0, START - 60_000)).unwrap();
         e.ingest(
             &RawEvent::new("purchase", "store", START - 50_000)
@@ -178,10 +179,10 @@ fn a_merge_between_a_copied_and_an_uncopied_shard_comes_back_whole() {
         });
         snapshot::write_image(&node.data, e, image).unwrap();
         let before = observe(e, i + 1);
-        assert_eq!(e.customer_of(&anon), e.customer_of(&user));
+        assert_eq!(e.engine().customer_of(&anon), e.engine().customer_of(&user));
         stop(node);
         let node = start(&d.0, retail(), &clock).unwrap();
-        compare(&before, &observe(&node.engine, i + 1));
+        compare(&before, &observe(&node.node, i + 1));
         stop(node);
     }
     assert_eq!(orders_seen, [true, true], "both orders were tried");
@@ -223,7 +224,7 @@ fn budget_config() -> Config {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn accept(engine: &Engine, user: usize) -> Result<(), DecideError> {
+fn accept(engine: &Node, user: usize) -> Result<(), DecideError> {
     let target = FeedbackTarget::Customer {
         key: format!("user:{user}"),
         offer: "limited".into(),
@@ -239,30 +240,30 @@ fn budgets_caps_stickiness_and_coupons_survive_restarts_with_and_without_a_snaps
         let clock = Arc::new(ManualClock::new(START));
         let node = start(&d.0, budget_config(), &clock).unwrap();
         for user in 0..4 {
-            node.engine
+            node.node
                 .ingest(&RawEvent::new("view", "web", START).key(&format!("user:{user}")))
                 .unwrap();
         }
         // user:0 sees both offers twice: `capped` reaches its cap, a coupon is issued.
-        let first = decide(&node.engine, "user:0", "web", true).unwrap();
+        let first = decide(&node.node, "user:0", "web", true).unwrap();
         assert!(first.contains("LTD"), "{first}");
-        decide(&node.engine, "user:0", "email", true).unwrap();
-        accept(&node.engine, 0).unwrap();
+        decide(&node.node, "user:0", "email", true).unwrap();
+        accept(&node.node, 0).unwrap();
         if with_snapshot {
-            snapshot::write(&node.data, &node.engine).unwrap();
+            snapshot::write(&node.data, &node.node).unwrap();
         }
-        accept(&node.engine, 1).unwrap();
-        let before = observe(&node.engine, 4);
+        accept(&node.node, 1).unwrap();
+        let before = observe(&node.node, 4);
         stop(node);
 
         let node = start(&d.0, budget_config(), &clock).unwrap();
         assert_eq!(node.recovered.snapshot.is_some(), with_snapshot);
-        compare(&before, &observe(&node.engine, 4));
-        let capped = decide(&node.engine, "user:0", "web", false).unwrap();
+        compare(&before, &observe(&node.node, 4));
+        let capped = decide(&node.node, "user:0", "web", false).unwrap();
         assert!(capped.contains(r#"("capped", "capped""#), "{capped}");
         // Two of three acceptances were spent before the restart: one is left.
-        accept(&node.engine, 2).unwrap();
-        let err = accept(&node.engine, 3).unwrap_err();
+        accept(&node.node, 2).unwrap();
+        let err = accept(&node.node, 3).unwrap_err();
         assert!(matches!(err, DecideError::BudgetSpent { .. }), "{err}");
         stop(node);
     }
@@ -274,10 +275,10 @@ fn written_snapshot(name: &str) -> (TempDir, PathBuf, Arc<ManualClock>) {
     let node = start(&d.0, retail(), &clock).unwrap();
     for i in 0..20 {
         for step in 0..3 {
-            node.engine.ingest(&event(i, step, START - 60_000)).unwrap();
+            node.node.ingest(&event(i, step, START - 60_000)).unwrap();
         }
     }
-    let written = snapshot::write(&node.data, &node.engine).unwrap();
+    let written = snapshot::write(&node.data, &node.node).unwrap();
     stop(node);
     (d, written.path, clock)
 }
@@ -355,7 +356,7 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
             (0..n).map(move |i| event(i, step, START - 3_600_000 + (step * n + i) as i64 * 1_000))
         })
         .collect();
-    let coupons = |engine: &Engine, key: &str| {
+    let coupons = |engine: &Node, key: &str| {
         let request = DecisionRequest {
             key: key.into(),
             channel: "web".into(),
@@ -369,31 +370,31 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
     // New visitors are offered the welcome discount, whose coupon then follows them
     // through the login into their account.
     for (at, e) in events.iter().enumerate() {
-        node.engine.ingest(e).unwrap();
+        node.node.ingest(e).unwrap();
         if at == 2 * n - 1 {
             for i in (0..n).step_by(2) {
-                decide(&node.engine, &format!("anon:c{i}"), "email", true).unwrap();
+                decide(&node.node, &format!("anon:c{i}"), "email", true).unwrap();
             }
         }
     }
     let issued: Vec<(String, String)> = (0..n)
         .step_by(2)
         .map(|i| format!("user:{i}"))
-        .map(|key| (key.clone(), coupons(&node.engine, &key)))
+        .map(|key| (key.clone(), coupons(&node.node, &key)))
         .collect();
     assert!(issued.iter().any(|(_, c)| c.contains("code")), "{issued:?}");
-    snapshot::write(&node.data, &node.engine).unwrap();
+    snapshot::write(&node.data, &node.node).unwrap();
     stop(node);
 
     let node = start(&d.0, common::changed_retail(), &clock).unwrap();
-    let fresh = Engine::new(common::changed_retail(), clock.clone());
+    let fresh = Node::new(common::changed_retail(), clock.clone());
     for e in &events {
         fresh.ingest(e).unwrap();
     }
     for i in 0..n {
         let key = format!("user:{i}");
         let (moved, direct) = (
-            node.engine.profile(&key).unwrap(),
+            node.node.profile(&key).unwrap(),
             fresh.profile(&key).unwrap(),
         );
         // Segments: the same, except the one that reads an aggregate the old config did
@@ -436,13 +437,13 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
         for channel in ["web", "kiosk"] {
             let key = format!("user:{i}");
             assert_eq!(
-                decide(&node.engine, &key, channel, false).unwrap(),
+                decide(&node.node, &key, channel, false).unwrap(),
                 decide(&fresh, &key, channel, false).unwrap()
             );
         }
     }
     for (key, before) in &issued {
-        assert_eq!(&coupons(&node.engine, key), before, "{key}");
+        assert_eq!(&coupons(&node.node, key), before, "{key}");
     }
     for segment in [
         "dutch_buyers",
@@ -451,21 +452,21 @@ fn a_snapshot_loads_under_a_changed_config_as_if_its_events_had_been_applied_und
         "engaged_browsers_gone",
     ] {
         assert_eq!(
-            node.engine.segment_count(segment).unwrap(),
+            node.node.segment_count(segment).unwrap(),
             fresh.segment_count(segment).unwrap(),
             "{segment}"
         );
     }
     // The log after the snapshot replays under the new config too, and a snapshot under
     // it loads as it is.
-    node.engine
+    node.node
         .ingest(&RawEvent::new("email_open", "kiosk", START).key("user:1"))
         .unwrap();
-    snapshot::write(&node.data, &node.engine).unwrap();
+    snapshot::write(&node.data, &node.node).unwrap();
     stop(node);
     let node = start(&d.0, common::changed_retail(), &clock).unwrap();
     assert!(node
-        .engine
+        .node
         .profile("user:1")
         .unwrap()
         .in_segment("email_openers"));
@@ -480,7 +481,7 @@ fn log_files_a_snapshot_covers_are_removed_and_a_missing_one_is_a_gap() {
     // Written in batches of 100 (a few KiB), so that the 16 KiB files fill one by one.
     let ingest = |step: usize, now: i64| {
         for i in 0..1000 {
-            node.engine.ingest(&event(i, step, now)).unwrap();
+            node.node.ingest(&event(i, step, now)).unwrap();
             if i % 100 == 99 {
                 node.wal.wait_durable(node.wal.last_appended()).unwrap();
             }
@@ -489,7 +490,7 @@ fn log_files_a_snapshot_covers_are_removed_and_a_missing_one_is_a_gap() {
     ingest(0, START - 60_000);
     let files = omnia::store::segments(&node.data.wal()).unwrap();
     assert!(files.len() >= 3, "{files:?}");
-    let written = snapshot::write(&node.data, &node.engine).unwrap();
+    let written = snapshot::write(&node.data, &node.node).unwrap();
     assert_eq!(written.covers, 1000);
     assert_eq!(written.removed_log_files, files.len() - 1);
     ingest(1, START - 30_000);
@@ -515,7 +516,7 @@ fn a_clock_set_back_after_a_restart_does_not_stop_recovery() {
     let clock = Arc::new(ManualClock::new(START));
     let node = start(&d.0, retail(), &clock).unwrap();
     for i in 0..10 {
-        node.engine.ingest(&event(i, 0, START)).unwrap();
+        node.node.ingest(&event(i, 0, START)).unwrap();
     }
     stop(node);
     // The machine comes back with its clock an hour behind: the logged events are "from
@@ -525,7 +526,7 @@ fn a_clock_set_back_after_a_restart_does_not_stop_recovery() {
     let node = start(&d.0, retail(), &earlier).unwrap();
     assert_eq!(node.recovered.events, 10);
     for i in 0..10 {
-        let profile = node.engine.profile(&format!("anon:c{i}")).unwrap();
+        let profile = node.node.profile(&format!("anon:c{i}")).unwrap();
         assert!(profile.in_segment("new_visitors"), "{profile:?}");
     }
     stop(node);

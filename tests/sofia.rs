@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use omnia::clock::{Clock, ManualClock};
 use omnia::config::Config;
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
+use omnia::node::Node;
 
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 86_400_000;
@@ -22,17 +23,20 @@ const START: i64 = 1_772_445_600_000;
 
 struct Journey {
     clock: Arc<ManualClock>,
-    engine: Engine,
+    node: Node,
 }
 
 impl Journey {
     fn new() -> Journey {
         let clock = Arc::new(ManualClock::new(START - 7 * DAY));
-        let engine = Engine::new(
+        let engine = Node::new(
             Config::embedded_default().expect("default config"),
             clock.clone(),
         );
-        Journey { clock, engine }
+        Journey {
+            clock,
+            node: engine,
+        }
     }
 
     fn now(&self) -> i64 {
@@ -44,16 +48,16 @@ impl Journey {
     }
 
     fn send(&self, event: RawEvent) -> omnia::engine::Applied {
-        self.engine.ingest(&event).unwrap_or_else(|e| panic!("{e}"))
+        self.node.ingest(&event).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn wait_ms(&self, ms: i64) {
         self.clock.advance_ms(ms);
-        self.engine.tick();
+        self.node.tick();
     }
 
     fn segments_of(&self, key: &str) -> Vec<String> {
-        self.engine
+        self.node
             .profile(key)
             .map(|p| p.segments)
             .unwrap_or_default()
@@ -81,7 +85,11 @@ fn sofia_journey_across_web_app_email_and_store() {
             .prop("url", "/welcome"),
     );
     scored.push((1.0, j.now()));
-    let account = j.engine.customer_of("user:sofia").expect("account profile");
+    let account = j
+        .node
+        .engine()
+        .customer_of("user:sofia")
+        .expect("account profile");
     assert_eq!(j.segments_of("user:sofia"), vec!["new_visitors"]);
 
     // Today, an anonymous visitor arrives on the web from the flyer campaign.
@@ -96,7 +104,7 @@ fn sofia_journey_across_web_app_email_and_store() {
     scored.push((1.0, j.now()));
     assert!(visit.created, "an unknown cookie is a new profile");
     assert_ne!(visit.customer, account);
-    assert!(j.engine.contains("new_visitors", cookie).unwrap());
+    assert!(j.node.engine().contains("new_visitors", cookie).unwrap());
 
     // She views shoes and puts them in the cart.
     j.wait_ms(2 * MINUTE);
@@ -120,7 +128,7 @@ fn sofia_journey_across_web_app_email_and_store() {
     );
     scored.push((5.0, j.now()));
     assert!(
-        !j.engine.contains("cart_abandoners", cookie).unwrap(),
+        !j.node.engine().contains("cart_abandoners", cookie).unwrap(),
         "not an abandoner a minute after adding to the cart"
     );
 
@@ -139,9 +147,9 @@ fn sofia_journey_across_web_app_email_and_store() {
         login.customer, account,
         "the account profile survives the merge"
     );
-    assert_eq!(j.engine.customer_of(cookie), Some(account));
-    assert_eq!(j.engine.stats().customers, 1, "one person, one profile");
-    let profile = j.engine.profile(cookie).expect("profile by cookie");
+    assert_eq!(j.node.engine().customer_of(cookie), Some(account));
+    assert_eq!(j.node.stats().customers, 1, "one person, one profile");
+    let profile = j.node.profile(cookie).expect("profile by cookie");
     assert_eq!(profile.primary_key, "user:sofia");
     assert_eq!(
         profile.keys,
@@ -159,19 +167,31 @@ fn sofia_journey_across_web_app_email_and_store() {
         "web and app in 30 days"
     );
     // The merged-away profile left every bitmap: only one customer is counted anywhere.
-    assert_eq!(j.engine.segment_count("multichannel_shoppers").unwrap(), 1);
-    assert_eq!(j.engine.count(&j.engine.query("all").unwrap()), 1);
+    assert_eq!(j.node.segment_count("multichannel_shoppers").unwrap(), 1);
+    assert_eq!(
+        j.node
+            .engine()
+            .count(&j.node.engine().query("all").unwrap()),
+        1
+    );
 
     // 30 minutes after adding to the cart, with no purchase and no event, she is a
     // cart abandoner: the clock alone moved her.
     j.wait_ms(carted_at + 30 * MINUTE - j.now());
     assert!(
-        !j.engine.contains("cart_abandoners", "user:sofia").unwrap(),
+        !j.node
+            .engine()
+            .contains("cart_abandoners", "user:sofia")
+            .unwrap(),
         "exactly 30 minutes is not more than 30 minutes"
     );
     j.wait_ms(1000);
-    assert!(j.engine.contains("cart_abandoners", "user:sofia").unwrap());
-    assert_eq!(j.engine.segment_count("cart_abandoners").unwrap(), 1);
+    assert!(j
+        .node
+        .engine()
+        .contains("cart_abandoners", "user:sofia")
+        .unwrap());
+    assert_eq!(j.node.segment_count("cart_abandoners").unwrap(), 1);
 
     // The reminder e-mail: she opens and clicks it, then buys in the app.
     j.wait_ms(3 * 60 * MINUTE);
@@ -181,7 +201,11 @@ fn sofia_journey_across_web_app_email_and_store() {
             .prop("campaign", "cart-reminder"),
     );
     scored.push((3.0, j.now()));
-    assert!(j.engine.contains("cart_abandoners", "user:sofia").unwrap());
+    assert!(j
+        .node
+        .engine()
+        .contains("cart_abandoners", "user:sofia")
+        .unwrap());
     j.wait_ms(5 * MINUTE);
     j.send(
         j.at("purchase", "app")
@@ -192,7 +216,7 @@ fn sofia_journey_across_web_app_email_and_store() {
             .prop("order_id", "o-1"),
     );
     scored.push((20.0, j.now()));
-    let profile = j.engine.profile("user:sofia").unwrap();
+    let profile = j.node.profile("user:sofia").unwrap();
     assert!(
         !profile.in_segment("cart_abandoners"),
         "buying ends the abandonment"
@@ -202,7 +226,7 @@ fn sofia_journey_across_web_app_email_and_store() {
         "a buyer is no longer a new visitor"
     );
     assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(120.0));
-    assert_eq!(j.engine.segment_count("cart_abandoners").unwrap(), 0);
+    assert_eq!(j.node.segment_count("cart_abandoners").unwrap(), 0);
 
     // A coupon by e-mail, redeemed in a store with her loyalty card.
     j.wait_ms(DAY);
@@ -227,10 +251,10 @@ fn sofia_journey_across_web_app_email_and_store() {
         (account, 0, false),
         "the card links to her profile"
     );
-    assert_eq!(j.engine.customer_of("card:8812"), Some(account));
+    assert_eq!(j.node.engine().customer_of("card:8812"), Some(account));
 
     // One profile, four channels, one multichannel shopper.
-    let profile = j.engine.profile("card:8812").unwrap();
+    let profile = j.node.profile("card:8812").unwrap();
     let channels: Vec<&str> = profile.channels.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(channels, vec!["web", "app", "email", "store"]);
     assert_eq!(
@@ -257,10 +281,10 @@ fn sofia_journey_across_web_app_email_and_store() {
     // A month of silence: the clock makes her a lapsed customer and ends her
     // multichannel activity, with no event.
     j.wait_ms(31 * DAY);
-    let profile = j.engine.profile("user:sofia").unwrap();
+    let profile = j.node.profile("user:sofia").unwrap();
     assert!(profile.in_segment("lapsed_customers"));
     assert!(!profile.in_segment("multichannel_shoppers"));
-    assert_eq!(j.engine.segment_count("lapsed_customers").unwrap(), 1);
+    assert_eq!(j.node.segment_count("lapsed_customers").unwrap(), 1);
     assert!(
         profile.score("engagement").unwrap() < score / 8.0,
         "four half-lives later"
@@ -271,7 +295,7 @@ fn sofia_journey_across_web_app_email_and_store() {
 fn events_from_too_far_in_the_future_are_rejected_and_near_future_counts_as_now() {
     let j = Journey::new();
     let err = j
-        .engine
+        .node
         .ingest(&RawEvent::new("page_view", "web", j.now() + 6 * MINUTE).key("anon:x"))
         .unwrap_err();
     assert_eq!(
@@ -279,12 +303,12 @@ fn events_from_too_far_in_the_future_are_rejected_and_near_future_counts_as_now(
         format!("event `page_view` is 360000 ms in the future (timestamp {}); at most 300 s of clock skew is allowed (engine.max_future_skew)", j.now() + 6 * MINUTE)
     );
     assert_eq!(
-        j.engine.customer_of("anon:x"),
+        j.node.engine().customer_of("anon:x"),
         None,
         "a rejected event creates nothing"
     );
     j.send(RawEvent::new("page_view", "web", j.now() + 4 * MINUTE).key("anon:x"));
-    let profile = j.engine.profile("anon:x").unwrap();
+    let profile = j.node.profile("anon:x").unwrap();
     assert_eq!(profile.last_seen as i64, j.now() / 1000);
 }
 
@@ -302,20 +326,20 @@ fn unknown_names_are_rejected_with_what_and_where() {
         (RawEvent::new("identify", "web", j.now()).key("user:1").attr("shoe_size", 39.0), "unknown attribute `shoe_size` in event `identify`; declared attributes: country"),
     ];
     for (event, expected) in cases {
-        let message = j.engine.ingest(&event).unwrap_err().to_string();
+        let message = j.node.ingest(&event).unwrap_err().to_string();
         assert!(
             message.starts_with(expected),
             "{message}\n  does not start with\n{expected}"
         );
     }
-    assert_eq!(j.engine.stats().customers, 0);
+    assert_eq!(j.node.stats().customers, 0);
 }
 
 #[test]
 fn non_finite_numbers_are_rejected_with_their_own_message() {
     let j = Journey::new();
     let err = j
-        .engine
+        .node
         .ingest(
             &RawEvent::new("purchase", "web", j.now())
                 .key("user:1")
@@ -327,7 +351,7 @@ fn non_finite_numbers_are_rejected_with_their_own_message() {
         "property `amount` of event `purchase` must be a finite number, found a NaN or infinity"
     );
     let err = j
-        .engine
+        .node
         .ingest(
             &RawEvent::new("identify", "web", j.now())
                 .key("user:1")

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use common::{TempDir, START_MS};
 use omnia::clock::ManualClock;
 use omnia::config::Config;
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
+use omnia::node::Node;
 use omnia::store::{open_data_dir, recover, snapshot};
 
 const CUSTOMERS: usize = 20_000;
 
-fn engine(clock: &Arc<ManualClock>) -> Engine {
-    Engine::new(Config::embedded_default().unwrap(), clock.clone())
+fn engine(clock: &Arc<ManualClock>) -> Node {
+    Node::new(Config::embedded_default().unwrap(), clock.clone())
 }
 
 fn country(i: usize, value: &str) -> RawEvent {
@@ -29,7 +30,7 @@ fn country_at(i: usize, value: &str, at: i64) -> RawEvent {
         .attr("country", value)
 }
 
-fn interned(engine: &Engine) -> omnia::config::rule::InternerStats {
+fn interned(engine: &Node) -> omnia::config::rule::InternerStats {
     engine.config().interner.stats()
 }
 
@@ -61,7 +62,7 @@ fn overwritten_attribute_values_are_freed_and_stay_gone_after_a_restart() {
             .ingest(&country_at(i, "NL", START_MS + 1_000))
             .unwrap();
     }
-    assert_eq!(churned.collect_strings(), CUSTOMERS);
+    assert_eq!(churned.engine().collect_strings(), CUSTOMERS);
     assert_eq!(interned(&churned).live, baseline.live);
     assert_eq!(interned(&churned).text_bytes, baseline.text_bytes);
     // Profiles read the same as in the run that never saw them.
@@ -86,7 +87,7 @@ fn overwritten_attribute_values_are_freed_and_stay_gone_after_a_restart() {
     );
     let restarted = engine(&clock);
     recover(&data, &restarted).unwrap();
-    restarted.collect_strings();
+    restarted.engine().collect_strings();
     assert_eq!(interned(&restarted), baseline);
     assert_eq!(
         restarted.profile("user:7").unwrap().attributes,
@@ -119,7 +120,7 @@ fn a_merge_lets_go_of_the_value_the_merged_profile_loses() {
             .key("user:a"),
     )
     .unwrap();
-    assert_eq!(e.collect_strings(), 1);
+    assert_eq!(e.engine().collect_strings(), 1);
     assert_eq!(interned(&e).live, before.live + 1);
     let code = e.config().interner.lookup("newer").unwrap();
     assert_eq!(e.config().interner.references(code), 1);
@@ -155,18 +156,21 @@ fn string_counts_match_the_rows_through_merges_overwrites_sweeps_and_a_restart()
         event = event.attr("country", format!("c{}", next(40)).as_str());
         e.ingest(&event).unwrap();
         if step % 997 == 0 {
-            e.collect_strings();
+            e.engine().collect_strings();
         }
         if step % 1500 == 0 {
-            assert_eq!(e.string_reference_errors(), Vec::<String>::new());
+            assert_eq!(e.engine().string_reference_errors(), Vec::<String>::new());
         }
     }
-    e.collect_strings();
-    assert_eq!(e.string_reference_errors(), Vec::<String>::new());
+    e.engine().collect_strings();
+    assert_eq!(e.engine().string_reference_errors(), Vec::<String>::new());
     snapshot::write(&data, &e).unwrap();
     let restarted = engine(&clock);
     recover(&data, &restarted).unwrap();
-    assert_eq!(restarted.string_reference_errors(), Vec::<String>::new());
+    assert_eq!(
+        restarted.engine().string_reference_errors(),
+        Vec::<String>::new()
+    );
     for i in 0..500 {
         let key = format!("user:{i}");
         assert_eq!(

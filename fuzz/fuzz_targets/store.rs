@@ -11,32 +11,32 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use omnia::clock::ManualClock;
 use omnia::config::Config;
-use omnia::engine::{Engine, EngineImage};
 use omnia::decide::record::{ActionRecord, OfferAction};
+use omnia::node::{Node, NodeImage};
 use omnia::store::snapshot;
 
-fn engine() -> Engine {
-    Engine::new(
+fn node() -> Node {
+    Node::new(
         Config::embedded_default().expect("the default config is valid"),
         Arc::new(ManualClock::new(1_772_445_600_000)),
     )
 }
 
-/// The image of an empty engine: valid sections to put the fuzzed shard among.
-fn empty_image() -> &'static EngineImage {
-    static IMAGE: OnceLock<EngineImage> = OnceLock::new();
-    IMAGE.get_or_init(|| engine().image())
+/// The image of an empty node: valid sections to put the fuzzed shard among.
+fn empty_image() -> &'static NodeImage {
+    static IMAGE: OnceLock<NodeImage> = OnceLock::new();
+    IMAGE.get_or_init(|| node().image())
 }
 
 fuzz_target!(|data: &[u8]| {
     let _ = OfferAction::decode(data);
     if let Ok(record) = ActionRecord::decode(data) {
-        let _ = engine().replay_action(&record, 1, &[], 0);
+        let _ = node().replay_action(&record, 1, &[], 0);
     }
     if let Ok((image, _)) = snapshot::decode(data, Path::new("fuzz.snap")) {
-        let _ = engine().restore(&image);
+        let _ = node().restore(&image);
     }
     let mut image = empty_image().clone();
-    image.shards[0].bytes = data.to_vec();
-    let _ = engine().restore(&image);
+    image.engine.shards[0].bytes = data.to_vec();
+    let _ = node().restore(&image);
 });

@@ -206,13 +206,13 @@ fn main() -> anyhow::Result<()> {
                 report
             }
             TargetKind::Inprocess => {
-                let engine = Arc::new(omnia::engine::Engine::new(
+                let node = Arc::new(omnia::node::Node::new(
                     config,
                     Arc::new(omnia::clock::SystemClock),
                 ));
                 run(settings, "omnia in-process", || {
-                    let engine = engine.clone();
-                    async move { Ok(InProcessTarget { engine }) }
+                    let node = node.clone();
+                    async move { Ok(InProcessTarget { node }) }
                 })
                 .await
             }

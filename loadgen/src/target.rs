@@ -6,8 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use omnia::client::{Client, ClientError};
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::node::Node;
 use omnia::protocol::ErrorCode;
 
 /// One request of a workload.
@@ -137,11 +138,11 @@ fn acknowledged(ack: Result<omnia::client::Ingested, ClientError>) -> Result<u64
 pub async fn spawn_server(
     config: omnia::config::Config,
 ) -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    let engine = Arc::new(Engine::new(config, Arc::new(omnia::clock::SystemClock)));
+    let node = Arc::new(Node::new(config, Arc::new(omnia::clock::SystemClock)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let shared = Arc::new(omnia::server::Shared::new(
-        engine,
+        node,
         omnia::server::Limits::default(),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -151,14 +152,14 @@ pub async fn spawn_server(
     Ok((addr, stop))
 }
 
-/// The engine in this process: what omnia does without the network.
+/// The node in this process: what omnia does without the network.
 pub struct InProcessTarget {
-    pub engine: Arc<Engine>,
+    pub node: Arc<Node>,
 }
 
 impl Target for InProcessTarget {
     async fn execute(&self, op: Op) -> Result<u64, String> {
-        let e = &self.engine;
+        let e = &self.node;
         match op {
             Op::Ingest(events) => {
                 let mut applied = 0;

@@ -12,6 +12,7 @@ use compact_str::CompactString;
 
 use super::record::ActionRecord;
 use super::{arbitrate, assign_arms, open_coupons, state, Act, Candidate, CustomerOffers, Outcome};
+use super::{Decider, Offers};
 use crate::config::Config;
 use crate::engine::action::Action;
 use crate::engine::eval::Eval;
@@ -52,7 +53,8 @@ pub(super) fn profile_event(
 /// A decision: arbitrated under the lock; with `record_impression`, its impressions are
 /// the action. Holds what the reply needs once the lock is released.
 pub(super) struct Decided<'a> {
-    pub engine: &'a Engine,
+    pub engine: &'a Engine<Offers>,
+    pub decider: &'a Decider,
     pub request: &'a DecisionRequest,
     pub channel: usize,
     pub now: u32,
@@ -83,7 +85,8 @@ impl Decided<'_> {
         assign_arms(engine.config(), &mut fresh, &self.key.text);
         self.arms = fresh.arms;
         let a = arbitrate(
-            engine,
+            self.decider,
+            engine.config(),
             &eval,
             None,
             &self.arms,
@@ -91,29 +94,34 @@ impl Decided<'_> {
             self.request.explain,
         );
         self.explanation = a.considered;
-        self.chosen = engine.take_top(a.ranked, self.request, self.now, &mut self.explanation);
+        self.chosen =
+            self.decider
+                .take_top(a.ranked, self.request, self.now, &mut self.explanation);
     }
 }
 
-impl Action for Decided<'_> {
-    fn plan(&mut self, customer: Customer<'_>) -> bool {
+impl Action<Offers> for Decided<'_> {
+    fn plan(&mut self, customer: Customer<'_, Offers>) -> bool {
         let engine = self.engine;
         let config = engine.config();
         let primary = crate::engine::view::primary_key(customer.keys);
-        assign_arms(config, customer.offers, &primary);
-        self.arms.clone_from(&customer.offers.arms);
+        assign_arms(config, customer.extension.offers, &primary);
+        self.arms.clone_from(&customer.extension.offers.arms);
         let a = arbitrate(
-            engine,
+            self.decider,
+            engine.config(),
             &customer.eval,
-            Some(customer.offers),
+            Some(customer.extension.offers),
             &self.arms,
             self.channel,
             self.request.explain,
         );
         self.explanation = a.considered;
-        self.chosen = engine.take_top(a.ranked, self.request, self.now, &mut self.explanation);
-        customer.offers.prune(self.now);
-        self.coupons = open_coupons(config, customer.offers, self.now);
+        self.chosen =
+            self.decider
+                .take_top(a.ranked, self.request, self.now, &mut self.explanation);
+        customer.extension.offers.prune(self.now);
+        self.coupons = open_coupons(config, customer.extension.offers, self.now);
         self.logged_key = primary.into();
         if !self.request.record_impression || self.chosen.is_empty() {
             return false;
@@ -160,7 +168,7 @@ impl Action for Decided<'_> {
         );
     }
 
-    fn commit(&mut self, mut customer: Customer<'_>) {
+    fn commit(&mut self, mut customer: Customer<'_, Offers>) {
         for c in &self.chosen {
             let act = Act {
                 kind: FeedbackKind::Impression,
@@ -170,16 +178,18 @@ impl Action for Decided<'_> {
                 decision_id: self.decision_id,
                 count: true,
             };
-            self.engine.change_offer_state(&mut customer, act);
+            self.decider
+                .change_offer_state(self.engine.config(), &mut customer, act);
         }
-        customer.offers.prune(self.now);
-        self.coupons = open_coupons(self.engine.config(), customer.offers, self.now);
+        customer.extension.offers.prune(self.now);
+        self.coupons = open_coupons(self.engine.config(), customer.extension.offers, self.now);
     }
 }
 
 /// A feedback: its budget unit spent under the lock, then its event and offer state.
 pub(super) struct Given<'a> {
-    pub engine: &'a Engine,
+    pub engine: &'a Engine<Offers>,
+    pub decider: &'a Decider,
     pub act: Act,
     pub key: &'a Key,
     pub timestamp_ms: i64,
@@ -190,14 +200,14 @@ pub(super) struct Given<'a> {
     pub coupon: Option<state::IssuedCoupon>,
 }
 
-impl Action for Given<'_> {
-    fn plan(&mut self, customer: Customer<'_>) -> bool {
+impl Action<Offers> for Given<'_> {
+    fn plan(&mut self, customer: Customer<'_, Offers>) -> bool {
         let engine = self.engine;
         let config = engine.config();
         let primary = crate::engine::view::primary_key(customer.keys);
-        assign_arms(config, customer.offers, &primary);
+        assign_arms(config, customer.extension.offers, &primary);
         let Act { kind, offer, .. } = self.act;
-        if engine.decider.spend(offer, kind, self.act.now).is_err() {
+        if self.decider.spend(offer, kind, self.act.now).is_err() {
             return false;
         }
         if let Some(event_type) = self.event_type {
@@ -234,15 +244,18 @@ impl Action for Given<'_> {
         );
     }
 
-    fn commit(&mut self, mut customer: Customer<'_>) {
-        self.coupon = self.engine.change_offer_state(&mut customer, self.act);
+    fn commit(&mut self, mut customer: Customer<'_, Offers>) {
+        self.coupon =
+            self.decider
+                .change_offer_state(self.engine.config(), &mut customer, self.act);
     }
 }
 
 /// An action read back from the log: both halves again, unless the snapshot's image of
 /// the customer's shard holds them.
 pub(super) struct Replayed<'a> {
-    pub engine: &'a Engine,
+    pub engine: &'a Engine<Offers>,
+    pub decider: &'a Decider,
     pub record: &'a ActionRecord,
     pub channel: usize,
     /// The record's offers the config still has.
@@ -253,8 +266,8 @@ pub(super) struct Replayed<'a> {
     pub counted_to: u64,
 }
 
-impl Action for Replayed<'_> {
-    fn plan(&mut self, customer: Customer<'_>) -> bool {
+impl Action<Offers> for Replayed<'_> {
+    fn plan(&mut self, customer: Customer<'_, Offers>) -> bool {
         if self
             .cuts
             .get(customer.shard)
@@ -263,13 +276,12 @@ impl Action for Replayed<'_> {
             return false;
         }
         let primary = crate::engine::view::primary_key(customer.keys);
-        assign_arms(self.engine.config(), customer.offers, &primary);
+        assign_arms(self.engine.config(), customer.extension.offers, &primary);
         for &offer in &self.offers {
             // Spent when it was logged. The budget restored from the snapshot holds only
             // the shards' tallies up to their cuts, and this record is after its shard's
             // cut, so it is spent again here; never refused: what was accepted stays.
             let _ = self
-                .engine
                 .decider
                 .spend(offer, self.record.kind, self.record.time);
         }
@@ -284,7 +296,7 @@ impl Action for Replayed<'_> {
         self.record.encode(body)
     }
 
-    fn commit(&mut self, mut customer: Customer<'_>) {
+    fn commit(&mut self, mut customer: Customer<'_, Offers>) {
         for &offer in &self.offers {
             let act = Act {
                 kind: self.record.kind,
@@ -294,7 +306,8 @@ impl Action for Replayed<'_> {
                 decision_id: self.record.decision_id,
                 count: self.sequence > self.counted_to,
             };
-            self.engine.change_offer_state(&mut customer, act);
+            self.decider
+                .change_offer_state(self.engine.config(), &mut customer, act);
         }
     }
 }

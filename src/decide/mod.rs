@@ -34,6 +34,7 @@ mod actions;
 mod budget;
 mod counters;
 mod log;
+mod offers;
 pub mod record;
 pub(crate) mod state;
 
@@ -59,6 +60,7 @@ use record::{ActionRecord, OfferAction};
 use budget::Budget;
 use counters::{Counters, DECISIONS};
 use log::{DecisionLog, LoggedDecision};
+pub use offers::Offers;
 pub(crate) use state::CustomerOffers;
 
 /// Why a decision or a feedback could not be made. Each names what and where.
@@ -99,7 +101,7 @@ pub enum DecideError {
 }
 
 /// Decision state shared by every customer: budgets, counters, remembered decisions.
-pub(crate) struct Decider {
+pub struct Decider {
     budgets: Vec<Option<Budget>>,
     counters: Counters,
     log: DecisionLog,
@@ -232,14 +234,14 @@ struct Arbitration {
 
 /// Ranks the offers for one customer. Pure: reads the profile and offer history only.
 fn arbitrate(
-    engine: &Engine,
+    decider: &Decider,
+    config: &Config,
     eval: &Eval<'_>,
     history: Option<&CustomerOffers>,
     arms: &[u8],
     channel: usize,
     explain: bool,
 ) -> Arbitration {
-    let config = engine.config();
     let d = &config.decisions;
     let now = eval.now;
     let scores: Vec<f64> = (0..config.scores.len()).map(|s| eval.score(s)).collect();
@@ -287,7 +289,7 @@ fn arbitrate(
                 ));
             }
         }
-        if engine.decider.budget_spent(o, now) {
+        if decider.budget_spent(o, now) {
             return Err((Outcome::Budget, String::new()));
         }
         let base = match &def.rank {
@@ -372,13 +374,17 @@ fn arbitrate(
     Arbitration { ranked, considered }
 }
 
-impl Engine {
+impl Decider {
     /// Decides which offers `request.channel` should present to the customer now.
-    pub fn decide(&self, request: &DecisionRequest) -> Result<Decision, DecideError> {
-        self.decide_with(request, &mut Receipt::default())
+    pub fn decide(
+        &self,
+        engine: &Engine<Offers>,
+        request: &DecisionRequest,
+    ) -> Result<Decision, DecideError> {
+        self.decide_with(engine, request, &mut Receipt::default())
     }
 
-    /// [`Engine::decide`], noting the log record of a recorded impression in `receipt`.
+    /// [`Decider::decide`], noting the log record of a recorded impression in `receipt`.
     ///
     /// A decision that records its impressions is one action (`engine::action`): under
     /// the customer's one shard lock it is arbitrated, its impression budgets spent, and
@@ -386,30 +392,32 @@ impl Engine {
     /// offer state changed. A new visitor gets its profile in the same critical section.
     pub fn decide_with(
         &self,
+        engine: &Engine<Offers>,
         request: &DecisionRequest,
         receipt: &mut Receipt,
     ) -> Result<Decision, DecideError> {
-        let _strings = self.hold_strings();
-        let config = self.config();
+        let _strings = engine.hold_strings();
+        let config = engine.config();
         let d = &config.decisions;
         if request.top == 0 {
             return Err(DecideError::ZeroTop);
         }
-        let channel = self.channel(&request.channel)?;
-        let key = self.key(&request.key)?;
-        let context = self.context(&request.context)?;
-        let now = self.now_secs();
+        let channel = channel_named(engine.config(), &request.channel)?;
+        let key = customer_key(engine.config(), &request.key)?;
+        let context = request_context(engine.config(), &request.context)?;
+        let now = engine.now_secs();
         if request.record_impression {
             // Before anything is spent or changed: a refusal changes nothing.
-            self.writable()?;
+            engine.writable()?;
         }
         let mut decided = Decided {
-            engine: self,
+            engine,
+            decider: self,
             request,
             channel,
             now,
-            timestamp_ms: self.now_ms(),
-            decision_id: self.decider.next_id(),
+            timestamp_ms: engine.now_ms(),
+            decision_id: self.next_id(),
             key: &key,
             event_type: d.feedback_events[FeedbackKind::Impression.index()],
             chosen: Vec::new(),
@@ -421,7 +429,7 @@ impl Engine {
         };
         let known = if request.record_impression {
             let create = decided.event_type.map(|_| Create { time: now, channel });
-            match self.act(&key, &context, create, &mut decided, Mode::Live(receipt))? {
+            match engine.act(&key, &context, create, &mut decided, Mode::Live(receipt))? {
                 Acted::Unknown => {
                     return Err(DecideError::UnknownCustomer {
                         key: request.key.clone(),
@@ -433,7 +441,7 @@ impl Engine {
                 Acted::Applied | Acted::Declined { created: false } => true,
             }
         } else {
-            let known = self.with_customer(&key.text, now, &context, |customer| {
+            let known = engine.with_customer(&key.text, now, &context, |customer| {
                 let Some(customer) = customer else {
                     return false;
                 };
@@ -456,12 +464,10 @@ impl Engine {
         } = decided;
 
         for c in &chosen {
-            self.decider
-                .counters
-                .add(c.offer, channel, &arms, DECISIONS);
+            self.counters.add(c.offer, channel, &arms, DECISIONS);
         }
         if !chosen.is_empty() {
-            self.decider.log.insert(
+            self.log.insert(
                 decision_id,
                 LoggedDecision {
                     key: logged_key,
@@ -521,10 +527,7 @@ impl Engine {
                 break;
             }
             if request.record_impression
-                && self
-                    .decider
-                    .spend(c.offer, FeedbackKind::Impression, now)
-                    .is_err()
+                && self.spend(c.offer, FeedbackKind::Impression, now).is_err()
             {
                 if let Some(e) = explanation.get_mut(c.offer) {
                     *e = (
@@ -554,7 +557,8 @@ impl Engine {
     /// the coupon it redeemed.
     fn change_offer_state(
         &self,
-        customer: &mut Customer<'_>,
+        config: &Config,
+        customer: &mut Customer<'_, Offers>,
         action: Act,
     ) -> Option<state::IssuedCoupon> {
         let Act {
@@ -565,26 +569,25 @@ impl Engine {
             decision_id,
             count,
         } = action;
-        let config = self.config();
         if count {
             // Under the shard lock with the log record, so a snapshot's counters and
             // its shards agree on which actions they hold.
-            self.decider.counters.add(
+            self.counters.add(
                 offer,
                 channel,
-                &customer.offers.arms,
+                &customer.extension.offers.arms,
                 Counters::feedback_measure(kind),
             );
         }
-        if let Some(period) = self.decider.budget_period(offer, kind, now) {
-            let tally = &mut customer.budget_spent[offer];
+        if let Some(period) = self.budget_period(offer, kind, now) {
+            let tally = &mut customer.extension.budget_spent[offer];
             *tally = match *tally {
                 (p, units) if p == period => (p, units + 1),
                 (p, units) if p > period => (p, units),
                 _ => (period, 1),
             };
         }
-        let offers = &mut *customer.offers;
+        let offers = &mut *customer.extension.offers;
         let def = &config.decisions.offers[offer];
         match kind {
             FeedbackKind::Impression => {
@@ -629,13 +632,14 @@ impl Engine {
     /// event record.
     pub fn replay_action(
         &self,
+        engine: &Engine<Offers>,
         record: &ActionRecord,
         sequence: u64,
         cuts: &[u64],
         counted_to: u64,
     ) -> Result<(), DecideError> {
-        let config = self.config();
-        let key = self.key(&record.key)?;
+        let config = engine.config();
+        let key = customer_key(engine.config(), &record.key)?;
         let channel = config.channel_id(&record.channel);
         let event_type = match record.event.as_str() {
             "" => None,
@@ -646,7 +650,7 @@ impl Engine {
                 tracing::debug!(channel = %record.channel, sequence, "skipped an offer action for a channel the config dropped");
                 return Ok(());
             }
-            return Err(self.channel(&record.channel).unwrap_err());
+            return Err(channel_named(engine.config(), &record.channel).unwrap_err());
         };
         let offers: Vec<usize> = record
             .offers
@@ -665,7 +669,8 @@ impl Engine {
             None => Vec::new(),
         };
         let mut replayed = Replayed {
-            engine: self,
+            engine,
+            decider: self,
             record,
             channel,
             offers,
@@ -678,7 +683,7 @@ impl Engine {
             time: record.time,
             channel,
         });
-        self.act(&key, &[], create, &mut replayed, Mode::Replay)?;
+        engine.act(&key, &[], create, &mut replayed, Mode::Replay)?;
         Ok(())
     }
 
@@ -689,6 +694,7 @@ impl Engine {
     /// (`counted_to`).
     pub fn replay_offer_action(
         &self,
+        engine: &Engine<Offers>,
         action: &OfferAction,
         sequence: u64,
         cuts: &[u64],
@@ -696,14 +702,16 @@ impl Engine {
     ) -> Result<(), DecideError> {
         // An offer or channel the config no longer has: its state is gone with it (as
         // when a snapshot is moved into the new layout), so its history is too.
-        let (Ok(offer), Ok(channel)) = (self.offer(&action.offer), self.channel(&action.channel))
-        else {
+        let (Ok(offer), Ok(channel)) = (
+            offer_named(engine.config(), &action.offer),
+            channel_named(engine.config(), &action.channel),
+        ) else {
             tracing::debug!(offer = %action.offer, channel = %action.channel, sequence, "skipped an offer action for an offer or channel the config dropped");
             return Ok(());
         };
-        let config = self.config();
-        let now = self.now_secs();
-        self.with_customer(&action.key, now, &[], |customer| {
+        let config = engine.config();
+        let now = engine.now_secs();
+        engine.with_customer(&action.key, now, &[], |customer| {
             let Some(mut customer) = customer else {
                 return;
             };
@@ -711,9 +719,10 @@ impl Engine {
                 return;
             }
             let primary = crate::engine::view::primary_key(customer.keys);
-            assign_arms(config, customer.offers, &primary);
-            let _ = self.decider.spend(offer, action.kind, action.time);
+            assign_arms(config, customer.extension.offers, &primary);
+            let _ = self.spend(offer, action.kind, action.time);
             self.change_offer_state(
+                engine.config(),
                 &mut customer,
                 Act {
                     kind: action.kind,
@@ -731,24 +740,25 @@ impl Engine {
     /// Takes over `old`'s remembered decisions and offer counters, if offers, channels
     /// and experiments are the same in both configs (their indexes mean the same);
     /// otherwise they start empty. Called by a reload once `old` takes no requests.
-    pub(crate) fn adopt_decisions(&self, old: &Engine) {
-        if !self.config().same_offer_indexes(old.config()) {
+    pub fn adopt(&self, config: &Config, old: &Decider, old_config: &Config) {
+        if !config.same_offer_indexes(old_config) {
             return;
         }
-        self.decider.log.take_from(&old.decider.log);
-        self.decider.restore_counters(&old.decider.counter_values());
+        self.log.take_from(&old.log);
+        self.restore_counters(&old.counter_values());
     }
 
     /// Records what a customer did with an offer.
     pub fn feedback(
         &self,
+        engine: &Engine<Offers>,
         kind: FeedbackKind,
         target: &FeedbackTarget,
     ) -> Result<FeedbackResult, DecideError> {
-        self.feedback_with(kind, target, &mut Receipt::default())
+        self.feedback_with(engine, kind, target, &mut Receipt::default())
     }
 
-    /// [`Engine::feedback`], noting its log record in `receipt`.
+    /// [`Decider::feedback`], noting its log record in `receipt`.
     ///
     /// One action (`engine::action`): under the customer's shard lock the budget is
     /// spent, and then, as one log record, the feedback event is applied to the profile
@@ -756,24 +766,24 @@ impl Engine {
     /// profile in the same critical section.
     pub fn feedback_with(
         &self,
+        engine: &Engine<Offers>,
         kind: FeedbackKind,
         target: &FeedbackTarget,
         receipt: &mut Receipt,
     ) -> Result<FeedbackResult, DecideError> {
-        let _strings = self.hold_strings();
-        let config = self.config();
+        let _strings = engine.hold_strings();
+        let config = engine.config();
         let d = &config.decisions;
         let (key, offer, channel, decision_id) = match target {
             FeedbackTarget::Decision { decision_id, offer } => {
-                let logged =
-                    self.decider
-                        .log
-                        .get(*decision_id)
-                        .ok_or(DecideError::UnknownDecision {
-                            decision_id: *decision_id,
-                            remembered: self.decider.log.capacity(),
-                        })?;
-                let o = self.offer(offer)?;
+                let logged = self
+                    .log
+                    .get(*decision_id)
+                    .ok_or(DecideError::UnknownDecision {
+                        decision_id: *decision_id,
+                        remembered: self.log.capacity(),
+                    })?;
+                let o = offer_named(engine.config(), offer)?;
                 if !logged.offers.contains(&(o as u16)) {
                     return Err(DecideError::OfferNotInDecision {
                         offer: offer.clone(),
@@ -781,7 +791,7 @@ impl Engine {
                     });
                 }
                 (
-                    self.key(&logged.key)?,
+                    customer_key(engine.config(), &logged.key)?,
                     o,
                     logged.channel as usize,
                     *decision_id,
@@ -792,18 +802,19 @@ impl Engine {
                 offer,
                 channel,
             } => {
-                let channel = self.channel(channel)?;
-                let key = self.key(key)?;
-                let o = self.offer(offer)?;
-                (key, o, channel, self.decider.next_id())
+                let channel = channel_named(engine.config(), channel)?;
+                let key = customer_key(engine.config(), key)?;
+                let o = offer_named(engine.config(), offer)?;
+                (key, o, channel, self.next_id())
             }
         };
-        let now = self.now_secs();
+        let now = engine.now_secs();
         // Before the budget is spent: a refusal changes nothing.
-        self.writable()?;
+        engine.writable()?;
         let event_type = d.feedback_events[kind.index()];
         let mut given = Given {
-            engine: self,
+            engine,
+            decider: self,
             act: Act {
                 kind,
                 offer,
@@ -813,13 +824,13 @@ impl Engine {
                 count: true,
             },
             key: &key,
-            timestamp_ms: self.now_ms(),
+            timestamp_ms: engine.now_ms(),
             event_type,
             events: Vec::new(),
             coupon: None,
         };
         let create = event_type.map(|_| Create { time: now, channel });
-        match self.act(&key, &[], create, &mut given, Mode::Live(receipt))? {
+        match engine.act(&key, &[], create, &mut given, Mode::Live(receipt))? {
             Acted::Unknown => Err(DecideError::UnknownCustomer {
                 key: key.text.to_string(),
                 kind,
@@ -852,91 +863,93 @@ impl Engine {
     }
 
     /// Per offer, channel and experiment arm: decisions and feedback counted so far.
-    pub fn offer_stats(&self) -> Vec<OfferStats> {
-        self.decider.counters.snapshot(self.config())
+    pub fn offer_stats(&self, config: &Config) -> Vec<OfferStats> {
+        self.counters.snapshot(config)
     }
+}
 
-    fn channel(&self, name: &str) -> Result<usize, DecideError> {
-        let config = self.config();
-        config
-            .channel_id(name)
-            .ok_or_else(|| DecideError::UnknownChannel {
-                name: name.to_string(),
-                declared: config.channels.join(", "),
-            })
-    }
-
-    fn offer(&self, name: &str) -> Result<usize, DecideError> {
-        let d = &self.config().decisions;
-        d.offer_id(name).ok_or_else(|| DecideError::UnknownOffer {
+/// The channel named `name`.
+fn channel_named(config: &Config, name: &str) -> Result<usize, DecideError> {
+    config
+        .channel_id(name)
+        .ok_or_else(|| DecideError::UnknownChannel {
             name: name.to_string(),
-            declared: d
-                .offers
-                .iter()
-                .map(|o| o.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            declared: config.channels.join(", "),
         })
-    }
+}
 
-    fn key(&self, key: &str) -> Result<Key, DecideError> {
-        parse_key(self.config(), "", key).map_err(|e| match e {
-            EventError::BadKey { key, reason, .. } => DecideError::BadKey { key, reason },
-            other => DecideError::Event(other),
-        })
-    }
-
-    /// Request context as [`Eval::context`] carries it.
-    fn context(&self, fields: &[(String, RawValue)]) -> Result<Vec<f64>, DecideError> {
-        let config = self.config();
-        let declared = &config.decisions.context;
-        let mut out: Vec<f64> = declared
+/// The offer named `name`.
+fn offer_named(config: &Config, name: &str) -> Result<usize, DecideError> {
+    let d = &config.decisions;
+    d.offer_id(name).ok_or_else(|| DecideError::UnknownOffer {
+        name: name.to_string(),
+        declared: d
+            .offers
             .iter()
-            .map(|c| {
-                if c.ty == ValueType::Number {
-                    f64::NAN
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// A customer key as a request names it.
+fn customer_key(config: &Config, key: &str) -> Result<Key, DecideError> {
+    parse_key(config, "", key).map_err(|e| match e {
+        EventError::BadKey { key, reason, .. } => DecideError::BadKey { key, reason },
+        other => DecideError::Event(other),
+    })
+}
+
+/// Request context as [`Eval::context`] carries it.
+fn request_context(
+    config: &Config,
+    fields: &[(String, RawValue)],
+) -> Result<Vec<f64>, DecideError> {
+    let declared = &config.decisions.context;
+    let mut out: Vec<f64> = declared
+        .iter()
+        .map(|c| {
+            if c.ty == ValueType::Number {
+                f64::NAN
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    for (name, value) in fields {
+        let Some(i) = config.decisions.context_id(name) else {
+            return Err(DecideError::UnknownContext {
+                name: name.clone(),
+                declared: if declared.is_empty() {
+                    "(none)".to_string()
                 } else {
-                    0.0
-                }
-            })
-            .collect();
-        for (name, value) in fields {
-            let Some(i) = config.decisions.context_id(name) else {
-                return Err(DecideError::UnknownContext {
+                    declared
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            });
+        };
+        out[i] = match (declared[i].ty, value) {
+            (ValueType::Number, RawValue::Num(v)) if v.is_finite() => *v,
+            (ValueType::String, RawValue::Str(s)) => {
+                config.interner.lookup(s).unwrap_or(u32::MAX) as f64
+            }
+            (ValueType::Bool, RawValue::Bool(b)) => *b as u8 as f64,
+            (expected, found) => {
+                return Err(DecideError::ContextType {
                     name: name.clone(),
-                    declared: if declared.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        declared
-                            .iter()
-                            .map(|c| c.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                    expected: expected.name(),
+                    found: match found {
+                        RawValue::Num(_) if expected == ValueType::Number => "non-finite number",
+                        other => other.as_ref().type_name(),
                     },
-                });
-            };
-            out[i] = match (declared[i].ty, value) {
-                (ValueType::Number, RawValue::Num(v)) if v.is_finite() => *v,
-                (ValueType::String, RawValue::Str(s)) => {
-                    config.interner.lookup(s).unwrap_or(u32::MAX) as f64
-                }
-                (ValueType::Bool, RawValue::Bool(b)) => *b as u8 as f64,
-                (expected, found) => {
-                    return Err(DecideError::ContextType {
-                        name: name.clone(),
-                        expected: expected.name(),
-                        found: match found {
-                            RawValue::Num(_) if expected == ValueType::Number => {
-                                "non-finite number"
-                            }
-                            other => other.as_ref().type_name(),
-                        },
-                    })
-                }
-            };
-        }
-        Ok(out)
+                })
+            }
+        };
     }
+    Ok(out)
 }
 
 /// Assigns the customer's arm in every experiment it has none in yet.

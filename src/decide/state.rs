@@ -56,32 +56,33 @@ pub(crate) struct IssuedCoupon {
     pub redeemed: bool,
 }
 
+/// One customer's offer state (see the module doc).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct CustomerOffers {
-    pub memories: Vec<OfferMemory>,
-    pub sticky: Option<Sticky>,
+pub struct CustomerOffers {
+    pub(crate) memories: Vec<OfferMemory>,
+    pub(crate) sticky: Option<Sticky>,
     /// Per experiment: the arm index + 1; 0 while unassigned.
-    pub arms: Vec<u8>,
-    pub coupons: Vec<IssuedCoupon>,
+    pub(crate) arms: Vec<u8>,
+    pub(crate) coupons: Vec<IssuedCoupon>,
 }
 
 impl CustomerOffers {
     /// Nothing remembered: the entry can go.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.memories.is_empty()
             && self.sticky.is_none()
             && self.arms.is_empty()
             && self.coupons.is_empty()
     }
 
-    pub fn memory(&self, offer: usize) -> Option<&OfferMemory> {
+    pub(crate) fn memory(&self, offer: usize) -> Option<&OfferMemory> {
         self.memories
             .binary_search_by_key(&(offer as u16), |m| m.offer)
             .ok()
             .map(|i| &self.memories[i])
     }
 
-    pub fn memory_mut(&mut self, offer: usize) -> &mut OfferMemory {
+    pub(crate) fn memory_mut(&mut self, offer: usize) -> &mut OfferMemory {
         let offer = offer as u16;
         let i = match self.memories.binary_search_by_key(&offer, |m| m.offer) {
             Ok(i) => i,
@@ -104,7 +105,13 @@ impl CustomerOffers {
     }
 
     /// The first cap of `def` that forbids showing it on `channel` at `now`, by index.
-    pub fn capped(&self, offer: usize, def: &OfferDef, channel: usize, now: u32) -> Option<usize> {
+    pub(crate) fn capped(
+        &self,
+        offer: usize,
+        def: &OfferDef,
+        channel: usize,
+        now: u32,
+    ) -> Option<usize> {
         let memory = self.memory(offer)?;
         def.caps.iter().position(|cap| {
             if cap.channel.is_some_and(|c| c != channel) {
@@ -123,7 +130,7 @@ impl CustomerOffers {
     }
 
     /// When the offer's cooldown ends, if it is cooling down at `now`.
-    pub fn cooling_until(&self, offer: usize, def: &OfferDef, now: u32) -> Option<u32> {
+    pub(crate) fn cooling_until(&self, offer: usize, def: &OfferDef, now: u32) -> Option<u32> {
         let memory = self.memory(offer)?;
         let end =
             |at: u32, length: u32| (at != 0 && length != 0).then(|| at.saturating_add(length));
@@ -133,11 +140,17 @@ impl CustomerOffers {
     }
 
     /// Whether the customer accepted the offer and it does not repeat.
-    pub fn accepted_for_good(&self, offer: usize, def: &OfferDef) -> bool {
+    pub(crate) fn accepted_for_good(&self, offer: usize, def: &OfferDef) -> bool {
         !def.repeat && self.memory(offer).is_some_and(|m| m.accepted_at != 0)
     }
 
-    pub fn record_impression(&mut self, offer: usize, def: &OfferDef, channel: usize, now: u32) {
+    pub(crate) fn record_impression(
+        &mut self,
+        offer: usize,
+        def: &OfferDef,
+        channel: usize,
+        now: u32,
+    ) {
         let longest = def.caps.iter().map(|c| c.per).max().unwrap_or(0);
         let memory = self.memory_mut(offer);
         memory
@@ -158,21 +171,21 @@ impl CustomerOffers {
     }
 
     /// An acceptance or a dismissal ends the offer's sticky window.
-    pub fn release_sticky(&mut self, offer: usize) {
+    pub(crate) fn release_sticky(&mut self, offer: usize) {
         if self.sticky.is_some_and(|s| s.offer as usize == offer) {
             self.sticky = None;
         }
     }
 
     /// The customer's open coupon for an offer.
-    pub fn open_coupon(&mut self, offer: usize, now: u32) -> Option<&mut IssuedCoupon> {
+    pub(crate) fn open_coupon(&mut self, offer: usize, now: u32) -> Option<&mut IssuedCoupon> {
         self.coupons
             .iter_mut()
             .find(|c| c.offer as usize == offer && !c.redeemed && c.expires > now)
     }
 
     /// Forgets what can never matter again: expired coupons.
-    pub fn prune(&mut self, now: u32) {
+    pub(crate) fn prune(&mut self, now: u32) {
         self.coupons.retain(|c| c.expires > now);
     }
 
@@ -180,7 +193,7 @@ impl CustomerOffers {
     /// kept (caps count every impression either profile saw); this customer's sticky offer
     /// and experiment arms win, so a merge never moves a customer between arms it has
     /// been decided under.
-    pub fn absorb(&mut self, other: CustomerOffers) {
+    pub(crate) fn absorb(&mut self, other: CustomerOffers) {
         for theirs in other.memories {
             let mine = self.memory_mut(theirs.offer as usize);
             mine.impressions.extend(theirs.impressions);
@@ -317,16 +330,57 @@ impl CustomerOffers {
 
 /// How offer, channel and experiment indexes of one config map into another's, by name
 /// (`None`: gone), for a relayout.
-pub(crate) struct OfferRemap<'a> {
-    pub offers: &'a [Option<u16>],
-    pub channels: &'a [Option<usize>],
-    pub experiments: &'a [Option<usize>],
+pub struct OfferRemap {
+    pub(crate) offers: Vec<Option<u16>>,
+    pub(crate) channels: Vec<Option<usize>>,
+    /// Per experiment of the new config: the old one with the same name and arms.
+    pub(crate) experiments: Vec<Option<usize>>,
+}
+
+impl OfferRemap {
+    /// Matches `from`'s offers, channels and experiments with `to`'s by name; an
+    /// experiment matches only if its arms are unchanged.
+    pub(crate) fn new(from: &Config, to: &Config) -> OfferRemap {
+        let (a, b) = (from, to);
+        let position = |names: &[String], name: &str| names.iter().position(|n| n == name);
+        OfferRemap {
+            offers: a
+                .decisions
+                .offers
+                .iter()
+                .map(|o| {
+                    b.decisions
+                        .offers
+                        .iter()
+                        .position(|x| x.name == o.name)
+                        .map(|j| j as u16)
+                })
+                .collect(),
+            channels: a
+                .channels
+                .iter()
+                .map(|c| position(&b.channels, c))
+                .collect(),
+            experiments: b
+                .decisions
+                .experiments
+                .iter()
+                .map(|e| {
+                    a.decisions.experiments.iter().position(|x| {
+                        x.name == e.name
+                            && x.arms.len() == e.arms.len()
+                            && x.arms.iter().zip(&e.arms).all(|(p, q)| p.name == q.name)
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 impl CustomerOffers {
     /// This state in another config's indexes: what refers to an offer or channel the
     /// new config lacks is dropped, experiment arms follow their experiment by name.
-    pub(crate) fn remap(self, map: &OfferRemap<'_>) -> CustomerOffers {
+    pub(crate) fn remap(self, map: &OfferRemap) -> CustomerOffers {
         let old = self;
         let mut new = CustomerOffers::default();
         for mut memory in old.memories {
@@ -409,9 +463,9 @@ mod tests {
     fn a_remap_follows_offers_by_index_and_drops_what_is_gone() {
         // Offer 0 is gone, offer 2 becomes 0; channel 1 becomes 0.
         let map = OfferRemap {
-            offers: &[None, None, Some(0)],
-            channels: &[None, Some(0)],
-            experiments: &[],
+            offers: vec![None, None, Some(0)],
+            channels: vec![None, Some(0)],
+            experiments: vec![],
         };
         let new = sample().remap(&map);
         assert_eq!(new.memories.len(), 1);

@@ -14,7 +14,7 @@
 //! 1. find the customer by its key; a customer omnia does not know yet is created, when
 //!    the action asks for it, as a profile first seen at the action's time on its channel
 //!    (under the identity mutex, so two actions cannot create two profiles for one key);
-//! 2. [`Action::plan`]: read the profile and the offer state, spend what must be spent
+//! 2. [`Action::plan`]: read the profile and the extension's part (offer state), spend what must be spent
 //!    (a budget unit), and say whether anything happens. `false` changes nothing: a
 //!    profile created for it is removed again before anyone can see it;
 //! 3. append [`Action::encode`]'s record to the journal (live only; replay appends
@@ -27,20 +27,20 @@
 
 use super::event::{Event, EventError, Key};
 use super::profile::{FIRST_SEEN, LAST_SEEN};
-use super::{journal, Customer, CustomerRef, Engine, Receipt, ShardState};
+use super::{journal, Customer, CustomerRef, Engine, Extension, Receipt, ShardState};
 
 /// A change to one customer, applied by [`Engine::act`].
-pub(crate) trait Action {
+pub(crate) trait Action<X: Extension> {
     /// Under the lock, before anything changes: whether the action happens to this
     /// customer. May spend (a budget unit) and update state nothing reads outside the
     /// lock yet; must leave everything as it was when it says `false`.
-    fn plan(&mut self, customer: Customer<'_>) -> bool;
+    fn plan(&mut self, customer: Customer<'_, X>) -> bool;
     /// Profile events to apply to the customer after a yes; their keys are not read.
     fn events(&self) -> &[Event];
     /// The log record (its body) that replays the whole action.
     fn encode(&self, body: &mut Vec<u8>);
     /// Applies the rest of the change, after the events.
-    fn commit(&mut self, customer: Customer<'_>);
+    fn commit(&mut self, customer: Customer<'_, X>);
 }
 
 /// Where an action runs: live (it is logged) or replayed from the log.
@@ -70,7 +70,7 @@ pub(crate) struct Create {
     pub channel: usize,
 }
 
-impl Engine {
+impl<X: Extension> Engine<X> {
     /// Runs `action` on the customer `key` belongs to (see the module doc). With
     /// `create`, a key no customer has gets a new profile; without, it is
     /// [`Acted::Unknown`]. `context` is what the plan's rules read as `context.NAME`.
@@ -79,7 +79,7 @@ impl Engine {
         key: &Key,
         context: &[f64],
         create: Option<Create>,
-        action: &mut dyn Action,
+        action: &mut dyn Action<X>,
         mut mode: Mode<'_>,
     ) -> Result<Acted, EventError> {
         let now = self.now_secs();
@@ -137,17 +137,17 @@ impl Engine {
     /// Steps 2 to 5 of [`Engine::act`] on a customer whose shard is locked.
     fn act_on(
         &self,
-        state: &mut ShardState,
+        state: &mut ShardState<X>,
         local: u32,
         context: &[f64],
-        action: &mut dyn Action,
+        action: &mut dyn Action<X>,
         mode: &mut Mode<'_>,
         created: bool,
     ) -> Acted {
         let shard = self.split(state.id_base).0;
         let yes = action.plan(state.customer(&self.plan, local, context, shard));
         if !yes {
-            state.drop_empty_offers(local);
+            state.extension.settle(local);
             return Acted::Declined { created };
         }
         if let (Mode::Live(receipt), Some(journal)) = (mode, self.journal.get()) {
@@ -161,7 +161,7 @@ impl Engine {
             std::sync::atomic::Ordering::Relaxed,
         );
         action.commit(state.customer(&self.plan, local, context, shard));
-        state.drop_empty_offers(local);
+        state.extension.settle(local);
         if created {
             Acted::Created
         } else {

@@ -26,8 +26,9 @@
 //! slots x (u16 key count, key count x (u8 namespace, str key))
 //! u32 free slots, that many u32
 //! u32 segments, each: u32 length + that many bytes of roaring bitmap (portable format)
-//! u32 customers with offer state, each: u32 slot + offer state (see `decide::state::CustomerOffers::encode`)
-//! u32 offers, each: u32 budget period, u32 units spent in it
+//! what the shard's extension writes (see `Extension::encode`; for `decide::Offers`:
+//!   u32 customers with offer state, each: u32 slot + offer state,
+//!   u32 offers, each: u32 budget period, u32 units spent in it)
 //! ```
 //!
 //! Which customers are live and the timer queue are not stored: they follow from the
@@ -41,8 +42,7 @@ use super::event::Key;
 use super::profile::NEXT_TIMER;
 use super::relayout::LayoutMap;
 use super::shard::{ShardCut, ShardState, CHUNK_ROWS};
-use super::{CustomerRef, Engine, Plan};
-use crate::decide::CustomerOffers;
+use super::{CustomerRef, Engine, Extension, Plan};
 use bytes::BufMut;
 
 use crate::codec::{named, DecodeError, Reader, Write};
@@ -58,10 +58,8 @@ pub struct ShardImage {
 #[derive(Debug, Clone)]
 pub struct EngineImage {
     pub shards: Vec<ShardImage>,
-    /// The log sequence when the offer counters were copied, after every shard.
+    /// The log sequence once every shard was cut: each shard's cut is at or before it.
     pub position: u64,
-    /// The offer counters (statistics: decisions, impressions, ...).
-    pub counters: Vec<u64>,
     /// The texts of string attribute values, code 1 first: rows hold codes.
     pub strings: Vec<String>,
     /// The longest time one shard was locked for its copy: how long ingest to that
@@ -105,7 +103,7 @@ fn get_words(words: &mut [u32], bytes: &[u8]) {
 
 /// Writes a shard's image from its cut, every chunk saved.
 /// The start of a shard's image, up to its rows.
-fn write_cut_head(cut: &ShardCut, plan: &Plan, out: &mut Vec<u8>) {
+fn write_cut_head<X: Extension>(cut: &ShardCut<X>, plan: &Plan, out: &mut Vec<u8>) {
     let stride = plan.layout.stride;
     out.reserve(cut.slots * (stride * 4 + 8) + 1024);
     out.extend_from_slice(&cut.cut.to_le_bytes());
@@ -128,7 +126,7 @@ pub(super) fn put_keys(out: &mut Vec<u8>, slots: &[Vec<Key>]) {
 }
 
 /// The end of a shard's image, after its keys.
-fn write_cut_tail(cut: &ShardCut, out: &mut Vec<u8>) {
+fn write_cut_tail<X: Extension>(cut: &ShardCut<X>, out: &mut Vec<u8>) {
     out.put_u32_le(cut.free.len() as u32);
     put_words(out, &cut.free);
     out.put_u32_le(cut.members.len() as u32);
@@ -137,32 +135,23 @@ fn write_cut_tail(cut: &ShardCut, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail.
         let _ = bitmap.serialize_into(&mut *out);
     }
-    out.put_u32_le(cut.offers.len() as u32);
-    for (local, offers) in &cut.offers {
-        out.put_u32_le(*local);
-        offers.encode(out);
-    }
-    out.put_u32_le(cut.budget_spent.len() as u32);
-    for &(period, units) in &cut.budget_spent {
-        out.put_u32_le(period);
-        out.put_u32_le(units);
-    }
+    X::encode(&cut.extension, out);
 }
 
 /// Reads a shard image written by [`write_shard`] under the same config layout.
 ///
 /// `codes` maps the string codes in the image's rows to this engine's (`codes[old]`), or
 /// is empty when they are the same.
-pub(crate) fn read_shard(
+pub(crate) fn read_shard<X: Extension>(
     plan: &Plan,
     id_base: u32,
     capacity: u64,
     bytes: &[u8],
     codes: &[u32],
-) -> Result<(ShardState, u64), DecodeError> {
+) -> Result<(ShardState<X>, u64), DecodeError> {
     let mut r = Reader::new(bytes);
     let cut = r.u64(&named("cut"))?;
-    let mut state = ShardState::new(plan, id_base, capacity);
+    let mut state = ShardState::<X>::new(plan, id_base, capacity);
     state.now = r.u32(&named("shard time"))?;
     let stride = r.u32(&named("stride"))? as usize;
     if stride != plan.layout.stride {
@@ -276,35 +265,12 @@ pub(crate) fn read_shard(
                 message: e.to_string(),
             })?;
     }
-    for _ in 0..r.u32(&named("customers with offer state"))? {
-        let local = r.u32(&named("slot"))?;
-        if local as usize >= slots {
-            return Err(r.invalid("slot", format!("slot {local} of {slots}")));
-        }
-        let offers = CustomerOffers::decode(&mut r, &plan.config)?;
-        state.offers.insert(local, offers);
-    }
-    let offers = r.u32(&named("budget offers"))? as usize;
-    if offers != state.budget_spent.len() {
-        return Err(r.invalid(
-            "budget offers",
-            format!(
-                "{offers} offers, this config has {}",
-                state.budget_spent.len()
-            ),
-        ));
-    }
-    for spent in &mut state.budget_spent {
-        *spent = (
-            r.u32(&named("budget period"))?,
-            r.u32(&named("budget units"))?,
-        );
-    }
+    state.extension = X::decode(&mut r, &plan.config, slots)?;
     r.finish()?;
     Ok((state, cut))
 }
 
-impl Engine {
+impl<X: Extension> Engine<X> {
     fn log_position(&self) -> u64 {
         self.journal.get().map_or(0, |j| j.last_appended())
     }
@@ -341,7 +307,7 @@ impl Engine {
         *self.cutting.lock() = Some(vec![false; n]);
         self.cutting_active.store(true, Ordering::SeqCst);
         let mut longest_pause = std::time::Duration::ZERO;
-        let mut timed = |shard: usize, f: &mut dyn FnMut(&mut ShardState)| {
+        let mut timed = |shard: usize, f: &mut dyn FnMut(&mut ShardState<X>)| {
             let mut state = self.lock(shard);
             let locked = std::time::Instant::now();
             f(&mut state);
@@ -385,7 +351,6 @@ impl Engine {
         EngineImage {
             shards: Vec::new(),
             position,
-            counters: self.decider.counter_values(),
             // After every shard: it holds every code their rows use.
             strings: self
                 .plan
@@ -405,7 +370,7 @@ impl Engine {
 
     /// Cuts a shard for the snapshot being made unless it is cut already. Called with
     /// the shard's lock held, which is what makes the cut and the log sequence agree.
-    pub(super) fn cut_if_uncut(&self, shard: usize, state: &mut ShardState) {
+    pub(super) fn cut_if_uncut(&self, shard: usize, state: &mut ShardState<X>) {
         if !self.cutting_active.load(Ordering::SeqCst) {
             return;
         }
@@ -419,8 +384,9 @@ impl Engine {
     }
 
     /// Loads shard images into this engine, which must be new (no customers yet), and
-    /// rebuilds what images do not store: the identity map, the global budgets. The
-    /// rows must be laid out by this engine's config.
+    /// rebuilds what images do not store: the identity map. The rows must be laid out
+    /// by this engine's config. What the layer above keeps beside the shards (the
+    /// global budgets) it rebuilds from [`Engine::each_extension`].
     pub fn restore(&self, image: &EngineImage) -> Result<Vec<u64>, RestoreError> {
         self.restore_with(image, None, &|_, _| {})
     }
@@ -444,7 +410,7 @@ impl Engine {
             )));
         }
         let map = from
-            .map(|from| LayoutMap::new(from, &self.plan).map(|map| (from, map)))
+            .map(|from| LayoutMap::<X>::new(from, &self.plan).map(|map| (from, map)))
             .transpose()
             .map_err(RestoreError::Layout)?;
         let capacity = 1u64 << self.local_bits;
@@ -484,16 +450,18 @@ impl Engine {
                     self.identity.insert(key.text.clone(), r.pack());
                 }
             }
-            self.decider.restore_budget_spending(&state.budget_spent);
             *self.shards[shard].lock() = state;
             cuts.push(cut);
             progress(shard + 1, image.shards.len());
         }
-        if map.as_ref().map_or(true, |(from, _)| {
-            from.config.same_offer_indexes(&self.plan.config)
-        }) {
-            self.decider.restore_counters(&image.counters);
-        }
         Ok(cuts)
+    }
+
+    /// Calls `f` with each shard's extension in turn, under that shard's lock: how the
+    /// layer above totals what it keeps per shard (budget spending) after a restore.
+    pub fn each_extension(&self, mut f: impl FnMut(&X)) {
+        for shard in self.shards.iter() {
+            f(&shard.lock().extension);
+        }
     }
 }

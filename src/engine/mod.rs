@@ -43,6 +43,7 @@
 pub(crate) mod action;
 pub(crate) mod eval;
 pub mod event;
+pub mod extension;
 mod image;
 pub mod journal;
 mod profile;
@@ -67,6 +68,7 @@ pub use view::ProfileView;
 
 use crate::clock::Clock;
 use crate::config::Config;
+pub use extension::Extension;
 pub use journal::Journal;
 
 /// Dense customer id: the shard in the high bits, the slot in the low bits.
@@ -140,10 +142,11 @@ impl CustomerRef {
     }
 }
 
-/// The omnia engine, usable in-process and shared between threads.
-pub struct Engine {
+/// The omnia engine, usable in-process and shared between threads. `X` is what the
+/// layer above keeps per customer in each shard (see `extension`); `()` keeps nothing.
+pub struct Engine<X: Extension = ()> {
     plan: Plan,
-    shards: Box<[CachePadded<Mutex<ShardState>>]>,
+    shards: Box<[CachePadded<Mutex<ShardState<X>>>]>,
     local_bits: u32,
     identity: DashMap<compact_str::CompactString, u64, ahash::RandomState>,
     identity_writes: Mutex<()>,
@@ -151,7 +154,6 @@ pub struct Engine {
     hasher: ahash::RandomState,
     events_applied: AtomicU64,
     merges: AtomicU64,
-    pub(crate) decider: crate::decide::Decider,
     /// Where accepted changes are logged, once recovery has replayed the old ones.
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// Which shards a snapshot being made has cut (see `image`).
@@ -167,14 +169,12 @@ pub struct Engine {
     strings_gate: parking_lot::RwLock<()>,
 }
 
-/// A known customer under its shard lock: its profile to read, its offer history to
-/// update, its keys.
-pub(crate) struct Customer<'a> {
+/// A known customer under its shard lock: its profile to read, its extension's part to
+/// update (offer history), its keys.
+pub(crate) struct Customer<'a, X: Extension> {
     pub eval: eval::Eval<'a>,
-    pub offers: &'a mut crate::decide::CustomerOffers,
+    pub extension: X::Part<'a>,
     pub keys: &'a [Key],
-    /// The shard's tally of budget units spent by its customers.
-    pub budget_spent: &'a mut [(u32, u32)],
     /// The customer's shard.
     pub shard: usize,
 }
@@ -189,8 +189,8 @@ impl Plan {
     }
 }
 
-impl Engine {
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Engine {
+impl<X: Extension> Engine<X> {
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Engine<X> {
         let plan = Plan::new(config);
         let shard_count = plan.config.engine.shards;
         let local_bits = 32 - shard_count.trailing_zeros();
@@ -201,7 +201,6 @@ impl Engine {
                 CachePadded::new(Mutex::new(ShardState::new(&plan, base, capacity)))
             })
             .collect();
-        let decider = crate::decide::Decider::new(&plan.config, clock.now_ms());
         Engine {
             journal: std::sync::OnceLock::new(),
             cutting: Mutex::new(None),
@@ -209,7 +208,6 @@ impl Engine {
             imaging: Mutex::new(()),
             retired: AtomicBool::new(false),
             strings_gate: parking_lot::RwLock::new(()),
-            decider,
             plan,
             shards,
             local_bits,
@@ -261,13 +259,13 @@ impl Engine {
         (shard, local)
     }
 
-    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
+    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState<X>> {
         self.lock_at(shard, self.now_secs())
     }
 
     /// Locks a shard and runs its timers due at `now` (seconds), for callers that have
     /// read the clock already.
-    fn lock_at(&self, shard: usize, now: u32) -> MutexGuard<'_, ShardState> {
+    fn lock_at(&self, shard: usize, now: u32) -> MutexGuard<'_, ShardState<X>> {
         let mut guard = self.shards[shard].lock();
         guard.catch_up(&self.plan, now);
         guard
@@ -566,13 +564,13 @@ impl Engine {
         survivor: CustomerRef,
         losers: &[CustomerRef],
         now: u32,
-    ) -> MutexGuard<'_, ShardState> {
+    ) -> MutexGuard<'_, ShardState<X>> {
         let (ws, wl) = self.split(survivor.id);
         let mut shards: Vec<usize> = losers.iter().map(|l| self.split(l.id).0).collect();
         shards.push(ws);
         shards.sort_unstable();
         shards.dedup();
-        let mut locked: Vec<MutexGuard<'_, ShardState>> =
+        let mut locked: Vec<MutexGuard<'_, ShardState<X>>> =
             shards.iter().map(|&s| self.lock_at(s, now)).collect();
         if locked.len() > 1 {
             // A snapshot in progress must see every shard of the merge before it, or
@@ -654,21 +652,21 @@ impl Engine {
         key: &str,
         now: u32,
         context: &[f64],
-        f: impl FnOnce(Option<Customer<'_>>) -> R,
+        f: impl FnOnce(Option<Customer<'_, X>>) -> R,
     ) -> R {
         match self.locate(key, now) {
             None => f(None),
             Some((mut state, local)) => {
                 let shard = self.split(state.id_base).0;
                 let result = f(Some(state.customer(&self.plan, local, context, shard)));
-                state.drop_empty_offers(local);
+                state.extension.settle(local);
                 result
             }
         }
     }
 
     /// The shard (locked) and slot of the customer a key belongs to.
-    fn locate(&self, key: &str, now: u32) -> Option<(MutexGuard<'_, ShardState>, u32)> {
+    fn locate(&self, key: &str, now: u32) -> Option<(MutexGuard<'_, ShardState<X>>, u32)> {
         // A merge may free the slot between reading the map and taking the lock; then
         // the map already points at the survivor, so looking again finds it.
         for _ in 0..4 {
@@ -686,14 +684,18 @@ impl Engine {
         &self,
         key: &str,
         now: u32,
-    ) -> Option<(MutexGuard<'_, ShardState>, u32)> {
+    ) -> Option<(MutexGuard<'_, ShardState<X>>, u32)> {
         self.try_locate(key, now).flatten()
     }
 
     /// One look: `None` if the key is unknown, `Some(None)` if its customer was merged
     /// away between reading the map and taking the lock.
     #[allow(clippy::type_complexity)]
-    fn try_locate(&self, key: &str, now: u32) -> Option<Option<(MutexGuard<'_, ShardState>, u32)>> {
+    fn try_locate(
+        &self,
+        key: &str,
+        now: u32,
+    ) -> Option<Option<(MutexGuard<'_, ShardState<X>>, u32)>> {
         let r = CustomerRef::unpack(*self.identity.get(key)?);
         let (shard, local) = self.split(r.id);
         let state = self.lock_at(shard, now);

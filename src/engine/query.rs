@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use roaring::RoaringBitmap;
 
 use super::shard::ShardState;
+use super::Extension;
 use super::{CustomerId, Engine};
 use crate::config::rule::{parse, RuleError};
 use crate::config::Config;
@@ -104,7 +105,7 @@ impl SetQuery {
         })
     }
 
-    fn eval<'a>(&self, shard: &'a ShardState) -> Cow<'a, RoaringBitmap> {
+    fn eval<'a, X: Extension>(&self, shard: &'a ShardState<X>) -> Cow<'a, RoaringBitmap> {
         match self {
             SetQuery::Segment(s) => Cow::Borrowed(&shard.members[*s]),
             SetQuery::All => Cow::Borrowed(&shard.live),
@@ -121,7 +122,7 @@ impl SetQuery {
     }
 
     /// The count in one shard, avoiding a materialised result where roaring can.
-    fn count(&self, shard: &ShardState) -> u64 {
+    fn count<X: Extension>(&self, shard: &ShardState<X>) -> u64 {
         match self {
             SetQuery::Segment(_) | SetQuery::All => self.eval(shard).len(),
             SetQuery::Not(x) => shard.live.len() - x.count(shard),
@@ -137,7 +138,7 @@ impl SetQuery {
     }
 }
 
-impl Engine {
+impl<X: Extension> Engine<X> {
     /// Parses a set-algebra query over segment names.
     pub fn query(&self, text: &str) -> Result<SetQuery, QueryError> {
         SetQuery::parse(self.config(), text)

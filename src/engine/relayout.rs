@@ -8,8 +8,8 @@
 //! new config adds starts empty, as if nothing had happened before the change; what it
 //! drops is gone. Segment bits are not copied: every segment is evaluated afresh for
 //! every customer, so new and changed rules hold at once, and the timers follow from
-//! that evaluation. Offer state follows offers, channels and experiments by name; an
-//! experiment keeps its assignments only if its arms are unchanged.
+//! that evaluation. What the shard's extension holds (offer state) is moved by the
+//! extension itself ([`Extension::remap`], [`Extension::convert`]).
 //!
 //! Namespaces may be added or reordered, never removed: customers' keys in a removed
 //! namespace would be lost, and with them the way to find the customer.
@@ -17,20 +17,17 @@
 use super::event::Key;
 use super::profile::{Ring, FIRST_SEEN, KEY_MASK, LAST_SEEN};
 use super::shard::ShardState;
+use super::Extension;
 use super::Plan;
 use crate::config::{Feature, ScoreModel, ValueType};
-use crate::decide::state::OfferRemap;
-use crate::decide::CustomerOffers;
 
 /// Where each part of an old row goes in a new one, and how indexes translate.
-pub(crate) struct LayoutMap {
+pub(crate) struct LayoutMap<X: Extension> {
     /// `(old offset, new offset, words)`.
     moves: Vec<(usize, usize, usize)>,
     namespaces: Vec<usize>,
-    channels: Vec<Option<usize>>,
-    offers: Vec<Option<u16>>,
-    /// Per new experiment: the old one with the same name and arms.
-    experiments: Vec<Option<usize>>,
+    /// How the extension's indexes translate (decided by the extension).
+    extension: X::Remap,
 }
 
 fn feature_words(feature: &Feature) -> usize {
@@ -45,8 +42,8 @@ fn same_shape(a: &Feature, b: &Feature) -> bool {
     }
 }
 
-impl LayoutMap {
-    pub fn new(from: &Plan, to: &Plan) -> Result<LayoutMap, String> {
+impl<X: Extension> LayoutMap<X> {
+    pub fn new(from: &Plan, to: &Plan) -> Result<LayoutMap<X>, String> {
         let (a, b) = (&from.config, &to.config);
         let position = |names: &[String], name: &str| names.iter().position(|n| n == name);
         let mut namespaces = Vec::new();
@@ -109,56 +106,17 @@ impl LayoutMap {
                 ));
             }
         }
-        let offers = a
-            .decisions
-            .offers
-            .iter()
-            .map(|o| {
-                b.decisions
-                    .offers
-                    .iter()
-                    .position(|x| x.name == o.name)
-                    .map(|j| j as u16)
-            })
-            .collect();
-        let experiments = b
-            .decisions
-            .experiments
-            .iter()
-            .map(|e| {
-                a.decisions.experiments.iter().position(|x| {
-                    x.name == e.name
-                        && x.arms.len() == e.arms.len()
-                        && x.arms.iter().zip(&e.arms).all(|(p, q)| p.name == q.name)
-                })
-            })
-            .collect();
         Ok(LayoutMap {
             moves,
             namespaces,
-            channels,
-            offers,
-            experiments,
-        })
-    }
-
-    fn offers(&self, old: CustomerOffers) -> CustomerOffers {
-        old.remap(&OfferRemap {
-            offers: &self.offers,
-            channels: &self.channels,
-            experiments: &self.experiments,
+            extension: X::remap(a, b),
         })
     }
 
     /// The shard `old` (in `from`'s layout) in `to`'s layout, every segment evaluated.
-    pub fn convert(&self, old: ShardState, from: &Plan, to: &Plan) -> ShardState {
+    pub fn convert(&self, old: ShardState<X>, from: &Plan, to: &Plan) -> ShardState<X> {
         let mut new = ShardState::new(to, old.id_base, old.capacity);
         new.now = old.now;
-        for (o, spent) in old.budget_spent.iter().enumerate() {
-            if let Some(n) = self.offers[o] {
-                new.budget_spent[n as usize] = *spent;
-            }
-        }
         for local in 0..old.gens.len() as u32 {
             let allocated = new.allocate(to);
             debug_assert_eq!(allocated, Some(local));
@@ -186,13 +144,7 @@ impl LayoutMap {
             new.add_keys(to, local, keys);
             new.evaluate_all(to, local);
         }
-        let mut offers = old.offers;
-        for (local, state) in offers.drain() {
-            let converted = self.offers(state);
-            if !converted.is_empty() {
-                new.offers.insert(local, converted);
-            }
-        }
+        new.extension = old.extension.convert(&self.extension, &to.config);
         new
     }
 }

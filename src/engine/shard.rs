@@ -22,17 +22,17 @@ use roaring::RoaringBitmap;
 
 use super::eval::{filter_matches, Eval};
 use super::event::{AttrValue, Event, Key};
+use super::extension::Extension;
 use super::profile::{
     decayed_add, merge_rows, set_f64, FIRST_SEEN, KEY_MASK, LAST_SEEN, NEXT_TIMER,
 };
 use super::Plan;
 use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
-use crate::decide::CustomerOffers;
 
 /// Profiles per storage chunk.
 pub(super) const CHUNK_ROWS: usize = 4096;
 
-pub(crate) struct ShardState {
+pub(crate) struct ShardState<X: Extension> {
     pub id_base: u32,
     pub capacity: u64,
     /// Profile rows in chunks of [`CHUNK_ROWS`]: growing a shard allocates one more
@@ -46,32 +46,27 @@ pub(crate) struct ShardState {
     pub live: RoaringBitmap,
     pub members: Vec<RoaringBitmap>,
     pub(super) timers: BTreeMap<u32, Vec<u32>>,
-    /// Offer history of the customers that have one (see `decide::state`).
-    pub offers: std::collections::HashMap<u32, CustomerOffers, ahash::RandomState>,
-    /// Per offer: `(period, units)` of its budget spent by this shard's customers, so a
-    /// snapshot of the shard carries exactly the spending of the changes it holds (the
-    /// budget itself is global, see `decide::budget`).
-    pub budget_spent: Vec<(u32, u32)>,
+    /// What the layer above keeps per customer (offer state, see `extension`).
+    pub extension: X,
     /// The shard's time: never goes back, even if the clock does.
     pub now: u32,
     /// The snapshot being taken of this shard, if any (see `image`): chunks of rows and
     /// keys are saved into it before their first change.
-    pub(super) cut: Option<Box<ShardCut>>,
+    pub(super) cut: Option<Box<ShardCut<X>>>,
 }
 
 /// A shard as it was at a log sequence, for a snapshot: the small parts copied when
 /// the cut was made, the rows and keys chunk by chunk, each saved before it first
 /// changed after the cut or, unchanged, by the snapshot itself. So making a cut holds
 /// the shard's lock only to copy the small parts, and saving a chunk only for one chunk.
-pub(crate) struct ShardCut {
+pub(crate) struct ShardCut<X: Extension> {
     pub cut: u64,
     pub now: u32,
     pub slots: usize,
     pub gens: Vec<u32>,
     pub free: Vec<u32>,
     pub members: Vec<RoaringBitmap>,
-    pub offers: Vec<(u32, CustomerOffers)>,
-    pub budget_spent: Vec<(u32, u32)>,
+    pub extension: X::Cut,
     /// Per chunk: what became of it since the cut.
     pub chunks: Vec<Chunk>,
 }
@@ -93,8 +88,8 @@ pub(crate) struct SavedChunk {
     pub keys: Vec<Vec<Key>>,
 }
 
-impl ShardState {
-    pub fn new(plan: &Plan, id_base: u32, capacity: u64) -> ShardState {
+impl<X: Extension> ShardState<X> {
+    pub fn new(plan: &Plan, id_base: u32, capacity: u64) -> ShardState<X> {
         ShardState {
             id_base,
             capacity,
@@ -105,8 +100,7 @@ impl ShardState {
             live: RoaringBitmap::new(),
             members: vec![RoaringBitmap::new(); plan.config.segments.len()],
             timers: BTreeMap::new(),
-            offers: Default::default(),
-            budget_spent: vec![(0, 0); plan.config.decisions.offers.len()],
+            extension: X::new(&plan.config),
             now: 0,
             cut: None,
         }
@@ -138,13 +132,6 @@ impl ShardState {
     /// Makes a cut of this shard at log sequence `cut` (see [`ShardCut`]).
     pub fn start_cut(&mut self, cut: u64) {
         let slots = self.gens.len();
-        let mut offers: Vec<(u32, CustomerOffers)> = self
-            .offers
-            .iter()
-            .filter(|(_, o)| !o.is_empty())
-            .map(|(l, o)| (*l, o.clone()))
-            .collect();
-        offers.sort_by_key(|(l, _)| *l);
         self.cut = Some(Box::new(ShardCut {
             cut,
             now: self.now,
@@ -152,8 +139,7 @@ impl ShardState {
             gens: self.gens.clone(),
             free: self.free.clone(),
             members: self.members.clone(),
-            offers,
-            budget_spent: self.budget_spent.clone(),
+            extension: self.extension.cut(),
             chunks: (0..slots.div_ceil(CHUNK_ROWS))
                 .map(|_| Chunk::Unchanged)
                 .collect(),
@@ -408,7 +394,7 @@ impl ShardState {
 
     /// Removes a customer: out of every bitmap, its row cleared, its slot free for
     /// reuse. Returns what it was, for a merge.
-    pub fn take(&mut self, plan: &Plan, local: u32) -> Taken {
+    pub fn take(&mut self, plan: &Plan, local: u32) -> Taken<X> {
         debug_assert!(
             self.is_live(local),
             "taking slot {local}, which holds no customer"
@@ -425,14 +411,18 @@ impl ShardState {
         self.row_mut(plan, local).fill(0);
         self.gens[local as usize] = self.gens[local as usize].wrapping_add(1);
         let keys = std::mem::take(&mut self.keys[local as usize]);
-        let offers = self.offers.remove(&local);
+        let extension = self.extension.take(local);
         self.free.push(local);
-        Taken { row, keys, offers }
+        Taken {
+            row,
+            keys,
+            extension,
+        }
     }
 
     /// Folds another customer's row and keys into `local`, then re-evaluates every
     /// segment of the result at once.
-    pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken) {
+    pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken<X>) {
         let now = self.now;
         let into = self.row_mut(plan, local);
         let strings = || {
@@ -451,8 +441,8 @@ impl ShardState {
             plan.config.interner.release(dropped);
         }
         self.add_keys(plan, local, from.keys);
-        if let Some(offers) = from.offers {
-            self.offers.entry(local).or_default().absorb(offers);
+        if let Some(part) = from.extension {
+            self.extension.absorb(local, part);
         }
         let next = self.reevaluate(plan, local, &plan.config.segment_order);
         self.schedule(plan, local, next);
@@ -464,14 +454,15 @@ impl ShardState {
         self.schedule(plan, local, next);
     }
 
-    /// A customer's profile for reading and its offer history for updating, at once.
+    /// A customer's profile for reading and its extension's part for updating, at once.
+    /// Call [`Extension::settle`] when done with it.
     pub fn customer<'a>(
         &'a mut self,
         plan: &'a Plan,
         local: u32,
         context: &'a [f64],
         shard: usize,
-    ) -> super::Customer<'a> {
+    ) -> super::Customer<'a, X> {
         let stride = plan.layout.stride;
         let (chunk, at) = (
             local as usize / CHUNK_ROWS,
@@ -481,17 +472,9 @@ impl ShardState {
             Eval::of(plan, &self.rows[chunk][at..at + stride], self.now).with_context(context);
         super::Customer {
             eval,
-            offers: self.offers.entry(local).or_default(),
+            extension: self.extension.part(local),
             keys: &self.keys[local as usize],
-            budget_spent: &mut self.budget_spent,
             shard,
-        }
-    }
-
-    /// Only customers with offer history keep an entry in `offers`.
-    pub fn drop_empty_offers(&mut self, local: u32) {
-        if self.offers.get(&local).is_some_and(|o| o.is_empty()) {
-            self.offers.remove(&local);
         }
     }
 
@@ -501,10 +484,10 @@ impl ShardState {
 }
 
 /// A customer removed from its shard by a merge, on its way into the survivor.
-pub(crate) struct Taken {
+pub(crate) struct Taken<X: Extension> {
     pub row: Vec<u32>,
     pub keys: Vec<Key>,
-    pub offers: Option<CustomerOffers>,
+    pub extension: Option<X::Customer>,
 }
 
 /// The profile of a customer omnia has never seen, as if first seen `now` on `channel`

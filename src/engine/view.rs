@@ -16,7 +16,7 @@ pub(crate) fn primary_key(keys: &[Key]) -> String {
         .unwrap_or_default()
 }
 
-impl Engine {
+impl<X: super::Extension> Engine<X> {
     /// Evaluates a segment's rule for one customer now, without changing anything:
     /// what the rule says, whatever the stored membership. `None` for an unknown key.
     pub fn evaluate(&self, segment: usize, key: &str) -> Option<bool> {

@@ -166,16 +166,20 @@ fn code_name(code: u16) -> &'static str {
 pub fn publish_gauges(shared: &Shared) {
     metrics::gauge!("omnia_connections")
         .set(shared.stats.connections.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("omnia_customers").set(shared.engine().stats().customers as f64);
-    if let Some(journal) = shared.engine().journal() {
+    metrics::gauge!("omnia_customers").set(shared.node().engine().stats().customers as f64);
+    if let Some(journal) = shared.node().engine().journal() {
         metrics::gauge!("omnia_journal_healthy").set(if journal.is_healthy() { 1.0 } else { 0.0 });
     }
-    for segment in &shared.engine().config().segments {
-        let members = shared.engine().segment_count(&segment.name).unwrap_or(0);
+    for segment in &shared.node().config().segments {
+        let members = shared
+            .node()
+            .engine()
+            .segment_count(&segment.name)
+            .unwrap_or(0);
         metrics::gauge!("omnia_segment_members", "segment" => segment.name.clone())
             .set(members as f64);
     }
-    for o in shared.engine().offer_stats() {
+    for o in shared.node().offer_stats() {
         let labels = [
             ("offer", o.offer.clone()),
             ("channel", o.channel.clone()),

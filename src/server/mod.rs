@@ -37,7 +37,8 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::engine::{Engine, Receipt};
+use crate::engine::Receipt;
+use crate::node::Node;
 use crate::protocol::{opcode, ErrorCode, Frame, FrameError, Request, Response, PROTOCOL_VERSION};
 use connection::{Connection, ConnectionError};
 use metrics::Stage;
@@ -104,8 +105,8 @@ impl Default for ServerStats {
 
 /// What every connection shares.
 pub struct Shared {
-    /// The engine requests go to; a reload swaps it.
-    engine: parking_lot::RwLock<Arc<Engine>>,
+    /// The node requests go to; a reload swaps it.
+    node: parking_lot::RwLock<Arc<Node>>,
     pub limits: Limits,
     pub stats: ServerStats,
     /// Held for reading while a request runs, and for writing while a reload swaps
@@ -134,12 +135,12 @@ pub struct ReloadSource {
 }
 
 impl Shared {
-    pub fn new(engine: Arc<Engine>, limits: Limits) -> Shared {
+    pub fn new(node: Arc<Node>, limits: Limits) -> Shared {
         Shared {
             read_budget: connection::ReadBudget::new(
                 limits.read_budget.max(limits.max_frame as usize),
             ),
-            engine: parking_lot::RwLock::new(engine),
+            node: parking_lot::RwLock::new(node),
             limits,
             stats: ServerStats::default(),
             reload_fence: parking_lot::RwLock::new(()),
@@ -159,9 +160,9 @@ impl Shared {
         self.read_budget.available()
     }
 
-    /// The engine now (a reload may swap it at any time; hold the `Arc` for one request).
-    pub fn engine(&self) -> Arc<Engine> {
-        self.engine.read().clone()
+    /// The node now (a reload may swap it at any time; hold the `Arc` for one request).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.read().clone()
     }
 }
 
@@ -266,7 +267,7 @@ async fn accept_loop(
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut handler = Handler {
-            journal: shared.engine().journal().cloned(),
+            journal: shared.node().engine().journal().cloned(),
             held: std::collections::VecDeque::new(),
             unflushed: Vec::new(),
             metrics: metrics::RequestMetrics::default(),

@@ -15,7 +15,7 @@
 //! so it is cut off and reported; anything else wrong, in the log or in the snapshot,
 //! stops the start with an error that names the file, the byte offset and what to do,
 //! because continuing would silently lose what was acknowledged. Then
-//! [`wal::Wal::open`] appends after the last record. [`Node::open`] does all of it, in
+//! [`wal::Wal::open`] appends after the last record. [`Store::open`] does all of it, in
 //! that order, for `omnia serve`, the tests and the benchmarks alike. Recovery and a
 //! reload's catch-up read the log through one scanner (`scan_log`), which checks every
 //! record and that sequences run on without a gap.
@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::codec::IngestBatch;
-use crate::engine::Engine;
+use crate::node::{Node, NodeImage};
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT` this version writes.
@@ -261,16 +261,16 @@ pub(crate) fn check_record(bytes: &[u8], at: usize) -> Result<(u64, usize), Stri
     Ok((sequence, len))
 }
 
-/// An engine on a data directory, recovered and logging: what `omnia serve` runs.
-pub struct Node {
+/// A node on a data directory, recovered and logging: what `omnia serve` runs.
+pub struct Store {
     pub data: DataDir,
-    pub engine: std::sync::Arc<Engine>,
+    pub node: std::sync::Arc<Node>,
     pub wal: std::sync::Arc<wal::Wal>,
     /// What recovery loaded and replayed.
     pub recovered: Recovered,
 }
 
-impl Node {
+impl Store {
     /// Opens the data directory at `path` (creating it if missing), recovers an engine
     /// under `config` on `clock` from it (the newest snapshot, then the log after it),
     /// opens the log after the last record recovered and attaches it, so that every
@@ -280,20 +280,20 @@ impl Node {
         config: crate::config::Config,
         clock: std::sync::Arc<dyn crate::clock::Clock>,
         options: wal::WalOptions,
-    ) -> Result<Node, StoreError> {
+    ) -> Result<Store, StoreError> {
         let data = open_data_dir(path)?;
-        let engine = std::sync::Arc::new(Engine::new(config, clock));
-        let recovered = recover(&data, &engine)?;
+        let node = std::sync::Arc::new(Node::new(config, clock));
+        let recovered = recover(&data, &node)?;
         let wal = wal::Wal::open(&data.wal(), recovered.last_sequence + 1, options).map_err(
             |source| StoreError::Io {
                 path: data.wal(),
                 source,
             },
         )?;
-        engine.attach_journal(wal.clone());
-        Ok(Node {
+        node.engine().attach_journal(wal.clone());
+        Ok(Store {
             data,
-            engine,
+            node,
             wal,
             recovered,
         })
@@ -321,14 +321,14 @@ impl wal::WalOptions {
 
 /// Loads the newest snapshot into `engine` (which must be new) and replays the log after
 /// it; cuts a torn tail; refuses anything else that is wrong.
-pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError> {
+pub fn recover(data: &DataDir, node: &Node) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let (snapshot, cuts, counted_to) = match snapshot::newest(data)? {
         Some(path) => {
             let (image, fingerprint) = snapshot::read(&path)?;
-            let cuts = load(engine, &image, fingerprint, &path)?;
-            let customers = engine.stats().customers;
-            (Some((path, customers)), cuts, image.position)
+            let cuts = load(node, &image, fingerprint, &path)?;
+            let customers = node.engine().stats().customers;
+            (Some((path, customers)), cuts, image.engine.position)
         }
         None => (None, Vec::new(), 0),
     };
@@ -347,7 +347,7 @@ pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError>
     }
     let mut events = 0;
     let scanned = scan_log(&files, covers + 1, u64::MAX, TornTail::Cut, |record| {
-        record.replay(engine, &cuts, counted_to)?;
+        record.replay(node, &cuts, counted_to)?;
         events += 1;
         Ok(())
     })?;
@@ -366,15 +366,15 @@ pub fn recover(data: &DataDir, engine: &Engine) -> Result<Recovered, StoreError>
 /// Loads a snapshot's image into `engine`: as it is if the engine's config lays rows
 /// out the same way, or moved from the layout of the config stored in the snapshot.
 fn load(
-    engine: &Engine,
-    image: &crate::engine::EngineImage,
+    node: &Node,
+    image: &NodeImage,
     fingerprint: u64,
     path: &Path,
 ) -> Result<Vec<u64>, StoreError> {
-    let from = if fingerprint == snapshot::layout_fingerprint(engine.config()) {
+    let from = if fingerprint == snapshot::layout_fingerprint(node.config()) {
         None
     } else {
-        let (name, text) = &image.config;
+        let (name, text) = &image.engine.config;
         let mut config = crate::config::Config::from_source(&crate::config::Source::new(
             name.clone(),
             text.clone(),
@@ -384,7 +384,7 @@ fn load(
             reason: format!("the config stored in it ({name}) no longer compiles:\n{e}"),
         })?;
         // `serve --shards` overrides the file; the snapshot knows the count it had.
-        config.engine.shards = image.shards.len() as u32;
+        config.engine.shards = image.engine.shards.len() as u32;
         tracing::info!(
             snapshot = %path.display(),
             written_under = %name,
@@ -392,21 +392,20 @@ fn load(
         );
         Some(crate::engine::Plan::new(config))
     };
-    engine
-        .restore_with(image, from.as_ref(), &|done, total| {
-            tracing::debug!(done, total, "shards loaded");
-        })
-        .map_err(|e| match e {
-            crate::engine::RestoreError::Shard { shard, error } => StoreError::CorruptSnapshot {
-                path: path.to_path_buf(),
-                offset: snapshot::shard_offset(image, shard),
-                reason: format!("shard {shard}: {error}"),
-            },
-            crate::engine::RestoreError::Layout(reason) => StoreError::SnapshotConfig {
-                path: path.to_path_buf(),
-                reason,
-            },
-        })
+    node.restore_with(image, from.as_ref(), &|done, total| {
+        tracing::debug!(done, total, "shards loaded");
+    })
+    .map_err(|e| match e {
+        crate::engine::RestoreError::Shard { shard, error } => StoreError::CorruptSnapshot {
+            path: path.to_path_buf(),
+            offset: snapshot::shard_offset(&image.engine, shard),
+            reason: format!("shard {shard}: {error}"),
+        },
+        crate::engine::RestoreError::Layout(reason) => StoreError::SnapshotConfig {
+            path: path.to_path_buf(),
+            reason,
+        },
+    })
 }
 
 /// What to do with a record that is not whole and valid.
@@ -522,9 +521,9 @@ pub(crate) struct Record<'a> {
 
 impl Record<'_> {
     /// Applies the record to `engine`; an error names the file, offset and record.
-    fn replay(&self, engine: &Engine, cuts: &[u64], counted_to: u64) -> Result<(), StoreError> {
+    fn replay(&self, node: &Node, cuts: &[u64], counted_to: u64) -> Result<(), StoreError> {
         let payload = &self.bytes[self.at + HEADER + 8..self.at + HEADER + self.len];
-        replay(engine, payload, self.sequence, cuts, counted_to).map_err(|reason| {
+        replay(node, payload, self.sequence, cuts, counted_to).map_err(|reason| {
             StoreError::Replay {
                 path: self.path.to_path_buf(),
                 offset: self.at as u64,
@@ -537,7 +536,7 @@ impl Record<'_> {
 
 /// Applies one logged record (its payload after the sequence) to the engine.
 fn replay(
-    engine: &Engine,
+    node: &Node,
     payload: &[u8],
     sequence: u64,
     cuts: &[u64],
@@ -547,6 +546,7 @@ fn replay(
     match *kind {
         wal::EVENT => {
             let batch = IngestBatch::decode(body).map_err(|e| e.to_string())?;
+            let engine = node.engine();
             batch.iter().try_for_each(|raw| {
                 let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
                 engine
@@ -557,14 +557,12 @@ fn replay(
         }
         wal::OFFER_ACTION => {
             let action = crate::decide::record::OfferAction::decode(body)?;
-            engine
-                .replay_offer_action(&action, sequence, cuts, counted_to)
+            node.replay_offer_action(&action, sequence, cuts, counted_to)
                 .map_err(|e| e.to_string())
         }
         wal::ACTION => {
             let record = crate::decide::record::ActionRecord::decode(body)?;
-            engine
-                .replay_action(&record, sequence, cuts, counted_to)
+            node.replay_action(&record, sequence, cuts, counted_to)
                 .map_err(|e| e.to_string())
         }
         other => Err(format!("unknown record kind {other}")),

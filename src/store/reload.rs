@@ -24,8 +24,9 @@ use std::time::Instant;
 
 use super::{scan_log, segments, snapshot, DataDir, StoreError, TornTail};
 use crate::config::Config;
-use crate::engine::{Engine, RestoreError};
+use crate::engine::RestoreError;
 pub use crate::model::reload::ReloadReport;
+use crate::node::Node;
 
 /// Why a reload did not happen. The running config stays in every case.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ const FEW: u64 = 10_000;
 
 /// A new engine built and caught up with the log, waiting for [`Prepared::finish`].
 pub struct Prepared {
-    engine: Arc<Engine>,
+    node: Arc<Node>,
     cuts: Vec<u64>,
     counted_to: u64,
     /// The last log record the new engine has seen.
@@ -104,7 +105,7 @@ fn compare(old: &Config, new: &Config, report: &mut ReloadReport) {
 /// `progress` gets the percentage of customers moved so far.
 pub fn prepare(
     data: &DataDir,
-    current: &Engine,
+    current: &Node,
     config: Config,
     progress: &dyn Fn(u8),
 ) -> Result<Prepared, ReloadError> {
@@ -125,13 +126,17 @@ pub fn prepare(
     let image = current.image();
     let same =
         snapshot::layout_fingerprint(&config) == snapshot::layout_fingerprint(current.config());
-    let next = Arc::new(Engine::new(config, current.clock()));
+    let next = Arc::new(Node::new(config, current.engine().clock()));
     let cuts = next
-        .restore_with(&image, (!same).then(|| current.plan()), &|done, total| {
-            let percent = (done * 100 / total.max(1)) as u8;
-            tracing::info!("reloading the config: {percent}% of customers moved");
-            progress(percent);
-        })
+        .restore_with(
+            &image,
+            (!same).then(|| current.engine().plan()),
+            &|done, total| {
+                let percent = (done * 100 / total.max(1)) as u8;
+                tracing::info!("reloading the config: {percent}% of customers moved");
+                progress(percent);
+            },
+        )
         .map_err(|e| match e {
             RestoreError::Layout(reason) => ReloadError::Refused(reason),
             // The image was made a moment ago by this process: a failure is a bug.
@@ -139,17 +144,17 @@ pub fn prepare(
                 "the running engine's shard {shard} could not be read back: {error}"
             )),
         })?;
-    report.customers = next.stats().customers;
+    report.customers = next.engine().stats().customers;
     let mut prepared = Prepared {
-        engine: next,
-        counted_to: image.position,
+        node: next,
+        counted_to: image.engine.position,
         replayed_to: cuts.iter().copied().min().unwrap_or(0),
         cuts,
         report,
         started,
         _exclusive: exclusive,
     };
-    if let Some(journal) = current.journal() {
+    if let Some(journal) = current.engine().journal() {
         // Replay is faster than ingest, so each pass leaves less behind; the pause in
         // `finish` then replays only the last few.
         for _ in 0..16 {
@@ -175,10 +180,10 @@ impl Prepared {
             .windows(2)
             .take_while(|pair| pair[1].0 <= from)
             .count();
-        let (engine, cuts, counted_to) = (&self.engine, &self.cuts, self.counted_to);
+        let (node, cuts, counted_to) = (&self.node, &self.cuts, self.counted_to);
         let (mut replayed_to, mut replayed) = (self.replayed_to, 0);
         scan_log(&files[skip..], from, upto, TornTail::Refuse, |record| {
-            record.replay(engine, cuts, counted_to)?;
+            record.replay(node, cuts, counted_to)?;
             replayed_to = record.sequence;
             replayed += 1;
             Ok(())
@@ -194,21 +199,21 @@ impl Prepared {
     pub fn finish(
         mut self,
         data: &DataDir,
-        current: &Engine,
-    ) -> Result<(Arc<Engine>, ReloadReport), ReloadError> {
+        current: &Node,
+    ) -> Result<(Arc<Node>, ReloadReport), ReloadError> {
         let paused = Instant::now();
-        if let Some(journal) = current.journal() {
+        if let Some(journal) = current.engine().journal() {
             let last = journal.last_appended();
             journal.wait_durable(last).map_err(ReloadError::Refused)?;
             self.catch_up(data, last)?;
-            self.engine.attach_journal(journal.clone());
+            self.node.engine().attach_journal(journal.clone());
         }
         // No request reaches `current` any more: what it knows beyond the log (the
         // decisions FEEDBACK can name, the decision counters) is final; carry it over.
-        self.engine.adopt_decisions(current);
-        current.retire();
+        self.node.adopt_decisions(current);
+        current.engine().retire();
         self.report.paused = paused.elapsed();
         self.report.took = self.started.elapsed();
-        Ok((self.engine, self.report))
+        Ok((self.node, self.report))
     }
 }

@@ -47,7 +47,8 @@ use super::{io, DataDir, StoreError};
 use crate::codec::Fingerprint;
 use crate::codec::Write as _;
 use crate::config::{Aggregate, Config, Feature, ScoreModel};
-use crate::engine::{Engine, EngineImage, ShardImage};
+use crate::engine::{EngineImage, ShardImage};
+use crate::node::{Node, NodeImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
 const VERSION: u32 = 2;
@@ -161,11 +162,11 @@ pub fn exclusive() -> parking_lot::MutexGuard<'static, ()> {
     EXCLUSIVE.lock()
 }
 
-/// Takes a snapshot of `engine` into the data directory, then removes older snapshots
+/// Takes a snapshot of `node` into the data directory, then removes older snapshots
 /// and the log files it covers.
-pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
+pub fn write(data: &DataDir, node: &Node) -> Result<Written, StoreError> {
     let _exclusive = exclusive();
-    if engine.is_retired() {
+    if node.engine().is_retired() {
         return Err(StoreError::Replaced);
     }
     let started = Instant::now();
@@ -174,7 +175,7 @@ pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
     // engine is never in memory at once.
     let mut cuts = Vec::new();
     let mut failed = None;
-    let image = engine.image_into(|_| {}, &mut |cut, bytes| {
+    let image = node.image_into(&mut |cut, bytes| {
         cuts.push(cut);
         if failed.is_none() {
             failed = file.section(bytes).err();
@@ -183,26 +184,22 @@ pub fn write(data: &DataDir, engine: &Engine) -> Result<Written, StoreError> {
     if let Some(e) = failed {
         return Err(e);
     }
-    finish(data, engine, file, &image, cuts, started)
+    finish(data, node, file, &image, cuts, started)
 }
 
 /// [`write()`] with an image taken already.
-pub fn write_image(
-    data: &DataDir,
-    engine: &Engine,
-    image: EngineImage,
-) -> Result<Written, StoreError> {
+pub fn write_image(data: &DataDir, node: &Node, image: NodeImage) -> Result<Written, StoreError> {
     let _exclusive = exclusive();
-    if engine.is_retired() {
+    if node.engine().is_retired() {
         return Err(StoreError::Replaced);
     }
     let started = Instant::now();
     let mut file = SnapshotFile::create(data)?;
-    for shard in &image.shards {
+    for shard in &image.engine.shards {
         file.section(&shard.bytes)?;
     }
-    let cuts = image.shards.iter().map(|s| s.cut).collect();
-    finish(data, engine, file, &image, cuts, started)
+    let cuts = image.engine.shards.iter().map(|s| s.cut).collect();
+    finish(data, node, file, &image, cuts, started)
 }
 
 /// A snapshot file being written: its header is written last, once the position is
@@ -271,12 +268,13 @@ impl SnapshotFile {
 /// removes what it replaces.
 fn finish(
     data: &DataDir,
-    engine: &Engine,
+    node: &Node,
     mut file: SnapshotFile,
-    image: &EngineImage,
+    image: &NodeImage,
     cuts: Vec<u64>,
     started: Instant,
 ) -> Result<Written, StoreError> {
+    let (engine, counters, image) = (node.engine(), &image.counters, &image.engine);
     let customers = engine.stats().customers;
     // Only what the log holds may be in a snapshot, synced whatever the fsync policy:
     // otherwise a crash, or a power loss, could leave it holding changes the log lost,
@@ -289,11 +287,14 @@ fn finish(
                 source: std::io::Error::other(reason),
             })?;
     }
-    let mut counters = Vec::with_capacity(4 + image.counters.len() * 8);
-    counters.put_u32_le(image.counters.len() as u32);
-    for &c in &image.counters {
-        counters.put_u64_le(c);
-    }
+    let counters = {
+        let mut body = Vec::with_capacity(4 + counters.len() * 8);
+        body.put_u32_le(counters.len() as u32);
+        for &c in counters {
+            body.put_u64_le(c);
+        }
+        body
+    };
     let mut strings = Vec::new();
     strings.put_u32_le(image.strings.len() as u32);
     for text in &image.strings {
@@ -386,15 +387,15 @@ pub fn newest(data: &DataDir) -> Result<Option<PathBuf>, StoreError> {
 }
 
 /// Reads and checks a snapshot written under a config with `config`'s layout.
-pub fn read(path: &Path) -> Result<(EngineImage, u64), StoreError> {
+pub fn read(path: &Path) -> Result<(NodeImage, u64), StoreError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     decode(&bytes, path)
 }
 
 /// Checks and splits the bytes of a snapshot file (`path` names it in errors): the
 /// image and the layout fingerprint of the config that wrote it. The shard images inside
-/// are decoded by [`Engine::restore`].
-pub fn decode(bytes: &[u8], path: &Path) -> Result<(EngineImage, u64), StoreError> {
+/// are decoded by [`Node::restore`].
+pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError> {
     let corrupt = |offset: usize, reason: String| StoreError::CorruptSnapshot {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -498,13 +499,15 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(EngineImage, u64), StoreErro
             bytes: body.to_vec(),
         })
         .collect();
-    let image = EngineImage {
-        shards,
-        position,
+    let image = NodeImage {
+        engine: EngineImage {
+            shards,
+            position,
+            strings,
+            longest_pause: Duration::ZERO,
+            config,
+        },
         counters,
-        strings,
-        longest_pause: Duration::ZERO,
-        config,
     };
     Ok((image, fingerprint))
 }
@@ -543,10 +546,10 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// `engine` says which engine to snapshot now (a reload swaps it).
+    /// `node` says which node to snapshot now (a reload swaps it).
     pub fn spawn(
         data: DataDir,
-        engine: std::sync::Arc<dyn Fn() -> std::sync::Arc<Engine> + Send + Sync>,
+        node: std::sync::Arc<dyn Fn() -> std::sync::Arc<Node> + Send + Sync>,
         interval: Option<Duration>,
         log_bytes: Option<u64>,
     ) -> std::io::Result<Snapshotter> {
@@ -555,7 +558,7 @@ impl Snapshotter {
             .name("omnia-snapshot".into())
             .spawn(move || {
                 let mut last = Instant::now();
-                let logged = || engine().journal().map_or(0, |j| j.bytes_written());
+                let logged = || node().engine().journal().map_or(0, |j| j.bytes_written());
                 let mut logged_at_last = logged();
                 loop {
                     match stopped.recv_timeout(Duration::from_millis(250)) {
@@ -570,7 +573,7 @@ impl Snapshotter {
                     }
                     logged_at_last = logged();
                     last = Instant::now();
-                    match write(&data, &engine()) {
+                    match write(&data, &node()) {
                         Ok(written) => tracing::info!(
                             reason = if by_time { "interval" } else { "log volume" },
                             "{written}"

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use omnia::clock::ManualClock;
 use omnia::config::Config;
-use omnia::engine::Engine;
+use omnia::node::Node;
 use omnia::server::{Limits, Shared};
 use tokio::sync::oneshot;
 
@@ -74,7 +74,7 @@ pub const START_MS: i64 = 1_772_445_600_000;
 
 pub struct TestServer {
     pub addr: String,
-    pub engine: Arc<Engine>,
+    pub node: Arc<Node>,
     pub clock: Arc<ManualClock>,
     pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
@@ -98,12 +98,12 @@ impl TestServer {
 
     pub async fn with(config: Config, limits: Limits) -> TestServer {
         let clock = Arc::new(ManualClock::new(START_MS));
-        let engine = Arc::new(Engine::new(config, clock.clone()));
+        let engine = Arc::new(Node::new(config, clock.clone()));
         TestServer::serve(engine, clock, limits).await
     }
 
     /// Serves an engine the test made (with a journal attached, say) on `clock`.
-    pub async fn serve(engine: Arc<Engine>, clock: Arc<ManualClock>, limits: Limits) -> TestServer {
+    pub async fn serve(engine: Arc<Node>, clock: Arc<ManualClock>, limits: Limits) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -115,7 +115,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
-            engine,
+            node: engine,
             clock,
             shared,
             stop: Some(stop),

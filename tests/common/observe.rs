@@ -2,9 +2,10 @@
 //! everything a channel or a data team can see, as text.
 
 use omnia::decide::DecideError;
-use omnia::engine::{Engine, RawEvent};
+use omnia::engine::RawEvent;
 use omnia::model::decision::DecisionRequest;
 use omnia::model::RawValue;
+use omnia::node::Node;
 
 /// Customer `i`'s journey step `step`: anonymous browsing on a cookie, a login that
 /// merges the cookie into the account (their profiles usually live in different
@@ -27,7 +28,7 @@ pub fn event(i: usize, step: usize, now: i64) -> RawEvent {
 }
 
 pub fn decide(
-    engine: &Engine,
+    engine: &Node,
     key: &str,
     channel: &str,
     record: bool,
@@ -58,7 +59,7 @@ pub fn decide(
 /// What a channel or a data team can see of customers `0..n`: profiles (without the
 /// internal id, which depends on the order profiles were created in), decisions with
 /// explanations on two channels, segment sizes, offer counters.
-pub fn observe(engine: &Engine, n: usize) -> Vec<String> {
+pub fn observe(engine: &Node, n: usize) -> Vec<String> {
     let mut seen = Vec::new();
     for i in 0..n {
         for key in [format!("user:{i}"), format!("anon:c{i}")] {

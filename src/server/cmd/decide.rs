@@ -27,7 +27,7 @@ pub fn decide_code(e: &DecideError) -> ErrorCode {
 }
 
 pub fn decide(shared: &Shared, request: &DecisionRequest, receipt: &mut Receipt) -> Response {
-    match shared.engine().decide_with(request, receipt) {
+    match shared.node().decide_with(request, receipt) {
         Ok(decision) => Response::Decision(Box::new(decision)),
         Err(e) => Response::error(decide_code(&e), e.to_string()),
     }
@@ -39,7 +39,7 @@ pub fn feedback(
     target: &FeedbackTarget,
     receipt: &mut Receipt,
 ) -> Response {
-    match shared.engine().feedback_with(kind, target, receipt) {
+    match shared.node().feedback_with(kind, target, receipt) {
         Ok(result) => Response::Feedback(result),
         Err(e) => Response::error(decide_code(&e), e.to_string()),
     }

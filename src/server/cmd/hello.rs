@@ -17,7 +17,7 @@ pub fn apply(shared: &Shared, min_version: u16, max_version: u16, client: &str) 
         version: ours,
         max_frame: shared.limits.max_frame,
         max_in_flight: shared.limits.max_in_flight,
-        config_version: shared.engine().config().version,
+        config_version: shared.node().config().version,
         server: format!("omnia {}", env!("CARGO_PKG_VERSION")),
     })
 }

@@ -46,7 +46,8 @@ pub fn apply<E: EventView>(
 ) -> Response {
     let mut accepted = 0u32;
     let mut rejected = Vec::new();
-    let engine = shared.engine();
+    let node = shared.node();
+    let engine = node.engine();
     // A log that cannot store changes refuses the whole request before anything is
     // applied; one that fails in the middle refuses the events after it, one by one.
     if let Err(EventError::StorageFailed { reason }) = engine.writable() {

@@ -34,7 +34,8 @@ use crate::server::Shared;
 type Converted = Result<RawEvent, (ErrorCode, String)>;
 
 pub fn apply(shared: &Shared, json: &[u8], receipt: &mut Receipt) -> Response {
-    let engine = shared.engine();
+    let node = shared.node();
+    let engine = node.engine();
     let config = engine.config();
     let now = engine.now_ms();
     match parse(config, json, now) {

@@ -4,5 +4,5 @@ use crate::protocol::Response;
 use crate::server::Shared;
 
 pub fn apply(shared: &Shared, key: &str) -> Response {
-    Response::Profile(shared.engine().profile(key).map(Box::new))
+    Response::Profile(shared.node().engine().profile(key).map(Box::new))
 }

@@ -44,7 +44,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, St
             (ErrorCode::InvalidConfig, message)
         })?;
         info!(config = %source.config.display(), "reloading the config: building the new engine");
-        let current = shared.engine();
+        let current = shared.node();
         let progress = &shared.stats.reload_progress;
         progress.store(0, Ordering::Relaxed);
         let swapped = prepare(&source.data, &current, config, &|percent| {
@@ -53,7 +53,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, St
         .and_then(|prepared| {
             let _fence = shared.reload_fence.write();
             let (next, report) = prepared.finish(&source.data, &current)?;
-            *shared.engine.write() = next.clone();
+            *shared.node.write() = next.clone();
             Ok((next, report))
         });
         progress.store(u8::MAX, Ordering::Relaxed);

@@ -16,18 +16,20 @@ fn error(e: QueryError) -> Response {
 }
 
 pub fn count(shared: &Shared, query: &str) -> Response {
-    match shared.engine().query(query) {
-        Ok(q) => Response::Count(shared.engine().count(&q)),
+    match shared.node().engine().query(query) {
+        Ok(q) => Response::Count(shared.node().engine().count(&q)),
         Err(e) => error(e),
     }
 }
 
 pub fn members(shared: &Shared, query: &str, cursor: u32, limit: u32) -> Response {
-    match shared.engine().query(query) {
+    match shared.node().engine().query(query) {
         Ok(q) => {
-            let page = shared
-                .engine()
-                .members(&q, cursor, limit.clamp(1, MAX_PAGE) as usize);
+            let page =
+                shared
+                    .node()
+                    .engine()
+                    .members(&q, cursor, limit.clamp(1, MAX_PAGE) as usize);
             Response::Members {
                 members: page.members,
                 next_cursor: page.next_cursor,
@@ -38,7 +40,7 @@ pub fn members(shared: &Shared, query: &str, cursor: u32, limit: u32) -> Respons
 }
 
 pub fn contains(shared: &Shared, segment: &str, key: &str) -> Response {
-    match shared.engine().contains(segment, key) {
+    match shared.node().engine().contains(segment, key) {
         Ok(member) => Response::Contains(member),
         Err(e) => error(e),
     }

@@ -8,8 +8,8 @@ use crate::protocol::Response;
 use crate::server::Shared;
 
 pub fn apply(shared: &Shared, offers: bool) -> Response {
-    let current = shared.engine();
-    let engine = current.stats();
+    let current = shared.node();
+    let engine = current.engine().stats();
     let config = current.config();
     Response::Stats(Stats {
         uptime_ms: shared.stats.started.elapsed().as_millis() as u64,
@@ -31,12 +31,12 @@ pub fn apply(shared: &Shared, offers: bool) -> Response {
             .map(|s| {
                 (
                     s.name.clone(),
-                    shared.engine().segment_count(&s.name).unwrap_or(0),
+                    shared.node().engine().segment_count(&s.name).unwrap_or(0),
                 )
             })
             .collect(),
         offers: if offers {
-            shared.engine().offer_stats()
+            shared.node().offer_stats()
         } else {
             Vec::new()
         },
