@@ -111,7 +111,7 @@ impl<X: Extension> Engine<X> {
                     })
                     .to_string(),
                 shard,
-                capacity: state.capacity,
+                capacity: state.capacity(),
             });
         };
         state.add_keys(&self.plan, local, [key.clone()]);
@@ -126,8 +126,8 @@ impl<X: Extension> Engine<X> {
             debug_assert!(!self.identity.contains_key(&key.text));
             state.take(&self.plan, local);
         } else {
-            let generation = state.gens[local as usize];
-            let id = state.id_base + local;
+            let generation = state.generation(local).unwrap_or(0);
+            let id = state.id_base() + local;
             self.identity
                 .insert(key.text.clone(), CustomerRef { id, generation }.pack());
         }
@@ -144,10 +144,10 @@ impl<X: Extension> Engine<X> {
         mode: &mut Mode<'_>,
         created: bool,
     ) -> Acted {
-        let shard = self.split(state.id_base).0;
+        let shard = self.split(state.id_base()).0;
         let yes = action.plan(state.customer(&self.plan, local, context, shard));
         if !yes {
-            state.extension.settle(local);
+            state.settle(local);
             return Acted::Declined { created };
         }
         if let (Mode::Live(receipt), Some(journal)) = (mode, self.journal.get()) {
@@ -161,7 +161,7 @@ impl<X: Extension> Engine<X> {
             std::sync::atomic::Ordering::Relaxed,
         );
         action.commit(state.customer(&self.plan, local, context, shard));
-        state.extension.settle(local);
+        state.settle(local);
         if created {
             Acted::Created
         } else {

@@ -39,9 +39,8 @@ use std::sync::atomic::Ordering;
 use roaring::RoaringBitmap;
 
 use super::event::Key;
-use super::profile::NEXT_TIMER;
 use super::relayout::LayoutMap;
-use super::shard::{ShardCut, ShardState, CHUNK_ROWS};
+use super::shard::{ShardCut, ShardParts, ShardState, CHUNK_ROWS};
 use super::{CustomerRef, Engine, Extension, Plan};
 use bytes::BufMut;
 
@@ -151,8 +150,7 @@ pub(crate) fn read_shard<X: Extension>(
 ) -> Result<(ShardState<X>, u64), DecodeError> {
     let mut r = Reader::new(bytes);
     let cut = r.u64(&named("cut"))?;
-    let mut state = ShardState::<X>::new(plan, id_base, capacity);
-    state.now = r.u32(&named("shard time"))?;
+    let now = r.u32(&named("shard time"))?;
     let stride = r.u32(&named("stride"))? as usize;
     if stride != plan.layout.stride {
         return Err(r.invalid(
@@ -170,8 +168,12 @@ pub(crate) fn read_shard<X: Extension>(
     // Read before anything is allocated for them: a damaged count must not allocate
     // gigabytes.
     let gens = r.bytes(slots * 4, &named("generations"))?;
-    state.gens = vec![0; slots];
-    get_words(&mut state.gens, gens);
+    let gens = {
+        let mut words = vec![0; slots];
+        get_words(&mut words, gens);
+        words
+    };
+    let mut rows = Vec::with_capacity(slots.div_ceil(CHUNK_ROWS));
     let mut left = slots * stride;
     while left > 0 {
         let mut chunk = vec![0u32; CHUNK_ROWS * stride].into_boxed_slice();
@@ -180,7 +182,7 @@ pub(crate) fn read_shard<X: Extension>(
             &mut chunk[..used],
             r.bytes(used * 4, &named("profile rows"))?,
         );
-        state.rows.push(chunk);
+        rows.push(chunk);
         left -= used;
     }
     // `allocate` adds a chunk when the slot count reaches a chunk boundary, so exactly
@@ -196,7 +198,7 @@ pub(crate) fn read_shard<X: Extension>(
         for local in 0..slots {
             let (chunk, row) = (local / CHUNK_ROWS, local % CHUNK_ROWS * stride);
             for &at in &strings {
-                let word = &mut state.rows[chunk][row + at];
+                let word = &mut rows[chunk][row + at];
                 *word = *codes.get(*word as usize).ok_or_else(|| {
                     r.invalid("profile row", format!("string code {} is unknown", *word))
                 })?;
@@ -211,8 +213,8 @@ pub(crate) fn read_shard<X: Extension>(
             format!("{slots} slots, {} bytes left", r.remaining()),
         ));
     }
-    state.keys = Vec::with_capacity(slots);
-    for local in 0..slots as u32 {
+    let mut slot_keys = Vec::with_capacity(slots);
+    for _ in 0..slots {
         let n = r.u16(&named("key count"))?;
         let mut keys = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -228,21 +230,15 @@ pub(crate) fn read_shard<X: Extension>(
                 text: r.str(&named("key"))?.into(),
             });
         }
-        if !keys.is_empty() {
-            state.live.insert(id_base + local);
-            let next = state.row(plan, local)[NEXT_TIMER];
-            if next != 0 {
-                state.timers.entry(next).or_default().push(local);
-            }
-        }
-        state.keys.push(keys);
+        slot_keys.push(keys);
     }
+    let mut free = Vec::new();
     for _ in 0..r.u32(&named("free slots"))? {
         let slot = r.u32(&named("free slot"))?;
         if slot as usize >= slots {
             return Err(r.invalid("free slot", format!("slot {slot} of {slots}")));
         }
-        state.free.push(slot);
+        free.push(slot);
     }
     let segments = r.u32(&named("segments"))? as usize;
     if segments != plan.config.segments.len() {
@@ -254,18 +250,30 @@ pub(crate) fn read_shard<X: Extension>(
             ),
         ));
     }
+    let mut members = Vec::with_capacity(segments);
     for s in 0..segments {
         let len = r.u32(&named("bitmap length"))? as usize;
         let at = r.offset();
         let bitmap_bytes = r.bytes(len, &named("bitmap"))?;
-        state.members[s] =
-            RoaringBitmap::deserialize_from(bitmap_bytes).map_err(|e| DecodeError::Invalid {
+        members.push(RoaringBitmap::deserialize_from(bitmap_bytes).map_err(|e| {
+            DecodeError::Invalid {
                 field: format!("bitmap of segment `{}`", plan.config.segments[s].name),
                 offset: at,
                 message: e.to_string(),
-            })?;
+            }
+        })?);
     }
-    state.extension = X::decode(&mut r, &plan.config, slots)?;
+    let extension = X::decode(&mut r, &plan.config, slots)?;
+    let parts = ShardParts {
+        now,
+        gens,
+        rows,
+        keys: slot_keys,
+        free,
+        members,
+        extension,
+    };
+    let state = ShardState::from_parts(plan, id_base, capacity, parts);
     r.finish()?;
     Ok((state, cut))
 }
@@ -432,7 +440,7 @@ impl<X: Extension> Engine<X> {
                 state = map.convert(state, from, &self.plan);
             }
             // The interner counts the rows that hold each code (see `Interner`).
-            for id in &state.live {
+            for id in state.live() {
                 let row = state.row(&self.plan, id - base);
                 for &(at, ty) in &self.plan.layout.attributes {
                     if ty == crate::config::ValueType::String {
@@ -440,13 +448,13 @@ impl<X: Extension> Engine<X> {
                     }
                 }
             }
-            for local in &state.live {
-                let slot = (local - base) as usize;
+            for id in state.live() {
+                let slot = id - base;
                 let r = CustomerRef {
-                    id: local,
-                    generation: state.gens[slot],
+                    id,
+                    generation: state.generations()[slot as usize],
                 };
-                for key in &state.keys[slot] {
+                for key in state.keys(slot) {
                     self.identity.insert(key.text.clone(), r.pack());
                 }
             }
@@ -461,7 +469,7 @@ impl<X: Extension> Engine<X> {
     /// layer above totals what it keeps per shard (budget spending) after a restore.
     pub fn each_extension(&self, mut f: impl FnMut(&X)) {
         for shard in self.shards.iter() {
-            f(&shard.lock().extension);
+            f(shard.lock().extension());
         }
     }
 }

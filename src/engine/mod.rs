@@ -438,7 +438,7 @@ impl<X: Extension> Engine<X> {
         let r = found?;
         let (shard, local) = self.split(r.id);
         let mut state = self.lock_at(shard, now);
-        if state.gens.get(local as usize) != Some(&r.generation) || !state.is_live(local) {
+        if !state.holds(local, r.generation) {
             return None; // merged away since we read the map
         }
         if before_change(shard) {
@@ -490,13 +490,13 @@ impl<X: Extension> Engine<X> {
                 return Err(EventError::Full {
                     event: self.plan.config.events[event.event_type].name.clone(),
                     shard,
-                    capacity: state.capacity,
+                    capacity: state.capacity(),
                 });
             };
             created = true;
             let survivor = CustomerRef {
-                id: state.id_base + local,
-                generation: state.gens[local as usize],
+                id: state.id_base() + local,
+                generation: state.generation(local).unwrap_or(0),
             };
             (survivor, Some(state))
         } else {
@@ -542,7 +542,8 @@ impl<X: Extension> Engine<X> {
         let rank = |r: &CustomerRef| {
             let (shard, local) = self.split(r.id);
             let state = self.shards[shard].lock();
-            let best = state.keys[local as usize]
+            let best = state
+                .keys(local)
                 .iter()
                 .map(|k| k.namespace)
                 .min()
@@ -579,9 +580,9 @@ impl<X: Extension> Engine<X> {
             for (state, &shard) in locked.iter_mut().zip(&shards) {
                 self.cut_if_uncut(shard, state);
             }
-            let time = locked.iter().map(|s| s.now).max().unwrap_or(0);
+            let time = locked.iter().map(|s| s.now()).max().unwrap_or(0);
             for state in &mut locked {
-                state.now = time;
+                state.align_time(time);
             }
         }
         let at = |shard: usize| shards.binary_search(&shard).unwrap_or(0);
@@ -606,8 +607,8 @@ impl<X: Extension> Engine<X> {
         let mut held: std::collections::HashMap<u32, u32> = Default::default();
         for shard in 0..self.shards.len() {
             let state = self.shards[shard].lock();
-            for id in &state.live {
-                let row = state.row(&self.plan, id - state.id_base);
+            for id in state.live() {
+                let row = state.row(&self.plan, id - state.id_base());
                 for &(at, ty) in &self.plan.layout.attributes {
                     if ty == crate::config::ValueType::String && row[at] != 0 {
                         *held.entry(row[at]).or_default() += 1;
@@ -657,9 +658,9 @@ impl<X: Extension> Engine<X> {
         match self.locate(key, now) {
             None => f(None),
             Some((mut state, local)) => {
-                let shard = self.split(state.id_base).0;
+                let shard = self.split(state.id_base()).0;
                 let result = f(Some(state.customer(&self.plan, local, context, shard)));
-                state.extension.settle(local);
+                state.settle(local);
                 result
             }
         }
@@ -699,7 +700,7 @@ impl<X: Extension> Engine<X> {
         let r = CustomerRef::unpack(*self.identity.get(key)?);
         let (shard, local) = self.split(r.id);
         let state = self.lock_at(shard, now);
-        let current = state.gens.get(local as usize) == Some(&r.generation) && state.is_live(local);
+        let current = state.holds(local, r.generation);
         Some(current.then_some((state, local)))
     }
 
@@ -722,7 +723,7 @@ impl<X: Extension> Engine<X> {
         };
         for shard in 0..self.shards.len() {
             let state = self.lock(shard);
-            stats.customers += state.live.len();
+            stats.customers += state.live().len();
             stats.profile_bytes += state.row_bytes() as u64;
             stats.pending_timers += state.pending_timers() as u64;
         }

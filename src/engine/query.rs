@@ -107,9 +107,9 @@ impl SetQuery {
 
     fn eval<'a, X: Extension>(&self, shard: &'a ShardState<X>) -> Cow<'a, RoaringBitmap> {
         match self {
-            SetQuery::Segment(s) => Cow::Borrowed(&shard.members[*s]),
-            SetQuery::All => Cow::Borrowed(&shard.live),
-            SetQuery::Not(x) => Cow::Owned(&shard.live - x.eval(shard).as_ref()),
+            SetQuery::Segment(s) => Cow::Borrowed(shard.members(*s)),
+            SetQuery::All => Cow::Borrowed(shard.live()),
+            SetQuery::Not(x) => Cow::Owned(shard.live() - x.eval(shard).as_ref()),
             SetQuery::And(a, b) => match (a.as_ref(), b.as_ref()) {
                 // `a and not b` without building the complement.
                 (x, SetQuery::Not(y)) | (SetQuery::Not(y), x) => {
@@ -125,7 +125,7 @@ impl SetQuery {
     fn count<X: Extension>(&self, shard: &ShardState<X>) -> u64 {
         match self {
             SetQuery::Segment(_) | SetQuery::All => self.eval(shard).len(),
-            SetQuery::Not(x) => shard.live.len() - x.count(shard),
+            SetQuery::Not(x) => shard.live().len() - x.count(shard),
             SetQuery::And(a, b) => match (a.as_ref(), b.as_ref()) {
                 (x, SetQuery::Not(y)) | (SetQuery::Not(y), x) => {
                     let x = x.eval(shard);
@@ -176,7 +176,7 @@ impl<X: Extension> Engine<X> {
             return Ok(false);
         };
         let (shard, _) = self.split(id);
-        Ok(self.lock(shard).members[s].contains(id))
+        Ok(self.lock(shard).members(s).contains(id))
     }
 
     /// Up to `limit` members of a query's result, from customer id `cursor` on.
@@ -194,7 +194,7 @@ impl<X: Extension> Engine<X> {
                     };
                 }
                 let (_, local) = self.split(id);
-                members.push((id, super::view::primary_key(&state.keys[local as usize])));
+                members.push((id, super::view::primary_key(state.keys(local))));
             }
         }
         Page {

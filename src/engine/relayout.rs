@@ -115,19 +115,20 @@ impl<X: Extension> LayoutMap<X> {
 
     /// The shard `old` (in `from`'s layout) in `to`'s layout, every segment evaluated.
     pub fn convert(&self, old: ShardState<X>, from: &Plan, to: &Plan) -> ShardState<X> {
-        let mut new = ShardState::new(to, old.id_base, old.capacity);
-        new.now = old.now;
-        for local in 0..old.gens.len() as u32 {
-            let allocated = new.allocate(to);
-            debug_assert_eq!(allocated, Some(local));
-        }
-        new.gens.clone_from(&old.gens);
-        new.free.clone_from(&old.free);
-        for local in 0..old.gens.len() as u32 {
+        let mut new = ShardState::with_slots(
+            to,
+            old.id_base(),
+            old.capacity(),
+            old.now(),
+            old.generations().to_vec(),
+            old.free_slots().to_vec(),
+        );
+        for local in 0..old.slots() as u32 {
             if !old.is_live(local) {
                 continue;
             }
-            let keys: Vec<Key> = old.keys[local as usize]
+            let keys: Vec<Key> = old
+                .keys(local)
                 .iter()
                 .map(|k| Key {
                     namespace: self.namespaces[k.namespace],
@@ -144,7 +145,7 @@ impl<X: Extension> LayoutMap<X> {
             new.add_keys(to, local, keys);
             new.evaluate_all(to, local);
         }
-        new.extension = old.extension.convert(&self.extension, &to.config);
+        new.set_extension(old.into_extension().convert(&self.extension, &to.config));
         new
     }
 }

@@ -32,27 +32,47 @@ use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
 /// Profiles per storage chunk.
 pub(super) const CHUNK_ROWS: usize = 4096;
 
+/// One shard's customers (see the module doc for its invariants). Its fields are
+/// private so that only the methods below, which keep the invariants, change them; a
+/// shard read from an image is built by [`ShardState::from_parts`], which derives what
+/// images do not store.
 pub(crate) struct ShardState<X: Extension> {
-    pub id_base: u32,
-    pub capacity: u64,
+    id_base: u32,
+    capacity: u64,
     /// Profile rows in chunks of [`CHUNK_ROWS`]: growing a shard allocates one more
     /// chunk instead of copying every row under the lock (a latency spike of
     /// milliseconds at a million customers).
-    pub(super) rows: Vec<Box<[u32]>>,
+    rows: Vec<Box<[u32]>>,
     /// Bumped when a slot is freed, so stale identity entries are detected.
-    pub gens: Vec<u32>,
-    pub keys: Vec<Vec<Key>>,
-    pub(super) free: Vec<u32>,
-    pub live: RoaringBitmap,
-    pub members: Vec<RoaringBitmap>,
-    pub(super) timers: BTreeMap<u32, Vec<u32>>,
+    gens: Vec<u32>,
+    keys: Vec<Vec<Key>>,
+    free: Vec<u32>,
+    live: RoaringBitmap,
+    members: Vec<RoaringBitmap>,
+    timers: BTreeMap<u32, Vec<u32>>,
     /// What the layer above keeps per customer (offer state, see `extension`).
-    pub extension: X,
+    extension: X,
     /// The shard's time: never goes back, even if the clock does.
-    pub now: u32,
+    now: u32,
     /// The snapshot being taken of this shard, if any (see `image`): chunks of rows and
     /// keys are saved into it before their first change.
     pub(super) cut: Option<Box<ShardCut<X>>>,
+}
+
+/// What a shard image stores, for [`ShardState::from_parts`]: everything but which
+/// slots are live and the timer queue, which follow from the keys and the rows.
+pub(super) struct ShardParts<X> {
+    pub now: u32,
+    /// One per slot.
+    pub gens: Vec<u32>,
+    /// Exactly the chunks that hold `gens.len()` rows.
+    pub rows: Vec<Box<[u32]>>,
+    /// One per slot; empty for a free slot.
+    pub keys: Vec<Vec<Key>>,
+    pub free: Vec<u32>,
+    /// One per segment of the config.
+    pub members: Vec<RoaringBitmap>,
+    pub extension: X,
 }
 
 /// A shard as it was at a log sequence, for a snapshot: the small parts copied when
@@ -104,6 +124,150 @@ impl<X: Extension> ShardState<X> {
             now: 0,
             cut: None,
         }
+    }
+
+    /// A shard from the parts of an image (see [`ShardParts`]): live slots are those
+    /// with keys, and each live row's next-timer word is queued.
+    pub(super) fn from_parts(
+        plan: &Plan,
+        id_base: u32,
+        capacity: u64,
+        parts: ShardParts<X>,
+    ) -> ShardState<X> {
+        debug_assert_eq!(parts.keys.len(), parts.gens.len());
+        debug_assert_eq!(parts.rows.len(), parts.gens.len().div_ceil(CHUNK_ROWS));
+        let mut state = ShardState {
+            id_base,
+            capacity,
+            rows: parts.rows,
+            gens: parts.gens,
+            keys: parts.keys,
+            free: parts.free,
+            live: RoaringBitmap::new(),
+            members: parts.members,
+            timers: BTreeMap::new(),
+            extension: parts.extension,
+            now: parts.now,
+            cut: None,
+        };
+        for local in 0..state.keys.len() as u32 {
+            if state.is_live(local) {
+                state.live.insert(id_base + local);
+                let next = state.row(plan, local)[NEXT_TIMER];
+                if next != 0 {
+                    state.timers.entry(next).or_default().push(local);
+                }
+            }
+        }
+        state
+    }
+
+    /// A shard with `gens.len()` slots, none live, every row zero: where a relayout
+    /// moves another shard's customers, slot for slot.
+    pub(super) fn with_slots(
+        plan: &Plan,
+        id_base: u32,
+        capacity: u64,
+        now: u32,
+        gens: Vec<u32>,
+        free: Vec<u32>,
+    ) -> ShardState<X> {
+        let rows = (0..gens.len().div_ceil(CHUNK_ROWS))
+            .map(|_| vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice())
+            .collect();
+        let parts = ShardParts {
+            now,
+            keys: vec![Vec::new(); gens.len()],
+            gens,
+            rows,
+            free,
+            members: vec![RoaringBitmap::new(); plan.config.segments.len()],
+            extension: X::new(&plan.config),
+        };
+        ShardState::from_parts(plan, id_base, capacity, parts)
+    }
+
+    /// The id of slot 0.
+    pub fn id_base(&self) -> u32 {
+        self.id_base
+    }
+
+    /// How many slots the shard's id range has.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The shard's time (seconds): never goes back.
+    pub fn now(&self) -> u32 {
+        self.now
+    }
+
+    /// Moves the shard's time to `time` if that is later, without running timers: the
+    /// shards of a merge agree on the time used to combine windows.
+    pub fn align_time(&mut self, time: u32) {
+        self.now = self.now.max(time);
+    }
+
+    /// Slots allocated so far, live or free.
+    pub fn slots(&self) -> usize {
+        self.gens.len()
+    }
+
+    /// The generation of every slot.
+    pub fn generations(&self) -> &[u32] {
+        &self.gens
+    }
+
+    /// The generation of slot `local`, if it was ever allocated.
+    pub fn generation(&self, local: u32) -> Option<u32> {
+        self.gens.get(local as usize).copied()
+    }
+
+    /// Whether slot `local` holds a customer of generation `generation`: false once a
+    /// merge freed it (and maybe reused it) after the identity map was read.
+    pub fn holds(&self, local: u32, generation: u32) -> bool {
+        self.generation(local) == Some(generation) && self.is_live(local)
+    }
+
+    /// Free slots, next to reuse last.
+    pub fn free_slots(&self) -> &[u32] {
+        &self.free
+    }
+
+    /// The keys of slot `local` (empty for a free slot).
+    pub fn keys(&self, local: u32) -> &[Key] {
+        &self.keys[local as usize]
+    }
+
+    /// The ids of the live customers.
+    pub fn live(&self) -> &RoaringBitmap {
+        &self.live
+    }
+
+    /// The ids of the members of segment `segment`.
+    pub fn members(&self, segment: usize) -> &RoaringBitmap {
+        &self.members[segment]
+    }
+
+    /// What the layer above keeps per customer.
+    pub fn extension(&self) -> &X {
+        &self.extension
+    }
+
+    /// The extension, taken out of a shard that is being replaced.
+    pub fn into_extension(self) -> X {
+        self.extension
+    }
+
+    /// Sets the extension of a shard being built (by a relayout).
+    pub(super) fn set_extension(&mut self, extension: X) {
+        self.extension = extension;
+    }
+
+    /// The action that lent out slot `local`'s part is done with it
+    /// ([`Extension::settle`]).
+    pub fn settle(&mut self, local: u32) {
+        self.extension.settle(local);
     }
 
     #[inline]

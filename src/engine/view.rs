@@ -41,7 +41,7 @@ impl<X: super::Extension> Engine<X> {
         let layout = &self.plan.layout;
         let eval = state.eval(&self.plan, local);
         let row = eval.p;
-        let mut keys: Vec<&Key> = state.keys[local as usize].iter().collect();
+        let mut keys: Vec<&Key> = state.keys(local).iter().collect();
         keys.sort_by_key(|k| k.namespace);
         let attributes = config
             .attributes
@@ -84,7 +84,7 @@ impl<X: super::Extension> Engine<X> {
             .collect();
         Some(ProfileView {
             customer: id,
-            primary_key: primary_key(&state.keys[local as usize]),
+            primary_key: primary_key(state.keys(local)),
             keys: keys.iter().map(|k| k.text.to_string()).collect(),
             first_seen: row[FIRST_SEEN],
             last_seen: row[LAST_SEEN],
@@ -109,7 +109,7 @@ impl<X: super::Extension> Engine<X> {
                 .filter(|(s, _)| layout.in_segment(row, *s))
                 .map(|(_, d)| d.name.clone())
                 .collect(),
-            as_of: state.now,
+            as_of: state.now(),
         })
     }
 }
