@@ -19,7 +19,9 @@
 //! - [`node`]: the engine with the decider beside it, what requests run on;
 //! - [`store`]: the data directory, the write-ahead log, snapshots, recovery and reload;
 //! - [`server`] and [`client`]: the TCP server that joins the protocol to the engine,
-//!   and the async client.
+//!   and the async client;
+//! - [`http`]: the HTTP edge beside the server: the Segment HTTP Tracking API and
+//!   health probes, on the same node.
 //!
 //! Layers import downward only. The engine holds per customer an `engine::Extension`
 //! it does not look inside (decide's offer state), so it never imports decide; its log
@@ -32,6 +34,7 @@ pub mod codec;
 pub mod config;
 pub mod decide;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod node;
 pub mod protocol;

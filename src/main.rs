@@ -106,6 +106,12 @@ struct ServeOptions {
     /// Do not serve metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// Address of the HTTP API (the Segment Tracking API, `/healthz`, `/readyz`).
+    #[arg(long, default_value = "127.0.0.1:8878")]
+    http_listen: String,
+    /// Do not serve the HTTP API.
+    #[arg(long)]
+    no_http: bool,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, default_value = "info")]
     log: String,
@@ -234,6 +240,29 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&options.listen)
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
+        // The HTTP edge serves from before recovery, so that /healthz answers while a
+        // big data directory loads; its other endpoints wait for the node (503).
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
+            let mut stopped = stop.subscribe();
+            async move {
+                let _ = stopped.recv().await;
+            }
+        };
+        let edge = omnia::http::Edge::new(omnia::http::HttpLimits::default());
+        let http = if options.no_http {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(&options.http_listen)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {}", options.http_listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "HTTP API (Segment Tracking API, /healthz, /readyz)");
+            Some(tokio::spawn(omnia::http::run(
+                listener,
+                edge.clone(),
+                stopped(&stop),
+            )))
+        };
         let storage = config.storage.clone();
         let omnia::store::Store {
             data: data_dir,
@@ -318,7 +347,22 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 }
             }
         });
-        let served = omnia::server::run(listener, shared.clone(), shutdown_signal()).await;
+        edge.ready(shared.clone());
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = signal.send(());
+        });
+        let served = omnia::server::run(listener, shared.clone(), stopped(&stop)).await;
+        // The binary server may also stop because accepting failed: HTTP stops with it.
+        let _ = stop.send(());
+        if let Some(http) = http {
+            match http.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the HTTP API stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "the HTTP API's task failed"),
+            }
+        }
         // A snapshot at shutdown makes the next start fast: it replays nothing.
         snapshotter.stop();
         match omnia::store::snapshot::write(&data_dir, &shared.node()) {

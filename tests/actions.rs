@@ -301,6 +301,7 @@ fn start(data: &Path) -> (std::process::Child, String) {
             "--listen",
             &addr,
             "--no-metrics",
+            "--no-http",
             "--fsync",
             "never",
         ])

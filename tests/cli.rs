@@ -266,7 +266,15 @@ fn serve_checks_flags_that_replace_settings_with_the_configs_rules() {
     let dir = std::env::temp_dir().join(format!("omnia-cli-flags-{}", free_port()));
     let addr = format!("127.0.0.1:{}", free_port());
     let bad = Command::new(OMNIA)
-        .args(["serve", "--no-metrics", "--listen", &addr, "--shards", "12"])
+        .args([
+            "serve",
+            "--no-metrics",
+            "--no-http",
+            "--listen",
+            &addr,
+            "--shards",
+            "12",
+        ])
         .args(["--snapshot-interval", "700000", "--data-dir"])
         .arg(&dir)
         .output()
@@ -291,7 +299,15 @@ fn serve_checks_flags_that_replace_settings_with_the_configs_rules() {
         "nothing is created for a config that does not validate"
     );
     let zero = Command::new(OMNIA)
-        .args(["serve", "--no-metrics", "--listen", &addr, "--threads", "0"])
+        .args([
+            "serve",
+            "--no-metrics",
+            "--no-http",
+            "--listen",
+            &addr,
+            "--threads",
+            "0",
+        ])
         .arg("--data-dir")
         .arg(&dir)
         .output()

@@ -60,6 +60,7 @@ fn start(data: &Path, fsync: &str, snapshot_interval: u64) -> (Child, String) {
             "--listen",
             &addr,
             "--no-metrics",
+            "--no-http",
             "--log",
             "warn",
             "--fsync",

@@ -165,7 +165,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     shutil.rmtree(DATA, ignore_errors=True)
     server = subprocess.Popen(
-        [OMNIA, "serve", "--data-dir", DATA, "--listen", f"127.0.0.1:{PORT}", "--no-metrics", "--log", "error"]
+        [OMNIA, "serve", "--data-dir", DATA, "--listen", f"127.0.0.1:{PORT}", "--no-metrics", "--no-http", "--log", "error"]
     )
     for _ in range(300):
         try:

@@ -8,7 +8,7 @@ def rss(pid):
     for l in open(f"/proc/{pid}/status"):
         if l.startswith("VmRSS"): return int(l.split()[1]) // 1024
 def serve():
-    p = subprocess.Popen([OMNIA, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--no-metrics", "--log", "error"])
+    p = subprocess.Popen([OMNIA, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--no-metrics", "--no-http", "--log", "error"])
     for _ in range(600):
         try: socket.create_connection(("127.0.0.1", port)).close(); return p
         except OSError: time.sleep(0.1)

@@ -49,6 +49,7 @@ pub struct RawEngine {
     pub unknown_properties: Option<UnknownProperties>,
     pub max_value_bytes: Option<Spanned<u32>>,
     pub max_event_bytes: Option<Spanned<u32>>,
+    pub default_channel: Option<Spanned<String>>,
 }
 
 /// What to do with an event property the config does not declare.

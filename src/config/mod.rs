@@ -134,6 +134,9 @@ pub struct EngineSettings {
     pub max_value_bytes: u32,
     /// Most bytes of keys, names and values in one event.
     pub max_event_bytes: u32,
+    /// The channel of a JSON event that names none (`context.channel`): Segment's
+    /// server libraries send none. `None`: such an event is rejected.
+    pub default_channel: Option<usize>,
 }
 
 /// Largest `engine.max_event_bytes`: a log record holds at most 16 MiB, and an event is
@@ -153,6 +156,7 @@ impl Default for EngineSettings {
             max_value_bytes: 4096,
             // Segment's limit for one event.
             max_event_bytes: 32 * 1024,
+            default_channel: None,
         }
     }
 }
@@ -582,6 +586,8 @@ impl Builder<'_> {
             attributes,
             mut events,
         } = self.declared(&raw);
+        let mut engine = engine;
+        engine.default_channel = self.default_channel(&raw, &channels);
         let segment_names: Vec<String> = raw.segments.keys().map(|k| k.get_ref().clone()).collect();
         let score_names: Vec<String> = raw.scores.keys().map(|k| k.get_ref().clone()).collect();
 
@@ -643,6 +649,23 @@ impl Builder<'_> {
         };
         analyse(&mut config);
         Ok(config)
+    }
+
+    /// `engine.default_channel`, which must name a declared channel.
+    fn default_channel(&mut self, raw: &RawConfig, channels: &[String]) -> Option<usize> {
+        let name = raw.engine.default_channel.as_ref()?;
+        let found = channels.iter().position(|c| c == name.get_ref());
+        if found.is_none() {
+            self.error(
+                name.span(),
+                format!(
+                    "engine.default_channel is `{}`, which is not a declared channel",
+                    name.get_ref()
+                ),
+                Some(format!("the channels are: {}", channels.join(", "))),
+            );
+        }
+        found
     }
 
     /// Pass 3: the names the rest refers to (namespaces, channels, attributes, event

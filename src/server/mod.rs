@@ -160,6 +160,13 @@ impl Shared {
         self.read_budget.available()
     }
 
+    /// Holds reloads back while a request runs, as the binary server does for each of
+    /// its requests; `None` while a reload holds requests back (the HTTP edge answers
+    /// 503 then, where the binary server waits).
+    pub fn hold_requests(&self) -> Option<parking_lot::RwLockReadGuard<'_, ()>> {
+        self.reload_fence.try_read()
+    }
+
     /// The node now (a reload may swap it at any time; hold the `Arc` for one request).
     pub fn node(&self) -> Arc<Node> {
         self.node.read().clone()

@@ -20,6 +20,8 @@ pub struct Served {
     pub child: Child,
     pub addr: String,
     pub metrics: String,
+    /// `HOST:PORT` of the HTTP edge.
+    pub http: String,
     pub _dir: tempdir::Dir,
 }
 
@@ -45,7 +47,7 @@ pub fn serve_on(dir: std::path::PathBuf) -> Served {
 
 /// [`serve_on`] with more options.
 pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
-    let (port, metrics_port) = (free_port(), free_port());
+    let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
     let child = Command::new(OMNIA)
         .args([
             "serve",
@@ -53,6 +55,8 @@ pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
             &format!("127.0.0.1:{port}"),
             "--metrics-listen",
             &format!("127.0.0.1:{metrics_port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
             "--data-dir",
         ])
         .arg(&dir)
@@ -75,6 +79,7 @@ pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
         child,
         addr,
         metrics: format!("127.0.0.1:{metrics_port}"),
+        http: format!("127.0.0.1:{http_port}"),
         _dir: tempdir::Dir(dir),
     }
 }

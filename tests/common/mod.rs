@@ -74,6 +74,9 @@ pub const START_MS: i64 = 1_772_445_600_000;
 
 pub struct TestServer {
     pub addr: String,
+    /// `http://127.0.0.1:PORT` of the HTTP edge, when the test asked for one.
+    pub http: Option<String>,
+    http_stop: Option<oneshot::Sender<()>>,
     pub node: Arc<Node>,
     pub clock: Arc<ManualClock>,
     pub shared: Arc<Shared>,
@@ -115,6 +118,8 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            http: None,
+            http_stop: None,
             node: engine,
             clock,
             shared,
@@ -123,8 +128,41 @@ impl TestServer {
         }
     }
 
+    /// The default config's server with the HTTP edge beside it, on another ephemeral
+    /// port, sharing its node.
+    pub async fn with_http() -> TestServer {
+        TestServer::with_http_config(Config::embedded_default().expect("default config")).await
+    }
+
+    pub async fn with_http_config(config: Config) -> TestServer {
+        let mut server = TestServer::with_config(config).await;
+        let edge = omnia::http::Edge::new(omnia::http::HttpLimits::default());
+        edge.ready(server.shared.clone());
+        server.serve_http(edge).await;
+        server
+    }
+
+    /// Serves `edge` over HTTP on an ephemeral port.
+    pub async fn serve_http(&mut self, edge: Arc<omnia::http::Edge>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        self.http = Some(format!(
+            "http://{}",
+            listener.local_addr().expect("local addr")
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.http_stop = Some(stop);
+        tokio::spawn(omnia::http::run(listener, edge, async move {
+            let _ = stopped.await;
+        }));
+    }
+
     /// Signals shutdown and waits until every connection is closed.
     pub async fn shutdown(mut self) {
+        if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

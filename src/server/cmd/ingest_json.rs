@@ -50,6 +50,17 @@ pub fn apply(shared: &Shared, json: &[u8], receipt: &mut Receipt) -> Response {
 
 /// Converts a body to events; `Err` only when the body as a whole is not JSON.
 pub fn parse(config: &Config, json: &[u8], now_ms: i64) -> Result<Vec<Converted>, String> {
+    parse_calls(config, json, now_ms, None)
+}
+
+/// [`parse`], with `kind` the Segment call type of events that name none (the HTTP
+/// API's `/v1/track`, `/v1/identify`, ... say it with their path).
+pub fn parse_calls(
+    config: &Config,
+    json: &[u8],
+    now_ms: i64,
+    kind: Option<&str>,
+) -> Result<Vec<Converted>, String> {
     // A body one event per line may have one line nested too deep: that line is rejected
     // below, on its own. Any other body too deep is refused before the parser sees it.
     let ndjson =
@@ -68,17 +79,26 @@ pub fn parse(config: &Config, json: &[u8], now_ms: i64) -> Result<Vec<Converted>
             Value::Array(items) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| convert(config, i, v, now_ms))
+                .map(|(i, v)| convert(config, i, v, &Call::new(now_ms, kind)))
                 .collect(),
             Value::Object(o) if o.contains_key("batch") => match o.get("batch") {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| convert(config, i, v, now_ms))
-                    .collect(),
+                Some(Value::Array(items)) => {
+                    let call = Call {
+                        sent_at: match o.get("sentAt") {
+                            None => None,
+                            Some(t) => Some(time_ms(t).map_err(|e| format!("field `sentAt`: {e}"))?),
+                        },
+                        ..Call::new(now_ms, kind)
+                    };
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| convert(config, i, v, &call))
+                        .collect()
+                }
                 _ => return Err("field `batch` must be an array of events".into()),
             },
-            single => vec![convert(config, 0, single, now_ms)],
+            single => vec![convert(config, 0, single, &Call::new(now_ms, kind))],
         }),
         // A body that is not one JSON value may be one event per line; an array is not.
         Err(_) if ndjson => {
@@ -108,7 +128,7 @@ pub fn parse(config: &Config, json: &[u8], now_ms: i64) -> Result<Vec<Converted>
                     }
                     let mut line = line.to_vec();
                     let converted = match simd_json::to_borrowed_value(&mut line) {
-                        Ok(v) => convert(config, i, &v, now_ms),
+                        Ok(v) => convert(config, i, &v, &Call::new(now_ms, kind)),
                         Err(e) => bad(e.to_string()),
                     };
                     converted
@@ -138,7 +158,40 @@ fn id(v: &Value) -> Option<String> {
         .or_else(|| v.as_u64().map(|n| n.to_string()))
 }
 
-fn convert(config: &Config, i: usize, v: &Value, now_ms: i64) -> Converted {
+/// What a request says about every event in it.
+struct Call<'a> {
+    /// When the server received it (milliseconds).
+    received_ms: i64,
+    /// The Segment call type of events that name none.
+    kind: Option<&'a str>,
+    /// The batch's `sentAt` (milliseconds), for events that carry none of their own.
+    sent_at: Option<i64>,
+}
+
+impl<'a> Call<'a> {
+    fn new(received_ms: i64, kind: Option<&'a str>) -> Call<'a> {
+        Call {
+            received_ms,
+            kind,
+            sent_at: None,
+        }
+    }
+}
+
+/// A Segment time: RFC 3339 text (any offset) or epoch milliseconds.
+fn time_ms(t: &Value) -> Result<i64, String> {
+    match (t.as_str(), t.as_i64()) {
+        (Some(text), _) => text
+            .parse::<jiff::Timestamp>()
+            .map(|ts| ts.as_millisecond())
+            .map_err(|e| format!("`{text}` is not an RFC 3339 time: {e}")),
+        (None, Some(ms)) => Ok(ms),
+        _ => Err("expected RFC 3339 text or epoch milliseconds".into()),
+    }
+}
+
+fn convert(config: &Config, i: usize, v: &Value, call: &Call<'_>) -> Converted {
+    let now_ms = call.received_ms;
     let bad = |code: ErrorCode, field: &str, what: String| {
         Err((code, format!("event {i}: field `{field}`: {what}")))
     };
@@ -150,6 +203,7 @@ fn convert(config: &Config, i: usize, v: &Value, now_ms: i64) -> Converted {
             Some(kind) => kind,
             None => return bad(ErrorCode::BadJson, "type", "expected a string".into()),
         },
+        None if call.kind.is_some() => call.kind.unwrap_or("track"),
         None if o.contains_key("event") => "track",
         None => {
             return bad(
@@ -171,9 +225,10 @@ fn convert(config: &Config, i: usize, v: &Value, now_ms: i64) -> Converted {
                 )
             }
         },
-        None => match kind {
-            "page" => "web",
-            "screen" => "app",
+        None => match (kind, config.engine.default_channel) {
+            ("page", _) if config.channel_id("web").is_some() => "web",
+            ("screen", _) if config.channel_id("app").is_some() => "app",
+            (_, Some(c)) => config.channels[c].as_str(),
             _ => {
                 return bad(
                     ErrorCode::UnknownChannel,
@@ -208,27 +263,24 @@ fn convert(config: &Config, i: usize, v: &Value, now_ms: i64) -> Converted {
             )
         }
     };
+    // Segment's clock-skew correction: the sender's clock may be off, but the time
+    // between the event and its sending is right, so the event happened that long
+    // before the server received it.
+    let sent_at = match o.get("sentAt") {
+        None => call.sent_at,
+        Some(t) => match time_ms(t) {
+            Ok(ms) => Some(ms),
+            Err(e) => return bad(ErrorCode::BadTimestamp, "sentAt", e),
+        },
+    };
     let timestamp_ms = match o.get("timestamp") {
         None => now_ms,
-        Some(t) => match (t.as_str(), t.as_i64()) {
-            (Some(text), _) => match text.parse::<jiff::Timestamp>() {
-                Ok(ts) => ts.as_millisecond(),
-                Err(e) => {
-                    return bad(
-                        ErrorCode::BadTimestamp,
-                        "timestamp",
-                        format!("`{text}` is not an RFC 3339 time: {e}"),
-                    )
-                }
+        Some(t) => match time_ms(t) {
+            Ok(ms) => match sent_at {
+                Some(sent) => now_ms.saturating_sub(sent.saturating_sub(ms)),
+                None => ms,
             },
-            (None, Some(ms)) => ms,
-            _ => {
-                return bad(
-                    ErrorCode::BadTimestamp,
-                    "timestamp",
-                    "expected RFC 3339 text or epoch milliseconds".into(),
-                )
-            }
+            Err(e) => return bad(ErrorCode::BadTimestamp, "timestamp", e),
         },
     };
     let mut raw = RawEvent::new(event, channel, timestamp_ms);
@@ -356,6 +408,12 @@ mod tests {
         Config::embedded_default().unwrap()
     }
 
+    /// The default config without `engine.default_channel`.
+    fn strict_config() -> Config {
+        let text = crate::config::DEFAULT_CONFIG.replace("default_channel = \"web\"", "");
+        Config::from_source(&crate::config::Source::new("strict.toml", text)).unwrap()
+    }
+
     #[test]
     fn segment_calls_map_to_events() {
         let json = br#"[
@@ -396,7 +454,7 @@ mod tests {
     #[test]
     fn bad_events_are_rejected_by_index_and_field_and_the_rest_convert() {
         let json = b"{\"type\":\"track\",\"event\":\"purchase\",\"userId\":\"1\",\"context\":{\"channel\":\"web\"}}\n{\"type\":\"track\",\"event\":\"purchase\",\"userId\":\"1\"}\n{nope\n{\"type\":\"page\",\"userId\":\"1\",\"timestamp\":\"yesterday\"}\n";
-        let results = parse(&config(), json, 7).unwrap();
+        let results = parse(&strict_config(), json, 7).unwrap();
         assert!(results[0].is_ok());
         assert_eq!(results[1].as_ref().unwrap_err().1, "event 1: field `context.channel`: missing: say which channel the event happened on (web, app, email, sms, store, call_center)");
         assert_eq!(results[2].as_ref().unwrap_err().0, ErrorCode::BadJson);

@@ -1,0 +1,193 @@
+//! The HTTP edge: the Segment HTTP Tracking API and health probes, beside the binary
+//! server, on the same runtime, the same node, journal, metrics and shutdown.
+//!
+//! Why HTTP at all: the trackers teams already run (Segment's and RudderStack's SDKs,
+//! analytics.js, server libraries in every language) post JSON to `/v1/batch` and its
+//! single-call siblings. Pointed at omnia unchanged, they feed it.
+//!
+//! Data flow for an ingest request (`segment`): the body is read, gunzipped when it says
+//! `Content-Encoding: gzip` (tower-http), and bounded after decompression; its events
+//! are converted by the same Segment mapping as INGEST_JSON
+//! (`server::cmd::ingest_json`) and applied by the same code as INGEST
+//! (`server::cmd::ingest`), under the reload fence; the answer waits until the log
+//! records of exactly this request are durable, as the binary protocol's does.
+//!
+//! Invariants: a request is answered 200 only once every event it holds was applied or
+//! rejected (by index, with the reason), and the applied ones are as durable as the
+//! fsync policy promises. Every other answer (400, 404, 405, 415, 503) applied nothing,
+//! but for 503 STORAGE_FAILED after the events were applied, which says, as on the
+//! binary protocol, that the log could not store them. No handler panics on any input:
+//! every failure is a JSON `{"code", "message"}` body.
+//!
+//! The listener is bound and served before recovery, so `/healthz` answers while a big
+//! data directory loads; until the node is there ([`Edge::ready`]) every other endpoint
+//! answers 503 with `Retry-After`.
+
+mod segment;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::server::Shared;
+
+/// Bounds on what one HTTP request may hold, Segment's by default.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest body, after decompression.
+    pub max_body: usize,
+    /// Most events in one `/v1/batch`.
+    pub max_batch: usize,
+    /// Longest time one request may take, body included.
+    pub timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body: 500 * 1024,
+            max_batch: 2500,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the HTTP handlers share: the server's state, once recovery has made it.
+pub struct Edge {
+    shared: OnceLock<Arc<Shared>>,
+    limits: HttpLimits,
+}
+
+impl Edge {
+    /// An edge with no node yet: only `/healthz` answers 200 until [`Edge::ready`].
+    pub fn new(limits: HttpLimits) -> Arc<Edge> {
+        Arc::new(Edge {
+            shared: OnceLock::new(),
+            limits,
+        })
+    }
+
+    /// Recovery is done: requests go to `shared` from now on.
+    pub fn ready(&self, shared: Arc<Shared>) {
+        let _ = self.shared.set(shared);
+    }
+
+    fn shared(&self) -> Result<&Arc<Shared>, Failure> {
+        self.shared.get().ok_or(Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "NOT_READY",
+            message: "omnia is still recovering its data directory; send the request again shortly"
+                .into(),
+        })
+    }
+}
+
+/// Every route the edge serves.
+pub fn router(edge: Arc<Edge>) -> Router {
+    let timeout = edge.limits.timeout;
+    Router::new()
+        .route("/v1/batch", post(segment::batch))
+        .route("/v1/track", post(segment::track))
+        .route("/v1/identify", post(segment::identify))
+        .route("/v1/page", post(segment::page))
+        .route("/v1/screen", post(segment::screen))
+        .route("/v1/alias", post(segment::alias))
+        .route("/v1/group", post(segment::group))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(edge)
+        // Unknown encodings pass through to the handler, which answers them in JSON.
+        .layer(
+            tower_http::decompression::RequestDecompressionLayer::new()
+                .gzip(true)
+                .pass_through_unaccepted(true),
+        )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+}
+
+/// Serves `router(edge)` on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    edge: Arc<Edge>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(edge))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A request refused as a whole: nothing of it was applied.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub status: StatusCode,
+    /// The protocol's error name where one fits (BAD_JSON, STORAGE_FAILED, ...), else a
+    /// name of HTTP's own (BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ...).
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let retry = matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        );
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The process is up.
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// Recovery is done and no reload holds requests back.
+async fn readyz(axum::extract::State(edge): axum::extract::State<Arc<Edge>>) -> Response {
+    let status = match edge.shared.get() {
+        None => "recovering",
+        Some(shared) if shared.hold_requests().is_none() => "reloading",
+        Some(_) => "ready",
+    };
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(serde_json::json!({ "status": status }))).into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Failure {
+    Failure {
+        status: StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: format!(
+            "no endpoint at {}; omnia serves POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group and GET /healthz, /readyz",
+            uri.path()
+        ),
+    }
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Failure {
+    Failure {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "METHOD_NOT_ALLOWED",
+        message: format!("{} does not take {method}", uri.path()),
+    }
+}

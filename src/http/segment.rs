@@ -1,0 +1,234 @@
+//! The Segment HTTP Tracking API: `POST /v1/batch` and the single calls `/v1/track`,
+//! `/v1/identify`, `/v1/page`, `/v1/screen`, `/v1/alias`, `/v1/group`.
+//!
+//! One path for all of them ([`ingest`]): check the media type and the encoding, read
+//! the body within the limit, convert it with the Segment mapping INGEST_JSON uses (the
+//! single calls name their type by their path, so their bodies need no `type`), apply
+//! it under the reload fence as INGEST does, wait for the log, answer.
+//!
+//! The write key (HTTP Basic user name, or `writeKey` in the body) is accepted and not
+//! checked yet: credentials come with the security work, and until then the listener is
+//! meant for loopback.
+//!
+//! A group call (an account a user belongs to) is acknowledged and not applied: omnia's
+//! profiles are people, and a group is not a customer key. The answer says so.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use super::{Edge, Failure};
+use crate::engine::Receipt;
+use crate::protocol::{ErrorCode, Response as Reply};
+use crate::server::cmd::{ingest, ingest_json};
+
+pub(super) async fn batch(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&edge, None, &headers, body).await
+}
+
+pub(super) async fn track(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&edge, Some("track"), &headers, body).await
+}
+
+pub(super) async fn identify(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&edge, Some("identify"), &headers, body).await
+}
+
+pub(super) async fn page(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&edge, Some("page"), &headers, body).await
+}
+
+pub(super) async fn screen(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&edge, Some("screen"), &headers, body).await
+}
+
+pub(super) async fn alias(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&edge, Some("alias"), &headers, body).await
+}
+
+/// A group call: read and checked like the others, then acknowledged, not applied (see
+/// the module doc).
+pub(super) async fn group(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
+    match read_json(&edge, &headers, body).await {
+        Ok(json) => match simd_json::to_borrowed_value(&mut json.to_vec()) {
+            Ok(_) => axum::Json(serde_json::json!({
+                "success": true,
+                "accepted": 0,
+                "ignored": "group calls are not applied: omnia's profiles are people, and a group is not a customer key",
+                "rejected": [],
+            }))
+            .into_response(),
+            Err(e) => Failure {
+                status: StatusCode::BAD_REQUEST,
+                code: ErrorCode::BadJson.name(),
+                message: format!("bad JSON: {e}"),
+            }
+            .into_response(),
+        },
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Reads, converts, applies and acknowledges one request's events.
+async fn ingest(edge: &Edge, kind: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+    match ingest_events(edge, kind, headers, body).await {
+        Ok(response) => response,
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn ingest_events(
+    edge: &Edge,
+    kind: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    let json = read_json(edge, headers, body).await?;
+    let shared = edge.shared()?;
+    let mut receipt = Receipt::default();
+    let reply = {
+        // Held from conversion to the last event applied, as the binary server holds
+        // it for a request: a reload never sees half of this batch.
+        let Some(_fence) = shared.hold_requests() else {
+            return Err(Failure {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "RELOADING",
+                message: "a config reload holds requests back; send the batch again shortly".into(),
+            });
+        };
+        let node = shared.node();
+        let config = node.config();
+        let events = ingest_json::parse_calls(config, &json, node.engine().now_ms(), kind)
+            .map_err(|message| Failure {
+                status: StatusCode::BAD_REQUEST,
+                code: ErrorCode::BadJson.name(),
+                message,
+            })?;
+        if events.len() > edge.limits.max_batch {
+            return Err(Failure {
+                status: StatusCode::BAD_REQUEST,
+                code: "BATCH_TOO_LARGE",
+                message: format!(
+                    "the batch holds {} events; at most {} are taken in one request: send smaller batches",
+                    events.len(),
+                    edge.limits.max_batch
+                ),
+            });
+        }
+        ingest::apply(
+            shared,
+            events.iter().map(|e| e.as_ref().map_err(Clone::clone)),
+            &mut receipt,
+        )
+    };
+    let (accepted, rejected) = match reply {
+        Reply::Ingested { accepted, rejected } => (accepted, rejected),
+        Reply::Error { code, message } => {
+            let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::StorageFailed);
+            return Err(refused(code, message));
+        }
+        other => {
+            return Err(Failure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "INTERNAL",
+                message: format!("ingest answered {other:?}; this is a bug in omnia"),
+            })
+        }
+    };
+    // What this request applied is durable before anyone hears of it.
+    if let (Some(last), Some(journal)) = (receipt.last(), shared.node().engine().journal()) {
+        let journal = journal.clone();
+        if let Err(reason) = journal.durable(last).await {
+            return Err(refused(ErrorCode::StorageFailed, reason));
+        }
+    }
+    let rejected: Vec<serde_json::Value> = rejected
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "index": r.index,
+                "code": ErrorCode::from_u16(r.code).map_or("UNKNOWN", ErrorCode::name),
+                "message": r.message,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "success": true,
+        "accepted": accepted,
+        "rejected": rejected,
+    }))
+    .into_response())
+}
+
+/// The answer to a request the engine refused as a whole.
+fn refused(code: ErrorCode, message: String) -> Failure {
+    let status = if code == ErrorCode::StorageFailed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Failure {
+        status,
+        code: code.name(),
+        message,
+    }
+}
+
+/// The body of a JSON request, decompressed and within the limit.
+async fn read_json(
+    edge: &Edge,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Failure> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = media.split(';').next().unwrap_or("").trim();
+    // text/plain: what browsers send with navigator.sendBeacon, which cannot set JSON.
+    if !(essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("text/plain"))
+    {
+        return Err(Failure {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "UNSUPPORTED_MEDIA_TYPE",
+            message: format!("Content-Type is `{media}`; send `application/json`"),
+        });
+    }
+    // The decompression layer removes the header of a body it decoded: one left is an
+    // encoding it does not take.
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        return Err(Failure {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "UNSUPPORTED_ENCODING",
+            message: format!("Content-Encoding `{encoding}` is not taken; send gzip or none"),
+        });
+    }
+    let max = edge.limits.max_body;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure {
+            // 400, not 413: what Segment answers, and what its SDKs expect.
+            status: StatusCode::BAD_REQUEST,
+            code: "BODY_TOO_LARGE",
+            message: format!(
+                "the body is larger than {max} bytes (after decompression); send smaller batches"
+            ),
+        }),
+        Err(e) => Err(Failure {
+            status: StatusCode::BAD_REQUEST,
+            code: "BAD_BODY",
+            message: format!(
+                "the body could not be read: {e} (a damaged gzip stream, or a connection cut short)"
+            ),
+        }),
+    }
+}
