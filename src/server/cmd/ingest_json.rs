@@ -13,10 +13,13 @@
 //! | `traits.email`, `traits.phone` | keys `email:…`, `phone:…` (when those namespaces exist) |
 //! | `traits`, `context.traits` (other fields) | attributes |
 //! | `properties` | properties |
-//! | `timestamp` (RFC 3339 text or epoch milliseconds) | event time; the server's time if absent |
-//! | `context.channel` | channel |
+//! | `timestamp` (RFC 3339 text or epoch milliseconds) | event time, corrected by `sentAt`; the server's time if absent |
+//! | `context.channel` | channel; else `engine.default_channel` |
 //!
-//! `messageId` is accepted; it is not used for deduplication in this version. Each event
+//! `sentAt` (the call's, or the batch's) corrects the sender's clock as Segment does:
+//! the event happened `sentAt - timestamp` before the server received it. The HTTP
+//! API's single calls (`/v1/track`, ...) name their type by their path
+//! ([`parse_calls`]). `messageId` is accepted; it is not used for deduplication in this version. Each event
 //! that cannot be converted is rejected with its index and the field at fault, and the
 //! others are still applied.
 
