@@ -922,3 +922,59 @@ fn more_than_255_experiments() {
         "e255",
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Aliases: other names trackers send event types and properties by.
+
+#[test]
+fn an_event_alias_that_names_another_event_type_is_an_error() {
+    // BASE's purchase is on lines 13-14; the alias is on the line after `[events.cart]`.
+    assert_error(
+        &with("[events.cart]\naliases = [\"Product Added\", \"purchase\"]\n"),
+        "alias `purchase` of event type `cart` already names event type `purchase`",
+        EXTRA + 1,
+        29,
+        "\"purchase\"",
+    );
+    assert_error(
+        &with("[events.cart]\naliases = [\"Product Added\"]\n[events.basket]\naliases = [\"Product Added\"]\n"),
+        "alias `Product Added` of event type `basket` already names event type `cart`",
+        EXTRA + 3,
+        12,
+        "\"Product Added\"",
+    );
+    assert_error(
+        &with("[events.cart]\naliases = [\" \"]\n"),
+        "alias ` ` of event type `cart` is empty",
+        EXTRA + 1,
+        12,
+        "\" \"",
+    );
+}
+
+#[test]
+fn a_property_alias_must_be_of_a_declared_property_and_name_one_property() {
+    let text = BASE.replace(
+        "properties = { amount = \"number\", sku = \"string\" }",
+        "properties = { amount = \"number\", sku = \"string\" }\nproperty_aliases = { amont = [\"revenue\"] }",
+    );
+    let d = assert_error(
+        &text,
+        "property_aliases of event type `purchase` names `amont`, which is not one of its properties",
+        15,
+        22,
+        "amont",
+    );
+    assert_eq!(d.help.as_deref(), Some("its properties are: amount, sku"));
+    let text = BASE.replace(
+        "properties = { amount = \"number\", sku = \"string\" }",
+        "properties = { amount = \"number\", sku = \"string\" }\nproperty_aliases = { amount = [\"revenue\", \"sku\"] }",
+    );
+    assert_error(
+        &text,
+        "alias `sku` of property `amount` of event type `purchase` already names property `sku`",
+        15,
+        43,
+        "\"sku\"",
+    );
+}

@@ -442,3 +442,35 @@ async fn a_batch_acknowledged_over_http_survives_sigkill() {
     again.child.kill().unwrap();
     again.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn segment_ecommerce_names_reach_the_event_types_they_alias() {
+    let server = TestServer::with_http().await;
+    let answer = post_json(
+        &server,
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "event": "Product Viewed", "userId": "e",
+             "properties": {"product_id": "SHOE-1", "price": 59.5}},
+            {"type": "track", "event": "Product Added", "userId": "e",
+             "properties": {"product_id": "SHOE-1", "quantity": 1}},
+            {"type": "track", "event": "Order Completed", "userId": "e",
+             "properties": {"revenue": 30, "order_id": "o-1"}},
+            // The declared name wins over an alias, whichever comes first.
+            {"type": "track", "event": "Order Completed", "userId": "e",
+             "properties": {"revenue": 99, "amount": 10}},
+            {"type": "track", "event": "Order Completed", "userId": "e",
+             "properties": {"amount": 1, "total": 99}},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        answer.body,
+        json!({"success": true, "accepted": 5, "rejected": []})
+    );
+    let profile = server.node.profile("user:e").unwrap();
+    assert_eq!(profile.aggregate("count(product_view, 7d)"), Some(1.0));
+    assert_eq!(profile.aggregate("count(add_to_cart, 7d)"), Some(1.0));
+    assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(41.0));
+    server.shutdown().await;
+}

@@ -76,6 +76,12 @@ pub struct RawEvent {
     pub description: Option<String>,
     #[serde(default)]
     pub properties: IndexMap<Spanned<String>, ValueType>,
+    /// Other names trackers send this event type by (`"Product Added"`).
+    #[serde(default)]
+    pub aliases: Vec<Spanned<String>>,
+    /// Per declared property, other names trackers send it by (`amount = ["revenue"]`).
+    #[serde(default)]
+    pub property_aliases: IndexMap<Spanned<String>, Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

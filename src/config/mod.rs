@@ -40,7 +40,7 @@ pub use decisions::{
 };
 pub use diagnostic::{ConfigError, Diagnostic, Source, Span};
 pub use file::UnknownProperties;
-use file::{RawConfig, RawScoreKind};
+use file::{RawConfig, RawEvent, RawScoreKind};
 use rule::compile::list;
 use rule::{Compiler, Expr, Interner, Refs, RuleContext, RuleError};
 pub use settings::Overrides;
@@ -170,6 +170,8 @@ pub struct AttributeDef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PropertyDef {
     pub name: String,
+    /// Other names trackers send it by; the declared name wins when both come.
+    pub aliases: Vec<String>,
     pub ty: ValueType,
     /// String constants that rules compare this property with; code = index + 1.
     pub constants: Vec<String>,
@@ -178,8 +180,24 @@ pub struct PropertyDef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventDef {
     pub name: String,
+    /// Other names trackers send it by (Segment's e-commerce names, say).
+    pub aliases: Vec<String>,
     pub description: Option<String>,
     pub properties: Vec<PropertyDef>,
+}
+
+impl EventDef {
+    /// The property a tracker's `name` is: by its name, or by one of its aliases
+    /// (`true`).
+    pub fn property(&self, name: &str) -> Option<(usize, bool)> {
+        if let Some(i) = self.properties.iter().position(|p| p.name == name) {
+            return Some((i, false));
+        }
+        self.properties
+            .iter()
+            .position(|p| p.aliases.iter().any(|a| a == name))
+            .map(|i| (i, true))
+    }
 }
 
 /// Which events an aggregate counts.
@@ -393,8 +411,13 @@ impl Config {
             })
     }
 
+    /// The event type `name` is: its name, or one of its aliases.
     pub fn event_id(&self, name: &str) -> Option<usize> {
-        self.events.iter().position(|e| e.name == name)
+        self.events.iter().position(|e| e.name == name).or_else(|| {
+            self.events
+                .iter()
+                .position(|e| e.aliases.iter().any(|a| a == name))
+        })
     }
 
     pub fn channel_id(&self, name: &str) -> Option<usize> {
@@ -725,16 +748,21 @@ impl Builder<'_> {
                 self.name(prop, "property");
                 properties.push(PropertyDef {
                     name: prop.get_ref().clone(),
+                    aliases: Vec::new(),
                     ty: *ty,
                     constants: Vec::new(),
                 });
             }
-            events.push(EventDef {
+            let mut def = EventDef {
                 name: name.get_ref().clone(),
+                aliases: Vec::new(),
                 description: event.description.clone(),
                 properties,
-            });
+            };
+            self.property_aliases(event, &mut def);
+            events.push(def);
         }
+        self.event_aliases(raw, &mut events);
         if events.is_empty() {
             self.error(
                 0..0,
@@ -756,6 +784,93 @@ impl Builder<'_> {
             channels,
             attributes,
             events,
+        }
+    }
+
+    /// An event type's `aliases`: other names trackers send it by. Any text (Segment's
+    /// names have spaces and capitals), but each names one event type only.
+    fn event_aliases(&mut self, raw: &RawConfig, events: &mut [EventDef]) {
+        for (e, (name, event)) in raw.events.iter().enumerate() {
+            for alias in &event.aliases {
+                let text = alias.get_ref();
+                let taken = events
+                    .iter()
+                    .find(|d| d.name == *text || d.aliases.contains(text));
+                if let Err(message) = alias_text(text) {
+                    self.error(
+                        alias.span(),
+                        format!(
+                            "alias `{text}` of event type `{}` {message}",
+                            name.get_ref()
+                        ),
+                        None,
+                    );
+                } else if let Some(other) = taken {
+                    self.error(
+                        alias.span(),
+                        format!(
+                            "alias `{text}` of event type `{}` already names event type `{}`",
+                            name.get_ref(),
+                            other.name
+                        ),
+                        Some("an event name must lead to one event type".into()),
+                    );
+                } else {
+                    events[e].aliases.push(text.clone());
+                }
+            }
+        }
+    }
+
+    /// An event type's `property_aliases`: per declared property, other names it is
+    /// sent by, none of them another property's name or alias.
+    fn property_aliases(&mut self, raw: &RawEvent, def: &mut EventDef) {
+        for (property, aliases) in &raw.property_aliases {
+            let Some(p) = def
+                .properties
+                .iter()
+                .position(|d| d.name == *property.get_ref())
+            else {
+                self.error(
+                    property.span(),
+                    format!(
+                        "property_aliases of event type `{}` names `{}`, which is not one of its properties",
+                        def.name,
+                        property.get_ref()
+                    ),
+                    Some(format!(
+                        "its properties are: {}",
+                        def.properties.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )),
+                );
+                continue;
+            };
+            for alias in aliases {
+                let text = alias.get_ref();
+                if let Err(message) = alias_text(text) {
+                    self.error(
+                        alias.span(),
+                        format!(
+                            "alias `{text}` of property `{}` {message}",
+                            property.get_ref()
+                        ),
+                        None,
+                    );
+                } else if let Some((other, _)) = def.property(text) {
+                    self.error(
+                        alias.span(),
+                        format!(
+                            "alias `{text}` of property `{}` of event type `{}` already names property `{}`",
+                            property.get_ref(),
+                            def.name,
+                            def.properties[other].name
+                        ),
+                        Some("a property name must lead to one property".into()),
+                    );
+                } else {
+                    def.properties[p].aliases.push(text.clone());
+                }
+            }
         }
     }
 
@@ -1143,6 +1258,20 @@ fn topological_order(edges: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
         }
     }
     Ok(order)
+}
+
+/// Why `text` cannot be an alias: what a tracker may send as a name, at most 256 bytes
+/// of printable text.
+fn alias_text(text: &str) -> Result<(), &'static str> {
+    if text.trim().is_empty() {
+        Err("is empty")
+    } else if text.len() > 256 {
+        Err("is longer than 256 bytes")
+    } else if text.chars().any(char::is_control) {
+        Err("holds a control character")
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -337,7 +337,7 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
     }
     let mut properties = vec![PropValue::Missing; def.properties.len()];
     for (property, value) in raw.properties() {
-        let Some(index) = def.properties.iter().position(|p| p.name == property) else {
+        let Some((index, alias)) = def.property(property) else {
             if config.engine.unknown_properties == UnknownProperties::Ignore {
                 continue;
             }
@@ -355,6 +355,11 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
                 expected,
                 found,
             });
+        }
+        // The declared name wins over an alias whatever their order; between aliases,
+        // the first.
+        if alias && properties[index] != PropValue::Missing {
+            continue;
         }
         properties[index] = match value {
             ValueRef::Num(v) => PropValue::Num(v),

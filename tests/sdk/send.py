@@ -1,5 +1,6 @@
 """Sends one customer journey to omnia through a real tracker SDK, as a shop's backend
-would: an anonymous page view, a product view and a cart addition, an identify that links
+would: an anonymous page view, a product view and a cart addition (by Segment's e-commerce
+names), an identify that links
 the cookie to an account and an e-mail address, a purchase, and an alias of a second
 cookie. Run by tests/sdks.rs with the SDKs that scripts/test installs:
 
@@ -28,16 +29,17 @@ else:
 client = Client(write_key="omnia-test", host=host, on_error=on_error, max_retries=2)
 user, cookie, second = f"sofia-{suffix}", f"c-{suffix}", f"d-{suffix}"
 client.page(anonymous_id=cookie, name="home", properties={"url": "/", "campaign": "flyer"})
-client.track(anonymous_id=cookie, event="product_view",
-             properties={"sku": "SHOE-1", "category": "shoes", "price": 59.5})
-client.track(anonymous_id=cookie, event="add_to_cart",
-             properties={"sku": "SHOE-1", "category": "shoes", "price": 59.5, "quantity": 1})
+# Segment's e-commerce spec names, which the default config aliases.
+client.track(anonymous_id=cookie, event="Product Viewed",
+             properties={"product_id": "SHOE-1", "category": "shoes", "price": 59.5})
+client.track(anonymous_id=cookie, event="Product Added",
+             properties={"product_id": "SHOE-1", "category": "shoes", "price": 59.5, "quantity": 1})
 client.identify(user_id=user, anonymous_id=cookie,
                 traits={"email": f"{user}@example.nl", "country": "NL", "email_opt_in": True})
 client.track(user_id=user, event="purchase",
              properties={"amount": 59.5, "sku": "SHOE-1", "category": "shoes", "order_id": f"o-{suffix}"})
-client.track(user_id=user, event="purchase",
-             properties={"amount": 120.0, "sku": "BAG-2", "category": "bags", "order_id": f"p-{suffix}"})
+client.track(user_id=user, event="Order Completed",
+             properties={"revenue": 120.0, "product_id": "BAG-2", "category": "bags", "order_id": f"p-{suffix}"})
 client.alias(previous_id=second, user_id=user)
 client.flush()
 client.join()

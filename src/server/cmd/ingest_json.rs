@@ -337,8 +337,7 @@ fn convert(config: &Config, i: usize, v: &Value, call: &Call<'_>) -> Converted {
             match scalar(value) {
                 Some(v) => raw.properties.push((name.to_string(), v)),
                 None => {
-                    let declared =
-                        event_def.is_some_and(|d| d.properties.iter().any(|p| p.name == *name));
+                    let declared = event_def.is_some_and(|d| d.property(name).is_some());
                     if declared || config.engine.unknown_properties == UnknownProperties::Reject {
                         return bad(ErrorCode::BadProperty, &format!("properties.{name}"), "objects and arrays are not supported: send numbers, strings or booleans".into());
                     }
