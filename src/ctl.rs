@@ -54,6 +54,10 @@ enum CtlCommand {
         /// Also show every offer's decisions and feedback per channel and experiment arm.
         #[arg(long)]
         offers: bool,
+        /// Also show the tracking-plan drift: properties and attributes ingest dropped
+        /// (`engine.unknown_properties = "ignore"`) and unknown event types, by name.
+        #[arg(long)]
+        drift: bool,
     },
     /// Ask which offers to present to the customer with KEY on a channel.
     Decide {
@@ -361,12 +365,8 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 println!("{report}");
             }
         }
-        CtlCommand::Stats { offers } => {
-            let stats = if offers {
-                client.stats_with_offers().await?
-            } else {
-                client.stats().await?
-            };
+        CtlCommand::Stats { offers, drift } => {
+            let stats = client.stats_with(offers, drift).await?;
             if json {
                 print_json(&stats);
             } else {
@@ -391,6 +391,9 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 }
                 if offers {
                     print!("{}", render_offer_stats(&stats.offers));
+                }
+                if let Some(d) = &stats.drift {
+                    print!("{}", render_drift(d));
                 }
             }
         }
@@ -443,6 +446,29 @@ fn render_decision(d: &Decision) -> String {
                 score,
                 e.detail
             ));
+        }
+    }
+    out
+}
+
+/// Drift as `ctl stats --drift` prints it: what to add to the config, or to fix in a
+/// tracker.
+fn render_drift(d: &omnia::protocol::message::StatsDrift) -> String {
+    let mut out = String::new();
+    if d.ignored.is_empty() && d.unknown_events.is_empty() {
+        out.push_str("drift: none (every property and event type sent is declared)\n");
+        return out;
+    }
+    if !d.ignored.is_empty() {
+        out.push_str("ignored properties (not declared; dropped, the events applied):\n");
+        for (event, property, n) in &d.ignored {
+            out.push_str(&format!("  {event:<20} {property:<24} {n:>10}\n"));
+        }
+    }
+    if !d.unknown_events.is_empty() {
+        out.push_str("unknown event types (rejected):\n");
+        for (name, n) in &d.unknown_events {
+            out.push_str(&format!("  {name:<45} {n:>10}\n"));
         }
     }
     out

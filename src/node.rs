@@ -218,11 +218,12 @@ impl Node {
         self.restore_with(image, None, &|_, _| {})
     }
 
-    /// Takes over `old`'s remembered decisions and offer counters when the offer
-    /// indexes mean the same in both configs. Called by a reload once `old` takes no
-    /// requests.
-    pub fn adopt_decisions(&self, old: &Node) {
+    /// Takes over what `old` knows beyond the log: its remembered decisions and offer
+    /// counters when the offer indexes mean the same in both configs, and its drift
+    /// counts. Called by a reload once `old` takes no requests.
+    pub fn adopt(&self, old: &Node) {
         self.decider
             .adopt(self.engine.config(), &old.decider, old.engine.config());
+        self.engine.drift().take_from(old.engine.drift());
     }
 }

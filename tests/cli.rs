@@ -427,7 +427,10 @@ fn sigterm_with_a_client_that_never_reads_stops_within_the_shutdown_deadline() {
     let mut greedy = TcpStream::connect(&served.addr).unwrap();
     let mut bytes = common::raw::hello_frame("never reads");
     for id in 2..20_000 {
-        let stats = Request::Stats { offers: true };
+        let stats = Request::Stats {
+            offers: true,
+            drift: false,
+        };
         Frame::new(opcode::STATS, id, stats.encode().unwrap()).write_to(&mut bytes);
     }
     // Writes until the socket buffers are full both ways, then blocks: it never reads.

@@ -302,7 +302,12 @@ async fn shutdown_drops_a_client_that_never_reads_at_its_deadline() {
     let mut greedy = Raw::greeted(&server.addr).await;
     let mut bytes = bytes::BytesMut::new();
     for id in 2..50_000 {
-        let stats = Request::Stats { offers: true }.encode().unwrap();
+        let stats = Request::Stats {
+            offers: true,
+            drift: false,
+        }
+        .encode()
+        .unwrap();
         omnia::protocol::Frame::new(opcode::STATS, id, stats).write_to(&mut bytes);
     }
     // Sends until the socket buffers are full both ways; never reads.

@@ -55,7 +55,7 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::Ping),
         Just(Request::Reload),
-        any::<bool>().prop_map(|offers| Request::Stats { offers }),
+        any::<(bool, bool)>().prop_map(|(offers, drift)| Request::Stats { offers, drift }),
         (
             text(),
             text(),
@@ -234,9 +234,24 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                         reload_progress,
                         segments,
                         offers: Vec::new(),
+                        drift: None,
                     })
                 )
             ),
+        (
+            prop::collection::vec((text(), text(), any::<u64>()), 0..3),
+            prop::collection::vec((text(), any::<u64>()), 0..3),
+        )
+            .prop_map(|(ignored, unknown_events)| (
+                opcode::STATS,
+                Response::Stats(Stats {
+                    drift: Some(omnia::protocol::message::StatsDrift {
+                        ignored,
+                        unknown_events
+                    }),
+                    ..Stats::default()
+                })
+            )),
         prop::collection::vec(
             (
                 text(),

@@ -139,7 +139,8 @@ async fn bodies_that_do_not_decode_are_answered_and_the_connection_survives() {
 
 #[tokio::test]
 async fn every_rejected_event_is_reported_by_index_with_its_code() {
-    let server = TestServer::start().await;
+    // A strict tracking plan, so that an undeclared attribute is rejected too.
+    let server = TestServer::with_config(common::strict_retail()).await;
     let mut raw = Raw::greeted(&server.addr).await;
     let events = vec![
         RawEvent::new("page_view", "web", START_MS).key("anon:ok"),
@@ -198,7 +199,8 @@ async fn every_rejected_event_is_reported_by_index_with_its_code() {
 
 #[tokio::test]
 async fn json_errors_name_the_event_and_the_field() {
-    let server = TestServer::start().await;
+    // A strict tracking plan: an undeclared property with an array value is rejected.
+    let server = TestServer::with_config(common::strict_retail()).await;
     let mut raw = Raw::greeted(&server.addr).await;
     let reply = raw
         .request(opcode::INGEST_JSON, 30, Bytes::from_static(b"{\"type\": "))

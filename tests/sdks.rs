@@ -89,7 +89,13 @@ async fn journey(sdk: &str) {
         Some(omnia::model::RawValue::Str("NL".into())),
         "{sdk}"
     );
-    let stats = client.stats().await.unwrap();
+    let stats = client.stats_with(false, true).await.unwrap();
+    // The undeclared `currency` was dropped, the order applied, and the drift counted.
+    assert_eq!(
+        stats.drift.as_ref().map(|d| d.ignored.clone()),
+        Some(vec![("purchase".to_string(), "currency".to_string(), 1)]),
+        "{sdk}"
+    );
     assert_eq!(stats.customers, 1, "{sdk}: one merged customer");
     assert_eq!(stats.events_ingested, 7, "{sdk}: every call applied once");
     served.child.kill().unwrap();

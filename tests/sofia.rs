@@ -28,11 +28,24 @@ struct Journey {
 
 impl Journey {
     fn new() -> Journey {
-        let clock = Arc::new(ManualClock::new(START - 7 * DAY));
-        let engine = Node::new(
-            Config::embedded_default().expect("default config"),
-            clock.clone(),
+        Journey::with(Config::embedded_default().expect("default config"))
+    }
+
+    /// The default config with a strict tracking plan (`unknown_properties = "reject"`).
+    fn strict() -> Journey {
+        let text = omnia::config::DEFAULT_CONFIG.replacen(
+            "unknown_properties = \"ignore\"",
+            "unknown_properties = \"reject\"",
+            1,
         );
+        Journey::with(
+            Config::from_source(&omnia::config::Source::new("strict.toml", text)).unwrap(),
+        )
+    }
+
+    fn with(config: Config) -> Journey {
+        let clock = Arc::new(ManualClock::new(START - 7 * DAY));
+        let engine = Node::new(config, clock.clone());
         Journey {
             clock,
             node: engine,
@@ -314,7 +327,7 @@ fn events_from_too_far_in_the_future_are_rejected_and_near_future_counts_as_now(
 
 #[test]
 fn unknown_names_are_rejected_with_what_and_where() {
-    let j = Journey::new();
+    let j = Journey::strict();
     let cases = [
         (RawEvent::new("purchse", "web", j.now()).key("user:1"), "unknown event type `purchse`; declared event types: page_view, product_view"),
         (RawEvent::new("purchase", "fax", j.now()).key("user:1"), "unknown channel `fax` in event `purchase`; declared channels: web, app, email, sms, store, call_center"),
@@ -359,4 +372,40 @@ fn non_finite_numbers_are_rejected_with_their_own_message() {
         )
         .unwrap_err();
     assert_eq!(err.to_string(), "attribute `birth_year` in event `identify` must be a finite number, found a NaN or infinity");
+}
+
+#[test]
+fn undeclared_properties_are_dropped_and_counted_as_drift() {
+    // The default config takes what trackers send beyond the tracking plan, and says so.
+    let j = Journey::new();
+    j.send(
+        RawEvent::new("purchase", "web", j.now())
+            .key("user:1")
+            .prop("amount", 30.0)
+            .prop("colour", "red")
+            .attr("shoe_size", 39.0),
+    );
+    j.send(
+        RawEvent::new("purchase", "web", j.now())
+            .key("user:1")
+            .prop("colour", "blue"),
+    );
+    assert!(j
+        .node
+        .ingest(&RawEvent::new("Product Teleported", "web", j.now()).key("user:1"))
+        .is_err());
+    let profile = j.node.profile("user:1").unwrap();
+    assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(30.0));
+    let drift = j.node.engine().drift();
+    assert_eq!(
+        drift.ignored(),
+        [
+            ("purchase".to_string(), "attr.shoe_size".to_string(), 1),
+            ("purchase".to_string(), "colour".to_string(), 2),
+        ]
+    );
+    assert_eq!(
+        drift.unknown_events(),
+        [("Product Teleported".to_string(), 1)]
+    );
 }

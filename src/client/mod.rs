@@ -347,17 +347,19 @@ impl Client {
     }
 
     pub async fn stats(&self) -> Result<Stats, ClientError> {
-        self.stats_with(false).await
+        self.stats_with(false, false).await
     }
 
     /// Server counters including every offer's decisions and feedback per channel and
     /// experiment arm.
     pub async fn stats_with_offers(&self) -> Result<Stats, ClientError> {
-        self.stats_with(true).await
+        self.stats_with(true, false).await
     }
 
-    async fn stats_with(&self, offers: bool) -> Result<Stats, ClientError> {
-        match self.request(&Request::Stats { offers }).await? {
+    /// Server counters, with the sections asked for: per-offer counters, tracking-plan
+    /// drift (properties ingest dropped, unknown event types).
+    pub async fn stats_with(&self, offers: bool, drift: bool) -> Result<Stats, ClientError> {
+        match self.request(&Request::Stats { offers, drift }).await? {
             Response::Stats(s) => Ok(s),
             other => Err(unexpected(other)),
         }

@@ -56,10 +56,11 @@ pub struct RawEngine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownProperties {
-    /// Reject the event with an error naming the property.
-    #[default]
+    /// Reject the event with an error naming the property: a strict tracking plan.
     Reject,
-    /// Accept the event and ignore the property (trackers often send more than rules read).
+    /// Accept the event and drop the property, counting it as drift (trackers often
+    /// send more than rules read).
+    #[default]
     Ignore,
 }
 

@@ -152,7 +152,7 @@ impl Default for EngineSettings {
             window_buckets: 8,
             max_future_skew: 300,
             recheck_interval: 60,
-            unknown_properties: UnknownProperties::Reject,
+            unknown_properties: UnknownProperties::Ignore,
             max_value_bytes: 4096,
             // Segment's limit for one event.
             max_event_bytes: 32 * 1024,

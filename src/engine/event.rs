@@ -303,6 +303,15 @@ pub(crate) fn event_type_id(config: &Config, name: &str) -> Result<usize, EventE
 /// Resolves an event (owned, or borrowed from a frame) against the config and the
 /// attribute interner. Allocates only the resolved event, and an error's text.
 pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventError> {
+    resolve_noting(config, raw, None)
+}
+
+/// [`resolve`], counting in `drift` what `engine.unknown_properties = "ignore"` drops.
+pub(crate) fn resolve_noting(
+    config: &Config,
+    raw: &impl EventView,
+    drift: Option<&super::drift::Drift>,
+) -> Result<Event, EventError> {
     let name = raw.event_type();
     let event_type = event_type_id(config, name)?;
     let list = |names: &mut dyn Iterator<Item = &str>| names.collect::<Vec<_>>().join(", ");
@@ -339,6 +348,9 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
     for (property, value) in raw.properties() {
         let Some((index, alias)) = def.property(property) else {
             if config.engine.unknown_properties == UnknownProperties::Ignore {
+                if let Some(drift) = drift {
+                    drift.property_ignored(&def.name, property);
+                }
                 continue;
             }
             return Err(EventError::UnknownProperty {
@@ -371,6 +383,9 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
     for (attribute, value) in raw.attributes() {
         let Some(index) = config.attribute_id(attribute) else {
             if config.engine.unknown_properties == UnknownProperties::Ignore {
+                if let Some(drift) = drift {
+                    drift.attribute_ignored(&def.name, attribute);
+                }
                 continue;
             }
             return Err(EventError::UnknownAttribute {

@@ -41,6 +41,7 @@
 //! it for writing, so a code in hand is never freed before a row holds it.
 
 pub(crate) mod action;
+pub mod drift;
 pub(crate) mod eval;
 pub mod event;
 pub mod extension;
@@ -156,6 +157,8 @@ pub struct Engine<X: Extension = ()> {
     merges: AtomicU64,
     /// Where accepted changes are logged, once recovery has replayed the old ones.
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
+    /// What live ingest dropped or refused by name (see `drift`).
+    drift: drift::Drift,
     /// Which shards a snapshot being made has cut (see `image`).
     cutting: Mutex<Option<Vec<bool>>>,
     cutting_active: AtomicBool,
@@ -202,6 +205,7 @@ impl<X: Extension> Engine<X> {
             })
             .collect();
         Engine {
+            drift: drift::Drift::default(),
             journal: std::sync::OnceLock::new(),
             cutting: Mutex::new(None),
             cutting_active: AtomicBool::new(false),
@@ -339,7 +343,15 @@ impl<X: Extension> Engine<X> {
         receipt: &mut Receipt,
     ) -> Result<Applied, EventError> {
         event::admit(&self.plan.config, raw)?;
-        let event = self.resolve(raw)?;
+        let event = match event::resolve_noting(&self.plan.config, raw, Some(&self.drift)) {
+            Ok(event) => event,
+            Err(e) => {
+                if let EventError::UnknownEventType { name, .. } = &e {
+                    self.drift.unknown_event(name);
+                }
+                return Err(e);
+            }
+        };
         match self.journal.get() {
             Some(journal) => self.apply_with(
                 &event,
@@ -374,6 +386,11 @@ impl<X: Extension> Engine<X> {
     /// A second call is ignored.
     pub fn attach_journal(&self, journal: Arc<dyn Journal>) {
         let _ = self.journal.set(journal);
+    }
+
+    /// What live ingest dropped or refused by name so far (see `drift`).
+    pub fn drift(&self) -> &drift::Drift {
+        &self.drift
     }
 
     pub fn journal(&self) -> Option<&Arc<dyn Journal>> {

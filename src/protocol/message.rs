@@ -56,8 +56,8 @@ pub enum Request {
     },
     /// `str segment, str key`
     SegmentContains { segment: String, key: String },
-    /// empty, or `u8 sections` (bit 0: per-offer counters)
-    Stats { offers: bool },
+    /// empty, or `u8 sections` (bit 0: per-offer counters, bit 1: drift)
+    Stats { offers: bool, drift: bool },
     /// `str key, str channel, u8 top, u8 flags (1 record impression, 2 explain),
     /// u8 context_count, (str name, value) × context_count`
     Decide(DecisionRequest),
@@ -100,6 +100,19 @@ pub struct Stats {
     /// Per offer, channel and arm; only when asked for (empty otherwise, but the count
     /// is always on the wire).
     pub offers: Vec<OfferStats>,
+    /// What ingest dropped or refused by name; only when asked for (and then at the
+    /// end of the body, so a client that never asks reads the body it always read).
+    pub drift: Option<StatsDrift>,
+}
+
+/// Tracking-plan drift, as STATS returns it (see `engine::drift`).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct StatsDrift {
+    /// `(event type, property, count)` of properties dropped; an attribute is
+    /// `attr.NAME`.
+    pub ignored: Vec<(String, String, u64)>,
+    /// `(name, count)` of events refused for an undeclared event type.
+    pub unknown_events: Vec<(String, u64)>,
 }
 
 /// What a server says in HELLO: the agreed version and its limits.
@@ -206,8 +219,12 @@ impl Request {
                 b.put_u16_le(*max_version);
                 b.str(client);
             }
-            Request::Ping | Request::Stats { offers: false } => {}
-            Request::Stats { offers: true } => b.put_u8(1),
+            Request::Ping
+            | Request::Stats {
+                offers: false,
+                drift: false,
+            } => {}
+            Request::Stats { offers, drift } => b.put_u8(*offers as u8 | (*drift as u8) << 1),
             Request::Decide(d) => {
                 b.str(&d.key);
                 b.str(&d.channel);
@@ -299,9 +316,17 @@ impl Request {
             },
             opcode::PING => Request::Ping,
             opcode::RELOAD => Request::Reload,
-            opcode::STATS => Request::Stats {
-                offers: !body.is_empty() && r.u8(field!("sections"))? & 1 != 0,
-            },
+            opcode::STATS => {
+                let sections = if body.is_empty() {
+                    0
+                } else {
+                    r.u8(field!("sections"))?
+                };
+                Request::Stats {
+                    offers: sections & 1 != 0,
+                    drift: sections & 2 != 0,
+                }
+            }
             opcode::DECIDE => {
                 let key = r.str(field!("key"))?.to_string();
                 let channel = r.str(field!("channel"))?.to_string();
@@ -519,6 +544,19 @@ impl Response {
                         b.put_u64_le(n);
                     }
                 }
+                if let Some(d) = &s.drift {
+                    b.put_u32_le(d.ignored.len() as u32);
+                    for (event, property, n) in &d.ignored {
+                        b.str(event);
+                        b.str(property);
+                        b.put_u64_le(*n);
+                    }
+                    b.put_u32_le(d.unknown_events.len() as u32);
+                    for (name, n) in &d.unknown_events {
+                        b.str(name);
+                        b.put_u64_le(*n);
+                    }
+                }
             }
             Response::Decision(d) => {
                 b.put_u64_le(d.decision_id);
@@ -723,6 +761,7 @@ impl Response {
                         },
                         segments: Vec::new(),
                         offers: Vec::new(),
+                        drift: None,
                     };
                     let n = r.u16(field!("segment count"))?;
                     for i in 0..n {
@@ -752,6 +791,23 @@ impl Response {
                             accepts: n[3],
                             dismisses: n[4],
                         });
+                    }
+                    if r.remaining() > 0 {
+                        let mut d = StatsDrift::default();
+                        for i in 0..r.u32(field!("ignored count"))? {
+                            d.ignored.push((
+                                r.str(field!("event of ignored {i}"))?.to_string(),
+                                r.str(field!("property of ignored {i}"))?.to_string(),
+                                r.u64(field!("count of ignored {i}"))?,
+                            ));
+                        }
+                        for i in 0..r.u32(field!("unknown event count"))? {
+                            d.unknown_events.push((
+                                r.str(field!("unknown event {i}"))?.to_string(),
+                                r.u64(field!("count of unknown event {i}"))?,
+                            ));
+                        }
+                        s.drift = Some(d);
                     }
                     Response::Stats(s)
                 }

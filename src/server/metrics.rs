@@ -164,6 +164,15 @@ fn code_name(code: u16) -> &'static str {
 
 /// Sets the gauges from the current state; the server calls this periodically.
 pub fn publish_gauges(shared: &Shared) {
+    let node = shared.node();
+    let drift = node.engine().drift();
+    for (event, property, n) in drift.ignored() {
+        metrics::counter!("omnia_properties_ignored_total", "event" => event, "property" => property)
+            .absolute(n);
+    }
+    for (event, n) in drift.unknown_events() {
+        metrics::counter!("omnia_events_unknown_total", "event" => event).absolute(n);
+    }
     metrics::gauge!("omnia_connections")
         .set(shared.stats.connections.load(Ordering::Relaxed) as f64);
     metrics::gauge!("omnia_customers").set(shared.node().engine().stats().customers as f64);

@@ -696,7 +696,7 @@ impl Handler {
             Request::SegmentContains { segment, key } => {
                 cmd::segment::contains(shared, &segment, &key)
             }
-            Request::Stats { offers } => cmd::stats::apply(shared, offers),
+            Request::Stats { offers, drift } => cmd::stats::apply(shared, offers, drift),
             Request::Decide(request) => cmd::decide::decide(shared, &request, receipt),
             Request::Feedback { kind, target } => {
                 cmd::decide::feedback(shared, kind, &target, receipt)

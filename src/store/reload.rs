@@ -210,7 +210,7 @@ impl Prepared {
         }
         // No request reaches `current` any more: what it knows beyond the log (the
         // decisions FEEDBACK can name, the decision counters) is final; carry it over.
-        self.node.adopt_decisions(current);
+        self.node.adopt(current);
         current.engine().retire();
         self.report.paused = paused.elapsed();
         self.report.took = self.started.elapsed();

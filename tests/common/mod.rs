@@ -187,6 +187,19 @@ impl TestServer {
     }
 }
 
+/// The default config with a strict tracking plan (`unknown_properties = "reject"`):
+/// an undeclared property or attribute rejects its event.
+pub fn strict_retail() -> omnia::config::Config {
+    let text = omnia::config::DEFAULT_CONFIG.replacen(
+        "unknown_properties = \"ignore\"",
+        "unknown_properties = \"reject\"",
+        1,
+    );
+    assert_ne!(text, omnia::config::DEFAULT_CONFIG);
+    omnia::config::Config::from_source(&omnia::config::Source::new("strict.toml", text))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The default config changed the way data teams change configs: segments added, one
 /// changed, one removed (`engaged_browsers`, its rule now elsewhere), an aggregate and a
 /// channel added, an attribute removed, an offer renamed (one removed, one added).

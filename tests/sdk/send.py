@@ -1,6 +1,6 @@
 """Sends one customer journey to omnia through a real tracker SDK, as a shop's backend
 would: an anonymous page view, a product view and a cart addition (by Segment's e-commerce
-names), an identify that links
+names; the order also carries a `currency` the config does not declare), an identify that links
 the cookie to an account and an e-mail address, a purchase, and an alias of a second
 cookie. Run by tests/sdks.rs with the SDKs that scripts/test installs:
 
@@ -39,7 +39,8 @@ client.identify(user_id=user, anonymous_id=cookie,
 client.track(user_id=user, event="purchase",
              properties={"amount": 59.5, "sku": "SHOE-1", "category": "shoes", "order_id": f"o-{suffix}"})
 client.track(user_id=user, event="Order Completed",
-             properties={"revenue": 120.0, "product_id": "BAG-2", "category": "bags", "order_id": f"p-{suffix}"})
+             properties={"revenue": 120.0, "product_id": "BAG-2", "category": "bags", "order_id": f"p-{suffix}",
+                         "currency": "EUR"})
 client.alias(previous_id=second, user_id=user)
 client.flush()
 client.join()

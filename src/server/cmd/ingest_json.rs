@@ -381,13 +381,13 @@ fn convert(config: &Config, i: usize, v: &Value, call: &Call<'_>) -> Converted {
                 }
                 continue;
             }
-            if config.attribute_id(name).is_none()
-                && config.engine.unknown_properties == UnknownProperties::Ignore
-            {
-                continue;
-            }
+            // An undeclared trait goes on to the engine, which drops it and counts it as
+            // drift; one it could not carry (an object, an array) is dropped here.
+            let ignored = config.attribute_id(name).is_none()
+                && config.engine.unknown_properties == UnknownProperties::Ignore;
             match scalar(value) {
                 Some(v) => raw.attributes.push((name.to_string(), v)),
+                None if ignored => {}
                 None => {
                     return bad(
                         ErrorCode::BadAttribute,

@@ -1,13 +1,13 @@
 //! STATS: server and engine counters, segment sizes, uptime, config version, and on
-//! request the per-offer counters.
+//! request the per-offer counters and the tracking-plan drift.
 
 use std::sync::atomic::Ordering;
 
-use crate::protocol::message::Stats;
+use crate::protocol::message::{Stats, StatsDrift};
 use crate::protocol::Response;
 use crate::server::Shared;
 
-pub fn apply(shared: &Shared, offers: bool) -> Response {
+pub fn apply(shared: &Shared, offers: bool, drift: bool) -> Response {
     let current = shared.node();
     let engine = current.engine().stats();
     let config = current.config();
@@ -40,5 +40,9 @@ pub fn apply(shared: &Shared, offers: bool) -> Response {
         } else {
             Vec::new()
         },
+        drift: drift.then(|| StatsDrift {
+            ignored: current.engine().drift().ignored(),
+            unknown_events: current.engine().drift().unknown_events(),
+        }),
     })
 }
