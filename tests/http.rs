@@ -474,3 +474,218 @@ async fn segment_ecommerce_names_reach_the_event_types_they_alias() {
     assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(41.0));
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------
+// HTTP/JSON for channel backends.
+
+#[tokio::test]
+async fn a_backend_decides_records_and_gives_feedback_over_json() {
+    let server = TestServer::with_http().await;
+    let a = post_json(
+        &server,
+        "/v1/track",
+        &json!({"event": "add_to_cart", "userId": "b", "properties": {"sku": "S"}}),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let d = post_json(
+        &server,
+        "/v1/decide",
+        &json!({"key": "user:b", "channel": "web", "top": 2, "record": true, "explain": true}),
+    )
+    .await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let id = d.body["decision_id"]
+        .as_str()
+        .expect("a decision id as a string");
+    assert!(
+        id.parse::<u64>().unwrap() > 1 << 53,
+        "ids exceed 2^53: {id}"
+    );
+    assert_eq!(d.body["known_customer"], json!(true));
+    let offers = d.body["offers"].as_array().unwrap();
+    assert!(!offers.is_empty(), "{}", d.body);
+    let first = offers[0]["offer"].as_str().unwrap().to_string();
+    let explained = d.body["explanation"].as_array().unwrap();
+    assert_eq!(explained.len(), server.node.config().decisions.offers.len());
+    // The recorded impression is in the profile, as on the binary protocol.
+    let profile = get(&server, "/v1/profiles/user:b").await;
+    assert_eq!(profile.status, 200, "{}", profile.body);
+    assert_eq!(profile.body["primary_key"], json!("user:b"));
+    let f = post_json(
+        &server,
+        "/v1/feedback",
+        &json!({"kind": "click", "decision_id": id, "offer": first}),
+    )
+    .await;
+    assert_eq!(f.status, 200, "{}", f.body);
+    assert_eq!(f.body["decision_id"], json!(id));
+    let f = post_json(
+        &server,
+        "/v1/feedback",
+        &json!({"kind": "accept", "key": "user:b", "offer": first, "channel": "store"}),
+    )
+    .await;
+    assert_eq!(f.status, 200, "{}", f.body);
+    let stats = get(&server, "/v1/stats?offers=true").await;
+    assert_eq!(stats.status, 200);
+    let row = stats.body["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["offer"] == json!(first) && r["channel"] == json!("web") && r["arm"].is_null())
+        .unwrap_or_else(|| panic!("{}", stats.body))
+        .clone();
+    assert_eq!(
+        (
+            row["decisions"].clone(),
+            row["impressions"].clone(),
+            row["clicks"].clone()
+        ),
+        (json!(1), json!(1), json!(1))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn segments_are_counted_paged_and_queried_over_json() {
+    let server = TestServer::with_http().await;
+    for i in 0..5 {
+        let a = post_json(
+            &server,
+            "/v1/page",
+            &json!({"anonymousId": format!("v{i}")}),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    let c = get(&server, "/v1/segments/new_visitors/count").await;
+    assert_eq!(c.body, json!({"query": "new_visitors", "count": 5}));
+    let page = get(&server, "/v1/segments/new_visitors/members?limit=3").await;
+    assert_eq!(page.body["members"].as_array().unwrap().len(), 3);
+    let cursor = page.body["next_cursor"].as_u64().expect("a next page");
+    let rest = get(
+        &server,
+        &format!("/v1/segments/new_visitors/members?cursor={cursor}&limit=3"),
+    )
+    .await;
+    assert_eq!(rest.body["members"].as_array().unwrap().len(), 2);
+    assert_eq!(rest.body["next_cursor"], Value::Null);
+    let q = post_json(
+        &server,
+        "/v1/segments/query",
+        &json!({"query": "new_visitors and not email_reachable"}),
+    )
+    .await;
+    assert_eq!(q.body["count"], json!(5));
+    let q = post_json(
+        &server,
+        "/v1/segments/query",
+        &json!({"query": "new_visitors", "page": {"limit": 10}}),
+    )
+    .await;
+    assert_eq!(q.body["members"].as_array().unwrap().len(), 5);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn backend_errors_carry_the_protocols_code_name_and_number() {
+    let server = TestServer::with_http().await;
+    let expect = |a: &Answer, status: u16, code: &str, number: u64, says: &str| {
+        assert_eq!(a.status, status, "{code}: {}", a.body);
+        assert_eq!(a.body["code"], json!(code), "{}", a.body);
+        assert_eq!(a.body["number"], json!(number), "{}", a.body);
+        assert!(
+            a.body["message"].as_str().unwrap().contains(says),
+            "{}",
+            a.body
+        );
+    };
+    let a = post_json(
+        &server,
+        "/v1/decide",
+        &json!({"key": "user:1", "channel": "fax"}),
+    )
+    .await;
+    expect(&a, 400, "UNKNOWN_CHANNEL", 12, "unknown channel `fax`");
+    let a = post_json(
+        &server,
+        "/v1/decide",
+        &json!({"key": "user:1", "channel": "web", "context": {"shelf": 1}}),
+    )
+    .await;
+    expect(&a, 400, "BAD_CONTEXT", 24, "unknown context field `shelf`");
+    let a = post_json(
+        &server,
+        "/v1/decide",
+        &json!({"key": "user:1", "channel": "web", "top": 0}),
+    )
+    .await;
+    expect(&a, 400, "BAD_QUERY", 19, "`top` is 0");
+    let a = post_json(
+        &server,
+        "/v1/decide",
+        &json!({"key": "user:1", "chanel": "web"}),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.body["code"].clone()),
+        (400, json!("BAD_JSON")),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `chanel`"),
+        "{}",
+        a.body
+    );
+    let a = post_json(
+        &server,
+        "/v1/feedback",
+        &json!({"kind": "click", "decision_id": "12", "offer": "welcome_discount"}),
+    )
+    .await;
+    expect(&a, 404, "UNKNOWN_DECISION", 22, "decision 12 is unknown");
+    let a = post_json(
+        &server,
+        "/v1/feedback",
+        &json!({"kind": "like", "decision_id": "12", "offer": "x"}),
+    )
+    .await;
+    assert_eq!(a.body["code"], json!("BAD_JSON"));
+    let a = post_json(
+        &server,
+        "/v1/feedback",
+        &json!({"kind": "click", "offer": "nope", "key": "user:1", "channel": "web"}),
+    )
+    .await;
+    expect(&a, 400, "UNKNOWN_OFFER", 21, "unknown offer `nope`");
+    let a = get(&server, "/v1/profiles/user:nobody").await;
+    expect(
+        &a,
+        404,
+        "UNKNOWN_CUSTOMER",
+        25,
+        "no customer has the key `user:nobody`",
+    );
+    let a = get(&server, "/v1/segments/vips/count").await;
+    expect(&a, 404, "UNKNOWN_SEGMENT", 18, "unknown segment `vips`");
+    let a = post_json(
+        &server,
+        "/v1/segments/query",
+        &json!({"query": "new_visitors and"}),
+    )
+    .await;
+    expect(&a, 400, "BAD_QUERY", 19, "column");
+    let a = get(&server, "/v1/stats?offers=maybe").await;
+    assert_eq!(a.body["code"], json!("BAD_JSON"));
+    assert_eq!(
+        server.node.stats().customers,
+        0,
+        "no error created a customer"
+    );
+    server.shutdown().await;
+}

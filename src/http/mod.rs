@@ -23,6 +23,7 @@
 //! data directory loads; until the node is there ([`Edge::ready`]) every other endpoint
 //! answers 503 with `Retry-After`.
 
+mod api;
 mod segment;
 
 use std::sync::{Arc, OnceLock};
@@ -33,6 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::engine::Receipt;
+use crate::protocol::{ErrorCode, Response as Reply};
 use crate::server::Shared;
 
 /// Bounds on what one HTTP request may hold, Segment's by default.
@@ -97,6 +100,13 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/screen", post(segment::screen))
         .route("/v1/alias", post(segment::alias))
         .route("/v1/group", post(segment::group))
+        .route("/v1/decide", post(api::decide))
+        .route("/v1/feedback", post(api::feedback))
+        .route("/v1/profiles/{key}", get(api::profile))
+        .route("/v1/segments/{name}/count", get(api::segment_count))
+        .route("/v1/segments/{name}/members", get(api::segment_members))
+        .route("/v1/segments/query", post(api::segment_query))
+        .route("/v1/stats", get(api::stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -126,6 +136,38 @@ pub async fn run(
         .await
 }
 
+/// Runs one request the way the binary server runs it: on the node once it is there,
+/// under the reload fence, its answer held until the log records it appended (and only
+/// those) are durable. A protocol error becomes a [`Failure`] with its HTTP status.
+pub(crate) async fn execute(
+    edge: &Edge,
+    run: impl FnOnce(&Arc<Shared>, &mut Receipt) -> Result<Reply, Failure>,
+) -> Result<Reply, Failure> {
+    let shared = edge.shared()?;
+    let mut receipt = Receipt::default();
+    let reply = {
+        let Some(_fence) = shared.hold_requests() else {
+            return Err(Failure {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "RELOADING",
+                message: "a config reload holds requests back; send the request again shortly"
+                    .into(),
+            });
+        };
+        run(shared, &mut receipt)?
+    };
+    if let Reply::Error { code, message } = reply {
+        return Err(Failure::protocol(code, message));
+    }
+    if let (Some(last), Some(journal)) = (receipt.last(), shared.node().engine().journal()) {
+        let journal = journal.clone();
+        if let Err(reason) = journal.durable(last).await {
+            return Err(Failure::protocol(ErrorCode::StorageFailed as u16, reason));
+        }
+    }
+    Ok(reply)
+}
+
 /// A request refused as a whole: nothing of it was applied.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -136,13 +178,50 @@ pub(crate) struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// The answer to a request the server refused with protocol error `code`: the
+    /// status says whose move it is (400 the sender's, 404 nothing there, 409 a budget,
+    /// 503 retry later).
+    pub fn protocol(code: u16, message: String) -> Failure {
+        use ErrorCode::*;
+        let known = ErrorCode::from_u16(code);
+        let status = match known {
+            Some(UnknownCustomer | UnknownDecision | UnknownSegment) => StatusCode::NOT_FOUND,
+            Some(BudgetSpent) => StatusCode::CONFLICT,
+            Some(StorageFailed | Capacity | ServerBusy) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Failure {
+            status,
+            code: known.map_or("UNKNOWN", ErrorCode::name),
+            message,
+        }
+    }
+
+    /// A body that is not what the endpoint takes.
+    pub fn bad_json(message: String) -> Failure {
+        Failure {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::BadJson.name(),
+            message,
+        }
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let retry = matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         );
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        let mut body = serde_json::json!({ "code": self.code, "message": self.message });
+        // The protocol's number beside its name, for clients that share the binary
+        // protocol's error table.
+        if let Some(number) =
+            (1..64u16).find(|&n| ErrorCode::from_u16(n).is_some_and(|c| c.name() == self.code))
+        {
+            body["number"] = serde_json::json!(number);
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if retry {
             response
@@ -178,7 +257,7 @@ async fn not_found(uri: axum::http::Uri) -> Failure {
         status: StatusCode::NOT_FOUND,
         code: "NOT_FOUND",
         message: format!(
-            "no endpoint at {}; omnia serves POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group and GET /healthz, /readyz",
+            "no endpoint at {}; omnia serves POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group, /v1/decide, /v1/feedback, /v1/segments/query and GET /v1/profiles/KEY, /v1/segments/NAME/count, /v1/segments/NAME/members, /v1/stats, /healthz, /readyz",
             uri.path()
         ),
     }

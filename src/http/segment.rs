@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::{Edge, Failure};
-use crate::engine::Receipt;
 use crate::protocol::{ErrorCode, Response as Reply};
 use crate::server::cmd::{ingest, ingest_json};
 
@@ -88,64 +87,35 @@ async fn ingest_events(
     body: Body,
 ) -> Result<Response, Failure> {
     let json = read_json(edge, headers, body).await?;
-    let shared = edge.shared()?;
-    let mut receipt = Receipt::default();
-    let reply = {
-        // Held from conversion to the last event applied, as the binary server holds
-        // it for a request: a reload never sees half of this batch.
-        let Some(_fence) = shared.hold_requests() else {
-            return Err(Failure {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "RELOADING",
-                message: "a config reload holds requests back; send the batch again shortly".into(),
-            });
-        };
+    let max_batch = edge.limits.max_batch;
+    let reply = super::execute(edge, |shared, receipt| {
         let node = shared.node();
-        let config = node.config();
-        let events = ingest_json::parse_calls(config, &json, node.engine().now_ms(), kind)
-            .map_err(|message| Failure {
-                status: StatusCode::BAD_REQUEST,
-                code: ErrorCode::BadJson.name(),
-                message,
-            })?;
-        if events.len() > edge.limits.max_batch {
+        let events = ingest_json::parse_calls(node.config(), &json, node.engine().now_ms(), kind)
+            .map_err(Failure::bad_json)?;
+        if events.len() > max_batch {
             return Err(Failure {
                 status: StatusCode::BAD_REQUEST,
                 code: "BATCH_TOO_LARGE",
                 message: format!(
-                    "the batch holds {} events; at most {} are taken in one request: send smaller batches",
+                    "the batch holds {} events; at most {max_batch} are taken in one request: send smaller batches",
                     events.len(),
-                    edge.limits.max_batch
                 ),
             });
         }
-        ingest::apply(
+        Ok(ingest::apply(
             shared,
             events.iter().map(|e| e.as_ref().map_err(Clone::clone)),
-            &mut receipt,
-        )
+            receipt,
+        ))
+    })
+    .await?;
+    let Reply::Ingested { accepted, rejected } = reply else {
+        return Err(Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "INTERNAL",
+            message: format!("ingest answered {reply:?}; this is a bug in omnia"),
+        });
     };
-    let (accepted, rejected) = match reply {
-        Reply::Ingested { accepted, rejected } => (accepted, rejected),
-        Reply::Error { code, message } => {
-            let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::StorageFailed);
-            return Err(refused(code, message));
-        }
-        other => {
-            return Err(Failure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "INTERNAL",
-                message: format!("ingest answered {other:?}; this is a bug in omnia"),
-            })
-        }
-    };
-    // What this request applied is durable before anyone hears of it.
-    if let (Some(last), Some(journal)) = (receipt.last(), shared.node().engine().journal()) {
-        let journal = journal.clone();
-        if let Err(reason) = journal.durable(last).await {
-            return Err(refused(ErrorCode::StorageFailed, reason));
-        }
-    }
     let rejected: Vec<serde_json::Value> = rejected
         .iter()
         .map(|r| {
@@ -164,22 +134,8 @@ async fn ingest_events(
     .into_response())
 }
 
-/// The answer to a request the engine refused as a whole.
-fn refused(code: ErrorCode, message: String) -> Failure {
-    let status = if code == ErrorCode::StorageFailed {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    Failure {
-        status,
-        code: code.name(),
-        message,
-    }
-}
-
 /// The body of a JSON request, decompressed and within the limit.
-async fn read_json(
+pub(super) async fn read_json(
     edge: &Edge,
     headers: &HeaderMap,
     body: Body,
