@@ -225,5 +225,6 @@ impl Node {
         self.decider
             .adopt(self.engine.config(), &old.decider, old.engine.config());
         self.engine.drift().take_from(old.engine.drift());
+        self.engine.dedup().take_from(old.engine.dedup());
     }
 }

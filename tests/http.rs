@@ -99,7 +99,7 @@ async fn a_python_sdk_batch_lands_on_one_merged_profile() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
         answer.body,
-        json!({"success": true, "accepted": 3, "rejected": []})
+        json!({"success": true, "accepted": 3, "duplicates": 0, "rejected": []})
     );
     let profile = server.node.profile("email:sofia@example.nl").unwrap();
     assert_eq!(profile.primary_key, "user:sofia");
@@ -391,7 +391,7 @@ async fn health_answers_before_recovery_and_ingest_waits_for_it() {
 }
 
 #[tokio::test]
-async fn a_batch_acknowledged_over_http_survives_sigkill() {
+async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_duplicates() {
     use common::binary::{serve_on, serve_with};
     let dir = std::env::temp_dir().join(format!("omnia-http-kill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -399,15 +399,7 @@ async fn a_batch_acknowledged_over_http_survives_sigkill() {
     let mut served = serve_with(dir.clone(), &["--fsync", "always"]);
     let url = format!("http://{}/v1/batch", served.http);
     // The HTTP edge may answer a moment after the binary port: wait for /readyz.
-    let ready = format!("http://{}/readyz", served.http);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz never answered 200"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_ready(&served.http).await;
     let mut batch = python_sdk_batch();
     // The real server runs on the wall clock: no timestamps, so events are "now".
     for event in batch["batch"].as_array_mut().unwrap() {
@@ -430,7 +422,23 @@ async fn a_batch_acknowledged_over_http_survives_sigkill() {
     served.child.kill().expect("SIGKILL");
     served.child.wait().unwrap();
     std::mem::forget(served._dir);
-    let mut again = serve_on(dir);
+    let post_again = |http: String| {
+        let body = batch.to_string();
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("http://{http}/v1/batch"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            answer(response).await
+        }
+    };
+    // Recovered from the log alone: the profile, and the message ids, so the SDK's
+    // retry of the same batch changes nothing.
+    let mut again = serve_on(dir.clone());
+    wait_ready(&again.http).await;
     let client = omnia::client::Client::connect(&again.addr).await.unwrap();
     let profile = client
         .profile("anon:c-7f3")
@@ -439,8 +447,70 @@ async fn a_batch_acknowledged_over_http_survives_sigkill() {
         .expect("recovered");
     assert_eq!(profile.primary_key, "user:sofia");
     assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(59.5));
-    again.child.kill().unwrap();
-    again.child.wait().unwrap();
+    let a = post_again(again.http.clone()).await;
+    assert_eq!(
+        (a.body["accepted"].clone(), a.body["duplicates"].clone()),
+        (json!(0), json!(3)),
+        "{}",
+        a.body
+    );
+    // Stopped cleanly (a snapshot, the log it covers removed) and started again: the ids
+    // come back from the snapshot.
+    unsafe { libc::kill(again.child.id() as i32, libc::SIGTERM) };
+    assert!(again.child.wait().unwrap().success());
+    std::mem::forget(again._dir);
+    let mut third = serve_on(dir);
+    wait_ready(&third.http).await;
+    let a = post_again(third.http.clone()).await;
+    assert_eq!(
+        (a.body["accepted"].clone(), a.body["duplicates"].clone()),
+        (json!(0), json!(3)),
+        "{}",
+        a.body
+    );
+    let client = omnia::client::Client::connect(&third.addr).await.unwrap();
+    let profile = client.profile("anon:c-7f3").await.unwrap().unwrap();
+    assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(59.5));
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+}
+
+/// Waits until the HTTP edge at `http` (HOST:PORT) is ready.
+async fn wait_ready(http: &str) {
+    let ready = format!("http://{http}/readyz");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered 200"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_retried_batch_changes_every_aggregate_once() {
+    let server = TestServer::with_http().await;
+    let first = post_json(&server, "/v1/batch", &python_sdk_batch()).await;
+    assert_eq!(first.body["accepted"], json!(3));
+    for _ in 0..2 {
+        let again = post_json(&server, "/v1/batch", &python_sdk_batch()).await;
+        assert_eq!(
+            again.body,
+            json!({"success": true, "accepted": 0, "duplicates": 3, "rejected": []})
+        );
+    }
+    // The same message ids through the binary protocol's INGEST_JSON are duplicates too.
+    let client = omnia::client::Client::connect(&server.addr).await.unwrap();
+    let body = python_sdk_batch().to_string();
+    let ack = client.ingest_json(body.into_bytes()).await.unwrap();
+    assert_eq!(ack.accepted, 0);
+    assert!(ack.rejected.iter().all(|r| r.code == 31), "{ack:?}");
+    let profile = server.node.profile("user:sofia").unwrap();
+    assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(59.5));
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.events_ingested, 3);
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -466,7 +536,7 @@ async fn segment_ecommerce_names_reach_the_event_types_they_alias() {
     .await;
     assert_eq!(
         answer.body,
-        json!({"success": true, "accepted": 5, "rejected": []})
+        json!({"success": true, "accepted": 5, "duplicates": 0, "rejected": []})
     );
     let profile = server.node.profile("user:e").unwrap();
     assert_eq!(profile.aggregate("count(product_view, 7d)"), Some(1.0));

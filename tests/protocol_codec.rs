@@ -34,6 +34,7 @@ fn event() -> impl Strategy<Value = RawEvent> {
     )
         .prop_map(
             |(event, channel, ts, keys, properties, attributes)| RawEvent {
+                message_id: None,
                 event,
                 channel,
                 timestamp_ms: ts,

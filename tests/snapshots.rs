@@ -313,7 +313,10 @@ fn a_damaged_snapshot_stops_the_start_with_the_file_and_offset() {
     // Cut short.
     std::fs::write(&path, &good[..good.len() - 3]).unwrap();
     let err = start(&d.0, retail(), &clock).err().unwrap();
-    assert!(err.to_string().contains("the config claims"), "{err}");
+    assert!(
+        err.to_string().contains("the message id table claims"),
+        "{err}"
+    );
 
     // The header.
     let mut bytes = good.clone();

@@ -409,3 +409,43 @@ fn undeclared_properties_are_dropped_and_counted_as_drift() {
         [("Product Teleported".to_string(), 1)]
     );
 }
+
+#[test]
+fn a_message_id_is_applied_once_per_dedup_window() {
+    let j = Journey::new();
+    let order = || {
+        RawEvent::new("purchase", "web", j.now())
+            .key("user:1")
+            .prop("amount", 10.0)
+            .with_message_id("m-42")
+    };
+    assert!(!j.send(order()).duplicate);
+    assert!(j.send(order()).duplicate, "a retry within the window");
+    j.clock.advance_ms(DAY - 1000);
+    assert!(j.send(order()).duplicate, "still within the 24 h window");
+    let sum = |j: &Journey| {
+        j.node
+            .profile("user:1")
+            .unwrap()
+            .aggregate("sum(purchase.amount, 90d)")
+    };
+    assert_eq!(sum(&j), Some(10.0));
+    // A day after it was applied the id is forgotten: the same id is a new event.
+    j.clock.advance_ms(2000);
+    j.node.tick();
+    assert_eq!(j.node.engine().dedup().len(), 0, "the sweep forgot it");
+    assert!(!j.send(order()).duplicate);
+    assert_eq!(sum(&j), Some(20.0));
+    // Events without an id are applied as always.
+    j.send(
+        RawEvent::new("purchase", "web", j.now())
+            .key("user:1")
+            .prop("amount", 1.0),
+    );
+    j.send(
+        RawEvent::new("purchase", "web", j.now())
+            .key("user:1")
+            .prop("amount", 1.0),
+    );
+    assert_eq!(sum(&j), Some(22.0));
+}

@@ -133,6 +133,7 @@ impl<'a> EventRef<'a> {
             attributes: pairs(self.attributes)
                 .map(|(n, v)| (n.to_string(), v.to_owned()))
                 .collect(),
+            message_id: None,
         }
     }
 }

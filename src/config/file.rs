@@ -50,6 +50,7 @@ pub struct RawEngine {
     pub max_value_bytes: Option<Spanned<u32>>,
     pub max_event_bytes: Option<Spanned<u32>>,
     pub default_channel: Option<Spanned<String>>,
+    pub dedup_window: Option<Spanned<String>>,
 }
 
 /// What to do with an event property the config does not declare.

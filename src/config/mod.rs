@@ -137,6 +137,9 @@ pub struct EngineSettings {
     /// The channel of a JSON event that names none (`context.channel`): Segment's
     /// server libraries send none. `None`: such an event is rejected.
     pub default_channel: Option<usize>,
+    /// Seconds an event's message id is remembered, so a copy of it is not applied
+    /// again; 0 turns deduplication off.
+    pub dedup_window: u32,
 }
 
 /// Largest `engine.max_event_bytes`: a log record holds at most 16 MiB, and an event is
@@ -157,6 +160,7 @@ impl Default for EngineSettings {
             // Segment's limit for one event.
             max_event_bytes: 32 * 1024,
             default_channel: None,
+            dedup_window: 24 * 3600,
         }
     }
 }

@@ -115,6 +115,11 @@ impl Builder<'_> {
                 .duration(d, "engine.max_future_skew")
                 .unwrap_or(engine.max_future_skew);
         }
+        if let Some(d) = &raw.dedup_window {
+            engine.dedup_window = self
+                .duration(d, "engine.dedup_window")
+                .unwrap_or(engine.dedup_window);
+        }
         if let Some(d) = &raw.recheck_interval {
             engine.recheck_interval = self
                 .duration(d, "engine.recheck_interval")

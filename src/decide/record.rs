@@ -198,7 +198,7 @@ mod tests {
         }
     }
 
-    /// The body of the example in docs/storage.md, section 4.6 (record bytes 17 to 88).
+    /// The body of the example in docs/storage.md, section 4.7 (record bytes 17 to 88).
     #[test]
     fn the_documented_example_is_what_omnia_writes() {
         let example = ActionRecord {

@@ -59,6 +59,8 @@ pub struct EngineImage {
     pub shards: Vec<ShardImage>,
     /// The log sequence once every shard was cut: each shard's cut is at or before it.
     pub position: u64,
+    /// The message ids remembered once every shard was cut (see `dedup`).
+    pub dedup: Vec<super::dedup::Remembered>,
     /// The texts of string attribute values, code 1 first: rows hold codes.
     pub strings: Vec<String>,
     /// The longest time one shard was locked for its copy: how long ingest to that
@@ -359,6 +361,8 @@ impl<X: Extension> Engine<X> {
         EngineImage {
             shards: Vec::new(),
             position,
+            // After every shard is cut: every record up to a cut claimed its id before.
+            dedup: self.dedup.entries(),
             // After every shard: it holds every code their rows use.
             strings: self
                 .plan
@@ -430,6 +434,7 @@ impl<X: Extension> Engine<X> {
         if codes.iter().enumerate().all(|(i, &c)| c == i as u32) {
             codes.clear();
         }
+        self.dedup.restore(&image.dedup);
         let mut cuts = Vec::with_capacity(self.shards.len());
         for (shard, shard_image) in image.shards.iter().enumerate() {
             let base = ((shard as u64) << self.local_bits) as u32;

@@ -30,6 +30,9 @@ pub mod kind {
     /// One action on one customer: a recorded decision or a feedback, profile events and
     /// offer state together (`decide::record::ActionRecord`, see `engine::action`).
     pub const ACTION: u8 = 3;
+    /// An event with its message id (see `engine::dedup`): `u32 second applied, str
+    /// message id`, then the event as in [`EVENT`]. Data directory format 4 on.
+    pub const EVENT_WITH_ID: u8 = 4;
 }
 
 /// Where the engine's changes are stored, in order.

@@ -41,6 +41,7 @@
 //! it for writing, so a code in hand is never freed before a row holds it.
 
 pub(crate) mod action;
+pub mod dedup;
 pub mod drift;
 pub(crate) mod eval;
 pub mod event;
@@ -91,6 +92,9 @@ pub struct Applied {
     pub created: bool,
     /// How many other profiles were merged into the customer.
     pub merged: usize,
+    /// The event's message id was applied within the dedup window: this copy was not
+    /// applied (see `dedup`).
+    pub duplicate: bool,
 }
 
 /// The log records one request appended, so that its reply waits for exactly those:
@@ -159,6 +163,8 @@ pub struct Engine<X: Extension = ()> {
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// What live ingest dropped or refused by name (see `drift`).
     drift: drift::Drift,
+    /// Message ids applied within the dedup window (see `dedup`).
+    dedup: dedup::Dedup,
     /// Which shards a snapshot being made has cut (see `image`).
     cutting: Mutex<Option<Vec<bool>>>,
     cutting_active: AtomicBool,
@@ -206,6 +212,7 @@ impl<X: Extension> Engine<X> {
             .collect();
         Engine {
             drift: drift::Drift::default(),
+            dedup: dedup::Dedup::new(plan.config.engine.dedup_window),
             journal: std::sync::OnceLock::new(),
             cutting: Mutex::new(None),
             cutting_active: AtomicBool::new(false),
@@ -352,19 +359,68 @@ impl<X: Extension> Engine<X> {
                 return Err(e);
             }
         };
-        match self.journal.get() {
-            Some(journal) => self.apply_with(
-                &event,
-                &mut |_| {
-                    receipt.logged(journal.append(journal::kind::EVENT, &mut |body| {
-                        crate::codec::events::encode_one(raw, body)
-                    }));
-                    true
-                },
-                false,
-            ),
-            None => self.apply(&event),
+        let Some(id) = raw
+            .message_id()
+            .filter(|_| self.plan.config.engine.dedup_window > 0)
+        else {
+            return match self.journal.get() {
+                Some(journal) => self.apply_with(
+                    &event,
+                    &mut |_| {
+                        receipt.logged(journal.append(journal::kind::EVENT, &mut |body| {
+                            crate::codec::events::encode_one(raw, body)
+                        }));
+                        true
+                    },
+                    false,
+                ),
+                None => self.apply(&event),
+            };
+        };
+        let now = self.now_secs();
+        let duplicate = Applied {
+            customer: 0,
+            created: false,
+            merged: 0,
+            duplicate: true,
+        };
+        // Most copies are caught here, without a lock; the claim under the lock decides.
+        if self.dedup.seen(id, now) {
+            return Ok(duplicate);
         }
+        let mut claimed = true;
+        let applied = self.apply_with(
+            &event,
+            &mut |_| {
+                claimed = self.dedup.claim(id, now);
+                if claimed {
+                    if let Some(journal) = self.journal.get() {
+                        receipt.logged(journal.append(journal::kind::EVENT_WITH_ID, &mut |body| {
+                            use bytes::BufMut;
+                            body.put_u32_le(now);
+                            crate::codec::Write::str(body, id);
+                            crate::codec::events::encode_one(raw, body)
+                        }));
+                    }
+                }
+                claimed
+            },
+            false,
+        )?;
+        if !claimed {
+            // A copy that raced this one was claimed first; this one changed nothing.
+            self.events_applied.fetch_sub(1, Ordering::Relaxed);
+            return Ok(Applied {
+                customer: applied.customer,
+                ..duplicate
+            });
+        }
+        Ok(applied)
+    }
+
+    /// Message ids applied within the dedup window (see `dedup`).
+    pub fn dedup(&self) -> &dedup::Dedup {
+        &self.dedup
     }
 
     /// Applies an event read back from the log at `sequence`, unless the snapshot image
@@ -464,6 +520,7 @@ impl<X: Extension> Engine<X> {
         drop(state);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
         Some(Applied {
+            duplicate: false,
             customer: r.id,
             created: false,
             merged: 0,
@@ -543,11 +600,15 @@ impl<X: Extension> Engine<X> {
                 // A new profile: segments no event type leads to (e.g. "never bought") too.
                 state.evaluate_all(&self.plan, local);
             }
+        } else if created {
+            // Not applied after all (a duplicate's claim lost): the slot goes back.
+            state.unallocate(local);
         }
         drop(state);
         self.events_applied.fetch_add(1, Ordering::Relaxed);
         self.merges.fetch_add(merged as u64, Ordering::Relaxed);
         Ok(Applied {
+            duplicate: false,
             customer: survivor.id,
             created,
             merged,
@@ -656,6 +717,7 @@ impl<X: Extension> Engine<X> {
         for shard in 0..self.shards.len() {
             drop(self.lock(shard));
         }
+        self.dedup.sweep(self.now_secs());
         self.collect_strings();
     }
 

@@ -116,8 +116,13 @@ async fn ingest_events(
             message: format!("ingest answered {reply:?}; this is a bug in omnia"),
         });
     };
+    let duplicates = rejected
+        .iter()
+        .filter(|r| r.code == ErrorCode::Duplicate as u16)
+        .count();
     let rejected: Vec<serde_json::Value> = rejected
         .iter()
+        .filter(|r| r.code != ErrorCode::Duplicate as u16)
         .map(|r| {
             serde_json::json!({
                 "index": r.index,
@@ -129,6 +134,7 @@ async fn ingest_events(
     Ok(axum::Json(serde_json::json!({
         "success": true,
         "accepted": accepted,
+        "duplicates": duplicates,
         "rejected": rejected,
     }))
     .into_response())

@@ -52,6 +52,11 @@ pub trait EventView {
     fn encoded(&self) -> Option<&[u8]> {
         None
     }
+    /// The sender's id for this event (Segment's `messageId`): an event whose id was
+    /// applied within `engine.dedup_window` is not applied again.
+    fn message_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<T: EventView> EventView for &T {
@@ -75,6 +80,9 @@ impl<T: EventView> EventView for &T {
     }
     fn encoded(&self) -> Option<&[u8]> {
         (*self).encoded()
+    }
+    fn message_id(&self) -> Option<&str> {
+        (*self).message_id()
     }
 }
 
@@ -110,6 +118,9 @@ impl EventView for RawEvent {
         self.attributes
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_ref()))
+    }
+    fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
     }
 }
 
@@ -175,6 +186,9 @@ pub struct RawEvent {
     pub properties: Vec<(String, RawValue)>,
     /// Profile attributes to set (traits), newest value wins.
     pub attributes: Vec<(String, RawValue)>,
+    /// The sender's id for the event, for exactly-once ingest (see
+    /// [`EventView::message_id`]); the binary INGEST layout does not carry one yet.
+    pub message_id: Option<String>,
 }
 
 impl RawEvent {
@@ -186,7 +200,14 @@ impl RawEvent {
             timestamp_ms,
             properties: Vec::new(),
             attributes: Vec::new(),
+            message_id: None,
         }
+    }
+
+    /// The sender's id for the event (see [`EventView::message_id`]).
+    pub fn with_message_id(mut self, id: &str) -> Self {
+        self.message_id = Some(id.to_string());
+        self
     }
 
     pub fn key(mut self, key: &str) -> Self {

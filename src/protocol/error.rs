@@ -61,6 +61,10 @@ pub enum ErrorCode {
     /// The server is at its connection limit: it answered this one and closed it. Try
     /// again later, or on another node.
     ServerBusy = 30,
+    /// Not an error: the event's message id was applied within `engine.dedup_window`, so
+    /// this copy was acknowledged and not applied again. Reported per event, like a
+    /// rejection, so that an acknowledgement counts duplicates apart; nothing to do.
+    Duplicate = 31,
 }
 
 impl ErrorCode {
@@ -95,6 +99,7 @@ impl ErrorCode {
             28 => ReloadRefused,
             29 => EventTooLarge,
             30 => ServerBusy,
+            31 => Duplicate,
             _ => return None,
         })
     }
@@ -131,6 +136,7 @@ impl ErrorCode {
             ReloadRefused => "RELOAD_REFUSED",
             EventTooLarge => "EVENT_TOO_LARGE",
             ServerBusy => "SERVER_BUSY",
+            Duplicate => "DUPLICATE",
         }
     }
 

@@ -151,8 +151,11 @@ pub(crate) fn connection_refused() {
     metrics::counter!("omnia_connections_refused_total").increment(1);
 }
 
-pub(crate) fn events(accepted: u32, rejected: impl Iterator<Item = u16>) {
+pub(crate) fn events(accepted: u32, duplicates: u64, rejected: impl Iterator<Item = u16>) {
     metrics::counter!("omnia_events_ingested_total").increment(accepted as u64);
+    if duplicates > 0 {
+        metrics::counter!("omnia_events_duplicate_total").increment(duplicates);
+    }
     for code in rejected {
         metrics::counter!("omnia_events_rejected_total", "code" => code_name(code)).increment(1);
     }

@@ -84,6 +84,8 @@ pub struct ServerStats {
     pub connections: AtomicU32,
     pub events_ingested: AtomicU64,
     pub events_rejected: AtomicU64,
+    /// Copies of events already applied (by message id), acknowledged and not applied.
+    pub events_duplicate: AtomicU64,
     /// Reloads completed.
     pub reloads: AtomicU32,
     /// While a reload runs, the percentage of customers moved; 255 otherwise.
@@ -97,6 +99,7 @@ impl Default for ServerStats {
             connections: AtomicU32::new(0),
             events_ingested: AtomicU64::new(0),
             events_rejected: AtomicU64::new(0),
+            events_duplicate: AtomicU64::new(0),
             reloads: AtomicU32::new(0),
             reload_progress: std::sync::atomic::AtomicU8::new(u8::MAX),
         }

@@ -37,13 +37,17 @@ use crate::node::{Node, NodeImage};
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT` this version writes.
-pub const FORMAT: &str = "omnia data directory, format 3";
+pub const FORMAT: &str = "omnia data directory, format 4";
 
-/// Earlier formats this version reads and migrates at start: format 2 differs only in
-/// the records it wrote (an EVENT and an OFFER_ACTION per offer action, where format 3
-/// writes one ACTION), which this version still replays, so migrating it is rewriting
-/// `FORMAT`. Any other first line is refused.
-pub const MIGRATES: &[&str] = &["omnia data directory, format 2"];
+/// Earlier formats this version reads and migrates at start. Each differs only in what
+/// it did not write yet, which this version still replays, so migrating is rewriting
+/// `FORMAT`: format 3 wrote no EVENT_WITH_ID records and snapshots of format 2 (no
+/// message ids); format 2 also wrote an EVENT and an OFFER_ACTION per offer action,
+/// where format 3 on writes one ACTION. Any other first line is refused.
+pub const MIGRATES: &[&str] = &[
+    "omnia data directory, format 2",
+    "omnia data directory, format 3",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -546,6 +550,26 @@ fn replay(
     match *kind {
         wal::EVENT => {
             let batch = IngestBatch::decode(body).map_err(|e| e.to_string())?;
+            let engine = node.engine();
+            batch.iter().try_for_each(|raw| {
+                let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
+                engine
+                    .replay(&event, sequence, cuts)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        }
+        wal::EVENT_WITH_ID => {
+            let mut r = crate::codec::Reader::new(body);
+            let applied = r
+                .u32(&crate::codec::named("second applied"))
+                .map_err(|e| e.to_string())?;
+            let id = r
+                .str(&crate::codec::named("message id"))
+                .map_err(|e| e.to_string())?;
+            let batch = IngestBatch::decode(r.rest()).map_err(|e| e.to_string())?;
+            // Remembered whether or not the snapshot holds the change (see `dedup`).
+            node.engine().dedup().remember(id, applied);
             let engine = node.engine();
             batch.iter().try_for_each(|raw| {
                 let event = engine.resolve(&raw).map_err(|e| e.to_string())?;

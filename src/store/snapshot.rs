@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! 16 bytes  magic "omnia snapshot\n\0"
-//! u32       snapshot format (2)
+//! u32       snapshot format (3; 2 is read too)
 //! u64       fingerprint of the profile layout of the config that wrote it
 //! u64       position: the log sequence when it was completed
 //! u32       shards
@@ -28,7 +28,12 @@
 //!           attribute values, code 1 first (rows hold the codes)
 //! 1 x       section whose body is: u32 length + UTF-8 name, u32 length + UTF-8 text of
 //!           the config that wrote it
+//! 1 x       section whose body is: u32 n, n x (16 bytes xxh3-128 hash of a message id,
+//!           u32 second it was applied): the message ids remembered (format 3 on)
 //! ```
+//!
+//! Versions: 2 (data directory formats 2 and 3) had no message ids section; 3 (format 4)
+//! adds it. Version 2 is read as remembering no ids.
 //!
 //! Profile rows are laid out by the config. Loaded under a config with the same layout
 //! (the fingerprint covers namespaces, channels, attributes, aggregates, segments,
@@ -51,7 +56,9 @@ use crate::engine::{EngineImage, ShardImage};
 use crate::node::{Node, NodeImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The versions this one reads: 2 lacks the message ids section.
+const READS: [u32; 2] = [2, 3];
 const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
 /// Bytes written between syncs of a snapshot file.
 const SYNC_EVERY: usize = 8 << 20;
@@ -304,7 +311,13 @@ fn finish(
     for text in [&image.config.0, &image.config.1] {
         config.lstr(text);
     }
-    for body in [&counters, &strings, &config] {
+    let mut dedup = Vec::with_capacity(4 + image.dedup.len() * 20);
+    dedup.put_u32_le(image.dedup.len() as u32);
+    for &(hash, applied) in &image.dedup {
+        dedup.put_u128_le(hash);
+        dedup.put_u32_le(applied);
+    }
+    for body in [&counters, &strings, &config, &dedup] {
         file.section(body)?;
     }
     let mut header = Vec::with_capacity(HEADER);
@@ -419,23 +432,25 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
         return Err(corrupt(0, "header checksum mismatch".into()));
     }
     let version = u32_at(16);
-    if version != VERSION {
+    if !READS.contains(&version) {
         return Err(corrupt(
             16,
-            format!("it is in snapshot format {version}, and this version of omnia reads format {VERSION} (start the version that wrote it)"),
+            format!("it is in snapshot format {version}, and this version of omnia reads formats 2 and {VERSION} (start the version that wrote it)"),
         ));
     }
+    let trailing = if version >= 3 { 4 } else { 3 };
     let fingerprint = u64_at(20);
     let position = u64_at(28);
     let shards = u32_at(36) as usize;
     let mut at = HEADER;
-    let mut sections = Vec::with_capacity(shards.min(4096) + 3);
-    for i in 0..shards + 3 {
+    let mut sections = Vec::with_capacity(shards.min(4096) + trailing);
+    for i in 0..shards + trailing {
         let what = match i - shards.min(i) {
             _ if i < shards => format!("shard {i}"),
             0 => "the offer counters".to_string(),
             1 => "the string table".to_string(),
-            _ => "the config".to_string(),
+            2 => "the config".to_string(),
+            _ => "the message id table".to_string(),
         };
         if bytes.len() - at < 12 {
             return Err(corrupt(at, format!("the file ends before {what}")));
@@ -464,6 +479,29 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
             at,
             format!("{} bytes after the last section", bytes.len() - at),
         ));
+    }
+    let mut dedup = Vec::new();
+    if trailing == 4 {
+        let (dedup_at, body) = sections.pop().unwrap_or((at, &[]));
+        let n = body
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+            as usize;
+        if body.len() != 4 + n * 20 {
+            return Err(corrupt(
+                dedup_at,
+                "the message id table is malformed".into(),
+            ));
+        }
+        dedup = body[4..]
+            .chunks_exact(20)
+            .map(|c| {
+                (
+                    u128::from_le_bytes(c[..16].try_into().unwrap_or_default()),
+                    u32::from_le_bytes(c[16..].try_into().unwrap_or_default()),
+                )
+            })
+            .collect();
     }
     let (config_at, config_body) = sections.pop().unwrap_or((at, &[]));
     let config = read_strings(config_body, false)
@@ -503,6 +541,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
         engine: EngineImage {
             shards,
             position,
+            dedup,
             strings,
             longest_pause: Duration::ZERO,
             config,

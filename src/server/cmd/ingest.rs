@@ -45,6 +45,7 @@ pub fn apply<E: EventView>(
     receipt: &mut Receipt,
 ) -> Response {
     let mut accepted = 0u32;
+    let mut duplicates = 0u64;
     let mut rejected = Vec::new();
     let node = shared.node();
     let engine = node.engine();
@@ -60,6 +61,16 @@ pub fn apply<E: EventView>(
                 .map_err(|e| (code_of(&e), e.to_string()))
         });
         match outcome {
+            Ok(applied) if applied.duplicate => {
+                duplicates += 1;
+                rejected.push(Rejected {
+                    index: index as u32,
+                    code: ErrorCode::Duplicate as u16,
+                    message: format!(
+                        "event {index}: its message id was applied already (within engine.dedup_window); this copy was not applied again"
+                    ),
+                });
+            }
             Ok(_) => accepted += 1,
             Err((code, message)) => rejected.push(Rejected {
                 index: index as u32,
@@ -68,7 +79,14 @@ pub fn apply<E: EventView>(
             }),
         }
     }
-    crate::server::metrics::events(accepted, rejected.iter().map(|r| r.code));
+    crate::server::metrics::events(
+        accepted,
+        duplicates,
+        rejected
+            .iter()
+            .map(|r| r.code)
+            .filter(|&c| c != ErrorCode::Duplicate as u16),
+    );
     shared
         .stats
         .events_ingested
@@ -76,6 +94,10 @@ pub fn apply<E: EventView>(
     shared
         .stats
         .events_rejected
-        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        .fetch_add(rejected.len() as u64 - duplicates, Ordering::Relaxed);
+    shared
+        .stats
+        .events_duplicate
+        .fetch_add(duplicates, Ordering::Relaxed);
     Response::Ingested { accepted, rejected }
 }

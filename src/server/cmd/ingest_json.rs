@@ -19,7 +19,9 @@
 //! `sentAt` (the call's, or the batch's) corrects the sender's clock as Segment does:
 //! the event happened `sentAt - timestamp` before the server received it. The HTTP
 //! API's single calls (`/v1/track`, ...) name their type by their path
-//! ([`parse_calls`]). `messageId` is accepted; it is not used for deduplication in this version. Each event
+//! ([`parse_calls`]). `messageId` is the event's message id: a copy of an event whose id
+//! was applied within `engine.dedup_window` is acknowledged as a duplicate and not
+//! applied again (see `engine::dedup`). Each event
 //! that cannot be converted is rejected with its index and the field at fault, and the
 //! others are still applied.
 
@@ -287,6 +289,21 @@ fn convert(config: &Config, i: usize, v: &Value, call: &Call<'_>) -> Converted {
         },
     };
     let mut raw = RawEvent::new(event, channel, timestamp_ms);
+    match o.get("messageId") {
+        None => {}
+        Some(v) if v.is_null() => {}
+        Some(v) => match v.as_str() {
+            Some(id) if !id.is_empty() && id.len() <= 256 => raw.message_id = Some(id.to_string()),
+            Some(_) => {
+                return bad(
+                    ErrorCode::BadJson,
+                    "messageId",
+                    "must be 1 to 256 bytes".into(),
+                )
+            }
+            None => return bad(ErrorCode::BadJson, "messageId", "expected a string".into()),
+        },
+    }
     for (field, namespace) in [
         ("userId", "user"),
         ("anonymousId", "anon"),

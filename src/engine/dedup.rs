@@ -1,0 +1,190 @@
+//! Exactly-once ingest by message id: trackers retry on timeouts, so the same event
+//! arrives twice; one whose id was applied within `engine.dedup_window` is
+//! acknowledged as a duplicate and not applied again.
+//!
+//! What is remembered: a 128-bit hash of each message id (xxh3; two ids colliding is
+//! about as likely as a disk returning wrong bytes), with the second it was applied. 20
+//! bytes of key and value per id (the hash is kept as bytes, so the entry is not padded
+//! to a 16-byte alignment), about 24 in the map with its control byte and load factor:
+//! 10 million ids in a day's window hold about 240 MB.
+//!
+//! Invariants:
+//! - an id is claimed under the lock of the shard its event changes, just before the
+//!   change and its log record ([`Dedup::claim`]), so of two copies of one event only
+//!   one is applied, and an event that is refused before it is applied (unknown type,
+//!   full shard, a log that cannot store) claims nothing;
+//! - every applied event with an id has its id and time in its log record (journal kind
+//!   `EVENT_WITH_ID`); recovery remembers the id of every record it reads, whether the
+//!   snapshot already holds its change or not, and a snapshot holds the ids remembered
+//!   once all its shards were cut, which covers every record before its cuts;
+//! - ids older than the window are forgotten, in sweeps at most every 1/64 of the
+//!   window, so memory follows the window, not the uptime.
+//!
+//! Data flow: `Engine::ingest` claims; the log replays (`remember`); snapshots copy
+//! ([`Dedup::entries`]) and restore ([`Dedup::restore`]); a reload's new engine takes
+//! over the old one's ([`Dedup::take_from`]); the tick sweeps ([`Dedup::sweep`]).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+/// The remembered ids (see the module doc).
+pub struct Dedup {
+    /// Seconds an id is remembered; 0 turns deduplication off.
+    window: u32,
+    /// Hash of the id (little-endian bytes) -> the second it was applied.
+    seen: DashMap<[u8; 16], u32, ahash::RandomState>,
+    /// When the last sweep ran.
+    swept: AtomicU32,
+}
+
+/// One remembered id, as a snapshot stores it: its hash and the second it was applied.
+pub type Remembered = (u128, u32);
+
+fn hash(id: &str) -> [u8; 16] {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes()).to_le_bytes()
+}
+
+impl Dedup {
+    pub fn new(window: u32) -> Dedup {
+        Dedup {
+            window,
+            seen: DashMap::default(),
+            swept: AtomicU32::new(0),
+        }
+    }
+
+    fn live(&self, applied: u32, now: u32) -> bool {
+        now.saturating_sub(applied) < self.window
+    }
+
+    /// Whether `id` was applied within the window before `now`: a copy of it is a
+    /// duplicate.
+    pub fn seen(&self, id: &str, now: u32) -> bool {
+        self.window > 0 && self.seen.get(&hash(id)).is_some_and(|t| self.live(*t, now))
+    }
+
+    /// Claims `id` for an event about to be applied at `now`: `false` if it was applied
+    /// within the window (a duplicate: do not apply it). Call it only where the event
+    /// is then certainly applied (see the module doc).
+    pub fn claim(&self, id: &str, now: u32) -> bool {
+        if self.window == 0 {
+            return true;
+        }
+        match self.seen.entry(hash(id)) {
+            Entry::Occupied(mut e) => {
+                if self.live(*e.get(), now) {
+                    return false;
+                }
+                e.insert(now);
+                true
+            }
+            Entry::Vacant(e) => {
+                e.insert(now);
+                true
+            }
+        }
+    }
+
+    /// Recovery read a record of `id` applied at `applied`.
+    pub fn remember(&self, id: &str, applied: u32) {
+        if self.window > 0 {
+            let mut t = self.seen.entry(hash(id)).or_insert(applied);
+            *t = (*t).max(applied);
+        }
+    }
+
+    /// Forgets ids older than the window, unless a sweep ran less than 1/64 of the
+    /// window ago. Returns how many were forgotten.
+    pub fn sweep(&self, now: u32) -> usize {
+        let every = (self.window / 64).max(1);
+        let last = self.swept.load(Ordering::Relaxed);
+        if self.window == 0 || now.saturating_sub(last) < every {
+            return 0;
+        }
+        self.swept.store(now, Ordering::Relaxed);
+        let before = self.seen.len();
+        self.seen
+            .retain(|_, t| now.saturating_sub(*t) < self.window);
+        before.saturating_sub(self.seen.len())
+    }
+
+    /// Ids remembered now, for a snapshot.
+    pub fn entries(&self) -> Vec<Remembered> {
+        let mut all: Vec<Remembered> = self
+            .seen
+            .iter()
+            .map(|e| (u128::from_le_bytes(*e.key()), *e.value()))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Loads ids a snapshot remembered.
+    pub fn restore(&self, entries: &[Remembered]) {
+        if self.window == 0 {
+            return;
+        }
+        for &(h, t) in entries {
+            let mut at = self.seen.entry(h.to_le_bytes()).or_insert(t);
+            *at = (*at).max(t);
+        }
+    }
+
+    /// Takes over what `old` remembers: a reload's new engine goes on where it stopped.
+    pub fn take_from(&self, old: &Dedup) {
+        self.restore(&old.entries());
+    }
+
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_claimed_once_per_window_and_forgotten_after_it() {
+        let d = Dedup::new(100);
+        assert!(d.claim("m-1", 1000));
+        assert!(!d.claim("m-1", 1000));
+        assert!(!d.claim("m-1", 1099), "still inside the window");
+        assert!(d.seen("m-1", 1099));
+        assert!(!d.seen("m-1", 1100), "the window is over");
+        assert!(
+            d.claim("m-1", 1100),
+            "claimed again once the window is over"
+        );
+        assert!(d.claim("m-2", 1100));
+        // Sweeps forget what is older than the window, at most every window/64 s.
+        assert_eq!(d.sweep(1150), 0);
+        assert_eq!(d.sweep(1200), 2);
+        assert_eq!(d.len(), 0);
+    }
+
+    #[test]
+    fn snapshots_and_reloads_carry_the_ids() {
+        let d = Dedup::new(100);
+        d.claim("m-1", 10);
+        d.remember("m-2", 20);
+        let next = Dedup::new(100);
+        next.restore(&d.entries());
+        assert!(!next.claim("m-1", 50));
+        assert!(!next.claim("m-2", 50));
+        let off = Dedup::new(0);
+        assert!(
+            off.claim("m-1", 10) && off.claim("m-1", 10),
+            "a window of 0 is off"
+        );
+        off.restore(&d.entries());
+        assert!(off.is_empty());
+    }
+}
