@@ -15,7 +15,7 @@ use loadgen::journey::Mix;
 use loadgen::redis_target::RedisTarget;
 use loadgen::report::Report;
 use loadgen::run::{run, Settings, TimeMode, Workload};
-use loadgen::target::{spawn_server, InProcessTarget, OmniaTarget};
+use loadgen::target::{spawn_server, HttpTarget, InProcessTarget, OmniaTarget};
 use mimalloc::MiMalloc;
 use omnia::config::Config;
 
@@ -33,6 +33,15 @@ enum TargetKind {
     Inprocess,
     /// Redis (`--redis`), the baseline: ingest only.
     Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// The binary protocol (`--addr`).
+    Binary,
+    /// The HTTP API (`--http-addr`): ingest as Segment `/v1/batch` calls, decisions,
+    /// feedback and queries as the JSON endpoints.
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,6 +64,15 @@ struct Options {
     /// The omnia server.
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: String,
+    /// How to talk to omnia (`--target omnia` and `spawn`).
+    #[arg(long, value_enum, default_value_t = Protocol::Binary)]
+    protocol: Protocol,
+    /// The omnia server's HTTP API, for `--protocol http`.
+    #[arg(long, default_value = "127.0.0.1:8878")]
+    http_addr: String,
+    /// Send HTTP bodies gzipped (`--protocol http`), as trackers do.
+    #[arg(long)]
+    gzip: bool,
     /// The Redis server, for `--target redis`.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
@@ -124,6 +142,15 @@ struct Options {
     no_progress: bool,
 }
 
+/// Where this run's message ids start: the wall clock in microseconds, so that two runs
+/// against one server never send the same id (the second would be all duplicates).
+fn message_id_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+        << 8
+}
+
 fn main() -> anyhow::Result<()> {
     let o = Options::parse();
     anyhow::ensure!(
@@ -187,6 +214,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build()?;
     let report: Report = runtime.block_on(async {
         match o.target {
+            TargetKind::Omnia if o.protocol == Protocol::Http => {
+                let (http, gzip) = (o.http_addr.clone(), o.gzip);
+                let ids = Arc::new(std::sync::atomic::AtomicU64::new(message_id_base()));
+                run(settings, &format!("omnia over HTTP at {http}"), || {
+                    let (http, ids) = (http.clone(), ids.clone());
+                    async move { Ok(HttpTarget::new(&http, gzip, ids)) }
+                })
+                .await
+            }
             TargetKind::Omnia => {
                 let addr = o.addr.clone();
                 run(settings, &format!("omnia at {addr}"), || {
@@ -196,12 +232,26 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             TargetKind::Spawn => {
-                let (addr, stop) = spawn_server(config).await?;
-                let report = run(settings, &format!("omnia spawned at {addr}"), || {
-                    let addr = addr.clone();
-                    async move { OmniaTarget::connect(&addr).await }
-                })
-                .await;
+                let (addr, http, stop) = spawn_server(config).await?;
+                let report = if o.protocol == Protocol::Http {
+                    let gzip = o.gzip;
+                    let ids = Arc::new(std::sync::atomic::AtomicU64::new(message_id_base()));
+                    run(
+                        settings,
+                        &format!("omnia spawned, over HTTP at {http}"),
+                        || {
+                            let (http, ids) = (http.clone(), ids.clone());
+                            async move { Ok(HttpTarget::new(&http, gzip, ids)) }
+                        },
+                    )
+                    .await
+                } else {
+                    run(settings, &format!("omnia spawned at {addr}"), || {
+                        let addr = addr.clone();
+                        async move { OmniaTarget::connect(&addr).await }
+                    })
+                    .await
+                };
                 let _ = stop.send(());
                 report
             }

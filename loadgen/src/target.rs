@@ -133,11 +133,12 @@ fn acknowledged(ack: Result<omnia::client::Ingested, ClientError>) -> Result<u64
     }
 }
 
-/// An omnia server started inside this process on an ephemeral port: a benchmark (or a
-/// test) in one command. Send on the returned sender to stop it.
+/// An omnia server started inside this process on an ephemeral port, its HTTP edge on
+/// another: a benchmark (or a test) in one command. Returns the binary protocol's
+/// address and the HTTP API's; send on the returned sender to stop both.
 pub async fn spawn_server(
     config: omnia::config::Config,
-) -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+) -> std::io::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
     let node = Arc::new(Node::new(config, Arc::new(omnia::clock::SystemClock)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
@@ -145,11 +146,20 @@ pub async fn spawn_server(
         node,
         omnia::server::Limits::default(),
     ));
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = http.local_addr()?.to_string();
+    let edge = omnia::http::Edge::new(omnia::http::HttpLimits::default());
+    edge.ready(shared.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(omnia::http::run(http, edge, async move {
+        let _ = http_stopped.await;
+    }));
     tokio::spawn(omnia::server::run(listener, shared, async move {
         let _ = stopped.await;
+        let _ = stop_http.send(());
     }));
-    Ok((addr, stop))
+    Ok((addr, http_addr, stop))
 }
 
 /// The node in this process: what omnia does without the network.
@@ -194,6 +204,181 @@ impl Target for InProcessTarget {
                 Err(e) => Err(e.to_string()),
             },
             Op::Query(q) => e.segment_count(&q).map(|_| 1).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// An omnia server's HTTP API: ingest as Segment `/v1/batch` calls (gzipped when asked),
+/// decisions, feedback and queries as the JSON endpoints. What a tracker or a backend
+/// that cannot speak the binary protocol costs.
+pub struct HttpTarget {
+    client: reqwest::Client,
+    base: String,
+    gzip: bool,
+    /// Message ids: unique per event of this process.
+    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HttpTarget {
+    /// A target for `http://{addr}`; targets made from one `ids` share its message ids.
+    pub fn new(
+        addr: &str,
+        gzip: bool,
+        ids: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> HttpTarget {
+        HttpTarget {
+            client: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            gzip,
+            next_id: ids,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Vec<u8>) -> Result<serde_json::Value, String> {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        let body = if self.gzip {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            gz.write_all(&body).map_err(|e| e.to_string())?;
+            request = request.header("content-encoding", "gzip");
+            gz.finish().map_err(|e| e.to_string())?
+        } else {
+            body
+        };
+        let response = request.body(body).send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{status}: not JSON ({e})"))?;
+        if !status.is_success() {
+            return Err(format!("{status}: {value}"));
+        }
+        Ok(value)
+    }
+
+    /// Events as a Segment batch: `user:` and `anon:` keys as `userId` and
+    /// `anonymousId`, other keys in omnia's `keys` extension.
+    fn batch(&self, events: &[RawEvent]) -> Vec<u8> {
+        let first = self
+            .next_id
+            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let calls: Vec<serde_json::Value> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut call = serde_json::json!({
+                    "type": "track",
+                    "event": e.event,
+                    "timestamp": e.timestamp_ms,
+                    "messageId": format!("lg-{}", first + i as u64),
+                    "context": {"channel": e.channel},
+                });
+                let mut keys = Vec::new();
+                for key in &e.keys {
+                    match key.split_once(':') {
+                        Some(("user", id)) if call.get("userId").is_none() => {
+                            call["userId"] = id.into()
+                        }
+                        Some(("anon", id)) if call.get("anonymousId").is_none() => {
+                            call["anonymousId"] = id.into()
+                        }
+                        _ => keys.push(key.clone()),
+                    }
+                }
+                if !keys.is_empty() {
+                    call["keys"] = keys.into();
+                }
+                let scalar =
+                    |v: &omnia::model::RawValue| serde_json::to_value(v).unwrap_or_default();
+                if !e.properties.is_empty() {
+                    call["properties"] = e
+                        .properties
+                        .iter()
+                        .map(|(n, v)| (n.clone(), scalar(v)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
+                if !e.attributes.is_empty() {
+                    call["traits"] = e
+                        .attributes
+                        .iter()
+                        .map(|(n, v)| (n.clone(), scalar(v)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
+                call
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "batch": calls })).unwrap_or_default()
+    }
+}
+
+impl Target for HttpTarget {
+    async fn execute(&self, op: Op) -> Result<u64, String> {
+        match op {
+            Op::Ingest(events) => {
+                let answer = self.post("/v1/batch", self.batch(&events)).await?;
+                let rejected = answer["rejected"].as_array().map_or(0, Vec::len);
+                if rejected > 0 {
+                    return Err(format!(
+                        "{rejected} of the batch rejected, the first: {}",
+                        answer["rejected"][0]
+                    ));
+                }
+                Ok(answer["accepted"].as_u64().unwrap_or(0))
+            }
+            Op::IngestBody(..) => Err("the HTTP target takes events, not INGEST bodies".into()),
+            Op::Decide(r) => {
+                let context: serde_json::Map<String, serde_json::Value> = r
+                    .context
+                    .iter()
+                    .map(|(n, v)| (n.clone(), serde_json::to_value(v).unwrap_or_default()))
+                    .collect();
+                let body = serde_json::json!({
+                    "key": r.key, "channel": r.channel, "top": r.top,
+                    "record": r.record_impression, "explain": r.explain, "context": context,
+                });
+                self.post("/v1/decide", body.to_string().into_bytes())
+                    .await
+                    .map(|_| 1)
+            }
+            Op::Feedback(kind, target) => {
+                let body = match target {
+                    omnia::model::decision::FeedbackTarget::Decision { decision_id, offer } => {
+                        serde_json::json!({
+                            "kind": kind.name(), "decision_id": decision_id.to_string(), "offer": offer,
+                        })
+                    }
+                    omnia::model::decision::FeedbackTarget::Customer {
+                        key,
+                        offer,
+                        channel,
+                    } => serde_json::json!({
+                        "kind": kind.name(), "key": key, "offer": offer, "channel": channel,
+                    }),
+                };
+                match self
+                    .post("/v1/feedback", body.to_string().into_bytes())
+                    .await
+                {
+                    Ok(_) => Ok(1),
+                    // A spent budget is the server answering correctly, not a failure.
+                    Err(e) if e.contains("BUDGET_SPENT") => Ok(0),
+                    Err(e) => Err(e),
+                }
+            }
+            Op::Query(q) => {
+                let body = serde_json::json!({ "query": q });
+                self.post("/v1/segments/query", body.to_string().into_bytes())
+                    .await
+                    .map(|_| 1)
+            }
         }
     }
 }

@@ -4,13 +4,37 @@
 
 use loadgen::journey::Mix;
 use loadgen::run::{run, Settings, TimeMode, Workload};
-use loadgen::target::{spawn_server, OmniaTarget, OpKind};
+use loadgen::target::{spawn_server, HttpTarget, OmniaTarget, OpKind};
 use omnia::config::Config;
 
 async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    spawn_server(Config::embedded_default().unwrap())
+    let (addr, _http, stop) = spawn_server(Config::embedded_default().unwrap())
         .await
-        .unwrap()
+        .unwrap();
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_run_over_http_with_gzip_reports_no_errors() {
+    let (_addr, http, stop) = spawn_server(Config::embedded_default().unwrap())
+        .await
+        .unwrap();
+    let ids = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let report = run(settings(Workload::Mixed), "omnia over HTTP", || {
+        let (http, ids) = (http.clone(), ids.clone());
+        async move { Ok(HttpTarget::new(&http, true, ids)) }
+    })
+    .await
+    .unwrap();
+    let ops: Vec<OpKind> = report.ops.iter().map(|o| o.op).collect();
+    assert_eq!(ops, [OpKind::Ingest, OpKind::Decide, OpKind::Feedback]);
+    for op in &report.ops {
+        assert_eq!(op.errors, 0, "{:?}: {:?}", op.op, op.first_error);
+        assert!(op.count > 0, "{:?}", op.op);
+    }
+    // Every event sent had its own message id: none was taken for a duplicate.
+    assert!(report.ops[0].units_per_second > 0.0);
+    let _ = stop.send(());
 }
 
 fn settings(workload: Workload) -> Settings {
