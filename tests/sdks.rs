@@ -34,12 +34,14 @@ async fn wait_ready(served: &Served) {
 
 /// Sends the journey with `sdk` and checks what the server made of it.
 async fn journey(sdk: &str) {
+    // Before the server starts: without the SDKs there is nothing to run it for.
+    let python = python();
     let mut served = serve();
     wait_ready(&served).await;
     let suffix = format!("{sdk}-{}", std::process::id());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/send.py");
     let host = format!("http://{}", served.http);
-    let (python, sdk_name, suffix_arg) = (python(), sdk.to_string(), suffix.clone());
+    let (sdk_name, suffix_arg) = (sdk.to_string(), suffix.clone());
     let sent = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .args([script, &sdk_name, &host, &suffix_arg])

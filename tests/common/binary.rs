@@ -16,8 +16,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A server process, killed when dropped, so a test that fails half-way leaves no
+/// server behind.
+pub struct Process(pub Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already gone after a test's own kill or wait: that error is expected.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Served {
-    pub child: Child,
+    pub child: Process,
     pub addr: String,
     pub metrics: String,
     /// `HOST:PORT` of the HTTP edge.
@@ -76,7 +101,7 @@ pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
         std::thread::sleep(Duration::from_millis(20));
     }
     Served {
-        child,
+        child: Process(child),
         addr,
         metrics: format!("127.0.0.1:{metrics_port}"),
         http: format!("127.0.0.1:{http_port}"),
