@@ -392,7 +392,7 @@ async fn health_answers_before_recovery_and_ingest_waits_for_it() {
 
 #[tokio::test]
 async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_duplicates() {
-    use common::binary::{serve_on, serve_with};
+    use common::binary::{serve_on, serve_with, wait_ready};
     let dir = std::env::temp_dir().join(format!("omnia-http-kill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // `--fsync always`: a 200 means the batch is on disk.
@@ -473,19 +473,6 @@ async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_du
     assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(59.5));
     third.child.kill().unwrap();
     third.child.wait().unwrap();
-}
-
-/// Waits until the HTTP edge at `http` (HOST:PORT) is ready.
-async fn wait_ready(http: &str) {
-    let ready = format!("http://{http}/readyz");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz never answered 200"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::binary::{serve, Served};
+use common::binary::{serve, wait_ready};
 use omnia::client::Client;
 
 fn python() -> String {
@@ -20,24 +20,12 @@ fn python() -> String {
     })
 }
 
-async fn wait_ready(served: &Served) {
-    let ready = format!("http://{}/readyz", served.http);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz never answered 200"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// Sends the journey with `sdk` and checks what the server made of it.
 async fn journey(sdk: &str) {
     // Before the server starts: without the SDKs there is nothing to run it for.
     let python = python();
     let mut served = serve();
-    wait_ready(&served).await;
+    wait_ready(&served.http).await;
     let suffix = format!("{sdk}-{}", std::process::id());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/send.py");
     let host = format!("http://{}", served.http);

@@ -539,6 +539,20 @@ impl Record<'_> {
 }
 
 /// Applies one logged record (its payload after the sequence) to the engine.
+/// Replays the events of a one-event INGEST body (an EVENT record's, or what follows an
+/// EVENT_WITH_ID record's message id), each unless its shard's cut holds it.
+fn replay_events(node: &Node, body: &[u8], sequence: u64, cuts: &[u64]) -> Result<(), String> {
+    let batch = IngestBatch::decode(body).map_err(|e| e.to_string())?;
+    let engine = node.engine();
+    batch.iter().try_for_each(|raw| {
+        let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
+        engine
+            .replay(&event, sequence, cuts)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
 fn replay(
     node: &Node,
     payload: &[u8],
@@ -548,17 +562,7 @@ fn replay(
 ) -> Result<(), String> {
     let (kind, body) = payload.split_first().ok_or("an empty record")?;
     match *kind {
-        wal::EVENT => {
-            let batch = IngestBatch::decode(body).map_err(|e| e.to_string())?;
-            let engine = node.engine();
-            batch.iter().try_for_each(|raw| {
-                let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
-                engine
-                    .replay(&event, sequence, cuts)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        }
+        wal::EVENT => replay_events(node, body, sequence, cuts),
         wal::EVENT_WITH_ID => {
             let mut r = crate::codec::Reader::new(body);
             let applied = r
@@ -567,17 +571,9 @@ fn replay(
             let id = r
                 .str(&crate::codec::named("message id"))
                 .map_err(|e| e.to_string())?;
-            let batch = IngestBatch::decode(r.rest()).map_err(|e| e.to_string())?;
             // Remembered whether or not the snapshot holds the change (see `dedup`).
             node.engine().dedup().remember(id, applied);
-            let engine = node.engine();
-            batch.iter().try_for_each(|raw| {
-                let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
-                engine
-                    .replay(&event, sequence, cuts)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
+            replay_events(node, r.rest(), sequence, cuts)
         }
         wal::OFFER_ACTION => {
             let action = crate::decide::record::OfferAction::decode(body)?;
