@@ -252,3 +252,34 @@ fn decisions_survive_a_reload_and_the_replaced_engine_is_never_snapshotted() {
     assert!(matches!(err, omnia::store::StoreError::Replaced), "{err}");
     omnia::store::snapshot::write(&data, &new).unwrap();
 }
+
+#[test]
+fn message_ids_survive_a_reload() {
+    let d = dir("message-ids");
+    let clock = Arc::new(ManualClock::new(START));
+    let data = open_data_dir(&d.0).unwrap();
+    let old = Node::new(Config::embedded_default().unwrap(), clock.clone());
+    let order = || {
+        RawEvent::new("purchase", "web", START)
+            .key("user:1")
+            .prop("amount", 10.0)
+            .with_message_id("m-1")
+    };
+    assert!(!old.ingest(&order()).unwrap().duplicate);
+    let text = omnia::config::DEFAULT_CONFIG.replace(
+        "sum(purchase.amount, 90d) > 500",
+        "sum(purchase.amount, 90d) > 200",
+    );
+    let config = Config::from_source(&omnia::config::Source::new("new.toml", text)).unwrap();
+    let prepared = prepare(&data, &old, config, &|_| {}).unwrap();
+    let (new, _) = prepared.finish(&data, &old).unwrap();
+    assert!(
+        new.ingest(&order()).unwrap().duplicate,
+        "the new engine remembers what the old one applied"
+    );
+    let sum = new
+        .profile("user:1")
+        .unwrap()
+        .aggregate("sum(purchase.amount, 90d)");
+    assert_eq!(sum, Some(10.0));
+}
