@@ -746,3 +746,54 @@ async fn backend_errors_carry_the_protocols_code_name_and_number() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503_and_silent_ones_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start().await;
+    let edge = omnia::http::Edge::new(omnia::http::HttpLimits {
+        max_connections: 2,
+        header_timeout: std::time::Duration::from_millis(300),
+        ..omnia::http::HttpLimits::default()
+    });
+    edge.ready(server.shared.clone());
+    server.serve_http(edge).await;
+    let addr = server
+        .http
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    // Two connections that send half a request and then nothing hold both slots...
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        silent.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // ... so a third is told the server is busy, in JSON, and closed.
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut reply = String::new();
+    third.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("\"code\":\"SERVER_BUSY\""), "{reply}");
+    assert!(reply.contains("retry-after: 1"), "{reply}");
+    // The silent ones are closed once their headers are late (300 ms here)...
+    for mut s in silent {
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut rest))
+                .await;
+        assert!(
+            read.is_ok(),
+            "a connection that sent no whole request was left open"
+        );
+    }
+    // ... which frees their slots.
+    let a = get(&server, "/healthz").await;
+    assert_eq!(a.status, 200);
+    server.shutdown().await;
+}

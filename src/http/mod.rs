@@ -47,6 +47,11 @@ pub struct HttpLimits {
     pub max_batch: usize,
     /// Longest time one request may take, body included.
     pub timeout: Duration,
+    /// Most connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Longest time a connection may take to send a request's headers (and, kept alive,
+    /// to start the next request): slow or silent clients cannot hold sockets.
+    pub header_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -55,6 +60,8 @@ impl Default for HttpLimits {
             max_body: 500 * 1024,
             max_batch: 2500,
             timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -124,16 +131,83 @@ pub fn router(edge: Arc<Edge>) -> Router {
         ))
 }
 
+/// How long a shutdown waits for the requests in flight before it drops them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `router(edge)` on `listener` until `shutdown` completes, then lets the
-/// requests in flight finish.
+/// requests in flight finish (for at most 10 s).
+///
+/// hyper's own connection loop rather than `axum::serve`, for what a server on a
+/// network needs and `axum::serve` does not set: a bound on connections (one over it is
+/// answered 503 and closed, as the binary server answers SERVER_BUSY) and a deadline
+/// for a request's headers.
 pub async fn run(
     listener: tokio::net::TcpListener,
     edge: Arc<Edge>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(edge))
-        .with_graceful_shutdown(shutdown)
+    let limits = edge.limits;
+    let app = router(edge);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "the HTTP listener cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "an HTTP connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!(
+            "HTTP requests still in flight after the shutdown grace period were dropped"
+        );
+    }
+    Ok(())
+}
+
+/// The answer to a connection over the limit: 503 with a JSON body, then close.
+async fn refuse_busy(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({
+        "code": ErrorCode::ServerBusy.name(),
+        "number": ErrorCode::ServerBusy as u16,
+        "message": format!("the server is at its limit of {limit} HTTP connections; try again shortly"),
+    })
+    .to_string();
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Runs one request the way the binary server runs it: on the node once it is there,
