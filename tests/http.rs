@@ -266,8 +266,19 @@ async fn bad_requests_get_their_status_and_the_server_lives_on() {
     .await;
     refused(&server, a, 400, "BAD_JSON", "`batch` must be an array").await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let a = post(&server, "/v1/batch", deep.into_bytes(), &json).await;
+    let a = post(&server, "/v1/batch", deep.clone().into_bytes(), &json).await;
     refused(&server, a, 400, "BAD_JSON", "nested deeper than").await;
+    // Every endpoint that reads JSON checks its nesting before any parser recurses.
+    for path in [
+        "/v1/group",
+        "/v1/track",
+        "/v1/decide",
+        "/v1/feedback",
+        "/v1/segments/query",
+    ] {
+        let a = post(&server, path, deep.clone().into_bytes(), &json).await;
+        refused(&server, a, 400, "BAD_JSON", "nested deeper than").await;
+    }
     let a = post(
         &server,
         "/v1/track",

@@ -51,6 +51,7 @@ pub struct RawEngine {
     pub max_event_bytes: Option<Spanned<u32>>,
     pub default_channel: Option<Spanned<String>>,
     pub dedup_window: Option<Spanned<String>>,
+    pub dedup_max_ids: Option<Spanned<u32>>,
 }
 
 /// What to do with an event property the config does not declare.

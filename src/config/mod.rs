@@ -140,6 +140,9 @@ pub struct EngineSettings {
     /// Seconds an event's message id is remembered, so a copy of it is not applied
     /// again; 0 turns deduplication off.
     pub dedup_window: u32,
+    /// Most message ids remembered; past it the window kept shrinks (see
+    /// `engine::dedup`).
+    pub dedup_max_ids: u32,
 }
 
 /// Largest `engine.max_event_bytes`: a log record holds at most 16 MiB, and an event is
@@ -161,6 +164,7 @@ impl Default for EngineSettings {
             max_event_bytes: 32 * 1024,
             default_channel: None,
             dedup_window: 24 * 3600,
+            dedup_max_ids: 10_000_000,
         }
     }
 }

@@ -115,6 +115,17 @@ impl Builder<'_> {
                 .duration(d, "engine.max_future_skew")
                 .unwrap_or(engine.max_future_skew);
         }
+        if let Some(n) = &raw.dedup_max_ids {
+            if *n.get_ref() == 0 {
+                self.error(
+                    n.span(),
+                    "engine.dedup_max_ids is 0; it must be at least 1 (turn deduplication off with dedup_window = \"0s\")",
+                    None,
+                );
+            } else {
+                engine.dedup_max_ids = *n.get_ref();
+            }
+        }
         if let Some(d) = &raw.dedup_window {
             engine.dedup_window = self
                 .duration(d, "engine.dedup_window")

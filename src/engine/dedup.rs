@@ -18,7 +18,10 @@
 //!   snapshot already holds its change or not, and a snapshot holds the ids remembered
 //!   once all its shards were cut, which covers every record before its cuts;
 //! - ids older than the window are forgotten, in sweeps at most every 1/64 of the
-//!   window, so memory follows the window, not the uptime.
+//!   window, so memory follows the window, not the uptime;
+//! - memory is bounded whatever senders do: past `max_ids` remembered ids, the tick's
+//!   sweep halves the window it keeps until they fit (a warning says so), so a flood of
+//!   unique ids shortens how long copies are caught instead of exhausting memory.
 //!
 //! Data flow: `Engine::ingest` claims; the log replays (`remember`); snapshots copy
 //! ([`Dedup::entries`]) and restore ([`Dedup::restore`]); a reload's new engine takes
@@ -33,6 +36,8 @@ use dashmap::DashMap;
 pub struct Dedup {
     /// Seconds an id is remembered; 0 turns deduplication off.
     window: u32,
+    /// Most ids remembered after a sweep.
+    max_ids: usize,
     /// Hash of the id (little-endian bytes) -> the second it was applied.
     seen: DashMap<[u8; 16], u32, ahash::RandomState>,
     /// When the last sweep ran.
@@ -47,9 +52,10 @@ fn hash(id: &str) -> [u8; 16] {
 }
 
 impl Dedup {
-    pub fn new(window: u32) -> Dedup {
+    pub fn new(window: u32, max_ids: usize) -> Dedup {
         Dedup {
             window,
+            max_ids,
             seen: DashMap::default(),
             swept: AtomicU32::new(0),
         }
@@ -87,6 +93,11 @@ impl Dedup {
         }
     }
 
+    /// Gives back a claim whose event was not applied after all (its shard was full).
+    pub fn release(&self, id: &str) {
+        self.seen.remove(&hash(id));
+    }
+
     /// Recovery read a record of `id` applied at `applied`.
     pub fn remember(&self, id: &str, applied: u32) {
         if self.window > 0 {
@@ -96,17 +107,31 @@ impl Dedup {
     }
 
     /// Forgets ids older than the window, unless a sweep ran less than 1/64 of the
-    /// window ago. Returns how many were forgotten.
+    /// window ago and no more than `max_ids` are remembered; past `max_ids`, also the
+    /// oldest, halving the window kept until they fit. Returns how many were forgotten.
     pub fn sweep(&self, now: u32) -> usize {
         let every = (self.window / 64).max(1);
         let last = self.swept.load(Ordering::Relaxed);
-        if self.window == 0 || now.saturating_sub(last) < every {
+        let over = self.seen.len() > self.max_ids;
+        if self.window == 0 || (now.saturating_sub(last) < every && !over) {
             return 0;
         }
         self.swept.store(now, Ordering::Relaxed);
         let before = self.seen.len();
-        self.seen
-            .retain(|_, t| now.saturating_sub(*t) < self.window);
+        let mut keep = self.window;
+        self.seen.retain(|_, t| now.saturating_sub(*t) < keep);
+        while self.seen.len() > self.max_ids && keep > 1 {
+            keep /= 2;
+            self.seen.retain(|_, t| now.saturating_sub(*t) < keep);
+        }
+        if keep < self.window {
+            tracing::warn!(
+                remembered = self.seen.len(),
+                max = self.max_ids,
+                kept_seconds = keep,
+                "more message ids than engine.dedup_max_ids: copies are caught for a shorter time than engine.dedup_window"
+            );
+        }
         before.saturating_sub(self.seen.len())
     }
 
@@ -153,7 +178,7 @@ mod tests {
 
     #[test]
     fn an_id_is_claimed_once_per_window_and_forgotten_after_it() {
-        let d = Dedup::new(100);
+        let d = Dedup::new(100, 1000);
         assert!(d.claim("m-1", 1000));
         assert!(!d.claim("m-1", 1000));
         assert!(!d.claim("m-1", 1099), "still inside the window");
@@ -171,15 +196,29 @@ mod tests {
     }
 
     #[test]
+    fn past_max_ids_the_oldest_are_forgotten_first() {
+        let d = Dedup::new(1000, 10);
+        for i in 0..20u32 {
+            assert!(d.claim(&format!("m-{i}"), 100 + i * 10));
+        }
+        // At 300 the ids are 10 to 200 s old: halving the kept window to 125 s leaves
+        // ids 8 to 19 (12, too many), to 62 s ids 14 to 19.
+        d.sweep(300);
+        assert!(d.len() <= 10, "{}", d.len());
+        assert!(d.seen("m-19", 300), "the newest stays");
+        assert!(!d.seen("m-0", 300), "the oldest goes first");
+    }
+
+    #[test]
     fn snapshots_and_reloads_carry_the_ids() {
-        let d = Dedup::new(100);
+        let d = Dedup::new(100, 1000);
         d.claim("m-1", 10);
         d.remember("m-2", 20);
-        let next = Dedup::new(100);
+        let next = Dedup::new(100, 1000);
         next.restore(&d.entries());
         assert!(!next.claim("m-1", 50));
         assert!(!next.claim("m-2", 50));
-        let off = Dedup::new(0);
+        let off = Dedup::new(0, 1000);
         assert!(
             off.claim("m-1", 10) && off.claim("m-1", 10),
             "a window of 0 is off"

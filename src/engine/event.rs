@@ -306,11 +306,15 @@ pub fn resolve(config: &Config, raw: &impl EventView) -> Result<Event, EventErro
     resolve_noting(config, raw, None)
 }
 
-/// [`resolve`], counting in `drift` what `engine.unknown_properties = "ignore"` drops.
-pub(crate) fn resolve_noting(
+/// What [`resolve_noting`] dropped: `(is an attribute, name)`.
+pub(crate) type Dropped<'r> = Vec<(bool, &'r str)>;
+
+/// [`resolve`], noting in `dropped` what `engine.unknown_properties = "ignore"` drops, so
+/// the caller can count it once the event is applied.
+pub(crate) fn resolve_noting<'r, V: EventView>(
     config: &Config,
-    raw: &impl EventView,
-    drift: Option<&super::drift::Drift>,
+    raw: &'r V,
+    mut dropped: Option<&mut Dropped<'r>>,
 ) -> Result<Event, EventError> {
     let name = raw.event_type();
     let event_type = event_type_id(config, name)?;
@@ -348,8 +352,8 @@ pub(crate) fn resolve_noting(
     for (property, value) in raw.properties() {
         let Some((index, alias)) = def.property(property) else {
             if config.engine.unknown_properties == UnknownProperties::Ignore {
-                if let Some(drift) = drift {
-                    drift.property_ignored(&def.name, property);
+                if let Some(dropped) = dropped.as_deref_mut() {
+                    dropped.push((false, property));
                 }
                 continue;
             }
@@ -383,8 +387,8 @@ pub(crate) fn resolve_noting(
     for (attribute, value) in raw.attributes() {
         let Some(index) = config.attribute_id(attribute) else {
             if config.engine.unknown_properties == UnknownProperties::Ignore {
-                if let Some(drift) = drift {
-                    drift.attribute_ignored(&def.name, attribute);
+                if let Some(dropped) = dropped.as_deref_mut() {
+                    dropped.push((true, attribute));
                 }
                 continue;
             }

@@ -357,12 +357,20 @@ impl<X: Extension> Engine<X> {
         // Every shard is cut: merges need not cut any more.
         self.cutting_active.store(false, Ordering::SeqCst);
         *self.cutting.lock() = None;
+        // The ids after every shard is cut: every record up to a cut claimed its id
+        // before. Then each lock a claim is made under is taken once, so every claim
+        // copied has appended its record, and the position read after covers them all:
+        // the snapshot never remembers an id whose record the log could still lose.
+        let dedup = self.dedup.entries();
+        drop(self.identity_writes.lock());
+        for shard in self.shards.iter() {
+            drop(shard.lock());
+        }
         let position = self.log_position();
         EngineImage {
             shards: Vec::new(),
             position,
-            // After every shard is cut: every record up to a cut claimed its id before.
-            dedup: self.dedup.entries(),
+            dedup,
             // After every shard: it holds every code their rows use.
             strings: self
                 .plan

@@ -97,6 +97,24 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+impl Applied {
+    /// A copy of an event already applied (see `dedup`), of `customer` if known.
+    fn duplicate(customer: CustomerId) -> Applied {
+        Applied {
+            customer,
+            created: false,
+            merged: 0,
+            duplicate: true,
+        }
+    }
+}
+
+/// An event's message id to claim before it is applied, at `now` (seconds).
+pub(crate) struct Claim<'a> {
+    id: &'a str,
+    now: u32,
+}
+
 /// The log records one request appended, so that its reply waits for exactly those:
 /// a read-only request's receipt stays empty and its reply waits for nothing. Sequences
 /// grow, so the last one covers the request's others.
@@ -212,7 +230,10 @@ impl<X: Extension> Engine<X> {
             .collect();
         Engine {
             drift: drift::Drift::default(),
-            dedup: dedup::Dedup::new(plan.config.engine.dedup_window),
+            dedup: dedup::Dedup::new(
+                plan.config.engine.dedup_window,
+                plan.config.engine.dedup_max_ids as usize,
+            ),
             journal: std::sync::OnceLock::new(),
             cutting: Mutex::new(None),
             cutting_active: AtomicBool::new(false),
@@ -350,7 +371,8 @@ impl<X: Extension> Engine<X> {
         receipt: &mut Receipt,
     ) -> Result<Applied, EventError> {
         event::admit(&self.plan.config, raw)?;
-        let event = match event::resolve_noting(&self.plan.config, raw, Some(&self.drift)) {
+        let mut dropped = Vec::new();
+        let event = match event::resolve_noting(&self.plan.config, raw, Some(&mut dropped)) {
             Ok(event) => event,
             Err(e) => {
                 if let EventError::UnknownEventType { name, .. } = &e {
@@ -359,13 +381,36 @@ impl<X: Extension> Engine<X> {
                 return Err(e);
             }
         };
+        let applied = self.apply_admitted(raw, &event, receipt)?;
+        // Drift is what accepted events lost: counted once one is applied, not for a
+        // copy or a refusal.
+        if !applied.duplicate {
+            let name = &self.plan.config.events[event.event_type].name;
+            for &(attribute, field) in &dropped {
+                if attribute {
+                    self.drift.attribute_ignored(name, field);
+                } else {
+                    self.drift.property_ignored(name, field);
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Applies a resolved live event and logs it, claiming its message id if it has one.
+    fn apply_admitted(
+        &self,
+        raw: &impl EventView,
+        event: &Event,
+        receipt: &mut Receipt,
+    ) -> Result<Applied, EventError> {
         let Some(id) = raw
             .message_id()
             .filter(|_| self.plan.config.engine.dedup_window > 0)
         else {
             return match self.journal.get() {
                 Some(journal) => self.apply_with(
-                    &event,
+                    event,
                     &mut |_| {
                         receipt.logged(journal.append(journal::kind::EVENT, &mut |body| {
                             crate::codec::events::encode_one(raw, body)
@@ -373,49 +418,58 @@ impl<X: Extension> Engine<X> {
                         true
                     },
                     false,
+                    None,
                 ),
-                None => self.apply(&event),
+                None => self.apply(event),
             };
         };
         let now = self.now_secs();
-        let duplicate = Applied {
-            customer: 0,
-            created: false,
-            merged: 0,
-            duplicate: true,
-        };
-        // Most copies are caught here, without a lock; the claim under the lock decides.
+        // Most copies are caught here, without a lock; the claim decides.
         if self.dedup.seen(id, now) {
-            return Ok(duplicate);
+            return Ok(self.duplicate(event, receipt));
         }
-        let mut claimed = true;
         let applied = self.apply_with(
-            &event,
+            event,
             &mut |_| {
-                claimed = self.dedup.claim(id, now);
-                if claimed {
-                    if let Some(journal) = self.journal.get() {
-                        receipt.logged(journal.append(journal::kind::EVENT_WITH_ID, &mut |body| {
-                            use bytes::BufMut;
-                            body.put_u32_le(now);
-                            crate::codec::Write::str(body, id);
-                            crate::codec::events::encode_one(raw, body)
-                        }));
-                    }
+                if let Some(journal) = self.journal.get() {
+                    receipt.logged(journal.append(journal::kind::EVENT_WITH_ID, &mut |body| {
+                        use bytes::BufMut;
+                        body.put_u32_le(now);
+                        crate::codec::Write::str(body, id);
+                        crate::codec::events::encode_one(raw, body)
+                    }));
                 }
-                claimed
+                true
             },
             false,
+            Some(&Claim { id, now }),
         )?;
-        if !claimed {
-            // A copy that raced this one was claimed first; this one changed nothing.
-            self.events_applied.fetch_sub(1, Ordering::Relaxed);
-            return Ok(Applied {
-                customer: applied.customer,
-                ..duplicate
-            });
+        if applied.duplicate {
+            return Ok(self.duplicate(event, receipt));
         }
         Ok(applied)
+    }
+
+    /// The answer to a copy of an event whose message id was claimed: it waits, like
+    /// the original's own answer, until the original's log record is stored. The
+    /// original claimed and appended under the identity mutex (a new customer or a
+    /// merge) or under its customer's shard lock, so once both have been taken here the
+    /// record is appended, and the log's last sequence covers it.
+    fn duplicate(&self, event: &Event, receipt: &mut Receipt) -> Applied {
+        let mut customer = 0;
+        drop(self.identity_writes.lock());
+        if let Some(r) = event
+            .keys
+            .first()
+            .and_then(|k| self.identity.get(&k.text).map(|r| CustomerRef::unpack(*r)))
+        {
+            customer = r.id;
+            drop(self.shards[self.split(r.id).0].lock());
+        }
+        if let Some(journal) = self.journal.get() {
+            receipt.logged(journal.last_appended());
+        }
+        Applied::duplicate(customer)
     }
 
     /// Message ids applied within the dedup window (see `dedup`).
@@ -435,6 +489,7 @@ impl<X: Extension> Engine<X> {
             event,
             &mut |shard| cuts.get(shard).map_or(true, |&cut| sequence > cut),
             true,
+            None,
         )
     }
 
@@ -460,7 +515,7 @@ impl<X: Extension> Engine<X> {
     /// Resolving and applying separately is for single-threaded callers (recovery,
     /// benchmarks).
     pub fn apply(&self, event: &Event) -> Result<Applied, EventError> {
-        self.apply_with(event, &mut |_| true, false)
+        self.apply_with(event, &mut |_| true, false, None)
     }
 
     /// Applies an event; `before_change` is called once, with the lock of the shard the event
@@ -469,11 +524,16 @@ impl<X: Extension> Engine<X> {
     ///
     /// Replay skips the check for events from the future: they were accepted when they
     /// were logged, and a clock set back since must not stop a start.
+    ///
+    /// With `claim`, the event's message id is claimed first (see `dedup`), under the
+    /// same lock as the change: the identity mutex when identities change, else the
+    /// shard's. A claim that loses changes nothing and returns a duplicate.
     fn apply_with(
         &self,
         event: &Event,
         before_change: &mut dyn FnMut(usize) -> bool,
         replaying: bool,
+        claim: Option<&Claim<'_>>,
     ) -> Result<Applied, EventError> {
         let now_ms = self.clock.now_ms();
         let skew_ms = self.plan.config.engine.max_future_skew as i64 * 1000;
@@ -486,10 +546,10 @@ impl<X: Extension> Engine<X> {
             });
         }
         let now = (now_ms.max(0) / 1000).min(u32::MAX as i64) as u32;
-        if let Some(applied) = self.apply_known(event, now, before_change) {
+        if let Some(applied) = self.apply_known(event, now, before_change, claim) {
             return Ok(applied);
         }
-        self.apply_with_identity_changes(event, now, before_change)
+        self.apply_with_identity_changes(event, now, before_change, claim)
     }
 
     /// The fast path: every key known and all on one customer. `None` sends the event
@@ -499,6 +559,7 @@ impl<X: Extension> Engine<X> {
         event: &Event,
         now: u32,
         before_change: &mut dyn FnMut(usize) -> bool,
+        claim: Option<&Claim<'_>>,
     ) -> Option<Applied> {
         let mut found: Option<CustomerRef> = None;
         for key in &event.keys {
@@ -513,6 +574,11 @@ impl<X: Extension> Engine<X> {
         let mut state = self.lock_at(shard, now);
         if !state.holds(local, r.generation) {
             return None; // merged away since we read the map
+        }
+        if let Some(c) = claim {
+            if !self.dedup.claim(c.id, c.now) {
+                return Some(Applied::duplicate(r.id));
+            }
         }
         if before_change(shard) {
             state.apply(&self.plan, local, event, false);
@@ -532,8 +598,15 @@ impl<X: Extension> Engine<X> {
         event: &Event,
         now: u32,
         before_change: &mut dyn FnMut(usize) -> bool,
+        claim: Option<&Claim<'_>>,
     ) -> Result<Applied, EventError> {
         let _identity = self.identity_writes.lock();
+        // Before any slot is taken or profile merged: a copy changes nothing at all.
+        if let Some(c) = claim {
+            if !self.dedup.claim(c.id, c.now) {
+                return Ok(Applied::duplicate(0));
+            }
+        }
         // Under the identity mutex the map cannot change under us.
         let mut customers: Vec<CustomerRef> = Vec::new();
         let mut new_keys: Vec<Key> = Vec::new();
@@ -561,6 +634,10 @@ impl<X: Extension> Engine<X> {
             let shard = self.home_shard(&first.text);
             let mut state = self.lock_at(shard, now);
             let Some(local) = state.allocate(&self.plan) else {
+                if let Some(c) = claim {
+                    // Not applied: a copy sent later may be.
+                    self.dedup.release(c.id);
+                }
                 return Err(EventError::Full {
                     event: self.plan.config.events[event.event_type].name.clone(),
                     shard,
@@ -600,9 +677,6 @@ impl<X: Extension> Engine<X> {
                 // A new profile: segments no event type leads to (e.g. "never bought") too.
                 state.evaluate_all(&self.plan, local);
             }
-        } else if created {
-            // Not applied after all (a duplicate's claim lost): the slot goes back.
-            state.unallocate(local);
         }
         drop(state);
         self.events_applied.fetch_add(1, Ordering::Relaxed);

@@ -388,15 +388,6 @@ impl<X: Extension> ShardState<X> {
         Some(local as u32)
     }
 
-    /// Gives back a slot [`ShardState::allocate`] returned that was not used.
-    pub fn unallocate(&mut self, local: u32) {
-        debug_assert!(
-            !self.is_live(local),
-            "unallocating slot {local}, which is live"
-        );
-        self.free.push(local);
-    }
-
     /// Adds keys to a live or just-allocated slot. Returns whether any was new to it.
     pub fn add_keys(
         &mut self,

@@ -45,7 +45,8 @@ pub struct HttpLimits {
     pub max_body: usize,
     /// Most events in one `/v1/batch`.
     pub max_batch: usize,
-    /// Longest time one request may take, body included.
+    /// Longest time a request's body may take to arrive (the headers have
+    /// `header_timeout`); what follows is not timed, as on the binary protocol.
     pub timeout: Duration,
     /// Most connections served at once; one more is answered 503 and closed.
     pub max_connections: usize,
@@ -98,7 +99,6 @@ impl Edge {
 
 /// Every route the edge serves.
 pub fn router(edge: Arc<Edge>) -> Router {
-    let timeout = edge.limits.timeout;
     Router::new()
         .route("/v1/batch", post(segment::batch))
         .route("/v1/track", post(segment::track))
@@ -125,10 +125,6 @@ pub fn router(edge: Arc<Edge>) -> Router {
                 .gzip(true)
                 .pass_through_unaccepted(true),
         )
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
 }
 
 /// How long a shutdown waits for the requests in flight before it drops them.

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::{Edge, Failure};
+use crate::protocol::json::{check_nesting, MAX_JSON_DEPTH};
 use crate::protocol::{ErrorCode, Response as Reply};
 use crate::server::cmd::{ingest, ingest_json};
 
@@ -53,7 +54,12 @@ pub(super) async fn alias(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body
 /// the module doc).
 pub(super) async fn group(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
     match read_json(&edge, &headers, body).await {
-        Ok(json) => match simd_json::to_borrowed_value(&mut json.to_vec()) {
+        // Nesting first: the parser recurses, and a deep body must not reach it.
+        Ok(json) => match check_nesting(&json, MAX_JSON_DEPTH)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&json).map_err(|e| e.to_string())
+            }) {
             Ok(_) => axum::Json(serde_json::json!({
                 "success": true,
                 "accepted": 0,
@@ -61,12 +67,7 @@ pub(super) async fn group(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body
                 "rejected": [],
             }))
             .into_response(),
-            Err(e) => Failure {
-                status: StatusCode::BAD_REQUEST,
-                code: ErrorCode::BadJson.name(),
-                message: format!("bad JSON: {e}"),
-            }
-            .into_response(),
+            Err(e) => Failure::bad_json(format!("bad JSON: {e}")).into_response(),
         },
         Err(failure) => failure.into_response(),
     }
@@ -175,7 +176,21 @@ pub(super) async fn read_json(
         });
     }
     let max = edge.limits.max_body;
-    match http_body_util::Limited::new(body, max).collect().await {
+    let timeout = edge.limits.timeout;
+    // Only the body's arrival is timed: once it is read, the request runs to its answer
+    // (an answer cut short after the events were applied would invite a retry).
+    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, max).collect());
+    let Ok(read) = read.await else {
+        return Err(Failure {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "REQUEST_TIMEOUT",
+            message: format!(
+                "the body did not arrive within {} s; nothing was applied",
+                timeout.as_secs()
+            ),
+        });
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure {
             // 400, not 413: what Segment answers, and what its SDKs expect.
