@@ -9,10 +9,16 @@
 //! 10 million ids in a day's window hold about 240 MB.
 //!
 //! Invariants:
-//! - an id is claimed under the lock of the shard its event changes, just before the
-//!   change and its log record ([`Dedup::claim`]), so of two copies of one event only
-//!   one is applied, and an event that is refused before it is applied (unknown type,
-//!   full shard, a log that cannot store) claims nothing;
+//! - an id is claimed ([`Dedup::claim`]) under the lock its event's change is made
+//!   under (the identity mutex when the event creates a customer or merges some, else
+//!   the customer's shard lock), before anything changes, and its log record is
+//!   appended under the same lock: of two copies only one is applied, a copy that loses
+//!   changes nothing, and an event refused before it is applied (unknown type, a log
+//!   that cannot store) claims nothing; one refused after (a full shard) releases it;
+//! - a copy's answer waits until the original's record is stored, as the original's
+//!   own answer does (`Engine` takes both locks once, then waits for the log);
+//! - a snapshot copies the ids once every shard is cut and reads its position after
+//!   taking each of those locks once, so it never holds an id whose record is after it;
 //! - every applied event with an id has its id and time in its log record (journal kind
 //!   `EVENT_WITH_ID`); recovery remembers the id of every record it reads, whether the
 //!   snapshot already holds its change or not, and a snapshot holds the ids remembered
