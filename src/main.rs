@@ -112,6 +112,12 @@ struct ServeOptions {
     /// Do not serve the HTTP API.
     #[arg(long)]
     no_http: bool,
+    /// Most HTTP connections served at once; one more is answered 503 SERVER_BUSY.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    http_max_connections: u32,
+    /// Seconds an HTTP client may take to send a request's headers (the body has 30).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_timeout: u64,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, default_value = "info")]
     log: String,
@@ -249,7 +255,11 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 let _ = stopped.recv().await;
             }
         };
-        let edge = omnia::http::Edge::new(omnia::http::HttpLimits::default());
+        let edge = omnia::http::Edge::new(omnia::http::HttpLimits {
+            max_connections: options.http_max_connections as usize,
+            header_timeout: std::time::Duration::from_secs(options.http_header_timeout),
+            ..omnia::http::HttpLimits::default()
+        });
         let http = if options.no_http {
             None
         } else {
