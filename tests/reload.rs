@@ -207,6 +207,18 @@ fn a_reload_that_would_lose_keys_or_change_shards_is_refused_and_the_engine_stay
     assert!(engine.profile("anon:c1").is_some());
 }
 
+/// Reloads `old` into the default config with one segment's threshold changed (same
+/// offers, same layout), as a live reload does, and returns the new node.
+fn reload_into_a_changed_segment(data: &omnia::store::DataDir, old: &Node) -> Arc<Node> {
+    let text = omnia::config::DEFAULT_CONFIG.replace(
+        "sum(purchase.amount, 90d) > 500",
+        "sum(purchase.amount, 90d) > 200",
+    );
+    let config = Config::from_source(&omnia::config::Source::new("new.toml", text)).unwrap();
+    let prepared = prepare(data, old, config, &|_| {}).unwrap();
+    prepared.finish(data, old).unwrap().0
+}
+
 #[test]
 fn decisions_survive_a_reload_and_the_replaced_engine_is_never_snapshotted() {
     let d = dir("decisions");
@@ -227,13 +239,7 @@ fn decisions_survive_a_reload_and_the_replaced_engine_is_never_snapshotted() {
     let decision = old.decide(&request).unwrap();
     let offer = decision.offers[0].offer.clone();
     // Same offers, a segment changed.
-    let text = omnia::config::DEFAULT_CONFIG.replace(
-        "sum(purchase.amount, 90d) > 500",
-        "sum(purchase.amount, 90d) > 200",
-    );
-    let config = Config::from_source(&omnia::config::Source::new("new.toml", text)).unwrap();
-    let prepared = prepare(&data, &old, config, &|_| {}).unwrap();
-    let (new, _) = prepared.finish(&data, &old).unwrap();
+    let new = reload_into_a_changed_segment(&data, &old);
     let target = omnia::model::decision::FeedbackTarget::Decision {
         decision_id: decision.decision_id,
         offer: offer.clone(),
@@ -266,13 +272,7 @@ fn message_ids_survive_a_reload() {
             .with_message_id("m-1")
     };
     assert!(!old.ingest(&order()).unwrap().duplicate);
-    let text = omnia::config::DEFAULT_CONFIG.replace(
-        "sum(purchase.amount, 90d) > 500",
-        "sum(purchase.amount, 90d) > 200",
-    );
-    let config = Config::from_source(&omnia::config::Source::new("new.toml", text)).unwrap();
-    let prepared = prepare(&data, &old, config, &|_| {}).unwrap();
-    let (new, _) = prepared.finish(&data, &old).unwrap();
+    let new = reload_into_a_changed_segment(&data, &old);
     assert!(
         new.ingest(&order()).unwrap().duplicate,
         "the new engine remembers what the old one applied"

@@ -424,10 +424,6 @@ impl<X: Extension> Engine<X> {
             };
         };
         let now = self.now_secs();
-        // Most copies are caught here, without a lock; the claim decides.
-        if self.dedup.seen(id, now) {
-            return Ok(self.duplicate(event, receipt));
-        }
         let applied = self.apply_with(
             event,
             &mut |_| {

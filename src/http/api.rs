@@ -12,12 +12,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::segment::read_json;
-use super::{execute, Edge, Failure};
+use super::{execute, json_body as body, Edge, Failure};
 use crate::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
 use crate::model::RawValue;
 use crate::protocol::{ErrorCode, Response as Reply};
@@ -90,18 +89,6 @@ pub(super) struct StatsParams {
     drift: bool,
 }
 
-/// A JSON body of type `T`, or the error that names what is wrong with it.
-async fn body<T: serde::de::DeserializeOwned>(
-    edge: &Edge,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, Failure> {
-    let bytes = read_json(edge, headers, body).await?;
-    crate::protocol::json::check_nesting(&bytes, crate::protocol::json::MAX_JSON_DEPTH)
-        .map_err(|e| Failure::bad_json(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| Failure::bad_json(format!("bad request body: {e}")))
-}
-
 fn json(value: serde_json::Value) -> Response {
     axum::Json(value).into_response()
 }
@@ -111,14 +98,6 @@ fn answer(result: Result<serde_json::Value, Failure>) -> Response {
     match result {
         Ok(value) => json(value),
         Err(failure) => failure.into_response(),
-    }
-}
-
-fn unexpected(reply: Reply) -> Failure {
-    Failure {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "INTERNAL",
-        message: format!("the command answered {reply:?}; this is a bug in omnia"),
     }
 }
 
@@ -162,7 +141,7 @@ async fn decide_json(
     })
     .await?;
     let Reply::Decision(decision) = reply else {
-        return Err(unexpected(reply));
+        return Err(Failure::unexpected(reply));
     };
     let mut value = serde_json::to_value(&*decision).unwrap_or_default();
     value["decision_id"] = serde_json::json!(decision.decision_id.to_string());
@@ -210,7 +189,7 @@ async fn feedback_json(
     })
     .await?;
     let Reply::Feedback(result) = reply else {
-        return Err(unexpected(reply));
+        return Err(Failure::unexpected(reply));
     };
     Ok(serde_json::json!({
         "decision_id": result.decision_id.to_string(),
@@ -242,7 +221,7 @@ pub(super) async fn profile(edge: State<Arc<Edge>>, key: PathParam) -> Response 
                     ErrorCode::UnknownCustomer as u16,
                     format!("no customer has the key `{key}`"),
                 )),
-                other => Err(unexpected(other)),
+                other => Err(Failure::unexpected(other)),
             }),
     )
 }
@@ -257,7 +236,7 @@ pub(super) async fn segment_count(edge: State<Arc<Edge>>, name: PathParam) -> Re
 async fn count(edge: &Edge, query: &str) -> Result<serde_json::Value, Failure> {
     match execute(edge, |shared, _| Ok(cmd::segment::count(shared, query))).await? {
         Reply::Count(n) => Ok(serde_json::json!({ "query": query, "count": n })),
-        other => Err(unexpected(other)),
+        other => Err(Failure::unexpected(other)),
     }
 }
 
@@ -296,7 +275,7 @@ async fn members(
         next_cursor,
     } = reply
     else {
-        return Err(unexpected(reply));
+        return Err(Failure::unexpected(reply));
     };
     let members: Vec<serde_json::Value> = members
         .into_iter()
@@ -335,7 +314,7 @@ pub(super) async fn stats(
         .await
         .and_then(|reply| match reply {
             Reply::Stats(stats) => Ok(serde_json::to_value(&stats).unwrap_or_default()),
-            other => Err(unexpected(other)),
+            other => Err(Failure::unexpected(other)),
         }),
     )
 }

@@ -238,6 +238,19 @@ pub(crate) async fn execute(
     Ok(reply)
 }
 
+/// A JSON body of type `T`, read as [`segment::read_json`] reads it, its nesting checked
+/// before any parser recurses, or the failure that names what is wrong with it.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    edge: &Edge,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, Failure> {
+    let bytes = segment::read_json(edge, headers, body).await?;
+    crate::protocol::json::check_nesting(&bytes, crate::protocol::json::MAX_JSON_DEPTH)
+        .map_err(|e| Failure::bad_json(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| Failure::bad_json(format!("bad request body: {e}")))
+}
+
 /// A request refused as a whole: nothing of it was applied.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -265,6 +278,15 @@ impl Failure {
             status,
             code: known.map_or("UNKNOWN", ErrorCode::name),
             message,
+        }
+    }
+
+    /// A command answered what its endpoint does not expect: a bug, said as one.
+    pub fn unexpected(reply: Reply) -> Failure {
+        Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "INTERNAL",
+            message: format!("the command answered {reply:?}; this is a bug in omnia"),
         }
     }
 

@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::{Edge, Failure};
-use crate::protocol::json::{check_nesting, MAX_JSON_DEPTH};
 use crate::protocol::{ErrorCode, Response as Reply};
 use crate::server::cmd::{ingest, ingest_json};
 
@@ -53,22 +52,14 @@ pub(super) async fn alias(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body
 /// A group call: read and checked like the others, then acknowledged, not applied (see
 /// the module doc).
 pub(super) async fn group(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    match read_json(&edge, &headers, body).await {
-        // Nesting first: the parser recurses, and a deep body must not reach it.
-        Ok(json) => match check_nesting(&json, MAX_JSON_DEPTH)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&json).map_err(|e| e.to_string())
-            }) {
-            Ok(_) => axum::Json(serde_json::json!({
-                "success": true,
-                "accepted": 0,
-                "ignored": "group calls are not applied: omnia's profiles are people, and a group is not a customer key",
-                "rejected": [],
-            }))
-            .into_response(),
-            Err(e) => Failure::bad_json(format!("bad JSON: {e}")).into_response(),
-        },
+    match super::json_body::<serde::de::IgnoredAny>(&edge, &headers, body).await {
+        Ok(_) => axum::Json(serde_json::json!({
+            "success": true,
+            "accepted": 0,
+            "ignored": "group calls are not applied: omnia's profiles are people, and a group is not a customer key",
+            "rejected": [],
+        }))
+        .into_response(),
         Err(failure) => failure.into_response(),
     }
 }
@@ -111,11 +102,7 @@ async fn ingest_events(
     })
     .await?;
     let Reply::Ingested { accepted, rejected } = reply else {
-        return Err(Failure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "INTERNAL",
-            message: format!("ingest answered {reply:?}; this is a bug in omnia"),
-        });
+        return Err(Failure::unexpected(reply));
     };
     let duplicates = rejected
         .iter()
