@@ -108,9 +108,12 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(array.len() as u64));
     group.bench_function("parse JSON ingest (2,000 Segment events, array)", |b| {
         b.iter(|| {
-            black_box(
-                omnia::server::cmd::ingest_json::parse(&config, array.as_bytes(), NOW_MS).unwrap(),
-            )
+            // The parser works in place, so each run parses a fresh copy (as INGEST_JSON
+            // does; the HTTP edge parses the body it read).
+            let mut body = array.as_bytes().to_vec();
+            let events =
+                omnia::server::cmd::ingest_json::parse(&config, &mut body, NOW_MS).unwrap();
+            black_box(events.len());
         })
     });
     group.finish();

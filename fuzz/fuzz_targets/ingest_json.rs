@@ -14,8 +14,9 @@ fn config() -> &'static Config {
 
 fuzz_target!(|data: &[u8]| {
     let config = config();
-    if let Ok(events) = omnia::server::cmd::ingest_json::parse(config, data, 1_772_445_600_000) {
-        for event in events.into_iter().flatten() {
+    let mut body = data.to_vec();
+    if let Ok(events) = omnia::server::cmd::ingest_json::parse(config, &mut body, 1_772_445_600_000) {
+        for event in events.iter().flatten() {
             let _ = omnia::engine::event::resolve(config, &event);
         }
     }

@@ -42,8 +42,8 @@ fuzz_target!(|data: &[u8]| {
     if shape == 0 {
         body.extend_from_slice(b"}]}");
     }
-    if let Ok(events) = omnia::server::cmd::ingest_json::parse(config(), &body, 1_772_445_600_000) {
-        for event in events.into_iter().flatten() {
+    if let Ok(events) = omnia::server::cmd::ingest_json::parse(config(), &mut body, 1_772_445_600_000) {
+        for event in events.iter().flatten() {
             let _ = omnia::engine::event::resolve(config(), &event);
         }
     }

@@ -78,11 +78,12 @@ async fn ingest_events(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
-    let json = read_json(edge, headers, body).await?;
+    // Parsed in place: no copy of a body the engine reads its events from.
+    let mut json = Vec::from(read_json(edge, headers, body).await?);
     let max_batch = edge.limits.max_batch;
     let reply = super::execute(edge, |shared, receipt| {
         let node = shared.node();
-        let events = ingest_json::parse_calls(node.config(), &json, node.engine().now_ms(), kind)
+        let events = ingest_json::parse_calls(node.config(), &mut json, node.engine().now_ms(), kind)
             .map_err(Failure::bad_json)?;
         if events.len() > max_batch {
             return Err(Failure {
@@ -94,11 +95,7 @@ async fn ingest_events(
                 ),
             });
         }
-        Ok(ingest::apply(
-            shared,
-            events.iter().map(|e| e.as_ref().map_err(Clone::clone)),
-            receipt,
-        ))
+        Ok(ingest::apply(shared, events.iter(), receipt))
     })
     .await?;
     let Reply::Ingested { accepted, rejected } = reply else {
