@@ -106,14 +106,17 @@ pub fn parse_calls<'a>(
 }
 
 /// Whether a body with line breaks, not an array, is one event per line rather than one
-/// pretty-printed document: it is when its first line is a whole JSON value, or when the
-/// body as a whole does not parse. Decided on copies, so the body itself is parsed once,
-/// in place, by whichever reading wins.
+/// (perhaps pretty-printed) document: it is when it has more than one non-blank line
+/// and either its first line is a whole JSON value or the body as a whole does not
+/// parse. Decided on copies, so the body itself is parsed once, in place, by whichever
+/// reading wins.
 fn is_lines(json: &[u8]) -> bool {
-    let first = json
+    let mut lines = json
         .split(|b| *b == b'\n')
-        .find(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-        .unwrap_or_default();
+        .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()));
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return false;
+    };
     to_tape(&mut first.to_vec()).is_ok() || to_tape(&mut json.to_vec()).is_err()
 }
 
@@ -766,6 +769,11 @@ mod tests {
     fn a_pretty_printed_document_is_one_body_and_lines_are_events() {
         let pretty = b"{\n  \"batch\": [\n    {\"type\": \"page\", \"anonymousId\": \"a\"},\n    {\"type\": \"page\", \"anonymousId\": \"b\"}\n  ]\n}\n";
         let events = parse(&config(), pretty, 7).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(events.iter().all(Result::is_ok));
+        // One line and a line break (what `curl -d @batch.json` sends) is one document.
+        let batch = b"{\"batch\":[{\"type\":\"page\",\"anonymousId\":\"a\"},{\"type\":\"page\",\"anonymousId\":\"b\"}]}\n";
+        let events = parse(&config(), batch, 7).unwrap();
         assert_eq!(events.len(), 2);
         assert!(events.iter().all(Result::is_ok));
         // The first line is not JSON and the body is not one document: one event per
