@@ -14,7 +14,7 @@ use omnia::clock::ManualClock;
 use omnia::config::Config;
 use omnia::model::{EventView, RawEvent};
 use omnia::node::Node;
-use omnia::protocol::{Frame, IngestBatch, Request, DEFAULT_MAX_FRAME};
+use omnia::protocol::{Frame, IngestBatch, Layout, Request, DEFAULT_MAX_FRAME};
 use omnia::server::{Limits, Shared};
 
 #[global_allocator]
@@ -63,7 +63,8 @@ fn decode(c: &mut Criterion) {
             b.iter(|| {
                 let mut buf = BytesMut::from(&wire[..]);
                 let frame = Frame::parse(&mut buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
-                let batch = IngestBatch::decode(&frame.body).unwrap();
+                let batch =
+                    IngestBatch::decode(&frame.body, Layout::of_protocol(frame.version)).unwrap();
                 // Touch every field, as resolving the events will.
                 let mut touched = 0usize;
                 for event in batch.iter() {
@@ -84,7 +85,11 @@ fn decode(c: &mut Criterion) {
             b.iter(|| {
                 let mut buf = BytesMut::from(&wire[..]);
                 let frame = Frame::parse(&mut buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
-                black_box(IngestBatch::decode(&frame.body).unwrap().len())
+                black_box(
+                    IngestBatch::decode(&frame.body, Layout::of_protocol(frame.version))
+                        .unwrap()
+                        .len(),
+                )
             })
         },
     );

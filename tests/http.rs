@@ -7,6 +7,7 @@ mod common;
 use std::io::Write;
 
 use common::{TestServer, START_MS};
+use omnia::model::RawEvent;
 use serde_json::{json, Value};
 
 /// What the edge answered: status, `Retry-After` if any, JSON body.
@@ -72,6 +73,14 @@ fn at(offset_s: i64) -> String {
 
 /// What `segment-analytics-python` 2.4 posts for an anonymous page view, an identify
 /// that links the cookie to an account and an e-mail address, and a purchase.
+/// Now, for the servers of these tests that run on the wall clock.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 fn python_sdk_batch() -> Value {
     let library = json!({"name": "analytics-python", "version": "2.4.0"});
     json!({
@@ -430,6 +439,16 @@ async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_du
         "{}",
         a.body
     );
+    // A binary INGEST event with a message id, acknowledged before the kill too.
+    let client = omnia::client::Client::connect(&served.addr).await.unwrap();
+    let mut viewed = RawEvent::new("product_view", "app", wall_clock_ms())
+        .key("user:sofia")
+        .prop("sku", "SHOE-1");
+    viewed.message_id = Some("bin-1".into());
+    assert_eq!(
+        client.ingest(vec![viewed.clone()]).await.unwrap().accepted,
+        1
+    );
     served.child.kill().expect("SIGKILL");
     served.child.wait().unwrap();
     std::mem::forget(served._dir);
@@ -465,6 +484,9 @@ async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_du
         "{}",
         a.body
     );
+    let ack = client.ingest(vec![viewed]).await.unwrap();
+    assert_eq!((ack.accepted, ack.rejected[0].code), (0, 31), "{ack:?}");
+    assert_eq!(profile.aggregate("count(product_view, 7d)"), Some(1.0));
     // Stopped cleanly (a snapshot, the log it covers removed) and started again: the ids
     // come back from the snapshot.
     unsafe { libc::kill(again.child.id() as i32, libc::SIGTERM) };
@@ -504,6 +526,13 @@ async fn a_retried_batch_changes_every_aggregate_once() {
     let ack = client.ingest_json(body.into_bytes()).await.unwrap();
     assert_eq!(ack.accepted, 0);
     assert!(ack.rejected.iter().all(|r| r.code == 31), "{ack:?}");
+    // And through binary INGEST, whose events carry message ids since protocol version 2.
+    let mut purchase = RawEvent::new("purchase", "web", START_MS)
+        .key("user:sofia")
+        .prop("amount", 59.5);
+    purchase.message_id = Some("m-3".into());
+    let ack = client.ingest(vec![purchase]).await.unwrap();
+    assert_eq!((ack.accepted, ack.rejected[0].code), (0, 31), "{ack:?}");
     let profile = server.node.profile("user:sofia").unwrap();
     assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(59.5));
     let stats = client.stats().await.unwrap();

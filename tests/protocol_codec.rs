@@ -31,10 +31,11 @@ fn event() -> impl Strategy<Value = RawEvent> {
         prop::collection::vec(text(), 0..4),
         prop::collection::vec((text(), value()), 0..4),
         prop::collection::vec((text(), value()), 0..3),
+        prop::option::of("\\PC{1,40}"),
     )
         .prop_map(
-            |(event, channel, ts, keys, properties, attributes)| RawEvent {
-                message_id: None,
+            |(event, channel, ts, keys, properties, attributes, message_id)| RawEvent {
+                message_id,
                 event,
                 channel,
                 timestamp_ms: ts,
@@ -416,6 +417,20 @@ proptest! {
         prop_assert_eq!(Request::decode(frame.opcode, &frame.body).unwrap(), Some(request));
     }
 
+    /// Version 1 requests are version 2's, but INGEST events carry no message id.
+    #[test]
+    fn requests_round_trip_in_version_1(request in request()) {
+        let request = match request {
+            Request::Ingest { mut events } => {
+                events.iter_mut().for_each(|e| e.message_id = None);
+                Request::Ingest { events }
+            }
+            other => other,
+        };
+        let body = request.encode_in(1).unwrap();
+        prop_assert_eq!(Request::decode_in(1, request.opcode(), &body).unwrap(), Some(request));
+    }
+
     #[test]
     fn responses_round_trip((op, response) in response(), id in any::<u32>()) {
         let frame = over_the_wire(response.opcode(op), id, response.encode());
@@ -426,6 +441,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(op in any::<u8>(), bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let body = Bytes::from(bytes.clone());
         let _ = Request::decode(op, &body);
+        let _ = Request::decode_in(1, op, &body);
         let _ = Response::decode(op, &body);
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(_)) = Frame::parse(&mut buf, 64) {}

@@ -33,8 +33,8 @@ async fn hello_is_required_first_and_versions_are_checked() {
         "first request on a connection must be HELLO",
     );
     let future = Request::Hello {
-        min_version: 2,
-        max_version: 3,
+        min_version: 3,
+        max_version: 4,
         client: "future".into(),
     };
     let reply = raw
@@ -44,7 +44,7 @@ async fn hello_is_required_first_and_versions_are_checked() {
         &reply,
         6,
         ErrorCode::UnsupportedVersion,
-        "client `future` speaks versions 2 to 3; this server speaks version 1",
+        "client `future` speaks versions 3 to 4; this server speaks versions 1 to 2",
     );
     let mut raw = Raw::greeted(&server.addr).await;
     // A frame of another protocol version.

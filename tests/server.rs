@@ -4,9 +4,13 @@
 
 mod common;
 
+use bytes::Bytes;
+use common::raw::{assert_error, Raw};
 use common::{TestServer, START_MS};
 use omnia::client::Client;
 use omnia::model::RawEvent;
+use omnia::protocol::message::ServerHello;
+use omnia::protocol::{opcode, ErrorCode, Request, Response};
 use tokio::task::JoinSet;
 
 const MINUTE: i64 = 60_000;
@@ -18,7 +22,7 @@ async fn sofia_journey_over_tcp_with_json_and_binary_ingest() {
     let info = client.server_info().unwrap();
     assert_eq!(
         (info.version, info.config_version),
-        (1, server.node.config().version)
+        (2, server.node.config().version)
     );
 
     // An account made a week ago in the app (binary).
@@ -295,4 +299,101 @@ async fn a_client_that_never_reads_cannot_hold_the_server() {
         .await
         .expect("shutdown is not held by a client that does not read");
     drop(raw);
+}
+
+/// The acknowledgement in a reply frame: (accepted, the rejections' codes).
+fn ack(frame: &omnia::protocol::Frame) -> (u32, Vec<u16>) {
+    match Response::decode(frame.opcode, &frame.body).unwrap() {
+        Response::Ingested { accepted, rejected } => {
+            (accepted, rejected.iter().map(|r| r.code).collect())
+        }
+        other => panic!("not an acknowledgement: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn version_1_clients_are_answered_in_version_1_and_version_2_carries_message_ids() {
+    let server = TestServer::start().await;
+    let hello = |min_version, max_version| {
+        Request::Hello {
+            min_version,
+            max_version,
+            client: "v".into(),
+        }
+        .encode()
+        .unwrap()
+    };
+    // A client of version 1 agrees on version 1, in version 1 frames, and ingests
+    // layout 1 events as it always did.
+    let mut old = Raw::connect(&server.addr).await;
+    let reply = old.request_in(1, opcode::HELLO, 1, hello(1, 1)).await;
+    assert_eq!(reply.version, 1);
+    let Response::Hello(ServerHello { version, .. }) =
+        Response::decode(reply.opcode, &reply.body).unwrap()
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(version, 1);
+    let event = RawEvent::new("page_view", "web", START_MS).key("anon:old");
+    let body = Request::Ingest {
+        events: vec![event.clone(), event.clone()],
+    }
+    .encode_in(1)
+    .unwrap();
+    let reply = old.request_in(1, opcode::INGEST, 2, body).await;
+    assert_eq!((reply.version, ack(&reply)), (1, (2, vec![])));
+
+    // Version 2: the newest both speak. Its events carry message ids; a copy of an id
+    // already applied is acknowledged as DUPLICATE (31) and not applied again.
+    let mut new = Raw::connect(&server.addr).await;
+    let reply = new.request(opcode::HELLO, 1, hello(1, 9)).await;
+    let Response::Hello(ServerHello { version, .. }) =
+        Response::decode(reply.opcode, &reply.body).unwrap()
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(version, 2);
+    let mut with_id = RawEvent::new("purchase", "store", START_MS)
+        .key("user:new")
+        .prop("amount", 10.0);
+    with_id.message_id = Some("order-7".into());
+    let body = Request::Ingest {
+        events: vec![with_id.clone(), with_id.clone()],
+    }
+    .encode_in(2)
+    .unwrap();
+    let reply = new.request_in(2, opcode::INGEST, 2, body.clone()).await;
+    assert_eq!((reply.version, ack(&reply)), (2, (1, vec![31])));
+    let reply = new.request_in(2, opcode::INGEST, 3, body).await;
+    assert_eq!(ack(&reply), (0, vec![31, 31]));
+    let profile = server.node.profile("user:new").unwrap();
+    assert_eq!(profile.aggregate("sum(purchase.amount, 90d)"), Some(10.0));
+    assert_eq!(
+        server
+            .node
+            .profile("anon:old")
+            .unwrap()
+            .aggregate("count(page_view on web, 1h)"),
+        Some(2.0)
+    );
+
+    // No version in common, or a frame of a version this server does not speak.
+    let mut future = Raw::connect(&server.addr).await;
+    let reply = future.request_in(1, opcode::HELLO, 1, hello(3, 4)).await;
+    assert_error(
+        &reply,
+        1,
+        ErrorCode::UnsupportedVersion,
+        "this server speaks versions 1 to 2",
+    );
+    let reply = new.request_in(3, opcode::PING, 5, Bytes::new()).await;
+    assert_error(
+        &reply,
+        5,
+        ErrorCode::UnsupportedVersion,
+        "frame has protocol version 3",
+    );
+    assert_eq!(reply.version, 1);
+    new.still_alive().await;
+    server.shutdown().await;
 }

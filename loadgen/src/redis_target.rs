@@ -84,11 +84,14 @@ impl Target for RedisTarget {
     async fn execute(&self, op: Op) -> Result<u64, String> {
         let events = match op {
             Op::Ingest(events) => events,
-            Op::IngestBody(body, _) => omnia::protocol::IngestBatch::decode(&body)
-                .map_err(|e| e.to_string())?
-                .iter()
-                .map(|e| e.to_owned())
-                .collect(),
+            // Written by `IngestWriter`, in the newest layout.
+            Op::IngestBody(body, _) => {
+                omnia::protocol::IngestBatch::decode(&body, omnia::protocol::Layout::V2)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|e| e.to_owned())
+                    .collect()
+            }
             _ => return Err("the Redis baseline implements the ingest workload only".into()),
         };
         let mut pipe = redis::pipe();

@@ -189,7 +189,8 @@ impl Target for InProcessTarget {
             }
             Op::IngestBody(body, _) => {
                 let batch =
-                    omnia::protocol::IngestBatch::decode(&body).map_err(|e| e.to_string())?;
+                    omnia::protocol::IngestBatch::decode(&body, omnia::protocol::Layout::V2)
+                        .map_err(|e| e.to_string())?;
                 let mut applied = 0;
                 for event in batch.iter() {
                     e.ingest(&event).map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@
 //! protocol's [`ErrorCode`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,9 @@ use crate::model::decision::{
 };
 use crate::model::{ProfileView, RawEvent};
 use crate::protocol::message::{Rejected, ServerHello, Stats};
-use crate::protocol::{ErrorCode, Frame, Request, Response, PROTOCOL_VERSION};
+use crate::protocol::{
+    ErrorCode, Frame, Layout, Request, Response, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -78,6 +80,9 @@ struct Link {
     pending: Pending,
     /// Set by the reader when the connection ends, before it fails what is pending.
     dead: Arc<AtomicBool>,
+    /// The protocol version frames are sent in: the oldest until HELLO agrees on one, so
+    /// that a server of any version understands the HELLO itself.
+    version: AtomicU8,
 }
 
 /// An ingest acknowledgement.
@@ -172,18 +177,29 @@ impl Client {
         };
         let _ = socket.set_nodelay(true);
         let link = Arc::new(spawn_link(socket));
-        *guard = Some(link.clone());
-        drop(guard);
+        // The link is shared only once HELLO agreed on a version: no request goes out
+        // before it in the wrong version.
         let hello = Request::Hello {
-            min_version: PROTOCOL_VERSION as u16,
+            min_version: MIN_PROTOCOL_VERSION as u16,
             max_version: PROTOCOL_VERSION as u16,
             client: format!("omnia-rust {}", env!("CARGO_PKG_VERSION")),
         };
         match self.send_on(&link, &hello).await? {
             Response::Hello(hello) => {
+                let agreed = u8::try_from(hello.version)
+                    .ok()
+                    .filter(|v| (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(v))
+                    .ok_or_else(|| {
+                        ClientError::Protocol(format!(
+                            "HELLO agreed on protocol version {}, which this client does not speak ({MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
+                            hello.version
+                        ))
+                    })?;
+                link.version.store(agreed, Ordering::Relaxed);
                 if let Ok(mut info) = self.info.lock() {
                     *info = Some(hello);
                 }
+                *guard = Some(link.clone());
                 Ok(link)
             }
             other => Err(ClientError::Protocol(format!(
@@ -193,7 +209,9 @@ impl Client {
     }
 
     async fn send_on(&self, link: &Link, request: &Request) -> Result<Response, ClientError> {
-        let body = request.encode().map_err(ClientError::Encode)?;
+        let body = request
+            .encode_in(link.version.load(Ordering::Relaxed))
+            .map_err(ClientError::Encode)?;
         self.send_body(link, request.opcode(), body).await
     }
 
@@ -213,7 +231,8 @@ impl Client {
                 "the connection is closed".into(),
             ));
         }
-        if link.outgoing.send(Frame::new(op, id, body)).await.is_err() {
+        let frame = Frame::in_version(link.version.load(Ordering::Relaxed), op, id, body);
+        if link.outgoing.send(frame).await.is_err() {
             return Err(ClientError::ConnectionLost(
                 "the connection closed before the request was sent".into(),
             ));
@@ -267,6 +286,12 @@ impl Client {
     /// millions of events a second.
     pub async fn ingest_body(&self, body: Bytes) -> Result<Ingested, ClientError> {
         let link = self.link().await?;
+        let version = link.version.load(Ordering::Relaxed);
+        if Layout::of_protocol(version) != Layout::V2 {
+            return Err(ClientError::Encode(format!(
+                "the server speaks protocol version {version}, whose INGEST events have no message id; an IngestWriter body is event layout 2 (protocol version 2): upgrade the server, or send the events with `ingest`"
+            )));
+        }
         ingested(
             self.send_body(&link, crate::protocol::opcode::INGEST, body)
                 .await?,
@@ -467,6 +492,7 @@ fn spawn_link(socket: TcpStream) -> Link {
         outgoing,
         pending,
         dead,
+        version: AtomicU8::new(MIN_PROTOCOL_VERSION),
     }
 }
 

@@ -1,31 +1,57 @@
-//! The event layout, version [`LAYOUT`]: how an event is bytes, for the protocol's
-//! INGEST bodies and the write-ahead log's EVENT records alike, read in place: the
-//! server validates a batch once and then reads each event's fields straight from the
-//! frame body, with no copy and no allocation, and an event that arrived this way is
-//! logged as the bytes it arrived in.
+//! The event layouts: how an event is bytes, for the protocol's INGEST bodies and the
+//! write-ahead log's EVENT records alike, read in place: the server validates a batch
+//! once and then reads each event's fields straight from the frame body, with no copy
+//! and no allocation, and an event that arrived this way is logged as the bytes it
+//! arrived in.
 //!
-//! The layout has a version of its own, apart from the protocol's and the data
-//! directory's: protocol version 1 carries layout 1 in INGEST, and data directory
-//! format 3 stores layout 1 in EVENT records (docs/storage.md, section 4.3). A protocol
-//! version that changes INGEST gets a layout 2 and the log keeps layout 1 (its events
-//! are then re-encoded, not copied) until a data directory format says otherwise.
+//! The layouts have versions of their own, apart from the protocol's and the data
+//! directory's ([`Layout`]): protocol version 1 carries layout 1 in INGEST, protocol
+//! version 2 layout 2; data directory format 4 stores layout 1 in EVENT and
+//! EVENT_WITH_ID records (docs/storage.md, section 4.3), the message id in the record's
+//! own field.
 //!
 //! Layout 1, per event: `str event, str channel, i64 timestamp_ms, u8 key_count, str ×
 //! key_count, u8 property_count, (str name, value) × property_count, u8
 //! attribute_count, (str name, value) × attribute_count`, after a `u32 count`.
+//!
+//! Layout 2, per event: `str message_id` (0 to [`MAX_MESSAGE_ID`] bytes; empty: the
+//! event has none), then the event in layout 1. The id comes first so that the rest is
+//! exactly a layout 1 event, which the log stores as it arrived.
+//!
+//! Invariant: an [`EventRef`]'s `encoded` bytes are always one layout 1 event, whatever
+//! layout the batch came in.
 
 use super::{DecodeError, Reader};
 
-/// The version of the event layout this module reads and writes.
-pub const LAYOUT: u8 = 1;
 use crate::field;
-use crate::model::{EventView, RawEvent, ValueRef};
+use crate::model::{EventView, RawEvent, ValueRef, MAX_MESSAGE_ID};
+
+/// An event layout version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The event's fields (protocol version 1; the log's records).
+    V1 = 1,
+    /// A message id, then the event's fields in layout 1 (protocol version 2).
+    V2 = 2,
+}
+
+impl Layout {
+    /// The layout a protocol version's INGEST bodies carry.
+    pub fn of_protocol(version: u8) -> Layout {
+        if version >= 2 {
+            Layout::V2
+        } else {
+            Layout::V1
+        }
+    }
+}
 
 /// A validated INGEST batch borrowing its frame body.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestBatch<'a> {
     events: &'a [u8],
     count: u32,
+    layout: Layout,
 }
 
 /// One event of a batch, borrowing the body. Keys, properties and attributes are kept
@@ -35,26 +61,33 @@ pub struct EventRef<'a> {
     pub event: &'a str,
     pub channel: &'a str,
     pub timestamp_ms: i64,
+    /// The sender's id for the event (layout 2; `None` when it sent none).
+    pub message_id: Option<&'a str>,
     keys: (u8, &'a [u8]),
     properties: (u8, &'a [u8]),
     attributes: (u8, &'a [u8]),
-    /// The whole event as it was on the wire, for logging it without re-encoding.
+    /// The event's fields as they were on the wire (layout 1, without the message id),
+    /// for logging it without re-encoding.
     encoded: &'a [u8],
 }
 
 impl<'a> IngestBatch<'a> {
-    /// Checks the whole body against the layout; every error names the event and the
+    /// Checks the whole body against `layout`; every error names the event and the
     /// field and the byte offset.
-    pub fn decode(body: &'a [u8]) -> Result<IngestBatch<'a>, DecodeError> {
+    pub fn decode(body: &'a [u8], layout: Layout) -> Result<IngestBatch<'a>, DecodeError> {
         let mut r = Reader::new(body);
         let count = r.u32(field!("event count"))?;
         let start = r.offset();
         for i in 0..count {
-            read_event(&mut r, i)?;
+            read_event(&mut r, i, layout)?;
         }
         let events = r.since(start);
         r.finish()?;
-        Ok(IngestBatch { events, count })
+        Ok(IngestBatch {
+            events,
+            count,
+            layout,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -68,12 +101,31 @@ impl<'a> IngestBatch<'a> {
     /// The events, in order.
     pub fn iter(&self) -> impl Iterator<Item = EventRef<'a>> + 'a {
         let mut r = Reader::new(self.events);
+        let layout = self.layout;
         // Validated by `decode`: reading again cannot fail.
-        (0..self.count).map_while(move |i| read_event(&mut r, i).ok())
+        (0..self.count).map_while(move |i| read_event(&mut r, i, layout).ok())
     }
 }
 
-fn read_event<'a>(r: &mut Reader<'a>, i: u32) -> Result<EventRef<'a>, DecodeError> {
+fn read_event<'a>(r: &mut Reader<'a>, i: u32, layout: Layout) -> Result<EventRef<'a>, DecodeError> {
+    let message_id = match layout {
+        Layout::V1 => None,
+        Layout::V2 => {
+            let at = r.offset();
+            let id = r.str(field!("message id of event {i}"))?;
+            if id.len() > MAX_MESSAGE_ID {
+                return Err(DecodeError::Invalid {
+                    field: format!("message id of event {i}"),
+                    offset: at,
+                    message: format!(
+                        "{} bytes; a message id is at most {MAX_MESSAGE_ID} bytes",
+                        id.len()
+                    ),
+                });
+            }
+            (!id.is_empty()).then_some(id)
+        }
+    };
     let whole = r.offset();
     let event = r.str(field!("event type of event {i}"))?;
     let channel = r.str(field!("channel of event {i}"))?;
@@ -102,6 +154,7 @@ fn read_event<'a>(r: &mut Reader<'a>, i: u32) -> Result<EventRef<'a>, DecodeErro
         event,
         channel,
         timestamp_ms,
+        message_id,
         keys,
         properties,
         attributes,
@@ -133,7 +186,7 @@ impl<'a> EventRef<'a> {
             attributes: pairs(self.attributes)
                 .map(|(n, v)| (n.to_string(), v.to_owned()))
                 .collect(),
-            message_id: None,
+            message_id: self.message_id.map(str::to_string),
         }
     }
 }
@@ -162,6 +215,9 @@ impl EventView for EventRef<'_> {
     fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
         pairs(self.attributes)
     }
+    fn message_id(&self) -> Option<&str> {
+        self.message_id
+    }
 }
 
 /// Writes an INGEST body event by event, with no intermediate [`RawEvent`]s: what a
@@ -172,9 +228,13 @@ impl EventView for EventRef<'_> {
 /// `properties(n)` and `n` calls to `property`, then `attributes(n)` and `n` calls to
 /// `attribute`. The counts are written before the items, as the layout wants; a wrong
 /// count makes a batch the server rejects as malformed, with the event and field named.
+///
+/// The body is in layout 2 (protocol version 2), the newest; [`encode_one`] writes the
+/// log's layout 1.
 pub struct IngestWriter {
     buf: bytes::BytesMut,
     count: u32,
+    layout: Layout,
 }
 
 impl Default for IngestWriter {
@@ -185,16 +245,45 @@ impl Default for IngestWriter {
 
 impl IngestWriter {
     pub fn with_capacity(bytes: usize) -> IngestWriter {
-        let mut buf = bytes::BytesMut::with_capacity(bytes.max(4));
-        buf.extend_from_slice(&[0; 4]);
-        IngestWriter { buf, count: 0 }
+        IngestWriter::in_layout(Layout::V2, bytes)
     }
 
-    /// Starts an event with `key_count` keys to follow.
+    fn in_layout(layout: Layout, bytes: usize) -> IngestWriter {
+        let mut buf = bytes::BytesMut::with_capacity(bytes.max(4));
+        buf.extend_from_slice(&[0; 4]);
+        IngestWriter {
+            buf,
+            count: 0,
+            layout,
+        }
+    }
+
+    /// The layout this writer writes.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Starts an event with `key_count` keys to follow, and no message id.
     pub fn event(&mut self, event: &str, channel: &str, timestamp_ms: i64, key_count: u8) {
+        self.event_with_id("", event, channel, timestamp_ms, key_count);
+    }
+
+    /// Starts an event with a message id (empty: none; at most [`MAX_MESSAGE_ID`] bytes,
+    /// or the server refuses the batch) and `key_count` keys to follow.
+    pub fn event_with_id(
+        &mut self,
+        message_id: &str,
+        event: &str,
+        channel: &str,
+        timestamp_ms: i64,
+        key_count: u8,
+    ) {
         use super::Write;
         use bytes::BufMut;
         self.count += 1;
+        if self.layout == Layout::V2 {
+            self.buf.str(message_id);
+        }
         self.buf.str(event);
         self.buf.str(channel);
         self.buf.put_i64_le(timestamp_ms);
@@ -257,15 +346,16 @@ impl IngestWriter {
     }
 }
 
-/// Writes one event as a one-event INGEST body: copied as it is when it came in that
-/// layout, encoded otherwise.
+/// Writes one event as a one-event body in layout 1, without its message id (the log
+/// keeps that in the record): copied as it is when it came in that layout, encoded
+/// otherwise.
 pub fn encode_one(event: &impl EventView, out: &mut Vec<u8>) {
     out.extend_from_slice(&1u32.to_le_bytes());
     if let Some(bytes) = event.encoded() {
         out.extend_from_slice(bytes);
         return;
     }
-    let mut w = IngestWriter::with_capacity(128);
+    let mut w = IngestWriter::in_layout(Layout::V1, 128);
     w.event(
         event.event_type(),
         event.channel(),

@@ -18,8 +18,8 @@
 //! reader never refuses what a writer produced. Every caller bounds its strings well
 //! below the limit; the cut is the last line of defence, not a feature.
 //!
-//! [`events`] is the event layout (version 1) that INGEST bodies and the log's EVENT
-//! records share; [`Fingerprint`] hashes a canonical encoding, never `Debug` output.
+//! [`events`] is the event layouts (1, and 2 with a message id) that INGEST bodies and
+//! the log's EVENT records share; [`Fingerprint`] hashes a canonical encoding, never `Debug` output.
 //!
 //! This module knows only `model` (the values it encodes): protocol, engine, decide and
 //! store all build on it.

@@ -5,6 +5,11 @@
 //! read an event, so a view borrowed from a frame body (no copy, no allocation) is
 //! resolved exactly like an owned event.
 
+/// The longest message id an event may carry, in bytes: Segment's are UUIDs (36
+/// bytes) or `ajs-` + 32 hex digits; 256 leaves room for any tracker's and bounds what
+/// the dedup table and the log keep per event.
+pub const MAX_MESSAGE_ID: usize = 256;
+
 /// A value borrowed from wherever the event lives.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ValueRef<'a> {
@@ -187,7 +192,7 @@ pub struct RawEvent {
     /// Profile attributes to set (traits), newest value wins.
     pub attributes: Vec<(String, RawValue)>,
     /// The sender's id for the event, for exactly-once ingest (see
-    /// [`EventView::message_id`]); the binary INGEST layout does not carry one yet.
+    /// [`EventView::message_id`]); at most [`MAX_MESSAGE_ID`] bytes.
     pub message_id: Option<String>,
 }
 

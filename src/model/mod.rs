@@ -6,5 +6,5 @@ pub mod event;
 pub mod profile;
 pub mod reload;
 
-pub use event::{EventView, RawEvent, RawValue, ValueRef};
+pub use event::{EventView, RawEvent, RawValue, ValueRef, MAX_MESSAGE_ID};
 pub use profile::{CustomerId, ProfileView};

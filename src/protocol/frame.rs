@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! u32 length        bytes that follow: header (8) + body; 8 <= length <= max frame
-//! u8  version       PROTOCOL_VERSION
+//! u8  version       1 or 2 (MIN_PROTOCOL_VERSION to PROTOCOL_VERSION)
 //! u8  opcode
-//! u16 flags         0 in version 1
+//! u16 flags         0 (reserved)
 //! u32 request_id    echoed by the response
 //! ... body          length - 8 bytes
 //! ```
@@ -43,9 +43,15 @@ pub enum FrameError {
 }
 
 impl Frame {
+    /// A frame in the newest protocol version.
     pub fn new(opcode: u8, request_id: u32, body: Bytes) -> Frame {
+        Frame::in_version(super::PROTOCOL_VERSION, opcode, request_id, body)
+    }
+
+    /// A frame in protocol `version`: what a connection agreed on in HELLO.
+    pub fn in_version(version: u8, opcode: u8, request_id: u32, body: Bytes) -> Frame {
         Frame {
-            version: super::PROTOCOL_VERSION,
+            version,
             opcode,
             flags: 0,
             request_id,

@@ -8,14 +8,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{DecodeError, Reader, Write};
 use super::opcode;
-use super::ErrorCode;
+use super::{ErrorCode, PROTOCOL_VERSION};
+use crate::codec::events::Layout;
 use crate::field;
 use crate::model::decision::{
     ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
     FeedbackTarget, OfferStats, Outcome, RankedOffer,
 };
 use crate::model::reload::ReloadReport;
-use crate::model::{ProfileView, RawEvent, RawValue};
+use crate::model::{ProfileView, RawEvent, RawValue, MAX_MESSAGE_ID};
 use std::time::Duration;
 
 /// DECIDE flag bits.
@@ -206,8 +207,15 @@ impl Request {
         }
     }
 
-    /// The body. Fails only for events with more than 255 keys, properties or attributes.
+    /// The body in the newest protocol version ([`PROTOCOL_VERSION`]).
     pub fn encode(&self) -> Result<Bytes, String> {
+        self.encode_in(PROTOCOL_VERSION)
+    }
+
+    /// The body in protocol `version`. Fails for events with more than 255 keys,
+    /// properties or attributes, a message id longer than [`MAX_MESSAGE_ID`] bytes, or
+    /// a message id in version 1, which cannot carry one.
+    pub fn encode_in(&self, version: u8) -> Result<Bytes, String> {
         let mut b = BytesMut::new();
         match self {
             Request::Hello {
@@ -263,8 +271,25 @@ impl Request {
                 }
             }
             Request::Ingest { events } => {
+                let layout = Layout::of_protocol(version);
                 b.put_u32_le(events.len() as u32);
-                for e in events {
+                for (i, e) in events.iter().enumerate() {
+                    let id = e.message_id.as_deref().unwrap_or("");
+                    if id.len() > MAX_MESSAGE_ID {
+                        return Err(format!(
+                            "event {i}: its message id is {} bytes; at most {MAX_MESSAGE_ID}",
+                            id.len()
+                        ));
+                    }
+                    match layout {
+                        Layout::V2 => b.str(id),
+                        Layout::V1 if id.is_empty() => {}
+                        Layout::V1 => {
+                            return Err(format!(
+                                "event {i} has a message id, which protocol version 1 cannot carry: the server speaks only version 1; upgrade it, or send the event without one"
+                            ))
+                        }
+                    }
                     b.str(&e.event);
                     b.str(&e.channel);
                     b.put_i64_le(e.timestamp_ms);
@@ -305,8 +330,15 @@ impl Request {
         Ok(b.freeze())
     }
 
-    /// Decodes a request body for `op`. `Ok(None)` for an opcode this version does not know.
+    /// Decodes a request body for `op` in the newest protocol version. `Ok(None)` for an
+    /// opcode this version does not know.
     pub fn decode(op: u8, body: &Bytes) -> Result<Option<Request>, DecodeError> {
+        Request::decode_in(PROTOCOL_VERSION, op, body)
+    }
+
+    /// Decodes a request body for `op` in protocol `version` (the versions differ only
+    /// in INGEST's event layout).
+    pub fn decode_in(version: u8, op: u8, body: &Bytes) -> Result<Option<Request>, DecodeError> {
         let mut r = Reader::new(body);
         let request = match op {
             opcode::HELLO => Request::Hello {
@@ -383,7 +415,7 @@ impl Request {
             }
             opcode::INGEST => {
                 // One parser for INGEST bodies: the server reads the same view in place.
-                let batch = super::IngestBatch::decode(body)?;
+                let batch = super::IngestBatch::decode(body, Layout::of_protocol(version))?;
                 Request::Ingest {
                     events: batch.iter().map(|e| e.to_owned()).collect(),
                 }

@@ -20,13 +20,20 @@ pub mod frame;
 pub mod json;
 pub mod message;
 
-pub use crate::codec::events::{EventRef, IngestBatch, IngestWriter};
+pub use crate::codec::events::{EventRef, IngestBatch, IngestWriter, Layout};
 pub use error::ErrorCode;
 pub use frame::{Frame, FrameError, HEADER_LEN};
 pub use message::{Request, Response};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this build speaks. Version 2 differs from version 1
+/// only in INGEST, whose events start with a message id (event layout 2,
+/// [`crate::codec::events`]).
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The oldest protocol version this build still speaks: a server answers version 1
+/// clients in version 1, and the client talks version 1 to a server that knows no
+/// newer one.
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
 /// Default largest frame, header included, in bytes.
 pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
@@ -73,13 +80,13 @@ pub mod opcode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::RawEvent;
+    use crate::model::{EventView, RawEvent};
 
     #[test]
-    /// INGEST of protocol version 1 is event layout 1: what `IngestWriter` writes is
-    /// what `Request::encode` makes, and reads back.
-    fn an_ingest_body_is_event_layout_1() {
-        let events = vec![
+    /// INGEST of protocol version 2 is event layout 2, of version 1 layout 1: what
+    /// `IngestWriter` writes is what `Request::encode` makes, and both read back.
+    fn an_ingest_body_is_the_event_layout_of_its_version() {
+        let mut events = vec![
             RawEvent::new("purchase", "store", 1_700_000_000_000)
                 .key("user:1")
                 .key("card:9")
@@ -89,9 +96,11 @@ mod tests {
                 .key("anon:x")
                 .prop("url", "/"),
         ];
+        events[0].message_id = Some("m-1".into());
         let mut w = IngestWriter::with_capacity(16);
         for e in &events {
-            w.event(&e.event, &e.channel, e.timestamp_ms, e.keys.len() as u8);
+            let id = e.message_id.as_deref().unwrap_or("");
+            w.event_with_id(id, &e.event, &e.channel, e.timestamp_ms, e.keys.len() as u8);
             e.keys.iter().for_each(|k| w.key(k));
             w.properties(e.properties.len() as u8);
             e.properties
@@ -104,15 +113,36 @@ mod tests {
         }
         assert_eq!(w.len(), 2);
         let body = w.finish();
+        let request = Request::Ingest {
+            events: events.clone(),
+        };
+        assert_eq!(body, request.encode().unwrap());
+        let batch = IngestBatch::decode(&body, Layout::V2).unwrap();
         assert_eq!(
-            body,
-            Request::Ingest {
-                events: events.clone()
-            }
-            .encode()
-            .unwrap()
+            batch.iter().map(|e| e.to_owned()).collect::<Vec<_>>(),
+            events
         );
-        let batch = IngestBatch::decode(&body).unwrap();
+        // Each event's logged bytes are layout 1, the message id left out.
+        let first = batch.iter().next().unwrap();
+        let logged = [&1u32.to_le_bytes()[..], first.encoded().unwrap()].concat();
+        let v1 = IngestBatch::decode(&logged, Layout::V1).unwrap();
+        assert_eq!(
+            v1.iter().next().unwrap().to_owned(),
+            RawEvent {
+                message_id: None,
+                ..events[0].clone()
+            }
+        );
+        // Version 1 cannot carry the id: the encoder says so rather than drop it.
+        let err = request.encode_in(1).unwrap_err();
+        assert!(err.contains("protocol version 1 cannot carry"), "{err}");
+        events[0].message_id = None;
+        let body = Request::Ingest {
+            events: events.clone(),
+        }
+        .encode_in(1)
+        .unwrap();
+        let batch = IngestBatch::decode(&body, Layout::V1).unwrap();
         assert_eq!(
             batch.iter().map(|e| e.to_owned()).collect::<Vec<_>>(),
             events

@@ -39,7 +39,9 @@ use tracing::{debug, info, warn};
 
 use crate::engine::Receipt;
 use crate::node::Node;
-use crate::protocol::{opcode, ErrorCode, Frame, FrameError, Request, Response, PROTOCOL_VERSION};
+use crate::protocol::{
+    opcode, ErrorCode, Frame, FrameError, Request, Response, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use connection::{Connection, ConnectionError};
 use metrics::Stage;
 use shutdown::Shutdown;
@@ -363,7 +365,13 @@ async fn refuse_busy(mut socket: TcpStream, max_connections: usize) {
         format!("the server is at its limit of {max_connections} connections; try again later"),
     );
     let mut out = bytes::BytesMut::new();
-    Frame::new(opcode::ERROR, request_id, reply.encode()).write_to(&mut out);
+    Frame::in_version(
+        MIN_PROTOCOL_VERSION,
+        opcode::ERROR,
+        request_id,
+        reply.encode(),
+    )
+    .write_to(&mut out);
     let answered = async {
         socket.write_all(&out).await?;
         socket.shutdown().await?;
@@ -510,7 +518,15 @@ impl Handler {
             let ready = Instant::now();
             let applied = ready.saturating_duration_since(started);
             self.metrics.request(frame.opcode, applied, error);
-            let reply = Frame::new(
+            // A reply is in its request's version; a request in a version this server
+            // does not speak is told so in the oldest, which every client reads.
+            let version = if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&frame.version) {
+                frame.version
+            } else {
+                MIN_PROTOCOL_VERSION
+            };
+            let reply = Frame::in_version(
+                version,
                 response.opcode(frame.opcode),
                 frame.request_id,
                 response.encode(),
@@ -564,7 +580,8 @@ impl Handler {
             );
             self.unflushed.push((op, durable_at));
             let reply = match (&failed, lsn) {
-                (Some(e), Some(_)) => Frame::new(
+                (Some(e), Some(_)) => Frame::in_version(
+                    reply.version,
                     opcode::ERROR,
                     reply.request_id,
                     Response::error(ErrorCode::StorageFailed, e.clone()).encode(),
@@ -597,7 +614,12 @@ impl Handler {
         );
         let _ = self
             .connection
-            .write_frame(&Frame::new(opcode::ERROR, 0, reply.encode()))
+            .write_frame(&Frame::in_version(
+                MIN_PROTOCOL_VERSION,
+                opcode::ERROR,
+                0,
+                reply.encode(),
+            ))
             .await;
         let _ = self.connection.flush().await;
         Ok(())
@@ -618,7 +640,12 @@ impl Handler {
         let reply = Response::error(code, message);
         let _ = self
             .connection
-            .write_frame(&Frame::new(opcode::ERROR, request_id, reply.encode()))
+            .write_frame(&Frame::in_version(
+                MIN_PROTOCOL_VERSION,
+                opcode::ERROR,
+                request_id,
+                reply.encode(),
+            ))
             .await;
         let _ = self.connection.flush().await;
         Ok(())
@@ -633,23 +660,24 @@ impl Handler {
     }
 
     fn respond(&mut self, frame: &Frame, receipt: &mut Receipt) -> Response {
-        if frame.version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&frame.version) {
             return Response::error(
                 ErrorCode::UnsupportedVersion,
                 format!(
-                    "frame has protocol version {}, this server speaks version {PROTOCOL_VERSION}",
+                    "frame has protocol version {}, this server speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                     frame.version
                 ),
             );
         }
         if frame.opcode == opcode::INGEST && self.greeted {
             // The hot path: events are read in place from the frame, never copied.
-            return match crate::protocol::IngestBatch::decode(&frame.body) {
+            let layout = crate::protocol::Layout::of_protocol(frame.version);
+            return match crate::protocol::IngestBatch::decode(&frame.body, layout) {
                 Ok(batch) => cmd::ingest::apply(&self.shared, batch.iter().map(Ok), receipt),
                 Err(e) => Self::decode_error(frame.opcode, e),
             };
         }
-        let request = match Request::decode(frame.opcode, &frame.body) {
+        let request = match Request::decode_in(frame.version, frame.opcode, &frame.body) {
             Ok(Some(request)) => request,
             Ok(None) => {
                 return Response::error(

@@ -32,6 +32,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::codec::events::Layout;
 use crate::codec::IngestBatch;
 use crate::node::{Node, NodeImage};
 use wal::{HEADER, MAX_PAYLOAD};
@@ -542,7 +543,7 @@ impl Record<'_> {
 /// Replays the events of a one-event INGEST body (an EVENT record's, or what follows an
 /// EVENT_WITH_ID record's message id), each unless its shard's cut holds it.
 fn replay_events(node: &Node, body: &[u8], sequence: u64, cuts: &[u64]) -> Result<(), String> {
-    let batch = IngestBatch::decode(body).map_err(|e| e.to_string())?;
+    let batch = IngestBatch::decode(body, Layout::V1).map_err(|e| e.to_string())?;
     let engine = node.engine();
     batch.iter().try_for_each(|raw| {
         let event = engine.resolve(&raw).map_err(|e| e.to_string())?;

@@ -1,7 +1,7 @@
 //! A raw socket speaking frames, for tests that send bytes no client would.
 
 use bytes::{Bytes, BytesMut};
-use omnia::protocol::{opcode, ErrorCode, Frame, Request, Response};
+use omnia::protocol::{opcode, ErrorCode, Frame, Request, Response, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,7 +22,7 @@ impl Raw {
         let mut raw = Raw::connect(addr).await;
         let hello = Request::Hello {
             min_version: 1,
-            max_version: 1,
+            max_version: PROTOCOL_VERSION as u16,
             client: "raw".into(),
         };
         let reply = raw.request(opcode::HELLO, 1, hello.encode().unwrap()).await;
@@ -47,8 +47,13 @@ impl Raw {
     }
 
     pub async fn request(&mut self, op: u8, id: u32, body: Bytes) -> Frame {
+        self.request_in(PROTOCOL_VERSION, op, id, body).await
+    }
+
+    /// A request in a frame of protocol `version`.
+    pub async fn request_in(&mut self, version: u8, op: u8, id: u32, body: Bytes) -> Frame {
         let mut bytes = BytesMut::new();
-        Frame::new(op, id, body).write_to(&mut bytes);
+        Frame::in_version(version, op, id, body).write_to(&mut bytes);
         self.send(&bytes).await;
         self.frame().await.expect("a response")
     }
@@ -87,7 +92,7 @@ pub fn assert_error(frame: &Frame, id: u32, code: ErrorCode, message_part: &str)
 pub fn hello_frame(client: &str) -> BytesMut {
     let hello = Request::Hello {
         min_version: 1,
-        max_version: 1,
+        max_version: PROTOCOL_VERSION as u16,
         client: client.into(),
     };
     let mut bytes = BytesMut::new();

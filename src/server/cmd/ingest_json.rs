@@ -43,7 +43,7 @@ use simd_json::tape::Value;
 use super::ingest;
 use crate::config::{Config, UnknownProperties};
 use crate::engine::Receipt;
-use crate::model::{EventView, ValueRef};
+use crate::model::{EventView, ValueRef, MAX_MESSAGE_ID};
 use crate::protocol::json::{check_nesting, MAX_JSON_DEPTH};
 use crate::protocol::{ErrorCode, Response};
 use crate::server::Shared;
@@ -410,12 +410,12 @@ impl<'a> JsonEvents<'a> {
             None => None,
             Some(v) if v.is_null() => None,
             Some(v) => match v.into_string() {
-                Some(id) if !id.is_empty() && id.len() <= 256 => Some(id),
+                Some(id) if !id.is_empty() && id.len() <= MAX_MESSAGE_ID => Some(id),
                 Some(_) => {
                     return bad(
                         ErrorCode::BadJson,
                         "messageId",
-                        "must be 1 to 256 bytes".into(),
+                        format!("must be 1 to {MAX_MESSAGE_ID} bytes"),
                     )
                 }
                 None => return bad(ErrorCode::BadJson, "messageId", "expected a string".into()),
