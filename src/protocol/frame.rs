@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_and_whole_frames_parse() {
-        let frame = Frame::new(0x02, 7, Bytes::from_static(b"abc"));
+        let frame = Frame::in_version(1, 0x02, 7, Bytes::from_static(b"abc"));
         let mut bytes = BytesMut::new();
         frame.write_to(&mut bytes);
         assert_eq!(
