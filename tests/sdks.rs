@@ -1,7 +1,9 @@
 //! Real tracker SDKs against the real server: `segment-analytics-python` and
 //! `rudder-sdk-python`, installed from PyPI by `scripts/test` into a virtual environment
-//! whose interpreter it names in `OMNIA_SDK_PYTHON`, send a customer journey (see
-//! `tests/sdk/send.py`) to `omnia serve` over HTTP; the binary client then reads the
+//! whose interpreter it names in `OMNIA_SDK_PYTHON`, and `@segment/analytics-node`,
+//! installed from the npm registry into the `node_modules` it names in
+//! `OMNIA_SDK_NODE_MODULES`, send one customer journey (`tests/sdk/send.py`,
+//! `tests/sdk/send.cjs`) to `omnia serve` over HTTP; the binary client then reads the
 //! merged profile back. Run without `scripts/test`, these tests fail and say how to run
 //! them: they never pass by skipping.
 
@@ -10,34 +12,51 @@ mod common;
 use common::binary::{serve, wait_ready};
 use omnia::client::Client;
 
-fn python() -> String {
-    std::env::var("OMNIA_SDK_PYTHON").unwrap_or_else(|_| {
+/// What `scripts/test` prepared, named by the variable `name`.
+fn prepared(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
         panic!(
-            "OMNIA_SDK_PYTHON is not set: run the tests with scripts/test, which installs \
-             segment-analytics-python and rudder-sdk-python into a virtual environment and \
-             names its python here"
+            "{name} is not set: run the tests with scripts/test, which installs \
+             segment-analytics-python and rudder-sdk-python into a virtual environment \
+             (OMNIA_SDK_PYTHON) and @segment/analytics-node into a node_modules \
+             (OMNIA_SDK_NODE_MODULES)"
         )
     })
+}
+
+/// How to run one SDK's journey: the program and its first arguments (the host and the
+/// events' key suffix follow).
+fn runner(sdk: &str) -> (String, Vec<String>) {
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
+    match sdk {
+        "segment-node" => (
+            "node".into(),
+            vec![
+                format!("{scripts}/send.cjs"),
+                prepared("OMNIA_SDK_NODE_MODULES"),
+            ],
+        ),
+        python_sdk => (
+            prepared("OMNIA_SDK_PYTHON"),
+            vec![format!("{scripts}/send.py"), python_sdk.into()],
+        ),
+    }
 }
 
 /// Sends the journey with `sdk` and checks what the server made of it.
 async fn journey(sdk: &str) {
     // Before the server starts: without the SDKs there is nothing to run it for.
-    let python = python();
+    let (program, args) = runner(sdk);
     let mut served = serve();
     wait_ready(&served.http).await;
     let suffix = format!("{sdk}-{}", std::process::id());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/send.py");
-    let host = format!("http://{}", served.http);
-    let (sdk_name, suffix_arg) = (sdk.to_string(), suffix.clone());
-    let sent = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args([script, &sdk_name, &host, &suffix_arg])
-            .output()
-            .expect("run the SDK script")
-    })
-    .await
-    .unwrap();
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .args([format!("http://{}", served.http), suffix.clone()]);
+    let sent = tokio::task::spawn_blocking(move || command.output().expect("run the SDK script"))
+        .await
+        .unwrap();
     assert!(
         sent.status.success(),
         "{sdk}: {}{}",
@@ -100,4 +119,9 @@ async fn segment_analytics_python_feeds_one_merged_profile() {
 #[tokio::test]
 async fn rudder_sdk_python_feeds_one_merged_profile() {
     journey("rudder").await;
+}
+
+#[tokio::test]
+async fn segment_analytics_node_feeds_one_merged_profile() {
+    journey("segment-node").await;
 }
