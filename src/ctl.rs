@@ -26,6 +26,9 @@ pub struct CtlOptions {
     /// Seconds to wait for each response.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", global = true)]
     timeout: u64,
+    /// A token from `omnia credentials add`, for a server that requires credentials.
+    #[arg(long, env = "OMNIA_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -144,6 +147,7 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
     let timeouts = ClientOptions {
         connect_timeout: std::time::Duration::from_secs(options.connect_timeout.max(1)),
         request_timeout: std::time::Duration::from_secs(options.timeout.max(1)),
+        token: options.token.clone(),
     };
     let client = Client::connect_with(&options.addr, timeouts).await?;
     let json = options.json;

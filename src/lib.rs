@@ -38,5 +38,6 @@ pub mod http;
 pub mod model;
 pub mod node;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod store;

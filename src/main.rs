@@ -42,6 +42,11 @@ enum Command {
     Serve(ServeOptions),
     /// Talk to a running server.
     Ctl(ctl::CtlOptions),
+    /// Manage the credentials file: who may connect, in which roles.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
     /// Validate a config file: print its errors (exit code 1) or a summary.
     CheckConfig {
         /// The config file (TOML).
@@ -55,6 +60,35 @@ enum Command {
         /// Number of simulated customers.
         #[arg(long, default_value_t = 200_000)]
         customers: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Add a secret for a principal (created with --role if new) and print it, once.
+    Add {
+        /// The principal: 1 to 64 of a-z, 0-9, `_`, `.`, `-`.
+        name: String,
+        /// A role: ingest, decide, read or admin (repeat for several). Replaces an
+        /// existing principal's roles; required for a new one.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// The credentials file (created if missing).
+        #[arg(long, default_value = "omnia-credentials.toml")]
+        file: PathBuf,
+    },
+    /// List principals, their roles and their secrets' ids (never the secrets).
+    List {
+        #[arg(long, default_value = "omnia-credentials.toml")]
+        file: PathBuf,
+    },
+    /// Remove one secret of a principal (the principal goes with its last secret).
+    Revoke {
+        name: String,
+        /// The secret's id (the 8 hex digits after `om_`).
+        id: String,
+        #[arg(long, default_value = "omnia-credentials.toml")]
+        file: PathBuf,
     },
 }
 
@@ -118,6 +152,14 @@ struct ServeOptions {
     /// Seconds an HTTP client may take to send a request's headers (the body has 30).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     http_header_timeout: u64,
+    /// Credentials file (`omnia credentials add`): every operation but HELLO and PING
+    /// then needs a principal with its role. Read again at RELOAD and SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<PathBuf>,
+    /// Serve without credentials on addresses other than loopback. Anyone who reaches
+    /// the ports can then do anything; without this, omnia refuses to start that way.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, default_value = "info")]
     log: String,
@@ -148,6 +190,13 @@ fn main() -> ExitCode {
             }
             ctl::run(options)
         }
+        Command::Credentials { command } => match credentials(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 print!("{}", config.summary());
@@ -183,6 +232,8 @@ fn main() -> ExitCode {
 fn serve(options: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
     tracing_subscriber::fmt()
+        // Colours for a terminal; plain text for a file or a log collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&options.log)
                 .with_context(|| format!("bad --log filter `{}`", options.log))?,
@@ -232,6 +283,13 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             (1..=1024).contains(&threads),
             "--threads {threads}: from 1 to 1024"
         );
+    }
+    let authenticator = match &options.credentials {
+        Some(path) => Some(omnia::security::Authenticator::load(path)?),
+        None => None,
+    };
+    if authenticator.is_none() && !options.insecure_no_auth {
+        protected_mode(&options)?;
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = options.threads {
@@ -308,6 +366,16 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             ..omnia::server::Limits::default()
         };
         let mut shared = omnia::server::Shared::new(node, limits);
+        match (authenticator, &options.credentials) {
+            (Some(auth), Some(path)) => {
+                tracing::info!(credentials = %path.display(), principals = auth.principals(), "credentials required");
+                shared = shared.with_credentials(path.clone(), auth);
+            }
+            _ if options.insecure_no_auth => tracing::warn!(
+                "no credentials (--insecure-no-auth): anyone who reaches the ports can do anything"
+            ),
+            _ => tracing::info!("no credentials file: serving loopback clients only, without authentication"),
+        }
         if let Some(path) = &options.config {
             shared = shared.with_reload(omnia::server::ReloadSource {
                 config: path.clone(),
@@ -385,6 +453,92 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         tracing::info!("omnia stopped");
         anyhow::Ok(())
     })
+}
+
+/// Refuses to serve without credentials on an address other than loopback, as Redis's
+/// protected mode does: a server reachable from the network would let anyone ingest,
+/// read every profile and reload its config.
+fn protected_mode(options: &ServeOptions) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut listeners = vec![("--listen", options.listen.clone())];
+    if !options.no_http {
+        listeners.push(("--http-listen", options.http_listen.clone()));
+    }
+    if !options.no_metrics {
+        listeners.push(("--metrics-listen", options.metrics_listen.to_string()));
+    }
+    for (flag, addr) in listeners {
+        let resolved: Vec<std::net::SocketAddr> = match addr.to_socket_addrs() {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => anyhow::bail!("{flag} {addr}: {e}"),
+        };
+        if let Some(open) = resolved.iter().find(|a| !a.ip().is_loopback()) {
+            anyhow::bail!(
+                "{flag} {addr} is reachable beyond this machine ({open}), and no credentials are configured: anyone reaching it could ingest, read every profile and reload the config.\n  Add credentials: `omnia credentials add ADMIN --role admin --file creds.toml` (and one principal per client), then `omnia serve --credentials creds.toml ...`.\n  Or listen on 127.0.0.1, or pass --insecure-no-auth if something else guards the port."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `omnia credentials ...`.
+fn credentials(command: CredentialsCommand) -> anyhow::Result<()> {
+    use omnia::security::CredentialsFile;
+    match command {
+        CredentialsCommand::Add { name, roles, file } => {
+            let mut credentials = CredentialsFile::load_or_empty(&file)?;
+            let now = jiff::Timestamp::now()
+                .round(jiff::Unit::Second)?
+                .to_string();
+            let token = credentials
+                .add(&name, &roles, &now)
+                .map_err(anyhow::Error::msg)?;
+            credentials.save(&file)?;
+            let principal = credentials
+                .principals
+                .iter()
+                .find(|p| p.name == name)
+                .expect("just added");
+            eprintln!(
+                "added secret {} for `{name}` (roles: {}) to {}; it is shown this once:",
+                token.id,
+                principal.roles.join(", "),
+                file.display()
+            );
+            println!("{}", token.text());
+            Ok(())
+        }
+        CredentialsCommand::List { file } => {
+            let credentials = CredentialsFile::load(&file)?;
+            println!("{:<24} {:<28} secrets", "principal", "roles");
+            for p in &credentials.principals {
+                let secrets: Vec<String> = p
+                    .secrets
+                    .iter()
+                    .map(|s| match &s.added {
+                        Some(added) => format!("{} (added {added})", s.id),
+                        None => s.id.clone(),
+                    })
+                    .collect();
+                println!(
+                    "{:<24} {:<28} {}",
+                    p.name,
+                    p.roles.join(", "),
+                    secrets.join(", ")
+                );
+            }
+            Ok(())
+        }
+        CredentialsCommand::Revoke { name, id, file } => {
+            let mut credentials = CredentialsFile::load(&file)?;
+            credentials.revoke(&name, &id).map_err(anyhow::Error::msg)?;
+            credentials.save(&file)?;
+            eprintln!(
+                "revoked secret {id} of `{name}`; a running server stops taking it at its next reload (SIGHUP or `omnia ctl reload`)"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Called when a worker thread has nothing to do: at most once a second per thread, lets

@@ -70,6 +70,10 @@ struct Options {
     /// The omnia server's HTTP API, for `--protocol http`.
     #[arg(long, default_value = "127.0.0.1:8878")]
     http_addr: String,
+    /// A token (`omnia credentials add`) for a server that requires credentials; it
+    /// needs the roles of the workload (ingest, decide, read).
+    #[arg(long, env = "OMNIA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Send HTTP bodies gzipped (`--protocol http`), as trackers do.
     #[arg(long)]
     gzip: bool,
@@ -217,17 +221,19 @@ fn main() -> anyhow::Result<()> {
             TargetKind::Omnia if o.protocol == Protocol::Http => {
                 let (http, gzip) = (o.http_addr.clone(), o.gzip);
                 let ids = Arc::new(std::sync::atomic::AtomicU64::new(message_id_base()));
+                let token = o.token.clone();
                 run(settings, &format!("omnia over HTTP at {http}"), || {
-                    let (http, ids) = (http.clone(), ids.clone());
-                    async move { Ok(HttpTarget::new(&http, gzip, ids)) }
+                    let (http, ids, token) = (http.clone(), ids.clone(), token.clone());
+                    async move { Ok(HttpTarget::new(&http, gzip, ids, token.as_deref())) }
                 })
                 .await
             }
             TargetKind::Omnia => {
                 let addr = o.addr.clone();
+                let token = o.token.clone();
                 run(settings, &format!("omnia at {addr}"), || {
-                    let addr = addr.clone();
-                    async move { OmniaTarget::connect(&addr).await }
+                    let (addr, token) = (addr.clone(), token.clone());
+                    async move { OmniaTarget::connect(&addr, token).await }
                 })
                 .await
             }
@@ -241,14 +247,15 @@ fn main() -> anyhow::Result<()> {
                         &format!("omnia spawned, over HTTP at {http}"),
                         || {
                             let (http, ids) = (http.clone(), ids.clone());
-                            async move { Ok(HttpTarget::new(&http, gzip, ids)) }
+                            // The spawned server has no credentials.
+                            async move { Ok(HttpTarget::new(&http, gzip, ids, None)) }
                         },
                     )
                     .await
                 } else {
                     run(settings, &format!("omnia spawned at {addr}"), || {
                         let addr = addr.clone();
-                        async move { OmniaTarget::connect(&addr).await }
+                        async move { OmniaTarget::connect(&addr, None).await }
                     })
                     .await
                 };

@@ -79,8 +79,13 @@ pub struct OmniaTarget {
 }
 
 impl OmniaTarget {
-    pub async fn connect(addr: &str) -> Result<OmniaTarget, String> {
-        Client::connect(addr)
+    /// Connects, authenticating with `token` when the server requires credentials.
+    pub async fn connect(addr: &str, token: Option<String>) -> Result<OmniaTarget, String> {
+        let options = omnia::client::ClientOptions {
+            token,
+            ..omnia::client::ClientOptions::default()
+        };
+        Client::connect_with(addr, options)
             .await
             .map(|client| OmniaTarget { client })
             .map_err(|e| e.to_string())
@@ -218,6 +223,8 @@ pub struct HttpTarget {
     gzip: bool,
     /// Message ids: unique per event of this process.
     next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `Bearer <token>`, for a server that requires credentials.
+    authorization: Option<String>,
 }
 
 impl HttpTarget {
@@ -226,12 +233,14 @@ impl HttpTarget {
         addr: &str,
         gzip: bool,
         ids: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        token: Option<&str>,
     ) -> HttpTarget {
         HttpTarget {
             client: reqwest::Client::new(),
             base: format!("http://{addr}"),
             gzip,
             next_id: ids,
+            authorization: token.map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -240,6 +249,9 @@ impl HttpTarget {
             .client
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header("authorization", authorization);
+        }
         let body = if self.gzip {
             use std::io::Write;
             let mut gz = flate2::write::GzEncoder::new(

@@ -22,7 +22,7 @@ async fn a_mixed_run_over_http_with_gzip_reports_no_errors() {
     let ids = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let report = run(settings(Workload::Mixed), "omnia over HTTP", || {
         let (http, ids) = (http.clone(), ids.clone());
-        async move { Ok(HttpTarget::new(&http, true, ids)) }
+        async move { Ok(HttpTarget::new(&http, true, ids, None)) }
     })
     .await
     .unwrap();
@@ -74,7 +74,7 @@ async fn a_mixed_run_reports_what_the_server_did() {
     let (addr, stop) = server().await;
     let report = run(settings(Workload::Mixed), "omnia", || {
         let addr = addr.clone();
-        async move { OmniaTarget::connect(&addr).await }
+        async move { OmniaTarget::connect(&addr, None).await }
     })
     .await
     .unwrap();
@@ -131,7 +131,7 @@ async fn query_and_closed_loop_runs() {
     let (addr, stop) = server().await;
     let connect = || {
         let addr = addr.clone();
-        async move { OmniaTarget::connect(&addr).await }
+        async move { OmniaTarget::connect(&addr, None).await }
     };
     let mut s = settings(Workload::Query);
     s.rate = 300.0;

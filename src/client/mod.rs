@@ -92,13 +92,27 @@ pub struct Ingested {
     pub rejected: Vec<Rejected>,
 }
 
-/// How long a client waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long a client waits, and who it is.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// For a connection, retries included (its HELLO then has the response timeout).
     pub connect_timeout: Duration,
     /// For each response.
     pub request_timeout: Duration,
+    /// A token from `omnia credentials add`, sent with AUTH after each HELLO: what a
+    /// server with a credentials file requires.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    // The token is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -107,6 +121,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             // A RELOAD of millions of customers takes seconds; nothing else comes close.
             request_timeout: Duration::from_secs(60),
+            token: None,
         }
     }
 }
@@ -196,6 +211,19 @@ impl Client {
                         ))
                     })?;
                 link.version.store(agreed, Ordering::Relaxed);
+                if let Some(token) = &self.options.token {
+                    let auth = Request::Auth {
+                        token: token.clone(),
+                    };
+                    match self.send_on(&link, &auth).await? {
+                        Response::Authenticated { .. } => {}
+                        other => {
+                            return Err(ClientError::Protocol(format!(
+                                "AUTH answered with {other:?}"
+                            )))
+                        }
+                    }
+                }
                 if let Ok(mut info) = self.info.lock() {
                     *info = Some(hello);
                 }

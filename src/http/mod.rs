@@ -24,6 +24,7 @@
 //! answers 503 with `Retry-After`.
 
 mod api;
+pub mod auth;
 mod segment;
 
 use std::sync::{Arc, OnceLock};
@@ -118,6 +119,10 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            auth::guard,
+        ))
         .with_state(edge)
         // Unknown encodings pass through to the handler, which answers them in JSON.
         .layer(
@@ -165,7 +170,15 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let ip = peer.ip();
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(auth::Peer(ip));
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)

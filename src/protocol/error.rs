@@ -65,6 +65,11 @@ pub enum ErrorCode {
     /// this copy was acknowledged and not applied again. Reported per event, like a
     /// rejection, so that an acknowledgement counts duplicates apart; nothing to do.
     Duplicate = 31,
+    /// The server requires a credential and the connection has none, or the one sent is
+    /// unknown, revoked or mistyped (AUTH; an HTTP request's Authorization).
+    Unauthenticated = 32,
+    /// The credential is valid but its principal lacks the role the operation needs.
+    Forbidden = 33,
 }
 
 impl ErrorCode {
@@ -100,6 +105,8 @@ impl ErrorCode {
             29 => EventTooLarge,
             30 => ServerBusy,
             31 => Duplicate,
+            32 => Unauthenticated,
+            33 => Forbidden,
             _ => return None,
         })
     }
@@ -137,6 +144,8 @@ impl ErrorCode {
             EventTooLarge => "EVENT_TOO_LARGE",
             ServerBusy => "SERVER_BUSY",
             Duplicate => "DUPLICATE",
+            Unauthenticated => "UNAUTHENTICATED",
+            Forbidden => "FORBIDDEN",
         }
     }
 

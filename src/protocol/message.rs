@@ -38,6 +38,8 @@ pub enum Request {
     },
     /// empty
     Ping,
+    /// `str token`: who the client is (a token from `omnia credentials add`).
+    Auth { token: String },
     /// `u32 count`, then per event: `str event, str channel, i64 timestamp_ms,
     /// u8 key_count, str key × key_count, u8 property_count, (str name, value) ×
     /// property_count, u8 attribute_count, (str name, value) × attribute_count`
@@ -133,6 +135,8 @@ pub enum Response {
     Hello(ServerHello),
     /// empty
     Pong,
+    /// `str principal, u8 roles` (bit 0 ingest, 1 decide, 2 read, 3 admin)
+    Authenticated { principal: String, roles: u8 },
     /// `u32 accepted, u32 rejected_count, (u32 index, u16 code, str message) × rejected_count`
     Ingested {
         accepted: u32,
@@ -194,6 +198,7 @@ impl Request {
         match self {
             Request::Hello { .. } => opcode::HELLO,
             Request::Ping => opcode::PING,
+            Request::Auth { .. } => opcode::AUTH,
             Request::Ingest { .. } => opcode::INGEST,
             Request::IngestJson { .. } => opcode::INGEST_JSON,
             Request::Profile { .. } => opcode::PROFILE,
@@ -326,6 +331,7 @@ impl Request {
                 b.str(key);
             }
             Request::Reload => {}
+            Request::Auth { token } => b.str(token),
         }
         Ok(b.freeze())
     }
@@ -347,6 +353,9 @@ impl Request {
                 client: r.str(field!("client_name"))?.to_string(),
             },
             opcode::PING => Request::Ping,
+            opcode::AUTH => Request::Auth {
+                token: r.str(field!("token"))?.to_string(),
+            },
             opcode::RELOAD => Request::Reload,
             opcode::STATS => {
                 let sections = if body.is_empty() {
@@ -491,6 +500,10 @@ impl Response {
                 b.str(server);
             }
             Response::Pong => {}
+            Response::Authenticated { principal, roles } => {
+                b.str(principal);
+                b.put_u8(*roles);
+            }
             Response::Ingested { accepted, rejected } => {
                 b.put_u32_le(*accepted);
                 b.put_u32_le(rejected.len() as u32);
@@ -683,6 +696,10 @@ impl Response {
                     server: r.str(field!("server"))?.to_string(),
                 }),
                 opcode::PING => Response::Pong,
+                opcode::AUTH => Response::Authenticated {
+                    principal: r.str(field!("principal"))?.to_string(),
+                    roles: r.u8(field!("roles"))?,
+                },
                 opcode::INGEST | opcode::INGEST_JSON => {
                     let accepted = r.u32(field!("accepted"))?;
                     let n = r.u32(field!("rejected count"))?;

@@ -43,6 +43,7 @@ pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
 pub mod opcode {
     pub const HELLO: u8 = 0x01;
     pub const PING: u8 = 0x02;
+    pub const AUTH: u8 = 0x03;
     pub const INGEST: u8 = 0x10;
     pub const INGEST_JSON: u8 = 0x11;
     pub const PROFILE: u8 = 0x20;
@@ -61,6 +62,7 @@ pub mod opcode {
         match op & !RESPONSE_BIT {
             HELLO => "hello",
             PING => "ping",
+            AUTH => "auth",
             INGEST => "ingest",
             INGEST_JSON => "ingest_json",
             PROFILE => "profile",

@@ -23,6 +23,7 @@
 //! supervisor's grace period. A dropped handler's unanswered requests were never
 //! acknowledged.
 
+pub mod auth;
 pub mod cmd;
 pub mod connection;
 pub mod metrics;
@@ -125,6 +126,15 @@ pub struct Shared {
     reloading: tokio::sync::Mutex<()>,
     /// Read buffer beyond each connection's base, shared by all of them.
     read_budget: connection::ReadBudget,
+    /// Who may do what; `None` serves everyone (no credentials file). A reload of the
+    /// file swaps it.
+    auth: parking_lot::RwLock<Option<Arc<crate::security::Authenticator>>>,
+    /// The credentials file, read again at each RELOAD and SIGHUP.
+    pub credentials: Option<std::path::PathBuf>,
+    /// Failed authentications per client address (`auth`).
+    pub throttle: crate::security::Throttle,
+    /// One argon2 verification at a time (`auth`).
+    pub verifying: tokio::sync::Semaphore,
 }
 
 /// What a reload needs besides the running engine.
@@ -151,7 +161,46 @@ impl Shared {
             reload_fence: parking_lot::RwLock::new(()),
             reload: None,
             reloading: tokio::sync::Mutex::new(()),
+            auth: parking_lot::RwLock::new(None),
+            credentials: None,
+            throttle: crate::security::Throttle::default(),
+            verifying: tokio::sync::Semaphore::new(1),
         }
+    }
+
+    /// Requires credentials from the file at `path` (already loaded as `auth`).
+    pub fn with_credentials(
+        mut self,
+        path: std::path::PathBuf,
+        auth: crate::security::Authenticator,
+    ) -> Shared {
+        self.credentials = Some(path);
+        *self.auth.get_mut() = Some(Arc::new(auth));
+        self
+    }
+
+    /// Lets `free` failed authentications per address and minute pass unslowed (the
+    /// default is [`crate::security::Throttle::FREE`]).
+    pub fn with_auth_failures_free(mut self, free: u32) -> Shared {
+        self.throttle = crate::security::Throttle::new(free);
+        self
+    }
+
+    /// The credentials requests are checked against; `None` when the server has none.
+    pub fn authenticator(&self) -> Option<Arc<crate::security::Authenticator>> {
+        self.auth.read().clone()
+    }
+
+    /// Reads the credentials file again; on an error the running credentials stay.
+    /// Returns how many principals the new file names (`None`: no file configured).
+    pub fn reload_credentials(&self) -> Result<Option<usize>, crate::security::CredentialsError> {
+        let Some(path) = &self.credentials else {
+            return Ok(None);
+        };
+        let auth = crate::security::Authenticator::load(path)?;
+        let principals = auth.principals();
+        *self.auth.write() = Some(Arc::new(auth));
+        Ok(Some(principals))
     }
 
     /// Lets RELOAD and SIGHUP re-read `source.config`.
@@ -274,10 +323,8 @@ async fn accept_loop(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let peer = socket
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer_addr = socket.peer_addr().ok();
+        let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
         let mut handler = Handler {
             journal: shared.node().engine().journal().cloned(),
             held: std::collections::VecDeque::new(),
@@ -292,6 +339,8 @@ async fn accept_loop(
             shared: shared.clone(),
             shutdown: Shutdown::new(notify.subscribe()),
             greeted: false,
+            session: None,
+            peer_ip: peer_addr.map(|a| a.ip()),
             peer,
         };
         tasks.spawn(async move {
@@ -435,6 +484,9 @@ struct Handler {
     shared: Arc<Shared>,
     shutdown: Shutdown,
     greeted: bool,
+    /// Who the connection authenticated as (AUTH); `None` before, or without one.
+    session: Option<auth::Session>,
+    peer_ip: Option<std::net::IpAddr>,
     peer: String,
 }
 
@@ -499,10 +551,50 @@ impl Handler {
             // The log records this request appends, and only those, are what its reply
             // waits for: a read-only request waits for nothing.
             let mut receipt = Receipt::default();
-            let response = if self.greeted && frame.opcode == opcode::RELOAD {
-                // Not under the reload fence: a reload takes it for writing itself.
+            let response = if self.greeted && frame.opcode == opcode::AUTH {
+                // Not on the request path: a first check of a secret is slow on purpose.
                 match Request::decode(frame.opcode, &frame.body) {
-                    Ok(Some(Request::Reload)) => cmd::reload::apply(&self.shared).await,
+                    Ok(Some(Request::Auth { token })) => {
+                        match auth::authenticate(&self.shared, self.peer_ip, &token).await {
+                            Ok(session) => {
+                                let principal = session.principal.clone();
+                                self.session = Some(session);
+                                Response::Authenticated {
+                                    principal: principal.name.clone(),
+                                    roles: principal.roles.bits(),
+                                }
+                            }
+                            Err((code, message)) => {
+                                self.session = None;
+                                Response::error(code, message)
+                            }
+                        }
+                    }
+                    Ok(_) => Response::error(ErrorCode::UnknownOpcode, "AUTH did not decode"),
+                    Err(e) => Self::decode_error(frame.opcode, e),
+                }
+            } else if self.greeted && frame.opcode == opcode::RELOAD {
+                // Not under the reload fence: a reload takes it for writing itself.
+                let allowed = auth::authorize(
+                    &self.shared,
+                    &mut self.session,
+                    auth::role_of(frame.opcode),
+                    "reload",
+                );
+                match Request::decode(frame.opcode, &frame.body) {
+                    Ok(Some(Request::Reload)) if allowed.is_ok() => {
+                        let by = self
+                            .session
+                            .as_ref()
+                            .map_or("(no credentials)", |s| s.principal.name.as_str())
+                            .to_string();
+                        info!(principal = %by, peer = %self.peer, "RELOAD");
+                        cmd::reload::apply(&self.shared).await
+                    }
+                    Ok(Some(Request::Reload)) => {
+                        let (code, message) = allowed.unwrap_err();
+                        Response::error(code, message)
+                    }
                     Ok(_) => Response::error(ErrorCode::UnknownOpcode, "RELOAD did not decode"),
                     Err(e) => Self::decode_error(frame.opcode, e),
                 }
@@ -669,6 +761,17 @@ impl Handler {
                 ),
             );
         }
+        if self.greeted {
+            let what = opcode::name(frame.opcode);
+            if let Err((code, message)) = auth::authorize(
+                &self.shared,
+                &mut self.session,
+                auth::role_of(frame.opcode),
+                what,
+            ) {
+                return Response::error(code, message);
+            }
+        }
         if frame.opcode == opcode::INGEST && self.greeted {
             // The hot path: events are read in place from the frame, never copied.
             let layout = crate::protocol::Layout::of_protocol(frame.version);
@@ -709,7 +812,7 @@ impl Handler {
             }
             Request::Ping => Response::Pong,
             // Handled before `respond`, outside the reload fence.
-            Request::Reload => Response::error(
+            Request::Reload | Request::Auth { .. } => Response::error(
                 ErrorCode::HelloRequired,
                 "the first request on a connection must be HELLO",
             ),

@@ -107,11 +107,39 @@ impl TestServer {
 
     /// Serves an engine the test made (with a journal attached, say) on `clock`.
     pub async fn serve(engine: Arc<Node>, clock: Arc<ManualClock>, limits: Limits) -> TestServer {
+        let shared = Shared::new(engine.clone(), limits);
+        TestServer::serve_shared(engine, clock, shared).await
+    }
+
+    /// The default config, binary and HTTP, requiring the credentials in `file`; failed
+    /// authentications are not slowed (the throttle has unit tests of its own).
+    pub async fn secured(file: &std::path::Path) -> TestServer {
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let engine = Arc::new(Node::new(
+            Config::embedded_default().expect("default config"),
+            clock.clone(),
+        ));
+        let auth = omnia::security::Authenticator::load(file).expect("credentials");
+        let shared = Shared::new(engine.clone(), Limits::default())
+            .with_credentials(file.to_path_buf(), auth)
+            .with_auth_failures_free(u32::MAX);
+        let mut server = TestServer::serve_shared(engine, clock, shared).await;
+        let edge = omnia::http::Edge::new(omnia::http::HttpLimits::default());
+        edge.ready(server.shared.clone());
+        server.serve_http(edge).await;
+        server
+    }
+
+    async fn serve_shared(
+        engine: Arc<Node>,
+        clock: Arc<ManualClock>,
+        shared: Shared,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let shared = Arc::new(Shared::new(engine.clone(), limits));
+        let shared = Arc::new(shared);
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(omnia::server::run(listener, shared.clone(), async move {
             let _ = stopped.await;

@@ -1,5 +1,5 @@
-//! RELOAD (and SIGHUP): read the server's config file again and swap it in while
-//! requests go on (see `store::reload`). An invalid file is refused with its errors; a
+//! RELOAD (and SIGHUP): read the credentials file and the server's config file again
+//! and swap them in while requests go on (see `store::reload`). An invalid file is refused with its errors; a
 //! valid one that cannot replace the running config (another shard count, a namespace
 //! removed) is refused with the reason. Either way the running config stays.
 
@@ -25,10 +25,24 @@ pub async fn apply(shared: &Arc<Shared>) -> Response {
 /// Reloads the config file; the error is the code and message a client gets.
 pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, String)> {
     let _one_at_a_time = shared.reloading.lock().await;
+    // The credentials first: a key rotation needs no config change.
+    let credentials = shared.reload_credentials().map_err(|e| {
+        let message = format!(
+            "the credentials file is invalid; the running credentials and config stay: {e}"
+        );
+        warn!("{message}");
+        (ErrorCode::InvalidConfig, message)
+    })?;
+    if let Some(principals) = credentials {
+        info!(principals, "credentials file read again");
+    }
     let Some(source) = shared.reload.clone() else {
         return Err((
             ErrorCode::ReloadRefused,
-            "this server runs on the embedded default config, so there is no file to reload; start it with --config FILE".into(),
+            format!(
+                "this server runs on the embedded default config, so there is no file to reload; start it with --config FILE{}",
+                if credentials.is_some() { " (the credentials file was read again)" } else { "" }
+            ),
         ));
     };
     let shared = shared.clone();
