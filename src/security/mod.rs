@@ -1,6 +1,6 @@
 //! Who may do what: principals, their roles, and checking the secrets they present.
 //!
-//! A deployment lists its principals in a credentials file ([`file`]); each has roles
+//! A deployment lists its principals in a credentials file ([`mod@file`]); each has roles
 //! ([`Role`]) and one or more secrets, stored only as argon2id hashes. A client presents
 //! a [`Token`] (`om_<id>_<secret>`): over the binary protocol in AUTH, over HTTP as the
 //! Basic user name (what Segment's SDKs send as their write key) or a Bearer token.
