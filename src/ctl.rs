@@ -29,6 +29,15 @@ pub struct CtlOptions {
     /// A token from `omnia credentials add`, for a server that requires credentials.
     #[arg(long, env = "OMNIA_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Connect with TLS, checking the server's certificate against this CA (PEM).
+    #[arg(long, value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that requires one (with --tls-key).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -144,10 +153,26 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
+    let tls = match &options.tls_ca {
+        None if options.tls_cert.is_some() => {
+            return Err(ClientError::Encode(
+                "--tls-cert needs --tls-ca, the CA that signed the server's certificate".into(),
+            ))
+        }
+        None => None,
+        Some(ca) => {
+            let identity = options.tls_cert.as_deref().zip(options.tls_key.as_deref());
+            Some(
+                omnia::tls::client_config(ca, identity)
+                    .map_err(|e| ClientError::Encode(e.to_string()))?,
+            )
+        }
+    };
     let timeouts = ClientOptions {
         connect_timeout: std::time::Duration::from_secs(options.connect_timeout.max(1)),
         request_timeout: std::time::Duration::from_secs(options.timeout.max(1)),
         token: options.token.clone(),
+        tls,
     };
     let client = Client::connect_with(&options.addr, timeouts).await?;
     let json = options.json;

@@ -41,3 +41,4 @@ pub mod protocol;
 pub mod security;
 pub mod server;
 pub mod store;
+pub mod tls;

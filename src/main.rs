@@ -156,6 +156,15 @@ struct ServeOptions {
     /// then needs a principal with its role. Read again at RELOAD and SIGHUP.
     #[arg(long, value_name = "FILE")]
     credentials: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the binary and HTTP listeners; with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve without credentials on addresses other than loopback. Anyone who reaches
     /// the ports can then do anything; without this, omnia refuses to start that way.
     #[arg(long)]
@@ -291,6 +300,14 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
     if authenticator.is_none() && !options.insecure_no_auth {
         protected_mode(&options)?;
     }
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(omnia::tls::server_config(
+            cert,
+            key,
+            options.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = options.threads {
         runtime.worker_threads(threads);
@@ -313,11 +330,14 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 let _ = stopped.recv().await;
             }
         };
-        let edge = omnia::http::Edge::new(omnia::http::HttpLimits {
-            max_connections: options.http_max_connections as usize,
-            header_timeout: std::time::Duration::from_secs(options.http_header_timeout),
-            ..omnia::http::HttpLimits::default()
-        });
+        let edge = omnia::http::Edge::with_tls(
+            omnia::http::HttpLimits {
+                max_connections: options.http_max_connections as usize,
+                header_timeout: std::time::Duration::from_secs(options.http_header_timeout),
+                ..omnia::http::HttpLimits::default()
+            },
+            tls.clone(),
+        );
         let http = if options.no_http {
             None
         } else {
@@ -366,6 +386,13 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             ..omnia::server::Limits::default()
         };
         let mut shared = omnia::server::Shared::new(node, limits);
+        if let Some(tls) = tls {
+            tracing::info!(
+                client_certificates = options.tls_client_ca.is_some(),
+                "TLS on the binary and HTTP listeners"
+            );
+            shared = shared.with_tls(tls);
+        }
         match (authenticator, &options.credentials) {
             (Some(auth), Some(path)) => {
                 tracing::info!(credentials = %path.display(), principals = auth.principals(), "credentials required");

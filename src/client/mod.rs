@@ -92,8 +92,8 @@ pub struct Ingested {
     pub rejected: Vec<Rejected>,
 }
 
-/// How long a client waits, and who it is.
-#[derive(Clone, PartialEq, Eq)]
+/// How long a client waits, who it is, and how it reaches the server.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// For a connection, retries included (its HELLO then has the response timeout).
     pub connect_timeout: Duration,
@@ -102,6 +102,9 @@ pub struct ClientOptions {
     /// A token from `omnia credentials add`, sent with AUTH after each HELLO: what a
     /// server with a credentials file requires.
     pub token: Option<String>,
+    /// TLS to a server started with `--tls-cert` (`crate::tls::client_config`); the
+    /// server's certificate is checked against the host of the address.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -111,6 +114,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -122,6 +126,7 @@ impl Default for ClientOptions {
             // A RELOAD of millions of customers takes seconds; nothing else comes close.
             request_timeout: Duration::from_secs(60),
             token: None,
+            tls: None,
         }
     }
 }
@@ -191,7 +196,36 @@ impl Client {
             delay *= 2;
         };
         let _ = socket.set_nodelay(true);
-        let link = Arc::new(spawn_link(socket));
+        let link = Arc::new(match &self.options.tls {
+            None => spawn_link(socket),
+            Some(config) => {
+                let name = crate::tls::server_name(&self.addr)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let handshake = tokio::time::timeout(
+                    self.options.connect_timeout,
+                    connector.connect(name, socket),
+                );
+                match handshake.await {
+                    Ok(Ok(stream)) => spawn_link(stream),
+                    Ok(Err(e)) => {
+                        return Err(ClientError::Connect {
+                            addr: self.addr.clone(),
+                            source: std::io::Error::other(format!("TLS handshake failed: {e}")),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ClientError::Connect {
+                            addr: self.addr.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the TLS handshake did not finish in time",
+                            ),
+                        })
+                    }
+                }
+            }
+        });
         // The link is shared only once HELLO agreed on a version: no request goes out
         // before it in the wrong version.
         let hello = Request::Hello {
@@ -451,8 +485,11 @@ fn ingested(response: Response) -> Result<Ingested, ClientError> {
 }
 
 /// Starts the writer and reader tasks of a connection.
-fn spawn_link(socket: TcpStream) -> Link {
-    let (mut read, mut write) = socket.into_split();
+fn spawn_link<S>(socket: S) -> Link
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut read, mut write) = tokio::io::split(socket);
     let (outgoing, mut queue) = mpsc::channel::<Frame>(4096);
     let pending: Pending = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let fail_all = |pending: &Pending, why: &str| {

@@ -72,14 +72,25 @@ impl Default for HttpLimits {
 pub struct Edge {
     shared: OnceLock<Arc<Shared>>,
     limits: HttpLimits,
+    /// TLS for the listener; `None`: plain HTTP.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Edge {
     /// An edge with no node yet: only `/healthz` answers 200 until [`Edge::ready`].
     pub fn new(limits: HttpLimits) -> Arc<Edge> {
+        Edge::with_tls(limits, None)
+    }
+
+    /// An edge serving HTTPS with `tls` (`crate::tls::server_config`), or HTTP.
+    pub fn with_tls(
+        limits: HttpLimits,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Arc<Edge> {
         Arc::new(Edge {
             shared: OnceLock::new(),
             limits,
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
         })
     }
 
@@ -148,6 +159,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = edge.limits;
+    let tls = edge.tls.clone();
     let app = router(edge);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -166,7 +178,9 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_busy(stream, limits.max_connections));
+            if tls.is_none() {
+                tokio::spawn(refuse_busy(stream, limits.max_connections));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -179,12 +193,30 @@ pub async fn run(
             },
         );
         let service = hyper_util::service::TowerToHyperService::new(app);
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let (tls, watcher) = (tls.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // The TLS handshake has the headers' deadline.
+            let accepted = tokio::time::timeout(
+                limits.header_timeout,
+                crate::tls::Socket::accept(stream, tls.as_ref()),
+            )
+            .await;
+            let socket = match accepted {
+                Ok(Ok(socket)) => socket,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "closing an HTTP connection whose TLS handshake failed (plain HTTP on the HTTPS port?)");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "closing an HTTP connection that did not complete the TLS handshake in time");
+                    return;
+                }
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+            let connection = watcher.watch(connection);
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "an HTTP connection ended with an error");
             }

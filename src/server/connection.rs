@@ -28,9 +28,9 @@
 
 use std::sync::Arc;
 
+use crate::tls::Socket;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::protocol::{Frame, FrameError};
@@ -159,7 +159,7 @@ impl ReadBuffer {
 }
 
 pub struct Connection {
-    stream: BufWriter<TcpStream>,
+    stream: BufWriter<Socket>,
     read: ReadBuffer,
     /// Units of the budget this connection holds.
     reserved: usize,
@@ -180,7 +180,7 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(
-        socket: TcpStream,
+        socket: Socket,
         max_frame: u32,
         write_timeout: std::time::Duration,
         budget: ReadBudget,

@@ -34,6 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls::Socket;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -135,6 +137,8 @@ pub struct Shared {
     pub throttle: crate::security::Throttle,
     /// One argon2 verification at a time (`auth`).
     pub verifying: tokio::sync::Semaphore,
+    /// TLS for the binary listener; `None`: plain TCP.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// What a reload needs besides the running engine.
@@ -165,7 +169,14 @@ impl Shared {
             credentials: None,
             throttle: crate::security::Throttle::default(),
             verifying: tokio::sync::Semaphore::new(1),
+            tls: None,
         }
+    }
+
+    /// Serves the binary protocol over TLS with `config` (`crate::tls::server_config`).
+    pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Shared {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// Requires credentials from the file at `path` (already loaded as `auth`).
@@ -313,6 +324,11 @@ async fn accept_loop(
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             metrics::connection_refused();
+            if shared.tls.is_some() {
+                // A refusal in clear would be noise to a TLS client: close at once.
+                debug!("a TLS connection over the limit is closed");
+                continue;
+            }
             if let Ok(permit) = busy.clone().try_acquire_owned() {
                 let max = shared.limits.max_connections;
                 tasks.spawn(async move {
@@ -325,27 +341,45 @@ async fn accept_loop(
         let _ = socket.set_nodelay(true);
         let peer_addr = socket.peer_addr().ok();
         let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
-        let mut handler = Handler {
-            journal: shared.node().engine().journal().cloned(),
-            held: std::collections::VecDeque::new(),
-            unflushed: Vec::new(),
-            metrics: metrics::RequestMetrics::default(),
-            connection: Connection::new(
-                socket,
-                shared.limits.max_frame,
-                shared.limits.idle_timeout,
-                shared.read_budget.clone(),
-            ),
-            shared: shared.clone(),
-            shutdown: Shutdown::new(notify.subscribe()),
-            greeted: false,
-            session: None,
-            peer_ip: peer_addr.map(|a| a.ip()),
-            peer,
-        };
+        let shared = shared.clone();
+        let shutdown = Shutdown::new(notify.subscribe());
         tasks.spawn(async move {
             // Counted down on drop, so a handler dropped at the shutdown deadline is too.
-            let _open = OpenConnection::new(handler.shared.clone(), permit);
+            let _open = OpenConnection::new(shared.clone(), permit);
+            // The TLS handshake has the HELLO's deadline: a client that never finishes
+            // it (a plaintext client that waits for the server to speak first) is
+            // closed then, and one that sends plaintext fails it at once.
+            let limit = shared.limits.handshake_timeout;
+            let socket =
+                match tokio::time::timeout(limit, Socket::accept(socket, shared.tls.as_ref())).await {
+                    Ok(Ok(socket)) => socket,
+                    Ok(Err(e)) => {
+                        info!(%peer, error = %e, "closing a connection whose TLS handshake failed (a plaintext client on the TLS port?)");
+                        return;
+                    }
+                    Err(_) => {
+                        info!(%peer, "closing a connection that did not complete the TLS handshake within {limit:?}");
+                        return;
+                    }
+                };
+            let mut handler = Handler {
+                journal: shared.node().engine().journal().cloned(),
+                held: std::collections::VecDeque::new(),
+                unflushed: Vec::new(),
+                metrics: metrics::RequestMetrics::default(),
+                connection: Connection::new(
+                    socket,
+                    shared.limits.max_frame,
+                    shared.limits.idle_timeout,
+                    shared.read_budget.clone(),
+                ),
+                shared,
+                shutdown,
+                greeted: false,
+                session: None,
+                peer_ip: peer_addr.map(|a| a.ip()),
+                peer,
+            };
             match handler.run().await {
                 Ok(()) => {}
                 // A client that goes away without closing cleanly is a client's affair.

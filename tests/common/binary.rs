@@ -72,6 +72,15 @@ pub fn serve_on(dir: std::path::PathBuf) -> Served {
 
 /// [`serve_on`] with more options.
 pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
+    serve_logging(dir, options, None)
+}
+
+/// [`serve_with`], the server's log (its standard output, at `info`) written to `log`.
+pub fn serve_logging(
+    dir: std::path::PathBuf,
+    options: &[&str],
+    log: Option<&std::path::Path>,
+) -> Served {
     let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
     let child = Command::new(OMNIA)
         .args([
@@ -85,9 +94,12 @@ pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
             "--data-dir",
         ])
         .arg(&dir)
-        .args(["--log", "warn"])
+        .args(["--log", if log.is_some() { "info" } else { "warn" }])
         .args(options)
-        .stdout(Stdio::null())
+        .stdout(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+            None => Stdio::null(),
+        })
         .stderr(Stdio::null())
         .spawn()
         .expect("start omnia serve");
