@@ -434,21 +434,33 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 }
             });
         }
-        if !options.no_metrics {
-            omnia::server::metrics::install(options.metrics_listen).map_err(anyhow::Error::msg)?;
+        let metrics = if options.no_metrics {
+            None
+        } else {
+            let handle = omnia::server::metrics::install().map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(options.metrics_listen)
+                .await
+                .with_context(|| format!("cannot serve metrics on {}", options.metrics_listen))?;
             tracing::info!(addr = %options.metrics_listen, "metrics at /metrics");
-        }
+            tokio::spawn(omnia::http::serve_metrics(
+                listener,
+                handle.clone(),
+                shared.clone(),
+                stopped(&stop),
+            ));
+            Some(handle)
+        };
         // Timers also run on every read and write of a shard; this spreads the work for
         // shards that see no traffic, and keeps the gauges fresh.
         let ticker = shared.clone();
-        let metrics = !options.no_metrics;
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 every.tick().await;
                 ticker.node().engine().tick();
-                if metrics {
+                if let Some(handle) = &metrics {
                     omnia::server::metrics::publish_gauges(&ticker);
+                    handle.run_upkeep();
                 }
             }
         });

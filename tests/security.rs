@@ -524,11 +524,12 @@ async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
     );
 
     // The server, its log in a file, requiring the credentials.
-    let (port, http_port) = (free_port(), free_port());
+    let (port, http_port, metrics_port) = (free_port(), free_port(), free_port());
     let (addr, http) = (
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{http_port}"),
     );
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let log_path = dir.0.join("server.log");
     let mut served = Process(
         std::process::Command::new(OMNIA)
@@ -538,7 +539,8 @@ async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
                 &addr,
                 "--http-listen",
                 &http,
-                "--no-metrics",
+                "--metrics-listen",
+                &metrics,
             ])
             .arg("--data-dir")
             .arg(dir.0.join("data"))
@@ -572,6 +574,22 @@ async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
+    // /metrics wants a `read` principal too: a scraper's bearer token.
+    let scrape = |token: Option<&str>| {
+        let mut request = reqwest::Client::new().get(format!("http://{metrics}/metrics"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = scrape(None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = scrape(Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("omnia_requests_total"), "{body}");
     served.kill().unwrap();
     served.wait().unwrap();
     // Who authenticated is logged; the secret never is.

@@ -68,36 +68,51 @@ pub(super) async fn guard(State(edge): State<Arc<Edge>>, request: Request, next:
     let Ok(shared) = edge.shared() else {
         return next.run(request).await;
     };
-    if shared.authenticator().is_none() {
-        return next.run(request).await;
-    }
     let what = format!("{} {}", request.method(), request.uri().path());
     let peer = request.extensions().get::<Peer>().map(|p| p.0);
-    let presented = match request.headers().get(header::AUTHORIZATION) {
+    match check(shared, request.headers(), peer, role, &what).await {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// Whether the request's `Authorization` names a principal with `role`; on a server
+/// without credentials, yes. The refusal is the 401 or 403 to answer.
+pub(crate) async fn check(
+    shared: &Arc<crate::server::Shared>,
+    headers: &axum::http::HeaderMap,
+    peer: Option<IpAddr>,
+    role: Role,
+    what: &str,
+) -> Result<(), Response> {
+    if shared.authenticator().is_none() {
+        return Ok(());
+    }
+    let presented = match headers.get(header::AUTHORIZATION) {
         None => Err("no Authorization header: send the token as the Basic user name (an SDK's write key) or as a Bearer token".to_string()),
         Some(value) => credential(value).map_err(str::to_string),
     };
     let mut session = match presented {
         Ok(token) => match auth::authenticate(shared, peer, &token).await {
             Ok(session) => Some(session),
-            Err((_, message)) => return unauthenticated(format!("{what}: {message}")),
+            Err((_, message)) => return Err(unauthenticated(format!("{what}: {message}"))),
         },
         Err(message) => {
-            return unauthenticated(format!(
+            return Err(unauthenticated(format!(
                 "{what} needs a credential with the `{}` role: {message}",
                 role.name()
-            ))
+            )))
         }
     };
-    match auth::authorize(shared, &mut session, Some(role), &what) {
-        Ok(()) => next.run(request).await,
-        Err((ErrorCode::Forbidden, message)) => Failure {
+    match auth::authorize(shared, &mut session, Some(role), what) {
+        Ok(()) => Ok(()),
+        Err((ErrorCode::Forbidden, message)) => Err(Failure {
             status: StatusCode::FORBIDDEN,
             code: ErrorCode::Forbidden.name(),
             message,
         }
-        .into_response(),
-        Err((_, message)) => unauthenticated(message),
+        .into_response()),
+        Err((_, message)) => Err(unauthenticated(message)),
     }
 }
 

@@ -234,6 +234,49 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `/metrics` (Prometheus text) on `listener` until `shutdown`: to anyone on a
+/// server without credentials, else to a principal with the `read` role (a scraper's
+/// `authorization` bearer token).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(
+                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >,
+                      headers: axum::http::HeaderMap| {
+                    let (handle, shared) = (handle.clone(), shared.clone());
+                    async move {
+                        let role = crate::security::Role::Read;
+                        match auth::check(&shared, &headers, Some(peer.ip()), role, "GET /metrics")
+                            .await
+                        {
+                            Ok(()) => (
+                                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                                handle.render(),
+                            )
+                                .into_response(),
+                            Err(refusal) => refusal,
+                        }
+                    }
+                },
+            ),
+        )
+        .fallback(not_found);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
 /// The answer to a connection over the limit: 503 with a JSON body, then close.
 async fn refuse_busy(mut stream: tokio::net::TcpStream, limit: usize) {
     use tokio::io::AsyncWriteExt;

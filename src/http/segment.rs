@@ -6,9 +6,10 @@
 //! single calls name their type by their path, so their bodies need no `type`), apply
 //! it under the reload fence as INGEST does, wait for the log, answer.
 //!
-//! The write key (HTTP Basic user name, or `writeKey` in the body) is accepted and not
-//! checked yet: credentials come with the security work, and until then the listener is
-//! meant for loopback.
+//! The write key is checked before any of this, by the edge's guard (`auth`): on a
+//! server with credentials it is a token of a principal with the `ingest` role, sent as
+//! the HTTP Basic user name or a Bearer token. A `writeKey` in the body is not read as
+//! one (yet); without credentials every key is taken.
 //!
 //! A group call (an account a user belongs to) is acknowledged and not applied: omnia's
 //! profiles are people, and a group is not a customer key. The answer says so.

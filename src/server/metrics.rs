@@ -1,4 +1,6 @@
-//! Prometheus metrics, served over HTTP on their own port (`/metrics`).
+//! Prometheus metrics, served over HTTP on their own port (`/metrics`, by
+//! `http::serve_metrics`, which asks for a `read` principal when the server has
+//! credentials).
 //!
 //! Names:
 //!
@@ -34,7 +36,6 @@
 //! Recording goes through the `metrics` facade: without an installed exporter (tests,
 //! embedding) it costs next to nothing.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -49,10 +50,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 1.0,
 ];
 
-/// Starts the HTTP endpoint on `addr` and installs the recorder. Call within a Tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<(), String> {
+/// Installs the recorder; the handle renders the exposition text (and needs
+/// `run_upkeep` now and then, which the server's ticker does).
+pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     PrometheusBuilder::new()
-        .with_http_listener(addr)
         .set_buckets_for_metric(
             Matcher::Full("omnia_request_duration_seconds".into()),
             LATENCY_BUCKETS,
@@ -63,8 +64,8 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
             LATENCY_BUCKETS,
         )
         .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
 
 /// Where a request's time inside the server went; see the module doc.
