@@ -58,6 +58,10 @@ enum CtlCommand {
     /// Segment queries.
     #[command(subcommand)]
     Segment(SegmentCommand),
+    /// Forget the customer a key belongs to: every key, the profile, segment
+    /// memberships, offer state and coupons; its keys are then suppressed. Prints the
+    /// erasure's id.
+    Forget { key: String },
     /// Make the server read its config file again and swap it in, without a restart;
     /// prints what changed. An invalid file is refused with its errors (exit code 1).
     Reload,
@@ -384,6 +388,16 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                     };
                     println!("{verb} {} for {} (expires {})", c.code, c.offer, c.expires);
                 }
+            }
+        }
+        CtlCommand::Forget { key } => {
+            let (erasure_id, keys) = client.forget(&key).await?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "erasure_id": erasure_id.to_string(), "keys": keys }),
+                );
+            } else {
+                println!("forgotten: a customer with {keys} keys (erasure {erasure_id}); its keys are suppressed");
             }
         }
         CtlCommand::Reload => {

@@ -89,6 +89,20 @@ impl Node {
         self.engine.profile(key)
     }
 
+    /// Forgets the customer `key` belongs to, everything of it at once: the profile and
+    /// every key, segment memberships, offer state and coupons (the engine's), and the
+    /// decisions remembered for it (the decider's). Its keys go onto the suppression
+    /// list. Budgets it spent stay spent.
+    pub fn forget_with(
+        &self,
+        key: &str,
+        receipt: &mut Receipt,
+    ) -> Result<crate::engine::Forgotten, crate::engine::ForgetError> {
+        let forgotten = self.engine.forget_with(key, receipt)?;
+        self.decider.forget(&forgotten.keys);
+        Ok(forgotten)
+    }
+
     /// Customers, keys, events and merges so far.
     pub fn stats(&self) -> EngineStats {
         self.engine.stats()

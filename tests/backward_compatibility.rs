@@ -10,7 +10,9 @@
 //! - `tests/fixtures/format2/`: format 2 (snapshot format 2; log records EVENT and
 //!   OFFER_ACTION, an action as two records), written by omnia 0.1.0 at commit 1188667;
 //! - `tests/fixtures/format3/`: format 3 (snapshot format 2; log records EVENT and
-//!   ACTION, an action as one record), written at the commit that introduced format 3.
+//!   ACTION, an action as one record), written at the commit that introduced format 3;
+//! - `tests/fixtures/format4/`: format 4 (snapshot format 3, with its message id table;
+//!   log records EVENT and ACTION), written at commit 5fca3a6, the last of format 4.
 //!
 //! If a format changes, the new code must still read (or migrate) these directories;
 //! fixtures are never rewritten. `OMNIA_WRITE_FIXTURE=DIR cargo test --test
@@ -103,6 +105,11 @@ fn a_format_2_data_directory_loads_with_everything_it_holds() {
 #[test]
 fn a_format_3_data_directory_loads_with_everything_it_holds() {
     loads(3, [1, 3]);
+}
+
+#[test]
+fn a_format_4_data_directory_loads_with_everything_it_holds() {
+    loads(4, [1, 3]);
 }
 
 /// Recovers a copy of fixture `format`, whose log holds records of `kinds`.

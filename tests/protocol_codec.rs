@@ -57,6 +57,8 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::Ping),
         Just(Request::Reload),
+        text().prop_map(|token| Request::Auth { token }),
+        text().prop_map(|key| Request::Forget { key }),
         any::<(bool, bool)>().prop_map(|(offers, drift)| Request::Stats { offers, drift }),
         (
             text(),
@@ -176,6 +178,14 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                 )
             ),
         Just((opcode::PING, Response::Pong)),
+        (text(), any::<u8>()).prop_map(|(principal, roles)| (
+            opcode::AUTH,
+            Response::Authenticated { principal, roles }
+        )),
+        (any::<u64>(), any::<u16>()).prop_map(|(erasure_id, keys)| (
+            opcode::FORGET,
+            Response::Forgotten { erasure_id, keys }
+        )),
         (
             any::<u32>(),
             prop::collection::vec((any::<u32>(), any::<u16>(), text()), 0..4)

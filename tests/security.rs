@@ -108,6 +108,12 @@ fn operations() -> Vec<(Role, Request)> {
             },
         ),
         (Role::Admin, Request::Reload),
+        (
+            Role::Admin,
+            Request::Forget {
+                key: "anon:nobody".into(),
+            },
+        ),
     ]
 }
 
@@ -315,6 +321,12 @@ async fn every_http_endpoint_for_every_role_and_credential() {
             Some(r#"{"query":"email_reachable"}"#),
         ),
         (Role::Read, reqwest::Method::GET, "/v1/stats", None),
+        (
+            Role::Admin,
+            reqwest::Method::DELETE,
+            "/v1/profiles/anon:nobody",
+            None,
+        ),
     ];
     let send = |method: reqwest::Method, path: &str, body: Option<&str>, auth: Option<String>| {
         let mut request = http.request(method, format!("{base}{path}"));

@@ -339,6 +339,15 @@ impl Client {
         }
     }
 
+    /// Forgets the customer `key` belongs to (FORGET; the `admin` role on a server with
+    /// credentials): returns the erasure's id and how many keys the customer had.
+    pub async fn forget(&self, key: &str) -> Result<(u64, u16), ClientError> {
+        match self.request(&Request::Forget { key: key.into() }).await? {
+            Response::Forgotten { erasure_id, keys } => Ok((erasure_id, keys)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn ingest(&self, events: Vec<RawEvent>) -> Result<Ingested, ClientError> {
         ingested(self.request(&Request::Ingest { events }).await?)
     }

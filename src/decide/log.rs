@@ -73,6 +73,18 @@ impl DecisionLog {
         shard.by_id.insert(id, decision);
     }
 
+    /// Drops every decision made for a customer known by one of `keys` (FORGET).
+    pub fn forget(&self, keys: &[String]) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard
+                .by_id
+                .retain(|_, d| !keys.iter().any(|k| k.as_str() == d.key.as_str()));
+            let Shard { by_id, order } = &mut *shard;
+            order.retain(|id| by_id.contains_key(id));
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<LoggedDecision> {
         self.shards[id as usize % SHARDS]
             .lock()

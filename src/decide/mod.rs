@@ -737,6 +737,12 @@ impl Decider {
         Ok(())
     }
 
+    /// Forgets the decisions remembered for a customer known by `keys` (FORGET), so no
+    /// feedback can name them.
+    pub fn forget(&self, keys: &[String]) {
+        self.log.forget(keys);
+    }
+
     /// Takes over `old`'s remembered decisions and offer counters, if offers, channels
     /// and experiments are the same in both configs (their indexes mean the same);
     /// otherwise they start empty. Called by a reload once `old` takes no requests.

@@ -126,6 +126,8 @@ pub enum EventError {
         bytes: usize,
         max: u32,
     },
+    #[error("event `{event}` carries a key of a forgotten customer (FORGET): it is not applied, so the person is not brought back")]
+    Suppressed { event: String },
     #[error("event `{event}` cannot create a new customer: shard {shard} holds its maximum of {capacity} customers; raise engine.shards")]
     Full {
         event: String,

@@ -61,6 +61,8 @@ pub struct EngineImage {
     pub position: u64,
     /// The message ids remembered once every shard was cut (see `dedup`).
     pub dedup: Vec<super::dedup::Remembered>,
+    /// The suppression list's keyed hashes then (see `suppression`).
+    pub suppressed: Vec<super::suppression::Hashed>,
     /// The texts of string attribute values, code 1 first: rows hold codes.
     pub strings: Vec<String>,
     /// The longest time one shard was locked for its copy: how long ingest to that
@@ -362,6 +364,8 @@ impl<X: Extension> Engine<X> {
         // copied has appended its record, and the position read after covers them all:
         // the snapshot never remembers an id whose record the log could still lose.
         let dedup = self.dedup.entries();
+        // Forgets append under the identity mutex, as slow-path claims do.
+        let suppressed = self.suppression.entries();
         drop(self.identity_writes.lock());
         for shard in self.shards.iter() {
             drop(shard.lock());
@@ -371,6 +375,7 @@ impl<X: Extension> Engine<X> {
             shards: Vec::new(),
             position,
             dedup,
+            suppressed,
             // After every shard: it holds every code their rows use.
             strings: self
                 .plan
@@ -443,6 +448,7 @@ impl<X: Extension> Engine<X> {
             codes.clear();
         }
         self.dedup.restore(&image.dedup);
+        self.suppression.restore(&image.suppressed);
         let mut cuts = Vec::with_capacity(self.shards.len());
         for (shard, shard_image) in image.shards.iter().enumerate() {
             let base = ((shard as u64) << self.local_bits) as u32;

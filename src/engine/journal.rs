@@ -33,6 +33,9 @@ pub mod kind {
     /// An event with its message id (see `engine::dedup`): `u32 second applied, str
     /// message id`, then the event as in [`EVENT`]. Data directory format 4 on.
     pub const EVENT_WITH_ID: u8 = 4;
+    /// A customer forgotten (`engine::forget::ForgetRecord`): no key in clear. Data
+    /// directory format 5 on.
+    pub const FORGET: u8 = 5;
 }
 
 /// Where the engine's changes are stored, in order.

@@ -46,12 +46,14 @@ pub mod drift;
 pub(crate) mod eval;
 pub mod event;
 pub mod extension;
+pub mod forget;
 mod image;
 pub mod journal;
 mod profile;
 pub mod query;
 mod relayout;
 pub(crate) mod shard;
+pub mod suppression;
 pub mod view;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +73,7 @@ pub use view::ProfileView;
 use crate::clock::Clock;
 use crate::config::Config;
 pub use extension::Extension;
+pub use forget::{ForgetError, ForgetRecord, Forgotten};
 pub use journal::Journal;
 
 /// Dense customer id: the shard in the high bits, the slot in the low bits.
@@ -142,6 +145,8 @@ pub struct EngineStats {
     pub keys: u64,
     pub events_applied: u64,
     pub merges: u64,
+    /// Customers forgotten (FORGET) since the engine started.
+    pub forgotten: u64,
     pub profile_bytes: u64,
     pub pending_timers: u64,
 }
@@ -194,6 +199,9 @@ pub struct Engine<X: Extension = ()> {
     /// Held for reading from resolving a change to applying it (a string code is in
     /// hand, not yet in a row), and for writing while unreferenced strings are freed.
     strings_gate: parking_lot::RwLock<()>,
+    /// Keys of forgotten customers (see `suppression`).
+    suppression: suppression::Suppression,
+    forgotten: AtomicU64,
 }
 
 /// A known customer under its shard lock: its profile to read, its extension's part to
@@ -250,6 +258,8 @@ impl<X: Extension> Engine<X> {
             hasher: ahash::RandomState::with_seeds(0x6f6d6e69, 0x61, 0x7368, 0x617264),
             events_applied: AtomicU64::new(0),
             merges: AtomicU64::new(0),
+            suppression: suppression::Suppression::new(),
+            forgotten: AtomicU64::new(0),
         }
     }
 
@@ -545,7 +555,7 @@ impl<X: Extension> Engine<X> {
         if let Some(applied) = self.apply_known(event, now, before_change, claim) {
             return Ok(applied);
         }
-        self.apply_with_identity_changes(event, now, before_change, claim)
+        self.apply_with_identity_changes(event, now, before_change, claim, replaying)
     }
 
     /// The fast path: every key known and all on one customer. `None` sends the event
@@ -595,8 +605,21 @@ impl<X: Extension> Engine<X> {
         now: u32,
         before_change: &mut dyn FnMut(usize) -> bool,
         claim: Option<&Claim<'_>>,
+        replaying: bool,
     ) -> Result<Applied, EventError> {
         let _identity = self.identity_writes.lock();
+        // A key of a forgotten customer brings nothing back (see `suppression`). Only
+        // new keys can be on the list; replay applies what was logged before a FORGET.
+        if !replaying && !self.suppression.is_empty() {
+            let suppressed = event.keys.iter().any(|k| {
+                !self.identity.contains_key(&k.text) && self.suppression.contains(&k.text)
+            });
+            if suppressed {
+                return Err(EventError::Suppressed {
+                    event: self.plan.config.events[event.event_type].name.clone(),
+                });
+            }
+        }
         // Before any slot is taken or profile merged: a copy changes nothing at all.
         if let Some(c) = claim {
             if !self.dedup.claim(c.id, c.now) {
@@ -868,6 +891,7 @@ impl<X: Extension> Engine<X> {
             keys: self.identity.len() as u64,
             events_applied: self.events_applied.load(Ordering::Relaxed),
             merges: self.merges.load(Ordering::Relaxed),
+            forgotten: self.forgotten.load(Ordering::Relaxed),
             ..EngineStats::default()
         };
         for shard in 0..self.shards.len() {

@@ -584,6 +584,19 @@ impl<X: Extension> ShardState<X> {
         }
     }
 
+    /// Removes a customer for good (FORGET): its slot is freed as in [`take`](Self::take)
+    /// (segments, row, keys, extension), and the attribute strings its row held are let
+    /// go. Returns its keys.
+    pub fn forget(&mut self, plan: &Plan, local: u32) -> Vec<Key> {
+        let taken = self.take(plan, local);
+        for &(at, ty) in &plan.layout.attributes {
+            if ty == ValueType::String {
+                plan.config.interner.release(taken.row[at]);
+            }
+        }
+        taken.keys
+    }
+
     /// Folds another customer's row and keys into `local`, then re-evaluates every
     /// segment of the result at once.
     pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken<X>) {

@@ -226,6 +226,28 @@ pub(super) async fn profile(edge: State<Arc<Edge>>, key: PathParam) -> Response 
     )
 }
 
+/// `DELETE /v1/profiles/{key}`: FORGET the customer the key belongs to.
+pub(super) async fn forget(edge: State<Arc<Edge>>, key: PathParam) -> Response {
+    let key = match path_param(key) {
+        Ok(key) => key,
+        Err(failure) => return failure.into_response(),
+    };
+    answer(
+        execute(&edge, |shared, receipt| {
+            Ok(cmd::forget::apply(shared, &key, receipt, "(HTTP)"))
+        })
+        .await
+        .and_then(|reply| match reply {
+            // The id is a log sequence: a string, as decision ids are (past 2^53).
+            Reply::Forgotten { erasure_id, keys } => Ok(serde_json::json!({
+                "erasure_id": erasure_id.to_string(),
+                "keys": keys,
+            })),
+            other => Err(Failure::unexpected(other)),
+        }),
+    )
+}
+
 pub(super) async fn segment_count(edge: State<Arc<Edge>>, name: PathParam) -> Response {
     match path_param(name) {
         Ok(name) => answer(count(&edge, &name).await),

@@ -24,8 +24,11 @@ use crate::server::auth;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Peer(pub IpAddr);
 
-/// The role a path needs; `None` for the health probes and paths that do not exist.
-pub fn role_of(path: &str) -> Option<Role> {
+/// The role a request needs; `None` for the health probes and paths that do not exist.
+pub fn role_of(method: &axum::http::Method, path: &str) -> Option<Role> {
+    if method == axum::http::Method::DELETE && path.starts_with("/v1/profiles/") {
+        return Some(Role::Admin);
+    }
     match path {
         "/v1/batch" | "/v1/track" | "/v1/identify" | "/v1/page" | "/v1/screen" | "/v1/alias"
         | "/v1/group" => Some(Role::Ingest),
@@ -61,7 +64,7 @@ fn credential(value: &HeaderValue) -> Result<String, &'static str> {
 /// The middleware: refuses a request whose credential is missing, wrong or lacks the
 /// path's role (401 or 403 with a JSON body), before any handler reads its body.
 pub(super) async fn guard(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
-    let Some(role) = role_of(request.uri().path()) else {
+    let Some(role) = role_of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     // Until recovery is done there is nothing to check against; the handler says so.
@@ -142,8 +145,13 @@ mod tests {
         assert_eq!(credential(&bearer).unwrap(), "om_12345678_abc");
         assert!(credential(&HeaderValue::from_static("Digest x")).is_err());
         assert!(credential(&HeaderValue::from_static("Basic !!")).is_err());
-        assert_eq!(role_of("/v1/segments/vip/count"), Some(Role::Read));
-        assert_eq!(role_of("/v1/profiles/user:1"), Some(Role::Decide));
-        assert_eq!(role_of("/healthz"), None);
+        let get = axum::http::Method::GET;
+        assert_eq!(role_of(&get, "/v1/segments/vip/count"), Some(Role::Read));
+        assert_eq!(role_of(&get, "/v1/profiles/user:1"), Some(Role::Decide));
+        assert_eq!(
+            role_of(&axum::http::Method::DELETE, "/v1/profiles/user:1"),
+            Some(Role::Admin)
+        );
+        assert_eq!(role_of(&get, "/healthz"), None);
     }
 }

@@ -121,7 +121,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/group", post(segment::group))
         .route("/v1/decide", post(api::decide))
         .route("/v1/feedback", post(api::feedback))
-        .route("/v1/profiles/{key}", get(api::profile))
+        .route("/v1/profiles/{key}", get(api::profile).delete(api::forget))
         .route("/v1/segments/{name}/count", get(api::segment_count))
         .route("/v1/segments/{name}/members", get(api::segment_members))
         .route("/v1/segments/query", post(api::segment_query))

@@ -70,6 +70,9 @@ pub enum ErrorCode {
     Unauthenticated = 32,
     /// The credential is valid but its principal lacks the role the operation needs.
     Forbidden = 33,
+    /// The event carries a key of a customer that was forgotten (FORGET): it was not
+    /// applied, so the person is not brought back.
+    Suppressed = 34,
 }
 
 impl ErrorCode {
@@ -107,6 +110,7 @@ impl ErrorCode {
             31 => Duplicate,
             32 => Unauthenticated,
             33 => Forbidden,
+            34 => Suppressed,
             _ => return None,
         })
     }
@@ -146,6 +150,7 @@ impl ErrorCode {
             Duplicate => "DUPLICATE",
             Unauthenticated => "UNAUTHENTICATED",
             Forbidden => "FORBIDDEN",
+            Suppressed => "SUPPRESSED",
         }
     }
 

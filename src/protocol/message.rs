@@ -40,6 +40,8 @@ pub enum Request {
     Ping,
     /// `str token`: who the client is (a token from `omnia credentials add`).
     Auth { token: String },
+    /// `str key`: forget the customer this key belongs to, every key of it.
+    Forget { key: String },
     /// `u32 count`, then per event: `str event, str channel, i64 timestamp_ms,
     /// u8 key_count, str key × key_count, u8 property_count, (str name, value) ×
     /// property_count, u8 attribute_count, (str name, value) × attribute_count`
@@ -137,6 +139,9 @@ pub enum Response {
     Pong,
     /// `str principal, u8 roles` (bit 0 ingest, 1 decide, 2 read, 3 admin)
     Authenticated { principal: String, roles: u8 },
+    /// `u64 erasure_id, u16 keys`: the FORGET's id (its log sequence) and how many keys
+    /// the customer was known by
+    Forgotten { erasure_id: u64, keys: u16 },
     /// `u32 accepted, u32 rejected_count, (u32 index, u16 code, str message) × rejected_count`
     Ingested {
         accepted: u32,
@@ -199,6 +204,7 @@ impl Request {
             Request::Hello { .. } => opcode::HELLO,
             Request::Ping => opcode::PING,
             Request::Auth { .. } => opcode::AUTH,
+            Request::Forget { .. } => opcode::FORGET,
             Request::Ingest { .. } => opcode::INGEST,
             Request::IngestJson { .. } => opcode::INGEST_JSON,
             Request::Profile { .. } => opcode::PROFILE,
@@ -332,6 +338,7 @@ impl Request {
             }
             Request::Reload => {}
             Request::Auth { token } => b.str(token),
+            Request::Forget { key } => b.str(key),
         }
         Ok(b.freeze())
     }
@@ -355,6 +362,9 @@ impl Request {
             opcode::PING => Request::Ping,
             opcode::AUTH => Request::Auth {
                 token: r.str(field!("token"))?.to_string(),
+            },
+            opcode::FORGET => Request::Forget {
+                key: r.str(field!("key"))?.to_string(),
             },
             opcode::RELOAD => Request::Reload,
             opcode::STATS => {
@@ -503,6 +513,10 @@ impl Response {
             Response::Authenticated { principal, roles } => {
                 b.str(principal);
                 b.put_u8(*roles);
+            }
+            Response::Forgotten { erasure_id, keys } => {
+                b.put_u64_le(*erasure_id);
+                b.put_u16_le(*keys);
             }
             Response::Ingested { accepted, rejected } => {
                 b.put_u32_le(*accepted);
@@ -699,6 +713,10 @@ impl Response {
                 opcode::AUTH => Response::Authenticated {
                     principal: r.str(field!("principal"))?.to_string(),
                     roles: r.u8(field!("roles"))?,
+                },
+                opcode::FORGET => Response::Forgotten {
+                    erasure_id: r.u64(field!("erasure_id"))?,
+                    keys: r.u16(field!("keys"))?,
                 },
                 opcode::INGEST | opcode::INGEST_JSON => {
                     let accepted = r.u32(field!("accepted"))?;

@@ -54,6 +54,7 @@ pub mod opcode {
     pub const DECIDE: u8 = 0x40;
     pub const FEEDBACK: u8 = 0x41;
     pub const RELOAD: u8 = 0x50;
+    pub const FORGET: u8 = 0x51;
     pub const RESPONSE_BIT: u8 = 0x80;
     pub const ERROR: u8 = 0xFF;
 
@@ -73,6 +74,7 @@ pub mod opcode {
             DECIDE => "decide",
             FEEDBACK => "feedback",
             RELOAD => "reload",
+            FORGET => "forget",
             _ if op == ERROR => "error",
             _ => "unknown",
         }

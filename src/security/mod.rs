@@ -44,7 +44,7 @@ pub enum Role {
     Decide,
     /// Read aggregates: segments and STATS.
     Read,
-    /// Run the server: RELOAD.
+    /// Run the server: RELOAD, FORGET.
     Admin,
 }
 

@@ -855,6 +855,13 @@ impl Handler {
             }
             Request::IngestJson { json } => cmd::ingest_json::apply(shared, &json, receipt),
             Request::Profile { key } => cmd::profile::apply(shared, &key),
+            Request::Forget { key } => {
+                let by = self
+                    .session
+                    .as_ref()
+                    .map_or("(no credentials)", |s| s.principal.name.as_str());
+                cmd::forget::apply(shared, &key, receipt, by)
+            }
             Request::SegmentCount { query } => cmd::segment::count(shared, &query),
             Request::SegmentMembers {
                 query,

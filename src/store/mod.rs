@@ -38,16 +38,18 @@ use crate::node::{Node, NodeImage};
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT` this version writes.
-pub const FORMAT: &str = "omnia data directory, format 4";
+pub const FORMAT: &str = "omnia data directory, format 5";
 
 /// Earlier formats this version reads and migrates at start. Each differs only in what
 /// it did not write yet, which this version still replays, so migrating is rewriting
-/// `FORMAT`: format 3 wrote no EVENT_WITH_ID records and snapshots of format 2 (no
+/// `FORMAT`: format 4 wrote no FORGET records (and no `privacy.key`, made at the first
+/// start of format 5); format 3 wrote no EVENT_WITH_ID records and snapshots of format 2 (no
 /// message ids); format 2 also wrote an EVENT and an OFFER_ACTION per offer action,
 /// where format 3 on writes one ACTION. Any other first line is refused.
 pub const MIGRATES: &[&str] = &[
     "omnia data directory, format 2",
     "omnia data directory, format 3",
+    "omnia data directory, format 4",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,52 @@ impl DataDir {
     /// Where the snapshot is.
     pub fn snapshots(&self) -> PathBuf {
         self.root.join("snapshots")
+    }
+
+    /// The secret the suppression list's hashes are keyed with.
+    pub fn privacy_key(&self) -> PathBuf {
+        self.root.join("privacy.key")
+    }
+}
+
+/// The data directory's privacy secret: 32 random bytes made at the first start (mode
+/// 0600, synced with the directory before use), read at every start. Losing it would
+/// make the suppression list unreadable: it stays with the directory, and a backup
+/// takes it along.
+fn privacy_secret(data: &DataDir) -> Result<[u8; 32], StoreError> {
+    let path = data.privacy_key();
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes.as_slice().try_into().map_err(|_| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(format!(
+                "it holds {} bytes, not the 32 of a privacy key; restore it from the backup of this data directory",
+                bytes.len()
+            )),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            argon2::password_hash::rand_core::RngCore::fill_bytes(
+                &mut argon2::password_hash::rand_core::OsRng,
+                &mut secret,
+            );
+            let tmp = data.root.join("privacy.key.next");
+            {
+                use std::io::Write;
+                let mut options = OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options.open(&tmp).map_err(io(&tmp))?;
+                file.write_all(&secret).map_err(io(&tmp))?;
+                file.sync_all().map_err(io(&tmp))?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            std::fs::File::open(&data.root)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&data.root))?;
+            Ok(secret)
+        }
+        Err(e) => Err(io(&path)(e)),
     }
 }
 
@@ -328,6 +376,10 @@ impl wal::WalOptions {
 /// it; cuts a torn tail; refuses anything else that is wrong.
 pub fn recover(data: &DataDir, node: &Node) -> Result<Recovered, StoreError> {
     let started = Instant::now();
+    // Before anything is hashed: the suppression list is keyed by it.
+    node.engine()
+        .suppression()
+        .set_secret(privacy_secret(data)?);
     let (snapshot, cuts, counted_to) = match snapshot::newest(data)? {
         Some(path) => {
             let (image, fingerprint) = snapshot::read(&path)?;
@@ -575,6 +627,11 @@ fn replay(
             // Remembered whether or not the snapshot holds the change (see `dedup`).
             node.engine().dedup().remember(id, applied);
             replay_events(node, r.rest(), sequence, cuts)
+        }
+        wal::FORGET => {
+            let record = crate::engine::ForgetRecord::decode(body)?;
+            node.engine().replay_forget(&record, sequence, cuts);
+            Ok(())
         }
         wal::OFFER_ACTION => {
             let action = crate::decide::record::OfferAction::decode(body)?;

@@ -127,6 +127,10 @@ pub fn prepare(
     let same =
         snapshot::layout_fingerprint(&config) == snapshot::layout_fingerprint(current.config());
     let next = Arc::new(Node::new(config, current.engine().clock()));
+    // The same data directory, the same key for the suppression list.
+    next.engine()
+        .suppression()
+        .set_secret(current.engine().suppression().secret());
     let cuts = next
         .restore_with(
             &image,

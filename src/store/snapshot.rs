@@ -56,9 +56,9 @@ use crate::engine::{EngineImage, ShardImage};
 use crate::node::{Node, NodeImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
-const VERSION: u32 = 3;
-/// The versions this one reads: 2 lacks the message ids section.
-const READS: [u32; 2] = [2, 3];
+const VERSION: u32 = 4;
+/// The versions this one reads: 2 lacks the message ids section, 3 the suppression list.
+const READS: [u32; 3] = [2, 3, 4];
 const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
 /// Bytes written between syncs of a snapshot file.
 const SYNC_EVERY: usize = 8 << 20;
@@ -317,7 +317,12 @@ fn finish(
         dedup.put_u128_le(hash);
         dedup.put_u32_le(applied);
     }
-    for body in [&counters, &strings, &config, &dedup] {
+    let mut suppressed = Vec::with_capacity(4 + image.suppressed.len() * 16);
+    suppressed.put_u32_le(image.suppressed.len() as u32);
+    for hash in &image.suppressed {
+        suppressed.put_slice(hash);
+    }
+    for body in [&counters, &strings, &config, &dedup, &suppressed] {
         file.section(body)?;
     }
     let mut header = Vec::with_capacity(HEADER);
@@ -435,10 +440,14 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
     if !READS.contains(&version) {
         return Err(corrupt(
             16,
-            format!("it is in snapshot format {version}, and this version of omnia reads formats 2 and {VERSION} (start the version that wrote it)"),
+            format!("it is in snapshot format {version}, and this version of omnia reads formats 2 to {VERSION} (start the version that wrote it)"),
         ));
     }
-    let trailing = if version >= 3 { 4 } else { 3 };
+    let trailing = match version {
+        2 => 3,
+        3 => 4,
+        _ => 5,
+    };
     let fingerprint = u64_at(20);
     let position = u64_at(28);
     let shards = u32_at(36) as usize;
@@ -450,7 +459,8 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
             0 => "the offer counters".to_string(),
             1 => "the string table".to_string(),
             2 => "the config".to_string(),
-            _ => "the message id table".to_string(),
+            3 => "the message id table".to_string(),
+            _ => "the suppression list".to_string(),
         };
         if bytes.len() - at < 12 {
             return Err(corrupt(at, format!("the file ends before {what}")));
@@ -480,8 +490,23 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
             format!("{} bytes after the last section", bytes.len() - at),
         ));
     }
+    let mut suppressed = Vec::new();
+    if trailing == 5 {
+        let (list_at, body) = sections.pop().unwrap_or((at, &[]));
+        let n = body
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+            as usize;
+        if body.len() != 4 + n * 16 {
+            return Err(corrupt(list_at, "the suppression list is malformed".into()));
+        }
+        suppressed = body[4..]
+            .chunks_exact(16)
+            .map(|c| c.try_into().unwrap_or_default())
+            .collect();
+    }
     let mut dedup = Vec::new();
-    if trailing == 4 {
+    if trailing >= 4 {
         let (dedup_at, body) = sections.pop().unwrap_or((at, &[]));
         let n = body
             .get(..4)
@@ -542,6 +567,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
             shards,
             position,
             dedup,
+            suppressed,
             strings,
             longest_pause: Duration::ZERO,
             config,

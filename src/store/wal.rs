@@ -71,7 +71,7 @@ pub const HEADER: usize = 8;
 pub const MAX_PAYLOAD: usize = 1 << 24;
 /// Record kinds, as the engine's journal names them: an event as a one-event INGEST
 /// body, an action (`decide::record::ActionRecord`), and format 2's offer action.
-pub use crate::engine::journal::kind::{ACTION, EVENT, EVENT_WITH_ID, OFFER_ACTION};
+pub use crate::engine::journal::kind::{ACTION, EVENT, EVENT_WITH_ID, FORGET, OFFER_ACTION};
 
 pub use crate::config::FsyncPolicy;
 

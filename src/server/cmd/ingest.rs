@@ -33,6 +33,7 @@ pub fn code_of(e: &EventError) -> ErrorCode {
         EventError::FromTheFuture { .. } => ErrorCode::FutureTimestamp,
         EventError::StorageFailed { .. } => ErrorCode::StorageFailed,
         EventError::Full { .. } => ErrorCode::Capacity,
+        EventError::Suppressed { .. } => ErrorCode::Suppressed,
     }
 }
 

@@ -1,0 +1,332 @@
+//! Forgetting a customer (FORGET): the whole merged profile goes at once, every key, the
+//! row (aggregates, attributes, scores), its segment memberships and its extension's
+//! part (offer state and coupons), and its keys go onto the suppression list
+//! (`suppression`), so events carrying them are refused from then on.
+//!
+//! The record (journal kind `FORGET`, 5) holds no key in clear:
+//!
+//! ```text
+//! u32  time        seconds: when the customer was forgotten
+//! u16  shard       the shard it lived in
+//! u32  customer    its id then
+//! u16  n           its keys
+//! [u8; 16] × n     each key's keyed hash (`suppression`)
+//! ```
+//!
+//! Replay finds the customer by its id and checks the id still holds one of the hashed
+//! keys; customer ids are not always the same in a replay as they were live (a merge
+//! frees a slot before its record is appended), so when they differ it looks the keys
+//! up by hash over the whole identity map, which only a log holding forgets ever pays.
+//!
+//! Invariants: the record is appended under the customer's shard lock and the identity
+//! mutex, before anything is removed (as for events), so a snapshot holds either the
+//! customer or its forgetting; the keys leave the identity map and enter the suppression
+//! list under the identity mutex (see `suppression`).
+
+use super::suppression::Hashed;
+use super::{journal, CustomerId, CustomerRef, Engine, Extension, Receipt};
+
+/// What FORGET did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The customer's id (now free for a new customer).
+    pub customer: CustomerId,
+    /// The keys it was known by, for the layers above to forget too (decisions they
+    /// remember by key); not to be logged or kept.
+    pub keys: Vec<String>,
+    /// The log sequence of the FORGET record (0 without a log): the erasure's id.
+    pub sequence: u64,
+}
+
+/// Why FORGET did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    #[error("no customer has the key `{key}`: nothing to forget (check the key, or it was forgotten already)")]
+    Unknown { key: String },
+    #[error("the write-ahead log cannot store changes now: {reason}; nothing was forgotten")]
+    StorageFailed { reason: String },
+}
+
+/// A FORGET record, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgetRecord {
+    pub time: u32,
+    pub shard: u16,
+    pub customer: CustomerId,
+    pub keys: Vec<Hashed>,
+}
+
+impl ForgetRecord {
+    pub fn encode(&self, body: &mut Vec<u8>) {
+        use bytes::BufMut;
+        body.put_u32_le(self.time);
+        body.put_u16_le(self.shard);
+        body.put_u32_le(self.customer);
+        body.put_u16_le(self.keys.len() as u16);
+        for k in &self.keys {
+            body.put_slice(k);
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ForgetRecord, String> {
+        let mut r = crate::codec::Reader::new(body);
+        let field = crate::codec::named;
+        let err = |e: crate::codec::DecodeError| format!("FORGET record: {e}");
+        let time = r.u32(&field("time")).map_err(err)?;
+        let shard = r.u16(&field("shard")).map_err(err)?;
+        let customer = r.u32(&field("customer")).map_err(err)?;
+        let n = r.u16(&field("key count")).map_err(err)?;
+        let mut keys = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let mut k = [0u8; 16];
+            for b in &mut k {
+                *b = r.u8(&field("key hash")).map_err(err)?;
+            }
+            keys.push(k);
+        }
+        r.finish().map_err(err)?;
+        Ok(ForgetRecord {
+            time,
+            shard,
+            customer,
+            keys,
+        })
+    }
+}
+
+impl<X: Extension> Engine<X> {
+    /// The keys of forgotten customers (see `suppression`).
+    pub fn suppression(&self) -> &super::suppression::Suppression {
+        &self.suppression
+    }
+
+    /// Forgets the customer `key` belongs to, logging it first; notes the record in
+    /// `receipt`.
+    pub fn forget_with(&self, key: &str, receipt: &mut Receipt) -> Result<Forgotten, ForgetError> {
+        let _strings = self.hold_strings();
+        self.writable().map_err(|e| ForgetError::StorageFailed {
+            reason: e.to_string(),
+        })?;
+        let _identity = self.identity_writes.lock();
+        let unknown = || ForgetError::Unknown {
+            key: key.to_string(),
+        };
+        let r = self
+            .identity
+            .get(key)
+            .map(|r| CustomerRef::unpack(*r))
+            .ok_or_else(unknown)?;
+        let (shard, local) = self.split(r.id);
+        let now = self.now_secs();
+        let mut state = self.lock_at(shard, now);
+        if !state.holds(local, r.generation) {
+            return Err(unknown());
+        }
+        let hashed: Vec<Hashed> = state
+            .keys(local)
+            .iter()
+            .map(|k| self.suppression.hash(&k.text))
+            .collect();
+        let record = ForgetRecord {
+            time: now,
+            shard: shard as u16,
+            customer: r.id,
+            keys: hashed.clone(),
+        };
+        let mut sequence = 0;
+        if let Some(journal) = self.journal.get() {
+            sequence = journal.append(journal::kind::FORGET, &mut |body| record.encode(body));
+            receipt.logged(sequence);
+        }
+        let keys = state.forget(&self.plan, local);
+        drop(state);
+        for k in &keys {
+            self.identity.remove(&k.text);
+        }
+        self.suppression.add(&hashed);
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Forgotten {
+            customer: r.id,
+            keys: keys.into_iter().map(|k| k.text.to_string()).collect(),
+            sequence,
+        })
+    }
+
+    /// Replays a FORGET record read back from the log at `sequence`, unless the
+    /// snapshot's image of its shard holds it already. Its keys go onto the suppression
+    /// list either way. Returns the customer forgotten, if the replay removed one.
+    pub fn replay_forget(
+        &self,
+        record: &ForgetRecord,
+        sequence: u64,
+        cuts: &[u64],
+    ) -> Option<CustomerId> {
+        self.suppression.add(&record.keys);
+        let shard = record.shard as usize;
+        if cuts.get(shard).is_some_and(|&cut| sequence <= cut) {
+            return None;
+        }
+        let _identity = self.identity_writes.lock();
+        let wanted: std::collections::HashSet<&Hashed> = record.keys.iter().collect();
+        let holds_a_key = |id: CustomerId| {
+            let (shard, local) = self.split(id);
+            let state = self.shards.get(shard)?.lock();
+            let live = state.is_live(local)
+                && state
+                    .keys(local)
+                    .iter()
+                    .any(|k| wanted.contains(&self.suppression.hash(&k.text)));
+            live.then_some(id)
+        };
+        // The id it had live, if replay gave it the same one; else a key by its hash.
+        let found = holds_a_key(record.customer).or_else(|| {
+            self.identity.iter().find_map(|entry| {
+                wanted
+                    .contains(&self.suppression.hash(entry.key()))
+                    .then(|| CustomerRef::unpack(*entry.value()).id)
+            })
+        })?;
+        let (shard, local) = self.split(found);
+        let mut state = self.lock_at(shard, record.time);
+        if !state.is_live(local) {
+            return None;
+        }
+        let keys = state.forget(&self.plan, local);
+        drop(state);
+        for k in &keys {
+            self.identity.remove(&k.text);
+        }
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::engine::EventError;
+    use crate::model::RawEvent;
+    use std::sync::Arc;
+
+    const NOW: i64 = 1_772_445_600_000;
+
+    fn engine() -> Engine {
+        Engine::new(
+            Config::embedded_default().unwrap(),
+            Arc::new(ManualClock::new(NOW)),
+        )
+    }
+
+    #[test]
+    fn a_forgotten_customer_is_gone_by_every_key_and_its_keys_are_refused() {
+        let e = engine();
+        e.ingest(&RawEvent::new("page_view", "web", NOW).key("anon:c-1"))
+            .unwrap();
+        e.ingest(
+            &RawEvent::new("identify", "app", NOW)
+                .key("anon:c-1")
+                .key("user:sofia")
+                .key("email:sofia@example.nl")
+                .attr("country", "NL"),
+        )
+        .unwrap();
+        e.ingest(
+            &RawEvent::new("purchase", "store", NOW)
+                .key("card:8812")
+                .key("user:sofia")
+                .prop("amount", 80.0),
+        )
+        .unwrap();
+        e.ingest(&RawEvent::new("page_view", "web", NOW).key("anon:other"))
+            .unwrap();
+        let before = e.stats().customers;
+        let forgotten = e.forget_with("card:8812", &mut Receipt::default()).unwrap();
+        assert_eq!(forgotten.keys.len(), 4);
+        assert_eq!(e.stats().customers, before - 1);
+        for key in [
+            "anon:c-1",
+            "user:sofia",
+            "email:sofia@example.nl",
+            "card:8812",
+        ] {
+            assert_eq!(e.customer_of(key), None, "{key}");
+            assert!(e.suppression().contains(key), "{key}");
+        }
+        assert!(e.customer_of("anon:other").is_some());
+        // An event with one of her keys is refused, with or without other keys.
+        let err = e
+            .ingest(&RawEvent::new("page_view", "web", NOW).key("email:sofia@example.nl"))
+            .unwrap_err();
+        assert!(matches!(err, EventError::Suppressed { .. }), "{err}");
+        let err = e
+            .ingest(
+                &RawEvent::new("page_view", "web", NOW)
+                    .key("anon:other")
+                    .key("user:sofia"),
+            )
+            .unwrap_err();
+        assert!(matches!(err, EventError::Suppressed { .. }), "{err}");
+        assert!(e.customer_of("user:sofia").is_none());
+        // Forgetting again: nothing to forget.
+        assert!(matches!(
+            e.forget_with("user:sofia", &mut Receipt::default()),
+            Err(ForgetError::Unknown { .. })
+        ));
+        // Strings the row held are let go, so nothing refers to what was forgotten.
+        assert!(e.string_reference_errors().is_empty());
+    }
+
+    #[test]
+    fn the_record_round_trips_and_replays_by_hash_when_ids_differ() {
+        let record = ForgetRecord {
+            time: 9,
+            shard: 3,
+            customer: 77,
+            keys: vec![[1; 16], [2; 16]],
+        };
+        let mut body = Vec::new();
+        record.encode(&mut body);
+        assert_eq!(ForgetRecord::decode(&body).unwrap(), record);
+        assert!(ForgetRecord::decode(&body[..body.len() - 1]).is_err());
+
+        // Replayed into an engine where the customer got another id.
+        let live = engine();
+        live.ingest(
+            &RawEvent::new("page_view", "web", NOW)
+                .key("anon:x")
+                .key("user:x"),
+        )
+        .unwrap();
+        let hashed = vec![live.suppression().hash("user:x")];
+        let replay = engine();
+        replay.suppression().set_secret([0; 32]);
+        live.suppression().set_secret([0; 32]);
+        let hashed_again = vec![live.suppression().hash("user:x")];
+        assert_ne!(hashed, hashed_again, "the secret decides the hash");
+        replay
+            .ingest(&RawEvent::new("page_view", "web", NOW).key("anon:y"))
+            .unwrap();
+        replay
+            .ingest(
+                &RawEvent::new("page_view", "web", NOW)
+                    .key("anon:x")
+                    .key("user:x"),
+            )
+            .unwrap();
+        let record = ForgetRecord {
+            time: 1,
+            shard: 0,
+            customer: u32::MAX,
+            keys: hashed_again,
+        };
+        let id = replay.customer_of("user:x").unwrap();
+        assert_eq!(replay.replay_forget(&record, 5, &[]), Some(id));
+        assert_eq!(replay.customer_of("anon:x"), None);
+        assert!(replay.customer_of("anon:y").is_some());
+        assert!(replay.suppression().contains("user:x"));
+    }
+}

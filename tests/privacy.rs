@@ -1,0 +1,168 @@
+//! Forgetting a customer, end to end: FORGET over the binary protocol and
+//! `DELETE /v1/profiles/{key}` over HTTP remove the whole merged customer by any of its
+//! keys, lower the segment counts, refuse later events with its keys (SUPPRESSED), and
+//! stay so across SIGKILL, restart and snapshot.
+
+mod common;
+
+use common::binary::{serve_on, sigterm, wait_ready};
+use common::{TempDir, TestServer, START_MS};
+use omnia::client::Client;
+use omnia::model::RawEvent;
+
+/// Sofia's journey: a cookie, an account with her e-mail (opted in), a card in the
+/// store; and another customer who must stay.
+fn sofia(now: i64) -> Vec<RawEvent> {
+    vec![
+        RawEvent::new("page_view", "web", now).key("anon:c-7f3"),
+        RawEvent::new("identify", "app", now)
+            .key("anon:c-7f3")
+            .key("user:sofia")
+            .key("email:sofia@example.nl")
+            .attr("country", "NL")
+            .attr("email_opt_in", true),
+        RawEvent::new("purchase", "store", now)
+            .key("card:8812")
+            .key("user:sofia")
+            .prop("amount", 120.0),
+        RawEvent::new("identify", "app", now)
+            .key("user:noor")
+            .key("email:noor@example.nl")
+            .attr("email_opt_in", true),
+    ]
+}
+
+const SOFIA: [&str; 4] = [
+    "anon:c-7f3",
+    "user:sofia",
+    "email:sofia@example.nl",
+    "card:8812",
+];
+
+#[tokio::test]
+async fn a_forgotten_customer_is_gone_by_every_key_and_stays_suppressed() {
+    let server = TestServer::with_http().await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    assert_eq!(client.ingest(sofia(START_MS)).await.unwrap().accepted, 4);
+    let reachable = client.segment_count("email_reachable").await.unwrap();
+    assert_eq!(reachable, 2);
+
+    // Forgotten by the card the store knows her by: every key goes.
+    let (erasure, keys) = client.forget("card:8812").await.unwrap();
+    assert_eq!(keys, 4);
+    assert_eq!(erasure, 0, "no log in this server: the erasure id is 0");
+    for key in SOFIA {
+        assert!(client.profile(key).await.unwrap().is_none(), "{key}");
+    }
+    assert_eq!(client.segment_count("email_reachable").await.unwrap(), 1);
+    assert!(client.profile("user:noor").await.unwrap().is_some());
+    // Forgetting again: UNKNOWN_CUSTOMER, with the key named.
+    let again = client.forget("user:sofia").await.unwrap_err();
+    assert_eq!(
+        again.code(),
+        Some(omnia::protocol::ErrorCode::UnknownCustomer)
+    );
+
+    // Her keys are refused from now on, alone or beside a known one; the rest applies.
+    let ack = client
+        .ingest(vec![
+            RawEvent::new("page_view", "web", START_MS).key("email:sofia@example.nl"),
+            RawEvent::new("page_view", "web", START_MS)
+                .key("user:noor")
+                .key("card:8812"),
+            RawEvent::new("page_view", "web", START_MS).key("user:noor"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 1);
+    let codes: Vec<u16> = ack.rejected.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [34, 34], "{ack:?}");
+    assert!(
+        ack.rejected[0].message.contains("forgotten customer"),
+        "{ack:?}"
+    );
+    for key in SOFIA {
+        assert!(client.profile(key).await.unwrap().is_none(), "{key}");
+    }
+
+    // Over HTTP: DELETE /v1/profiles/{key}.
+    let http = server.http.clone().unwrap();
+    let response = reqwest::Client::new()
+        .delete(format!("{http}/v1/profiles/email:noor@example.nl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["keys"], 2, "{body}");
+    let response = reqwest::Client::new()
+        .delete(format!("{http}/v1/profiles/user:noor"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(client.stats().await.unwrap().customers, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forget_survives_sigkill_restart_and_snapshot() {
+    let dir = TempDir::new("privacy", "kill");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let mut served = serve_on(dir.0.clone());
+    wait_ready(&served.http).await;
+    let client = Client::connect(&served.addr).await.unwrap();
+    assert_eq!(client.ingest(sofia(now())).await.unwrap().accepted, 4);
+    let (erasure, keys) = client.forget("anon:c-7f3").await.unwrap();
+    assert_eq!(keys, 4);
+    assert!(
+        erasure > 0,
+        "the erasure id is the FORGET record's log sequence"
+    );
+    // Acknowledged, so logged: SIGKILL before any snapshot.
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    std::mem::forget(served._dir);
+
+    let check = |client: Client| async move {
+        for key in SOFIA {
+            assert!(client.profile(key).await.unwrap().is_none(), "{key}");
+        }
+        assert!(client.profile("user:noor").await.unwrap().is_some());
+        let ack = client
+            .ingest(vec![
+                RawEvent::new("page_view", "web", now()).key("user:sofia")
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            ack.rejected.iter().map(|r| r.code).collect::<Vec<_>>(),
+            [34]
+        );
+        assert_eq!(client.segment_count("email_reachable").await.unwrap(), 1);
+    };
+    let mut again = serve_on(dir.0.clone());
+    wait_ready(&again.http).await;
+    check(Client::connect(&again.addr).await.unwrap()).await;
+    // A clean stop writes a snapshot and removes the log it covers: the suppression
+    // list comes back from the snapshot.
+    assert!(sigterm(&mut again, std::time::Duration::from_secs(20)).success());
+    std::mem::forget(again._dir);
+    let third = serve_on(dir.0.clone());
+    wait_ready(&third.http).await;
+    check(Client::connect(&third.addr).await.unwrap()).await;
+    // The data directory keeps a secret for the list's hashes, readable by its owner only.
+    let key = dir.0.join("privacy.key");
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+}
