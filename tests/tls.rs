@@ -58,6 +58,29 @@ fn pki(dir: &Path) -> Pki {
     }
 }
 
+/// `omnia ctl` over TLS (with the client certificate if `identified`); its output, or
+/// the test fails with its error.
+fn ctl(addr: &str, pki: &Pki, identified: bool, args: &[&str]) -> String {
+    let mut command = std::process::Command::new(OMNIA);
+    command
+        .args(["ctl", "--addr", addr, "--tls-ca"])
+        .arg(&pki.ca);
+    if identified {
+        command
+            .arg("--tls-cert")
+            .arg(&pki.client_cert)
+            .arg("--tls-key")
+            .arg(&pki.client_key);
+    }
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn tls_options(config: Arc<tokio_rustls::rustls::ClientConfig>) -> ClientOptions {
     ClientOptions {
         tls: Some(config),
@@ -116,18 +139,8 @@ async fn clients_ctl_and_https_speak_tls_and_plaintext_is_closed_with_a_log_line
     }
 
     // omnia ctl.
-    let ctl = std::process::Command::new(OMNIA)
-        .args(["ctl", "--addr", &addr, "--tls-ca"])
-        .arg(&pki.ca)
-        .args(["--json", "profile", "anon:tls"])
-        .output()
-        .unwrap();
-    assert!(
-        ctl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ctl.stderr)
-    );
-    assert!(String::from_utf8_lossy(&ctl.stdout).contains("anon:tls"));
+    let out = ctl(&addr, &pki, false, &["--json", "profile", "anon:tls"]);
+    assert!(out.contains("anon:tls"), "{out}");
 
     // HTTPS on the HTTP listener.
     assert_eq!(
@@ -220,21 +233,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
         https_health(&served.http, identified).await.unwrap(),
         "HTTP/1.1 200 OK"
     );
-    let ctl = std::process::Command::new(OMNIA)
-        .args(["ctl", "--addr", &served.addr, "--tls-ca"])
-        .arg(&pki.ca)
-        .arg("--tls-cert")
-        .arg(&pki.client_cert)
-        .arg("--tls-key")
-        .arg(&pki.client_key)
-        .arg("ping")
-        .output()
-        .unwrap();
-    assert!(
-        ctl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ctl.stderr)
-    );
+    ctl(&served.addr, &pki, true, &["ping"]);
 }
 
 #[test]

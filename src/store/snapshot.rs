@@ -493,33 +493,16 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
     let mut suppressed = Vec::new();
     if trailing == 5 {
         let (list_at, body) = sections.pop().unwrap_or((at, &[]));
-        let n = body
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
-            as usize;
-        if body.len() != 4 + n * 16 {
-            return Err(corrupt(list_at, "the suppression list is malformed".into()));
-        }
-        suppressed = body[4..]
-            .chunks_exact(16)
+        suppressed = entries(body, 16)
+            .ok_or_else(|| corrupt(list_at, "the suppression list is malformed".into()))?
             .map(|c| c.try_into().unwrap_or_default())
             .collect();
     }
     let mut dedup = Vec::new();
     if trailing >= 4 {
         let (dedup_at, body) = sections.pop().unwrap_or((at, &[]));
-        let n = body
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
-            as usize;
-        if body.len() != 4 + n * 20 {
-            return Err(corrupt(
-                dedup_at,
-                "the message id table is malformed".into(),
-            ));
-        }
-        dedup = body[4..]
-            .chunks_exact(20)
+        dedup = entries(body, 20)
+            .ok_or_else(|| corrupt(dedup_at, "the message id table is malformed".into()))?
             .map(|c| {
                 (
                     u128::from_le_bytes(c[..16].try_into().unwrap_or_default()),
@@ -540,17 +523,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
     let strings = read_strings(strings_body, true)
         .ok_or_else(|| corrupt(strings_at, "the string table is malformed".into()))?;
     let (counters_at, counters) = sections.pop().unwrap_or((at, &[]));
-    let n = counters
-        .get(..4)
-        .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) as usize;
-    if counters.len() != 4 + n * 8 {
-        return Err(corrupt(
-            counters_at,
-            "the offer counters section is malformed".into(),
-        ));
-    }
-    let counters = counters[4..]
-        .chunks_exact(8)
+    let counters = entries(counters, 8)
+        .ok_or_else(|| {
+            corrupt(
+                counters_at,
+                "the offer counters section is malformed".into(),
+            )
+        })?
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
         .collect();
     let shards = sections
@@ -575,6 +554,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<(NodeImage, u64), StoreError>
         counters,
     };
     Ok((image, fingerprint))
+}
+
+/// The entries of a `u32 n, n × width bytes` section; `None` if its length says
+/// otherwise.
+fn entries(body: &[u8], width: usize) -> Option<std::slice::ChunksExact<'_, u8>> {
+    let n = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    (body.len() == 4 + n * width).then(|| body[4..].chunks_exact(width))
 }
 
 /// Strings as `u32 length + UTF-8` each, after a `u32` count if `counted`, else to the
