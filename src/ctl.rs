@@ -62,6 +62,9 @@ enum CtlCommand {
     /// memberships, offer state and coupons; its keys are then suppressed. Prints the
     /// erasure's id.
     Forget { key: String },
+    /// Whether a FORGET's erasure from the data directory is done (exit code 4 while it
+    /// is pending).
+    ForgetStatus { erasure_id: u64 },
     /// Make the server read its config file again and swap it in, without a restart;
     /// prints what changed. An invalid file is refused with its errors (exit code 1).
     Reload,
@@ -398,6 +401,30 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 );
             } else {
                 println!("forgotten: a customer with {keys} keys (erasure {erasure_id}); its keys are suppressed");
+            }
+        }
+        CtlCommand::ForgetStatus { erasure_id } => {
+            let status = client.forget_status(erasure_id).await?;
+            let at = status.filter(|&ms| ms > 0).and_then(|ms| {
+                jiff::Timestamp::from_millisecond(ms)
+                    .ok()
+                    .map(|t| t.to_string())
+            });
+            if json {
+                print_json(&serde_json::json!({
+                    "erasure_id": erasure_id.to_string(),
+                    "status": if status.is_some() { "erased" } else { "pending" },
+                    "erased_at": at,
+                }));
+            } else {
+                match (status, &at) {
+                    (None, _) => println!("erasure {erasure_id}: pending"),
+                    (Some(_), Some(at)) => println!("erasure {erasure_id}: erased at {at}"),
+                    (Some(_), None) => println!("erasure {erasure_id}: erased"),
+                }
+            }
+            if status.is_none() {
+                return Ok(ExitCode::from(4));
             }
         }
         CtlCommand::Reload => {

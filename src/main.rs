@@ -385,7 +385,12 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             read_budget: options.max_buffered_mib << 20,
             ..omnia::server::Limits::default()
         };
-        let mut shared = omnia::server::Shared::new(node, limits);
+        let erasures = Arc::new(omnia::store::snapshot::Erasures::new(data_dir.clone()));
+        // A FORGET replayed may have been acknowledged before a crash ended its erasure.
+        if node.engine().last_forget_replayed() > 0 {
+            erasures.request(node.engine().last_forget_replayed());
+        }
+        let mut shared = omnia::server::Shared::new(node, limits).with_erasures(erasures.clone());
         if let Some(tls) = tls {
             tracing::info!(
                 client_certificates = options.tls_client_ca.is_some(),
@@ -418,6 +423,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             Arc::new(move || current.node()),
             storage.snapshot_interval,
             storage.snapshot_log_bytes,
+            erasures,
         )
         .context("cannot start the snapshot thread")?;
         #[cfg(unix)]

@@ -166,3 +166,93 @@ async fn a_forget_survives_sigkill_restart_and_snapshot() {
         assert_eq!(mode & 0o077, 0, "{mode:o}");
     }
 }
+
+/// Files under `dir` that hold `needle`, in clear or as the hex of its bytes.
+fn holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            let text = String::from_utf8_lossy(&bytes).to_lowercase();
+            let contains = |n: &[u8]| bytes.windows(n.len()).any(|w| w == n);
+            if contains(needle.as_bytes()) || text.contains(&hex) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Waits (at most 30 s) until erasure `id` is done.
+async fn erased(client: &Client, id: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.forget_status(id).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "erasure {id} still pending after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_the_erasure_no_file_holds_her_keys_even_after_a_kill_before_it() {
+    let dir = TempDir::new("privacy", "erasure");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let mut served = serve_on(dir.0.clone());
+    wait_ready(&served.http).await;
+    let client = Client::connect(&served.addr).await.unwrap();
+    assert_eq!(client.ingest(sofia(now())).await.unwrap().accepted, 4);
+    for key in SOFIA {
+        assert!(
+            !holding(&dir.0, key).is_empty(),
+            "{key} is in the log before"
+        );
+    }
+    let (erasure, _) = client.forget("user:sofia").await.unwrap();
+    // Killed at once: the erasure, if not done yet, is owed after the restart.
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    std::mem::forget(served._dir);
+    let again = serve_on(dir.0.clone());
+    wait_ready(&again.http).await;
+    let client = Client::connect(&again.addr).await.unwrap();
+    erased(&client, erasure).await;
+    for key in SOFIA {
+        assert_eq!(
+            holding(&dir.0, key),
+            Vec::<std::path::PathBuf>::new(),
+            "{key}"
+        );
+    }
+    // What is not forgotten is still on disk (in the snapshot), and still served.
+    assert!(!holding(&dir.0, "noor@example.nl").is_empty());
+    assert!(client.profile("user:noor").await.unwrap().is_some());
+    // ctl says so too.
+    let out = std::process::Command::new(common::binary::OMNIA)
+        .args([
+            "ctl",
+            "--addr",
+            &again.addr,
+            "forget-status",
+            &erasure.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("erasure {erasure}: erased")));
+}

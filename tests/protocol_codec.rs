@@ -59,6 +59,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Reload),
         text().prop_map(|token| Request::Auth { token }),
         text().prop_map(|key| Request::Forget { key }),
+        any::<u64>().prop_map(|erasure_id| Request::ForgetStatus { erasure_id }),
         any::<(bool, bool)>().prop_map(|(offers, drift)| Request::Stats { offers, drift }),
         (
             text(),
@@ -185,6 +186,13 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
         (any::<u64>(), any::<u16>()).prop_map(|(erasure_id, keys)| (
             opcode::FORGET,
             Response::Forgotten { erasure_id, keys }
+        )),
+        (any::<bool>(), any::<i64>()).prop_map(|(erased, erased_at_ms)| (
+            opcode::FORGET_STATUS,
+            Response::ErasureStatus {
+                erased,
+                erased_at_ms
+            }
         )),
         (
             any::<u32>(),

@@ -114,6 +114,7 @@ fn operations() -> Vec<(Role, Request)> {
                 key: "anon:nobody".into(),
             },
         ),
+        (Role::Admin, Request::ForgetStatus { erasure_id: 1 }),
     ]
 }
 

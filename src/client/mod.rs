@@ -348,6 +348,22 @@ impl Client {
         }
     }
 
+    /// Whether erasure `id` (a FORGET's) is done: `Some(ms)` once no file of the data
+    /// directory holds what was logged before it (0 if erased before the server
+    /// started), `None` while pending.
+    pub async fn forget_status(&self, id: u64) -> Result<Option<i64>, ClientError> {
+        match self
+            .request(&Request::ForgetStatus { erasure_id: id })
+            .await?
+        {
+            Response::ErasureStatus {
+                erased,
+                erased_at_ms,
+            } => Ok(erased.then_some(erased_at_ms)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn ingest(&self, events: Vec<RawEvent>) -> Result<Ingested, ClientError> {
         ingested(self.request(&Request::Ingest { events }).await?)
     }

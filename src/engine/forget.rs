@@ -95,6 +95,13 @@ impl ForgetRecord {
 }
 
 impl<X: Extension> Engine<X> {
+    /// The sequence of the last FORGET record replayed (0: none): an erasure from disk
+    /// may still be owed for it, since the one requested before a crash was not kept.
+    pub fn last_forget_replayed(&self) -> u64 {
+        self.last_forget_replayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The keys of forgotten customers (see `suppression`).
     pub fn suppression(&self) -> &super::suppression::Suppression {
         &self.suppression
@@ -163,6 +170,8 @@ impl<X: Extension> Engine<X> {
         cuts: &[u64],
     ) -> Option<CustomerId> {
         self.suppression.add(&record.keys);
+        self.last_forget_replayed
+            .fetch_max(sequence, std::sync::atomic::Ordering::Relaxed);
         let shard = record.shard as usize;
         if cuts.get(shard).is_some_and(|&cut| sequence <= cut) {
             return None;

@@ -71,6 +71,14 @@ pub trait Journal: Send + Sync {
     /// Bytes stored since the journal was opened (snapshots are taken by volume).
     fn bytes_written(&self) -> u64;
 
+    /// Starts a new segment: every record appended so far is stored apart from the ones
+    /// after, so they can be removed once a snapshot covers them (the erasure of a
+    /// forgotten customer). Returns the first sequence of the new segment. A journal that
+    /// cannot says why.
+    fn start_segment(&self) -> Result<u64, String> {
+        Err("this journal cannot start a new segment".into())
+    }
+
     /// Whether the journal stores changes now.
     fn is_healthy(&self) -> bool {
         self.writable().is_ok()

@@ -202,6 +202,7 @@ pub struct Engine<X: Extension = ()> {
     /// Keys of forgotten customers (see `suppression`).
     suppression: suppression::Suppression,
     forgotten: AtomicU64,
+    last_forget_replayed: AtomicU64,
 }
 
 /// A known customer under its shard lock: its profile to read, its extension's part to
@@ -260,6 +261,7 @@ impl<X: Extension> Engine<X> {
             merges: AtomicU64::new(0),
             suppression: suppression::Suppression::new(),
             forgotten: AtomicU64::new(0),
+            last_forget_replayed: AtomicU64::new(0),
         }
     }
 

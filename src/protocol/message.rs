@@ -42,6 +42,8 @@ pub enum Request {
     Auth { token: String },
     /// `str key`: forget the customer this key belongs to, every key of it.
     Forget { key: String },
+    /// `u64 erasure_id`: whether a FORGET's erasure from disk is done.
+    ForgetStatus { erasure_id: u64 },
     /// `u32 count`, then per event: `str event, str channel, i64 timestamp_ms,
     /// u8 key_count, str key × key_count, u8 property_count, (str name, value) ×
     /// property_count, u8 attribute_count, (str name, value) × attribute_count`
@@ -142,6 +144,9 @@ pub enum Response {
     /// `u64 erasure_id, u16 keys`: the FORGET's id (its log sequence) and how many keys
     /// the customer was known by
     Forgotten { erasure_id: u64, keys: u16 },
+    /// `u8 erased, i64 erased_at_ms` (0 when not erased, or erased before this process
+    /// started)
+    ErasureStatus { erased: bool, erased_at_ms: i64 },
     /// `u32 accepted, u32 rejected_count, (u32 index, u16 code, str message) × rejected_count`
     Ingested {
         accepted: u32,
@@ -205,6 +210,7 @@ impl Request {
             Request::Ping => opcode::PING,
             Request::Auth { .. } => opcode::AUTH,
             Request::Forget { .. } => opcode::FORGET,
+            Request::ForgetStatus { .. } => opcode::FORGET_STATUS,
             Request::Ingest { .. } => opcode::INGEST,
             Request::IngestJson { .. } => opcode::INGEST_JSON,
             Request::Profile { .. } => opcode::PROFILE,
@@ -339,6 +345,7 @@ impl Request {
             Request::Reload => {}
             Request::Auth { token } => b.str(token),
             Request::Forget { key } => b.str(key),
+            Request::ForgetStatus { erasure_id } => b.put_u64_le(*erasure_id),
         }
         Ok(b.freeze())
     }
@@ -365,6 +372,9 @@ impl Request {
             },
             opcode::FORGET => Request::Forget {
                 key: r.str(field!("key"))?.to_string(),
+            },
+            opcode::FORGET_STATUS => Request::ForgetStatus {
+                erasure_id: r.u64(field!("erasure_id"))?,
             },
             opcode::RELOAD => Request::Reload,
             opcode::STATS => {
@@ -517,6 +527,13 @@ impl Response {
             Response::Forgotten { erasure_id, keys } => {
                 b.put_u64_le(*erasure_id);
                 b.put_u16_le(*keys);
+            }
+            Response::ErasureStatus {
+                erased,
+                erased_at_ms,
+            } => {
+                b.put_u8(*erased as u8);
+                b.put_i64_le(*erased_at_ms);
             }
             Response::Ingested { accepted, rejected } => {
                 b.put_u32_le(*accepted);
@@ -717,6 +734,10 @@ impl Response {
                 opcode::FORGET => Response::Forgotten {
                     erasure_id: r.u64(field!("erasure_id"))?,
                     keys: r.u16(field!("keys"))?,
+                },
+                opcode::FORGET_STATUS => Response::ErasureStatus {
+                    erased: r.u8(field!("erased"))? != 0,
+                    erased_at_ms: r.i64(field!("erased_at_ms"))?,
                 },
                 opcode::INGEST | opcode::INGEST_JSON => {
                     let accepted = r.u32(field!("accepted"))?;

@@ -55,6 +55,7 @@ pub mod opcode {
     pub const FEEDBACK: u8 = 0x41;
     pub const RELOAD: u8 = 0x50;
     pub const FORGET: u8 = 0x51;
+    pub const FORGET_STATUS: u8 = 0x52;
     pub const RESPONSE_BIT: u8 = 0x80;
     pub const ERROR: u8 = 0xFF;
 
@@ -75,6 +76,7 @@ pub mod opcode {
             FEEDBACK => "feedback",
             RELOAD => "reload",
             FORGET => "forget",
+            FORGET_STATUS => "forget_status",
             _ if op == ERROR => "error",
             _ => "unknown",
         }

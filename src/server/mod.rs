@@ -139,6 +139,8 @@ pub struct Shared {
     pub verifying: tokio::sync::Semaphore,
     /// TLS for the binary listener; `None`: plain TCP.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Erasures from the data directory of forgotten customers; `None` without one.
+    pub erasures: Option<Arc<crate::store::snapshot::Erasures>>,
 }
 
 /// What a reload needs besides the running engine.
@@ -170,7 +172,14 @@ impl Shared {
             throttle: crate::security::Throttle::default(),
             verifying: tokio::sync::Semaphore::new(1),
             tls: None,
+            erasures: None,
         }
+    }
+
+    /// Erases forgotten customers from the data directory through `erasures`.
+    pub fn with_erasures(mut self, erasures: Arc<crate::store::snapshot::Erasures>) -> Shared {
+        self.erasures = Some(erasures);
+        self
     }
 
     /// Serves the binary protocol over TLS with `config` (`crate::tls::server_config`).
@@ -862,6 +871,7 @@ impl Handler {
                     .map_or("(no credentials)", |s| s.principal.name.as_str());
                 cmd::forget::apply(shared, &key, receipt, by)
             }
+            Request::ForgetStatus { erasure_id } => cmd::forget::status(shared, erasure_id),
             Request::SegmentCount { query } => cmd::segment::count(shared, &query),
             Request::SegmentMembers {
                 query,

@@ -596,13 +596,105 @@ pub struct Snapshotter {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Erasures of forgotten customers from the disk (FORGET), requested by their ids (the
+/// FORGET records' sequences) and carried out by the snapshot thread: it starts a new log
+/// segment ([`super::wal::Wal::roll`]), frees the strings no profile holds, and writes a
+/// snapshot, which removes every log file it covers and the snapshot before it. Then no
+/// file holds anything logged up to the erasure: the customer's events and keys in clear
+/// are gone (the FORGET record and the snapshot hold its keys only as keyed hashes).
+/// Requests that arrive while one is carried out are served by the next, so a flood of
+/// forgets costs one snapshot at a time.
+pub struct Erasures {
+    data: DataDir,
+    /// The highest erasure id requested.
+    requested: parking_lot::Mutex<u64>,
+    /// Every erasure up to this id is done, at this time (ms since the epoch).
+    erased: parking_lot::Mutex<(u64, i64)>,
+}
+
+/// Where an erasure stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErasureStatus {
+    /// Requested; files still hold what was logged before it.
+    Pending,
+    /// No file holds anything logged before it; since when, if this process did it.
+    Erased { at_ms: Option<i64> },
+}
+
+impl Erasures {
+    pub fn new(data: DataDir) -> Erasures {
+        Erasures {
+            data,
+            requested: parking_lot::Mutex::new(0),
+            erased: parking_lot::Mutex::new((0, 0)),
+        }
+    }
+
+    /// Asks for the erasure of everything logged up to `id`.
+    pub fn request(&self, id: u64) {
+        let mut requested = self.requested.lock();
+        *requested = (*requested).max(id);
+    }
+
+    /// Where erasure `id` stands: done by this process, or judged from the files (no
+    /// log file holds a record up to `id`, and the snapshot covers it).
+    pub fn status(&self, id: u64) -> Result<ErasureStatus, StoreError> {
+        let (through, at_ms) = *self.erased.lock();
+        if id <= through {
+            return Ok(ErasureStatus::Erased { at_ms: Some(at_ms) });
+        }
+        let oldest = super::segments(&self.data.wal())?
+            .first()
+            .map_or(u64::MAX, |(first, _)| *first);
+        let covered = newest(&self.data)?
+            .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
+            .is_some_and(|position| position >= id);
+        Ok(if oldest > id && covered {
+            ErasureStatus::Erased { at_ms: None }
+        } else {
+            ErasureStatus::Pending
+        })
+    }
+
+    /// Carries out the erasures requested so far, if any are outstanding.
+    fn carry_out(&self, node: &Node) {
+        let wanted = *self.requested.lock();
+        if wanted <= self.erased.lock().0 {
+            return;
+        }
+        let Some(wal) = node.engine().journal() else {
+            return;
+        };
+        let first = match wal.start_segment() {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::warn!(error = %e, "an erasure waits: the log could not start a new segment; trying again shortly");
+                return;
+            }
+        };
+        node.engine().collect_strings();
+        match write(&self.data, node) {
+            Ok(written) if written.covers + 1 >= first => {
+                let now = jiff::Timestamp::now().as_millisecond();
+                *self.erased.lock() = (wanted, now);
+                tracing::info!(erased_through = wanted, removed_log_files = written.removed_log_files, "erased from disk: what forgotten customers left in the log and the last snapshot");
+            }
+            Ok(_) => tracing::warn!("an erasure waits: the snapshot did not cover the new log segment yet; trying again shortly"),
+            Err(StoreError::Replaced) => {}
+            Err(e) => tracing::error!(error = %e, "an erasure waits: its snapshot failed; trying again shortly"),
+        }
+    }
+}
+
 impl Snapshotter {
-    /// `node` says which node to snapshot now (a reload swaps it).
+    /// `node` says which node to snapshot now (a reload swaps it); `erasures`, which
+    /// erasures to carry out (checked four times a second).
     pub fn spawn(
         data: DataDir,
         node: std::sync::Arc<dyn Fn() -> std::sync::Arc<Node> + Send + Sync>,
         interval: Option<Duration>,
         log_bytes: Option<u64>,
+        erasures: std::sync::Arc<Erasures>,
     ) -> std::io::Result<Snapshotter> {
         let (stop, stopped) = crossbeam::channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
@@ -616,6 +708,7 @@ impl Snapshotter {
                         Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
+                    erasures.carry_out(&node());
                     let by_time = interval.is_some_and(|i| last.elapsed() >= i);
                     let by_volume =
                         log_bytes.is_some_and(|b| logged() - logged_at_last >= b);

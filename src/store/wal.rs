@@ -231,6 +231,33 @@ impl Wal {
         Ok(wal)
     }
 
+    /// Starts a new segment file now: every record appended so far is stored in the
+    /// files before it, so a snapshot that covers them can remove those files whole (how
+    /// a forgotten customer's events leave the disk, `snapshot::Erasures`). Returns the
+    /// new file's first sequence. Refused while a failed write waits to be retried.
+    pub fn roll(&self) -> std::io::Result<u64> {
+        let mut out = self.output.lock();
+        if out.retry.is_some() {
+            return Err(std::io::Error::other(
+                "the log is retrying a failed write; the segment is rolled at the next try",
+            ));
+        }
+        // Taken records are written under `output`, which is held: the file holds every
+        // record before the first one still pending.
+        let first = {
+            let p = self.pending.lock();
+            p.last + 1 - count_records(&p.buf)
+        };
+        out.file.sync()?;
+        out.file = Segment::create(&self.dir, first, self.options.faults.clone())?;
+        *self.current.lock() = segment_path(&self.dir, first);
+        if self.options.policy == FsyncPolicy::Interval {
+            self.syncer.replace(out.file.file.try_clone()?);
+        }
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all())?;
+        Ok(first)
+    }
+
     /// Adds an event to the log; returns its sequence. The record is stored once
     /// [`Wal::durable`] says so.
     pub fn append_event(&self, event: &impl EventView) -> u64 {
@@ -544,6 +571,10 @@ impl Wal {
 impl Journal for Wal {
     fn writable(&self) -> Result<(), String> {
         Wal::writable(self)
+    }
+
+    fn start_segment(&self) -> Result<u64, String> {
+        self.roll().map_err(|e| e.to_string())
     }
 
     fn append(&self, kind: u8, body: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
