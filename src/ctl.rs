@@ -62,6 +62,8 @@ enum CtlCommand {
     /// memberships, offer state and coupons; its keys are then suppressed. Prints the
     /// erasure's id.
     Forget { key: String },
+    /// Everything held on the customer a key belongs to, as one JSON document.
+    Export { key: String },
     /// Whether a FORGET's erasure from the data directory is done (exit code 4 while it
     /// is pending).
     ForgetStatus { erasure_id: u64 },
@@ -402,6 +404,10 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
             } else {
                 println!("forgotten: a customer with {keys} keys (erasure {erasure_id}); its keys are suppressed");
             }
+        }
+        CtlCommand::Export { key } => {
+            // Always JSON: the export is a document, for the person and for machines.
+            print_json(&client.export(&key).await?);
         }
         CtlCommand::ForgetStatus { erasure_id } => {
             let status = client.forget_status(erasure_id).await?;

@@ -103,6 +103,18 @@ impl Node {
         Ok(forgotten)
     }
 
+    /// Everything held on the customer `key` belongs to, as one document; `None` for
+    /// an unknown key.
+    pub fn export(&self, key: &str) -> Option<crate::model::export::Export> {
+        let profile = self.engine.profile(key)?;
+        let (offers, decisions) = self.decider.export(&self.engine, key, &profile.keys)?;
+        Some(crate::model::export::Export {
+            profile,
+            offers,
+            decisions,
+        })
+    }
+
     /// Customers, keys, events and merges so far.
     pub fn stats(&self) -> EngineStats {
         self.engine.stats()

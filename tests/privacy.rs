@@ -256,3 +256,102 @@ async fn after_the_erasure_no_file_holds_her_keys_even_after_a_kill_before_it() 
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("erasure {erasure}: erased")));
 }
+
+#[tokio::test]
+async fn an_export_holds_the_profile_the_offer_history_and_the_coupons() {
+    use omnia::model::decision::DecisionRequest;
+    let server = TestServer::with_http().await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    const MINUTE: i64 = 60_000;
+    let account = RawEvent::new("identify", "app", START_MS - 7 * 24 * 60 * MINUTE)
+        .key("user:sofia")
+        .key("email:sofia@example.com")
+        .attr("email_opt_in", true)
+        .attr("country", "NL");
+    let cart = RawEvent::new("add_to_cart", "web", START_MS)
+        .key("anon:c-7f3")
+        .key("user:sofia");
+    assert_eq!(
+        client.ingest(vec![account, cart]).await.unwrap().accepted,
+        2
+    );
+    server.clock.advance_ms(31 * MINUTE);
+    let decision = client
+        .decide(DecisionRequest {
+            key: "email:sofia@example.com".into(),
+            channel: "email".into(),
+            top: 1,
+            record_impression: true,
+            explain: false,
+            context: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(decision.offers[0].offer, "cart_reminder");
+
+    let export = client.export("anon:c-7f3").await.unwrap();
+    // Every field the PROFILE view shows.
+    let profile = client.profile("user:sofia").await.unwrap().unwrap();
+    assert_eq!(export["profile"], serde_json::to_value(&profile).unwrap());
+    // The offer history: the impression on e-mail, the sticky offer, the arms, the coupon.
+    let offers = &export["offers"];
+    assert_eq!(offers["offers"].as_array().unwrap().len(), 1, "{offers}");
+    let entry = &offers["offers"][0];
+    assert_eq!(entry["offer"], "cart_reminder");
+    assert_eq!(entry["impressions"].as_array().unwrap().len(), 1);
+    assert_eq!(entry["impressions"][0]["channel"], "email");
+    assert_eq!(entry["accepted_at"], serde_json::Value::Null);
+    assert_eq!(offers["sticky"]["offer"], "cart_reminder");
+    let arms: Vec<(String, String)> = offers["experiments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["experiment"].as_str().unwrap().into(),
+                a["arm"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let decided: Vec<(String, String)> = decision
+        .arms
+        .iter()
+        .map(|a| (a.experiment.clone(), a.arm.clone()))
+        .collect();
+    assert_eq!(arms, decided);
+    assert_eq!(offers["coupons"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        offers["coupons"][0]["code"],
+        decision.coupons[0].code.as_str()
+    );
+    assert_eq!(offers["coupons"][0]["expires"], decision.coupons[0].expires);
+    assert_eq!(offers["coupons"][0]["redeemed"], false);
+    // The decision remembered for feedback by id.
+    let decisions = export["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(
+        decisions[0]["decision_id"],
+        decision.decision_id.to_string()
+    );
+    assert_eq!(decisions[0]["offers"], serde_json::json!(["cart_reminder"]));
+
+    // Over HTTP, the same document.
+    let http = server.http.clone().unwrap();
+    let response = reqwest::get(format!("{http}/v1/profiles/user:sofia/export"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body, export);
+    // Unknown keys: UNKNOWN_CUSTOMER, 404.
+    let err = client.export("user:nobody").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(omnia::protocol::ErrorCode::UnknownCustomer)
+    );
+    let response = reqwest::get(format!("{http}/v1/profiles/user:nobody/export"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    server.shutdown().await;
+}

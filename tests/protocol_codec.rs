@@ -60,6 +60,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|token| Request::Auth { token }),
         text().prop_map(|key| Request::Forget { key }),
         any::<u64>().prop_map(|erasure_id| Request::ForgetStatus { erasure_id }),
+        text().prop_map(|key| Request::Export { key }),
         any::<(bool, bool)>().prop_map(|(offers, drift)| Request::Stats { offers, drift }),
         (
             text(),
@@ -187,6 +188,7 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
             opcode::FORGET,
             Response::Forgotten { erasure_id, keys }
         )),
+        text().prop_map(|json| (opcode::EXPORT, Response::Exported { json })),
         (any::<bool>(), any::<i64>()).prop_map(|(erased, erased_at_ms)| (
             opcode::FORGET_STATUS,
             Response::ErasureStatus {

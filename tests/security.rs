@@ -115,6 +115,12 @@ fn operations() -> Vec<(Role, Request)> {
             },
         ),
         (Role::Admin, Request::ForgetStatus { erasure_id: 1 }),
+        (
+            Role::Admin,
+            Request::Export {
+                key: "anon:sec".into(),
+            },
+        ),
     ]
 }
 
@@ -326,6 +332,12 @@ async fn every_http_endpoint_for_every_role_and_credential() {
             Role::Admin,
             reqwest::Method::DELETE,
             "/v1/profiles/anon:nobody",
+            None,
+        ),
+        (
+            Role::Admin,
+            reqwest::Method::GET,
+            "/v1/profiles/anon:h/export",
             None,
         ),
     ];

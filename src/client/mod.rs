@@ -364,6 +364,17 @@ impl Client {
         }
     }
 
+    /// Everything held on the customer `key` belongs to (EXPORT; the `admin` role on a
+    /// server with credentials).
+    /// The document is JSON (`model::export::Export`, written by the server).
+    pub async fn export(&self, key: &str) -> Result<serde_json::Value, ClientError> {
+        match self.request(&Request::Export { key: key.into() }).await? {
+            Response::Exported { json } => serde_json::from_str(&json)
+                .map_err(|e| ClientError::Protocol(format!("the export is not valid JSON: {e}"))),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn ingest(&self, events: Vec<RawEvent>) -> Result<Ingested, ClientError> {
         ingested(self.request(&Request::Ingest { events }).await?)
     }

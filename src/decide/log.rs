@@ -73,6 +73,25 @@ impl DecisionLog {
         shard.by_id.insert(id, decision);
     }
 
+    /// The decisions remembered for a customer known by one of `keys`, by id.
+    pub fn of(&self, keys: &[String]) -> Vec<(u64, LoggedDecision)> {
+        let mut found: Vec<(u64, LoggedDecision)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .by_id
+                    .iter()
+                    .filter(|(_, d)| keys.iter().any(|k| k.as_str() == d.key.as_str()))
+                    .map(|(id, d)| (*id, d.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        found.sort_by_key(|(id, _)| *id);
+        found
+    }
+
     /// Drops every decision made for a customer known by one of `keys` (FORGET).
     pub fn forget(&self, keys: &[String]) {
         for shard in self.shards.iter() {

@@ -737,6 +737,95 @@ impl Decider {
         Ok(())
     }
 
+    /// A customer's offer history and remembered decisions, named by the config (for
+    /// an export); `None` for an unknown key.
+    pub fn export(
+        &self,
+        engine: &Engine<Offers>,
+        key: &str,
+        keys: &[String],
+    ) -> Option<(
+        crate::model::export::OfferHistory,
+        Vec<crate::model::export::RememberedDecision>,
+    )> {
+        use crate::model::export as x;
+        let config = engine.config();
+        let d = &config.decisions;
+        let offer = |i: u16| {
+            d.offers
+                .get(i as usize)
+                .map_or_else(|| format!("#{i}"), |o| o.name.clone())
+        };
+        let channel = |i: u8| {
+            config
+                .channels
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("#{i}"))
+        };
+        let history = engine.with_customer(key, engine.now_secs(), &[], |customer| {
+            let state = &*customer?.extension.offers;
+            Some(x::OfferHistory {
+                offers: state
+                    .memories
+                    .iter()
+                    .map(|m| x::OfferEntry {
+                        offer: offer(m.offer),
+                        impressions: m
+                            .impressions
+                            .iter()
+                            .map(|&(at, ch)| x::Impression {
+                                at,
+                                channel: channel(ch),
+                            })
+                            .collect(),
+                        accepted_at: (m.accepted_at > 0).then_some(m.accepted_at),
+                        dismissed_at: (m.dismissed_at > 0).then_some(m.dismissed_at),
+                    })
+                    .collect(),
+                sticky: state.sticky.map(|s| x::StickyOffer {
+                    offer: offer(s.offer),
+                    until: s.until,
+                }),
+                experiments: state
+                    .arms
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &arm)| arm > 0)
+                    .filter_map(|(e, &arm)| {
+                        let experiment = d.experiments.get(e)?;
+                        Some(x::ExperimentArm {
+                            experiment: experiment.name.clone(),
+                            arm: experiment.arms.get(arm as usize - 1)?.name.clone(),
+                        })
+                    })
+                    .collect(),
+                coupons: state
+                    .coupons
+                    .iter()
+                    .map(|c| x::IssuedCoupon {
+                        offer: offer(c.offer),
+                        code: c.code.to_string(),
+                        issued: c.issued,
+                        expires: c.expires,
+                        redeemed: c.redeemed,
+                    })
+                    .collect(),
+            })
+        })?;
+        let decisions = self
+            .log
+            .of(keys)
+            .into_iter()
+            .map(|(id, logged)| x::RememberedDecision {
+                decision_id: id.to_string(),
+                channel: channel(logged.channel),
+                offers: logged.offers.iter().map(|&o| offer(o)).collect(),
+            })
+            .collect();
+        Some((history, decisions))
+    }
+
     /// Forgets the decisions remembered for a customer known by `keys` (FORGET), so no
     /// feedback can name them.
     pub fn forget(&self, keys: &[String]) {

@@ -226,6 +226,23 @@ pub(super) async fn profile(edge: State<Arc<Edge>>, key: PathParam) -> Response 
     )
 }
 
+/// `GET /v1/profiles/{key}/export`: everything held on the customer (EXPORT).
+pub(super) async fn export(edge: State<Arc<Edge>>, key: PathParam) -> Response {
+    let key = match path_param(key) {
+        Ok(key) => key,
+        Err(failure) => return failure.into_response(),
+    };
+    answer(
+        execute(&edge, |shared, _| Ok(cmd::export::apply(shared, &key)))
+            .await
+            .and_then(|reply| match reply {
+                Reply::Exported { json } => serde_json::from_str(&json)
+                    .map_err(|e| Failure::bad_json(format!("the export: {e}"))),
+                other => Err(Failure::unexpected(other)),
+            }),
+    )
+}
+
 /// `DELETE /v1/profiles/{key}`: FORGET the customer the key belongs to.
 pub(super) async fn forget(edge: State<Arc<Edge>>, key: PathParam) -> Response {
     let key = match path_param(key) {

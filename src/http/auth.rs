@@ -26,7 +26,8 @@ pub(super) struct Peer(pub IpAddr);
 
 /// The role a request needs; `None` for the health probes and paths that do not exist.
 pub fn role_of(method: &axum::http::Method, path: &str) -> Option<Role> {
-    if method == axum::http::Method::DELETE && path.starts_with("/v1/profiles/") {
+    let profile = path.starts_with("/v1/profiles/");
+    if profile && (method == axum::http::Method::DELETE || path.ends_with("/export")) {
         return Some(Role::Admin);
     }
     match path {

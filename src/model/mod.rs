@@ -3,6 +3,7 @@
 
 pub mod decision;
 pub mod event;
+pub mod export;
 pub mod profile;
 pub mod reload;
 

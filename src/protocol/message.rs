@@ -44,6 +44,8 @@ pub enum Request {
     Forget { key: String },
     /// `u64 erasure_id`: whether a FORGET's erasure from disk is done.
     ForgetStatus { erasure_id: u64 },
+    /// `str key`: everything held on the customer this key belongs to.
+    Export { key: String },
     /// `u32 count`, then per event: `str event, str channel, i64 timestamp_ms,
     /// u8 key_count, str key × key_count, u8 property_count, (str name, value) ×
     /// property_count, u8 attribute_count, (str name, value) × attribute_count`
@@ -147,6 +149,8 @@ pub enum Response {
     /// `u8 erased, i64 erased_at_ms` (0 when not erased, or erased before this process
     /// started)
     ErasureStatus { erased: bool, erased_at_ms: i64 },
+    /// `lstr json`: the export document (`model::export::Export`)
+    Exported { json: String },
     /// `u32 accepted, u32 rejected_count, (u32 index, u16 code, str message) × rejected_count`
     Ingested {
         accepted: u32,
@@ -211,6 +215,7 @@ impl Request {
             Request::Auth { .. } => opcode::AUTH,
             Request::Forget { .. } => opcode::FORGET,
             Request::ForgetStatus { .. } => opcode::FORGET_STATUS,
+            Request::Export { .. } => opcode::EXPORT,
             Request::Ingest { .. } => opcode::INGEST,
             Request::IngestJson { .. } => opcode::INGEST_JSON,
             Request::Profile { .. } => opcode::PROFILE,
@@ -346,6 +351,7 @@ impl Request {
             Request::Auth { token } => b.str(token),
             Request::Forget { key } => b.str(key),
             Request::ForgetStatus { erasure_id } => b.put_u64_le(*erasure_id),
+            Request::Export { key } => b.str(key),
         }
         Ok(b.freeze())
     }
@@ -375,6 +381,9 @@ impl Request {
             },
             opcode::FORGET_STATUS => Request::ForgetStatus {
                 erasure_id: r.u64(field!("erasure_id"))?,
+            },
+            opcode::EXPORT => Request::Export {
+                key: r.str(field!("key"))?.to_string(),
             },
             opcode::RELOAD => Request::Reload,
             opcode::STATS => {
@@ -535,6 +544,7 @@ impl Response {
                 b.put_u8(*erased as u8);
                 b.put_i64_le(*erased_at_ms);
             }
+            Response::Exported { json } => b.lstr(json),
             Response::Ingested { accepted, rejected } => {
                 b.put_u32_le(*accepted);
                 b.put_u32_le(rejected.len() as u32);
@@ -738,6 +748,9 @@ impl Response {
                 opcode::FORGET_STATUS => Response::ErasureStatus {
                     erased: r.u8(field!("erased"))? != 0,
                     erased_at_ms: r.i64(field!("erased_at_ms"))?,
+                },
+                opcode::EXPORT => Response::Exported {
+                    json: r.lstr(field!("json"))?.to_string(),
                 },
                 opcode::INGEST | opcode::INGEST_JSON => {
                     let accepted = r.u32(field!("accepted"))?;

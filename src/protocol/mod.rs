@@ -56,6 +56,7 @@ pub mod opcode {
     pub const RELOAD: u8 = 0x50;
     pub const FORGET: u8 = 0x51;
     pub const FORGET_STATUS: u8 = 0x52;
+    pub const EXPORT: u8 = 0x53;
     pub const RESPONSE_BIT: u8 = 0x80;
     pub const ERROR: u8 = 0xFF;
 
@@ -77,6 +78,7 @@ pub mod opcode {
             RELOAD => "reload",
             FORGET => "forget",
             FORGET_STATUS => "forget_status",
+            EXPORT => "export",
             _ if op == ERROR => "error",
             _ => "unknown",
         }

@@ -35,7 +35,9 @@ pub fn role_of(op: u8) -> Option<Role> {
         | opcode::SEGMENT_MEMBERS
         | opcode::SEGMENT_CONTAINS
         | opcode::STATS => Some(Role::Read),
-        opcode::RELOAD | opcode::FORGET | opcode::FORGET_STATUS => Some(Role::Admin),
+        opcode::RELOAD | opcode::FORGET | opcode::FORGET_STATUS | opcode::EXPORT => {
+            Some(Role::Admin)
+        }
         _ => None,
     }
 }

@@ -872,6 +872,7 @@ impl Handler {
                 cmd::forget::apply(shared, &key, receipt, by)
             }
             Request::ForgetStatus { erasure_id } => cmd::forget::status(shared, erasure_id),
+            Request::Export { key } => cmd::export::apply(shared, &key),
             Request::SegmentCount { query } => cmd::segment::count(shared, &query),
             Request::SegmentMembers {
                 query,

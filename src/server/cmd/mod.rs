@@ -2,6 +2,7 @@
 //! shared state. Adding an operation is one new file and one match arm in the handler.
 
 pub mod decide;
+pub mod export;
 pub mod forget;
 pub mod hello;
 pub mod ingest;
