@@ -22,7 +22,7 @@ fn operations() -> Vec<(String, String)> {
             path = Some(format!("/{p}"));
         } else if let (Some(p), Some(method)) = (
             &path,
-            ["get", "post"]
+            ["get", "post", "delete"]
                 .into_iter()
                 .find(|m| line == format!("    {m}:")),
         ) {
@@ -37,7 +37,7 @@ async fn every_documented_operation_is_served() {
     let server = TestServer::with_http().await;
     let base = server.http.clone().unwrap();
     let ops = operations();
-    assert_eq!(ops.len(), 16, "{ops:?}");
+    assert_eq!(ops.len(), 18, "{ops:?}");
     let client = reqwest::Client::new();
     for (method, path) in ops {
         let url = format!(
@@ -47,6 +47,7 @@ async fn every_documented_operation_is_served() {
         );
         let request = match method.as_str() {
             "get" => client.get(&url),
+            "delete" => client.delete(&url),
             _ => client
                 .post(&url)
                 .header("content-type", "application/json")
