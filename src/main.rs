@@ -463,7 +463,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 every.tick().await;
-                ticker.node().engine().tick();
+                ticker.node().tick();
                 if let Some(handle) = &metrics {
                     omnia::server::metrics::publish_gauges(&ticker);
                     handle.run_upkeep();

@@ -127,6 +127,10 @@ impl Node {
 
     /// Runs the timers due now in every shard.
     pub fn tick(&self) {
+        // Retention's forgotten customers leave no remembered decisions behind either.
+        for keys in self.engine.expire_unseen() {
+            self.decider.forget(&keys);
+        }
         self.engine.tick()
     }
 

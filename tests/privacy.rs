@@ -355,3 +355,42 @@ async fn an_export_holds_the_profile_the_offer_history_and_the_coupons() {
     assert_eq!(response.status().as_u16(), 404);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn retention_forgets_customers_not_seen_for_its_duration_on_the_servers_timers() {
+    let text = format!(
+        "{}\n[privacy]\nretention = \"400d\"\n",
+        omnia::config::DEFAULT_CONFIG
+    );
+    let config =
+        omnia::config::Config::from_source(&omnia::config::Source::new("shop.toml", text)).unwrap();
+    let server = TestServer::with_config(config).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    assert_eq!(client.ingest(sofia(START_MS)).await.unwrap().accepted, 4);
+    const DAY: i64 = 86_400_000;
+    server.clock.advance_ms(399 * DAY);
+    // Noor comes back on day 399; Sofia does not.
+    let back = RawEvent::new("page_view", "web", START_MS + 399 * DAY).key("user:noor");
+    assert_eq!(client.ingest(vec![back]).await.unwrap().accepted, 1);
+    server.clock.advance_ms(2 * DAY);
+    for _ in 0..server.node.config().engine.shards {
+        server.node.tick();
+    }
+    for key in SOFIA {
+        assert!(client.profile(key).await.unwrap().is_none(), "{key}");
+    }
+    assert!(client.profile("user:noor").await.unwrap().is_some());
+    assert_eq!(server.node.engine().expired(), 1);
+    // Not suppressed: she may come back, as a new customer.
+    let ack = client
+        .ingest(vec![RawEvent::new(
+            "page_view",
+            "web",
+            START_MS + 401 * DAY,
+        )
+        .key("card:8812")])
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+    server.shutdown().await;
+}

@@ -28,6 +28,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub storage: RawStorage,
     #[serde(default)]
+    pub privacy: RawPrivacy,
+    #[serde(default)]
     pub decisions: Option<Spanned<RawDecisions>>,
     #[serde(default)]
     pub offers: IndexMap<Spanned<String>, RawOffer>,
@@ -206,6 +208,13 @@ pub struct RawArm {
     pub offers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub weights: IndexMap<Spanned<String>, f64>,
+}
+
+/// `[privacy]`: how long customers are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    pub retention: Option<Spanned<String>>,
 }
 
 /// `[storage]`: the write-ahead log.

@@ -93,6 +93,14 @@ impl FsyncPolicy {
     }
 }
 
+/// `[privacy]`: how long customers are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrivacySettings {
+    /// A customer not seen for this many seconds is forgotten by the engine itself
+    /// (0: kept for as long as the engine runs).
+    pub retention: u32,
+}
+
 /// Settings of the write-ahead log, from `[storage]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSettings {
@@ -331,6 +339,7 @@ pub struct Config {
     pub version: u32,
     pub engine: EngineSettings,
     pub storage: StorageSettings,
+    pub privacy: PrivacySettings,
     pub namespaces: Vec<String>,
     pub channels: Vec<String>,
     pub attributes: Vec<AttributeDef>,
@@ -611,6 +620,14 @@ impl Builder<'_> {
     fn build(mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
         let engine = self.engine_settings(&raw.engine, overrides);
         let storage = self.storage_settings(&raw.storage, overrides);
+        let privacy = PrivacySettings {
+            retention: raw
+                .privacy
+                .retention
+                .as_ref()
+                .and_then(|r| self.duration(r, "privacy.retention"))
+                .unwrap_or(0),
+        };
         let Declared {
             namespaces,
             channels,
@@ -666,6 +683,7 @@ impl Builder<'_> {
             version: crc32c::crc32c(self.source.text.as_bytes()),
             engine,
             storage,
+            privacy,
             namespaces,
             channels,
             attributes,

@@ -1,12 +1,15 @@
 //! Forgetting a customer (FORGET): the whole merged profile goes at once, every key, the
 //! row (aggregates, attributes, scores), its segment memberships and its extension's
 //! part (offer state and coupons), and its keys go onto the suppression list
-//! (`suppression`), so events carrying them are refused from then on.
+//! (`suppression`), so events carrying them are refused from then on. Retention
+//! (`[privacy] retention`) forgets customers not seen for that long the same way, one
+//! shard per tick, without suppressing their keys.
 //!
 //! The record (journal kind `FORGET`, 5) holds no key in clear:
 //!
 //! ```text
 //! u32  time        seconds: when the customer was forgotten
+//! u8   flags       bit 0: suppress its keys (a FORGET asks for it; retention does not)
 //! u16  shard       the shard it lived in
 //! u32  customer    its id then
 //! u16  n           its keys
@@ -51,6 +54,9 @@ pub enum ForgetError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForgetRecord {
     pub time: u32,
+    /// Whether its keys go onto the suppression list (a FORGET), or not (retention: the
+    /// person may come back as a new customer).
+    pub suppress: bool,
     pub shard: u16,
     pub customer: CustomerId,
     pub keys: Vec<Hashed>,
@@ -60,6 +66,7 @@ impl ForgetRecord {
     pub fn encode(&self, body: &mut Vec<u8>) {
         use bytes::BufMut;
         body.put_u32_le(self.time);
+        body.put_u8(self.suppress as u8);
         body.put_u16_le(self.shard);
         body.put_u32_le(self.customer);
         body.put_u16_le(self.keys.len() as u16);
@@ -73,6 +80,7 @@ impl ForgetRecord {
         let field = crate::codec::named;
         let err = |e: crate::codec::DecodeError| format!("FORGET record: {e}");
         let time = r.u32(&field("time")).map_err(err)?;
+        let suppress = r.u8(&field("flags")).map_err(err)? & 1 == 1;
         let shard = r.u16(&field("shard")).map_err(err)?;
         let customer = r.u32(&field("customer")).map_err(err)?;
         let n = r.u16(&field("key count")).map_err(err)?;
@@ -87,6 +95,7 @@ impl ForgetRecord {
         r.finish().map_err(err)?;
         Ok(ForgetRecord {
             time,
+            suppress,
             shard,
             customer,
             keys,
@@ -108,8 +117,76 @@ impl<X: Extension> Engine<X> {
     }
 
     /// Forgets the customer `key` belongs to, logging it first; notes the record in
-    /// `receipt`.
+    /// `receipt`. Its keys are suppressed from then on.
     pub fn forget_with(&self, key: &str, receipt: &mut Receipt) -> Result<Forgotten, ForgetError> {
+        self.forget_customer(key, receipt, true, None)
+    }
+
+    /// Forgets customers not seen for `privacy.retention`, one shard per call (the
+    /// engine's tick calls it, so a full pass takes one tick per shard). Their keys are
+    /// not suppressed: a person who comes back is a new customer. Returns the keys of
+    /// each customer forgotten, for the layers above.
+    pub fn expire_unseen(&self) -> Vec<Vec<String>> {
+        let retention = self.plan.config.privacy.retention;
+        if retention == 0 {
+            return Vec::new();
+        }
+        let now = self.now_secs();
+        let Some(cutoff) = now.checked_sub(retention) else {
+            return Vec::new();
+        };
+        let shard = self
+            .retention_cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.shards.len();
+        let unseen: Vec<String> = {
+            let state = self.lock_at(shard, now);
+            let base = state.id_base();
+            state
+                .live()
+                .iter()
+                .filter_map(|id| {
+                    let local = id - base;
+                    let row = state.row(&self.plan, local);
+                    (row[super::profile::LAST_SEEN] < cutoff)
+                        .then(|| state.keys(local).first().map(|k| k.text.to_string()))
+                        .flatten()
+                })
+                .collect()
+        };
+        let mut expired = Vec::new();
+        for key in unseen {
+            // Checked again under the locks: an event may have come since.
+            if let Ok(forgotten) =
+                self.forget_customer(&key, &mut Receipt::default(), false, Some(cutoff))
+            {
+                expired.push(forgotten.keys);
+            }
+        }
+        if !expired.is_empty() {
+            self.expired
+                .fetch_add(expired.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                customers = expired.len(),
+                shard,
+                "retention: forgot customers not seen within privacy.retention"
+            );
+        }
+        expired
+    }
+
+    /// Customers forgotten by retention since the engine started.
+    pub fn expired(&self) -> u64 {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn forget_customer(
+        &self,
+        key: &str,
+        receipt: &mut Receipt,
+        suppress: bool,
+        unseen_before: Option<u32>,
+    ) -> Result<Forgotten, ForgetError> {
         let _strings = self.hold_strings();
         self.writable().map_err(|e| ForgetError::StorageFailed {
             reason: e.to_string(),
@@ -129,6 +206,11 @@ impl<X: Extension> Engine<X> {
         if !state.holds(local, r.generation) {
             return Err(unknown());
         }
+        if unseen_before
+            .is_some_and(|cutoff| state.row(&self.plan, local)[super::profile::LAST_SEEN] >= cutoff)
+        {
+            return Err(unknown());
+        }
         let hashed: Vec<Hashed> = state
             .keys(local)
             .iter()
@@ -136,6 +218,7 @@ impl<X: Extension> Engine<X> {
             .collect();
         let record = ForgetRecord {
             time: now,
+            suppress,
             shard: shard as u16,
             customer: r.id,
             keys: hashed.clone(),
@@ -150,7 +233,9 @@ impl<X: Extension> Engine<X> {
         for k in &keys {
             self.identity.remove(&k.text);
         }
-        self.suppression.add(&hashed);
+        if suppress {
+            self.suppression.add(&hashed);
+        }
         self.forgotten
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Forgotten {
@@ -169,7 +254,9 @@ impl<X: Extension> Engine<X> {
         sequence: u64,
         cuts: &[u64],
     ) -> Option<CustomerId> {
-        self.suppression.add(&record.keys);
+        if record.suppress {
+            self.suppression.add(&record.keys);
+        }
         self.last_forget_replayed
             .fetch_max(sequence, std::sync::atomic::Ordering::Relaxed);
         let shard = record.shard as usize;
@@ -215,7 +302,7 @@ impl<X: Extension> Engine<X> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use crate::config::Config;
     use crate::engine::EventError;
     use crate::model::RawEvent;
@@ -293,6 +380,7 @@ mod tests {
     fn the_record_round_trips_and_replays_by_hash_when_ids_differ() {
         let record = ForgetRecord {
             time: 9,
+            suppress: true,
             shard: 3,
             customer: 77,
             keys: vec![[1; 16], [2; 16]],
@@ -328,6 +416,7 @@ mod tests {
             .unwrap();
         let record = ForgetRecord {
             time: 1,
+            suppress: true,
             shard: 0,
             customer: u32::MAX,
             keys: hashed_again,
@@ -337,5 +426,49 @@ mod tests {
         assert_eq!(replay.customer_of("anon:x"), None);
         assert!(replay.customer_of("anon:y").is_some());
         assert!(replay.suppression().contains("user:x"));
+    }
+
+    #[test]
+    fn retention_forgets_the_unseen_without_suppressing_them() {
+        let text = format!(
+            "{}\n[privacy]\nretention = \"30d\"\n",
+            crate::config::DEFAULT_CONFIG
+        );
+        let config = Config::from_source(&crate::config::Source::new("r.toml", text)).unwrap();
+        assert_eq!(config.privacy.retention, 30 * 86_400);
+        let clock = Arc::new(ManualClock::new(NOW));
+        let e: Engine = Engine::new(config, clock.clone());
+        e.ingest(
+            &RawEvent::new("page_view", "web", NOW)
+                .key("anon:old")
+                .key("user:old"),
+        )
+        .unwrap();
+        e.ingest(&RawEvent::new("page_view", "web", NOW).key("anon:kept"))
+            .unwrap();
+        clock.advance_ms(20 * 86_400_000);
+        e.ingest(&RawEvent::new("page_view", "web", clock.now_ms()).key("anon:kept"))
+            .unwrap();
+        clock.advance_ms(11 * 86_400_000);
+        let shards = e.config().engine.shards as usize;
+        let expired: Vec<Vec<String>> = (0..shards).flat_map(|_| e.expire_unseen()).collect();
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!(e.expired(), 1);
+        assert_eq!(e.customer_of("user:old"), None);
+        assert!(e.customer_of("anon:kept").is_some());
+        // Not suppressed: the person may come back, as a new customer.
+        assert!(!e.suppression().contains("user:old"));
+        e.ingest(&RawEvent::new("page_view", "web", clock.now_ms()).key("user:old"))
+            .unwrap();
+        assert!(e.customer_of("user:old").is_some());
+        // A retention of nothing is refused with its place.
+        let text = format!(
+            "{}\n[privacy]\nretention = \"soon\"\n",
+            crate::config::DEFAULT_CONFIG
+        );
+        let err = Config::from_source(&crate::config::Source::new("r.toml", text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad duration for privacy.retention"), "{err}");
     }
 }

@@ -203,6 +203,9 @@ pub struct Engine<X: Extension = ()> {
     suppression: suppression::Suppression,
     forgotten: AtomicU64,
     last_forget_replayed: AtomicU64,
+    /// Which shard retention looks at next, and how many it forgot.
+    retention_cursor: std::sync::atomic::AtomicUsize,
+    expired: AtomicU64,
 }
 
 /// A known customer under its shard lock: its profile to read, its extension's part to
@@ -262,6 +265,8 @@ impl<X: Extension> Engine<X> {
             suppression: suppression::Suppression::new(),
             forgotten: AtomicU64::new(0),
             last_forget_replayed: AtomicU64::new(0),
+            retention_cursor: std::sync::atomic::AtomicUsize::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 
