@@ -293,6 +293,11 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             "--threads {threads}: from 1 to 1024"
         );
     }
+    // `--credentials`, else the config's `[security] credentials`.
+    let mut options = options;
+    if options.credentials.is_none() {
+        options.credentials = config.credentials.clone();
+    }
     let authenticator = match &options.credentials {
         Some(path) => Some(omnia::security::Authenticator::load(path)?),
         None => None,

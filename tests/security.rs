@@ -625,3 +625,35 @@ async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
     );
     assert!(!log.contains(&parsed.secret), "{log}");
 }
+
+#[tokio::test]
+async fn the_config_can_name_the_credentials_file() {
+    use common::binary::{serve_with, wait_ready};
+    let dir = TempDir::new("security", "config");
+    let (_, tokens) = credentials(&dir);
+    let config = dir.0.join("shop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[security]\ncredentials = \"credentials.toml\"\n",
+            omnia::config::DEFAULT_CONFIG
+        ),
+    )
+    .unwrap();
+    let served = serve_with(
+        dir.0.join("data"),
+        &["--config", config.to_str().unwrap(), "--no-metrics"],
+    );
+    wait_ready(&served.http).await;
+    let mut raw = Raw::greeted(&served.addr).await;
+    let stats = Request::Stats {
+        offers: false,
+        drift: false,
+    };
+    let reply = raw.request(opcode::STATS, 5, stats.encode().unwrap()).await;
+    assert_eq!(code(&reply), Some(ErrorCode::Unauthenticated as u16));
+    let read = &tokens[2].1;
+    assert_eq!(code(&auth(&mut raw, &read.text()).await), None);
+    let reply = raw.request(opcode::STATS, 6, stats.encode().unwrap()).await;
+    assert_eq!(code(&reply), None, "{}", message(&reply));
+}

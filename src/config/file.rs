@@ -30,6 +30,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub privacy: RawPrivacy,
     #[serde(default)]
+    pub security: RawSecurity,
+    #[serde(default)]
     pub decisions: Option<Spanned<RawDecisions>>,
     #[serde(default)]
     pub offers: IndexMap<Spanned<String>, RawOffer>,
@@ -210,11 +212,19 @@ pub struct RawArm {
     pub weights: IndexMap<Spanned<String>, f64>,
 }
 
+/// `[security]`: where the credentials are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    pub credentials: Option<String>,
+}
+
 /// `[privacy]`: how long customers are kept.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrivacy {
     pub retention: Option<Spanned<String>>,
+    pub suppress: Option<bool>,
 }
 
 /// `[storage]`: the write-ahead log.

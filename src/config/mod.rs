@@ -93,12 +93,23 @@ impl FsyncPolicy {
     }
 }
 
-/// `[privacy]`: how long customers are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// `[privacy]`: how long customers are kept, and what forgetting one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrivacySettings {
     /// A customer not seen for this many seconds is forgotten by the engine itself
     /// (0: kept for as long as the engine runs).
     pub retention: u32,
+    /// Whether FORGET puts the customer's keys on the suppression list (default yes).
+    pub suppress: bool,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings {
+            retention: 0,
+            suppress: true,
+        }
+    }
 }
 
 /// Settings of the write-ahead log, from `[storage]`.
@@ -340,6 +351,9 @@ pub struct Config {
     pub engine: EngineSettings,
     pub storage: StorageSettings,
     pub privacy: PrivacySettings,
+    /// `[security] credentials`: the credentials file, relative to the config file's
+    /// directory (`serve --credentials` wins over it).
+    pub credentials: Option<std::path::PathBuf>,
     pub namespaces: Vec<String>,
     pub channels: Vec<String>,
     pub attributes: Vec<AttributeDef>,
@@ -627,7 +641,14 @@ impl Builder<'_> {
                 .as_ref()
                 .and_then(|r| self.duration(r, "privacy.retention"))
                 .unwrap_or(0),
+            suppress: raw.privacy.suppress.unwrap_or(true),
         };
+        let credentials = raw.security.credentials.as_ref().map(|file| {
+            let dir = std::path::Path::new(&self.source.name)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            dir.join(file)
+        });
         let Declared {
             namespaces,
             channels,
@@ -684,6 +705,7 @@ impl Builder<'_> {
             engine,
             storage,
             privacy,
+            credentials,
             namespaces,
             channels,
             attributes,

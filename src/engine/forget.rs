@@ -117,9 +117,11 @@ impl<X: Extension> Engine<X> {
     }
 
     /// Forgets the customer `key` belongs to, logging it first; notes the record in
-    /// `receipt`. Its keys are suppressed from then on.
+    /// `receipt`. Its keys are suppressed from then on (unless `privacy.suppress` is
+    /// off).
     pub fn forget_with(&self, key: &str, receipt: &mut Receipt) -> Result<Forgotten, ForgetError> {
-        self.forget_customer(key, receipt, true, None)
+        let suppress = self.plan.config.privacy.suppress;
+        self.forget_customer(key, receipt, suppress, None)
     }
 
     /// Forgets customers not seen for `privacy.retention`, one shard per call (the
@@ -470,5 +472,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad duration for privacy.retention"), "{err}");
+    }
+
+    #[test]
+    fn without_suppression_a_forgotten_key_starts_a_new_customer() {
+        let text = format!(
+            "{}\n[privacy]\nsuppress = false\n",
+            crate::config::DEFAULT_CONFIG
+        );
+        let config = Config::from_source(&crate::config::Source::new("s.toml", text)).unwrap();
+        let e: Engine = Engine::new(config, Arc::new(ManualClock::new(NOW)));
+        e.ingest(&RawEvent::new("page_view", "web", NOW).key("user:a"))
+            .unwrap();
+        e.forget_with("user:a", &mut Receipt::default()).unwrap();
+        assert!(!e.suppression().contains("user:a"));
+        let applied = e
+            .ingest(&RawEvent::new("page_view", "web", NOW).key("user:a"))
+            .unwrap();
+        assert!(applied.created);
+        assert!(e.customer_of("user:a").is_some());
     }
 }

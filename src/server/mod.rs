@@ -865,11 +865,14 @@ impl Handler {
             Request::IngestJson { json } => cmd::ingest_json::apply(shared, &json, receipt),
             Request::Profile { key } => cmd::profile::apply(shared, &key),
             Request::Forget { key } => {
-                let by = self
-                    .session
-                    .as_ref()
-                    .map_or("(no credentials)", |s| s.principal.name.as_str());
-                cmd::forget::apply(shared, &key, receipt, by)
+                let by = format!(
+                    "{} from {}",
+                    self.session
+                        .as_ref()
+                        .map_or("(no credentials)", |s| s.principal.name.as_str()),
+                    self.peer
+                );
+                cmd::forget::apply(shared, &key, receipt, &by)
             }
             Request::ForgetStatus { erasure_id } => cmd::forget::status(shared, erasure_id),
             Request::Export { key } => cmd::export::apply(shared, &key),
