@@ -220,6 +220,21 @@ async fn after_the_erasure_no_file_holds_her_keys_even_after_a_kill_before_it() 
         );
     }
     let (erasure, _) = client.forget("user:sofia").await.unwrap();
+    // Her events after the FORGET are refused before the log: none reaches the disk,
+    // where the files written after the erasure's log roll would keep them.
+    let ack = client
+        .ingest(vec![
+            RawEvent::new("page_view", "web", now()).key("email:sofia@example.nl"),
+            RawEvent::new("purchase", "store", now())
+                .key("card:8812")
+                .prop("amount", 5.0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        ack.rejected.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [34, 34]
+    );
     // Killed at once: the erasure, if not done yet, is owed after the restart.
     served.child.kill().unwrap();
     served.child.wait().unwrap();
@@ -228,6 +243,18 @@ async fn after_the_erasure_no_file_holds_her_keys_even_after_a_kill_before_it() 
     wait_ready(&again.http).await;
     let client = Client::connect(&again.addr).await.unwrap();
     erased(&client, erasure).await;
+    // Refused after the erasure too, so nothing of hers reaches the new log files.
+    let ack = client
+        .ingest(vec![
+            RawEvent::new("page_view", "web", now()).key("anon:c-7f3")
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        ack.rejected.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [34]
+    );
+    assert_eq!(client.ping().await.map(|_| ()).ok(), Some(()));
     for key in SOFIA {
         assert_eq!(
             holding(&dir.0, key),
