@@ -657,3 +657,78 @@ async fn the_config_can_name_the_credentials_file() {
     let reply = raw.request(opcode::STATS, 6, stats.encode().unwrap()).await;
     assert_eq!(code(&reply), None, "{}", message(&reply));
 }
+
+#[tokio::test]
+async fn a_beacon_without_headers_authenticates_with_the_write_key_in_its_body() {
+    let dir = TempDir::new("security", "beacon");
+    let (path, tokens) = credentials(&dir);
+    let server = TestServer::secured(&path).await;
+    let base = server.http.clone().unwrap();
+    let post = |path: &str, body: serde_json::Value| {
+        let request = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            // What navigator.sendBeacon sends: no Authorization, text/plain.
+            .header("content-type", "text/plain")
+            .body(body.to_string());
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+            )
+        }
+    };
+    let (ingest, read) = (&tokens[0].1, &tokens[2].1);
+    let batch = |key: Option<String>| {
+        let mut body = serde_json::json!({"batch": [{"type": "page", "anonymousId": "beacon"}]});
+        if let Some(key) = key {
+            body["writeKey"] = key.into();
+        }
+        body
+    };
+    let (status, answer) = post("/v1/batch", batch(Some(ingest.text()))).await;
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (200, serde_json::json!(1)),
+        "{answer}"
+    );
+    let (status, answer) = post(
+        "/v1/page",
+        serde_json::json!({"anonymousId": "beacon", "writeKey": ingest.text()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = post(
+        "/v1/group",
+        serde_json::json!({"userId": "u", "groupId": "g", "writeKey": ingest.text()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    // No key, a wrong one, one without the ingest role: refused, nothing applied.
+    let (status, answer) = post("/v1/batch", batch(None)).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no `writeKey` in the body"),
+        "{answer}"
+    );
+    let (status, _) = post("/v1/group", serde_json::json!({"groupId": "g"})).await;
+    assert_eq!(status, 401);
+    let mut wrong = ingest.clone();
+    wrong.secret = "0".repeat(64);
+    assert_eq!(post("/v1/batch", batch(Some(wrong.text()))).await.0, 401);
+    assert_eq!(post("/v1/batch", batch(Some(read.text()))).await.0, 403);
+    assert_eq!(
+        server
+            .node
+            .profile("anon:beacon")
+            .unwrap()
+            .aggregate("count(page_view on web, 1h)"),
+        Some(2.0)
+    );
+    server.shutdown().await;
+}

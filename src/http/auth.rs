@@ -24,6 +24,14 @@ use crate::server::auth;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Peer(pub IpAddr);
 
+/// A Segment call with no `Authorization` header on a server with credentials: its
+/// handler checks the body's `writeKey` once the body is read (a browser's
+/// `navigator.sendBeacon` cannot set headers, so analytics.js puts the key there).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyKey {
+    pub peer: Option<IpAddr>,
+}
+
 /// The role a request needs; `None` for the health probes and paths that do not exist.
 pub fn role_of(method: &axum::http::Method, path: &str) -> Option<Role> {
     let profile = path.starts_with("/v1/profiles/");
@@ -64,7 +72,11 @@ fn credential(value: &HeaderValue) -> Result<String, &'static str> {
 
 /// The middleware: refuses a request whose credential is missing, wrong or lacks the
 /// path's role (401 or 403 with a JSON body), before any handler reads its body.
-pub(super) async fn guard(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+pub(super) async fn guard(
+    State(edge): State<Arc<Edge>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(role) = role_of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
@@ -74,6 +86,13 @@ pub(super) async fn guard(State(edge): State<Arc<Edge>>, request: Request, next:
     };
     let what = format!("{} {}", request.method(), request.uri().path());
     let peer = request.extensions().get::<Peer>().map(|p| p.0);
+    if role == Role::Ingest
+        && shared.authenticator().is_some()
+        && !request.headers().contains_key(header::AUTHORIZATION)
+    {
+        request.extensions_mut().insert(BodyKey { peer });
+        return next.run(request).await;
+    }
     match check(shared, request.headers(), peer, role, &what).await {
         Ok(()) => next.run(request).await,
         Err(refusal) => refusal,
@@ -96,6 +115,42 @@ pub(crate) async fn check(
         None => Err("no Authorization header: send the token as the Basic user name (an SDK's write key) or as a Bearer token".to_string()),
         Some(value) => credential(value).map_err(str::to_string),
     };
+    check_presented(shared, presented, peer, role, what).await
+}
+
+/// The body's `writeKey` as the credential of a Segment call that came without an
+/// `Authorization` header ([`BodyKey`]).
+pub(super) async fn check_body_key(
+    edge: &Edge,
+    key: BodyKey,
+    json: &[u8],
+    what: &str,
+) -> Result<(), Response> {
+    let Ok(shared) = edge.shared() else {
+        return Ok(());
+    };
+    #[derive(serde::Deserialize)]
+    struct Keyed {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    let presented = serde_json::from_slice::<Keyed>(json)
+        .ok()
+        .and_then(|k| k.write_key)
+        .ok_or_else(|| {
+            "no Authorization header and no `writeKey` in the body: send the token as the write key"
+                .to_string()
+        });
+    check_presented(shared, presented, key.peer, Role::Ingest, what).await
+}
+
+async fn check_presented(
+    shared: &Arc<crate::server::Shared>,
+    presented: Result<String, String>,
+    peer: Option<IpAddr>,
+    role: Role,
+    what: &str,
+) -> Result<(), Response> {
     let mut session = match presented {
         Ok(token) => match auth::authenticate(shared, peer, &token).await {
             Ok(session) => Some(session),

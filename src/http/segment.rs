@@ -8,8 +8,9 @@
 //!
 //! The write key is checked before any of this, by the edge's guard (`auth`): on a
 //! server with credentials it is a token of a principal with the `ingest` role, sent as
-//! the HTTP Basic user name or a Bearer token. A `writeKey` in the body is not read as
-//! one (yet); without credentials every key is taken.
+//! the HTTP Basic user name or a Bearer token; a call with neither has its body's
+//! `writeKey` checked once the body is read, before anything is parsed for the engine
+//! (browsers' beacons cannot set headers). Without credentials every key is taken.
 //!
 //! A group call (an account a user belongs to) is acknowledged and not applied: omnia's
 //! profiles are people, and a group is not a customer key. The answer says so.
@@ -20,40 +21,92 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http_body_util::BodyExt;
 
+use super::auth::{self, BodyKey};
 use super::{Edge, Failure};
 use crate::protocol::{ErrorCode, Response as Reply};
 use crate::server::cmd::{ingest, ingest_json};
 
-pub(super) async fn batch(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&edge, None, &headers, body).await
+pub(super) async fn batch(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&edge, None, key.map(|k| k.0), &headers, body).await
 }
 
-pub(super) async fn track(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&edge, Some("track"), &headers, body).await
+pub(super) async fn track(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&edge, Some("track"), key.map(|k| k.0), &headers, body).await
 }
 
-pub(super) async fn identify(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&edge, Some("identify"), &headers, body).await
+pub(super) async fn identify(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&edge, Some("identify"), key.map(|k| k.0), &headers, body).await
 }
 
-pub(super) async fn page(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&edge, Some("page"), &headers, body).await
+pub(super) async fn page(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&edge, Some("page"), key.map(|k| k.0), &headers, body).await
 }
 
-pub(super) async fn screen(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&edge, Some("screen"), &headers, body).await
+pub(super) async fn screen(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&edge, Some("screen"), key.map(|k| k.0), &headers, body).await
 }
 
-pub(super) async fn alias(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&edge, Some("alias"), &headers, body).await
+pub(super) async fn alias(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&edge, Some("alias"), key.map(|k| k.0), &headers, body).await
 }
 
 /// A group call: read and checked like the others, then acknowledged, not applied (see
 /// the module doc).
-pub(super) async fn group(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body) -> Response {
-    match super::json_body::<serde::de::IgnoredAny>(&edge, &headers, body).await {
+pub(super) async fn group(
+    edge: State<Arc<Edge>>,
+    key: Option<Extension<BodyKey>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let json = match read_json(&edge, &headers, body).await {
+        Ok(json) => json,
+        Err(failure) => return failure.into_response(),
+    };
+    if let Some(key) = key {
+        if let Err(refusal) = auth::check_body_key(&edge, key.0, &json, "POST /v1/group").await {
+            return refusal;
+        }
+    }
+    let parsed = crate::protocol::json::check_nesting(&json, crate::protocol::json::MAX_JSON_DEPTH)
+        .map_err(|e| Failure::bad_json(e.to_string()))
+        .and_then(|()| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&json)
+                .map_err(|e| Failure::bad_json(format!("bad request body: {e}")))
+        });
+    match parsed {
         Ok(_) => axum::Json(serde_json::json!({
             "success": true,
             "accepted": 0,
@@ -66,8 +119,25 @@ pub(super) async fn group(edge: State<Arc<Edge>>, headers: HeaderMap, body: Body
 }
 
 /// Reads, converts, applies and acknowledges one request's events.
-async fn ingest(edge: &Edge, kind: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
-    match ingest_events(edge, kind, headers, body).await {
+async fn ingest(
+    edge: &Edge,
+    kind: Option<&str>,
+    key: Option<BodyKey>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let json = match read_json(edge, headers, body).await {
+        Ok(json) => json,
+        Err(failure) => return failure.into_response(),
+    };
+    if let Some(key) = key {
+        let what = format!("POST /v1/{}", kind.unwrap_or("batch"));
+        if let Err(refusal) = auth::check_body_key(edge, key, &json, &what).await {
+            return refusal;
+        }
+    }
+    // Parsed in place: no copy of a body the engine reads its events from.
+    match ingest_events(edge, kind, Vec::from(json)).await {
         Ok(response) => response,
         Err(failure) => failure.into_response(),
     }
@@ -76,11 +146,8 @@ async fn ingest(edge: &Edge, kind: Option<&str>, headers: &HeaderMap, body: Body
 async fn ingest_events(
     edge: &Edge,
     kind: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
+    mut json: Vec<u8>,
 ) -> Result<Response, Failure> {
-    // Parsed in place: no copy of a body the engine reads its events from.
-    let mut json = Vec::from(read_json(edge, headers, body).await?);
     let max_batch = edge.limits.max_batch;
     let reply = super::execute(edge, |shared, receipt| {
         let node = shared.node();
