@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
+/// The configurations this module makes, for callers that pass them on.
+pub use tokio_rustls::rustls::{ClientConfig, ServerConfig};
+
 /// Why a TLS file or setting cannot be used: the file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

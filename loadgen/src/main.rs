@@ -74,6 +74,10 @@ struct Options {
     /// needs the roles of the workload (ingest, decide, read).
     #[arg(long, env = "OMNIA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Connect to the binary protocol over TLS, checking the server's certificate with
+    /// this CA (PEM); `--protocol http` speaks plain HTTP only.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Send HTTP bodies gzipped (`--protocol http`), as trackers do.
     #[arg(long)]
     gzip: bool,
@@ -231,9 +235,13 @@ fn main() -> anyhow::Result<()> {
             TargetKind::Omnia => {
                 let addr = o.addr.clone();
                 let token = o.token.clone();
+                let tls = match &o.tls_ca {
+                    Some(ca) => Some(omnia::tls::client_config(ca, None)?),
+                    None => None,
+                };
                 run(settings, &format!("omnia at {addr}"), || {
-                    let (addr, token) = (addr.clone(), token.clone());
-                    async move { OmniaTarget::connect(&addr, token).await }
+                    let (addr, token, tls) = (addr.clone(), token.clone(), tls.clone());
+                    async move { OmniaTarget::connect(&addr, token, tls).await }
                 })
                 .await
             }
@@ -255,7 +263,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     run(settings, &format!("omnia spawned at {addr}"), || {
                         let addr = addr.clone();
-                        async move { OmniaTarget::connect(&addr, None).await }
+                        async move { OmniaTarget::connect(&addr, None, None).await }
                     })
                     .await
                 };

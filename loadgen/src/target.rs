@@ -79,10 +79,16 @@ pub struct OmniaTarget {
 }
 
 impl OmniaTarget {
-    /// Connects, authenticating with `token` when the server requires credentials.
-    pub async fn connect(addr: &str, token: Option<String>) -> Result<OmniaTarget, String> {
+    /// Connects, over TLS with `tls`, authenticating with `token` when the server
+    /// requires credentials.
+    pub async fn connect(
+        addr: &str,
+        token: Option<String>,
+        tls: Option<std::sync::Arc<omnia::tls::ClientConfig>>,
+    ) -> Result<OmniaTarget, String> {
         let options = omnia::client::ClientOptions {
             token,
+            tls,
             ..omnia::client::ClientOptions::default()
         };
         Client::connect_with(addr, options)

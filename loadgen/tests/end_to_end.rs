@@ -74,7 +74,7 @@ async fn a_mixed_run_reports_what_the_server_did() {
     let (addr, stop) = server().await;
     let report = run(settings(Workload::Mixed), "omnia", || {
         let addr = addr.clone();
-        async move { OmniaTarget::connect(&addr, None).await }
+        async move { OmniaTarget::connect(&addr, None, None).await }
     })
     .await
     .unwrap();
@@ -131,7 +131,7 @@ async fn query_and_closed_loop_runs() {
     let (addr, stop) = server().await;
     let connect = || {
         let addr = addr.clone();
-        async move { OmniaTarget::connect(&addr, None).await }
+        async move { OmniaTarget::connect(&addr, None, None).await }
     };
     let mut s = settings(Workload::Query);
     s.rate = 300.0;

@@ -391,11 +391,14 @@ async fn accept_loop(
             };
             match handler.run().await {
                 Ok(()) => {}
-                // A client that goes away without closing cleanly is a client's affair.
+                // A client that goes away without closing cleanly is a client's affair
+                // (over TLS: without its close_notify, which most clients never send).
                 Err(ConnectionError::Io(e))
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
                     ) =>
                 {
                     debug!(peer = %handler.peer, error = %e, "connection reset by the client");
