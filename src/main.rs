@@ -390,7 +390,10 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             read_budget: options.max_buffered_mib << 20,
             ..omnia::server::Limits::default()
         };
-        let erasures = Arc::new(omnia::store::snapshot::Erasures::new(data_dir.clone()));
+        let erasures = Arc::new(omnia::store::snapshot::Erasures::new(
+            data_dir.clone(),
+            std::time::Duration::from_secs(node.config().privacy.erase_within as u64),
+        ));
         // A FORGET replayed may have been acknowledged before a crash ended its erasure.
         if node.engine().last_forget_replayed() > 0 {
             erasures.request(node.engine().last_forget_replayed());

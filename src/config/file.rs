@@ -225,6 +225,7 @@ pub struct RawSecurity {
 pub struct RawPrivacy {
     pub retention: Option<Spanned<String>>,
     pub suppress: Option<bool>,
+    pub erase_within: Option<Spanned<String>>,
 }
 
 /// `[storage]`: the write-ahead log.

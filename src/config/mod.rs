@@ -101,6 +101,9 @@ pub struct PrivacySettings {
     pub retention: u32,
     /// Whether FORGET puts the customer's keys on the suppression list (default yes).
     pub suppress: bool,
+    /// Seconds within which a FORGET's erasure from the data directory must be done;
+    /// one still pending past it is reported as overdue (default an hour).
+    pub erase_within: u32,
 }
 
 impl Default for PrivacySettings {
@@ -108,6 +111,7 @@ impl Default for PrivacySettings {
         PrivacySettings {
             retention: 0,
             suppress: true,
+            erase_within: 3600,
         }
     }
 }
@@ -642,6 +646,21 @@ impl Builder<'_> {
                 .and_then(|r| self.duration(r, "privacy.retention"))
                 .unwrap_or(0),
             suppress: raw.privacy.suppress.unwrap_or(true),
+            erase_within: match &raw.privacy.erase_within {
+                None => 3600,
+                Some(d) => match self.duration(d, "privacy.erase_within") {
+                    Some(0) => {
+                        self.error(
+                            d.span(),
+                            "privacy.erase_within is 0; it must be at least 1s",
+                            None,
+                        );
+                        3600
+                    }
+                    Some(s) => s,
+                    None => 3600,
+                },
+            },
         };
         let credentials = raw.security.credentials.as_ref().map(|file| {
             let dir = std::path::Path::new(&self.source.name)

@@ -472,6 +472,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad duration for privacy.retention"), "{err}");
+        // The erasure deadline: an hour unless set, and never zero.
+        assert_eq!(
+            Config::embedded_default().unwrap().privacy.erase_within,
+            3600
+        );
+        let text = format!(
+            "{}\n[privacy]\nerase_within = \"0s\"\n",
+            crate::config::DEFAULT_CONFIG
+        );
+        let err = Config::from_source(&crate::config::Source::new("r.toml", text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("privacy.erase_within is 0; it must be at least 1s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -606,6 +606,11 @@ pub struct Snapshotter {
 /// forgets costs one snapshot at a time.
 pub struct Erasures {
     data: DataDir,
+    /// How long an erasure may stay pending before it is reported as overdue.
+    within: Duration,
+    /// Since when the oldest erasure not done yet has waited, and when it was last
+    /// reported overdue.
+    waiting: parking_lot::Mutex<(Option<Instant>, Option<Instant>)>,
     /// The highest erasure id requested.
     requested: parking_lot::Mutex<u64>,
     /// Every erasure up to this id is done, at this time (ms since the epoch).
@@ -622,9 +627,12 @@ pub enum ErasureStatus {
 }
 
 impl Erasures {
-    pub fn new(data: DataDir) -> Erasures {
+    /// Erasures in `data`, each due within `within` (`privacy.erase_within`).
+    pub fn new(data: DataDir, within: Duration) -> Erasures {
         Erasures {
             data,
+            within,
+            waiting: parking_lot::Mutex::new((None, None)),
             requested: parking_lot::Mutex::new(0),
             erased: parking_lot::Mutex::new((0, 0)),
         }
@@ -634,6 +642,7 @@ impl Erasures {
     pub fn request(&self, id: u64) {
         let mut requested = self.requested.lock();
         *requested = (*requested).max(id);
+        self.waiting.lock().0.get_or_insert_with(Instant::now);
     }
 
     /// Where erasure `id` stands: done by this process, or judged from the files (no
@@ -662,6 +671,22 @@ impl Erasures {
         if wanted <= self.erased.lock().0 {
             return;
         }
+        {
+            // Reported once a minute while overdue, so an operator sees a stuck disk.
+            let mut waiting = self.waiting.lock();
+            let since = *waiting.0.get_or_insert_with(Instant::now);
+            let reported = waiting
+                .1
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+            if since.elapsed() > self.within && !reported {
+                waiting.1 = Some(Instant::now());
+                tracing::error!(
+                    pending_s = since.elapsed().as_secs(),
+                    erase_within_s = self.within.as_secs(),
+                    "an erasure of forgotten customers is overdue (privacy.erase_within): the log or the snapshot keeps failing; see the errors before this one"
+                );
+            }
+        }
         let Some(wal) = node.engine().journal() else {
             return;
         };
@@ -677,6 +702,13 @@ impl Erasures {
             Ok(written) if written.covers + 1 >= first => {
                 let now = jiff::Timestamp::now().as_millisecond();
                 *self.erased.lock() = (wanted, now);
+                let mut waiting = self.waiting.lock();
+                // Requests made while this one ran start their own wait.
+                *waiting = if *self.requested.lock() > wanted {
+                    (Some(Instant::now()), None)
+                } else {
+                    (None, None)
+                };
                 tracing::info!(erased_through = wanted, removed_log_files = written.removed_log_files, "erased from disk: what forgotten customers left in the log and the last snapshot");
             }
             Ok(_) => tracing::warn!("an erasure waits: the snapshot did not cover the new log segment yet; trying again shortly"),
