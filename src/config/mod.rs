@@ -646,21 +646,13 @@ impl Builder<'_> {
                 .and_then(|r| self.duration(r, "privacy.retention"))
                 .unwrap_or(0),
             suppress: raw.privacy.suppress.unwrap_or(true),
-            erase_within: match &raw.privacy.erase_within {
-                None => 3600,
-                Some(d) => match self.duration(d, "privacy.erase_within") {
-                    Some(0) => {
-                        self.error(
-                            d.span(),
-                            "privacy.erase_within is 0; it must be at least 1s",
-                            None,
-                        );
-                        3600
-                    }
-                    Some(s) => s,
-                    None => 3600,
-                },
-            },
+            // Durations are longer than zero (`duration`).
+            erase_within: raw
+                .privacy
+                .erase_within
+                .as_ref()
+                .and_then(|d| self.duration(d, "privacy.erase_within"))
+                .unwrap_or(3600),
         };
         let credentials = raw.security.credentials.as_ref().map(|file| {
             let dir = std::path::Path::new(&self.source.name)
