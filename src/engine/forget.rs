@@ -485,7 +485,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("privacy.erase_within is 0; it must be at least 1s"),
+            err.contains("bad duration for privacy.erase_within: `0s` must be longer than zero"),
             "{err}"
         );
     }
