@@ -421,3 +421,60 @@ async fn retention_forgets_customers_not_seen_for_its_duration_on_the_servers_ti
     assert_eq!(ack.accepted, 1, "{ack:?}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_forget_does_not_refund_the_budget_her_accept_spent() {
+    use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+    let text = omnia::config::DEFAULT_CONFIG.replacen(
+        "budget = { accepts = 10000 }",
+        "budget = { accepts = 1 }",
+        1,
+    );
+    let config =
+        omnia::config::Config::from_source(&omnia::config::Source::new("shop.toml", text)).unwrap();
+    let server = TestServer::with_config(config).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    let ask = |key: &str| DecisionRequest {
+        key: key.into(),
+        channel: "web".into(),
+        top: 3,
+        record_impression: true,
+        explain: false,
+        context: Vec::new(),
+    };
+    let offered = |d: &omnia::model::decision::Decision| {
+        d.offers.iter().any(|o| o.offer == "welcome_discount")
+    };
+    // A new visitor is offered the welcome discount, with a coupon, and accepts it: the
+    // budget of one accept is spent.
+    client
+        .ingest(vec![
+            RawEvent::new("page_view", "web", START_MS).key("anon:first")
+        ])
+        .await
+        .unwrap();
+    let first = client.decide(ask("anon:first")).await.unwrap();
+    assert!(offered(&first), "{first:?}");
+    assert!(!first.coupons.is_empty(), "{first:?}");
+    client
+        .feedback(
+            FeedbackKind::Accept,
+            FeedbackTarget::Decision {
+                decision_id: first.decision_id,
+                offer: "welcome_discount".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // She is forgotten, coupon and all; the money spent stays spent.
+    client.forget("anon:first").await.unwrap();
+    client
+        .ingest(vec![
+            RawEvent::new("page_view", "web", START_MS).key("anon:second")
+        ])
+        .await
+        .unwrap();
+    let second = client.decide(ask("anon:second")).await.unwrap();
+    assert!(!offered(&second), "the budget came back: {second:?}");
+    server.shutdown().await;
+}
