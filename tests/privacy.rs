@@ -39,6 +39,23 @@ const SOFIA: [&str; 4] = [
     "card:8812",
 ];
 
+/// Now, for the real server, which runs on the wall clock.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `omnia serve` on `dir`, ready, with Sofia's journey (and Noor) ingested.
+async fn serve_sofia(dir: &TempDir) -> (common::binary::Served, Client) {
+    let served = serve_on(dir.0.clone());
+    wait_ready(&served.http).await;
+    let client = Client::connect(&served.addr).await.unwrap();
+    assert_eq!(client.ingest(sofia(now())).await.unwrap().accepted, 4);
+    (served, client)
+}
+
 #[tokio::test]
 async fn a_forgotten_customer_is_gone_by_every_key_and_stays_suppressed() {
     let server = TestServer::with_http().await;
@@ -108,16 +125,7 @@ async fn a_forgotten_customer_is_gone_by_every_key_and_stays_suppressed() {
 #[tokio::test]
 async fn a_forget_survives_sigkill_restart_and_snapshot() {
     let dir = TempDir::new("privacy", "kill");
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    };
-    let mut served = serve_on(dir.0.clone());
-    wait_ready(&served.http).await;
-    let client = Client::connect(&served.addr).await.unwrap();
-    assert_eq!(client.ingest(sofia(now())).await.unwrap().accepted, 4);
+    let (mut served, client) = serve_sofia(&dir).await;
     let (erasure, keys) = client.forget("anon:c-7f3").await.unwrap();
     assert_eq!(keys, 4);
     assert!(
@@ -203,16 +211,7 @@ async fn erased(client: &Client, id: u64) {
 #[tokio::test]
 async fn after_the_erasure_no_file_holds_her_keys_even_after_a_kill_before_it() {
     let dir = TempDir::new("privacy", "erasure");
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    };
-    let mut served = serve_on(dir.0.clone());
-    wait_ready(&served.http).await;
-    let client = Client::connect(&served.addr).await.unwrap();
-    assert_eq!(client.ingest(sofia(now())).await.unwrap().accepted, 4);
+    let (mut served, client) = serve_sofia(&dir).await;
     for key in SOFIA {
         assert!(
             !holding(&dir.0, key).is_empty(),
