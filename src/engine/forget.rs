@@ -319,6 +319,13 @@ mod tests {
         )
     }
 
+    /// The default config with a `[privacy]` section of `settings`.
+    fn privacy(settings: &str) -> Result<Config, String> {
+        let text = format!("{}\n[privacy]\n{settings}\n", crate::config::DEFAULT_CONFIG);
+        Config::from_source(&crate::config::Source::new("privacy.toml", text))
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn a_forgotten_customer_is_gone_by_every_key_and_its_keys_are_refused() {
         let e = engine();
@@ -432,11 +439,7 @@ mod tests {
 
     #[test]
     fn retention_forgets_the_unseen_without_suppressing_them() {
-        let text = format!(
-            "{}\n[privacy]\nretention = \"30d\"\n",
-            crate::config::DEFAULT_CONFIG
-        );
-        let config = Config::from_source(&crate::config::Source::new("r.toml", text)).unwrap();
+        let config = privacy("retention = \"30d\"").unwrap();
         assert_eq!(config.privacy.retention, 30 * 86_400);
         let clock = Arc::new(ManualClock::new(NOW));
         let e: Engine = Engine::new(config, clock.clone());
@@ -464,26 +467,14 @@ mod tests {
             .unwrap();
         assert!(e.customer_of("user:old").is_some());
         // A retention of nothing is refused with its place.
-        let text = format!(
-            "{}\n[privacy]\nretention = \"soon\"\n",
-            crate::config::DEFAULT_CONFIG
-        );
-        let err = Config::from_source(&crate::config::Source::new("r.toml", text))
-            .unwrap_err()
-            .to_string();
+        let err = privacy("retention = \"soon\"").unwrap_err();
         assert!(err.contains("bad duration for privacy.retention"), "{err}");
         // The erasure deadline: an hour unless set, and never zero.
         assert_eq!(
             Config::embedded_default().unwrap().privacy.erase_within,
             3600
         );
-        let text = format!(
-            "{}\n[privacy]\nerase_within = \"0s\"\n",
-            crate::config::DEFAULT_CONFIG
-        );
-        let err = Config::from_source(&crate::config::Source::new("r.toml", text))
-            .unwrap_err()
-            .to_string();
+        let err = privacy("erase_within = \"0s\"").unwrap_err();
         assert!(
             err.contains("bad duration for privacy.erase_within: `0s` must be longer than zero"),
             "{err}"
@@ -492,11 +483,7 @@ mod tests {
 
     #[test]
     fn without_suppression_a_forgotten_key_starts_a_new_customer() {
-        let text = format!(
-            "{}\n[privacy]\nsuppress = false\n",
-            crate::config::DEFAULT_CONFIG
-        );
-        let config = Config::from_source(&crate::config::Source::new("s.toml", text)).unwrap();
+        let config = privacy("suppress = false").unwrap();
         let e: Engine = Engine::new(config, Arc::new(ManualClock::new(NOW)));
         e.ingest(&RawEvent::new("page_view", "web", NOW).key("user:a"))
             .unwrap();

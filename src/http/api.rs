@@ -232,15 +232,16 @@ pub(super) async fn export(edge: State<Arc<Edge>>, key: PathParam) -> Response {
         Ok(key) => key,
         Err(failure) => return failure.into_response(),
     };
-    answer(
-        execute(&edge, |shared, _| Ok(cmd::export::apply(shared, &key)))
-            .await
-            .and_then(|reply| match reply {
-                Reply::Exported { json } => serde_json::from_str(&json)
-                    .map_err(|e| Failure::bad_json(format!("the export: {e}"))),
-                other => Err(Failure::unexpected(other)),
-            }),
-    )
+    match execute(&edge, |shared, _| Ok(cmd::export::apply(shared, &key))).await {
+        // The command wrote the document as JSON already: sent as it is, not re-read.
+        Ok(Reply::Exported { json }) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
+        Ok(other) => Failure::unexpected(other).into_response(),
+        Err(failure) => failure.into_response(),
+    }
 }
 
 /// `DELETE /v1/profiles/{key}`: FORGET the customer the key belongs to.

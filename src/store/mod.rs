@@ -122,7 +122,7 @@ impl DataDir {
 }
 
 /// The data directory's privacy secret: 32 random bytes made at the first start (mode
-/// 0600, synced with the directory before use), read at every start. Losing it would
+/// 0600, written whole by [`replace_file`] before use), read at every start. Losing it would
 /// make the suppression list unreadable: it stays with the directory, and a backup
 /// takes it along.
 fn privacy_secret(data: &DataDir) -> Result<[u8; 32], StoreError> {
@@ -141,21 +141,7 @@ fn privacy_secret(data: &DataDir) -> Result<[u8; 32], StoreError> {
                 &mut argon2::password_hash::rand_core::OsRng,
                 &mut secret,
             );
-            let tmp = data.root.join("privacy.key.next");
-            {
-                use std::io::Write;
-                let mut options = OpenOptions::new();
-                options.write(true).create(true).truncate(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(&tmp).map_err(io(&tmp))?;
-                file.write_all(&secret).map_err(io(&tmp))?;
-                file.sync_all().map_err(io(&tmp))?;
-            }
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
-            std::fs::File::open(&data.root)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&data.root))?;
+            replace_file(&data.root, "privacy.key", &secret, true)?;
             Ok(secret)
         }
         Err(e) => Err(io(&path)(e)),
@@ -205,23 +191,35 @@ pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
     })
 }
 
-/// Writes `FORMAT` as this version's: the bytes into a new file, synced, then renamed
-/// over the old one and the directory synced, so a power loss leaves the old `FORMAT`
-/// or the new one, never an empty or half-written file.
+/// Writes `FORMAT` as this version's (see [`replace_file`]).
 fn write_format(path: &Path) -> Result<(), StoreError> {
-    let format = path.join("FORMAT");
-    let next = path.join("FORMAT.next");
-    std::fs::File::create(&next)
-        .and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(format!("{FORMAT}\n").as_bytes())?;
-            f.sync_all()
-        })
-        .map_err(io(&next))?;
-    std::fs::rename(&next, &format).map_err(io(&format))?;
-    std::fs::File::open(path)
+    replace_file(path, "FORMAT", format!("{FORMAT}\n").as_bytes(), false)
+}
+
+/// Writes `dir/name` whole: the bytes into `name.next`, synced, then renamed over the
+/// old file and the directory synced, so a power loss leaves the old file or the new
+/// one, never an empty or half-written one. `private`: readable by the owner only.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8], private: bool) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let next = dir.join(format!("{name}.next"));
+    {
+        use std::io::Write;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut file = options.open(&next).map_err(io(&next))?;
+        file.write_all(bytes).map_err(io(&next))?;
+        file.sync_all().map_err(io(&next))?;
+    }
+    std::fs::rename(&next, &path).map_err(io(&path))?;
+    std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io(path))
+        .map_err(io(dir))
 }
 
 /// What recovery found.
