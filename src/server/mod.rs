@@ -34,8 +34,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::tls::Socket;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -45,6 +43,7 @@ use crate::node::Node;
 use crate::protocol::{
     opcode, ErrorCode, Frame, FrameError, Request, Response, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use crate::tls::Socket;
 use connection::{Connection, ConnectionError};
 use metrics::Stage;
 use shutdown::Shutdown;
