@@ -7,8 +7,11 @@
 //! - [`target`]: an omnia server over TCP, an in-process engine, and [`redis_target`],
 //!   the baseline;
 //! - [`run`]: workloads (`ingest`, `decide`, `mixed`, `query`) as paced streams;
-//! - [`report`]: histograms, the table, JSON and the HTML report.
+//! - [`report`]: histograms, the table, JSON and the HTML report;
+//! - [`breakdown`]: the server's own stage histograms for the measured window, scraped
+//!   from its `/metrics`, printed beside the generator's figures.
 
+pub mod breakdown;
 pub mod journey;
 pub mod pacing;
 pub mod redis_target;

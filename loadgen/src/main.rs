@@ -31,7 +31,7 @@ enum TargetKind {
     Spawn,
     /// An engine inside this process: no network, the engine's own ceiling.
     Inprocess,
-    /// Redis (`--redis`), the baseline: ingest only.
+    /// Redis (`--redis`), the baseline: ingest, decide and mixed, as Lua scripts (see `redis_target`).
     Redis,
 }
 
@@ -148,6 +148,11 @@ struct Options {
     /// No live progress line.
     #[arg(long)]
     no_progress: bool,
+    /// The server's Prometheus endpoint (`--target omnia`), scraped as measuring starts
+    /// and ends to print the server's own stage breakdown beside this run's figures;
+    /// `off` skips it. Needs the `read` role with `--token` on a server with credentials.
+    #[arg(long, default_value = "http://127.0.0.1:9878/metrics")]
+    metrics: String,
 }
 
 /// Where this run's message ids start: the wall clock in microseconds, so that two runs
@@ -180,8 +185,8 @@ fn main() -> anyhow::Result<()> {
     };
     if o.target == TargetKind::Redis {
         anyhow::ensure!(
-            o.workload == Workload::Ingest,
-            "the Redis baseline implements the ingest workload only"
+            o.workload != Workload::Query,
+            "the Redis baseline implements the ingest, decide and mixed workloads, not query"
         );
     }
     let settings = Settings {
@@ -214,6 +219,12 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         segments: config.segments.iter().map(|s| s.name.clone()).collect(),
         progress: !o.no_progress,
+        metrics: (o.target == TargetKind::Omnia && o.metrics != "off").then(|| {
+            loadgen::breakdown::Scrape {
+                url: o.metrics.clone(),
+                token: o.token.clone(),
+            }
+        }),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = o.threads {

@@ -159,6 +159,10 @@ pub struct Report {
     pub warmup_seconds: f64,
     pub machine: String,
     pub ops: Vec<OpReport>,
+    /// The server's own stage breakdown for the measured window, when it was scraped.
+    pub server: Option<crate::breakdown::Breakdown>,
+    /// Why it was not.
+    pub server_note: Option<String>,
 }
 
 impl OpReport {
@@ -275,6 +279,16 @@ impl Report {
             if let Some(e) = &op.first_error {
                 let _ = writeln!(out, "{} errors, the first: {e}", op.op.name());
             }
+        }
+        if let Some(server) = &self.server {
+            let ops: Vec<&str> = self.ops.iter().map(|op| op.op.name()).collect();
+            out.push_str(&server.table(&ops));
+        }
+        if let Some(note) = &self.server_note {
+            let _ = writeln!(
+                out,
+                "no server breakdown: {note} (--metrics off to skip it)"
+            );
         }
         out
     }
@@ -450,6 +464,8 @@ mod tests {
             warmup_seconds: 0.0,
             machine: machine(),
             ops: vec![missed],
+            server: None,
+            server_note: None,
         };
         let table = report.table();
         assert!(

@@ -68,6 +68,9 @@ pub struct Settings {
     /// Segment names queries combine.
     pub segments: Vec<String>,
     pub progress: bool,
+    /// The server's metrics, scraped when measuring starts and ends for its own stage
+    /// breakdown (`breakdown`); `None` for targets that have none.
+    pub metrics: Option<crate::breakdown::Scrape>,
 }
 
 /// Event time as the run sees it.
@@ -159,6 +162,14 @@ where
         .progress
         .then(|| spawn_progress(live.clone(), done.clone(), start, measure_from, deadline));
 
+    // The server's counters when measuring starts: the breakdown is what they counted
+    // from here to the end.
+    let scrape_before = s.metrics.clone().map(|scrape| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from).await;
+            scrape.get().await
+        })
+    });
     let mut tasks = Vec::new();
     let per_connection = s.customers / s.connections.max(1) as u64;
     for (stream_index, &(stream, rate)) in streams.iter().enumerate() {
@@ -198,6 +209,16 @@ where
     if let Some(p) = progress {
         let _ = p.await;
     }
+    let (server, server_note) = match (scrape_before, &s.metrics) {
+        (Some(before), Some(scrape)) => {
+            let before = before.await.map_err(|e| e.to_string()).and_then(|r| r);
+            match (before, scrape.get().await) {
+                (Ok(before), Ok(after)) => (Some(after.since(&before)), None),
+                (Err(e), _) | (_, Err(e)) => (None, Some(e)),
+            }
+        }
+        _ => (None, None),
+    };
     let merged = merge(records);
     let mut ops = Vec::new();
     for (kind, record) in merged {
@@ -230,6 +251,8 @@ where
         warmup_seconds: s.warmup,
         machine: crate::report::machine(),
         ops,
+        server,
+        server_note,
     })
 }
 

@@ -66,6 +66,7 @@ fn settings(workload: Workload) -> Settings {
             .collect(),
         segments: config.segments.iter().map(|s| s.name.clone()).collect(),
         progress: false,
+        metrics: None,
     }
 }
 

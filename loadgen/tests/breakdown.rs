@@ -1,0 +1,97 @@
+//! loadgen prints the server's own stage breakdown for the measured window: a short
+//! mixed run against a server whose `/metrics` is served on an ephemeral port. In a file
+//! of its own, since the metrics recorder is global to the process.
+
+use std::sync::Arc;
+
+use loadgen::breakdown::Scrape;
+use loadgen::journey::Mix;
+use loadgen::run::{run, Settings, TimeMode, Workload};
+use loadgen::target::OmniaTarget;
+use omnia::config::Config;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reports_the_servers_stages_for_its_window() {
+    let handle = omnia::server::metrics::install().unwrap();
+    let config = Config::embedded_default().unwrap();
+    let node = Arc::new(omnia::node::Node::new(
+        Config::embedded_default().unwrap(),
+        Arc::new(omnia::clock::SystemClock),
+    ));
+    let shared = Arc::new(omnia::server::Shared::new(
+        node,
+        omnia::server::Limits::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(omnia::http::serve_metrics(
+        metrics,
+        handle,
+        shared.clone(),
+        std::future::pending(),
+    ));
+    tokio::spawn(omnia::server::run(listener, shared, async move {
+        let _ = stopped.await;
+    }));
+
+    let settings = Settings {
+        workload: Workload::Mixed,
+        connections: 1,
+        pipeline: 4,
+        batch: 50,
+        rate: 5_000.0,
+        decide_rate: 400.0,
+        feedback_rate: 100.0,
+        max: false,
+        seconds: 1.0,
+        warmup: 0.3,
+        customers: 2_000,
+        zipf: 1.05,
+        seed: 3,
+        mix: Mix::default(),
+        time: TimeMode::Sim {
+            speed: 3600.0,
+            span_ms: 86_400_000,
+        },
+        offers: config
+            .decisions
+            .offers
+            .iter()
+            .map(|o| o.name.clone())
+            .collect(),
+        segments: config.segments.iter().map(|s| s.name.clone()).collect(),
+        progress: false,
+        metrics: Some(Scrape { url, token: None }),
+    };
+    let report = run(settings, "omnia", || {
+        let addr = addr.clone();
+        async move { OmniaTarget::connect(&addr, None, None).await }
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.server_note, None);
+    let server = report.server.as_ref().expect("a breakdown");
+    let decided = report.ops[1].count;
+    let apply = &server.stages["decide/apply"];
+    // The window holds this run's measured decisions, give or take the ones in flight at
+    // its two edges, and none of the warm-up's (about 120 at 400/s).
+    assert!(
+        apply.count + 40 >= decided && apply.count <= decided + 40,
+        "the server counted {} decisions in the window, loadgen {decided}",
+        apply.count
+    );
+    for stage in ["queued", "apply", "reply"] {
+        assert!(
+            server.stages.contains_key(&format!("ingest/{stage}")),
+            "ingest/{stage}: {:?}",
+            server.stages.keys()
+        );
+    }
+    let table = report.table();
+    assert!(table.contains("the server's own stages"), "{table}");
+    assert!(table.contains("decide    apply"), "{table}");
+    let _ = stop.send(());
+}
