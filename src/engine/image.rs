@@ -117,7 +117,7 @@ fn write_cut_head<X: Extension>(cut: &ShardCut<X>, plan: &Plan, out: &mut Vec<u8
 }
 
 /// Slots' keys as the image stores them.
-pub(super) fn put_keys(out: &mut Vec<u8>, slots: &[Vec<Key>]) {
+pub(super) fn put_keys(out: &mut Vec<u8>, slots: &[super::shard::Keys]) {
     for keys in slots {
         let n = keys.len().min(u16::MAX as usize);
         out.extend_from_slice(&(n as u16).to_le_bytes());
@@ -234,7 +234,7 @@ pub(crate) fn read_shard<X: Extension>(
                 text: r.str(&named("key"))?.into(),
             });
         }
-        slot_keys.push(keys);
+        slot_keys.push(keys.into_boxed_slice());
     }
     let mut free = Vec::new();
     for _ in 0..r.u32(&named("free slots"))? {

@@ -16,7 +16,7 @@
 //!   entries left behind when a timer moves earlier are skipped when they come due,
 //!   because they no longer match `NEXT_TIMER`.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use roaring::RoaringBitmap;
 
@@ -45,11 +45,15 @@ pub(crate) struct ShardState<X: Extension> {
     rows: Vec<Box<[u32]>>,
     /// Bumped when a slot is freed, so stale identity entries are detected.
     gens: Vec<u32>,
-    keys: Vec<Vec<Key>>,
+    keys: Vec<Keys>,
     free: Vec<u32>,
     live: RoaringBitmap,
     members: Vec<RoaringBitmap>,
-    timers: BTreeMap<u32, Vec<u32>>,
+    /// Re-evaluations due, as `time << 32 | slot`, soonest first: 8 bytes an entry in
+    /// the tree's nodes (a map from time to a list of slots cost about 50, the list's
+    /// allocation included, since times seldom repeat). An entry whose slot's
+    /// `NEXT_TIMER` no longer equals its time is stale and skipped when it comes due.
+    timers: BTreeSet<u64>,
     /// What the layer above keeps per customer (offer state, see `extension`).
     extension: X,
     /// The shard's time: never goes back, even if the clock does.
@@ -68,7 +72,7 @@ pub(super) struct ShardParts<X> {
     /// Exactly the chunks that hold `gens.len()` rows.
     pub rows: Vec<Box<[u32]>>,
     /// One per slot; empty for a free slot.
-    pub keys: Vec<Vec<Key>>,
+    pub keys: Vec<Keys>,
     pub free: Vec<u32>,
     /// One per segment of the config.
     pub members: Vec<RoaringBitmap>,
@@ -105,7 +109,7 @@ pub(crate) enum Chunk {
 pub(crate) struct SavedChunk {
     /// The used part of the chunk's rows.
     pub rows: Box<[u32]>,
-    pub keys: Vec<Vec<Key>>,
+    pub keys: Vec<Keys>,
 }
 
 impl<X: Extension> ShardState<X> {
@@ -119,7 +123,7 @@ impl<X: Extension> ShardState<X> {
             free: Vec::new(),
             live: RoaringBitmap::new(),
             members: vec![RoaringBitmap::new(); plan.config.segments.len()],
-            timers: BTreeMap::new(),
+            timers: BTreeSet::new(),
             extension: X::new(&plan.config),
             now: 0,
             cut: None,
@@ -145,7 +149,7 @@ impl<X: Extension> ShardState<X> {
             free: parts.free,
             live: RoaringBitmap::new(),
             members: parts.members,
-            timers: BTreeMap::new(),
+            timers: BTreeSet::new(),
             extension: parts.extension,
             now: parts.now,
             cut: None,
@@ -155,7 +159,7 @@ impl<X: Extension> ShardState<X> {
                 state.live.insert(id_base + local);
                 let next = state.row(plan, local)[NEXT_TIMER];
                 if next != 0 {
-                    state.timers.entry(next).or_default().push(local);
+                    state.timers.insert(timer(next, local));
                 }
             }
         }
@@ -177,7 +181,7 @@ impl<X: Extension> ShardState<X> {
             .collect();
         let parts = ShardParts {
             now,
-            keys: vec![Vec::new(); gens.len()],
+            keys: vec![Keys::default(); gens.len()],
             gens,
             rows,
             free,
@@ -384,7 +388,7 @@ impl<X: Extension> ShardState<X> {
                 .push(vec![0; CHUNK_ROWS * plan.layout.stride].into_boxed_slice());
         }
         self.gens.push(0);
-        self.keys.push(Vec::new());
+        self.keys.push(Keys::default());
         Some(local as u32)
     }
 
@@ -403,7 +407,11 @@ impl<X: Extension> ShardState<X> {
             }
             // (`row_mut` below saves the chunk, keys included, before they change.)
             self.row_mut(plan, local)[KEY_MASK] |= 1 << key.namespace;
-            self.keys[local as usize].push(key);
+            // Rebuilt exactly to size: keys are added seldom, and kept for the profile's
+            // life.
+            let mut all = std::mem::take(&mut self.keys[local as usize]).into_vec();
+            all.push(key);
+            self.keys[local as usize] = all.into_boxed_slice();
             added = true;
         }
         if added {
@@ -416,18 +424,16 @@ impl<X: Extension> ShardState<X> {
     pub fn catch_up(&mut self, plan: &Plan, now: u32) {
         self.now = self.now.max(now);
         let now = self.now;
-        while let Some(entry) = self.timers.first_entry() {
-            if *entry.key() > now {
+        while let Some(&first) = self.timers.first() {
+            let (due, local) = ((first >> 32) as u32, first as u32);
+            if due > now {
                 break;
             }
-            let due = *entry.key();
-            for local in entry.remove() {
-                if self.is_live(local) && self.row(plan, local)[NEXT_TIMER] == due {
-                    self.row_mut(plan, local)[NEXT_TIMER] = 0;
-                    let next =
-                        self.reevaluate(plan, local, &plan.config.dependencies.time_dependent);
-                    self.schedule(plan, local, next);
-                }
+            self.timers.pop_first();
+            if self.is_live(local) && self.row(plan, local)[NEXT_TIMER] == due {
+                self.row_mut(plan, local)[NEXT_TIMER] = 0;
+                let next = self.reevaluate(plan, local, &plan.config.dependencies.time_dependent);
+                self.schedule(plan, local, next);
             }
         }
     }
@@ -441,12 +447,12 @@ impl<X: Extension> ShardState<X> {
             return;
         }
         self.row_mut(plan, local)[NEXT_TIMER] = at;
-        self.timers.entry(at).or_default().push(local);
+        self.timers.insert(timer(at, local));
     }
 
     /// Number of pending timer entries (some may be stale).
     pub fn pending_timers(&self) -> usize {
-        self.timers.values().map(Vec::len).sum()
+        self.timers.len()
     }
 
     /// Re-evaluates `segments` (in order) for one customer, updating bits and bitmaps.
@@ -594,7 +600,7 @@ impl<X: Extension> ShardState<X> {
                 plan.config.interner.release(taken.row[at]);
             }
         }
-        taken.keys
+        taken.keys.into_vec()
     }
 
     /// Folds another customer's row and keys into `local`, then re-evaluates every
@@ -663,13 +669,22 @@ impl<X: Extension> ShardState<X> {
 /// A customer removed from its shard by a merge, on its way into the survivor.
 pub(crate) struct Taken<X: Extension> {
     pub row: Vec<u32>,
-    pub keys: Vec<Key>,
+    pub keys: Keys,
     pub extension: Option<X::Customer>,
 }
 
 /// The profile of a customer omnia has never seen, as if first seen `now` on `channel`
 /// with a key in `namespace`: what a decision for a new visitor is evaluated against.
 /// Its segment bits are evaluated like a new profile's, so `in(new_visitors)` holds.
+/// A customer's keys, exactly as many as it has: a `Vec` would keep room for four (32
+/// bytes each) from its first push, and most customers have one to three.
+pub(crate) type Keys = Box<[Key]>;
+
+/// A timer queue entry: ordered by time, then slot.
+fn timer(at: u32, local: u32) -> u64 {
+    (at as u64) << 32 | local as u64
+}
+
 pub(crate) fn blank_row(plan: &Plan, now: u32, channel: usize, namespace: usize) -> Vec<u32> {
     let mut row = vec![0u32; plan.layout.stride];
     row[FIRST_SEEN] = now;
