@@ -79,6 +79,14 @@ enum CtlCommand {
         /// (`engine.unknown_properties = "ignore"`) and unknown event types, by name.
         #[arg(long)]
         drift: bool,
+        /// Also show where requests' time went inside the server, per operation and
+        /// stage (queued, apply, journal, reply), since it started: read from its
+        /// Prometheus endpoint (`--metrics`), which needs the `read` role.
+        #[arg(long)]
+        latency: bool,
+        /// The server's Prometheus endpoint (`serve --metrics-listen`), for --latency.
+        #[arg(long, default_value = "127.0.0.1:9878", value_name = "ADDR")]
+        metrics: String,
     },
     /// Ask which offers to present to the customer with KEY on a channel.
     Decide {
@@ -185,6 +193,7 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
     };
     let client = Client::connect_with(&options.addr, timeouts).await?;
     let json = options.json;
+    let token = options.token.clone();
     match options.command {
         CtlCommand::Ping => {
             let started = std::time::Instant::now();
@@ -441,10 +450,32 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 println!("{report}");
             }
         }
-        CtlCommand::Stats { offers, drift } => {
+        CtlCommand::Stats {
+            offers,
+            drift,
+            latency,
+            metrics,
+        } => {
             let stats = client.stats_with(offers, drift).await?;
+            let stages = match latency {
+                true => match scrape_stages(&metrics, token.as_deref()).await {
+                    Ok(stages) => Some(stages),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+                false => None,
+            };
             if json {
-                print_json(&stats);
+                let mut value = serde_json::to_value(&stats).unwrap_or_default();
+                if let (Some(stages), Some(map)) = (&stages, value.as_object_mut()) {
+                    map.insert(
+                        "latency".into(),
+                        serde_json::to_value(stages).unwrap_or_default(),
+                    );
+                }
+                print_json(&value);
             } else {
                 println!("uptime           {:.1}s", stats.uptime_ms as f64 / 1000.0);
                 println!("config version   {:08x}", stats.config_version);
@@ -471,10 +502,56 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 if let Some(d) = &stats.drift {
                     print!("{}", render_drift(d));
                 }
+                if let Some(stages) = &stages {
+                    print!(
+                        "{}",
+                        stages.table(" since the server started", &stages.ops())
+                    );
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's stage histograms, from its Prometheus endpoint at `addr` (plain HTTP, as
+/// `serve` offers it), with `token` as a bearer token when given.
+async fn scrape_stages(
+    addr: &str,
+    token: Option<&str>,
+) -> Result<omnia::client::stages::Breakdown, String> {
+    use http_body_util::BodyExt;
+    let what = format!("the metrics endpoint at {addr}");
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+        format!("cannot connect to {what} (serve --metrics-listen; --metrics here): {e}")
+    })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get("/metrics").header(hyper::header::HOST, addr);
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("{what}: {e}"))?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    })
+    .await
+    .map_err(|_| format!("{what} did not answer within 10 s"))?
+    .map_err(|e| format!("{what}: {e}"))?;
+    let (status, body) = response;
+    let text = String::from_utf8_lossy(&body);
+    if !status.is_success() {
+        return Err(format!("{what} answered {status}: {}", text.trim()));
+    }
+    Ok(omnia::client::stages::Breakdown::parse(&text))
 }
 
 /// A decision as a person reads it: the offers, then the arms and coupons, then (when

@@ -217,6 +217,49 @@ fn serve_ctl_metrics_and_sigterm() {
         "{metrics}"
     );
 
+    // The same stages as a table from the command line, and in its JSON.
+    let metrics_addr = served.metrics.to_string();
+    let latency = ctl(
+        &addr,
+        &["stats", "--latency", "--metrics", &metrics_addr],
+        None,
+    );
+    let table = text(&latency.stdout);
+    assert!(latency.status.success(), "{table}");
+    assert!(
+        table.contains(
+            "the server's own stages (omnia_request_stage_seconds since the server started"
+        ),
+        "{table}"
+    );
+    for stage in ["queued", "apply", "journal", "reply"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("feedback") && l.split_whitespace().nth(1) == Some(stage))
+            .unwrap_or_else(|| panic!("no feedback {stage} row in\n{table}"));
+        assert_eq!(row.split_whitespace().nth(2), Some("1"), "{row}");
+    }
+    let latency = ctl(
+        &addr,
+        &["--json", "stats", "--latency", "--metrics", &metrics_addr],
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&latency.stdout).unwrap();
+    assert_eq!(json["latency"]["stages"]["feedback/journal"]["count"], 1);
+    // Nothing listening there: a clear error naming the endpoint, exit 1.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let failed = ctl(&addr, &["stats", "--latency", "--metrics", &nowhere], None);
+    assert_eq!(failed.status.code(), Some(1));
+    let message = text(&failed.stderr);
+    assert!(
+        message.contains(&format!(
+            "cannot connect to the metrics endpoint at {nowhere}"
+        )),
+        "{message}"
+    );
+
     let exit = sigterm(&mut served, Duration::from_secs(10));
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
 

@@ -198,17 +198,9 @@ impl RedisTarget {
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
-        let mut load = async |what: &str, script: String| -> Result<String, String> {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(script)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| format!("cannot load the {what} script: {e}"))
-        };
-        let ingest = load("ingest", INGEST.to_string()).await?;
-        let decide = load("decide", format!("{OFFERS}{DECIDE}")).await?;
-        let feedback = load("feedback", format!("{OFFERS}{FEEDBACK}")).await?;
+        let ingest = load(&mut connection, "ingest", INGEST.to_string()).await?;
+        let decide = load(&mut connection, "decide", format!("{OFFERS}{DECIDE}")).await?;
+        let feedback = load(&mut connection, "feedback", format!("{OFFERS}{FEEDBACK}")).await?;
         Ok(RedisTarget {
             connection,
             ingest,
@@ -230,6 +222,20 @@ impl RedisTarget {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// Loads a script; returns its SHA for EVALSHA.
+async fn load(
+    connection: &mut MultiplexedConnection,
+    what: &str,
+    script: String,
+) -> Result<String, String> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(connection)
+        .await
+        .map_err(|e| format!("cannot load the {what} script: {e}"))
 }
 
 fn now_s() -> String {

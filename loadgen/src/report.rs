@@ -282,7 +282,7 @@ impl Report {
         }
         if let Some(server) = &self.server {
             let ops: Vec<&str> = self.ops.iter().map(|op| op.op.name()).collect();
-            out.push_str(&server.table(&ops));
+            out.push_str(&server.table(", this run's window", &ops));
         }
         if let Some(note) = &self.server_note {
             let _ = writeln!(

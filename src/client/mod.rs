@@ -14,6 +14,8 @@
 //! next request reconnects. Server errors arrive as [`ClientError::Server`] with the
 //! protocol's [`ErrorCode`].
 
+pub mod stages;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
