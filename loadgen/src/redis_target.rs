@@ -5,7 +5,7 @@
 //! (loaded once, invoked with EVALSHA), every ingest batch sent as one pipeline on a
 //! multiplexed connection.
 //!
-//! Ingest ([`INGEST`]): per event the script resolves identity (a hash from key to
+//! Ingest (`INGEST`): per event the script resolves identity (a hash from key to
 //! customer id, new ids from INCR, new keys linked), updates the profile hash (first and
 //! last seen, last seen per channel and per event type), counts the event in an hourly
 //! bucket per customer and event type (and sums `amount`) with a 90-day expiry, so
@@ -15,14 +15,14 @@
 //! segment changes and window reads are not done: the baseline is the cheaper half of the
 //! work.
 //!
-//! Decide ([`DECIDE`]): the default config's offers, as a Redis team would write them:
+//! Decide (`DECIDE`): the default config's offers, as a Redis team would write them:
 //! segment membership from the sets above (cart abandoned for 30 minutes from the sorted
 //! set's time, new visitors from `first`, high value and lapsed from buyers, the score
 //! and `last`), channel lists, impression caps from counters that expire with their
 //! window, cooldowns from keys with a TTL, budgets from counters spent with DECR, the
 //! last leading offer kept for a day (stickiness), and ranking by value times a logistic
 //! propensity of the engagement score; the top 3 are returned. A recording decision then
-//! counts its impressions against the caps and budgets. Feedback ([`FEEDBACK`]) counts
+//! counts its impressions against the caps and budgets. Feedback (`FEEDBACK`) counts
 //! the kind per offer, starts cooldowns on dismiss and accept, spends the acceptance
 //! budget, and counts impressions like a recording decision. Left out, as a team would
 //! at first: experiments, coupons, explanations and per-channel caps.

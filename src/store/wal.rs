@@ -33,7 +33,7 @@
 //! Under those two policies an append does not wake the writer thread either (a futex
 //! wake and a context switch per batch were a tenth of the server's time under ingest):
 //! a waiter that finds someone else writing waits for that batch to be stored and then
-//! writes what is left, and the thread comes by every [`PATROL`] for records whose
+//! writes what is left, and the thread comes by every `PATROL` for records whose
 //! waiter went away.
 //!
 //! Policies: `always` publishes a sequence only after `fdatasync`; `interval` publishes
