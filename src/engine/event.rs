@@ -220,12 +220,39 @@ pub fn admit(config: &Config, raw: &impl EventView) -> Result<(), EventError> {
 fn check_size(config: &Config, name: &str, raw: &impl EventView) -> Result<(), EventError> {
     let max_value = config.engine.max_value_bytes;
     let mut total = name.len() + raw.channel().len();
-    total += raw.keys().map(str::len).sum::<usize>();
+    // One pass over each list: sizes and counts together (each pass reads the event's
+    // bytes again).
+    let mut keys = 0;
+    for key in raw.keys() {
+        total += key.len();
+        keys += 1;
+    }
+    let long = |kind: &str, field: &str, bytes: usize| EventError::ValueTooLong {
+        event: name.to_string(),
+        field: format!("{kind} `{field}`"),
+        bytes,
+        max: max_value,
+    };
+    let mut sized = |kind: &str, pairs: &mut dyn Iterator<Item = (&str, ValueRef<'_>)>| {
+        let mut count = 0;
+        let mut longest: Option<EventError> = None;
+        for (field, value) in pairs {
+            let bytes = value.text_len();
+            if bytes > max_value as usize && longest.is_none() {
+                longest = Some(long(kind, field, bytes));
+            }
+            total += field.len() + bytes;
+            count += 1;
+        }
+        (count, longest)
+    };
+    let (properties, long_property) = sized("property", &mut raw.properties());
+    let (attributes, long_attribute) = sized("attribute", &mut raw.attributes());
     // The log stores at most 255 of each (a `u8` count): more could not be replayed.
     let counts = [
-        ("keys", raw.keys().count()),
-        ("properties", raw.properties().count()),
-        ("attributes", raw.attributes().count()),
+        ("keys", keys),
+        ("properties", properties),
+        ("attributes", attributes),
     ];
     if let Some((what, n)) = counts.into_iter().find(|(_, n)| *n > MAX_PER_EVENT) {
         return Err(EventError::TooMany {
@@ -234,25 +261,8 @@ fn check_size(config: &Config, name: &str, raw: &impl EventView) -> Result<(), E
             count: n,
         });
     }
-    let long = |kind: &str, field: &str, bytes: usize| EventError::ValueTooLong {
-        event: name.to_string(),
-        field: format!("{kind} `{field}`"),
-        bytes,
-        max: max_value,
-    };
-    for (field, value) in raw.properties() {
-        let bytes = value.text_len();
-        if bytes > max_value as usize {
-            return Err(long("property", field, bytes));
-        }
-        total += field.len() + bytes;
-    }
-    for (field, value) in raw.attributes() {
-        let bytes = value.text_len();
-        if bytes > max_value as usize {
-            return Err(long("attribute", field, bytes));
-        }
-        total += field.len() + bytes;
+    if let Some(e) = long_property.or(long_attribute) {
+        return Err(e);
     }
     let max = config.engine.max_event_bytes;
     if total > max as usize {

@@ -506,6 +506,15 @@ const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// …or this long after the shutdown signal, whichever comes first.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// A request whose handling took this long (an INGEST batch of hundreds of events) is
+/// followed by a yield. A task the running one wakes (a connection waiting for the log
+/// records this one just wrote, say) goes into the worker's LIFO slot, which other
+/// workers cannot steal, and no idle worker is woken for it: without the yield, two
+/// ingesting connections took turns on one worker while the other slept (the server used
+/// about one core of two). A yielded task goes to the worker's queue, which the idle
+/// worker is woken to steal from.
+const LONG_REQUEST: Duration = Duration::from_micros(200);
+
 /// A reply waiting for the log.
 struct Held {
     reply: Frame,
@@ -687,6 +696,10 @@ impl Handler {
             if !self.connection.has_buffered_frame() {
                 self.release_replies().await?;
                 self.flush().await?;
+            }
+            if applied >= LONG_REQUEST {
+                // Let the other worker take this connection: see LONG_REQUEST.
+                tokio::task::yield_now().await;
             }
         }
     }

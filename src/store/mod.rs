@@ -595,13 +595,14 @@ impl Record<'_> {
 fn replay_events(node: &Node, body: &[u8], sequence: u64, cuts: &[u64]) -> Result<(), String> {
     let batch = IngestBatch::decode(body, Layout::V1).map_err(|e| e.to_string())?;
     let engine = node.engine();
-    batch.iter().try_for_each(|raw| {
+    let replayed = batch.iter().try_for_each(|raw| {
         let event = engine.resolve(&raw).map_err(|e| e.to_string())?;
         engine
             .replay(&event, sequence, cuts)
             .map(|_| ())
             .map_err(|e| e.to_string())
-    })
+    });
+    replayed
 }
 
 fn replay(
