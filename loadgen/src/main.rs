@@ -14,6 +14,7 @@ use clap::{Parser, ValueEnum};
 use loadgen::journey::Mix;
 use loadgen::redis_target::RedisTarget;
 use loadgen::report::Report;
+use loadgen::run::{offer_names, segment_names};
 use loadgen::run::{run, Settings, TimeMode, Workload};
 use loadgen::target::{spawn_server, HttpTarget, InProcessTarget, OmniaTarget};
 use mimalloc::MiMalloc;
@@ -211,13 +212,8 @@ fn main() -> anyhow::Result<()> {
                 span_ms: (o.sim_span_days * 86_400_000.0) as i64,
             },
         },
-        offers: config
-            .decisions
-            .offers
-            .iter()
-            .map(|o| o.name.clone())
-            .collect(),
-        segments: config.segments.iter().map(|s| s.name.clone()).collect(),
+        offers: offer_names(&config),
+        segments: segment_names(&config),
         progress: !o.no_progress,
         metrics: (o.target == TargetKind::Omnia && o.metrics != "off").then(|| {
             loadgen::breakdown::Scrape {

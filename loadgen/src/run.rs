@@ -73,6 +73,21 @@ pub struct Settings {
     pub metrics: Option<crate::breakdown::Scrape>,
 }
 
+/// The config's offers, for feedback to name ([`Settings::offers`]).
+pub fn offer_names(config: &omnia::config::Config) -> Vec<String> {
+    config
+        .decisions
+        .offers
+        .iter()
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+/// The config's segments, for queries to combine ([`Settings::segments`]).
+pub fn segment_names(config: &omnia::config::Config) -> Vec<String> {
+    config.segments.iter().map(|s| s.name.clone()).collect()
+}
+
 /// Event time as the run sees it.
 #[derive(Clone, Copy)]
 pub struct EventClock {

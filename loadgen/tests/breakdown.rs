@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use common::settings;
 use loadgen::breakdown::Scrape;
-use loadgen::journey::Mix;
-use loadgen::run::{run, Settings, TimeMode, Workload};
+use loadgen::run::{run, Workload};
 use loadgen::target::OmniaTarget;
 use omnia::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_reports_the_servers_stages_for_its_window() {
     let handle = omnia::server::metrics::install().unwrap();
-    let config = Config::embedded_default().unwrap();
     let node = Arc::new(omnia::node::Node::new(
         Config::embedded_default().unwrap(),
         Arc::new(omnia::clock::SystemClock),
@@ -37,35 +38,11 @@ async fn a_run_reports_the_servers_stages_for_its_window() {
         let _ = stopped.await;
     }));
 
-    let settings = Settings {
-        workload: Workload::Mixed,
-        connections: 1,
-        pipeline: 4,
-        batch: 50,
-        rate: 5_000.0,
-        decide_rate: 400.0,
-        feedback_rate: 100.0,
-        max: false,
-        seconds: 1.0,
-        warmup: 0.3,
-        customers: 2_000,
-        zipf: 1.05,
-        seed: 3,
-        mix: Mix::default(),
-        time: TimeMode::Sim {
-            speed: 3600.0,
-            span_ms: 86_400_000,
-        },
-        offers: config
-            .decisions
-            .offers
-            .iter()
-            .map(|o| o.name.clone())
-            .collect(),
-        segments: config.segments.iter().map(|s| s.name.clone()).collect(),
-        progress: false,
-        metrics: Some(Scrape { url, token: None }),
-    };
+    let mut settings = settings(Workload::Mixed);
+    settings.connections = 1;
+    settings.warmup = 0.3;
+    settings.seed = 3;
+    settings.metrics = Some(Scrape { url, token: None });
     let report = run(settings, "omnia", || {
         let addr = addr.clone();
         async move { OmniaTarget::connect(&addr, None, None).await }

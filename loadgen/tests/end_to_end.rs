@@ -2,8 +2,10 @@
 //! checks that the report is right (counts, rates, no errors, every output format), not
 //! speed: rates are low so that a busy 2-core machine keeps up.
 
-use loadgen::journey::Mix;
-use loadgen::run::{run, Settings, TimeMode, Workload};
+mod common;
+
+use common::settings;
+use loadgen::run::{run, Workload};
 use loadgen::target::{spawn_server, HttpTarget, OmniaTarget, OpKind};
 use omnia::config::Config;
 
@@ -35,39 +37,6 @@ async fn a_mixed_run_over_http_with_gzip_reports_no_errors() {
     // Every event sent had its own message id: none was taken for a duplicate.
     assert!(report.ops[0].units_per_second > 0.0);
     let _ = stop.send(());
-}
-
-fn settings(workload: Workload) -> Settings {
-    let config = Config::embedded_default().unwrap();
-    Settings {
-        workload,
-        connections: 2,
-        pipeline: 4,
-        batch: 50,
-        rate: 5_000.0,
-        decide_rate: 400.0,
-        feedback_rate: 100.0,
-        max: false,
-        seconds: 1.0,
-        warmup: 0.2,
-        customers: 2_000,
-        zipf: 1.05,
-        seed: 11,
-        mix: Mix::default(),
-        time: TimeMode::Sim {
-            speed: 3600.0,
-            span_ms: 86_400_000,
-        },
-        offers: config
-            .decisions
-            .offers
-            .iter()
-            .map(|o| o.name.clone())
-            .collect(),
-        segments: config.segments.iter().map(|s| s.name.clone()).collect(),
-        progress: false,
-        metrics: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

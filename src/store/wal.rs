@@ -800,6 +800,25 @@ impl Segment {
 mod tests {
     use super::*;
 
+    /// A new log in a fresh directory of its own, syncing every millisecond under
+    /// `interval`.
+    fn open_test_wal(name: &str, policy: FsyncPolicy) -> (PathBuf, Arc<Wal>) {
+        let dir = std::env::temp_dir().join(format!(
+            "omnia-wal-{name}-{}-{}",
+            policy.name(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = WalOptions {
+            policy,
+            interval: Duration::from_millis(1),
+            segment_bytes: 64 << 20,
+            faults: None,
+        };
+        let wal = Wal::open(&dir, 1, options).unwrap();
+        (dir, wal)
+    }
+
     /// Waiters that write in their own threads and the writer thread share the file: with
     /// many connections appending and waiting at once, the file still holds every record
     /// once, in sequence order, and every wait ends.
@@ -810,19 +829,7 @@ mod tests {
             FsyncPolicy::Interval,
             FsyncPolicy::Always,
         ] {
-            let dir = std::env::temp_dir().join(format!(
-                "omnia-wal-order-{}-{}",
-                policy.name(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            let options = WalOptions {
-                policy,
-                interval: Duration::from_millis(1),
-                segment_bytes: 64 << 20,
-                faults: None,
-            };
-            let wal = Wal::open(&dir, 1, options).unwrap();
+            let (dir, wal) = open_test_wal("order", policy);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(4)
                 .build()
@@ -867,19 +874,7 @@ mod tests {
     #[test]
     fn a_record_nobody_waits_for_is_written_all_the_same() {
         for policy in [FsyncPolicy::Never, FsyncPolicy::Interval] {
-            let dir = std::env::temp_dir().join(format!(
-                "omnia-wal-orphan-{}-{}",
-                policy.name(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            let options = WalOptions {
-                policy,
-                interval: Duration::from_millis(1),
-                segment_bytes: 64 << 20,
-                faults: None,
-            };
-            let wal = Wal::open(&dir, 1, options).unwrap();
+            let (dir, wal) = open_test_wal("orphan", policy);
             let orphan = wal.append_record(EVENT, |body| body.push(1));
             // Not a timing assertion: the loop waits for the patrol however slow the
             // machine is, and fails only if the record is never written.
