@@ -14,6 +14,10 @@
 //! stops reading that connection: its memory stays bounded by one frame in and the
 //! write buffer out.
 //!
+//! Scheduling: a request that took long to handle (`LONG_REQUEST`, an INGEST batch) is
+//! followed by a yield, so that a connection it woke is not stuck in the worker's
+//! unstealable LIFO slot while another worker sleeps.
+//!
 //! Greedy clients. At the connection limit a new connection is still accepted, told
 //! SERVER_BUSY (as the answer to its first request) and closed, so a client never
 //! waits on a socket nobody serves. A connection that has not completed HELLO within
