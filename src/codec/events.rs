@@ -46,15 +46,24 @@ impl Layout {
     }
 }
 
-/// A validated INGEST batch borrowing its frame body: the events as validation read
-/// them, so that applying them does not parse the body a second time (that second pass
-/// was a twentieth of the server's time under ingest). A one-event body (every log
-/// record's) allocates nothing.
+/// A validated INGEST batch borrowing its frame body.
+///
+/// A batch of up to [`KEPT_EVENTS`] events keeps the events as validation read them, so
+/// that applying them does not parse the body a second time (that second pass was a
+/// twentieth of the server's time under ingest); a larger one is read again when it is
+/// iterated, so the memory a batch takes beyond its frame stays bounded whatever count
+/// a frame declares. A one-event body (every log record's) allocates nothing.
 #[derive(Debug, Clone)]
 pub struct IngestBatch<'a> {
-    first: Option<EventRef<'a>>,
-    rest: Vec<EventRef<'a>>,
+    events: &'a [u8],
+    count: u32,
+    layout: Layout,
+    /// The events validation read, when `count <= KEPT_EVENTS`: the first, then the rest.
+    kept: Option<(EventRef<'a>, Vec<EventRef<'a>>)>,
 }
+
+/// The most events a batch keeps from validation (about 600 KiB of [`EventRef`]s).
+pub const KEPT_EVENTS: u32 = 4096;
 
 /// One event of a batch, borrowing the body. Keys, properties and attributes are kept
 /// as their byte sections and read on demand.
@@ -79,33 +88,97 @@ impl<'a> IngestBatch<'a> {
     pub fn decode(body: &'a [u8], layout: Layout) -> Result<IngestBatch<'a>, DecodeError> {
         let mut r = Reader::new(body);
         let count = r.u32(field!("event count"))?;
+        let start = r.offset();
+        let keep = count <= KEPT_EVENTS;
         let mut first = None;
-        // Bounded by what the body can hold (an event takes at least 14 bytes), not by
-        // the count it declares.
-        let mut rest = Vec::with_capacity((count as usize).saturating_sub(1).min(body.len() / 14));
+        let mut rest = Vec::with_capacity(if keep {
+            count.saturating_sub(1) as usize
+        } else {
+            0
+        });
         for i in 0..count {
             let event = read_event(&mut r, i, layout)?;
+            if !keep {
+                continue;
+            }
             if first.is_none() {
                 first = Some(event);
             } else {
                 rest.push(event);
             }
         }
+        let events = r.since(start);
         r.finish()?;
-        Ok(IngestBatch { first, rest })
+        Ok(IngestBatch {
+            events,
+            count,
+            layout,
+            kept: first.map(|first| (first, rest)),
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.first.is_some() as usize + self.rest.len()
+        self.count as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.count == 0
     }
 
     /// The events, in order.
-    pub fn iter(&self) -> impl Iterator<Item = EventRef<'a>> + '_ {
-        self.first.into_iter().chain(self.rest.iter().copied())
+    pub fn iter(&self) -> Events<'a, '_> {
+        Events(match &self.kept {
+            Some((first, rest)) => Source::Kept {
+                first: Some(*first),
+                rest: rest.iter(),
+            },
+            None => Source::Read {
+                r: Reader::new(self.events),
+                layout: self.layout,
+                next: 0,
+                count: self.count,
+            },
+        })
+    }
+}
+
+/// The events of an [`IngestBatch`], in order: the kept ones, or read again from the
+/// body.
+pub struct Events<'a, 'b>(Source<'a, 'b>);
+
+enum Source<'a, 'b> {
+    Kept {
+        first: Option<EventRef<'a>>,
+        rest: std::slice::Iter<'b, EventRef<'a>>,
+    },
+    Read {
+        r: Reader<'a>,
+        layout: Layout,
+        next: u32,
+        count: u32,
+    },
+}
+
+impl<'a> Iterator for Events<'a, '_> {
+    type Item = EventRef<'a>;
+
+    fn next(&mut self) -> Option<EventRef<'a>> {
+        match &mut self.0 {
+            Source::Kept { first, rest } => first.take().or_else(|| rest.next().copied()),
+            Source::Read {
+                r,
+                layout,
+                next,
+                count,
+            } => {
+                if *next >= *count {
+                    return None;
+                }
+                *next += 1;
+                // Validated by `decode`: reading again cannot fail.
+                read_event(r, *next - 1, *layout).ok()
+            }
+        }
     }
 }
 

@@ -156,4 +156,33 @@ mod tests {
             events
         );
     }
+
+    /// A batch up to `KEPT_EVENTS` events long keeps what validation read; a longer one
+    /// reads its body again: either way the events come out as they were written, in
+    /// order, and an empty batch yields nothing.
+    #[test]
+    fn kept_and_reread_batches_yield_the_same_events() {
+        use crate::codec::events::KEPT_EVENTS;
+        for n in [0, 1, 3, KEPT_EVENTS, KEPT_EVENTS + 1] {
+            let events: Vec<RawEvent> = (0..n)
+                .map(|i| {
+                    RawEvent::new("page_view", "web", 1_700_000_000_000 + i as i64)
+                        .key(&format!("anon:{i}"))
+                        .prop("path", format!("/p/{i}").as_str())
+                })
+                .collect();
+            let body = Request::Ingest {
+                events: events.clone(),
+            }
+            .encode()
+            .unwrap();
+            let batch = IngestBatch::decode(&body, Layout::V2).unwrap();
+            assert_eq!(batch.len(), n as usize);
+            assert_eq!(batch.is_empty(), n == 0);
+            let read: Vec<RawEvent> = batch.iter().map(|e| e.to_owned()).collect();
+            assert!(read == events, "{n} events");
+            // Iterating twice reads the same again.
+            assert_eq!(batch.iter().count(), n as usize);
+        }
+    }
 }
