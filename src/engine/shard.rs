@@ -673,9 +673,6 @@ pub(crate) struct Taken<X: Extension> {
     pub extension: Option<X::Customer>,
 }
 
-/// The profile of a customer omnia has never seen, as if first seen `now` on `channel`
-/// with a key in `namespace`: what a decision for a new visitor is evaluated against.
-/// Its segment bits are evaluated like a new profile's, so `in(new_visitors)` holds.
 /// A customer's keys, exactly as many as it has: a `Vec` would keep room for four (32
 /// bytes each) from its first push, and most customers have one to three.
 pub(crate) type Keys = Box<[Key]>;
@@ -685,6 +682,9 @@ fn timer(at: u32, local: u32) -> u64 {
     (at as u64) << 32 | local as u64
 }
 
+/// The profile of a customer omnia has never seen, as if first seen `now` on `channel`
+/// with a key in `namespace`: what a decision for a new visitor is evaluated against.
+/// Its segment bits are evaluated like a new profile's, so `in(new_visitors)` holds.
 pub(crate) fn blank_row(plan: &Plan, now: u32, channel: usize, namespace: usize) -> Vec<u32> {
     let mut row = vec![0u32; plan.layout.stride];
     row[FIRST_SEEN] = now;
