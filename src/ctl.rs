@@ -457,15 +457,16 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
             metrics,
         } => {
             let stats = client.stats_with(offers, drift).await?;
-            let stages = match latency {
-                true => match scrape_stages(&metrics, token.as_deref()).await {
+            let stages = if latency {
+                match omnia::client::stages::scrape(&metrics, token.as_deref()).await {
                     Ok(stages) => Some(stages),
                     Err(e) => {
                         eprintln!("error: {e}");
                         return Ok(ExitCode::FAILURE);
                     }
-                },
-                false => None,
+                }
+            } else {
+                None
             };
             if json {
                 let mut value = serde_json::to_value(&stats).unwrap_or_default();
@@ -512,46 +513,6 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The server's stage histograms, from its Prometheus endpoint at `addr` (plain HTTP, as
-/// `serve` offers it), with `token` as a bearer token when given.
-async fn scrape_stages(
-    addr: &str,
-    token: Option<&str>,
-) -> Result<omnia::client::stages::Breakdown, String> {
-    use http_body_util::BodyExt;
-    let what = format!("the metrics endpoint at {addr}");
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
-        format!("cannot connect to {what} (serve --metrics-listen; --metrics here): {e}")
-    })?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("{what}: {e}"))?;
-    tokio::spawn(connection);
-    let mut request = hyper::Request::get("/metrics").header(hyper::header::HOST, addr);
-    if let Some(token) = token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| format!("{what}: {e}"))?;
-    let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
-    })
-    .await
-    .map_err(|_| format!("{what} did not answer within 10 s"))?
-    .map_err(|e| format!("{what}: {e}"))?;
-    let (status, body) = response;
-    let text = String::from_utf8_lossy(&body);
-    if !status.is_success() {
-        return Err(format!("{what} answered {status}: {}", text.trim()));
-    }
-    Ok(omnia::client::stages::Breakdown::parse(&text))
 }
 
 /// A decision as a person reads it: the offers, then the arms and coupons, then (when

@@ -18,7 +18,8 @@ pub use omnia::client::stages::{Breakdown, Histogram, STAGES};
 /// Where and how to scrape the server's metrics.
 #[derive(Debug, Clone)]
 pub struct Scrape {
-    pub url: String,
+    /// The Prometheus endpoint's address (`serve --metrics-listen`).
+    pub addr: String,
     /// A token with the `read` role, for a server that requires credentials.
     pub token: Option<String>,
 }
@@ -26,26 +27,6 @@ pub struct Scrape {
 impl Scrape {
     /// One scrape, parsed.
     pub async fn get(&self) -> Result<Breakdown, String> {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut request = client.get(&self.url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("cannot scrape {}: {e}", self.url))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", self.url))?;
-        if !status.is_success() {
-            return Err(format!("{} answered {status}: {}", self.url, text.trim()));
-        }
-        Ok(Breakdown::parse(&text))
+        omnia::client::stages::scrape(&self.addr, self.token.as_deref()).await
     }
 }

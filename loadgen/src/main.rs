@@ -149,10 +149,11 @@ struct Options {
     /// No live progress line.
     #[arg(long)]
     no_progress: bool,
-    /// The server's Prometheus endpoint (`--target omnia`), scraped as measuring starts
-    /// and ends to print the server's own stage breakdown beside this run's figures;
-    /// `off` skips it. Needs the `read` role with `--token` on a server with credentials.
-    #[arg(long, default_value = "http://127.0.0.1:9878/metrics")]
+    /// The server's Prometheus endpoint (`serve --metrics-listen`, `--target omnia`),
+    /// scraped as measuring starts and ends to print the server's own stage breakdown
+    /// beside this run's figures; `off` skips it. Needs the `read` role with `--token` on
+    /// a server with credentials.
+    #[arg(long, default_value = "127.0.0.1:9878", value_name = "ADDR")]
     metrics: String,
 }
 
@@ -217,7 +218,7 @@ fn main() -> anyhow::Result<()> {
         progress: !o.no_progress,
         metrics: (o.target == TargetKind::Omnia && o.metrics != "off").then(|| {
             loadgen::breakdown::Scrape {
-                url: o.metrics.clone(),
+                addr: o.metrics.clone(),
                 token: o.token.clone(),
             }
         }),

@@ -26,7 +26,7 @@ async fn a_run_reports_the_servers_stages_for_its_window() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+    let addr_of_metrics = metrics.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(omnia::http::serve_metrics(
         metrics,
@@ -42,7 +42,10 @@ async fn a_run_reports_the_servers_stages_for_its_window() {
     settings.connections = 1;
     settings.warmup = 0.3;
     settings.seed = 3;
-    settings.metrics = Some(Scrape { url, token: None });
+    settings.metrics = Some(Scrape {
+        addr: addr_of_metrics,
+        token: None,
+    });
     let report = run(settings, "omnia", || {
         let addr = addr.clone();
         async move { OmniaTarget::connect(&addr, None, None).await }

@@ -1,6 +1,6 @@
 //! The server's stage histograms as a client reads them: `omnia_request_stage_seconds`
 //! out of the Prometheus text of `/metrics` (see `server::metrics`), for `omnia ctl stats
-//! --latency` and the load generator.
+//! --latency` and the load generator, and [`scrape`], the one GET that fetches it.
 //!
 //! The histograms count from the server's start. [`Breakdown::since`] subtracts an
 //! earlier scrape, which is how loadgen reports its measured window only. The buckets
@@ -185,6 +185,44 @@ impl Breakdown {
         }
         out
     }
+}
+
+/// One scrape of the server's Prometheus endpoint at `addr` (`serve --metrics-listen`;
+/// plain HTTP, as `serve` offers it), parsed; `token` is sent as a bearer token when
+/// given (a server with credentials wants the `read` role). Errors name the endpoint.
+pub async fn scrape(addr: &str, token: Option<&str>) -> Result<Breakdown, String> {
+    use http_body_util::BodyExt;
+    let what = format!("the metrics endpoint at {addr}");
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+        format!("cannot connect to {what} (serve --metrics-listen; --metrics here): {e}")
+    })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get("/metrics").header(hyper::header::HOST, addr);
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("{what}: {e}"))?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    })
+    .await
+    .map_err(|_| format!("{what} did not answer within 10 s"))?
+    .map_err(|e| format!("{what}: {e}"))?;
+    let (status, body) = response;
+    let text = String::from_utf8_lossy(&body);
+    if !status.is_success() {
+        return Err(format!("{what} answered {status}: {}", text.trim()));
+    }
+    Ok(Breakdown::parse(&text))
 }
 
 fn seconds(s: f64) -> String {
