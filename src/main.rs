@@ -323,9 +323,18 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&options.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        // Every port is bound before recovery, the binary one last: a port that is taken
+        // stops the start at once, before a big data directory loads, and once the binary
+        // port accepts, every other one is this server's too.
+        let metrics_listener = if options.no_metrics {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(options.metrics_listen)
+                .await
+                .with_context(|| format!("cannot serve metrics on {}", options.metrics_listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+            Some(listener)
+        };
         // The HTTP edge serves from before recovery, so that /healthz answers while a
         // big data directory loads; its other endpoints wait for the node (503).
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -356,6 +365,9 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 stopped(&stop),
             )))
         };
+        let listener = tokio::net::TcpListener::bind(&options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
         let storage = config.storage.clone();
         let omnia::store::Store {
             data: data_dir,
@@ -448,14 +460,8 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 }
             });
         }
-        let metrics = if options.no_metrics {
-            None
-        } else {
+        let metrics = if let Some(listener) = metrics_listener {
             let handle = omnia::server::metrics::install().map_err(anyhow::Error::msg)?;
-            let listener = tokio::net::TcpListener::bind(options.metrics_listen)
-                .await
-                .with_context(|| format!("cannot serve metrics on {}", options.metrics_listen))?;
-            tracing::info!(addr = %options.metrics_listen, "metrics at /metrics");
             tokio::spawn(omnia::http::serve_metrics(
                 listener,
                 handle.clone(),
@@ -463,6 +469,8 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 stopped(&stop),
             ));
             Some(handle)
+        } else {
+            None
         };
         // Timers also run on every read and write of a shard; this spreads the work for
         // shards that see no traffic, and keeps the gauges fresh.

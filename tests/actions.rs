@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::binary::{free_port, OMNIA};
+use common::binary::{spawn_listening, Process, OMNIA};
 use common::{copy_dir, unsynced_wal, TempDir};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, Source};
@@ -291,15 +291,14 @@ fn a_crash_after_any_record_leaves_both_halves_agreeing() {
     assert_eq!(previous, full, "the whole log holds everything");
 }
 
-fn start(data: &Path) -> (std::process::Child, String) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+fn start(data: &Path) -> (Process, String) {
     std::fs::write(data.with_extension("toml"), CONFIG).unwrap();
-    let child = std::process::Command::new(OMNIA)
+    let mut command = std::process::Command::new(OMNIA);
+    command
         .args([
             "serve",
             "--listen",
-            &addr,
+            "127.0.0.1:0",
             "--no-metrics",
             "--no-http",
             "--fsync",
@@ -309,20 +308,9 @@ fn start(data: &Path) -> (std::process::Child, String) {
         .arg(data.with_extension("toml"))
         .arg("--data-dir")
         .arg(data)
-        .args(["--log", "warn", "--snapshot-interval", "0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start omnia serve");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, addr)
+        .args(["--snapshot-interval", "0"]);
+    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
+    (child, listening.binary)
 }
 
 /// One client's stream of new customers `user:R-W-N`: three decisions each, with

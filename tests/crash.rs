@@ -7,27 +7,20 @@
 //! recovered count is at least what was acknowledged and at most that plus what was in
 //! flight, and every segment that reads the count agrees with it.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::binary::{spawn_listening, Process, OMNIA};
 use omnia::client::Client;
 use omnia::engine::RawEvent;
 
-const OMNIA: &str = env!("CARGO_BIN_EXE_omnia");
 const CONNECTIONS: usize = 3;
 const KEYS_PER_CONNECTION: usize = 12;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// How a round ends: how long ingest runs before the kill, and the snapshot interval.
 #[derive(Clone, Copy)]
@@ -51,38 +44,25 @@ impl Rounds {
     }
 }
 
-fn start(data: &Path, fsync: &str, snapshot_interval: u64) -> (Child, String) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(OMNIA)
+/// Starts the server on the data directory; its log goes beside it.
+fn start(data: &Path, fsync: &str, snapshot_interval: u64) -> (Process, String) {
+    let mut command = Command::new(OMNIA);
+    command
         .args([
             "serve",
             "--listen",
-            &addr,
+            "127.0.0.1:0",
             "--no-metrics",
             "--no-http",
-            "--log",
-            "warn",
             "--fsync",
             fsync,
             "--snapshot-interval",
             &snapshot_interval.to_string(),
             "--data-dir",
         ])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omnia serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (child, addr)
+        .arg(data);
+    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
+    (child, listening.binary)
 }
 
 fn now_ms() -> i64 {

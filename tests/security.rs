@@ -510,7 +510,7 @@ fn without_credentials_omnia_refuses_to_listen_beyond_loopback() {
 
 #[tokio::test]
 async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
-    use common::binary::{free_port, wait_ready, Process};
+    use common::binary::{spawn_listening, wait_ready};
     let dir = TempDir::new("security", "cli");
     std::fs::create_dir_all(&dir.0).unwrap();
     let file = dir.0.join("creds.toml");
@@ -549,33 +549,25 @@ async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
     );
 
     // The server, its log in a file, requiring the credentials.
-    let (port, http_port, metrics_port) = (free_port(), free_port(), free_port());
-    let (addr, http) = (
-        format!("127.0.0.1:{port}"),
-        format!("127.0.0.1:{http_port}"),
-    );
-    let metrics = format!("127.0.0.1:{metrics_port}");
     let log_path = dir.0.join("server.log");
-    let mut served = Process(
-        std::process::Command::new(OMNIA)
-            .args([
-                "serve",
-                "--listen",
-                &addr,
-                "--http-listen",
-                &http,
-                "--metrics-listen",
-                &metrics,
-            ])
-            .arg("--data-dir")
-            .arg(dir.0.join("data"))
-            .arg("--credentials")
-            .arg(&file)
-            // The log goes to standard output.
-            .stdout(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = std::process::Command::new(OMNIA);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .arg("--credentials")
+        .arg(&file);
+    let (mut served, listening) = spawn_listening(command, &log_path);
+    let (addr, http) = (listening.binary, listening.http.unwrap());
+    let metrics = listening.metrics.unwrap();
     wait_ready(&http).await;
     let ctl = |token: Option<&str>| {
         let mut command = std::process::Command::new(OMNIA);

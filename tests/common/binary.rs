@@ -2,7 +2,7 @@
 //! `omnia ctl` run against it: for tests of what an operator sees.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,10 +44,12 @@ impl Drop for Process {
 pub struct Served {
     pub child: Process,
     pub addr: String,
+    /// `HOST:PORT` of the metrics endpoint; empty with `--no-metrics`.
     pub metrics: String,
-    /// `HOST:PORT` of the HTTP edge.
+    /// `HOST:PORT` of the HTTP edge; empty with `--no-http`.
     pub http: String,
     pub _dir: tempdir::Dir,
+    _log: Option<tempdir::File>,
 }
 
 pub mod tempdir {
@@ -56,6 +58,14 @@ pub mod tempdir {
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A file removed when dropped.
+    pub struct File(pub std::path::PathBuf);
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
         }
     }
 }
@@ -75,49 +85,95 @@ pub fn serve_with(dir: std::path::PathBuf, options: &[&str]) -> Served {
     serve_logging(dir, options, None)
 }
 
-/// [`serve_with`], the server's log (its standard output, at `info`) written to `log`.
+/// [`serve_with`], the server's log (its standard output, at `info`) kept in `log`
+/// (otherwise in a file beside the data directory, removed with it).
 pub fn serve_logging(
     dir: std::path::PathBuf,
     options: &[&str],
     log: Option<&std::path::Path>,
 ) -> Served {
-    let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
-    let child = Command::new(OMNIA)
+    let (log, guard) = match log {
+        Some(path) => (path.to_path_buf(), None),
+        None => {
+            let path = dir.with_extension("log");
+            (path.clone(), Some(tempdir::File(path)))
+        }
+    };
+    let mut command = Command::new(OMNIA);
+    command
         .args([
             "serve",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
+            "127.0.0.1:0",
             "--http-listen",
-            &format!("127.0.0.1:{http_port}"),
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&dir)
-        .args(["--log", if log.is_some() { "info" } else { "warn" }])
-        .args(options)
-        .stdout(match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
-            None => Stdio::null(),
-        })
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start omnia serve");
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&addr).is_err() {
+        .args(options);
+    let (child, listening) = spawn_listening(command, &log);
+    Served {
+        child,
+        addr: listening.binary,
+        metrics: listening.metrics.unwrap_or_default(),
+        http: listening.http.unwrap_or_default(),
+        _dir: tempdir::Dir(dir),
+        _log: guard,
+    }
+}
+
+/// Where a server started by [`spawn_listening`] listens.
+pub struct Listening {
+    pub binary: String,
+    pub metrics: Option<String>,
+    pub http: Option<String>,
+}
+
+/// Starts `command` (an `omnia serve`) with its log at `info` written to `log`, and
+/// waits until it serves, reading the addresses it bound from that log. Ports given as
+/// `:0` are chosen by the kernel, so two tests never race for one port: a port picked
+/// free and then bound by the server could be taken in between.
+pub fn spawn_listening(mut command: Command, log: &std::path::Path) -> (Process, Listening) {
+    let file = std::fs::File::create(log).expect("create the server's log file");
+    let mut child = Process(
+        command
+            .args(["--log", "info"])
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start omnia serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let address = |message: &str| {
+            let line = text.lines().find(|line| line.contains(message))?;
+            let (_, rest) = line.split_once(" addr=")?;
+            Some(rest.split_whitespace().next()?.to_string())
+        };
+        if let Some(binary) = address("omnia is serving") {
+            let listening = Listening {
+                binary,
+                metrics: address("metrics at /metrics"),
+                http: address("HTTP API"),
+            };
+            return (child, listening);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(
+                child.stderr.as_mut().expect("stderr is piped"),
+                &mut stderr,
+            );
+            panic!("the server exited before serving ({status}): {stderr}\n{text}");
+        }
         assert!(
             Instant::now() < deadline,
-            "the server did not start listening"
+            "the server did not start serving within 20 s:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
-    Served {
-        child: Process(child),
-        addr,
-        metrics: format!("127.0.0.1:{metrics_port}"),
-        http: format!("127.0.0.1:{http_port}"),
-        _dir: tempdir::Dir(dir),
     }
 }
 
