@@ -87,7 +87,7 @@ fn unknown_top_level_field() {
     let d = assert_error(
         &text,
         "unknown field `chanels`, expected one of `channels`, `engine`, `identity`, \
-         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`",
+         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `triggers`",
         1,
         1,
         "chanels",
@@ -95,7 +95,7 @@ fn unknown_top_level_field() {
     assert_eq!(
         d.to_string(),
         "\
-error: unknown field `chanels`, expected one of `channels`, `engine`, `identity`, `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`
+error: unknown field `chanels`, expected one of `channels`, `engine`, `identity`, `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `triggers`
  --> bad.toml:1:1
   |
 1 | chanels = [\"web\"]
@@ -119,7 +119,7 @@ fn misspelt_table_name() {
     assert_error(
         &with("[segment.buyers]\nrule = \"ever(purchase)\"\n"),
         "unknown field `segment`, expected one of `channels`, `engine`, `identity`, \
-         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`",
+         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `triggers`",
         EXTRA,
         2,
         "segment",

@@ -8,6 +8,11 @@
 //! to both; after every step each person's membership of every segment, every segment
 //! count, and set-algebra counts and member lists must agree.
 //!
+//! The change stream is checked on the same streams: every CHANGE record the engine
+//! appends to its journal, applied in order to an empty set per segment, gives the
+//! segment's members after every step (merges, timers and reads that run them
+//! included).
+//!
 //! The model shares the documented semantics, not the code: a window of `W` with `B`
 //! buckets counts events whose bucket `ts / (W/B)` is among the `B` latest at `now`;
 //! events ahead of the clock (within the skew) count as now; attributes take the value
@@ -18,7 +23,8 @@ use std::sync::Arc;
 
 use omnia::clock::{Clock, ManualClock};
 use omnia::config::{Config, Source};
-use omnia::engine::RawEvent;
+use omnia::engine::{Journal, RawEvent};
+use omnia::model::ChangeKind;
 use omnia::node::Node;
 use proptest::prelude::*;
 
@@ -83,6 +89,9 @@ rule = "score(engagement) > 3.5"
 
 [segments.likely]
 rule = "score(propensity) > 0.5"
+
+[triggers]
+stream = ["*"]
 
 [scores.engagement]
 kind = "decayed"
@@ -321,6 +330,87 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// A journal in memory: what the engine appended, for the change stream's check.
+#[derive(Default)]
+struct Memory {
+    records: std::sync::Mutex<Vec<(u8, Vec<u8>)>>,
+}
+
+impl Journal for Memory {
+    fn writable(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn append(&self, kind: u8, body: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
+        let mut bytes = Vec::new();
+        body(&mut bytes);
+        let mut records = self.records.lock().unwrap();
+        records.push((kind, bytes));
+        records.len() as u64
+    }
+    fn last_appended(&self) -> u64 {
+        self.records.lock().unwrap().len() as u64
+    }
+    fn durable_now(&self) -> u64 {
+        self.last_appended()
+    }
+    fn durable(
+        &self,
+        _: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn wait_durable(&self, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn sync_through(&self, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn bytes_written(&self) -> u64 {
+        0
+    }
+}
+
+/// Applies the CHANGE records appended since `seen` to `sets` (segment name to member
+/// ids), then checks every segment's set against its members.
+fn check_changes(
+    engine: &Node,
+    journal: &Memory,
+    seen: &mut usize,
+    sets: &mut HashMap<String, BTreeSet<u32>>,
+    step: usize,
+) {
+    let records = journal.records.lock().unwrap();
+    for (kind, body) in &records[*seen..] {
+        if *kind != omnia::engine::journal::kind::CHANGE {
+            continue;
+        }
+        let change = omnia::engine::changes::decode(body).unwrap();
+        let set = sets.entry(change.segment.clone()).or_default();
+        match change.kind {
+            ChangeKind::Enter => assert!(set.insert(change.customer), "{change:?} twice"),
+            ChangeKind::Exit => assert!(set.remove(&change.customer), "{change:?} of a non-member"),
+            ChangeKind::Reset => set.clear(),
+        }
+    }
+    *seen = records.len();
+    drop(records);
+    for segment in SEGMENTS {
+        let query = engine.engine().query(segment).unwrap();
+        let members: BTreeSet<u32> = engine
+            .engine()
+            .members(&query, 0, 10_000)
+            .members
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let streamed = sets.get(segment).cloned().unwrap_or_default();
+        assert_eq!(
+            streamed, members,
+            "step {step}: the stream of {segment} against its members"
+        );
+    }
+}
+
 fn check(engine: &Node, model: &Model, now: i64, step: usize) {
     let people: Vec<&Person> = model
         .people
@@ -391,6 +481,9 @@ fn run(steps: &[Step]) {
     let config = Config::from_source(&Source::new("reference.toml", CONFIG))
         .unwrap_or_else(|e| panic!("{e}"));
     let engine = Node::new(config, clock.clone());
+    let journal = Arc::new(Memory::default());
+    engine.engine().attach_journal(journal.clone());
+    let (mut seen, mut sets) = (0, HashMap::new());
     let mut model = Model::default();
     for (i, step) in steps.iter().enumerate() {
         match step {
@@ -450,6 +543,7 @@ fn run(steps: &[Step]) {
             Step::Wait { seconds } => clock.advance_secs(*seconds),
         }
         check(&engine, &model, clock.now_ms() / 1000, i);
+        check_changes(&engine, &journal, &mut seen, &mut sets, i);
     }
 }
 

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub offers: IndexMap<Spanned<String>, RawOffer>,
     #[serde(default)]
     pub experiments: IndexMap<Spanned<String>, RawExperiment>,
+    #[serde(default)]
+    pub triggers: super::triggers::RawTriggers,
 }
 
 fn no_channels() -> Spanned<Vec<Spanned<String>>> {

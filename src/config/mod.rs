@@ -28,6 +28,7 @@ pub mod duration;
 mod file;
 pub mod rule;
 mod settings;
+pub mod triggers;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use file::{RawConfig, RawEvent, RawScoreKind};
 use rule::compile::list;
 use rule::{Compiler, Expr, Interner, Refs, RuleContext, RuleError};
 pub use settings::Overrides;
+pub use triggers::TriggerSettings;
 
 /// The embedded default config: an omnichannel retailer.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/retail.toml");
@@ -355,6 +357,8 @@ pub struct Config {
     pub engine: EngineSettings,
     pub storage: StorageSettings,
     pub privacy: PrivacySettings,
+    /// `[triggers]`: which segments' changes the change stream records.
+    pub triggers: TriggerSettings,
     /// `[security] credentials`: the credentials file, relative to the config file's
     /// directory (`serve --credentials` wins over it).
     pub credentials: Option<std::path::PathBuf>,
@@ -700,6 +704,7 @@ impl Builder<'_> {
         // Cycles are looked for among the rules that compiled, so that a cycle is
         // reported together with every other error.
         self.cycles(&raw, &segments, &scores);
+        let triggers = self.trigger_settings(&raw.triggers, &segment_names);
         if !self.errors.is_empty() {
             self.errors.sort_by_key(|d| (d.line, d.column));
             return Err(ConfigError {
@@ -716,6 +721,7 @@ impl Builder<'_> {
             engine,
             storage,
             privacy,
+            triggers,
             credentials,
             namespaces,
             channels,

@@ -119,12 +119,19 @@ impl<X: Extension> Engine<X> {
         row[FIRST_SEEN] = create.time;
         row[LAST_SEEN] = create.time;
         row[self.plan.layout.channel_last_seen(create.channel)] = create.time;
+        let noted = state.changes_noted();
+        state.set_why(match action.events().first() {
+            Some(e) => super::changes::Why::Event(e.event_type as u32),
+            None => super::changes::Why::Time,
+        });
         state.evaluate_all(&self.plan, local);
         let acted = self.act_on(&mut state, local, context, action, &mut mode, true);
         if let Acted::Declined { .. } = acted {
-            // Nobody saw it: the identity map never pointed at it.
+            // Nobody saw it: the identity map never pointed at it, and the stream
+            // never hears of it.
             debug_assert!(!self.identity.contains_key(&key.text));
-            state.take(&self.plan, local);
+            state.take(&self.plan, local, super::changes::Why::Forget);
+            state.discard_changes(noted);
         } else {
             let generation = state.generation(local).unwrap_or(0);
             let id = state.id_base() + local;

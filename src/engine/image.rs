@@ -403,6 +403,9 @@ impl<X: Extension> Engine<X> {
         if let Some(cut) = cutting.as_mut().and_then(|c| c.get_mut(shard)) {
             if !*cut {
                 *cut = true;
+                // Changes noted under this lock go in before the cut, with the state
+                // they describe.
+                self.record_changes(state);
                 state.start_cut(self.log_position());
             }
         }
@@ -449,12 +452,15 @@ impl<X: Extension> Engine<X> {
         }
         self.dedup.restore(&image.dedup);
         self.suppression.restore(&image.suppressed);
+        let recorded = self.recorded_by(image, from);
         let mut cuts = Vec::with_capacity(self.shards.len());
         for (shard, shard_image) in image.shards.iter().enumerate() {
             let base = ((shard as u64) << self.local_bits) as u32;
             let layout = map.as_ref().map_or(&self.plan, |(from, _)| *from);
             let (mut state, cut) = read_shard(layout, base, capacity, &shard_image.bytes, &codes)
                 .map_err(|error| RestoreError::Shard { shard, error })?;
+            // Before a new layout evaluates the segments again: what the stream held.
+            self.view_image(layout, &state, &recorded);
             if let Some((from, map)) = &map {
                 state = map.convert(state, from, &self.plan);
             }
@@ -477,11 +483,46 @@ impl<X: Extension> Engine<X> {
                     self.identity.insert(key.text.clone(), r.pack());
                 }
             }
+            // What evaluating segments under a new layout noted is for the store to make
+            // good (see `changes`), not for the stream.
+            drop(state.take_changes());
             *self.shards[shard].lock() = state;
             cuts.push(cut);
             progress(shard + 1, image.shards.len());
         }
         Ok(cuts)
+    }
+
+    /// The segments the config that wrote `image` put on the change stream, by name:
+    /// this engine's, `from`'s (compiled from the image's config text) or, when only
+    /// the stream changed, the image's config compiled here. One that no longer
+    /// compiles recorded nothing the stream can be trusted with: its segments start
+    /// over.
+    fn recorded_by(
+        &self,
+        image: &EngineImage,
+        from: Option<&Plan>,
+    ) -> std::collections::HashSet<String> {
+        let names = |config: &crate::config::Config| {
+            config
+                .segments
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| config.triggers.records(*s))
+                .map(|(_, segment)| segment.name.clone())
+                .collect()
+        };
+        let (name, text) = &image.config;
+        if *text == self.plan.config.source_text {
+            return names(&self.plan.config);
+        }
+        if let Some(from) = from {
+            return names(&from.config);
+        }
+        let source = crate::config::Source::new(name.clone(), text.clone());
+        crate::config::Config::from_source(&source)
+            .map(|config| names(&config))
+            .unwrap_or_default()
     }
 
     /// Calls `f` with each shard's extension in turn, under that shard's lock: how the

@@ -36,6 +36,9 @@ pub mod kind {
     /// A customer forgotten (`engine::forget::ForgetRecord`): no key in clear. Data
     /// directory format 5 on.
     pub const FORGET: u8 = 5;
+    /// A segment membership change (`engine::changes`): the change stream. Data
+    /// directory format 6 on.
+    pub const CHANGE: u8 = 6;
 }
 
 /// Where the engine's changes are stored, in order.

@@ -41,6 +41,7 @@
 //! it for writing, so a code in hand is never freed before a row holds it.
 
 pub(crate) mod action;
+pub mod changes;
 pub mod dedup;
 pub mod drift;
 pub(crate) mod eval;
@@ -206,6 +207,38 @@ pub struct Engine<X: Extension = ()> {
     /// Which shard retention looks at next, and how many it forgot.
     retention_cursor: std::sync::atomic::AtomicUsize,
     expired: AtomicU64,
+    /// What the change stream says the recorded segments hold, while a restore and a
+    /// replay build it (see `changes`); taken by [`Engine::reconcile_stream`].
+    stream_view: Mutex<Option<changes::StreamView>>,
+}
+
+/// A shard's lock, held: what every operation that may change a shard works through.
+/// When it is dropped, the changes the shard noted are appended to the journal before
+/// the lock is let go (see `changes`).
+pub(crate) struct ShardGuard<'a, X: Extension> {
+    state: MutexGuard<'a, ShardState<X>>,
+    engine: &'a Engine<X>,
+}
+
+impl<X: Extension> std::ops::Deref for ShardGuard<'_, X> {
+    type Target = ShardState<X>;
+    fn deref(&self) -> &ShardState<X> {
+        &self.state
+    }
+}
+
+impl<X: Extension> std::ops::DerefMut for ShardGuard<'_, X> {
+    fn deref_mut(&mut self) -> &mut ShardState<X> {
+        &mut self.state
+    }
+}
+
+impl<X: Extension> Drop for ShardGuard<'_, X> {
+    fn drop(&mut self) {
+        if self.state.has_changes() {
+            self.engine.record_changes(&mut self.state);
+        }
+    }
 }
 
 /// A known customer under its shard lock: its profile to read, its extension's part to
@@ -267,6 +300,7 @@ impl<X: Extension> Engine<X> {
             last_forget_replayed: AtomicU64::new(0),
             retention_cursor: std::sync::atomic::AtomicUsize::new(0),
             expired: AtomicU64::new(0),
+            stream_view: Mutex::new(None),
         }
     }
 
@@ -308,16 +342,49 @@ impl<X: Extension> Engine<X> {
         (shard, local)
     }
 
-    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState<X>> {
+    fn lock(&self, shard: usize) -> ShardGuard<'_, X> {
         self.lock_at(shard, self.now_secs())
     }
 
     /// Locks a shard and runs its timers due at `now` (seconds), for callers that have
     /// read the clock already.
-    fn lock_at(&self, shard: usize, now: u32) -> MutexGuard<'_, ShardState<X>> {
-        let mut guard = self.shards[shard].lock();
-        guard.catch_up(&self.plan, now);
-        guard
+    fn lock_at(&self, shard: usize, now: u32) -> ShardGuard<'_, X> {
+        let mut state = self.shards[shard].lock();
+        state.catch_up(&self.plan, now);
+        ShardGuard {
+            state,
+            engine: self,
+        }
+    }
+
+    /// Appends the changes a shard noted to the journal (see `changes`), under its lock.
+    /// Without a journal (recovery, a reload's catch-up) or in an engine a reload
+    /// replaced, they are dropped: the store makes the stream good after recovery.
+    fn record_changes(&self, state: &mut ShardState<X>) {
+        let list = state.take_changes();
+        if let (Some(journal), false) = (self.journal.get(), self.is_retired()) {
+            let config = &self.plan.config;
+            let time = state.now();
+            for p in &list {
+                let event = match p.cause {
+                    crate::model::Cause::Event => config.events[p.event as usize].name.as_str(),
+                    _ => "",
+                };
+                journal.append(journal::kind::CHANGE, &mut |body| {
+                    changes::encode_parts(
+                        body,
+                        time,
+                        p.customer,
+                        p.generation,
+                        p.kind,
+                        p.cause,
+                        &config.segments[p.segment as usize].name,
+                        event,
+                    )
+                });
+            }
+        }
+        state.return_changes(list);
     }
 
     /// Resolves a raw event's names against the config.
@@ -738,18 +805,13 @@ impl<X: Extension> Engine<X> {
     /// Folds `losers` into `survivor` with every shard involved locked at once (in index
     /// order, so that concurrent merges cannot deadlock), and returns the survivor's
     /// shard still locked. Called with the identity mutex held.
-    fn merge(
-        &self,
-        survivor: CustomerRef,
-        losers: &[CustomerRef],
-        now: u32,
-    ) -> MutexGuard<'_, ShardState<X>> {
+    fn merge(&self, survivor: CustomerRef, losers: &[CustomerRef], now: u32) -> ShardGuard<'_, X> {
         let (ws, wl) = self.split(survivor.id);
         let mut shards: Vec<usize> = losers.iter().map(|l| self.split(l.id).0).collect();
         shards.push(ws);
         shards.sort_unstable();
         shards.dedup();
-        let mut locked: Vec<MutexGuard<'_, ShardState<X>>> =
+        let mut locked: Vec<ShardGuard<'_, X>> =
             shards.iter().map(|&s| self.lock_at(s, now)).collect();
         if locked.len() > 1 {
             // A snapshot in progress must see every shard of the merge before it, or
@@ -766,7 +828,7 @@ impl<X: Extension> Engine<X> {
         let at = |shard: usize| shards.binary_search(&shard).unwrap_or(0);
         for loser in losers {
             let (ls, ll) = self.split(loser.id);
-            let taken = locked[at(ls)].take(&self.plan, ll);
+            let taken = locked[at(ls)].take(&self.plan, ll, changes::Why::Merge);
             let keys = taken.keys.clone();
             locked[at(ws)].absorb(&self.plan, wl, taken);
             for key in keys {
@@ -846,7 +908,7 @@ impl<X: Extension> Engine<X> {
     }
 
     /// The shard (locked) and slot of the customer a key belongs to.
-    fn locate(&self, key: &str, now: u32) -> Option<(MutexGuard<'_, ShardState<X>>, u32)> {
+    fn locate(&self, key: &str, now: u32) -> Option<(ShardGuard<'_, X>, u32)> {
         // A merge may free the slot between reading the map and taking the lock; then
         // the map already points at the survivor, so looking again finds it.
         for _ in 0..4 {
@@ -860,22 +922,14 @@ impl<X: Extension> Engine<X> {
     }
 
     /// [`Engine::locate`] for a caller holding the identity mutex: one look is final.
-    fn locate_under_identity(
-        &self,
-        key: &str,
-        now: u32,
-    ) -> Option<(MutexGuard<'_, ShardState<X>>, u32)> {
+    fn locate_under_identity(&self, key: &str, now: u32) -> Option<(ShardGuard<'_, X>, u32)> {
         self.try_locate(key, now).flatten()
     }
 
     /// One look: `None` if the key is unknown, `Some(None)` if its customer was merged
     /// away between reading the map and taking the lock.
     #[allow(clippy::type_complexity)]
-    fn try_locate(
-        &self,
-        key: &str,
-        now: u32,
-    ) -> Option<Option<(MutexGuard<'_, ShardState<X>>, u32)>> {
+    fn try_locate(&self, key: &str, now: u32) -> Option<Option<(ShardGuard<'_, X>, u32)>> {
         let r = CustomerRef::unpack(*self.identity.get(key)?);
         let (shard, local) = self.split(r.id);
         let state = self.lock_at(shard, now);

@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 
 use roaring::RoaringBitmap;
 
+use super::changes::{Pending, Why};
 use super::eval::{filter_matches, Eval};
 use super::event::{AttrValue, Event, Key};
 use super::extension::Extension;
@@ -28,6 +29,7 @@ use super::profile::{
 };
 use super::Plan;
 use crate::config::{Aggregate, Feature, ScoreModel, ValueType};
+use crate::model::{Cause, ChangeKind};
 
 /// Profiles per storage chunk.
 pub(super) const CHUNK_ROWS: usize = 4096;
@@ -61,6 +63,11 @@ pub(crate) struct ShardState<X: Extension> {
     /// The snapshot being taken of this shard, if any (see `image`): chunks of rows and
     /// keys are saved into it before their first change.
     pub(super) cut: Option<Box<ShardCut<X>>>,
+    /// Flips of recorded segments since the lock was taken (see `changes`): the guard
+    /// appends them to the journal before it lets the lock go.
+    changes: Vec<Pending>,
+    /// What the changes being made now are caused by.
+    why: Why,
 }
 
 /// What a shard image stores, for [`ShardState::from_parts`]: everything but which
@@ -127,6 +134,8 @@ impl<X: Extension> ShardState<X> {
             extension: X::new(&plan.config),
             now: 0,
             cut: None,
+            changes: Vec::new(),
+            why: Why::Time,
         }
     }
 
@@ -153,6 +162,8 @@ impl<X: Extension> ShardState<X> {
             extension: parts.extension,
             now: parts.now,
             cut: None,
+            changes: Vec::new(),
+            why: Why::Time,
         };
         for local in 0..state.keys.len() as u32 {
             if state.is_live(local) {
@@ -424,6 +435,7 @@ impl<X: Extension> ShardState<X> {
     pub fn catch_up(&mut self, plan: &Plan, now: u32) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.why = Why::Time;
         while let Some(&first) = self.timers.first() {
             let (due, local) = ((first >> 32) as u32, first as u32);
             if due > now {
@@ -482,14 +494,96 @@ impl<X: Extension> ShardState<X> {
                 } else {
                     self.members[s].remove(id);
                 }
+                if plan.config.triggers.records(s) {
+                    let kind = if member {
+                        ChangeKind::Enter
+                    } else {
+                        ChangeKind::Exit
+                    };
+                    self.note(local, s, kind);
+                }
             }
         }
         next
     }
 
+    /// Notes a flip of recorded segment `segment` for the change stream.
+    fn note(&mut self, local: u32, segment: usize, kind: ChangeKind) {
+        let (cause, event) = self.why.cause();
+        self.changes.push(Pending {
+            customer: self.id_base + local,
+            generation: self.gens[local as usize],
+            segment: segment as u32,
+            kind,
+            cause,
+            event,
+        });
+    }
+
+    /// Notes a change the stream missed (see `Engine::reconcile_stream`). An exit of a
+    /// slot freed since names the generation its customer had.
+    pub(super) fn note_recovery(&mut self, local: u32, segment: usize, kind: ChangeKind) {
+        self.why = Why::Recovery;
+        let generation = match self.gens.get(local as usize) {
+            Some(&g) if self.is_live(local) => g,
+            Some(&g) => g.wrapping_sub(1),
+            None => 0,
+        };
+        self.changes.push(Pending {
+            customer: self.id_base + local,
+            generation,
+            segment: segment as u32,
+            kind,
+            cause: Cause::Recovery,
+            event: 0,
+        });
+    }
+
+    /// The changes noted, not yet recorded.
+    pub(super) fn noted(&self) -> &[Pending] {
+        &self.changes
+    }
+
+    /// The changes noted since they were last taken (see `changes`).
+    pub(super) fn take_changes(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Gives back the emptied list of [`take_changes`](Self::take_changes), to keep its
+    /// room.
+    pub(super) fn return_changes(&mut self, mut list: Vec<Pending>) {
+        if self.changes.is_empty() {
+            list.clear();
+            self.changes = list;
+        }
+    }
+
+    /// How many changes are noted: a mark for [`discard_changes`](Self::discard_changes).
+    pub(super) fn changes_noted(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Forgets the changes noted after `mark`: a profile made and removed again before
+    /// anyone could see it changed nothing anybody knew of.
+    pub(super) fn discard_changes(&mut self, mark: usize) {
+        self.changes.truncate(mark);
+    }
+
+    /// Says what the changes made next are caused by.
+    pub(super) fn set_why(&mut self, why: Why) {
+        self.why = why;
+    }
+
+    /// Whether changes are noted, waiting for the journal.
+    #[inline]
+    pub(super) fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
     /// Applies a resolved event to a live customer at time `now` (the shard's time).
     /// `keys_changed` says whether the event just linked new keys to the customer.
     pub fn apply(&mut self, plan: &Plan, local: u32, event: &Event, keys_changed: bool) {
+        self.why = Why::Event(event.event_type as u32);
         let config = &plan.config;
         let layout = &plan.layout;
         let now = self.now;
@@ -563,8 +657,9 @@ impl<X: Extension> ShardState<X> {
     }
 
     /// Removes a customer: out of every bitmap, its row cleared, its slot free for
-    /// reuse. Returns what it was, for a merge.
-    pub fn take(&mut self, plan: &Plan, local: u32) -> Taken<X> {
+    /// reuse. Returns what it was, for a merge. `why` is what its exits are noted as
+    /// caused by.
+    pub fn take(&mut self, plan: &Plan, local: u32, why: Why) -> Taken<X> {
         debug_assert!(
             self.is_live(local),
             "taking slot {local}, which holds no customer"
@@ -572,9 +667,13 @@ impl<X: Extension> ShardState<X> {
         self.save_chunk(plan, local as usize / CHUNK_ROWS);
         let id = self.id_base + local;
         let row = self.row(plan, local).to_vec();
+        self.why = why;
         for s in 0..plan.config.segments.len() {
             if plan.layout.in_segment(&row, s) {
                 self.members[s].remove(id);
+                if plan.config.triggers.records(s) {
+                    self.note(local, s, ChangeKind::Exit);
+                }
             }
         }
         self.live.remove(id);
@@ -594,7 +693,7 @@ impl<X: Extension> ShardState<X> {
     /// (segments, row, keys, extension), and the attribute strings its row held are let
     /// go. Returns its keys.
     pub fn forget(&mut self, plan: &Plan, local: u32) -> Vec<Key> {
-        let taken = self.take(plan, local);
+        let taken = self.take(plan, local, Why::Forget);
         for &(at, ty) in &plan.layout.attributes {
             if ty == ValueType::String {
                 plan.config.interner.release(taken.row[at]);
@@ -627,11 +726,13 @@ impl<X: Extension> ShardState<X> {
         if let Some(part) = from.extension {
             self.extension.absorb(local, part);
         }
+        self.why = Why::Merge;
         let next = self.reevaluate(plan, local, &plan.config.segment_order);
         self.schedule(plan, local, next);
     }
 
-    /// Evaluates a customer's segments from scratch (a new profile).
+    /// Evaluates a customer's segments from scratch (a new profile), the changes noted
+    /// as caused by what caused the last ones (the event that made the profile).
     pub fn evaluate_all(&mut self, plan: &Plan, local: u32) {
         let next = self.reevaluate(plan, local, &plan.config.segment_order);
         self.schedule(plan, local, next);

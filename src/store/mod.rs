@@ -38,11 +38,11 @@ use crate::node::{Node, NodeImage};
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT` this version writes.
-pub const FORMAT: &str = "omnia data directory, format 5";
+pub const FORMAT: &str = "omnia data directory, format 6";
 
 /// Earlier formats this version reads and migrates at start. Each differs only in what
 /// it did not write yet, which this version still replays, so migrating is rewriting
-/// `FORMAT`: format 4 wrote no FORGET records (and no `privacy.key`, made at the first
+/// `FORMAT`: format 5 wrote no CHANGE records (the change stream); format 4 wrote no FORGET records (and no `privacy.key`, made at the first
 /// start of format 5); format 3 wrote no EVENT_WITH_ID records and snapshots of format 2 (no
 /// message ids); format 2 also wrote an EVENT and an OFFER_ACTION per offer action,
 /// where format 3 on writes one ACTION. Any other first line is refused.
@@ -50,6 +50,7 @@ pub const MIGRATES: &[&str] = &[
     "omnia data directory, format 2",
     "omnia data directory, format 3",
     "omnia data directory, format 4",
+    "omnia data directory, format 5",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +236,9 @@ pub struct Recovered {
     /// A torn tail that was cut: the file, where, and how many bytes.
     pub truncated: Option<(PathBuf, u64, u64)>,
     pub took: Duration,
+    /// Changes recorded to bring the change stream in line with the segments
+    /// (`Engine::reconcile_stream`), once the log was attached.
+    pub stream_changes: u64,
 }
 
 impl std::fmt::Display for Recovered {
@@ -256,6 +260,13 @@ impl std::fmt::Display for Recovered {
                 f,
                 "; cut a torn write of {bytes} bytes at the end of {} (byte {offset})",
                 path.display()
+            )?;
+        }
+        if self.stream_changes > 0 {
+            write!(
+                f,
+                "; recorded {} changes the change stream did not hold",
+                self.stream_changes
             )?;
         }
         Ok(())
@@ -342,6 +353,8 @@ impl Store {
             },
         )?;
         node.engine().attach_journal(wal.clone());
+        let mut recovered = recovered;
+        recovered.stream_changes = node.engine().reconcile_stream();
         Ok(Store {
             data,
             node,
@@ -415,6 +428,7 @@ pub fn recover(data: &DataDir, node: &Node) -> Result<Recovered, StoreError> {
         last_sequence: (expected - 1).max(last_in_snapshot),
         truncated,
         took: started.elapsed(),
+        stream_changes: 0,
     })
 }
 
@@ -626,6 +640,12 @@ fn replay(
             // Remembered whether or not the snapshot holds the change (see `dedup`).
             node.engine().dedup().remember(id, applied);
             replay_events(node, r.rest(), sequence, cuts)
+        }
+        // The events it followed make the state; the change is the stream's.
+        wal::CHANGE => {
+            let change = crate::engine::changes::decode(body).map_err(|e| e.to_string())?;
+            node.engine().replay_change(&change, sequence, cuts);
+            Ok(())
         }
         wal::FORGET => {
             let record = crate::engine::ForgetRecord::decode(body)?;

@@ -211,6 +211,14 @@ impl Prepared {
             journal.wait_durable(last).map_err(ReloadError::Refused)?;
             self.catch_up(data, last)?;
             self.node.engine().attach_journal(journal.clone());
+            // Before the new engine takes a request: the flips the new rules made.
+            let recorded = self.node.engine().reconcile_stream();
+            if recorded > 0 {
+                tracing::info!(
+                    changes = recorded,
+                    "the change stream records what the reload changed in its segments"
+                );
+            }
         }
         // No request reaches `current` any more: what it knows beyond the log (the
         // decisions FEEDBACK can name, the decision counters) is final; carry it over.

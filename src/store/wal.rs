@@ -8,6 +8,8 @@
 //!   needs no format of its own for events);
 //! - [`ACTION`]: one decision that recorded impressions, or one feedback: the profile
 //!   events and the offer state change together (`decide::record::ActionRecord`);
+//! - [`CHANGE`]: a segment membership change of the change stream
+//!   (`engine::changes`); recovery checks it and leaves the state to the events;
 //! - [`OFFER_ACTION`]: format 2 wrote a decision or feedback as an EVENT record and this
 //!   offer state record; still replayed, no longer written (see `decide::record::OfferAction`).
 //!
@@ -76,7 +78,9 @@ pub const HEADER: usize = 8;
 pub const MAX_PAYLOAD: usize = 1 << 24;
 /// Record kinds, as the engine's journal names them: an event as a one-event INGEST
 /// body, an action (`decide::record::ActionRecord`), and format 2's offer action.
-pub use crate::engine::journal::kind::{ACTION, EVENT, EVENT_WITH_ID, FORGET, OFFER_ACTION};
+pub use crate::engine::journal::kind::{
+    ACTION, CHANGE, EVENT, EVENT_WITH_ID, FORGET, OFFER_ACTION,
+};
 
 pub use crate::config::FsyncPolicy;
 
