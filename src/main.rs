@@ -373,6 +373,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             data: data_dir,
             node,
             wal,
+            stream,
             recovered,
         } = omnia::store::Store::open(
             &options.data_dir,
@@ -410,7 +411,9 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         if node.engine().last_forget_replayed() > 0 {
             erasures.request(node.engine().last_forget_replayed());
         }
-        let mut shared = omnia::server::Shared::new(node, limits).with_erasures(erasures.clone());
+        let mut shared = omnia::server::Shared::new(node, limits)
+            .with_erasures(erasures.clone())
+            .with_stream(stream.clone());
         if let Some(tls) = tls {
             tracing::info!(
                 client_certificates = options.tls_client_ca.is_some(),
@@ -510,6 +513,7 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
         // Whatever was acknowledged is in the log already; this syncs the rest.
         wal.close();
+        stream.close();
         served.context("the server stopped accepting connections")?;
         tracing::info!("omnia stopped");
         anyhow::Ok(())

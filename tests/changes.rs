@@ -255,3 +255,94 @@ fn recovery_records_what_the_stream_missed_and_a_new_segment_starts_over() {
     assert_eq!(store.recovered.stream_changes, 0, "{}", store.recovered);
     store.close().unwrap();
 }
+
+/// The stream's files hold every change the log stored, at the log's positions, once:
+/// through a restart, and after losing the files (they are copied again from the log).
+#[test]
+fn the_stream_files_hold_every_change_once_at_its_log_position() {
+    let dir = TempDir::new("changes", "files");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Store::open(&dir.0, config(), clock.clone(), unsynced_wal()).unwrap();
+    for i in 0..20 {
+        let who = format!("anon:{i}");
+        store
+            .node
+            .ingest(&RawEvent::new("add_to_cart", "web", clock.now_ms()).key(&who))
+            .unwrap();
+    }
+    clock.advance_secs(31 * 60);
+    assert_eq!(store.node.segment_count("cart_abandoners").unwrap(), 20);
+    let stream = store.stream.clone();
+    store.close().unwrap();
+    let logged = changes(&dir.0);
+    assert_eq!(logged.len(), 40);
+    assert_eq!(read_all(&stream, 1), logged);
+    // From a position inside: that position on.
+    assert_eq!(read_all(&stream, logged[25].0), logged[25..]);
+
+    let store = Store::open(&dir.0, config(), clock.clone(), unsynced_wal()).unwrap();
+    assert_eq!(read_all(&store.stream, 1), logged);
+    store.close().unwrap();
+
+    // The files lost (a crash before they were synced): copied again from the log.
+    std::fs::remove_dir_all(dir.0.join("changes")).unwrap();
+    let store = Store::open(&dir.0, config(), clock.clone(), unsynced_wal()).unwrap();
+    assert_eq!(read_all(&store.stream, 1), logged);
+    store.close().unwrap();
+}
+
+/// Files go once every change in them is past the retention; a reader from before the
+/// files is told so, and the log's files go only up to what the stream has synced.
+#[test]
+fn retention_removes_old_files_and_a_reader_from_before_them_is_told() {
+    let dir = TempDir::new("changes", "retention");
+    let text = format!(
+        "{}\n[triggers]\nstream = [\"new_visitors\"]\nretention = \"1h\"\n",
+        omnia::config::DEFAULT_CONFIG
+    );
+    let config = Config::from_source(&Source::new("changes.toml", text)).unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Store::open(&dir.0, config, clock.clone(), unsynced_wal()).unwrap();
+    let visit = |who: &str| {
+        store
+            .node
+            .ingest(&RawEvent::new("page_view", "web", clock.now_ms()).key(who))
+            .unwrap();
+        store.wal.wait_durable(store.wal.last_appended()).unwrap();
+        store.stream.upkeep(&store.wal);
+    };
+    visit("anon:a");
+    let first = read_all(&store.stream, 1);
+    assert_eq!(first.len(), 1);
+    // Files roll every eighth of the retention (at least a minute): 450 s.
+    clock.advance_secs(500);
+    visit("anon:b");
+    clock.advance_secs(3000);
+    store.stream.upkeep(&store.wal);
+    assert_eq!(read_all(&store.stream, 1).len(), 2, "kept: the second file is not an hour old");
+    // An hour after the second file was begun, every change in the first is older.
+    clock.advance_secs(600);
+    store.stream.upkeep(&store.wal);
+    let kept = read_all(&store.stream, first[0].0 + 1);
+    assert_eq!(kept.len(), 1);
+    let Err(error) = store.stream.reader(1) else {
+        panic!("a reader from a removed position was given one");
+    };
+    let error = error.to_string();
+    assert!(error.contains("position 1 is no longer kept"), "{error}");
+    assert!(error.contains("retention 1h"), "{error}");
+    assert_eq!(store.stream.earliest(), first[0].0 + 1);
+    store.close().unwrap();
+}
+
+fn read_all(stream: &Arc<omnia::store::stream::Stream>, from: u64) -> Vec<(u64, Change)> {
+    let mut reader = stream.reader(from).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.read(7).unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}

@@ -144,6 +144,8 @@ pub struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Erasures from the data directory of forgotten customers; `None` without one.
     pub erasures: Option<Arc<crate::store::snapshot::Erasures>>,
+    /// The change stream's files, for SUBSCRIBE; `None` without a data directory.
+    pub stream: Option<Arc<crate::store::stream::Stream>>,
 }
 
 /// What a reload needs besides the running engine.
@@ -176,7 +178,14 @@ impl Shared {
             verifying: tokio::sync::Semaphore::new(1),
             tls: None,
             erasures: None,
+            stream: None,
         }
+    }
+
+    /// Serves SUBSCRIBE from the change stream's files in `stream`.
+    pub fn with_stream(mut self, stream: Arc<crate::store::stream::Stream>) -> Shared {
+        self.stream = Some(stream);
+        self
     }
 
     /// Erases forgotten customers from the data directory through `erasures`.

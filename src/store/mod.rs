@@ -7,6 +7,7 @@
 //!                           (format 2 is migrated, see `MIGRATES`)
 //! wal/<sequence>.log        the write-ahead log, in segments named by their first record
 //! snapshots/<position>.snap the newest snapshot (see `snapshot`)
+//! changes/                  the change stream's files (see `stream`)
 //! ```
 //!
 //! At start, [`recover`] loads the newest snapshot, if there is one, then replays the
@@ -26,10 +27,12 @@
 
 pub mod reload;
 pub mod snapshot;
+pub mod stream;
 pub mod wal;
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::events::Layout;
@@ -99,9 +102,17 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// The change stream's files, once a [`Store`] has opened them: a snapshot asks
+    /// them how far the log's files may go. Shared by every clone.
+    stream: Arc<std::sync::OnceLock<Arc<stream::Stream>>>,
 }
 
 impl DataDir {
+    /// The change stream open on this directory, if any.
+    pub fn stream(&self) -> Option<&Arc<stream::Stream>> {
+        self.stream.get()
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -119,6 +130,11 @@ impl DataDir {
     /// The secret the suppression list's hashes are keyed with.
     pub fn privacy_key(&self) -> PathBuf {
         self.root.join("privacy.key")
+    }
+
+    /// Where the change stream's files are (see `stream`).
+    pub fn changes(&self) -> PathBuf {
+        self.root.join("changes")
     }
 }
 
@@ -189,6 +205,7 @@ pub fn open_data_dir(path: &Path) -> Result<DataDir, StoreError> {
     }
     Ok(DataDir {
         root: path.to_path_buf(),
+        stream: Default::default(),
     })
 }
 
@@ -328,6 +345,8 @@ pub struct Store {
     pub data: DataDir,
     pub node: std::sync::Arc<Node>,
     pub wal: std::sync::Arc<wal::Wal>,
+    /// The change stream's files and their archiver.
+    pub stream: std::sync::Arc<stream::Stream>,
     /// What recovery loaded and replayed.
     pub recovered: Recovered,
 }
@@ -346,12 +365,26 @@ impl Store {
         let data = open_data_dir(path)?;
         let node = std::sync::Arc::new(Node::new(config, clock));
         let recovered = recover(&data, &node)?;
+        let stream = stream::Stream::open(
+            &data.changes(),
+            node.engine().clock(),
+            node.config().triggers.retention,
+            recovered.last_sequence,
+        )?;
+        stream.catch_up(&data.wal())?;
+        // Opened once per directory and process.
+        let _ = data.stream.set(stream.clone());
         let wal = wal::Wal::open(&data.wal(), recovered.last_sequence + 1, options).map_err(
             |source| StoreError::Io {
                 path: data.wal(),
                 source,
             },
         )?;
+        // Before the journal is attached: the first change is already taken.
+        stream.start(wal.clone()).map_err(|source| StoreError::Io {
+            path: data.changes(),
+            source,
+        })?;
         node.engine().attach_journal(wal.clone());
         let mut recovered = recovered;
         recovered.stream_changes = node.engine().reconcile_stream();
@@ -359,14 +392,17 @@ impl Store {
             data,
             node,
             wal,
+            stream,
             recovered,
         })
     }
 
-    /// Waits until everything appended is stored, then closes the log.
+    /// Waits until everything appended is stored, then closes the log and the change
+    /// stream's files.
     pub fn close(self) -> Result<(), String> {
         let stored = self.wal.wait_durable(self.wal.last_appended());
         self.wal.close();
+        self.stream.close();
         stored
     }
 }
@@ -589,6 +625,16 @@ pub(crate) struct Record<'a> {
 }
 
 impl Record<'_> {
+    /// The record's kind.
+    pub(crate) fn kind(&self) -> u8 {
+        self.bytes[self.at + HEADER + 8]
+    }
+
+    /// The whole record as the file holds it, header included.
+    pub(crate) fn frame(&self) -> &[u8] {
+        &self.bytes[self.at..self.at + HEADER + self.len]
+    }
+
     /// Applies the record to `engine`; an error names the file, offset and record.
     fn replay(&self, node: &Node, cuts: &[u64], counted_to: u64) -> Result<(), StoreError> {
         let payload = &self.bytes[self.at + HEADER + 8..self.at + HEADER + self.len];

@@ -349,7 +349,16 @@ fn finish(
         }
     }
     let covers = cuts.iter().copied().min().unwrap_or(0);
-    let removed_log_files = remove_covered_log(&data.wal(), covers)?;
+    // The change stream copies its records from the log: the log keeps what the
+    // stream's files have not synced yet.
+    let keep_from = match data.stream() {
+        Some(stream) => covers.min(stream.sync().map_err(io(&data.changes()))?),
+        None => match super::stream::archived_mark(data)? {
+            Some(archived) => covers.min(archived),
+            None => covers,
+        },
+    };
+    let removed_log_files = remove_covered_log(&data.wal(), keep_from)?;
     Ok(Written {
         path,
         bytes,

@@ -140,6 +140,11 @@ struct Pending {
     /// The sequence of the last record in `buf` (or written before, if empty).
     last: u64,
     closed: bool,
+    /// Copies of the CHANGE records appended, in sequence order, for the change
+    /// stream's archive to take once they are stored ([`Wal::take_changes`]); kept only
+    /// after [`Wal::tee_changes`].
+    tee: Vec<u8>,
+    teeing: bool,
 }
 
 /// Why the log cannot take changes now: the writer's or the syncer's last error, while
@@ -207,6 +212,8 @@ impl Wal {
                 buf: Vec::with_capacity(1 << 20),
                 last: next - 1,
                 closed: false,
+                tee: Vec::new(),
+                teeing: false,
             }),
             wake: Condvar::new(),
             durable,
@@ -288,6 +295,10 @@ impl Wal {
         let crc = crc32c::crc32c(payload);
         p.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
         p.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        if kind == CHANGE && p.teeing {
+            let Pending { buf, tee, .. } = &mut *p;
+            tee.extend_from_slice(&buf[at..]);
+        }
         let first = at == 0;
         drop(p);
         // Under `always` the writer thread stores every record: wake it for the first one
@@ -298,6 +309,36 @@ impl Wal {
             self.wake.notify_one();
         }
         sequence
+    }
+
+    /// From now on keeps a copy of every CHANGE record appended for
+    /// [`Wal::take_changes`]: the change stream's archive reads its records from memory,
+    /// not by reading the log's files again.
+    pub fn tee_changes(&self) {
+        self.pending.lock().teeing = true;
+    }
+
+    /// Moves the copies of the CHANGE records stored so far (as [`Wal::durable`] says)
+    /// to the end of `out`, whole records as they are in the log files, in sequence
+    /// order; returns the stored sequence they go up to: every CHANGE record up to it
+    /// has been taken, now or before.
+    pub fn take_changes(&self, out: &mut Vec<u8>) -> u64 {
+        // Read first: a record stored by then was appended, and so copied, by then.
+        let stored = self.durable_now();
+        let mut p = self.pending.lock();
+        let mut at = 0;
+        while at + HEADER + 8 <= p.tee.len() {
+            let len = u32::from_le_bytes(p.tee[at..at + 4].try_into().unwrap()) as usize;
+            let sequence =
+                u64::from_le_bytes(p.tee[at + HEADER..at + HEADER + 8].try_into().unwrap());
+            if sequence > stored {
+                break;
+            }
+            at += HEADER + len;
+        }
+        out.extend_from_slice(&p.tee[..at]);
+        p.tee.drain(..at);
+        stored
     }
 
     /// Whether the log takes changes now: `Err` with the storage error while writes or
