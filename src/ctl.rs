@@ -124,6 +124,23 @@ enum CtlCommand {
         #[arg(long)]
         channel: Option<String>,
     },
+    /// Print the change stream's segment changes as they happen, one line each (one
+    /// JSON object per line with --json), acknowledging each one printed.
+    Subscribe {
+        /// Segments to follow (on the stream, `[triggers] stream`); none: all of them.
+        segments: Vec<String>,
+        /// A named subscription resumes after the last change it acknowledged, across
+        /// reconnects and server restarts.
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to start without an acknowledged position: `now`, `earliest`, or a
+        /// position (which replaces a named subscription's).
+        #[arg(long, default_value = "now", value_name = "POS")]
+        from: String,
+        /// Stop after this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -442,6 +459,14 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 return Ok(ExitCode::from(4));
             }
         }
+        CtlCommand::Subscribe {
+            segments,
+            name,
+            from,
+            count,
+        } => {
+            subscribe(&client, &segments, name.as_deref(), &from, count, json).await?;
+        }
         CtlCommand::Reload => {
             let report = client.reload().await?;
             if json {
@@ -624,4 +649,84 @@ fn render_offer_stats(rows: &[OfferStats]) -> String {
         ));
     }
     out
+}
+
+/// `ctl subscribe`: prints changes as they come and acknowledges each printed one.
+async fn subscribe(
+    client: &Client,
+    segments: &[String],
+    name: Option<&str>,
+    from: &str,
+    count: Option<u64>,
+    json: bool,
+) -> Result<(), ClientError> {
+    use omnia::protocol::message::StreamFrom;
+    use std::io::Write;
+    let from = match from {
+        "now" => StreamFrom::Now,
+        "earliest" => StreamFrom::Earliest,
+        position => StreamFrom::Position(position.parse().map_err(|_| {
+            ClientError::Encode(format!(
+                "--from `{position}` is not `now`, `earliest` or a position (a whole number)"
+            ))
+        })?),
+    };
+    let mut subscription = client.subscribe(name.unwrap_or(""), from, segments).await?;
+    eprintln!(
+        "subscribed from position {} (the stream keeps {} on, and is at {})",
+        subscription.from, subscription.earliest, subscription.position
+    );
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let frame = subscription.next().await?;
+        let mut out = stdout.lock();
+        let mut last = frame.through;
+        for change in &frame.changes {
+            if count.is_some_and(|n| printed >= n) {
+                break;
+            }
+            let time = jiff::Timestamp::from_second(change.time as i64)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let line = if json {
+                serde_json::json!({
+                    "position": change.position,
+                    "time": time,
+                    "customer": change.customer,
+                    "segment": change.segment,
+                    "kind": change.kind.name(),
+                    "cause": change.cause.name(),
+                    "event": (!change.event.is_empty()).then_some(&change.event),
+                    "keys": change.keys,
+                })
+                .to_string()
+            } else {
+                let why = match change.event.as_str() {
+                    "" => change.cause.name().to_string(),
+                    event => format!("{} {event}", change.cause.name()),
+                };
+                let who = change.keys.first().map_or("(forgotten)", String::as_str);
+                format!(
+                    "{} {time} {} {} {who} ({why})",
+                    change.position,
+                    change.kind.name(),
+                    change.segment
+                )
+            };
+            let _ = writeln!(out, "{line}");
+            printed += 1;
+            last = change.position;
+        }
+        let _ = out.flush();
+        drop(out);
+        let done = count.is_some_and(|n| printed >= n);
+        subscription
+            .ack(if done { last } else { frame.through })
+            .await?;
+        if done {
+            // Answered after the ACK is handled: it is stored before the process ends.
+            return subscription.finish().await;
+        }
+    }
 }

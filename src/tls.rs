@@ -157,6 +157,15 @@ pub enum Socket {
 }
 
 impl Socket {
+    /// Fixes the kernel's send buffer of the connection at `bytes` (no autotuning).
+    pub fn set_send_buffer(&self, bytes: usize) -> std::io::Result<()> {
+        let tcp = match self {
+            Socket::Plain(tcp) => tcp,
+            Socket::Tls(tls) => tls.get_ref().0,
+        };
+        socket2::SockRef::from(tcp).set_send_buffer_size(bytes)
+    }
+
     /// Accepts `stream` as the listener is set up: plain, or after a TLS handshake.
     pub async fn accept(
         stream: TcpStream,

@@ -162,13 +162,12 @@ fn replayed(changes: &[(u64, Change)]) -> std::collections::HashMap<String, Vec<
         .collect()
 }
 
+/// Members of each segment, by name.
+type Members = std::collections::HashMap<String, Vec<u32>>;
+
 /// Closes `store` (so the log writer has written every record) and returns the change
 /// records in `data` with the members of each of `segments` at the close.
-fn close_and_read(
-    store: Store,
-    segments: &[&str],
-    data: &Path,
-) -> (Vec<(u64, Change)>, std::collections::HashMap<String, Vec<u32>>) {
+fn close_and_read(store: Store, segments: &[&str], data: &Path) -> (Vec<(u64, Change)>, Members) {
     let now = segments
         .iter()
         .map(|s| (s.to_string(), members(&store.node, s)))
@@ -319,7 +318,11 @@ fn retention_removes_old_files_and_a_reader_from_before_them_is_told() {
     visit("anon:b");
     clock.advance_secs(3000);
     store.stream.upkeep(&store.wal);
-    assert_eq!(read_all(&store.stream, 1).len(), 2, "kept: the second file is not an hour old");
+    assert_eq!(
+        read_all(&store.stream, 1).len(),
+        2,
+        "kept: the second file is not an hour old"
+    );
     // An hour after the second file was begun, every change in the first is older.
     clock.advance_secs(600);
     store.stream.upkeep(&store.wal);

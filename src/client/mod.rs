@@ -75,11 +75,15 @@ impl ClientError {
 const RESPONSE_LIMIT: u32 = 1 << 30;
 
 type Pending = Arc<std::sync::Mutex<HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>>>;
+type Pushes = Arc<std::sync::Mutex<Option<mpsc::Sender<Frame>>>>;
 
 /// One live connection: a queue to its writer task and the requests awaiting answers.
 struct Link {
     outgoing: mpsc::Sender<Frame>,
     pending: Pending,
+    /// Where frames no request waits for go on a streaming connection (CHANGES, and
+    /// errors for ACKs and for the subscription); `None` elsewhere.
+    pushes: Pushes,
     /// Set by the reader when the connection ends, before it fails what is pending.
     dead: Arc<AtomicBool>,
     /// The protocol version frames are sent in: the oldest until HELLO agrees on one, so
@@ -511,6 +515,127 @@ impl Client {
     }
 }
 
+/// A streaming connection of its own, opened by [`Client::subscribe`]: the changes
+/// of the change stream in order, acknowledged with [`Subscription::ack`].
+pub struct Subscription {
+    /// Keeps the connection's link alive.
+    client: Client,
+    link: Arc<Link>,
+    pushes: mpsc::Receiver<Frame>,
+    /// The first position this subscription reads.
+    pub from: u64,
+    /// The oldest position the stream kept when it started.
+    pub earliest: u64,
+    /// The last position the stream had when it started.
+    pub position: u64,
+}
+
+/// A CHANGES frame: every change up to `through` was sent, these the ones subscribed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    pub through: u64,
+    pub changes: Vec<crate::model::StreamedChange>,
+}
+
+impl Subscription {
+    /// The next CHANGES frame (a frame with no changes moves `through` on). An error
+    /// when the server ends the subscription (BEYOND_RETENTION, say), refuses an ACK,
+    /// or the connection is lost; a named subscription then resumes after its last
+    /// ACK on a new one.
+    pub async fn next(&mut self) -> Result<Changes, ClientError> {
+        let Some(frame) = self.pushes.recv().await else {
+            return Err(ClientError::ConnectionLost(
+                "the streaming connection closed".into(),
+            ));
+        };
+        match Response::decode(frame.opcode, &frame.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            Response::Changes { through, changes } => Ok(Changes { through, changes }),
+            Response::Error { code, message } => Err(ClientError::Server {
+                code: ErrorCode::from_u16(code),
+                raw_code: code,
+                message,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Says every change up to `position` is handled: a named subscription resumes
+    /// after it. Not answered; a refusal comes from [`Subscription::next`].
+    pub async fn ack(&self, position: u64) -> Result<(), ClientError> {
+        let id = self.client.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = Request::Ack { position }
+            .encode()
+            .map_err(ClientError::Encode)?;
+        let frame = Frame::in_version(
+            self.link.version.load(Ordering::Relaxed),
+            crate::protocol::opcode::ACK,
+            id,
+            body,
+        );
+        self.link
+            .outgoing
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::ConnectionLost("the streaming connection closed".into()))
+    }
+}
+
+impl Subscription {
+    /// Stops taking changes and waits until the server has handled everything sent
+    /// before (the ACKs among them), then closes the connection.
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        self.pushes.close();
+        // Frames already queued would hold the reader up: let them go.
+        while self.pushes.try_recv().is_ok() {}
+        match self.client.send_on(&self.link, &Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Client {
+    /// Opens a streaming connection of its own (same address and options) and
+    /// subscribes on it: `name` (empty: unnamed) resumes after its last ACK when it has
+    /// one (unless `from` is a position); `segments` empty: every segment on the stream.
+    pub async fn subscribe(
+        &self,
+        name: &str,
+        from: crate::protocol::message::StreamFrom,
+        segments: &[String],
+    ) -> Result<Subscription, ClientError> {
+        let client = Client::connect_with(&self.addr, self.options.clone()).await?;
+        let link = client.link().await?;
+        // Frames no request waits for go here from now on; a small buffer.
+        let (tx, pushes) = mpsc::channel(4);
+        if let Ok(mut p) = link.pushes.lock() {
+            *p = Some(tx);
+        }
+        let request = Request::Subscribe {
+            name: name.to_string(),
+            from,
+            segments: segments.to_vec(),
+        };
+        match client.send_on(&link, &request).await? {
+            Response::Subscribed {
+                from,
+                earliest,
+                position,
+            } => Ok(Subscription {
+                client,
+                link,
+                pushes,
+                from,
+                earliest,
+                position,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 fn unexpected(response: Response) -> ClientError {
     ClientError::Protocol(format!("unexpected response {response:?}"))
 }
@@ -557,6 +682,8 @@ where
         }
     });
     let reader_pending = pending.clone();
+    let pushes: Pushes = Arc::default();
+    let reader_pushes = pushes.clone();
     let dead = Arc::new(AtomicBool::new(false));
     let reader_dead = dead.clone();
     tokio::spawn(async move {
@@ -568,9 +695,20 @@ where
                         .lock()
                         .ok()
                         .and_then(|mut p| p.remove(&frame.request_id));
+                    let push = match &tx {
+                        None => reader_pushes.lock().ok().and_then(|p| p.clone()),
+                        Some(_) => None,
+                    };
                     match tx {
                         Some(tx) => {
                             let _ = tx.send(Ok(frame));
+                        }
+                        // Bounded: a subscriber that does not read stops this reader,
+                        // and so the server, instead of buffering here.
+                        None if push.is_some() => {
+                            // A closed subscription ([`Subscription::finish`]) drops
+                            // what comes after; the connection stays for its answers.
+                            let _ = push.unwrap().send(frame).await;
                         }
                         // An error for a request the server could not identify.
                         None if frame.request_id == 0 => fail_first(&reader_pending, frame),
@@ -590,10 +728,15 @@ where
         };
         reader_dead.store(true, Ordering::SeqCst);
         fail_all(&reader_pending, &why);
+        // Ends the subscription's receiver.
+        if let Ok(mut p) = reader_pushes.lock() {
+            p.take();
+        }
     });
     Link {
         outgoing,
         pending,
+        pushes,
         dead,
         version: AtomicU8::new(MIN_PROTOCOL_VERSION),
     }

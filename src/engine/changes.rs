@@ -33,6 +33,22 @@ use crate::model::{Cause, Change, ChangeKind, CustomerId};
 pub(crate) type StreamView = HashMap<String, RoaringBitmap>;
 
 impl<X: Extension> Engine<X> {
+    /// The keys of the customer a change names, now, most preferred namespace first;
+    /// empty if the slot holds another customer or none (forgotten, or merged away).
+    pub fn keys_of(&self, customer: CustomerId, generation: u32) -> Vec<String> {
+        let (shard, local) = self.split(customer);
+        if shard >= self.shard_count() {
+            return Vec::new();
+        }
+        let state = self.lock(shard);
+        if !state.holds(local, generation) {
+            return Vec::new();
+        }
+        let mut keys: Vec<_> = state.keys(local).iter().collect();
+        keys.sort_by_key(|k| k.namespace);
+        keys.into_iter().map(|k| k.text.to_string()).collect()
+    }
+
     /// Adds to the stream's view what a restored shard's image says: the members of
     /// the segments the image's config recorded (`recorded`, by name), as they were at
     /// the shard's cut. `layout` is the plan the shard was read under.

@@ -119,3 +119,18 @@ pub struct Change {
     /// The event type, when the cause is an event; else empty.
     pub event: String,
 }
+
+/// A change as a subscriber receives it: its position in the stream and the keys the
+/// customer is known by when it is sent (none once the customer was forgotten or
+/// merged into another: the change still counts, the person is not named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedChange {
+    pub position: u64,
+    pub time: u32,
+    pub customer: CustomerId,
+    pub segment: String,
+    pub kind: ChangeKind,
+    pub cause: Cause,
+    pub event: String,
+    pub keys: Vec<String>,
+}

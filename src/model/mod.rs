@@ -8,6 +8,6 @@ pub mod export;
 pub mod profile;
 pub mod reload;
 
-pub use change::{Cause, Change, ChangeKind};
+pub use change::{Cause, Change, ChangeKind, StreamedChange};
 pub use event::{EventView, RawEvent, RawValue, ValueRef, MAX_MESSAGE_ID};
 pub use profile::{CustomerId, ProfileView};

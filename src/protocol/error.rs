@@ -73,6 +73,18 @@ pub enum ErrorCode {
     /// The event carries a key of a customer that was forgotten (FORGET): it was not
     /// applied, so the person is not brought back.
     Suppressed = 34,
+    /// SUBSCRIBE from a position the change stream no longer keeps (past its
+    /// retention), or a subscriber that fell that far behind: subscribe again from
+    /// `earliest` and rebuild what was missed from SEGMENT_MEMBERS.
+    BeyondRetention = 35,
+    /// SUBSCRIBE names a segment that is not on the change stream (`[triggers]
+    /// stream`), or the server has no change stream (no data directory).
+    NotStreamed = 36,
+    /// A bad subscription name, a SUBSCRIBE from a position ahead of the stream, a
+    /// second SUBSCRIBE on a connection, a request other than ACK and PING on a
+    /// streaming connection, an ACK of a position the connection was not sent, or (in
+    /// an ERROR frame that ends the stream) the name taken over by another connection.
+    SubscriptionState = 37,
 }
 
 impl ErrorCode {
@@ -111,6 +123,9 @@ impl ErrorCode {
             32 => Unauthenticated,
             33 => Forbidden,
             34 => Suppressed,
+            35 => BeyondRetention,
+            36 => NotStreamed,
+            37 => SubscriptionState,
             _ => return None,
         })
     }
@@ -151,6 +166,9 @@ impl ErrorCode {
             Unauthenticated => "UNAUTHENTICATED",
             Forbidden => "FORBIDDEN",
             Suppressed => "SUPPRESSED",
+            BeyondRetention => "BEYOND_RETENTION",
+            NotStreamed => "NOT_STREAMED",
+            SubscriptionState => "SUBSCRIPTION_STATE",
         }
     }
 

@@ -16,7 +16,9 @@ use crate::model::decision::{
     FeedbackTarget, OfferStats, Outcome, RankedOffer,
 };
 use crate::model::reload::ReloadReport;
-use crate::model::{ProfileView, RawEvent, RawValue, MAX_MESSAGE_ID};
+use crate::model::{
+    Cause, ChangeKind, ProfileView, RawEvent, RawValue, StreamedChange, MAX_MESSAGE_ID,
+};
 use std::time::Duration;
 
 /// DECIDE flag bits.
@@ -79,6 +81,33 @@ pub enum Request {
     },
     /// empty: re-read the server's config file and swap it in
     Reload,
+    /// `str name (empty: an unnamed subscription), u8 from (0 position, 1 now,
+    /// 2 earliest), u64 position (read for from = 0, else 0), u16 n, str segment × n`
+    /// (n = 0: every segment on the stream). Turns the connection into a streaming
+    /// one: the server answers SUBSCRIBED, then pushes CHANGES frames; the client sends
+    /// only ACK and PING after it.
+    Subscribe {
+        name: String,
+        from: StreamFrom,
+        segments: Vec<String>,
+    },
+    /// `u64 position`: every change up to `position` is handled. Remembered for a
+    /// named subscription, which resumes after it. No reply unless it is refused.
+    Ack { position: u64 },
+}
+
+/// Where a subscription starts reading the change stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFrom {
+    /// At this position (the first change at or after it). For a named subscription
+    /// this replaces the position it acknowledged.
+    Position(u64),
+    /// With the next change. A named subscription that acknowledged a position
+    /// resumes after it instead.
+    Now,
+    /// With the oldest change the stream keeps. A named subscription that
+    /// acknowledged a position resumes after it instead.
+    Earliest,
 }
 
 /// One event of a batch that was not accepted.
@@ -190,6 +219,23 @@ pub enum Response {
     /// added, removed; then `u16 n, (str aggregate, u16 m, str reader × m) × n`: the
     /// aggregates that count from the reload and the rules that read them
     Reloaded(Box<ReloadReport>),
+    /// `u64 from, u64 earliest, u64 stream_position`: the first position this
+    /// subscription reads, the oldest the stream keeps, and the last it has (SUBSCRIBE)
+    Subscribed {
+        from: u64,
+        earliest: u64,
+        position: u64,
+    },
+    /// Pushed on a streaming connection with opcode `CHANGES | 0x80` and the
+    /// SUBSCRIBE's request id: `u64 through, u32 n, (u64 position, u32 time,
+    /// u32 customer, u8 kind (1 enter, 2 exit, 3 reset), u8 cause (1 event, 2 time,
+    /// 3 merge, 4 forget, 5 recovery), str segment, str event, u16 k, str key × k) × n`.
+    /// Every change up to `through` was sent (those of other segments skipped); an
+    /// ACK of `through` resumes after it. A frame with no changes moves `through` on.
+    Changes {
+        through: u64,
+        changes: Vec<StreamedChange>,
+    },
     /// `u16 code, str message` (opcode 0xFF)
     Error { code: u16, message: String },
 }
@@ -226,6 +272,8 @@ impl Request {
             Request::Decide(_) => opcode::DECIDE,
             Request::Feedback { .. } => opcode::FEEDBACK,
             Request::Reload => opcode::RELOAD,
+            Request::Subscribe { .. } => opcode::SUBSCRIBE,
+            Request::Ack { .. } => opcode::ACK,
         }
     }
 
@@ -352,6 +400,27 @@ impl Request {
             Request::Forget { key } => b.str(key),
             Request::ForgetStatus { erasure_id } => b.put_u64_le(*erasure_id),
             Request::Export { key } => b.str(key),
+            Request::Subscribe {
+                name,
+                from,
+                segments,
+            } => {
+                b.str(name);
+                let (code, position) = match from {
+                    StreamFrom::Position(p) => (0, *p),
+                    StreamFrom::Now => (1, 0),
+                    StreamFrom::Earliest => (2, 0),
+                };
+                b.put_u8(code);
+                b.put_u64_le(position);
+                let n = u16::try_from(segments.len())
+                    .map_err(|_| format!("{} segments; at most 65535", segments.len()))?;
+                b.put_u16_le(n);
+                for segment in segments {
+                    b.str(segment);
+                }
+            }
+            Request::Ack { position } => b.put_u64_le(*position),
         }
         Ok(b.freeze())
     }
@@ -474,6 +543,38 @@ impl Request {
                 segment: r.str(field!("segment"))?.to_string(),
                 key: r.str(field!("key"))?.to_string(),
             },
+            opcode::SUBSCRIBE => {
+                let name = r.str(field!("name"))?.to_string();
+                let at = r.offset();
+                let code = r.u8(field!("from"))?;
+                let position = r.u64(field!("position"))?;
+                let from = match code {
+                    0 => StreamFrom::Position(position),
+                    1 => StreamFrom::Now,
+                    2 => StreamFrom::Earliest,
+                    other => {
+                        return Err(DecodeError::Invalid {
+                            field: "from".into(),
+                            offset: at,
+                            message: format!(
+                                "{other} is not where a subscription starts (0 position, 1 now, 2 earliest)"
+                            ),
+                        })
+                    }
+                };
+                let n = r.u16(field!("segment count"))?;
+                let segments = (0..n)
+                    .map(|i| r.str(field!("segment {i}")).map(str::to_string))
+                    .collect::<Result<_, _>>()?;
+                Request::Subscribe {
+                    name,
+                    from,
+                    segments,
+                }
+            }
+            opcode::ACK => Request::Ack {
+                position: r.u64(field!("position"))?,
+            },
             _ => return Ok(None),
         };
         if op != opcode::INGEST_JSON && op != opcode::INGEST {
@@ -508,6 +609,7 @@ impl Response {
     pub fn opcode(&self, request_op: u8) -> u8 {
         match self {
             Response::Error { .. } => opcode::ERROR,
+            Response::Changes { .. } => opcode::CHANGES | opcode::RESPONSE_BIT,
             _ => request_op | opcode::RESPONSE_BIT,
         }
     }
@@ -545,6 +647,32 @@ impl Response {
                 b.put_i64_le(*erased_at_ms);
             }
             Response::Exported { json } => b.lstr(json),
+            Response::Subscribed {
+                from,
+                earliest,
+                position,
+            } => {
+                b.put_u64_le(*from);
+                b.put_u64_le(*earliest);
+                b.put_u64_le(*position);
+            }
+            Response::Changes { through, changes } => {
+                b.put_u64_le(*through);
+                b.put_u32_le(changes.len() as u32);
+                for c in changes {
+                    b.put_u64_le(c.position);
+                    b.put_u32_le(c.time);
+                    b.put_u32_le(c.customer);
+                    b.put_u8(c.kind.code());
+                    b.put_u8(c.cause.code());
+                    b.str(&c.segment);
+                    b.str(&c.event);
+                    b.put_u16_le(c.keys.len().min(u16::MAX as usize) as u16);
+                    for k in c.keys.iter().take(u16::MAX as usize) {
+                        b.str(k);
+                    }
+                }
+            }
             Response::Ingested { accepted, rejected } => {
                 b.put_u32_le(*accepted);
                 b.put_u32_le(rejected.len() as u32);
@@ -752,6 +880,55 @@ impl Response {
                 opcode::EXPORT => Response::Exported {
                     json: r.lstr(field!("json"))?.to_string(),
                 },
+                opcode::SUBSCRIBE => Response::Subscribed {
+                    from: r.u64(field!("from"))?,
+                    earliest: r.u64(field!("earliest"))?,
+                    position: r.u64(field!("stream_position"))?,
+                },
+                opcode::CHANGES => {
+                    let through = r.u64(field!("through"))?;
+                    let n = r.u32(field!("change count"))?;
+                    let mut changes = Vec::with_capacity((n as usize).min(body.len() / 24 + 1));
+                    for i in 0..n {
+                        let position = r.u64(field!("position of change {i}"))?;
+                        let time = r.u32(field!("time of change {i}"))?;
+                        let customer = r.u32(field!("customer of change {i}"))?;
+                        let at = r.offset();
+                        let code = r.u8(field!("kind of change {i}"))?;
+                        let kind =
+                            ChangeKind::from_code(code).ok_or_else(|| DecodeError::Invalid {
+                                field: format!("kind of change {i}"),
+                                offset: at,
+                                message: format!(
+                                    "{code} is not a kind of change (1 enter, 2 exit, 3 reset)"
+                                ),
+                            })?;
+                        let at = r.offset();
+                        let code = r.u8(field!("cause of change {i}"))?;
+                        let cause = Cause::from_code(code).ok_or_else(|| DecodeError::Invalid {
+                            field: format!("cause of change {i}"),
+                            offset: at,
+                            message: format!("{code} is not a cause (1 event, 2 time, 3 merge, 4 forget, 5 recovery)"),
+                        })?;
+                        let segment = r.str(field!("segment of change {i}"))?.to_string();
+                        let event = r.str(field!("event of change {i}"))?.to_string();
+                        let k = r.u16(field!("key count of change {i}"))?;
+                        let keys = (0..k)
+                            .map(|j| r.str(field!("key {j} of change {i}")).map(str::to_string))
+                            .collect::<Result<_, _>>()?;
+                        changes.push(StreamedChange {
+                            position,
+                            time,
+                            customer,
+                            segment,
+                            kind,
+                            cause,
+                            event,
+                            keys,
+                        });
+                    }
+                    Response::Changes { through, changes }
+                }
                 opcode::INGEST | opcode::INGEST_JSON => {
                     let accepted = r.u32(field!("accepted"))?;
                     let n = r.u32(field!("rejected count"))?;

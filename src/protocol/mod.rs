@@ -57,6 +57,11 @@ pub mod opcode {
     pub const FORGET: u8 = 0x51;
     pub const FORGET_STATUS: u8 = 0x52;
     pub const EXPORT: u8 = 0x53;
+    pub const SUBSCRIBE: u8 = 0x60;
+    pub const ACK: u8 = 0x61;
+    /// Pushed by the server on a streaming connection (as `CHANGES | RESPONSE_BIT`);
+    /// never sent by a client.
+    pub const CHANGES: u8 = 0x62;
     pub const RESPONSE_BIT: u8 = 0x80;
     pub const ERROR: u8 = 0xFF;
 
@@ -79,6 +84,9 @@ pub mod opcode {
             FORGET => "forget",
             FORGET_STATUS => "forget_status",
             EXPORT => "export",
+            SUBSCRIBE => "subscribe",
+            ACK => "ack",
+            CHANGES => "changes",
             _ if op == ERROR => "error",
             _ => "unknown",
         }

@@ -34,7 +34,9 @@ pub fn role_of(op: u8) -> Option<Role> {
         opcode::SEGMENT_COUNT
         | opcode::SEGMENT_MEMBERS
         | opcode::SEGMENT_CONTAINS
-        | opcode::STATS => Some(Role::Read),
+        | opcode::STATS
+        | opcode::SUBSCRIBE
+        | opcode::ACK => Some(Role::Read),
         opcode::RELOAD | opcode::FORGET | opcode::FORGET_STATUS | opcode::EXPORT => {
             Some(Role::Admin)
         }

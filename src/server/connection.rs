@@ -290,6 +290,11 @@ impl Connection {
         }
     }
 
+    /// Fixes the kernel's send buffer for this connection (see `cmd::subscribe`).
+    pub fn set_send_buffer(&self, bytes: usize) -> std::io::Result<()> {
+        self.stream.get_ref().set_send_buffer(bytes)
+    }
+
     /// Whether another whole request is already buffered (then responses are not
     /// flushed yet, to batch them).
     pub fn has_buffered_frame(&self) -> bool {

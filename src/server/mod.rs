@@ -31,7 +31,7 @@ pub mod auth;
 pub mod cmd;
 pub mod connection;
 pub mod metrics;
-mod shutdown;
+pub(crate) mod shutdown;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -665,6 +665,26 @@ impl Handler {
                     Ok(_) => Response::error(ErrorCode::UnknownOpcode, "RELOAD did not decode"),
                     Err(e) => Self::decode_error(frame.opcode, e),
                 }
+            } else if self.greeted && frame.opcode == opcode::SUBSCRIBE {
+                match self.subscription(&frame) {
+                    Ok(subscription) => {
+                        // The connection streams from now on: answer what came before.
+                        self.release_replies().await?;
+                        self.flush().await?;
+                        let shared = self.shared.clone();
+                        return cmd::subscribe::stream(
+                            &shared,
+                            &mut self.connection,
+                            &mut self.shutdown,
+                            frame.version,
+                            frame.request_id,
+                            subscription,
+                            &self.peer,
+                        )
+                        .await;
+                    }
+                    Err(refused) => *refused,
+                }
             } else {
                 let shared = self.shared.clone();
                 let _fence = shared.reload_fence.read();
@@ -814,6 +834,40 @@ impl Handler {
         Ok(())
     }
 
+    /// A SUBSCRIBE the connection may make, or the answer that refuses it (boxed: a
+    /// `Response` is large, and the refusal is the rare way out).
+    fn subscription(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<cmd::subscribe::Subscription, Box<Response>> {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&frame.version) {
+            return Err(Box::new(self.respond(frame, &mut Receipt::default())));
+        }
+        auth::authorize(
+            &self.shared,
+            &mut self.session,
+            auth::role_of(frame.opcode),
+            "subscribe",
+        )
+        .map_err(|(code, message)| Box::new(Response::error(code, message)))?;
+        match Request::decode_in(frame.version, frame.opcode, &frame.body) {
+            Ok(Some(Request::Subscribe {
+                name,
+                from,
+                segments,
+            })) => Ok(cmd::subscribe::Subscription {
+                name,
+                from,
+                segments,
+            }),
+            Ok(_) => Err(Box::new(Response::error(
+                ErrorCode::UnknownOpcode,
+                "SUBSCRIBE did not decode",
+            ))),
+            Err(e) => Err(Box::new(Self::decode_error(frame.opcode, e))),
+        }
+    }
+
     fn decode_error(op: u8, e: crate::protocol::codec::DecodeError) -> Response {
         let code = match e {
             crate::protocol::codec::DecodeError::Utf8 { .. } => ErrorCode::InvalidUtf8,
@@ -918,6 +972,12 @@ impl Handler {
             Request::Feedback { kind, target } => {
                 cmd::decide::feedback(shared, kind, &target, receipt)
             }
+            // SUBSCRIBE is handled before `respond` once greeted.
+            Request::Subscribe { .. } => Response::error(
+                ErrorCode::HelloRequired,
+                "the first request on a connection must be HELLO",
+            ),
+            Request::Ack { .. } => cmd::subscribe::ack_outside(),
         }
     }
 }

@@ -33,16 +33,16 @@
 //! of the machine may lose the last acknowledgements, and the subscriber then sees
 //! those changes again (delivery is at least once).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::wal::{Wal, CHANGE, HEADER};
 use super::{check_record, io, scan_log, segments, StoreError, TornTail};
@@ -216,8 +216,60 @@ struct Inner {
 #[derive(Default)]
 struct Subscriptions {
     acked: BTreeMap<String, u64>,
-    /// Names a connection streams to now: one at a time.
-    active: HashSet<String>,
+    /// Names a connection streams to now, one at a time: its claim's id, and where to
+    /// tell it that another connection took the name over.
+    active: HashMap<String, (u64, oneshot::Sender<String>)>,
+    /// Every streaming connection now: its name (empty: unnamed) and the position it
+    /// was sent changes up to.
+    following: Vec<(u64, String, Arc<AtomicU64>)>,
+    next_follower: u64,
+}
+
+/// A streaming connection, counted while it lives: it publishes how far it was sent
+/// ([`Follower::sent`]) for [`Stream::subscribers`].
+pub struct Follower {
+    stream: Arc<Stream>,
+    id: u64,
+    sent: Arc<AtomicU64>,
+}
+
+impl Follower {
+    /// Every change up to `position` was sent to this connection.
+    pub fn sent(&self, position: u64) {
+        self.sent.store(position, Ordering::Relaxed);
+    }
+}
+
+/// A subscription name held by one connection; given back when dropped, unless another
+/// connection took it over first.
+pub struct NameClaim {
+    stream: Arc<Stream>,
+    name: String,
+    id: u64,
+    /// Says the address of the connection that took the name over.
+    pub taken: oneshot::Receiver<String>,
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        let mut s = self.stream.subscriptions.lock();
+        if s.active
+            .get(&self.name)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            s.active.remove(&self.name);
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stream
+            .subscriptions
+            .lock()
+            .following
+            .retain(|(id, _, _)| *id != self.id);
+    }
 }
 
 impl Stream {
@@ -255,7 +307,9 @@ impl Stream {
         if files.is_empty() {
             let path = file_path(dir, archived + 1, now);
             File::create(&path).map_err(io(&path))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
             files.push(StreamFile {
                 first: archived + 1,
                 created: now,
@@ -288,7 +342,7 @@ impl Stream {
             archived: archived_tx,
             subscriptions: Mutex::new(Subscriptions {
                 acked: subscriptions,
-                active: HashSet::new(),
+                ..Subscriptions::default()
             }),
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
@@ -325,11 +379,10 @@ impl Stream {
                 source: std::io::Error::other(e.clone()),
             });
         }
-        self.mark(&mut inner)
-            .map_err(|source| StoreError::Io {
-                path: self.dir.join(MARK),
-                source,
-            })?;
+        self.mark(&mut inner).map_err(|source| StoreError::Io {
+            path: self.dir.join(MARK),
+            source,
+        })?;
         Ok(copied)
     }
 
@@ -427,7 +480,8 @@ impl Stream {
         let now = self.now();
         let newest = inner.files.last().expect("the stream always has a file");
         let age = now.saturating_sub(newest.created);
-        let every = (self.retention.load(Ordering::Relaxed) / 8).clamp(ROLL_MIN_SECS, ROLL_MAX_SECS);
+        let every =
+            (self.retention.load(Ordering::Relaxed) / 8).clamp(ROLL_MIN_SECS, ROLL_MAX_SECS);
         if inner.out_len == 0 || (inner.out_len < ROLL_BYTES && age < every) {
             return Ok(());
         }
@@ -470,7 +524,9 @@ impl Stream {
         while inner.files.len() >= 2 && inner.files[1].created.saturating_add(retention) <= now {
             let gone = inner.files.remove(0);
             match std::fs::remove_file(&gone.path) {
-                Ok(()) => tracing::debug!(file = %gone.path.display(), "change stream file past the retention removed"),
+                Ok(()) => {
+                    tracing::debug!(file = %gone.path.display(), "change stream file past the retention removed")
+                }
                 Err(e) => {
                     tracing::warn!(file = %gone.path.display(), error = %e, "cannot remove a change stream file past the retention; trying again later");
                     inner.files.insert(0, gone);
@@ -547,7 +603,11 @@ impl Stream {
         if from < inner.files[0].first {
             return Err(self.beyond(from, inner.files[0].first));
         }
-        let i = inner.files.iter().rposition(|f| f.first <= from).unwrap_or(0);
+        let i = inner
+            .files
+            .iter()
+            .rposition(|f| f.first <= from)
+            .unwrap_or(0);
         let file = inner.files[i].clone();
         let successor = inner.files.get(i + 1).map(|f| f.first);
         drop(inner);
@@ -583,14 +643,53 @@ impl Stream {
         s.acked.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
-    /// Claims the name for one connection; `false` if another streams to it now.
-    pub fn claim(&self, name: &str) -> bool {
-        self.subscriptions.lock().active.insert(name.to_string())
+    /// Counts a streaming connection of subscription `name` (empty: unnamed) until the
+    /// returned follower is dropped; `sent` is where it starts.
+    pub fn follow(self: &Arc<Self>, name: &str, sent: u64) -> Follower {
+        let mut s = self.subscriptions.lock();
+        s.next_follower += 1;
+        let id = s.next_follower;
+        let position = Arc::new(AtomicU64::new(sent));
+        s.following.push((id, name.to_string(), position.clone()));
+        Follower {
+            stream: self.clone(),
+            id,
+            sent: position,
+        }
     }
 
-    /// Gives a claimed name back.
-    pub fn release(&self, name: &str) {
-        self.subscriptions.lock().active.remove(name);
+    /// Every streaming connection now: its subscription's name (empty: unnamed) and
+    /// the position it was sent changes up to; how far behind the stream it is, is
+    /// [`Stream::archived`] minus that.
+    pub fn subscribers(&self) -> Vec<(String, u64)> {
+        let s = self.subscriptions.lock();
+        s.following
+            .iter()
+            .map(|(_, name, sent)| (name.clone(), sent.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Claims the subscription name `name` for the connection from `by`, taking it
+    /// over from the connection that holds it now, if one does: that one's
+    /// [`NameClaim::taken`] then says `by`. Taking over rather than refusing is what
+    /// lets a subscriber reconnect at once after a connection it thinks dead (a half-open
+    /// TCP connection may look alive to the server for minutes), and the old connection
+    /// is told, not left streaming beside the new one.
+    pub fn claim(self: &Arc<Self>, name: &str, by: &str) -> NameClaim {
+        let mut s = self.subscriptions.lock();
+        s.next_follower += 1;
+        let id = s.next_follower;
+        let (tell, taken) = oneshot::channel();
+        if let Some((_, previous)) = s.active.insert(name.to_string(), (id, tell)) {
+            // The previous holder may be gone already: nobody to tell then.
+            let _ = previous.send(by.to_string());
+        }
+        NameClaim {
+            stream: self.clone(),
+            name: name.to_string(),
+            id,
+            taken,
+        }
     }
 
     /// Records that the subscription `name` has handled every change up to `position`

@@ -111,6 +111,13 @@ impl TestServer {
         TestServer::serve_shared(engine, clock, shared).await
     }
 
+    /// Serves a store's node and change stream (SUBSCRIBE) on `clock`, the store's.
+    pub async fn on_store(store: &omnia::store::Store, clock: Arc<ManualClock>) -> TestServer {
+        let shared =
+            Shared::new(store.node.clone(), Limits::default()).with_stream(store.stream.clone());
+        TestServer::serve_shared(store.node.clone(), clock, shared).await
+    }
+
     /// The default config, binary and HTTP, requiring the credentials in `file`; failed
     /// authentications are not slowed (the throttle has unit tests of its own).
     pub async fn secured(file: &std::path::Path) -> TestServer {

@@ -18,6 +18,31 @@ impl Raw {
         }
     }
 
+    /// Connected with a receive buffer of `bytes` (set before connecting, so the
+    /// kernel does not grow it): a client whose socket holds little.
+    pub async fn with_receive_buffer(addr: &str, bytes: u32) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        Raw {
+            stream: socket.connect(addr.parse().unwrap()).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Says HELLO on a connection made.
+    pub async fn hello(mut self) -> Raw {
+        let hello = Request::Hello {
+            min_version: 1,
+            max_version: PROTOCOL_VERSION as u16,
+            client: "raw".into(),
+        };
+        let reply = self
+            .request(opcode::HELLO, 1, hello.encode().unwrap())
+            .await;
+        assert_eq!(reply.opcode, opcode::HELLO | opcode::RESPONSE_BIT);
+        self
+    }
+
     pub async fn greeted(addr: &str) -> Raw {
         let mut raw = Raw::connect(addr).await;
         let hello = Request::Hello {

@@ -11,3 +11,4 @@ pub mod profile;
 pub mod reload;
 pub mod segment;
 pub mod stats;
+pub mod subscribe;
