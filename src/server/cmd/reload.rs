@@ -73,6 +73,10 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, (ErrorCode, St
         progress.store(u8::MAX, Ordering::Relaxed);
         let (next, report) = swapped.map_err(refused)?;
         shared.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        if let Some(stream) = &shared.stream {
+            // Files already removed stay removed; a longer retention keeps what comes.
+            stream.set_retention(next.config().triggers.retention);
+        }
         info!("{report}");
         // From now on the log holds events the old config accepted and the new one may
         // not: a snapshot now means a restart never replays them.
