@@ -868,7 +868,9 @@ impl Handler {
         }
     }
 
-    fn decode_error(op: u8, e: crate::protocol::codec::DecodeError) -> Response {
+    /// The answer to a request body that does not decode (also on streaming
+    /// connections, `cmd::subscribe`).
+    pub(crate) fn decode_error(op: u8, e: crate::protocol::codec::DecodeError) -> Response {
         let code = match e {
             crate::protocol::codec::DecodeError::Utf8 { .. } => ErrorCode::InvalidUtf8,
             _ => ErrorCode::MalformedFrame,

@@ -44,15 +44,7 @@ impl Raw {
     }
 
     pub async fn greeted(addr: &str) -> Raw {
-        let mut raw = Raw::connect(addr).await;
-        let hello = Request::Hello {
-            min_version: 1,
-            max_version: PROTOCOL_VERSION as u16,
-            client: "raw".into(),
-        };
-        let reply = raw.request(opcode::HELLO, 1, hello.encode().unwrap()).await;
-        assert_eq!(reply.opcode, opcode::HELLO | opcode::RESPONSE_BIT);
-        raw
+        Raw::connect(addr).await.hello().await
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -268,10 +268,7 @@ fn handle(stream: &Stream, name: &str, frame: &Frame, sent_through: u64) -> Opti
                 opcode::name(frame.opcode).to_uppercase()
             ),
         )),
-        Err(e) => Some(Response::error(
-            ErrorCode::MalformedFrame,
-            format!("{} request: {e}", opcode::name(frame.opcode)),
-        )),
+        Err(e) => Some(crate::server::Handler::decode_error(frame.opcode, e)),
     }
 }
 
