@@ -44,9 +44,7 @@ impl<X: Extension> Engine<X> {
         if !state.holds(local, generation) {
             return Vec::new();
         }
-        let mut keys: Vec<_> = state.keys(local).iter().collect();
-        keys.sort_by_key(|k| k.namespace);
-        keys.into_iter().map(|k| k.text.to_string()).collect()
+        state.key_texts(local)
     }
 
     /// Adds to the stream's view what a restored shard's image says: the members of

@@ -254,6 +254,14 @@ impl<X: Extension> ShardState<X> {
         &self.keys[local as usize]
     }
 
+    /// The keys of slot `local` as text, most preferred namespace first (the order
+    /// profiles and the change stream show them in).
+    pub fn key_texts(&self, local: u32) -> Vec<String> {
+        let mut keys: Vec<&Key> = self.keys(local).iter().collect();
+        keys.sort_by_key(|k| k.namespace);
+        keys.into_iter().map(|k| k.text.to_string()).collect()
+    }
+
     /// The ids of the live customers.
     pub fn live(&self) -> &RoaringBitmap {
         &self.live

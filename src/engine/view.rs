@@ -41,8 +41,6 @@ impl<X: super::Extension> Engine<X> {
         let layout = &self.plan.layout;
         let eval = state.eval(&self.plan, local);
         let row = eval.p;
-        let mut keys: Vec<&Key> = state.keys(local).iter().collect();
-        keys.sort_by_key(|k| k.namespace);
         let attributes = config
             .attributes
             .iter()
@@ -85,7 +83,7 @@ impl<X: super::Extension> Engine<X> {
         Some(ProfileView {
             customer: id,
             primary_key: primary_key(state.keys(local)),
-            keys: keys.iter().map(|k| k.text.to_string()).collect(),
+            keys: state.key_texts(local),
             first_seen: row[FIRST_SEEN],
             last_seen: row[LAST_SEEN],
             channels: config
