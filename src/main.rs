@@ -449,6 +449,8 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
             erasures,
         )
         .context("cannot start the snapshot thread")?;
+        let triggers = omnia::server::triggers::TriggerRunner::spawn(shared.clone(), &data_dir.triggers())
+            .context("cannot start the trigger runner")?;
         #[cfg(unix)]
         {
             let reloader = shared.clone();
@@ -504,6 +506,10 @@ fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 Ok(Err(e)) => tracing::error!(error = %e, "the HTTP API stopped with an error"),
                 Err(e) => tracing::error!(error = %e, "the HTTP API's task failed"),
             }
+        }
+        // Deliveries in flight stay open in their journal, and are made at the next start.
+        if let Some(triggers) = triggers {
+            triggers.stop().await;
         }
         // A snapshot at shutdown makes the next start fast: it replays nothing.
         snapshotter.stop();

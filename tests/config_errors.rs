@@ -978,3 +978,76 @@ fn a_property_alias_must_be_of_a_declared_property_and_name_one_property() {
         "\"sku\"",
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Triggers.
+
+/// [`BASE`] with a segment `buyers` and a trigger `thanks` whose table is `body`; the
+/// trigger's first key is on line `EXTRA + 4`.
+fn trigger(body: &str) -> String {
+    with(&format!(
+        "[segments.buyers]\nrule = \"ever(purchase)\"\n\n[triggers.thanks]\n{body}"
+    ))
+}
+
+#[test]
+fn a_trigger_on_an_unknown_segment() {
+    assert_error(
+        &trigger("on = \"enter byers\"\nchannel = \"app\"\nwebhook = { url = \"http://127.0.0.1:9/x\" }\n"),
+        "triggers.thanks.on names `byers`, which is not a segment",
+        EXTRA + 4,
+        6,
+        "\"enter byers\"",
+    );
+}
+
+#[test]
+fn a_trigger_on_neither_enter_nor_exit() {
+    assert_error(
+        &trigger("on = \"join buyers\"\nchannel = \"app\"\nwebhook = { url = \"http://127.0.0.1:9/x\" }\n"),
+        "triggers.thanks.on is `join buyers`: expected `enter SEGMENT` or `exit SEGMENT`",
+        EXTRA + 4,
+        6,
+        "\"join buyers\"",
+    );
+}
+
+#[test]
+fn a_misspelt_key_in_a_trigger() {
+    let all = diagnostics(&trigger(
+        "on = \"enter buyers\"\nchanel = \"app\"\nwebhook = { url = \"http://127.0.0.1:9/x\" }\n",
+    ));
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(
+        all[0].message.starts_with("unknown field `chanel`, expected one of"),
+        "{}",
+        all[0]
+    );
+    assert_eq!(all[0].line, EXTRA + 5);
+}
+
+#[test]
+fn every_error_of_a_trigger_is_reported_at_once_in_file_order() {
+    let all = diagnostics(&trigger(
+        "on = \"enter buyers\"\n\
+         channel = \"email\"\n\
+         rule = \"attr.contry == true\"\n\
+         quiet_hours = \"21:00-25:00\"\n\
+         max_attempts = 0\n\
+         webhook = { url = \"https://mailer.example.com/x\", headers = { \"Content-Type\" = \"text/plain\" } }\n",
+    ));
+    let shown: Vec<(usize, &str)> = all.iter().map(|d| (d.line, d.message.as_str())).collect();
+    let line = |n: usize| EXTRA + 4 + n;
+    assert_eq!(
+        shown,
+        [
+            (line(1), "triggers.thanks.channel is `email`, which is not a declared channel"),
+            (line(2), "unknown attribute `contry`"),
+            (line(3), "triggers.thanks.quiet_hours: `21:00-25:00` is not a span of hours: write `HH:MM-HH:MM` in 24-hour time, for example `21:00-08:00`"),
+            (line(4), "triggers.thanks.max_attempts is 0: it must be 1 to 100"),
+            (line(5), "triggers.thanks.webhook.url is `https://mailer.example.com/x`: https webhooks are not supported yet"),
+            (line(5), "header `Content-Type` in triggers.thanks.webhook.headers is set by omnia"),
+        ],
+        "{all:#?}"
+    );
+}

@@ -693,6 +693,15 @@ impl Builder<'_> {
         let segments = self.segments(&raw, &mut compiler);
         let scores = self.scores(&raw, &events, &mut compiler);
         let decisions = self.decisions(&raw, &mut compiler, context.clone());
+        let triggers = self.trigger_settings(
+            &raw.triggers,
+            &triggers::TriggerNames {
+                segments: &segment_names,
+                channels: &channels,
+                attributes: &attributes,
+            },
+            &mut compiler,
+        );
         let features = std::mem::take(&mut compiler.features);
         let property_constants = std::mem::take(&mut compiler.property_constants);
         drop(compiler);
@@ -704,7 +713,6 @@ impl Builder<'_> {
         // Cycles are looked for among the rules that compiled, so that a cycle is
         // reported together with every other error.
         self.cycles(&raw, &segments, &scores);
-        let triggers = self.trigger_settings(&raw.triggers, &segment_names);
         if !self.errors.is_empty() {
             self.errors.sort_by_key(|d| (d.line, d.column));
             return Err(ConfigError {

@@ -28,6 +28,18 @@ use super::{journal, Engine, Extension, Plan};
 use crate::codec::{named, DecodeError, Reader, Write};
 use crate::model::{Cause, Change, ChangeKind, CustomerId};
 
+/// A customer as a trigger sees it when acting: read under one lock, so the three
+/// agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerNow {
+    /// Its keys, most preferred namespace first.
+    pub keys: Vec<String>,
+    /// Whether it is a member of the segment asked about.
+    pub member: bool,
+    /// Whether the rule asked about holds (true when none was).
+    pub holds: bool,
+}
+
 /// What the stream says the members of each segment are, by name: built while the
 /// engine is restored and the log replayed, compared with the segments after.
 pub(crate) type StreamView = HashMap<String, RoaringBitmap>;
@@ -45,6 +57,33 @@ impl<X: Extension> Engine<X> {
             return Vec::new();
         }
         state.key_texts(local)
+    }
+
+    /// What a trigger acting on a change needs to know of its customer now (see
+    /// [`CustomerNow`]); `None` if the slot holds another customer or none (forgotten,
+    /// or merged away), or `segment` is not one.
+    pub fn customer_now(
+        &self,
+        customer: CustomerId,
+        generation: u32,
+        segment: usize,
+        rule: Option<&crate::config::rule::Expr>,
+    ) -> Option<CustomerNow> {
+        let (shard, local) = self.split(customer);
+        if shard >= self.shard_count() || segment >= self.config().segments.len() {
+            return None;
+        }
+        let state = self.lock(shard);
+        if !state.holds(local, generation) {
+            return None;
+        }
+        let member = state.members(segment).contains(customer);
+        let holds = rule.map_or(true, |rule| state.eval(&self.plan, local).truth(rule));
+        Some(CustomerNow {
+            keys: state.key_texts(local),
+            member,
+            holds,
+        })
     }
 
     /// Adds to the stream's view what a restored shard's image says: the members of

@@ -167,6 +167,18 @@ fn code_name(code: u16) -> &'static str {
 }
 
 /// Sets the gauges from the current state; the server calls this periodically.
+/// A trigger delivery's step: `delivered`, `failed` (an attempt), `dead`, `cancelled`.
+pub fn trigger_delivery(trigger: &str, outcome: &'static str) {
+    metrics::counter!("omnia_trigger_deliveries_total", "trigger" => trigger.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// From a delivery's cause (the change) to its webhook's success, in seconds.
+pub fn trigger_latency(trigger: &str, seconds: f64) {
+    metrics::histogram!("omnia_trigger_delivery_seconds", "trigger" => trigger.to_string())
+        .record(seconds);
+}
+
 pub fn publish_gauges(shared: &Shared) {
     let node = shared.node();
     let drift = node.engine().drift();
@@ -176,6 +188,22 @@ pub fn publish_gauges(shared: &Shared) {
     }
     for (event, n) in drift.unknown_events() {
         metrics::counter!("omnia_events_unknown_total", "event" => event).absolute(n);
+    }
+    if let Some(stream) = &shared.stream {
+        let position = stream.archived();
+        metrics::gauge!("omnia_stream_position").set(position as f64);
+        for (name, sent) in stream.subscribers() {
+            metrics::gauge!("omnia_subscriber_lag", "subscription" => name)
+                .set(position.saturating_sub(sent) as f64);
+        }
+    }
+    if let Some(triggers) = &shared.triggers {
+        for (name, counts) in triggers.counts() {
+            metrics::gauge!("omnia_trigger_pending", "trigger" => name.clone())
+                .set(counts.pending as f64);
+            metrics::gauge!("omnia_trigger_dead_letters", "trigger" => name)
+                .set(counts.dead as f64);
+        }
     }
     metrics::gauge!("omnia_connections")
         .set(shared.stats.connections.load(Ordering::Relaxed) as f64);

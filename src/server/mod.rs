@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod connection;
 pub mod metrics;
 pub(crate) mod shutdown;
+pub mod triggers;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -146,6 +147,8 @@ pub struct Shared {
     pub erasures: Option<Arc<crate::store::snapshot::Erasures>>,
     /// The change stream's files, for SUBSCRIBE; `None` without a data directory.
     pub stream: Option<Arc<crate::store::stream::Stream>>,
+    /// What the trigger runner reports; `None` when none runs.
+    pub triggers: Option<Arc<triggers::TriggerStatus>>,
 }
 
 /// What a reload needs besides the running engine.
@@ -179,12 +182,15 @@ impl Shared {
             tls: None,
             erasures: None,
             stream: None,
+            triggers: None,
         }
     }
 
     /// Serves SUBSCRIBE from the change stream's files in `stream`.
+    /// A stream is what triggers act on: [`triggers::TriggerRunner::spawn`] runs them.
     pub fn with_stream(mut self, stream: Arc<crate::store::stream::Stream>) -> Shared {
         self.stream = Some(stream);
+        self.triggers = Some(Arc::default());
         self
     }
 

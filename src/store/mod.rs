@@ -8,6 +8,7 @@
 //! wal/<sequence>.log        the write-ahead log, in segments named by their first record
 //! snapshots/<position>.snap the newest snapshot (see `snapshot`)
 //! changes/                  the change stream's files (see `stream`)
+//! triggers/deliveries.log   the triggers' deliveries (see `deliveries`)
 //! ```
 //!
 //! At start, [`recover`] loads the newest snapshot, if there is one, then replays the
@@ -25,6 +26,7 @@
 //! customer, offer and channel still works after a restart), and the count of decisions
 //! made since the last snapshot (a statistic; impressions and feedback are logged).
 
+pub mod deliveries;
 pub mod reload;
 pub mod snapshot;
 pub mod stream;
@@ -135,6 +137,11 @@ impl DataDir {
     /// Where the change stream's files are (see `stream`).
     pub fn changes(&self) -> PathBuf {
         self.root.join("changes")
+    }
+
+    /// The triggers' deliveries journal's directory.
+    pub fn triggers(&self) -> PathBuf {
+        self.root.join("triggers")
     }
 }
 

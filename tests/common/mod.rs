@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod observe;
 pub mod raw;
+pub mod receiver;
 
 use std::sync::Arc;
 
@@ -82,6 +83,7 @@ pub struct TestServer {
     pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    triggers: Option<omnia::server::triggers::TriggerRunner>,
 }
 
 impl TestServer {
@@ -112,10 +114,18 @@ impl TestServer {
     }
 
     /// Serves a store's node and change stream (SUBSCRIBE) on `clock`, the store's.
+    /// Runs the config's triggers too, with the deliveries journal in the store's
+    /// data directory; [`TestServer::shutdown`] stops them.
     pub async fn on_store(store: &omnia::store::Store, clock: Arc<ManualClock>) -> TestServer {
         let shared =
             Shared::new(store.node.clone(), Limits::default()).with_stream(store.stream.clone());
-        TestServer::serve_shared(store.node.clone(), clock, shared).await
+        let mut server = TestServer::serve_shared(store.node.clone(), clock, shared).await;
+        server.triggers = omnia::server::triggers::TriggerRunner::spawn(
+            server.shared.clone(),
+            &store.data.triggers(),
+        )
+        .expect("start the trigger runner");
+        server
     }
 
     /// The default config, binary and HTTP, requiring the credentials in `file`; failed
@@ -160,6 +170,7 @@ impl TestServer {
             shared,
             stop: Some(stop),
             handle,
+            triggers: None,
         }
     }
 
@@ -195,6 +206,9 @@ impl TestServer {
 
     /// Signals shutdown and waits until every connection is closed.
     pub async fn shutdown(mut self) {
+        if let Some(triggers) = self.triggers.take() {
+            triggers.stop().await;
+        }
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());
         }

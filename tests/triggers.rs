@@ -1,0 +1,342 @@
+//! Triggers against a real server and a real HTTP receiver on loopback: Sofia's cart
+//! reminder and thank-you, a delayed step cancelled by a purchase, retries with the
+//! same delivery id, dead letters, and deliveries that survive a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use omnia::client::Client;
+use omnia::clock::{Clock, ManualClock};
+use omnia::config::{Config, Source};
+use omnia::engine::RawEvent;
+use omnia::model::decision::{FeedbackKind, FeedbackTarget};
+use omnia::store::Store;
+
+mod common;
+use common::receiver::Receiver;
+use common::{unsynced_wal, TempDir, TestServer, START_MS};
+
+/// The default config with Sofia's triggers, delivering to `url`.
+fn config(url: &str, extra: &str) -> Config {
+    let text = format!(
+        r#"{default}
+[segments.customers]
+description = "Bought at least once: entering it is a first purchase."
+rule = "ever(purchase)"
+
+[offers.thank_you]
+description = "Thank you for a first order: 10% off the next."
+rule = "in(customers) and since(purchase) < 1d"
+channels = ["email"]
+value = 5
+priority = 5
+coupon = {{ prefix = "THANKS", valid = "30d" }}
+
+[triggers.cart_reminder]
+on = "enter cart_abandoners"
+channel = "email"
+decide = true
+backoff = "10s"
+webhook = {{ url = "{url}", headers = {{ Authorization = "Bearer mailer-secret" }} }}
+
+[triggers.cart_reminder_again]
+on = "enter cart_abandoners"
+after = "1d"
+channel = "email"
+decide = true
+webhook = {{ url = "{url}" }}
+
+[triggers.thank_you]
+on = "enter customers"
+channel = "email"
+decide = true
+webhook = {{ url = "{url}" }}
+{extra}"#,
+        default = omnia::config::DEFAULT_CONFIG,
+    );
+    Config::from_source(&Source::new("triggers.toml", text)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn open(dir: &TempDir, clock: &Arc<ManualClock>, config: Config) -> (Store, TestServer) {
+    let store = Store::open(&dir.0, config, clock.clone(), unsynced_wal()).unwrap();
+    let server = TestServer::on_store(&store, clock.clone()).await;
+    (store, server)
+}
+
+async fn ingest(client: &Client, event: RawEvent) {
+    let ack = client.ingest(vec![event]).await.unwrap();
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+}
+
+/// Sofia's cart on the web, anonymous, then her login in the app.
+async fn sofia_abandons_her_cart(client: &Client, clock: &ManualClock) {
+    ingest(
+        client,
+        RawEvent::new("add_to_cart", "web", clock.now_ms())
+            .key("anon:sofia-web")
+            .prop("sku", "SHOE-38")
+            .prop("price", 89.0),
+    )
+    .await;
+    ingest(
+        client,
+        RawEvent::new("page_view", "app", clock.now_ms())
+            .key("anon:sofia-web")
+            .key("email:sofia@example.com")
+            .attr("email_opt_in", true),
+    )
+    .await;
+}
+
+/// Runs the timers due now (a count locks every shard).
+async fn tick(client: &Client) {
+    client.segment_count("cart_abandoners").await.unwrap();
+}
+
+/// Waits (at most 10 s) until `done` says the runner got there.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn counts(server: &TestServer, trigger: &str) -> omnia::server::triggers::TriggerCounts {
+    let status = server.shared.triggers.as_ref().expect("a trigger runner");
+    status.counts().get(trigger).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sofia_gets_one_cart_reminder_no_second_after_buying_and_a_thank_you_coupon() {
+    let receiver = Receiver::start(0).await;
+    let dir = TempDir::new("triggers", "sofia");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+
+    sofia_abandons_her_cart(&client, &clock).await;
+    clock.advance_secs(31 * 60);
+    tick(&client).await;
+    let reminder = receiver.wait_for(1).await.remove(0);
+    assert_eq!(reminder.body["trigger"], "cart_reminder");
+    assert_eq!(
+        reminder.header("authorization"),
+        Some("Bearer mailer-secret")
+    );
+    assert_eq!(
+        reminder.header("idempotency-key"),
+        reminder.body["delivery_id"].as_str()
+    );
+    let keys = reminder.body["customer"]["keys"].as_array().unwrap();
+    assert!(
+        keys.iter().any(|k| k == "email:sofia@example.com"),
+        "{keys:?}"
+    );
+    assert_eq!(
+        reminder.body["customer"]["by_namespace"]["email"][0],
+        "sofia@example.com"
+    );
+    let decision = &reminder.body["decision"];
+    assert_eq!(
+        decision["offers"][0]["offer"], "cart_reminder",
+        "{decision}"
+    );
+    let coupon = decision["coupons"][0]["code"].as_str().unwrap();
+    assert!(coupon.starts_with("CART10-"), "{coupon}");
+    // The second step waits a day.
+    assert_eq!(counts(&server, "cart_reminder_again").pending, 1);
+
+    // She buys in the app before the day is up: the second step is cancelled...
+    clock.advance_secs(3600);
+    ingest(
+        &client,
+        RawEvent::new("purchase", "app", clock.now_ms())
+            .key("email:sofia@example.com")
+            .prop("amount", 89.0),
+    )
+    .await;
+    until("the second reminder's cancellation", || {
+        counts(&server, "cart_reminder_again").cancelled == 1
+    })
+    .await;
+    // ... and her first purchase sends the thank-you, with a coupon of its own.
+    let thanks = receiver.wait_for(2).await.remove(1);
+    assert_eq!(thanks.body["trigger"], "thank_you");
+    assert_eq!(thanks.body["decision"]["offers"][0]["offer"], "thank_you");
+    let code = thanks.body["decision"]["offers"][0]["offer"].clone();
+    assert_eq!(code, "thank_you");
+    let coupons = thanks.body["decision"]["coupons"].as_array().unwrap();
+    let thanks_coupon = coupons
+        .iter()
+        .find(|c| c["offer"] == "thank_you")
+        .unwrap_or_else(|| panic!("{coupons:?}"));
+    let thanks_code = thanks_coupon["code"].as_str().unwrap().to_string();
+    assert!(thanks_code.starts_with("THANKS-"), "{thanks_code}");
+
+    // The day passes: nothing more is sent.
+    clock.advance_secs(2 * 86_400);
+    tick(&client).await;
+    let status = server.shared.triggers.clone().unwrap();
+    let cursor_at_end = store.stream.archived();
+    until("the runner to read every change", || {
+        status.json()["cursor"].as_u64() >= Some(cursor_at_end)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 2, "{:?}", receiver.received());
+
+    // The store redeems the thank-you coupon: an accept by her e-mail key.
+    let redeemed = client
+        .feedback(
+            FeedbackKind::Accept,
+            FeedbackTarget::Customer {
+                key: "email:sofia@example.com".into(),
+                offer: "thank_you".into(),
+                channel: "store".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(redeemed.coupon.map(|c| c.code), Some(thanks_code));
+
+    assert_eq!(counts(&server, "cart_reminder").delivered, 1);
+    assert_eq!(counts(&server, "thank_you").delivered, 1);
+    server.shutdown().await;
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_the_same_delivery_id_until_it_succeeds() {
+    // Fails twice, then answers 200.
+    let receiver = Receiver::start(2).await;
+    let dir = TempDir::new("triggers", "retry");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    sofia_abandons_her_cart(&client, &clock).await;
+    clock.advance_secs(31 * 60);
+    tick(&client).await;
+    receiver.wait_for(1).await;
+    until("the first failure", || {
+        counts(&server, "cart_reminder").failed == 1
+    })
+    .await;
+    // The first retry waits the backoff (10 s), the second twice that.
+    clock.advance_secs(9);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1);
+    clock.advance_secs(1);
+    receiver.wait_for(2).await;
+    until("the second failure", || {
+        counts(&server, "cart_reminder").failed == 2
+    })
+    .await;
+    clock.advance_secs(20);
+    let all = receiver.wait_for(3).await;
+    until("the delivery", || {
+        counts(&server, "cart_reminder").delivered == 1
+    })
+    .await;
+    let ids: Vec<_> = all.iter().map(|r| r.body["delivery_id"].clone()).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
+    let attempts: Vec<_> = all.iter().map(|r| r.header("omnia-attempt")).collect();
+    assert_eq!(attempts, [Some("1"), Some("2"), Some("3")]);
+    // One decision for the three: the same document each time.
+    assert_eq!(all[0].body, all[2].body);
+    server.shutdown().await;
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_keeps_failing_becomes_a_dead_letter() {
+    let receiver = Receiver::start(u32::MAX).await;
+    let dir = TempDir::new("triggers", "dead");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let extra = format!(
+        "\n[triggers.only_once]\non = \"enter cart_abandoners\"\nchannel = \"email\"\nmax_attempts = 2\nbackoff = \"5s\"\nwebhook = {{ url = \"{}\" }}\n",
+        receiver.url()
+    );
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), &extra)).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    sofia_abandons_her_cart(&client, &clock).await;
+    clock.advance_secs(31 * 60);
+    tick(&client).await;
+    until("a first failure", || {
+        counts(&server, "only_once").failed == 1
+    })
+    .await;
+    clock.advance_secs(5);
+    until("the dead letter", || counts(&server, "only_once").dead == 1).await;
+    let status = server.shared.triggers.clone().unwrap().json();
+    let dead = status["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["trigger"] == "only_once")
+        .unwrap_or_else(|| panic!("{status}"))
+        .clone();
+    assert_eq!(dead["attempts"], 2);
+    assert!(
+        dead["error"].as_str().unwrap().contains("HTTP 503"),
+        "{dead}"
+    );
+    server.shutdown().await;
+    store.close().unwrap();
+
+    // The dead letter is still there after a restart.
+    let clock = Arc::new(ManualClock::new(clock.now_ms()));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), &extra)).await;
+    let status = server.shared.triggers.clone().unwrap().json();
+    assert!(
+        status["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == dead["id"]),
+        "{status}"
+    );
+    server.shutdown().await;
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
+    let receiver = Receiver::start(0).await;
+    let dir = TempDir::new("triggers", "restart");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    sofia_abandons_her_cart(&client, &clock).await;
+    clock.advance_secs(31 * 60);
+    tick(&client).await;
+    receiver.wait_for(1).await;
+    until("the reminder's delivery and the second step", || {
+        counts(&server, "cart_reminder").delivered == 1
+            && counts(&server, "cart_reminder_again").pending == 1
+    })
+    .await;
+    drop(client);
+    server.shutdown().await;
+    store.close().unwrap();
+
+    // A day later, on a new server: the second step is due, and sent once.
+    let clock = Arc::new(ManualClock::new(clock.now_ms() + 86_400_000));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    tick(&client).await;
+    let all = receiver.wait_for(2).await;
+    assert_eq!(all[1].body["trigger"], "cart_reminder_again");
+    until("the delivery", || {
+        counts(&server, "cart_reminder_again").delivered == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 2);
+    server.shutdown().await;
+    store.close().unwrap();
+}
