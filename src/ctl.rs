@@ -79,6 +79,11 @@ enum CtlCommand {
         /// (`engine.unknown_properties = "ignore"`) and unknown event types, by name.
         #[arg(long)]
         drift: bool,
+        /// Also show the triggers' deliveries: per trigger, scheduled, delivered,
+        /// failed attempts, dead letters, cancelled and pending; and the newest dead
+        /// letters.
+        #[arg(long)]
+        triggers: bool,
         /// Also show where requests' time went inside the server, per operation and
         /// stage (queued, apply, journal, reply), since it started: read from its
         /// Prometheus endpoint (`--metrics`), which needs the `read` role.
@@ -478,10 +483,11 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
         CtlCommand::Stats {
             offers,
             drift,
+            triggers,
             latency,
             metrics,
         } => {
-            let stats = client.stats_with(offers, drift).await?;
+            let stats = client.stats_with(offers, drift, triggers).await?;
             let stages = if latency {
                 match omnia::client::stages::scrape(&metrics, token.as_deref()).await {
                     Ok(stages) => Some(stages),
@@ -527,6 +533,9 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                 }
                 if let Some(d) = &stats.drift {
                     print!("{}", render_drift(d));
+                }
+                if let Some(t) = &stats.triggers {
+                    print!("{}", render_triggers(t));
                 }
                 if let Some(stages) = &stages {
                     print!(
@@ -585,6 +594,55 @@ fn render_decision(d: &Decision) -> String {
                 score,
                 e.detail
             ));
+        }
+    }
+    out
+}
+
+/// The triggers' section as `ctl stats --triggers` prints it.
+fn render_triggers(t: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let Some(triggers) = t["triggers"].as_object() else {
+        out.push_str("triggers: none run here (the server has no data directory)\n");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "triggers (stream position {}):",
+        t["cursor"].as_u64().unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<24} {:>9} {:>9} {:>7} {:>5} {:>9} {:>7}",
+        "trigger", "scheduled", "delivered", "failed", "dead", "cancelled", "pending"
+    );
+    for (name, c) in triggers {
+        let n = |field: &str| c[field].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {name:<24} {:>9} {:>9} {:>7} {:>5} {:>9} {:>7}",
+            n("scheduled"),
+            n("delivered"),
+            n("failed"),
+            n("dead"),
+            n("cancelled"),
+            n("pending")
+        );
+    }
+    let dead = t["dead_letters"].as_array().cloned().unwrap_or_default();
+    if dead.is_empty() {
+        out.push_str("dead letters: none\n");
+    } else {
+        let _ = writeln!(out, "dead letters (newest last, {}):", dead.len());
+        for d in dead.iter().rev().take(20).rev() {
+            let _ = writeln!(
+                out,
+                "  {} after {} attempts: {}",
+                d["id"].as_str().unwrap_or(""),
+                d["attempts"],
+                d["error"].as_str().unwrap_or("")
+            );
         }
     }
     out

@@ -473,6 +473,7 @@ fn sigterm_with_a_client_that_never_reads_stops_within_the_shutdown_deadline() {
         let stats = Request::Stats {
             offers: true,
             drift: false,
+            triggers: false,
         };
         Frame::new(opcode::STATS, id, stats.encode().unwrap()).write_to(&mut bytes);
     }

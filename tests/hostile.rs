@@ -305,6 +305,7 @@ async fn shutdown_drops_a_client_that_never_reads_at_its_deadline() {
         let stats = Request::Stats {
             offers: true,
             drift: false,
+            triggers: false,
         }
         .encode()
         .unwrap();

@@ -61,7 +61,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|key| Request::Forget { key }),
         any::<u64>().prop_map(|erasure_id| Request::ForgetStatus { erasure_id }),
         text().prop_map(|key| Request::Export { key }),
-        any::<(bool, bool)>().prop_map(|(offers, drift)| Request::Stats { offers, drift }),
+        any::<(bool, bool, bool)>().prop_map(|(offers, drift, triggers)| Request::Stats { offers, drift, triggers }),
         (
             text(),
             text(),
@@ -257,20 +257,28 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                         segments,
                         offers: Vec::new(),
                         drift: None,
+                        triggers: None,
                     })
                 )
             ),
         (
             prop::collection::vec((text(), text(), any::<u64>()), 0..3),
             prop::collection::vec((text(), any::<u64>()), 0..3),
+            prop::option::of((text(), any::<u64>())),
         )
-            .prop_map(|(ignored, unknown_events)| (
+            .prop_map(|(ignored, unknown_events, triggers)| (
                 opcode::STATS,
                 Response::Stats(Stats {
                     drift: Some(omnia::protocol::message::StatsDrift {
                         ignored,
                         unknown_events
                     }),
+                    // A triggers section is a JSON document (the drift before it is
+                    // always sent with it).
+                    triggers: triggers.map(|(name, n)| serde_json::json!({
+                        "cursor": n,
+                        "triggers": { name: { "delivered": n } },
+                    })),
                     ..Stats::default()
                 })
             )),

@@ -98,7 +98,7 @@ async fn journey(sdk: &str) {
         Some(omnia::model::RawValue::Str("NL".into())),
         "{sdk}"
     );
-    let stats = client.stats_with(false, true).await.unwrap();
+    let stats = client.stats_with(false, true, false).await.unwrap();
     // The undeclared `currency` was dropped, the order applied, and the drift counted.
     assert_eq!(
         stats.drift.as_ref().map(|d| d.ignored.clone()),

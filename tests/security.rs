@@ -105,6 +105,7 @@ fn operations() -> Vec<(Role, Request)> {
             Request::Stats {
                 offers: false,
                 drift: false,
+                triggers: false,
             },
         ),
         (Role::Admin, Request::Reload),
@@ -418,6 +419,7 @@ async fn a_rotated_key_works_and_a_revoked_one_stops_at_the_reload() {
     let stats = Request::Stats {
         offers: false,
         drift: false,
+        triggers: false,
     };
     // A connection of the `read` principal, authenticated before the rotation.
     let mut reader = Raw::greeted(&server.addr).await;
@@ -641,6 +643,7 @@ async fn the_config_can_name_the_credentials_file() {
     let stats = Request::Stats {
         offers: false,
         drift: false,
+        triggers: false,
     };
     let reply = raw.request(opcode::STATS, 5, stats.encode().unwrap()).await;
     assert_eq!(code(&reply), Some(ErrorCode::Unauthenticated as u16));

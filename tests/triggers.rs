@@ -272,7 +272,11 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter() {
     .await;
     clock.advance_secs(5);
     until("the dead letter", || counts(&server, "only_once").dead == 1).await;
-    let status = server.shared.triggers.clone().unwrap().json();
+    // STATS says so, as `ctl stats --triggers` shows it.
+    let stats = client.stats_with(false, false, true).await.unwrap();
+    assert!(stats.drift.is_none());
+    let status = stats.triggers.expect("a triggers section");
+    assert_eq!(status["triggers"]["only_once"]["dead"], 1, "{status}");
     let dead = status["dead_letters"]
         .as_array()
         .unwrap()

@@ -476,20 +476,36 @@ impl Client {
     }
 
     pub async fn stats(&self) -> Result<Stats, ClientError> {
-        self.stats_with(false, false).await
+        self.stats_with(false, false, false).await
     }
 
     /// Server counters including every offer's decisions and feedback per channel and
     /// experiment arm.
     pub async fn stats_with_offers(&self) -> Result<Stats, ClientError> {
-        self.stats_with(true, false).await
+        self.stats_with(true, false, false).await
     }
 
     /// Server counters, with the sections asked for: per-offer counters, tracking-plan
-    /// drift (properties ingest dropped, unknown event types).
-    pub async fn stats_with(&self, offers: bool, drift: bool) -> Result<Stats, ClientError> {
-        match self.request(&Request::Stats { offers, drift }).await? {
-            Response::Stats(s) => Ok(s),
+    /// drift (properties ingest dropped, unknown event types), the triggers' deliveries.
+    pub async fn stats_with(
+        &self,
+        offers: bool,
+        drift: bool,
+        triggers: bool,
+    ) -> Result<Stats, ClientError> {
+        let request = Request::Stats {
+            offers,
+            drift,
+            triggers,
+        };
+        match self.request(&request).await? {
+            Response::Stats(mut s) => {
+                // Sent (empty) before the triggers section when only that was asked for.
+                if !drift {
+                    s.drift = None;
+                }
+                Ok(s)
+            }
             other => Err(unexpected(other)),
         }
     }

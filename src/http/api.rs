@@ -87,6 +87,8 @@ pub(super) struct StatsParams {
     offers: bool,
     #[serde(default)]
     drift: bool,
+    #[serde(default)]
+    triggers: bool,
 }
 
 fn json(value: serde_json::Value) -> Response {
@@ -349,7 +351,12 @@ pub(super) async fn stats(
     };
     answer(
         execute(&edge, |shared, _| {
-            Ok(cmd::stats::apply(shared, params.offers, params.drift))
+            Ok(cmd::stats::apply(
+                shared,
+                params.offers,
+                params.drift,
+                params.triggers,
+            ))
         })
         .await
         .and_then(|reply| match reply {

@@ -67,8 +67,13 @@ pub enum Request {
     },
     /// `str segment, str key`
     SegmentContains { segment: String, key: String },
-    /// empty, or `u8 sections` (bit 0: per-offer counters, bit 1: drift)
-    Stats { offers: bool, drift: bool },
+    /// empty, or `u8 sections` (bit 0: per-offer counters, bit 1: drift, bit 2:
+    /// triggers)
+    Stats {
+        offers: bool,
+        drift: bool,
+        triggers: bool,
+    },
     /// `str key, str channel, u8 top, u8 flags (1 record impression, 2 explain),
     /// u8 context_count, (str name, value) × context_count`
     Decide(DecisionRequest),
@@ -141,6 +146,12 @@ pub struct Stats {
     /// What ingest dropped or refused by name; only when asked for (and then at the
     /// end of the body, so a client that never asks reads the body it always read).
     pub drift: Option<StatsDrift>,
+    /// The trigger runner's status (`server::triggers::TriggerStatus::json`): its
+    /// stream position, counts by trigger, the newest dead letters; only when asked
+    /// for, after the drift section (sent empty when only this was asked for), as
+    /// `lstr json`. `null` when the server runs no triggers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<serde_json::Value>,
 }
 
 /// Tracking-plan drift, as STATS returns it (see `engine::drift`).
@@ -301,8 +312,13 @@ impl Request {
             | Request::Stats {
                 offers: false,
                 drift: false,
+                triggers: false,
             } => {}
-            Request::Stats { offers, drift } => b.put_u8(*offers as u8 | (*drift as u8) << 1),
+            Request::Stats {
+                offers,
+                drift,
+                triggers,
+            } => b.put_u8(*offers as u8 | (*drift as u8) << 1 | (*triggers as u8) << 2),
             Request::Decide(d) => {
                 b.str(&d.key);
                 b.str(&d.channel);
@@ -464,6 +480,7 @@ impl Request {
                 Request::Stats {
                     offers: sections & 1 != 0,
                     drift: sections & 2 != 0,
+                    triggers: sections & 4 != 0,
                 }
             }
             opcode::DECIDE => {
@@ -758,7 +775,9 @@ impl Response {
                         b.put_u64_le(n);
                     }
                 }
-                if let Some(d) = &s.drift {
+                let no_drift = StatsDrift::default();
+                let drift = s.drift.as_ref().or(s.triggers.as_ref().map(|_| &no_drift));
+                if let Some(d) = drift {
                     b.put_u32_le(d.ignored.len() as u32);
                     for (event, property, n) in &d.ignored {
                         b.str(event);
@@ -770,6 +789,9 @@ impl Response {
                         b.str(name);
                         b.put_u64_le(*n);
                     }
+                }
+                if let Some(triggers) = &s.triggers {
+                    b.lstr(&triggers.to_string());
                 }
             }
             Response::Decision(d) => {
@@ -1040,6 +1062,7 @@ impl Response {
                         segments: Vec::new(),
                         offers: Vec::new(),
                         drift: None,
+                        triggers: None,
                     };
                     let n = r.u16(field!("segment count"))?;
                     for i in 0..n {
@@ -1086,6 +1109,16 @@ impl Response {
                             ));
                         }
                         s.drift = Some(d);
+                    }
+                    if r.remaining() > 0 {
+                        let offset = r.offset();
+                        let text = r.lstr(field!("triggers"))?;
+                        let value = serde_json::from_str(text).map_err(|e| DecodeError::Invalid {
+                            field: "triggers".into(),
+                            offset,
+                            message: format!("not a JSON document: {e}"),
+                        })?;
+                        s.triggers = Some(value);
                     }
                     Response::Stats(s)
                 }

@@ -975,7 +975,11 @@ impl Handler {
             Request::SegmentContains { segment, key } => {
                 cmd::segment::contains(shared, &segment, &key)
             }
-            Request::Stats { offers, drift } => cmd::stats::apply(shared, offers, drift),
+            Request::Stats {
+                offers,
+                drift,
+                triggers,
+            } => cmd::stats::apply(shared, offers, drift, triggers),
             Request::Decide(request) => cmd::decide::decide(shared, &request, receipt),
             Request::Feedback { kind, target } => {
                 cmd::decide::feedback(shared, kind, &target, receipt)

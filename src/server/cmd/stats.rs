@@ -1,5 +1,5 @@
 //! STATS: server and engine counters, segment sizes, uptime, config version, and on
-//! request the per-offer counters and the tracking-plan drift.
+//! request the per-offer counters, the tracking-plan drift and the triggers' deliveries.
 
 use std::sync::atomic::Ordering;
 
@@ -7,7 +7,7 @@ use crate::protocol::message::{Stats, StatsDrift};
 use crate::protocol::Response;
 use crate::server::Shared;
 
-pub fn apply(shared: &Shared, offers: bool, drift: bool) -> Response {
+pub fn apply(shared: &Shared, offers: bool, drift: bool, triggers: bool) -> Response {
     let current = shared.node();
     let engine = current.engine().stats();
     let config = current.config();
@@ -43,6 +43,12 @@ pub fn apply(shared: &Shared, offers: bool, drift: bool) -> Response {
         drift: drift.then(|| StatsDrift {
             ignored: current.engine().drift().ignored(),
             unknown_events: current.engine().drift().unknown_events(),
+        }),
+        triggers: triggers.then(|| {
+            shared
+                .triggers
+                .as_ref()
+                .map_or(serde_json::Value::Null, |t| t.json())
         }),
     })
 }
