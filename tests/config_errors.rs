@@ -1019,7 +1019,9 @@ fn a_misspelt_key_in_a_trigger() {
     ));
     assert_eq!(all.len(), 1, "{all:?}");
     assert!(
-        all[0].message.starts_with("unknown field `chanel`, expected one of"),
+        all[0]
+            .message
+            .starts_with("unknown field `chanel`, expected one of"),
         "{}",
         all[0]
     );

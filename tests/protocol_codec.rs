@@ -61,7 +61,11 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|key| Request::Forget { key }),
         any::<u64>().prop_map(|erasure_id| Request::ForgetStatus { erasure_id }),
         text().prop_map(|key| Request::Export { key }),
-        any::<(bool, bool, bool)>().prop_map(|(offers, drift, triggers)| Request::Stats { offers, drift, triggers }),
+        any::<(bool, bool, bool)>().prop_map(|(offers, drift, triggers)| Request::Stats {
+            offers,
+            drift,
+            triggers
+        }),
         (
             text(),
             text(),

@@ -1113,11 +1113,12 @@ impl Response {
                     if r.remaining() > 0 {
                         let offset = r.offset();
                         let text = r.lstr(field!("triggers"))?;
-                        let value = serde_json::from_str(text).map_err(|e| DecodeError::Invalid {
-                            field: "triggers".into(),
-                            offset,
-                            message: format!("not a JSON document: {e}"),
-                        })?;
+                        let value =
+                            serde_json::from_str(text).map_err(|e| DecodeError::Invalid {
+                                field: "triggers".into(),
+                                offset,
+                                message: format!("not a JSON document: {e}"),
+                            })?;
                         s.triggers = Some(value);
                     }
                     Response::Stats(s)
