@@ -256,5 +256,6 @@ impl Node {
             .adopt(self.engine.config(), &old.decider, old.engine.config());
         self.engine.drift().take_from(old.engine.drift());
         self.engine.dedup().take_from(old.engine.dedup());
+        self.engine.take_changes_recorded_from(&old.engine);
     }
 }

@@ -205,6 +205,13 @@ async fn sofia_gets_one_cart_reminder_no_second_after_buying_and_a_thank_you_cou
 
     assert_eq!(counts(&server, "cart_reminder").delivered, 1);
     assert_eq!(counts(&server, "thank_you").delivered, 1);
+    // The stream recorded at least her entering the cart segment, her leaving it, and
+    // her entering `customers`.
+    let stats = client.stats_with(false, false, true).await.unwrap();
+    let recorded = stats.triggers.unwrap()["changes_recorded"]
+        .as_u64()
+        .unwrap();
+    assert!(recorded >= 3, "{recorded}");
     server.shutdown().await;
     store.close().unwrap();
 }

@@ -59,6 +59,16 @@ impl<X: Extension> Engine<X> {
         state.key_texts(local)
     }
 
+    /// Counts the changes `old` (the engine a reload replaces) recorded as this one's
+    /// too, so that the count goes on growing across reloads.
+    pub fn take_changes_recorded_from(&self, old: &Engine<X>) {
+        let n = old
+            .changes_recorded
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.changes_recorded
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// What a trigger acting on a change needs to know of its customer now (see
     /// [`CustomerNow`]); `None` if the slot holds another customer or none (forgotten,
     /// or merged away), or `segment` is not one.
@@ -168,6 +178,8 @@ impl<X: Extension> Engine<X> {
                         "",
                     )
                 });
+                self.changes_recorded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 recorded_changes += 1;
             }
         }

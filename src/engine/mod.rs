@@ -150,6 +150,9 @@ pub struct EngineStats {
     pub forgotten: u64,
     pub profile_bytes: u64,
     pub pending_timers: u64,
+    /// Membership changes recorded on the change stream, this engine's and those of
+    /// the engines it replaced by reloads.
+    pub changes_recorded: u64,
 }
 
 /// A customer reference as the identity map stores it: id and slot generation.
@@ -183,6 +186,9 @@ pub struct Engine<X: Extension = ()> {
     hasher: ahash::RandomState,
     events_applied: AtomicU64,
     merges: AtomicU64,
+    /// Change records appended to the journal (see `changes`); a reload's engine takes
+    /// over its predecessor's count.
+    changes_recorded: AtomicU64,
     /// Where accepted changes are logged, once recovery has replayed the old ones.
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// What live ingest dropped or refused by name (see `drift`).
@@ -295,6 +301,7 @@ impl<X: Extension> Engine<X> {
             hasher: ahash::RandomState::with_seeds(0x6f6d6e69, 0x61, 0x7368, 0x617264),
             events_applied: AtomicU64::new(0),
             merges: AtomicU64::new(0),
+            changes_recorded: AtomicU64::new(0),
             suppression: suppression::Suppression::new(),
             forgotten: AtomicU64::new(0),
             last_forget_replayed: AtomicU64::new(0),
@@ -363,6 +370,8 @@ impl<X: Extension> Engine<X> {
     fn record_changes(&self, state: &mut ShardState<X>) {
         let list = state.take_changes();
         if let (Some(journal), false) = (self.journal.get(), self.is_retired()) {
+            self.changes_recorded
+                .fetch_add(list.len() as u64, Ordering::Relaxed);
             let config = &self.plan.config;
             let time = state.now();
             for p in &list {
@@ -953,6 +962,7 @@ impl<X: Extension> Engine<X> {
             events_applied: self.events_applied.load(Ordering::Relaxed),
             merges: self.merges.load(Ordering::Relaxed),
             forgotten: self.forgotten.load(Ordering::Relaxed),
+            changes_recorded: self.changes_recorded.load(Ordering::Relaxed),
             ..EngineStats::default()
         };
         for shard in 0..self.shards.len() {

@@ -189,6 +189,8 @@ pub fn publish_gauges(shared: &Shared) {
     for (event, n) in drift.unknown_events() {
         metrics::counter!("omnia_events_unknown_total", "event" => event).absolute(n);
     }
+    metrics::counter!("omnia_changes_recorded_total")
+        .absolute(shared.node().engine().stats().changes_recorded);
     if let Some(stream) = &shared.stream {
         let position = stream.archived();
         metrics::gauge!("omnia_stream_position").set(position as f64);

@@ -44,11 +44,13 @@ pub fn apply(shared: &Shared, offers: bool, drift: bool, triggers: bool) -> Resp
             ignored: current.engine().drift().ignored(),
             unknown_events: current.engine().drift().unknown_events(),
         }),
-        triggers: triggers.then(|| {
-            shared
-                .triggers
-                .as_ref()
-                .map_or(serde_json::Value::Null, |t| t.json())
+        triggers: triggers.then(|| match &shared.triggers {
+            Some(t) => {
+                let mut json = t.json();
+                json["changes_recorded"] = engine.changes_recorded.into();
+                json
+            }
+            None => serde_json::Value::Null,
         }),
     })
 }
