@@ -13,12 +13,18 @@ use omnia::model::decision::{FeedbackKind, FeedbackTarget};
 use omnia::store::Store;
 
 mod common;
+use common::binary::{spawn_listening, Process, OMNIA};
 use common::receiver::Receiver;
 use common::{unsynced_wal, TempDir, TestServer, START_MS};
 
 /// The default config with Sofia's triggers, delivering to `url`.
 fn config(url: &str, extra: &str) -> Config {
-    let text = format!(
+    let text = config_text(url, extra);
+    Config::from_source(&Source::new("triggers.toml", text)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn config_text(url: &str, extra: &str) -> String {
+    format!(
         r#"{default}
 [segments.customers]
 description = "Bought at least once: entering it is a first purchase."
@@ -53,8 +59,7 @@ decide = true
 webhook = {{ url = "{url}" }}
 {extra}"#,
         default = omnia::config::DEFAULT_CONFIG,
-    );
-    Config::from_source(&Source::new("triggers.toml", text)).unwrap_or_else(|e| panic!("{e}"))
+    )
 }
 
 async fn open(dir: &TempDir, clock: &Arc<ManualClock>, config: Config) -> (Store, TestServer) {
@@ -350,4 +355,98 @@ async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
     assert_eq!(receiver.received().len(), 2);
     server.shutdown().await;
     store.close().unwrap();
+}
+
+/// `omnia serve` on `data` with the config in `config`; its log beside the directory.
+fn serve(data: &std::path::Path, config: &std::path::Path) -> (Process, String) {
+    let mut command = std::process::Command::new(OMNIA);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--no-http",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config);
+    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
+    (child, listening.binary)
+}
+
+/// The trigger counts the server at `addr` reports in STATS.
+async fn counts_of(addr: &str, trigger: &str) -> serde_json::Value {
+    let client = Client::connect(addr).await.unwrap();
+    let stats = client.stats_with(false, false, true).await.unwrap();
+    stats.triggers.unwrap()["triggers"][trigger].clone()
+}
+
+/// Waits (at most 10 s) until the server at `addr` reports `field` of `trigger` at `n`.
+async fn until_counted(addr: &str, trigger: &str, field: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = counts_of(addr, trigger).await;
+        if counts[field].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {trigger}.{field} = {n}: {counts}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILL between a change and its delivery: after the restart the delivery is made,
+/// with the same id; once delivered, a further crash and restart sends nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_interrupted_by_sigkill_is_made_after_the_restart_once() {
+    // The first attempt fails, so the delivery is still open when the server dies.
+    let receiver = Receiver::start(1).await;
+    let dir = TempDir::new("triggers", "sigkill");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let data = dir.0.join("data");
+    let file = dir.0.join("omnia.toml");
+    let text = config_text(&receiver.url(), "").replace(
+        "on = \"enter customers\"\nchannel = \"email\"",
+        "on = \"enter customers\"\nchannel = \"email\"\nbackoff = \"1s\"",
+    );
+    std::fs::write(&file, text).unwrap();
+
+    let (mut server, addr) = serve(&data, &file);
+    let client = Client::connect(&addr).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    ingest(
+        &client,
+        RawEvent::new("purchase", "store", now)
+            .key("email:kim@example.com")
+            .prop("amount", 40.0),
+    )
+    .await;
+    let first = receiver.wait_for(1).await.remove(0);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let (mut server, addr) = serve(&data, &file);
+    let all = receiver.wait_for(2).await;
+    until_counted(&addr, "thank_you", "delivered", 1).await;
+    assert_eq!(all[1].body["delivery_id"], first.body["delivery_id"]);
+    assert_eq!(
+        all[1].body, first.body,
+        "every attempt sends the same document"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // Delivered before the crash: nothing is sent again.
+    let (_server, addr) = serve(&data, &file);
+    let counts = counts_of(&addr, "thank_you").await;
+    assert_eq!(counts["pending"].as_u64().unwrap_or(0), 0, "{counts}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received().len(), 2, "{:?}", receiver.received());
 }
