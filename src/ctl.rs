@@ -609,7 +609,8 @@ fn render_triggers(t: &serde_json::Value) -> String {
     };
     let _ = writeln!(
         out,
-        "triggers (stream position {}):",
+        "triggers (changes recorded {}, runner at stream position {}):",
+        t["changes_recorded"].as_u64().unwrap_or(0),
         t["cursor"].as_u64().unwrap_or(0)
     );
     let _ = writeln!(

@@ -6,10 +6,13 @@
 //!   place, or a summary of what the config defines.
 //! - `omnia ctl ...`: talks to a running server (ping, ingest, profile, segment, stats);
 //!   a readable table by default, JSON with `--json`.
+//! - `omnia webhooks`: a webhook receiver that prints what triggers deliver, for
+//!   trying them out (the default config's triggers post to it).
 //! - `omnia demo`: runs the engine in-process on a simulated omnichannel population and
 //!   prints segment sizes, throughput and one profile.
 
 mod ctl;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +50,9 @@ enum Command {
         #[command(subcommand)]
         command: CredentialsCommand,
     },
+    /// Receive trigger deliveries and print them: a stand-in for the e-mail service
+    /// while trying triggers out (the default config's webhooks post here).
+    Webhooks(webhooks::WebhooksOptions),
     /// Validate a config file: print its errors (exit code 1) or a summary.
     CheckConfig {
         /// The config file (TOML).
@@ -200,6 +206,13 @@ fn main() -> ExitCode {
             ctl::run(options)
         }
         Command::Credentials { command } => match credentials(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Webhooks(options) => match webhooks::run(options) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -18,7 +18,7 @@ const START_MS: i64 = 1_750_000_000_000;
 fn config() -> Config {
     let text = format!(
         "{}\n[triggers]\nstream = [\"cart_abandoners\", \"new_visitors\"]\n",
-        omnia::config::DEFAULT_CONFIG
+        common::default_config_without_triggers()
     );
     Config::from_source(&Source::new("changes.toml", text)).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -119,7 +119,7 @@ fn recorded_segments_log_their_changes_after_their_causes_and_recovery_reads_the
 fn a_stream_that_names_no_segment_is_refused_with_the_segments_listed() {
     let text = format!(
         "{}\n[triggers]\nstream = [\"cart_abandoners\", \"cart_abandoner\", \"cart_abandoners\"]\nretention = \"a week\"\n",
-        omnia::config::DEFAULT_CONFIG
+        common::default_config_without_triggers()
     );
     let Err(error) = Config::from_source(&Source::new("bad.toml", text)) else {
         panic!("a config with a bad stream was accepted");
@@ -227,7 +227,7 @@ fn recovery_records_what_the_stream_missed_and_a_new_segment_starts_over() {
     // high_value joins the stream: it starts with a reset and Noor, its member.
     let text = format!(
         "{}\n[triggers]\nstream = [\"cart_abandoners\", \"new_visitors\", \"high_value\"]\n",
-        omnia::config::DEFAULT_CONFIG
+        common::default_config_without_triggers()
     );
     let wider = Config::from_source(&Source::new("changes.toml", text)).unwrap();
     let store = Store::open(&dir.0, wider, clock.clone(), unsynced_wal()).unwrap();
@@ -297,7 +297,7 @@ fn retention_removes_old_files_and_a_reader_from_before_them_is_told() {
     let dir = TempDir::new("changes", "retention");
     let text = format!(
         "{}\n[triggers]\nstream = [\"new_visitors\"]\nretention = \"1h\"\n",
-        omnia::config::DEFAULT_CONFIG
+        common::default_config_without_triggers()
     );
     let config = Config::from_source(&Source::new("changes.toml", text)).unwrap();
     let clock = Arc::new(ManualClock::new(START_MS));

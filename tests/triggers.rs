@@ -17,48 +17,30 @@ use common::binary::{spawn_listening, Process, OMNIA};
 use common::receiver::Receiver;
 use common::{unsynced_wal, TempDir, TestServer, START_MS};
 
-/// The default config with Sofia's triggers, delivering to `url`.
+/// The default config (its triggers are Sofia's: the cart reminder, the win-back, the
+/// thank-you), delivering to `url`, with a second, delayed reminder and `extra`.
 fn config(url: &str, extra: &str) -> Config {
     let text = config_text(url, extra);
     Config::from_source(&Source::new("triggers.toml", text)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn config_text(url: &str, extra: &str) -> String {
+    let default =
+        omnia::config::DEFAULT_CONFIG.replace("http://127.0.0.1:8900/omnia/triggers", url);
+    assert_ne!(
+        default,
+        omnia::config::DEFAULT_CONFIG,
+        "the default config's webhooks moved"
+    );
     format!(
         r#"{default}
-[segments.customers]
-description = "Bought at least once: entering it is a first purchase."
-rule = "ever(purchase)"
-
-[offers.thank_you]
-description = "Thank you for a first order: 10% off the next."
-rule = "in(customers) and since(purchase) < 1d"
-channels = ["email"]
-value = 5
-priority = 5
-coupon = {{ prefix = "THANKS", valid = "30d" }}
-
-[triggers.cart_reminder]
-on = "enter cart_abandoners"
-channel = "email"
-decide = true
-backoff = "10s"
-webhook = {{ url = "{url}", headers = {{ Authorization = "Bearer mailer-secret" }} }}
-
 [triggers.cart_reminder_again]
 on = "enter cart_abandoners"
 after = "1d"
 channel = "email"
 decide = true
-webhook = {{ url = "{url}" }}
-
-[triggers.thank_you]
-on = "enter customers"
-channel = "email"
-decide = true
-webhook = {{ url = "{url}" }}
-{extra}"#,
-        default = omnia::config::DEFAULT_CONFIG,
+webhook = {{ url = "{url}", headers = {{ Authorization = "Bearer mailer-secret" }} }}
+{extra}"#
     )
 }
 
@@ -128,10 +110,6 @@ async fn sofia_gets_one_cart_reminder_no_second_after_buying_and_a_thank_you_cou
     tick(&client).await;
     let reminder = receiver.wait_for(1).await.remove(0);
     assert_eq!(reminder.body["trigger"], "cart_reminder");
-    assert_eq!(
-        reminder.header("authorization"),
-        Some("Bearer mailer-secret")
-    );
     assert_eq!(
         reminder.header("idempotency-key"),
         reminder.body["delivery_id"].as_str()
@@ -237,8 +215,8 @@ async fn a_failing_receiver_gets_the_same_delivery_id_until_it_succeeds() {
         counts(&server, "cart_reminder").failed == 1
     })
     .await;
-    // The first retry waits the backoff (10 s), the second twice that.
-    clock.advance_secs(9);
+    // The first retry waits the backoff (30 s by default), the second twice that.
+    clock.advance_secs(29);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 1);
     clock.advance_secs(1);
@@ -247,7 +225,10 @@ async fn a_failing_receiver_gets_the_same_delivery_id_until_it_succeeds() {
         counts(&server, "cart_reminder").failed == 2
     })
     .await;
-    clock.advance_secs(20);
+    clock.advance_secs(59);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 2);
+    clock.advance_secs(1);
     let all = receiver.wait_for(3).await;
     until("the delivery", || {
         counts(&server, "cart_reminder").delivered == 1
@@ -347,6 +328,7 @@ async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
     tick(&client).await;
     let all = receiver.wait_for(2).await;
     assert_eq!(all[1].body["trigger"], "cart_reminder_again");
+    assert_eq!(all[1].header("authorization"), Some("Bearer mailer-secret"));
     until("the delivery", || {
         counts(&server, "cart_reminder_again").delivered == 1
     })
@@ -409,10 +391,12 @@ async fn a_delivery_interrupted_by_sigkill_is_made_after_the_restart_once() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let data = dir.0.join("data");
     let file = dir.0.join("omnia.toml");
-    let text = config_text(&receiver.url(), "").replace(
-        "on = \"enter customers\"\nchannel = \"email\"",
-        "on = \"enter customers\"\nchannel = \"email\"\nbackoff = \"1s\"",
+    // Kim has no e-mail opt-in, so only this trigger acts on her purchase.
+    let extra = format!(
+        "\n[triggers.receipt]\non = \"enter customers\"\nchannel = \"store\"\nbackoff = \"1s\"\nwebhook = {{ url = \"{}\" }}\n",
+        receiver.url()
     );
+    let text = config_text(&receiver.url(), &extra);
     std::fs::write(&file, text).unwrap();
 
     let (mut server, addr) = serve(&data, &file);
@@ -434,7 +418,7 @@ async fn a_delivery_interrupted_by_sigkill_is_made_after_the_restart_once() {
 
     let (mut server, addr) = serve(&data, &file);
     let all = receiver.wait_for(2).await;
-    until_counted(&addr, "thank_you", "delivered", 1).await;
+    until_counted(&addr, "receipt", "delivered", 1).await;
     assert_eq!(all[1].body["delivery_id"], first.body["delivery_id"]);
     assert_eq!(
         all[1].body, first.body,
@@ -445,8 +429,47 @@ async fn a_delivery_interrupted_by_sigkill_is_made_after_the_restart_once() {
 
     // Delivered before the crash: nothing is sent again.
     let (_server, addr) = serve(&data, &file);
-    let counts = counts_of(&addr, "thank_you").await;
+    let counts = counts_of(&addr, "receipt").await;
     assert_eq!(counts["pending"].as_u64().unwrap_or(0), 0, "{counts}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.received().len(), 2, "{:?}", receiver.received());
+}
+
+/// Quiet hours are the customer's: at 10:31 UTC it is 23:31 in Auckland, so the
+/// reminder waits for 08:00 there, 19:00 UTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_in_the_customers_quiet_hours_waits_for_their_end() {
+    let receiver = Receiver::start(0).await;
+    let dir = TempDir::new("triggers", "quiet");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    ingest(
+        &client,
+        RawEvent::new("add_to_cart", "app", clock.now_ms())
+            .key("email:aroha@example.co.nz")
+            .attr("email_opt_in", true)
+            .attr("time_zone", "Pacific/Auckland"),
+    )
+    .await;
+    clock.advance_secs(31 * 60);
+    tick(&client).await;
+    until("the reminder to be deferred", || {
+        let log = std::fs::read_to_string(dir.0.join("triggers/deliveries.log")).unwrap();
+        log.contains("\"record\":\"deferred\"")
+    })
+    .await;
+    // 18:59 UTC: still quiet in Auckland.
+    clock.set_ms(START_MS + 9 * 3_600_000 - 60_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.received().is_empty(), "{:?}", receiver.received());
+    clock.set_ms(START_MS + 9 * 3_600_000);
+    let reminder = receiver.wait_for(1).await.remove(0);
+    assert_eq!(reminder.body["trigger"], "cart_reminder");
+    assert_eq!(
+        reminder.body["prepared_at"].as_i64(),
+        Some(START_MS + 9 * 3_600_000)
+    );
+    server.shutdown().await;
+    store.close().unwrap();
 }

@@ -532,6 +532,11 @@ impl Config {
             self.decisions.experiments.len(),
             names(&mut self.decisions.experiments.iter().map(|e| e.name.as_str()))
         ));
+        out.push_str(&format!(
+            "  triggers            {:>3}: {}\n",
+            self.triggers.triggers.len(),
+            names(&mut self.triggers.triggers.iter().map(|t| t.name.as_str()))
+        ));
         let timed: Vec<&str> = self
             .dependencies
             .time_dependent

@@ -70,6 +70,16 @@ pub fn login(i: usize, channel: &str, now: i64) -> omnia::engine::RawEvent {
         .attr("country", if i % 3 == 0 { "NL" } else { "FR" })
 }
 
+/// The default config without its `[triggers.NAME]` tables, for tests of what
+/// `[triggers] stream` alone records (a trigger's segment is recorded too).
+pub fn default_config_without_triggers() -> &'static str {
+    let text = omnia::config::DEFAULT_CONFIG;
+    let at = text
+        .find("\n# Triggers:")
+        .expect("the default config's triggers start with a `# Triggers:` comment");
+    &text[..at]
+}
+
 /// Monday 2 March 2026, 10:00 UTC.
 pub const START_MS: i64 = 1_772_445_600_000;
 
