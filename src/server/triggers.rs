@@ -23,6 +23,11 @@
 //! (`cause = recovery`) and stream resets are not acted on: they may be old, or every
 //! member of a segment newly on the stream.
 //!
+//! Cost: the journal is synced once per batch of changes read that schedules or cancels
+//! something (else once a second at most), once per batch of deliveries prepared, and
+//! once per batch of posts finished; the decisions of a batch wait for the log once. An
+//! open delivery holds about 150 bytes in memory, plus its document once prepared.
+//!
 //! Time is the engine's clock, so tests move it; the runner looks at it at least every
 //! `POLL`.
 
@@ -33,7 +38,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::triggers::{TriggerDef, MAX_BACKOFF};
 use crate::config::Config;
@@ -51,6 +56,9 @@ const BATCH: usize = 512;
 const POLL: Duration = Duration::from_millis(100);
 /// Posts in flight at once.
 const IN_FLIGHT: usize = 32;
+/// How often the cursor is journaled when no change needs anything: a change read again
+/// after a crash is one that scheduled nothing, so this bounds work, not correctness.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 /// Counters of one trigger since the server started.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -138,6 +146,7 @@ impl TriggerRunner {
             client,
             posts: JoinSet::new(),
             posting: HashMap::new(),
+            cursor_written: std::time::Instant::now(),
         };
         runner.load(state);
         let task = tokio::spawn(async move { runner.run(stopped).await });
@@ -174,6 +183,8 @@ struct Runner {
     posts: JoinSet<Posted>,
     /// Deliveries being posted: not due again until their post ends.
     posting: HashMap<String, ()>,
+    /// When a `Cursor` was last journaled.
+    cursor_written: std::time::Instant,
 }
 
 impl Runner {
@@ -298,10 +309,13 @@ impl Runner {
                 _ = archived.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
                 Some(done) = self.posts.join_next(), if !self.posts.is_empty() => {
-                    if let Ok(posted) = done {
-                        if let Err(e) = self.finish(config, posted) {
-                            warn!(error = %e, "the trigger runner cannot write its journal; the attempt is made again");
-                        }
+                    // Every post finished by now is journaled in one synced write.
+                    let mut posted: Vec<Posted> = done.into_iter().collect();
+                    while let Some(done) = self.posts.try_join_next() {
+                        posted.extend(done);
+                    }
+                    if let Err(e) = self.finish(config, posted) {
+                        warn!(error = %e, "the trigger runner cannot write its journal; the attempts are made again");
                     }
                 }
                 _ = stopped.changed() => return,
@@ -315,9 +329,10 @@ impl Runner {
             // Nothing acts on the stream: stay at its end, so that a trigger added by
             // a reload starts from then, not from changes made before it existed.
             let end = self.stream.archived();
-            if end > self.state.cursor {
+            if end > self.state.cursor && self.cursor_written.elapsed() >= CURSOR_EVERY {
                 self.commit(vec![DeliveryRecord::Cursor { position: end }])
                     .map_err(|e| e.to_string())?;
+                self.cursor_written = std::time::Instant::now();
             }
             *reader = None;
             return Ok(());
@@ -350,8 +365,13 @@ impl Runner {
             for (position, change) in &batch {
                 self.on_change(config, *position, change, &mut records);
             }
-            if through > self.state.cursor {
+            // A change that scheduled something is journaled with the cursor past it,
+            // so that it is never read again after the delivery is finished.
+            if through > self.state.cursor
+                && (!records.is_empty() || self.cursor_written.elapsed() >= CURSOR_EVERY)
+            {
                 records.push(DeliveryRecord::Cursor { position: through });
+                self.cursor_written = std::time::Instant::now();
             }
             self.commit(records).map_err(|e| e.to_string())?;
             if !full {
@@ -436,10 +456,17 @@ impl Runner {
         }
     }
 
-    /// Acts on every delivery due now.
+    /// Acts on every delivery due now (up to the posts allowed in flight): prepares
+    /// those not prepared, waits once for the log to hold their decisions, journals
+    /// what came of them in one synced write, then posts.
     async fn act_on_due(&mut self, config: &Config) -> Result<(), StoreError> {
         let now = self.shared.node().engine().now_ms();
-        while self.posts.len() < IN_FLIGHT {
+        let mut records = Vec::new();
+        let mut to_post: Vec<(TriggerDef, String, u32, String)> = Vec::new();
+        // Popped from `due`: put back if what came of them cannot be journaled.
+        let mut popped = Vec::new();
+        let mut durable_to = None;
+        while self.posts.len() + to_post.len() < IN_FLIGHT {
             let Some(Reverse((due, id))) = self.due.peek().cloned() else {
                 break;
             };
@@ -453,45 +480,74 @@ impl Runner {
             if d.due_ms != due || self.posting.contains_key(&id) {
                 continue;
             }
+            popped.push((due, id.clone()));
             let Some(t) = config.triggers.trigger(&d.trigger).cloned() else {
-                self.commit(vec![DeliveryRecord::Cancelled {
+                records.push(DeliveryRecord::Cancelled {
                     id,
                     at_ms: now,
                     why: format!("trigger `{}` is no longer in the config", d.trigger),
-                }])?;
+                });
                 continue;
             };
             let body = match &d.body {
                 Some(body) => body.clone(),
-                None => match self.prepare(&t, &d, now).await {
-                    Prepared::Body(body) => {
-                        self.commit(vec![DeliveryRecord::Prepared {
+                None => match self.prepare(&t, &d, now) {
+                    Prepared::Body(body, logged) => {
+                        durable_to = durable_to.max(logged);
+                        records.push(DeliveryRecord::Prepared {
                             id: id.clone(),
                             body: body.clone(),
-                        }])?;
+                        });
                         body
                     }
                     Prepared::Defer(due_ms) => {
                         self.due.push(Reverse((due_ms, id.clone())));
-                        self.commit(vec![DeliveryRecord::Deferred { id, due_ms }])?;
+                        records.push(DeliveryRecord::Deferred { id, due_ms });
                         continue;
                     }
                     Prepared::Cancel(why) => {
-                        self.commit(vec![DeliveryRecord::Cancelled {
+                        records.push(DeliveryRecord::Cancelled {
                             id,
                             at_ms: now,
                             why,
-                        }])?;
+                        });
                         continue;
                     }
                 },
             };
-            self.post(&t, id, d.attempts + 1, body);
+            to_post.push((t, id, d.attempts + 1, body));
         }
-        Ok(())
+        // The impressions are recorded before any channel hears of them.
+        let node = self.shared.node();
+        let logged = match (node.engine().journal(), durable_to) {
+            (Some(journal), Some(last)) => {
+                journal.durable(last).await.map_err(|e| StoreError::Io {
+                    path: "the write-ahead log".into(),
+                    source: std::io::Error::other(format!(
+                        "a trigger's decision could not be made durable: {e}"
+                    )),
+                })
+            }
+            _ => Ok(()),
+        };
+        match logged.and_then(|()| self.commit(records)) {
+            Ok(()) => {
+                for (t, id, attempt, body) in to_post {
+                    self.post(&t, id, attempt, body);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Tried again in a second; a decision made for nothing is made again.
+                for (_, id) in popped {
+                    self.due.push(Reverse((now + 1000, id)));
+                }
+                Err(e)
+            }
+        }
     }
 
-    async fn prepare(&self, t: &TriggerDef, d: &Delivery, now: i64) -> Prepared {
+    fn prepare(&self, t: &TriggerDef, d: &Delivery, now: i64) -> Prepared {
         let node = self.shared.node();
         let engine = node.engine();
         let rule = t.rule.as_ref().map(|(_, expr)| expr);
@@ -537,6 +593,7 @@ impl Runner {
                 return Prepared::Defer(end);
             }
         }
+        let mut logged = None;
         let decision = if t.decide {
             let request = DecisionRequest {
                 key: key.clone(),
@@ -556,12 +613,7 @@ impl Runner {
             };
             match decided {
                 Ok(decision) => {
-                    // The impression is recorded before the channel hears of it.
-                    if let (Some(journal), Some(last)) = (engine.journal(), receipt.last()) {
-                        if let Err(e) = journal.durable(last).await {
-                            return Prepared::Defer(now + 1000).logged(&e);
-                        }
-                    }
+                    logged = receipt.last();
                     let mut value = serde_json::to_value(&decision).unwrap_or_default();
                     value["decision_id"] = serde_json::json!(decision.decision_id.to_string());
                     value
@@ -595,7 +647,7 @@ impl Runner {
             "customer": { "key": key, "keys": customer.keys, "by_namespace": namespaced },
             "decision": decision,
         });
-        Prepared::Body(document.to_string())
+        Prepared::Body(document.to_string(), logged)
     }
 
     fn post(&mut self, t: &TriggerDef, id: String, attempt: u32, body: String) {
@@ -626,13 +678,36 @@ impl Runner {
         });
     }
 
-    /// Records what a post came to.
-    fn finish(&mut self, config: &Config, posted: Posted) -> Result<(), StoreError> {
-        self.posting.remove(&posted.id);
-        let Some(d) = self.state.open.get(&posted.id).cloned() else {
-            return Ok(());
-        };
+    /// Journals what posts came to.
+    fn finish(&mut self, config: &Config, posted: Vec<Posted>) -> Result<(), StoreError> {
         let now = self.shared.node().engine().now_ms();
+        let mut records = Vec::with_capacity(posted.len());
+        let mut ids = Vec::with_capacity(posted.len());
+        for p in posted {
+            self.posting.remove(&p.id);
+            if let Some(d) = self.state.open.get(&p.id).cloned() {
+                ids.push(p.id.clone());
+                records.push(self.outcome(config, &d, p, now));
+            }
+        }
+        let committed = self.commit(records);
+        if committed.is_err() {
+            // Posted again in a second: at least once.
+            for id in ids {
+                self.due.push(Reverse((now + 1000, id)));
+            }
+        }
+        committed
+    }
+
+    /// What a post of `d` came to, as the record to journal.
+    fn outcome(
+        &mut self,
+        config: &Config,
+        d: &Delivery,
+        posted: Posted,
+        now: i64,
+    ) -> DeliveryRecord {
         let t = config.triggers.trigger(&d.trigger);
         let max_attempts = t.map_or(1, |t| t.max_attempts);
         let backoff = t.map_or(MAX_BACKOFF, |t| t.backoff);
@@ -642,13 +717,13 @@ impl Runner {
                     &d.trigger,
                     (now - d.time as i64 * 1000).max(0) as f64 / 1000.0,
                 );
-                info!(id = %posted.id, attempt = posted.attempt, status, "a trigger delivery was delivered");
-                return self.commit(vec![DeliveryRecord::Delivered {
+                debug!(id = %posted.id, attempt = posted.attempt, status, "a trigger delivery was delivered");
+                return DeliveryRecord::Delivered {
                     id: posted.id,
                     attempt: posted.attempt,
                     at_ms: now,
                     status,
-                }]);
+                };
             }
             Ok(status) => (
                 format!("the webhook answered HTTP {status}"),
@@ -658,7 +733,7 @@ impl Runner {
         };
         if refused || posted.attempt >= max_attempts {
             warn!(id = %posted.id, attempts = posted.attempt, %error, "a trigger delivery is given up: it is a dead letter");
-            return self.commit(vec![DeliveryRecord::Dead {
+            return DeliveryRecord::Dead {
                 id: posted.id,
                 attempt: posted.attempt,
                 at_ms: now,
@@ -667,7 +742,7 @@ impl Runner {
                 } else {
                     error
                 },
-            }]);
+            };
         }
         let wait = (backoff as i64)
             .saturating_mul(1 << (posted.attempt - 1).min(20))
@@ -675,28 +750,22 @@ impl Runner {
         let retry_ms = now + wait * 1000;
         debug!(id = %posted.id, attempt = posted.attempt, %error, retry_ms, "a trigger delivery failed; it is retried");
         self.due.push(Reverse((retry_ms, posted.id.clone())));
-        self.commit(vec![DeliveryRecord::Failed {
+        DeliveryRecord::Failed {
             id: posted.id,
             attempt: posted.attempt,
             at_ms: now,
             error,
             retry_ms,
-        }])
+        }
     }
 }
 
 enum Prepared {
-    Body(String),
+    /// The document, and the log record its decision's impression must wait for.
+    Body(String, Option<u64>),
     /// Not now: due again at this time.
     Defer(i64),
     Cancel(String),
-}
-
-impl Prepared {
-    fn logged(self, error: &str) -> Prepared {
-        warn!(%error, "a trigger's decision could not be made durable; it is tried again");
-        self
-    }
 }
 
 /// A webhook failure in words, with what caused it.
