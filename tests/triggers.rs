@@ -473,3 +473,40 @@ async fn a_reminder_in_the_customers_quiet_hours_waits_for_their_end() {
     server.shutdown().await;
     store.close().unwrap();
 }
+
+/// FORGET cancels a forgotten customer's deliveries, even one whose document is fixed
+/// and failing, and the journal's file no longer names her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_customers_deliveries_are_cancelled_and_leave_the_journal() {
+    let receiver = Receiver::start(u32::MAX).await;
+    let dir = TempDir::new("triggers", "forget");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    sofia_abandons_her_cart(&client, &clock).await;
+    clock.advance_secs(31 * 60);
+    tick(&client).await;
+    until("a failed attempt", || {
+        counts(&server, "cart_reminder").failed == 1
+    })
+    .await;
+    let journal = dir.0.join("triggers/deliveries.log");
+    assert!(std::fs::read_to_string(&journal)
+        .unwrap()
+        .contains("sofia@example.com"));
+
+    client.forget("email:sofia@example.com").await.unwrap();
+    until("her deliveries' cancellation", || {
+        counts(&server, "cart_reminder").cancelled == 1
+            && counts(&server, "cart_reminder_again").cancelled == 1
+    })
+    .await;
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(!text.contains("sofia"), "{text}");
+    // The retry that was due is not made.
+    clock.advance_secs(3600);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1);
+    server.shutdown().await;
+    store.close().unwrap();
+}

@@ -147,6 +147,8 @@ impl TriggerRunner {
             posts: JoinSet::new(),
             posting: HashMap::new(),
             cursor_written: std::time::Instant::now(),
+            prepared: Default::default(),
+            erase: false,
         };
         runner.load(state);
         let task = tokio::spawn(async move { runner.run(stopped).await });
@@ -185,12 +187,19 @@ struct Runner {
     posting: HashMap<String, ()>,
     /// When a `Cursor` was last journaled.
     cursor_written: std::time::Instant,
+    /// Customers whose documents were journaled since the journal was last rewritten.
+    prepared: std::collections::HashSet<(u32, u32)>,
+    /// A forgotten customer's document is in the journal's file: rewrite it.
+    erase: bool,
 }
 
 impl Runner {
     fn load(&mut self, state: DeliveryState) {
         for d in state.open.values() {
             self.index(d);
+            if d.body.is_some() {
+                self.prepared.insert((d.customer, d.generation));
+            }
         }
         {
             let mut status = self.status.inner.lock();
@@ -233,11 +242,24 @@ impl Runner {
                     }
                 }
             }
+            if let DeliveryRecord::Prepared { id, .. } = record {
+                if let Some(d) = self.state.open.get(id) {
+                    self.prepared.insert((d.customer, d.generation));
+                }
+            }
             self.state.apply(record);
             self.counted(record);
         }
-        if self.journal.wants_compaction() {
+        if self.erase || self.journal.wants_compaction() {
             self.journal.rewrite(&self.state)?;
+            self.erase = false;
+            self.prepared = self
+                .state
+                .open
+                .values()
+                .filter(|d| d.body.is_some())
+                .map(|d| (d.customer, d.generation))
+                .collect();
         }
         Ok(())
     }
@@ -390,6 +412,9 @@ impl Runner {
         if change.kind == ChangeKind::Reset {
             return;
         }
+        if change.cause == Cause::Forget {
+            self.forgotten(change, records);
+        }
         let entered = change.kind == ChangeKind::Enter;
         for t in config
             .triggers
@@ -456,6 +481,31 @@ impl Runner {
         }
     }
 
+    /// A forgotten customer's deliveries are all cancelled, prepared or not, and a
+    /// document naming it leaves the journal's file at once (see `commit`).
+    fn forgotten(&mut self, change: &Change, records: &mut Vec<DeliveryRecord>) {
+        let key = (change.customer, change.generation);
+        if self.prepared.remove(&key) {
+            self.erase = true;
+        }
+        let Some(ids) = self.by_customer.get(&key) else {
+            return;
+        };
+        for id in ids {
+            let cancel = !self.posting.contains_key(id)
+                && !records
+                    .iter()
+                    .any(|r| matches!(r, DeliveryRecord::Cancelled { id: c, .. } if c == id));
+            if cancel {
+                records.push(DeliveryRecord::Cancelled {
+                    id: id.clone(),
+                    at_ms: change.time as i64 * 1000,
+                    why: "the customer was forgotten".into(),
+                });
+            }
+        }
+    }
+
     /// Acts on every delivery due now (up to the posts allowed in flight): prepares
     /// those not prepared, waits once for the log to hold their decisions, journals
     /// what came of them in one synced write, then posts.
@@ -490,6 +540,14 @@ impl Runner {
                 continue;
             };
             let body = match &d.body {
+                Some(_) if !self.exists(&d) => {
+                    records.push(DeliveryRecord::Cancelled {
+                        id,
+                        at_ms: now,
+                        why: "the customer is gone (forgotten, or merged into another)".into(),
+                    });
+                    continue;
+                }
                 Some(body) => body.clone(),
                 None => match self.prepare(&t, &d, now) {
                     Prepared::Body(body, logged) => {
@@ -545,6 +603,12 @@ impl Runner {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the customer a delivery is for is still the one in its slot.
+    fn exists(&self, d: &Delivery) -> bool {
+        let node = self.shared.node();
+        !node.engine().keys_of(d.customer, d.generation).is_empty()
     }
 
     fn prepare(&self, t: &TriggerDef, d: &Delivery, now: i64) -> Prepared {
