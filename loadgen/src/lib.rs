@@ -8,12 +8,15 @@
 //!   the baseline;
 //! - [`run`]: workloads (`ingest`, `decide`, `mixed`, `query`) as paced streams;
 //! - [`report`]: histograms, the table, JSON and the HTML report;
+//! - [`probes`]: trigger probes, the latency from an event to the webhook delivery it
+//!   causes, through a receiver of the generator's own;
 //! - [`breakdown`]: the server's own stage histograms for the measured window, scraped
 //!   from its `/metrics`, printed beside the generator's figures.
 
 pub mod breakdown;
 pub mod journey;
 pub mod pacing;
+pub mod probes;
 pub mod redis_target;
 pub mod report;
 pub mod run;

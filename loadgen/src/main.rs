@@ -155,6 +155,16 @@ struct Options {
     /// a server with credentials.
     #[arg(long, default_value = "127.0.0.1:9878", value_name = "ADDR")]
     metrics: String,
+    /// Trigger probes per second (`--target omnia`, binary protocol): first purchases by
+    /// new customers, whose `thank_you` deliveries (the default config's trigger) the
+    /// generator receives and times from the purchase's send to the webhook's receipt.
+    /// 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    trigger_probes: f64,
+    /// Where the probes' webhook receiver listens: where the server's triggers post (the
+    /// default config's post to 127.0.0.1:8900).
+    #[arg(long, default_value = "127.0.0.1:8900", value_name = "ADDR")]
+    webhook_listen: std::net::SocketAddr,
 }
 
 /// Where this run's message ids start: the wall clock in microseconds, so that two runs
@@ -228,6 +238,39 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(n.max(1));
     }
     let runtime = runtime.enable_all().build()?;
+    if o.trigger_probes > 0.0 {
+        anyhow::ensure!(
+            o.target == TargetKind::Omnia && o.protocol == Protocol::Binary,
+            "--trigger-probes needs --target omnia over the binary protocol: a server with a data directory runs triggers"
+        );
+    }
+    let probes = if o.trigger_probes > 0.0 {
+        let (warmup, seconds) = (settings.warmup, settings.seconds);
+        let (addr, token) = (o.addr.clone(), o.token.clone());
+        let tls = match &o.tls_ca {
+            Some(ca) => Some(omnia::tls::client_config(ca, None)?),
+            None => None,
+        };
+        let rate = o.trigger_probes;
+        let listen = o.webhook_listen;
+        Some(runtime.block_on(async move {
+            let probes = loadgen::probes::Probes::start(listen, rate).await?;
+            let target = OmniaTarget::connect(&addr, token, tls)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let sender = probes.clone();
+            tokio::spawn(async move {
+                // After the warm-up, for the measured seconds, like the workload.
+                tokio::time::sleep(std::time::Duration::from_secs_f64(warmup)).await;
+                let until =
+                    tokio::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+                sender.send(target, until).await;
+            });
+            anyhow::Ok(probes)
+        })?)
+    } else {
+        None
+    };
     let report: Report = runtime.block_on(async {
         match o.target {
             TargetKind::Omnia if o.protocol == Protocol::Http => {
@@ -299,6 +342,11 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })?;
+    let mut report = report;
+    if let Some(probes) = probes {
+        report.trigger_probes =
+            Some(runtime.block_on(probes.report(std::time::Duration::from_secs(10))));
+    }
     print!("{}", report.table());
     if let Some(path) = &o.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

@@ -163,6 +163,9 @@ pub struct Report {
     pub server: Option<crate::breakdown::Breakdown>,
     /// Why it was not.
     pub server_note: Option<String>,
+    /// What `--trigger-probes` measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_probes: Option<crate::probes::ProbeReport>,
 }
 
 impl OpReport {
@@ -289,6 +292,9 @@ impl Report {
                 out,
                 "no server breakdown: {note} (--metrics off to skip it)"
             );
+        }
+        if let Some(probes) = &self.trigger_probes {
+            let _ = writeln!(out, "{}", probes.line());
         }
         out
     }
@@ -466,6 +472,7 @@ mod tests {
             ops: vec![missed],
             server: None,
             server_note: None,
+            trigger_probes: None,
         };
         let table = report.table();
         assert!(

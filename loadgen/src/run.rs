@@ -268,6 +268,7 @@ where
         ops,
         server,
         server_note,
+        trigger_probes: None,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The trigger runner: acts on the change stream as `[triggers.NAME]` says, and
 //! delivers to webhooks, at least once, durably.
 //!
-//! One task follows the stream from the journal's cursor (`store::deliveries`). For a
+//! One task, on a thread of its own, follows the stream from the journal's cursor (`store::deliveries`). For a
 //! change a trigger is `on` it schedules a delivery, due `after` the change; for the
 //! opposite change of the same customer it cancels that trigger's deliveries not yet
 //! prepared (Sofia buys: her second reminder is not sent). Both are in the journal,
@@ -81,7 +81,7 @@ pub struct TriggerStatus {
 
 #[derive(Debug, Default, Clone, Serialize)]
 struct StatusInner {
-    /// The stream position the runner has scheduled every change up to.
+    /// The stream position the runner has read every change up to.
     cursor: u64,
     triggers: BTreeMap<String, TriggerCounts>,
     /// The newest dead letters, oldest first.
@@ -113,7 +113,7 @@ impl TriggerStatus {
 /// The running runner: [`TriggerRunner::stop`] ends it.
 pub struct TriggerRunner {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl TriggerRunner {
@@ -151,15 +151,32 @@ impl TriggerRunner {
             erase: false,
         };
         runner.load(state);
-        let task = tokio::spawn(async move { runner.run(stopped).await });
-        Ok(Some(TriggerRunner { stop, task }))
+        // A thread and a runtime of its own: the runner reads files, syncs its journal
+        // and decides, which on the server's workers would hold up the connections
+        // queued behind it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        let thread = std::thread::Builder::new()
+            .name("omnia-triggers".into())
+            .spawn(move || runtime.block_on(runner.run(stopped)))
+            .map_err(|e| StoreError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        Ok(Some(TriggerRunner { stop, thread }))
     }
 
     /// Stops the runner and waits for it; posts in flight are abandoned (their
     /// deliveries stay open in the journal and are sent again at the next start).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 
@@ -267,7 +284,7 @@ impl Runner {
     fn counted(&self, record: &DeliveryRecord) {
         let trigger = |id: &str| id.rsplit_once('-').map_or(id, |(t, _)| t).to_string();
         match record {
-            DeliveryRecord::Cursor { position } => self.status.inner.lock().cursor = *position,
+            DeliveryRecord::Cursor { .. } => {}
             DeliveryRecord::Scheduled { trigger, .. } => self.status.count(trigger, |c| {
                 c.scheduled += 1;
                 c.pending += 1;
@@ -351,6 +368,7 @@ impl Runner {
             // Nothing acts on the stream: stay at its end, so that a trigger added by
             // a reload starts from then, not from changes made before it existed.
             let end = self.stream.archived();
+            self.status.inner.lock().cursor = end;
             if end > self.state.cursor && self.cursor_written.elapsed() >= CURSOR_EVERY {
                 self.commit(vec![DeliveryRecord::Cursor { position: end }])
                     .map_err(|e| e.to_string())?;
@@ -382,6 +400,7 @@ impl Runner {
             };
             let batch = r.read(BATCH).map_err(|e| e.to_string())?;
             let through = r.next_position().saturating_sub(1);
+            self.status.inner.lock().cursor = through;
             let full = batch.len() == BATCH;
             let mut records = Vec::new();
             for (position, change) in &batch {
