@@ -85,6 +85,17 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// The PEM text of the certificates in `path`, checked to hold at least one that
+/// parses: what an https webhook's `ca` trusts.
+pub fn pem_certificates(path: &Path) -> Result<Vec<u8>, TlsError> {
+    certificates("CA certificate", path)?;
+    std::fs::read(path).map_err(|e| TlsError::File {
+        what: "CA certificate",
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certificates("CA certificate", path)? {

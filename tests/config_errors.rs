@@ -1036,7 +1036,7 @@ fn every_error_of_a_trigger_is_reported_at_once_in_file_order() {
          rule = \"attr.contry == true\"\n\
          quiet_hours = \"21:00-25:00\"\n\
          max_attempts = 0\n\
-         webhook = { url = \"https://mailer.example.com/x\", headers = { \"Content-Type\" = \"text/plain\" } }\n",
+         webhook = { url = \"http://mailer.example.com/x\", ca = \"ca.pem\", headers = { \"Content-Type\" = \"text/plain\" } }\n",
     ));
     let shown: Vec<(usize, &str)> = all.iter().map(|d| (d.line, d.message.as_str())).collect();
     let line = |n: usize| EXTRA + 4 + n;
@@ -1047,9 +1047,24 @@ fn every_error_of_a_trigger_is_reported_at_once_in_file_order() {
             (line(2), "unknown attribute `contry`"),
             (line(3), "triggers.thanks.quiet_hours: `21:00-25:00` is not a span of hours: write `HH:MM-HH:MM` in 24-hour time, for example `21:00-08:00`"),
             (line(4), "triggers.thanks.max_attempts is 0: it must be 1 to 100"),
-            (line(5), "triggers.thanks.webhook.url is `https://mailer.example.com/x`: https webhooks are not supported yet"),
+            (line(5), "triggers.thanks.webhook.ca is set, but triggers.thanks.webhook.url is not https"),
             (line(5), "header `Content-Type` in triggers.thanks.webhook.headers is set by omnia"),
         ],
         "{all:#?}"
     );
+}
+
+#[test]
+fn an_https_webhooks_ca_that_cannot_be_read_is_an_error_naming_the_file() {
+    let all = diagnostics(&trigger(
+        "on = \"enter buyers\"\nchannel = \"app\"\nwebhook = { url = \"https://127.0.0.1:9/x\", ca = \"no-such-ca.pem\" }\n",
+    ));
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(
+        all[0].message.starts_with("triggers.thanks.webhook.ca: ")
+            && all[0].message.contains("no-such-ca.pem"),
+        "{}",
+        all[0]
+    );
+    assert_eq!(underlined(&all[0]), "\"no-such-ca.pem\"");
 }

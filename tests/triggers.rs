@@ -510,3 +510,45 @@ async fn a_forgotten_customers_deliveries_are_cancelled_and_leave_the_journal() 
     server.shutdown().await;
     store.close().unwrap();
 }
+
+/// An https webhook whose certificate chains to the CA the trigger names is delivered
+/// to; one whose CA is not trusted is not (the attempt fails, naming the certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_delivered_to_when_its_certificate_is_trusted() {
+    let dir = TempDir::new("triggers", "https");
+    let certificates = TempDir::new("triggers", "https-pki");
+    let pki = common::pki::pki(&certificates.0);
+    let tls = omnia::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
+    let receiver = Receiver::start_tls(tls).await;
+    let url = receiver.url();
+    let extra = format!(
+        "\n[triggers.trusted]\non = \"enter customers\"\nchannel = \"store\"\nwebhook = {{ url = \"{url}\", ca = \"{}\" }}\n\
+         \n[triggers.untrusted]\non = \"enter customers\"\nchannel = \"store\"\nmax_attempts = 1\nwebhook = {{ url = \"{url}\" }}\n",
+        pki.ca.display()
+    );
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (store, server) = open(&dir, &clock, config(&url, &extra)).await;
+    let client = Client::connect(&server.addr).await.unwrap();
+    ingest(
+        &client,
+        RawEvent::new("purchase", "store", START_MS)
+            .key("card:4711")
+            .prop("amount", 12.0),
+    )
+    .await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].body["trigger"], "trusted");
+    until("the untrusted one's dead letter", || {
+        counts(&server, "untrusted").dead == 1
+    })
+    .await;
+    let status = server.shared.triggers.clone().unwrap().json();
+    let error = status["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("certificate"), "{error}");
+    assert_eq!(receiver.received().len(), 1);
+    server.shutdown().await;
+    store.close().unwrap();
+}

@@ -87,6 +87,7 @@ pub struct RawWebhook {
     #[serde(default)]
     pub headers: IndexMap<Spanned<String>, Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 // `[triggers]` mixes keys of its own with a table per trigger, which serde's derive
@@ -182,8 +183,11 @@ impl QuietHours {
 /// Where a trigger delivers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
-    /// `http://host:port/path`.
+    /// `http://` or `https://host:port/path`.
     pub url: String,
+    /// For `https`: the PEM certificates of the only CAs its certificate may chain to
+    /// (`ca`, read when the config is loaded); `None`: the system's trust store.
+    pub ca: Option<Vec<u8>>,
     pub headers: Vec<(String, String)>,
     /// Seconds to wait for an answer.
     pub timeout: u32,
@@ -485,25 +489,41 @@ impl Builder<'_> {
 
     fn webhook(&mut self, raw: &RawWebhook, what: &str) -> Option<Webhook> {
         let url = raw.url.get_ref();
-        let url_ok = match url.parse::<hyper::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => true,
-            Ok(uri) if uri.scheme_str() == Some("https") => {
+        let scheme = url
+            .parse::<hyper::Uri>()
+            .ok()
+            .filter(|uri| uri.authority().is_some())
+            .and_then(|uri| uri.scheme_str().map(str::to_string));
+        let url_ok = matches!(scheme.as_deref(), Some("http" | "https"));
+        if !url_ok {
+            self.error(
+                raw.url.span(),
+                format!("{what}.url is `{url}`, which is not an http or https URL"),
+                Some("write for example `https://mailer.example.com/omnia/triggers`".into()),
+            );
+        }
+        let ca = raw.ca.as_ref().and_then(|ca| {
+            if url_ok && scheme.as_deref() != Some("https") {
                 self.error(
-                    raw.url.span(),
-                    format!("{what}.url is `{url}`: https webhooks are not supported yet"),
-                    Some("deliver to an `http://` receiver on a trusted network, or through a local TLS proxy".into()),
+                    ca.span(),
+                    format!("{what}.ca is set, but {what}.url is not https"),
+                    Some("a CA checks an https receiver's certificate: use an `https://` URL or leave `ca` out".into()),
                 );
-                false
+                return None;
             }
-            _ => {
-                self.error(
-                    raw.url.span(),
-                    format!("{what}.url is `{url}`, which is not an http URL"),
-                    Some("write for example `http://mailer.internal:8080/omnia/triggers`".into()),
-                );
-                false
+            // Relative to the config file, as `[security] credentials` is.
+            let dir = std::path::Path::new(&self.source.name)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            let path = dir.join(ca.get_ref());
+            match crate::tls::pem_certificates(&path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    self.error(ca.span(), format!("{what}.ca: {e}"), None);
+                    None
+                }
             }
-        };
+        });
         let mut headers = Vec::new();
         for (name, value) in &raw.headers {
             let valid_name =
@@ -543,6 +563,7 @@ impl Builder<'_> {
             .unwrap_or(DEFAULT_TIMEOUT);
         url_ok.then(|| Webhook {
             url: url.clone(),
+            ca,
             headers,
             timeout,
         })

@@ -127,13 +127,13 @@ impl TriggerRunner {
             return Ok(None);
         };
         let (journal, state) = Deliveries::open(dir)?;
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| StoreError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::other(format!("cannot build the webhook client: {e}")),
-            })?;
+        // https webhooks use the ring provider, as the server's own TLS does; installed
+        // once for the process (an error only says one was installed already).
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let client = webhook_client(None).map_err(|e| StoreError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut runner = Runner {
             shared,
@@ -143,7 +143,7 @@ impl TriggerRunner {
             due: BinaryHeap::new(),
             by_customer: HashMap::new(),
             status,
-            client,
+            clients: HashMap::from([(None, client)]),
             posts: JoinSet::new(),
             posting: HashMap::new(),
             cursor_written: std::time::Instant::now(),
@@ -198,7 +198,9 @@ struct Runner {
     /// Open deliveries by customer and slot generation, for cancellation.
     by_customer: HashMap<(u32, u32), Vec<String>>,
     status: Arc<TriggerStatus>,
-    client: reqwest::Client,
+    /// One client (and its pool of connections) per set of trusted CAs: `None` is the
+    /// system's trust store.
+    clients: HashMap<Option<Vec<u8>>, reqwest::Client>,
     posts: JoinSet<Posted>,
     /// Deliveries being posted: not due again until their post ends.
     posting: HashMap<String, ()>,
@@ -734,8 +736,27 @@ impl Runner {
     }
 
     fn post(&mut self, t: &TriggerDef, id: String, attempt: u32, body: String) {
-        let mut request = self
-            .client
+        self.posting.insert(id.clone(), ());
+        let client = match self.clients.get(&t.webhook.ca) {
+            Some(client) => client.clone(),
+            None => match webhook_client(t.webhook.ca.as_deref()) {
+                Ok(client) => {
+                    self.clients.insert(t.webhook.ca.clone(), client.clone());
+                    client
+                }
+                Err(e) => {
+                    self.posts.spawn(async move {
+                        Posted {
+                            id,
+                            attempt,
+                            outcome: Err(e),
+                        }
+                    });
+                    return;
+                }
+            },
+        };
+        let mut request = client
             .post(&t.webhook.url)
             .timeout(Duration::from_secs(t.webhook.timeout as u64))
             .header("content-type", "application/json")
@@ -746,7 +767,6 @@ impl Runner {
             request = request.header(name, value);
         }
         let request = request.body(body);
-        self.posting.insert(id.clone(), ());
         debug!(%id, attempt, url = %t.webhook.url, "posting a trigger delivery");
         self.posts.spawn(async move {
             let outcome = match request.send().await {
@@ -849,6 +869,21 @@ enum Prepared {
     /// Not now: due again at this time.
     Defer(i64),
     Cancel(String),
+}
+
+/// A client for webhooks whose certificates chain to the CAs in `ca` (PEM), or to the
+/// system's trust store. Redirects are not followed: a delivery goes where the config
+/// says.
+fn webhook_client(ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("the webhook's `ca` cannot be used: {e}"))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the webhook client: {e}"))
 }
 
 /// A webhook failure in words, with what caused it.

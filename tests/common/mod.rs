@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod observe;
+pub mod pki;
 pub mod raw;
 pub mod receiver;
 

@@ -28,8 +28,35 @@ struct State {
 
 pub struct Receiver {
     addr: std::net::SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl State {
+    fn receive(&self, headers: HeaderMap, body: &[u8]) -> StatusCode {
+        let body = serde_json::from_slice(body).unwrap_or_else(|e| {
+            serde_json::json!({ "unparsed": String::from_utf8_lossy(body), "error": e.to_string() })
+        });
+        self.received.lock().push(Received { headers, body });
+        let mut failures = self.failures.lock();
+        if *failures > 0 {
+            *failures -= 1;
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    }
+}
+
+fn app(state: Arc<State>) -> axum::Router {
+    axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move { state.receive(headers, &body) }
+        }),
+    )
 }
 
 impl Receiver {
@@ -39,36 +66,55 @@ impl Receiver {
             failures: parking_lot::Mutex::new(failures),
             ..State::default()
         });
-        let shared = state.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let state = shared.clone();
-                async move {
-                    let body = serde_json::from_slice(&body).unwrap_or_else(|e| {
-                        serde_json::json!({ "unparsed": String::from_utf8_lossy(&body), "error": e.to_string() })
-                    });
-                    state.received.lock().push(Received { headers, body });
-                    let mut failures = state.failures.lock();
-                    if *failures > 0 {
-                        *failures -= 1;
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::OK
-                    }
-                }
-            }),
-        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let app = app(state.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Receiver { addr, state, task }
+        Receiver {
+            addr,
+            scheme: "http",
+            state,
+            task,
+        }
+    }
+
+    /// A receiver over TLS with the certificate and key in `tls` (answers 200).
+    pub async fn start_tls(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Receiver {
+        let state = Arc::new(State::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let app = app(state.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A handshake refused by the client (an untrusted certificate) ends here.
+                    let Ok(stream) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            scheme: "https",
+            state,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
     }
 
     /// Everything received so far, in order.
