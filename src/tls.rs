@@ -85,6 +85,14 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Makes ring, the provider the server's TLS uses, the process's default: what an HTTP
+/// client (the triggers' webhooks, loadgen's HTTP target) builds its TLS with. Safe to
+/// call more than once.
+pub fn install_crypto_provider() {
+    // An error only says a provider was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The PEM text of the certificates in `path`, checked to hold at least one that
 /// parses: what an https webhook's `ca` trusts.
 pub fn pem_certificates(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -19,7 +19,7 @@ struct Answer {
 
 async fn post(server: &TestServer, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
     let url = format!("{}{path}", server.http.as_ref().expect("an HTTP edge"));
-    let mut request = reqwest::Client::new().post(url).body(body);
+    let mut request = common::http_client().post(url).body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -54,7 +54,14 @@ async fn post_json(server: &TestServer, path: &str, body: &Value) -> Answer {
 
 async fn get(server: &TestServer, path: &str) -> Answer {
     let url = format!("{}{path}", server.http.as_ref().expect("an HTTP edge"));
-    answer(reqwest::get(url).await.expect("the server answers")).await
+    answer(
+        common::http_client()
+            .get(url)
+            .send()
+            .await
+            .expect("the server answers"),
+    )
+    .await
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -425,7 +432,7 @@ async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_du
     for event in batch["batch"].as_array_mut().unwrap() {
         event.as_object_mut().unwrap().remove("timestamp");
     }
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(&url)
         .header("content-type", "application/json")
         .body(batch.to_string())
@@ -455,7 +462,7 @@ async fn a_batch_acknowledged_over_http_survives_sigkill_and_its_retries_stay_du
     let post_again = |http: String| {
         let body = batch.to_string();
         async move {
-            let response = reqwest::Client::new()
+            let response = common::http_client()
                 .post(format!("http://{http}/v1/batch"))
                 .header("content-type", "application/json")
                 .body(body)

@@ -38,7 +38,7 @@ async fn every_documented_operation_is_served() {
     let base = server.http.clone().unwrap();
     let ops = operations();
     assert_eq!(ops.len(), 18, "{ops:?}");
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     for (method, path) in ops {
         let url = format!(
             "{base}{}",

@@ -104,7 +104,7 @@ async fn a_forgotten_customer_is_gone_by_every_key_and_stays_suppressed() {
 
     // Over HTTP: DELETE /v1/profiles/{key}.
     let http = server.http.clone().unwrap();
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .delete(format!("{http}/v1/profiles/email:noor@example.nl"))
         .send()
         .await
@@ -112,7 +112,7 @@ async fn a_forgotten_customer_is_gone_by_every_key_and_stays_suppressed() {
     assert_eq!(response.status().as_u16(), 200);
     let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(body["keys"], 2, "{body}");
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .delete(format!("{http}/v1/profiles/user:noor"))
         .send()
         .await
@@ -363,7 +363,9 @@ async fn an_export_holds_the_profile_the_offer_history_and_the_coupons() {
 
     // Over HTTP, the same document.
     let http = server.http.clone().unwrap();
-    let response = reqwest::get(format!("{http}/v1/profiles/user:sofia/export"))
+    let response = common::http_client()
+        .get(format!("{http}/v1/profiles/user:sofia/export"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
@@ -375,7 +377,9 @@ async fn an_export_holds_the_profile_the_offer_history_and_the_coupons() {
         err.code(),
         Some(omnia::protocol::ErrorCode::UnknownCustomer)
     );
-    let response = reqwest::get(format!("{http}/v1/profiles/user:nobody/export"))
+    let response = common::http_client()
+        .get(format!("{http}/v1/profiles/user:nobody/export"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);

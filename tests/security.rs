@@ -252,7 +252,7 @@ async fn every_http_endpoint_for_every_role_and_credential() {
     let (path, tokens) = credentials(&dir);
     let server = TestServer::secured(&path).await;
     let base = server.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let page = r#"{"type":"page","anonymousId":"h"}"#;
     let endpoints: Vec<(Role, reqwest::Method, &str, Option<&str>)> = vec![
         (
@@ -595,7 +595,7 @@ async fn the_command_line_adds_a_principal_whose_token_ctl_uses() {
     );
     // /metrics wants a `read` principal too: a scraper's bearer token.
     let scrape = |token: Option<&str>| {
-        let mut request = reqwest::Client::new().get(format!("http://{metrics}/metrics"));
+        let mut request = common::http_client().get(format!("http://{metrics}/metrics"));
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -660,7 +660,7 @@ async fn a_beacon_without_headers_authenticates_with_the_write_key_in_its_body()
     let server = TestServer::secured(&path).await;
     let base = server.http.clone().unwrap();
     let post = |path: &str, body: serde_json::Value| {
-        let request = reqwest::Client::new()
+        let request = common::http_client()
             .post(format!("{base}{path}"))
             // What navigator.sendBeacon sends: no Authorization, text/plain.
             .header("content-type", "text/plain")

@@ -242,7 +242,10 @@ impl HttpTarget {
         token: Option<&str>,
     ) -> HttpTarget {
         HttpTarget {
-            client: reqwest::Client::new(),
+            client: {
+                omnia::tls::install_crypto_provider();
+                reqwest::Client::new()
+            },
             base: format!("http://{addr}"),
             gzip,
             next_id: ids,

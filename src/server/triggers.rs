@@ -127,9 +127,8 @@ impl TriggerRunner {
             return Ok(None);
         };
         let (journal, state) = Deliveries::open(dir)?;
-        // https webhooks use the ring provider, as the server's own TLS does; installed
-        // once for the process (an error only says one was installed already).
-        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        // https webhooks use the ring provider, as the server's own TLS does.
+        crate::tls::install_crypto_provider();
         let client = webhook_client(None).map_err(|e| StoreError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::other(e),

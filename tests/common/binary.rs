@@ -236,7 +236,14 @@ pub fn assert_one_snapshot(dir: &std::path::Path) {
 pub async fn wait_ready(http: &str) {
     let ready = format!("http://{http}/readyz");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+    while super::http_client()
+        .get(&ready)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
         assert!(Instant::now() < deadline, "/readyz never answered 200");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

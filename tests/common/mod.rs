@@ -81,6 +81,14 @@ pub fn default_config_without_triggers() -> &'static str {
     &text[..at]
 }
 
+/// An HTTP client for tests. omnia's reqwest has TLS through rustls without a crypto
+/// provider of its own (the server's, ring, is installed for it): a client built before
+/// one is installed would panic.
+pub fn http_client() -> reqwest::Client {
+    omnia::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// Monday 2 March 2026, 10:00 UTC.
 pub const START_MS: i64 = 1_772_445_600_000;
 
