@@ -44,10 +44,44 @@ webhook = {{ url = "{url}", headers = {{ Authorization = "Bearer mailer-secret" 
     )
 }
 
+/// One test's world on the default config's triggers and `cart_reminder_again`: a
+/// receiver, a data directory, the clock at [`START_MS`], the store, the server with
+/// its trigger runner, and a client.
+struct Case {
+    receiver: Receiver,
+    dir: TempDir,
+    clock: Arc<ManualClock>,
+    store: Store,
+    server: TestServer,
+    client: Client,
+}
+
+impl Case {
+    async fn start(name: &str, receiver: Receiver) -> Case {
+        let dir = TempDir::new("triggers", name);
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
+        let client = Client::connect(&server.addr).await.unwrap();
+        Case {
+            receiver,
+            dir,
+            clock,
+            store,
+            server,
+            client,
+        }
+    }
+}
+
 async fn open(dir: &TempDir, clock: &Arc<ManualClock>, config: Config) -> (Store, TestServer) {
     let store = Store::open(&dir.0, config, clock.clone(), unsynced_wal()).unwrap();
     let server = TestServer::on_store(&store, clock.clone()).await;
     (store, server)
+}
+
+async fn close(store: Store, server: TestServer) {
+    server.shutdown().await;
+    store.close().unwrap();
 }
 
 async fn ingest(client: &Client, event: RawEvent) {
@@ -75,6 +109,14 @@ async fn sofia_abandons_her_cart(client: &Client, clock: &ManualClock) {
     .await;
 }
 
+/// Sofia abandons her cart, half an hour passes, and the timers run: she is in
+/// `cart_abandoners`.
+async fn half_an_hour_after_her_cart(client: &Client, clock: &ManualClock) {
+    sofia_abandons_her_cart(client, clock).await;
+    clock.advance_secs(31 * 60);
+    tick(client).await;
+}
+
 /// Runs the timers due now (a count locks every shard).
 async fn tick(client: &Client) {
     client.segment_count("cart_abandoners").await.unwrap();
@@ -99,15 +141,16 @@ fn counts(server: &TestServer, trigger: &str) -> omnia::server::triggers::Trigge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sofia_gets_one_cart_reminder_no_second_after_buying_and_a_thank_you_coupon() {
-    let receiver = Receiver::start(0).await;
-    let dir = TempDir::new("triggers", "sofia");
-    let clock = Arc::new(ManualClock::new(START_MS));
-    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
-    let client = Client::connect(&server.addr).await.unwrap();
+    let Case {
+        receiver,
+        dir: _dir,
+        clock,
+        store,
+        server,
+        client,
+    } = Case::start("sofia", Receiver::start(0).await).await;
 
-    sofia_abandons_her_cart(&client, &clock).await;
-    clock.advance_secs(31 * 60);
-    tick(&client).await;
+    half_an_hour_after_her_cart(&client, &clock).await;
     let reminder = receiver.wait_for(1).await.remove(0);
     assert_eq!(reminder.body["trigger"], "cart_reminder");
     assert_eq!(
@@ -195,21 +238,21 @@ async fn sofia_gets_one_cart_reminder_no_second_after_buying_and_a_thank_you_cou
         .as_u64()
         .unwrap();
     assert!(recorded >= 3, "{recorded}");
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_gets_the_same_delivery_id_until_it_succeeds() {
     // Fails twice, then answers 200.
-    let receiver = Receiver::start(2).await;
-    let dir = TempDir::new("triggers", "retry");
-    let clock = Arc::new(ManualClock::new(START_MS));
-    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
-    let client = Client::connect(&server.addr).await.unwrap();
-    sofia_abandons_her_cart(&client, &clock).await;
-    clock.advance_secs(31 * 60);
-    tick(&client).await;
+    let Case {
+        receiver,
+        dir: _dir,
+        clock,
+        store,
+        server,
+        client,
+    } = Case::start("retry", Receiver::start(2).await).await;
+    half_an_hour_after_her_cart(&client, &clock).await;
     receiver.wait_for(1).await;
     until("the first failure", || {
         counts(&server, "cart_reminder").failed == 1
@@ -241,8 +284,7 @@ async fn a_failing_receiver_gets_the_same_delivery_id_until_it_succeeds() {
     assert_eq!(attempts, [Some("1"), Some("2"), Some("3")]);
     // One decision for the three: the same document each time.
     assert_eq!(all[0].body, all[2].body);
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,9 +298,7 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter() {
     );
     let (store, server) = open(&dir, &clock, config(&receiver.url(), &extra)).await;
     let client = Client::connect(&server.addr).await.unwrap();
-    sofia_abandons_her_cart(&client, &clock).await;
-    clock.advance_secs(31 * 60);
-    tick(&client).await;
+    half_an_hour_after_her_cart(&client, &clock).await;
     until("a first failure", || {
         counts(&server, "only_once").failed == 1
     })
@@ -282,8 +322,7 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter() {
         dead["error"].as_str().unwrap().contains("HTTP 503"),
         "{dead}"
     );
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 
     // The dead letter is still there after a restart.
     let clock = Arc::new(ManualClock::new(clock.now_ms()));
@@ -297,20 +336,20 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter() {
             .any(|d| d["id"] == dead["id"]),
         "{status}"
     );
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
-    let receiver = Receiver::start(0).await;
-    let dir = TempDir::new("triggers", "restart");
-    let clock = Arc::new(ManualClock::new(START_MS));
-    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
-    let client = Client::connect(&server.addr).await.unwrap();
-    sofia_abandons_her_cart(&client, &clock).await;
-    clock.advance_secs(31 * 60);
-    tick(&client).await;
+    let Case {
+        receiver,
+        dir,
+        clock,
+        store,
+        server,
+        client,
+    } = Case::start("restart", Receiver::start(0).await).await;
+    half_an_hour_after_her_cart(&client, &clock).await;
     receiver.wait_for(1).await;
     until("the reminder's delivery and the second step", || {
         counts(&server, "cart_reminder").delivered == 1
@@ -318,8 +357,7 @@ async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
     })
     .await;
     drop(client);
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 
     // A day later, on a new server: the second step is due, and sent once.
     let clock = Arc::new(ManualClock::new(clock.now_ms() + 86_400_000));
@@ -335,8 +373,7 @@ async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 2);
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
 
 /// `omnia serve` on `data` with the config in `config`; its log beside the directory.
@@ -439,11 +476,14 @@ async fn a_delivery_interrupted_by_sigkill_is_made_after_the_restart_once() {
 /// reminder waits for 08:00 there, 19:00 UTC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_in_the_customers_quiet_hours_waits_for_their_end() {
-    let receiver = Receiver::start(0).await;
-    let dir = TempDir::new("triggers", "quiet");
-    let clock = Arc::new(ManualClock::new(START_MS));
-    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
-    let client = Client::connect(&server.addr).await.unwrap();
+    let Case {
+        receiver,
+        dir,
+        clock,
+        store,
+        server,
+        client,
+    } = Case::start("quiet", Receiver::start(0).await).await;
     ingest(
         &client,
         RawEvent::new("add_to_cart", "app", clock.now_ms())
@@ -470,22 +510,22 @@ async fn a_reminder_in_the_customers_quiet_hours_waits_for_their_end() {
         reminder.body["prepared_at"].as_i64(),
         Some(START_MS + 9 * 3_600_000)
     );
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
 
 /// FORGET cancels a forgotten customer's deliveries, even one whose document is fixed
 /// and failing, and the journal's file no longer names her.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_customers_deliveries_are_cancelled_and_leave_the_journal() {
-    let receiver = Receiver::start(u32::MAX).await;
-    let dir = TempDir::new("triggers", "forget");
-    let clock = Arc::new(ManualClock::new(START_MS));
-    let (store, server) = open(&dir, &clock, config(&receiver.url(), "")).await;
-    let client = Client::connect(&server.addr).await.unwrap();
-    sofia_abandons_her_cart(&client, &clock).await;
-    clock.advance_secs(31 * 60);
-    tick(&client).await;
+    let Case {
+        receiver,
+        dir,
+        clock,
+        store,
+        server,
+        client,
+    } = Case::start("forget", Receiver::start(u32::MAX).await).await;
+    half_an_hour_after_her_cart(&client, &clock).await;
     until("a failed attempt", || {
         counts(&server, "cart_reminder").failed == 1
     })
@@ -507,8 +547,7 @@ async fn a_forgotten_customers_deliveries_are_cancelled_and_leave_the_journal() 
     clock.advance_secs(3600);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 1);
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
 
 /// An https webhook whose certificate chains to the CA the trigger names is delivered
@@ -549,6 +588,5 @@ async fn an_https_webhook_is_delivered_to_when_its_certificate_is_trusted() {
         .to_string();
     assert!(error.contains("certificate"), "{error}");
     assert_eq!(receiver.received().len(), 1);
-    server.shutdown().await;
-    store.close().unwrap();
+    close(store, server).await;
 }
