@@ -475,28 +475,14 @@ impl Runner {
             } else {
                 // The opposite change: what this trigger had planned for the customer
                 // no longer applies, unless its document is fixed already.
-                let key = (change.customer, change.generation);
-                let Some(ids) = self.by_customer.get(&key) else {
-                    continue;
-                };
-                for id in ids {
-                    let cancel = self.state.open.get(id).is_some_and(|d| {
-                        d.trigger == t.name && d.body.is_none() && !self.posting.contains_key(id)
-                    }) && !records
-                        .iter()
-                        .any(|r| matches!(r, DeliveryRecord::Cancelled { id: c, .. } if c == id));
-                    if cancel {
-                        records.push(DeliveryRecord::Cancelled {
-                            id: id.clone(),
-                            at_ms: change.time as i64 * 1000,
-                            why: format!(
-                                "the customer {} `{}` first",
-                                if entered { "entered" } else { "left" },
-                                t.segment_name
-                            ),
-                        });
-                    }
-                }
+                let why = format!(
+                    "the customer {} `{}` first",
+                    if entered { "entered" } else { "left" },
+                    t.segment_name
+                );
+                self.cancel(change, records, &why, |trigger, prepared| {
+                    trigger == t.name && !prepared
+                });
             }
         }
     }
@@ -504,23 +490,43 @@ impl Runner {
     /// A forgotten customer's deliveries are all cancelled, prepared or not, and a
     /// document naming it leaves the journal's file at once (see `commit`).
     fn forgotten(&mut self, change: &Change, records: &mut Vec<DeliveryRecord>) {
-        let key = (change.customer, change.generation);
-        if self.prepared.remove(&key) {
+        if self.prepared.remove(&(change.customer, change.generation)) {
             self.erase = true;
         }
-        let Some(ids) = self.by_customer.get(&key) else {
+        self.cancel(change, records, "the customer was forgotten", |_, _| true);
+    }
+
+    /// Cancels the open deliveries of `change`'s customer that `which(trigger,
+    /// prepared)` picks and that are not being posted: those journaled, and those that
+    /// `records` (this batch, not journaled yet) schedules.
+    fn cancel(
+        &self,
+        change: &Change,
+        records: &mut Vec<DeliveryRecord>,
+        why: &str,
+        which: impl Fn(&str, bool) -> bool,
+    ) {
+        let Some(ids) = self.by_customer.get(&(change.customer, change.generation)) else {
             return;
         };
         for id in ids {
-            let cancel = !self.posting.contains_key(id)
-                && !records
-                    .iter()
-                    .any(|r| matches!(r, DeliveryRecord::Cancelled { id: c, .. } if c == id));
-            if cancel {
+            if self.posting.contains_key(id) {
+                continue;
+            }
+            let picked = match self.state.open.get(id) {
+                Some(d) => which(&d.trigger, d.body.is_some()),
+                None => records.iter().any(|r| {
+                    matches!(r, DeliveryRecord::Scheduled { id: s, trigger, .. } if s == id && which(trigger, false))
+                }),
+            };
+            let cancelled = records
+                .iter()
+                .any(|r| matches!(r, DeliveryRecord::Cancelled { id: c, .. } if c == id));
+            if picked && !cancelled {
                 records.push(DeliveryRecord::Cancelled {
                     id: id.clone(),
                     at_ms: change.time as i64 * 1000,
-                    why: "the customer was forgotten".into(),
+                    why: why.to_string(),
                 });
             }
         }
