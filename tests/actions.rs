@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::binary::{spawn_listening, Process, OMNIA};
+use common::binary::{serve_binary, Process};
 use common::{copy_dir, unsynced_wal, TempDir};
 use omnia::clock::ManualClock;
 use omnia::config::{Config, Source};
@@ -292,25 +292,17 @@ fn a_crash_after_any_record_leaves_both_halves_agreeing() {
 }
 
 fn start(data: &Path) -> (Process, String) {
-    std::fs::write(data.with_extension("toml"), CONFIG).unwrap();
-    let mut command = std::process::Command::new(OMNIA);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--no-http",
-            "--fsync",
-            "never",
-        ])
-        .arg("--config")
-        .arg(data.with_extension("toml"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--snapshot-interval", "0"]);
-    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
-    (child, listening.binary)
+    let config = data.with_extension("toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let options = [
+        "--fsync".as_ref(),
+        "never".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--snapshot-interval".as_ref(),
+        "0".as_ref(),
+    ];
+    serve_binary(data, &options)
 }
 
 /// One client's stream of new customers `user:R-W-N`: three decisions each, with

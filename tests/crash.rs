@@ -11,11 +11,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::binary::{spawn_listening, Process, OMNIA};
+use common::binary::{serve_binary, Process};
 use omnia::client::Client;
 use omnia::engine::RawEvent;
 
@@ -46,23 +45,10 @@ impl Rounds {
 
 /// Starts the server on the data directory; its log goes beside it.
 fn start(data: &Path, fsync: &str, snapshot_interval: u64) -> (Process, String) {
-    let mut command = Command::new(OMNIA);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--no-http",
-            "--fsync",
-            fsync,
-            "--snapshot-interval",
-            &snapshot_interval.to_string(),
-            "--data-dir",
-        ])
-        .arg(data);
-    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
-    (child, listening.binary)
+    let interval = snapshot_interval.to_string();
+    let options = ["--fsync", fsync, "--snapshot-interval", &interval];
+    let options: Vec<&std::ffi::OsStr> = options.iter().map(std::ffi::OsStr::new).collect();
+    serve_binary(data, &options)
 }
 
 fn now_ms() -> i64 {

@@ -13,7 +13,7 @@ use omnia::model::decision::{FeedbackKind, FeedbackTarget};
 use omnia::store::Store;
 
 mod common;
-use common::binary::{spawn_listening, Process, OMNIA};
+use common::binary::{serve_binary, Process};
 use common::receiver::Receiver;
 use common::{unsynced_wal, TempDir, TestServer, START_MS};
 
@@ -378,21 +378,7 @@ async fn a_delivery_pending_at_a_stop_is_made_after_the_restart_once() {
 
 /// `omnia serve` on `data` with the config in `config`; its log beside the directory.
 fn serve(data: &std::path::Path, config: &std::path::Path) -> (Process, String) {
-    let mut command = std::process::Command::new(OMNIA);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--no-http",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--config")
-        .arg(config);
-    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
-    (child, listening.binary)
+    serve_binary(data, &["--config".as_ref(), config.as_os_str()])
 }
 
 /// The trigger counts the server at `addr` reports in STATS.

@@ -124,6 +124,25 @@ pub fn serve_logging(
     }
 }
 
+/// `omnia serve` on the data directory `data`, the binary protocol only, with `options`
+/// after; its log beside the directory (`data.log`). Returns it and its address.
+pub fn serve_binary(data: &std::path::Path, options: &[&std::ffi::OsStr]) -> (Process, String) {
+    let mut command = Command::new(OMNIA);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--no-http",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(options);
+    let (child, listening) = spawn_listening(command, &data.with_extension("log"));
+    (child, listening.binary)
+}
+
 /// Where a server started by [`spawn_listening`] listens.
 pub struct Listening {
     pub binary: String,
