@@ -12,7 +12,10 @@
 //! - `tests/fixtures/format3/`: format 3 (snapshot format 2; log records EVENT and
 //!   ACTION, an action as one record), written at the commit that introduced format 3;
 //! - `tests/fixtures/format4/`: format 4 (snapshot format 3, with its message id table;
-//!   log records EVENT and ACTION), written at commit 5fca3a6, the last of format 4.
+//!   log records EVENT and ACTION), written at commit 5fca3a6, the last of format 4;
+//! - `tests/fixtures/format6/`: format 6 (snapshot format 4, with its suppression list;
+//!   log records EVENT and ACTION, an empty change stream), written at commit de7d08b,
+//!   the last of format 6.
 //!
 //! If a format changes, the new code must still read (or migrate) these directories;
 //! fixtures are never rewritten. `OMNIA_WRITE_FIXTURE=DIR cargo test --test
@@ -110,6 +113,11 @@ fn a_format_3_data_directory_loads_with_everything_it_holds() {
 #[test]
 fn a_format_4_data_directory_loads_with_everything_it_holds() {
     loads(4, [1, 3]);
+}
+
+#[test]
+fn a_format_6_data_directory_loads_with_everything_it_holds() {
+    loads(6, [1, 3]);
 }
 
 /// Recovers a copy of fixture `format`, whose log holds records of `kinds`.
