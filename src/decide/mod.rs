@@ -31,6 +31,7 @@
 //! read it. The actions themselves are in `actions.rs`, their log records in `record.rs`.
 
 mod actions;
+pub mod analysis;
 mod budget;
 mod counters;
 mod log;
