@@ -173,6 +173,15 @@ impl Node {
         self.decider.offer_stats(self.engine.config())
     }
 
+    /// The report of every measured experiment, or of the one named `only`
+    /// (`decide::report`).
+    pub fn experiment_reports(
+        &self,
+        only: Option<&str>,
+    ) -> Vec<crate::model::experiment::ExperimentReport> {
+        crate::decide::report::experiment_reports(&self.engine, only)
+    }
+
     /// Replays an ACTION record (see `decide::Decider::replay_action`).
     pub fn replay_action(
         &self,

@@ -474,6 +474,7 @@ fn sigterm_with_a_client_that_never_reads_stops_within_the_shutdown_deadline() {
             offers: true,
             drift: false,
             triggers: false,
+            experiments: false,
         };
         Frame::new(opcode::STATS, id, stats.encode().unwrap()).write_to(&mut bytes);
     }

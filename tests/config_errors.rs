@@ -87,7 +87,7 @@ fn unknown_top_level_field() {
     let d = assert_error(
         &text,
         "unknown field `chanels`, expected one of `channels`, `engine`, `identity`, \
-         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `triggers`",
+         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `goals`, `triggers`",
         1,
         1,
         "chanels",
@@ -119,7 +119,7 @@ fn misspelt_table_name() {
     assert_error(
         &with("[segment.buyers]\nrule = \"ever(purchase)\"\n"),
         "unknown field `segment`, expected one of `channels`, `engine`, `identity`, \
-         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `triggers`",
+         `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `goals`, `triggers`",
         EXTRA,
         2,
         "segment",
@@ -1067,4 +1067,34 @@ fn an_https_webhooks_ca_that_cannot_be_read_is_an_error_naming_the_file() {
         all[0]
     );
     assert_eq!(underlined(&all[0]), "\"no-such-ca.pem\"");
+}
+
+#[test]
+fn a_goal_names_a_declared_event_and_a_number_value() {
+    let d = diagnostics(&with(
+        "[goals.revenue]\nevent = \"purchase\"\nwindow = \"7d\"\nvalue = \"sku\"\n\n[goals.visit]\nevent = \"visit\"\nwindow = \"1d\"\n",
+    ));
+    let shown: Vec<String> = d.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(
+        shown,
+        [
+            "the value of goal `revenue` must be a number property; `sku` of `purchase` is not",
+            "goal `visit` counts the event type `visit`, which is not declared",
+        ],
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn an_experiment_names_declared_goals_and_the_holdout_is_a_percentage() {
+    let d = diagnostics(&with(
+        "[decisions]\nholdout = 100\n\n[offers.o]\n\n[experiments.e]\narms = [{ name = \"a\", weight = 1 }]\ngoals = [\"bought\"]\n",
+    ));
+    let shown: Vec<String> = d.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(shown[0].starts_with("decisions.holdout is 100"), "{shown:?}");
+    assert_eq!(
+        shown[1],
+        "experiment `e` is measured on goal `bought`, which is not declared"
+    );
 }

@@ -306,6 +306,7 @@ async fn shutdown_drops_a_client_that_never_reads_at_its_deadline() {
             offers: true,
             drift: false,
             triggers: false,
+            experiments: false,
         }
         .encode()
         .unwrap();

@@ -61,10 +61,13 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|key| Request::Forget { key }),
         any::<u64>().prop_map(|erasure_id| Request::ForgetStatus { erasure_id }),
         text().prop_map(|key| Request::Export { key }),
-        any::<(bool, bool, bool)>().prop_map(|(offers, drift, triggers)| Request::Stats {
-            offers,
-            drift,
-            triggers
+        any::<(bool, bool, bool, bool)>().prop_map(|(offers, drift, triggers, experiments)| {
+            Request::Stats {
+                offers,
+                drift,
+                triggers,
+                experiments,
+            }
         }),
         (
             text(),
@@ -262,6 +265,7 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                         offers: Vec::new(),
                         drift: None,
                         triggers: None,
+                        experiments: None,
                     })
                 )
             ),

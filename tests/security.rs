@@ -106,6 +106,7 @@ fn operations() -> Vec<(Role, Request)> {
                 offers: false,
                 drift: false,
                 triggers: false,
+                experiments: false,
             },
         ),
         (Role::Admin, Request::Reload),
@@ -420,6 +421,7 @@ async fn a_rotated_key_works_and_a_revoked_one_stops_at_the_reload() {
         offers: false,
         drift: false,
         triggers: false,
+        experiments: false,
     };
     // A connection of the `read` principal, authenticated before the rotation.
     let mut reader = Raw::greeted(&server.addr).await;
@@ -644,6 +646,7 @@ async fn the_config_can_name_the_credentials_file() {
         offers: false,
         drift: false,
         triggers: false,
+        experiments: false,
     };
     let reply = raw.request(opcode::STATS, 5, stats.encode().unwrap()).await;
     assert_eq!(code(&reply), Some(ErrorCode::Unauthenticated as u16));

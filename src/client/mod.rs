@@ -497,6 +497,7 @@ impl Client {
             offers,
             drift,
             triggers,
+            experiments: false,
         };
         match self.request(&request).await? {
             Response::Stats(mut s) => {
@@ -506,6 +507,22 @@ impl Client {
                 }
                 Ok(s)
             }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The report of every measured experiment (STATS, its experiments section).
+    pub async fn experiments(
+        &self,
+    ) -> Result<Vec<crate::model::experiment::ExperimentReport>, ClientError> {
+        let request = Request::Stats {
+            offers: false,
+            drift: false,
+            triggers: false,
+            experiments: true,
+        };
+        match self.request(&request).await? {
+            Response::Stats(s) => Ok(s.experiments.unwrap_or_default()),
             other => Err(unexpected(other)),
         }
     }

@@ -99,6 +99,9 @@ pub struct ArmDef {
     pub weight: u32,
     /// A control arm receives only the fallback offer (or nothing).
     pub control: bool,
+    /// Whether a control arm still receives the fallback offer (always for an
+    /// experiment's control arm; `[decisions] holdout_fallback` for the holdout's).
+    pub fallback: bool,
     /// Offers this arm may receive; `None` is all.
     pub offers: Option<Vec<bool>>,
     /// Per offer: a factor on its ranking score in this arm.
@@ -111,6 +114,56 @@ pub struct ExperimentDef {
     pub description: Option<String>,
     pub arms: Vec<ArmDef>,
     pub total_weight: u64,
+    /// The goals it is measured on, by index into `Config::goals`.
+    pub goals: Vec<usize>,
+    /// The arm the others are compared with, by index.
+    pub baseline: usize,
+    /// Per offer: whether its passing the gate in a decision exposes the customer
+    /// (docs/decisioning.md, "Measuring an experiment").
+    pub exposing: Vec<bool>,
+    /// Exposed customers each compared arm needs before the report compares it.
+    pub min_customers: u32,
+    /// The global holdout of `[decisions] holdout`, not a `[experiments.*]` table.
+    pub holdout: bool,
+}
+
+/// The name of the experiment `[decisions] holdout` makes, and of its held-out arm.
+pub const HOLDOUT: &str = "holdout";
+/// The name of the holdout's other arm: everyone omnia decides for.
+pub const HOLDOUT_TREATED: &str = "treated";
+/// The default of `[experiments.*] min_customers`.
+pub const DEFAULT_MIN_CUSTOMERS: u32 = 100;
+
+/// The offers an experiment's arms treat differently: with a control arm every offer but
+/// the fallback; otherwise those some arm leaves out or weights differently from
+/// another. An experiment whose arms are alike (an A/A test) is exposed by every offer
+/// but the fallback.
+fn exposing_offers(arms: &[ArmDef], offers: usize, fallback: Option<usize>) -> Vec<bool> {
+    let every = || {
+        (0..offers)
+            .map(|o| Some(o) != fallback)
+            .collect::<Vec<bool>>()
+    };
+    if arms.iter().any(|a| a.control) {
+        return every();
+    }
+    let treatment = |a: &ArmDef, o: usize| {
+        (
+            a.offers.as_ref().map_or(true, |allowed| allowed[o]),
+            a.boosts[o].to_bits(),
+        )
+    };
+    let differs: Vec<bool> = (0..offers)
+        .map(|o| {
+            arms.windows(2)
+                .any(|w| treatment(&w[0], o) != treatment(&w[1], o))
+        })
+        .collect();
+    if differs.iter().any(|&d| d) {
+        differs
+    } else {
+        every()
+    }
 }
 
 /// Everything about decisions.
@@ -176,6 +229,7 @@ impl Builder<'_> {
         raw: &RawConfig,
         compiler: &mut Compiler<'_>,
         context: Vec<AttributeDef>,
+        declared_goals: &[String],
     ) -> Decisions {
         let events = compiler.ctx.events;
         let channels = compiler.ctx.channels;
@@ -323,6 +377,7 @@ impl Builder<'_> {
                     name: arm_ref.name.get_ref().clone(),
                     weight: *arm_ref.weight.get_ref(),
                     control: arm_ref.control,
+                    fallback: true,
                     offers,
                     boosts,
                 });
@@ -341,12 +396,77 @@ impl Builder<'_> {
             if arms.len() > 255 {
                 self.error(experiment.arms.span(), "at most 255 arms", None);
             }
+            if name.get_ref() == HOLDOUT {
+                self.error(
+                    name.span(),
+                    "`holdout` names the global holdout (`[decisions] holdout`); name this experiment otherwise",
+                    None,
+                );
+            }
+            let goal_indexes = self.goal_names(&experiment.goals, declared_goals, name.get_ref());
+            let baseline = match &experiment.baseline {
+                Some(b) => match arms.iter().position(|a| a.name == *b.get_ref()) {
+                    Some(i) => i,
+                    None => {
+                        self.error(
+                            b.span(),
+                            format!(
+                                "experiment `{}` has no arm `{}` to be its baseline",
+                                name.get_ref(),
+                                b.get_ref()
+                            ),
+                            Some(format!(
+                                "its arms are: {}",
+                                list(arms.iter().map(|a| a.name.as_str()))
+                            )),
+                        );
+                        0
+                    }
+                },
+                None => arms.iter().position(|a| a.control).unwrap_or(0),
+            };
+            let exposing = match &experiment.offers {
+                Some(listed) => {
+                    let mut exposing = vec![false; offer_names.len()];
+                    for o in listed {
+                        match offer_names.iter().position(|n| n == o.get_ref()) {
+                            Some(i) => exposing[i] = true,
+                            None => self.unknown_offer(o, "an experiment's `offers`", &offer_names),
+                        }
+                    }
+                    exposing
+                }
+                None => exposing_offers(&arms, offer_names.len(), fallback),
+            };
+            let min_customers = match &experiment.min_customers {
+                Some(n) if *n.get_ref() < 2 => {
+                    self.error(
+                        n.span(),
+                        format!(
+                            "min_customers is {}, but a comparison needs at least 2 customers per arm",
+                            n.get_ref()
+                        ),
+                        None,
+                    );
+                    DEFAULT_MIN_CUSTOMERS
+                }
+                Some(n) => *n.get_ref(),
+                None => DEFAULT_MIN_CUSTOMERS,
+            };
             experiments.push(ExperimentDef {
                 name: name.get_ref().clone(),
                 description: experiment.description.clone(),
                 arms,
                 total_weight,
+                goals: goal_indexes,
+                baseline,
+                exposing,
+                min_customers,
+                holdout: false,
             });
+        }
+        if let Some(holdout) = self.holdout(settings, declared_goals, offer_names.len(), fallback) {
+            experiments.push(holdout);
         }
 
         Decisions {
@@ -360,6 +480,105 @@ impl Builder<'_> {
     }
 
     /// A sticky window: a duration, or `"off"`.
+    /// The goals an experiment names, by index into `[goals.*]` (as declared, so a goal
+    /// that failed to compile, reported already, still has its index); unknown ones and
+    /// repeats are reported.
+    fn goal_names(
+        &mut self,
+        names: &[Spanned<String>],
+        declared: &[String],
+        experiment: &str,
+    ) -> Vec<usize> {
+        let mut indexes: Vec<usize> = Vec::new();
+        for name in names {
+            match declared.iter().position(|g| g == name.get_ref()) {
+                Some(i) if indexes.contains(&i) => self.error(
+                    name.span(),
+                    format!(
+                        "experiment `{experiment}` lists goal `{}` twice",
+                        name.get_ref()
+                    ),
+                    None,
+                ),
+                Some(i) => indexes.push(i),
+                None => self.error(
+                    name.span(),
+                    format!(
+                        "experiment `{experiment}` is measured on goal `{}`, which is not declared",
+                        name.get_ref()
+                    ),
+                    Some(format!(
+                        "declared goals: {}; declare one as `[goals.{}]` with `event` and `window`",
+                        list(declared.iter().map(String::as_str)),
+                        name.get_ref()
+                    )),
+                ),
+            }
+        }
+        indexes
+    }
+
+    /// The experiment `[decisions] holdout` makes: a control arm of that percentage of
+    /// customers and the rest, measured on `holdout_goals` (default every goal), exposed
+    /// by every offer but the fallback.
+    fn holdout(
+        &mut self,
+        settings: &RawDecisions,
+        declared_goals: &[String],
+        offers: usize,
+        fallback: Option<usize>,
+    ) -> Option<ExperimentDef> {
+        let percent = settings.holdout.as_ref()?;
+        let share = *percent.get_ref();
+        if !(share > 0.0 && share < 100.0) {
+            self.error(
+                percent.span(),
+                format!("decisions.holdout is {share}, but it must be a percentage above 0 and below 100"),
+                Some("for example `holdout = 5`: 5% of customers get no offers, so the uplift of all of them can be measured".into()),
+            );
+            return None;
+        }
+        // Hundredths of a percent: `holdout = 2.5` is 250 of 10,000.
+        let held = ((share * 100.0).round() as u32).clamp(1, 9_999);
+        let goal_indexes = match &settings.holdout_goals {
+            Some(names) => self.goal_names(names, declared_goals, HOLDOUT),
+            None => (0..declared_goals.len()).collect(),
+        };
+        let arm = |name: &str, weight: u32, control: bool| ArmDef {
+            name: name.to_string(),
+            weight,
+            control,
+            fallback: settings.holdout_fallback.unwrap_or(true),
+            offers: None,
+            boosts: vec![1.0; offers],
+        };
+        let mut exposing = vec![true; offers];
+        if let Some(f) = fallback {
+            exposing[f] = false;
+        }
+        Some(ExperimentDef {
+            name: HOLDOUT.to_string(),
+            description: Some(format!(
+                "The global holdout: {share}% of customers get no offers{}",
+                if settings.holdout_fallback.unwrap_or(true) {
+                    " but the fallback"
+                } else {
+                    ""
+                }
+            )),
+            arms: vec![
+                arm(HOLDOUT, held, true),
+                arm(HOLDOUT_TREATED, 10_000 - held, false),
+            ],
+            total_weight: 10_000,
+            goals: goal_indexes,
+            baseline: 0,
+            exposing,
+            min_customers: DEFAULT_MIN_CUSTOMERS,
+            holdout: true,
+        })
+    }
+
     fn sticky(&mut self, value: &Spanned<String>, what: &str) -> u32 {
         if value.get_ref() == "off" {
             return 0;

@@ -38,6 +38,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub experiments: IndexMap<Spanned<String>, RawExperiment>,
     #[serde(default)]
+    pub goals: IndexMap<Spanned<String>, super::goals::RawGoal>,
+    #[serde(default)]
     pub triggers: super::triggers::RawTriggers,
 }
 
@@ -141,6 +143,12 @@ pub struct RawDecisions {
     #[serde(default)]
     pub context: IndexMap<Spanned<String>, ValueType>,
     pub feedback_events: Option<Spanned<IndexMap<Spanned<String>, Spanned<String>>>>,
+    /// The percentage of customers in the global holdout.
+    pub holdout: Option<Spanned<f64>>,
+    /// Whether holdout customers still get the fallback offer (default true).
+    pub holdout_fallback: Option<bool>,
+    /// The goals the holdout is measured on (default: every goal).
+    pub holdout_goals: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +208,14 @@ pub struct RawExperiment {
     #[serde(default)]
     pub description: Option<String>,
     pub arms: Spanned<Vec<Spanned<RawArm>>>,
+    #[serde(default)]
+    pub goals: Vec<Spanned<String>>,
+    /// The arm the others are compared with (default: the control arm, or the first).
+    pub baseline: Option<Spanned<String>>,
+    /// The offers whose eligibility exposes a customer (default: those the arms treat
+    /// differently).
+    pub offers: Option<Vec<Spanned<String>>>,
+    pub min_customers: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

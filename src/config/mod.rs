@@ -26,6 +26,7 @@ mod decisions;
 pub mod diagnostic;
 pub mod duration;
 mod file;
+pub mod goals;
 pub mod rule;
 mod settings;
 pub mod triggers;
@@ -42,6 +43,7 @@ pub use decisions::{
 pub use diagnostic::{ConfigError, Diagnostic, Source, Span};
 pub use file::UnknownProperties;
 use file::{RawConfig, RawEvent, RawScoreKind};
+pub use goals::GoalDef;
 use rule::compile::list;
 use rule::{Compiler, Expr, Interner, Refs, RuleContext, RuleError};
 pub use settings::Overrides;
@@ -339,6 +341,8 @@ pub struct Dependencies {
     pub event_features: Vec<Vec<usize>>,
     /// Per event type: the decayed scores it changes.
     pub event_scores: Vec<Vec<usize>>,
+    /// Per event type: the goals of experiments that count it.
+    pub event_goals: Vec<Vec<usize>>,
     /// Per event type, indexed by `attributes_changed as usize | (keys_changed as usize) << 1`:
     /// the segments to re-evaluate, in evaluation order.
     pub affected: Vec<[Vec<usize>; 4]>,
@@ -369,6 +373,8 @@ pub struct Config {
     pub features: Vec<Feature>,
     pub segments: Vec<SegmentDef>,
     pub scores: Vec<ScoreDef>,
+    /// `[goals.*]`: what experiments measure.
+    pub goals: Vec<GoalDef>,
     /// Every segment after those it depends on.
     pub segment_order: Vec<usize>,
     pub dependencies: Dependencies,
@@ -531,6 +537,11 @@ impl Config {
             "  experiments         {:>3}: {}\n",
             self.decisions.experiments.len(),
             names(&mut self.decisions.experiments.iter().map(|e| e.name.as_str()))
+        ));
+        out.push_str(&format!(
+            "  goals               {:>3}: {}\n",
+            self.goals.len(),
+            names(&mut self.goals.iter().map(|g| g.name.as_str()))
         ));
         out.push_str(&format!(
             "  triggers            {:>3}: {}\n",
@@ -697,7 +708,9 @@ impl Builder<'_> {
         let mut compiler = Compiler::new(ctx, &interner);
         let segments = self.segments(&raw, &mut compiler);
         let scores = self.scores(&raw, &events, &mut compiler);
-        let decisions = self.decisions(&raw, &mut compiler, context.clone());
+        let goals = self.goals(&raw.goals, &mut compiler);
+        let goal_names: Vec<String> = raw.goals.keys().map(|k| k.get_ref().clone()).collect();
+        let decisions = self.decisions(&raw, &mut compiler, context.clone(), &goal_names);
         let triggers = self.trigger_settings(
             &raw.triggers,
             &triggers::TriggerNames {
@@ -726,6 +739,8 @@ impl Builder<'_> {
         }
         let segments: Vec<SegmentDef> = segments.into_iter().flatten().collect();
         let scores: Vec<ScoreDef> = scores.into_iter().flatten().collect();
+        // Without errors every goal compiled, so experiments' goal indexes hold.
+        let goals: Vec<GoalDef> = goals.into_iter().flatten().collect();
 
         let mut config = Config {
             source_name: self.source.name.clone(),
@@ -743,6 +758,7 @@ impl Builder<'_> {
             features,
             segments,
             scores,
+            goals,
             segment_order: Vec::new(),
             dependencies: Dependencies::default(),
             decisions,
@@ -1245,6 +1261,7 @@ fn analyse(config: &mut Config) {
     let mut deps = Dependencies {
         event_features: vec![Vec::new(); events],
         event_scores: vec![Vec::new(); events],
+        event_goals: vec![Vec::new(); events],
         affected: vec![Default::default(); events],
         time_dependent: config
             .segment_order
@@ -1266,6 +1283,15 @@ fn analyse(config: &mut Config) {
                     deps.event_scores[e].push(s);
                 }
             }
+        }
+    }
+    let mut measured = vec![false; config.goals.len()];
+    for experiment in &config.decisions.experiments {
+        experiment.goals.iter().for_each(|&g| measured[g] = true);
+    }
+    for (g, goal) in config.goals.iter().enumerate() {
+        if measured[g] {
+            deps.event_goals[goal.event].push(g);
         }
     }
     for (e, affected) in deps.affected.iter_mut().enumerate() {

@@ -11,7 +11,10 @@
 use compact_str::CompactString;
 
 use super::record::ActionRecord;
-use super::{arbitrate, assign_arms, open_coupons, state, Act, Candidate, CustomerOffers, Outcome};
+use super::{
+    arbitrate, assign_arms, exposing_needed, newly_exposed, open_coupons, state, Act, Candidate,
+    CustomerOffers, Outcome,
+};
 use super::{Decider, Offers};
 use crate::config::Config;
 use crate::engine::action::Action;
@@ -70,6 +73,10 @@ pub(super) struct Decided<'a> {
     /// The key FEEDBACK by decision id finds the customer by: its primary key.
     pub logged_key: CompactString,
     pub events: Vec<Event>,
+    /// Whether the decision exposes the customer in measured experiments.
+    pub expose: bool,
+    /// The experiments it exposed the customer in, by index.
+    pub exposed: Vec<u8>,
 }
 
 impl Decided<'_> {
@@ -92,6 +99,7 @@ impl Decided<'_> {
             &self.arms,
             self.channel,
             self.request.explain,
+            &[],
         );
         self.explanation = a.considered;
         self.chosen =
@@ -107,6 +115,11 @@ impl Action<Offers> for Decided<'_> {
         let primary = crate::engine::view::primary_key(customer.keys);
         assign_arms(config, customer.extension.offers, &primary);
         self.arms.clone_from(&customer.extension.offers.arms);
+        let exposing = if self.expose {
+            exposing_needed(config, customer.extension.offers)
+        } else {
+            Vec::new()
+        };
         let a = arbitrate(
             self.decider,
             engine.config(),
@@ -115,7 +128,9 @@ impl Action<Offers> for Decided<'_> {
             &self.arms,
             self.channel,
             self.request.explain,
+            &exposing,
         );
+        self.exposed = newly_exposed(config, customer.extension.offers, &a.eligible);
         self.explanation = a.considered;
         self.chosen =
             self.decider
@@ -123,8 +138,9 @@ impl Action<Offers> for Decided<'_> {
         customer.extension.offers.prune(self.now);
         self.coupons = open_coupons(config, customer.extension.offers, self.now);
         self.logged_key = primary.into();
-        if !self.request.record_impression || self.chosen.is_empty() {
-            return false;
+        let impressions = self.request.record_impression && !self.chosen.is_empty();
+        if !impressions {
+            return !self.exposed.is_empty();
         }
         if let Some(event_type) = self.event_type {
             self.events = self
@@ -152,6 +168,10 @@ impl Action<Offers> for Decided<'_> {
 
     fn encode(&self, body: &mut Vec<u8>) {
         let config = self.engine.config();
+        // A decision that records no impression logs only its exposures: no offers, and
+        // no event type, so that its replay creates no profile.
+        let record = self.request.record_impression;
+        let shown = if record { &self.chosen[..] } else { &[] };
         ActionRecord::encode_parts(
             body,
             FeedbackKind::Impression,
@@ -161,15 +181,32 @@ impl Action<Offers> for Decided<'_> {
             &self.key.text,
             &config.channels[self.channel],
             self.event_type
+                .filter(|_| record)
                 .map_or("", |e| config.events[e].name.as_str()),
-            self.chosen
+            shown
                 .iter()
                 .map(|c| config.decisions.offers[c.offer].name.as_str()),
+            self.exposed
+                .iter()
+                .map(|&e| config.decisions.experiments[e as usize].name.as_str()),
         );
     }
 
     fn commit(&mut self, mut customer: Customer<'_, Offers>) {
-        for c in &self.chosen {
+        let config = self.engine.config();
+        for &e in &self.exposed {
+            let goals = config.decisions.experiments[e as usize].goals.len();
+            customer
+                .extension
+                .offers
+                .expose(e as usize, self.now, goals);
+        }
+        let shown = if self.request.record_impression {
+            &self.chosen[..]
+        } else {
+            &[]
+        };
+        for c in shown {
             let act = Act {
                 kind: FeedbackKind::Impression,
                 offer: c.offer,
@@ -241,6 +278,7 @@ impl Action<Offers> for Given<'_> {
             self.event_type
                 .map_or("", |e| config.events[e].name.as_str()),
             std::iter::once(config.decisions.offers[self.act.offer].name.as_str()),
+            std::iter::empty(),
         );
     }
 
@@ -260,6 +298,8 @@ pub(super) struct Replayed<'a> {
     pub channel: usize,
     /// The record's offers the config still has.
     pub offers: Vec<usize>,
+    /// The record's exposures in experiments the config still has.
+    pub exposures: Vec<usize>,
     pub events: Vec<Event>,
     pub sequence: u64,
     pub cuts: &'a [u64],
@@ -297,6 +337,11 @@ impl Action<Offers> for Replayed<'_> {
     }
 
     fn commit(&mut self, mut customer: Customer<'_, Offers>) {
+        let config = self.engine.config();
+        for &e in &self.exposures {
+            let goals = config.decisions.experiments[e].goals.len();
+            customer.extension.offers.expose(e, self.record.time, goals);
+        }
         for &offer in &self.offers {
             let act = Act {
                 kind: self.record.kind,

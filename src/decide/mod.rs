@@ -37,6 +37,7 @@ mod counters;
 mod log;
 mod offers;
 pub mod record;
+pub mod report;
 pub(crate) mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -231,9 +232,16 @@ struct Arbitration {
     ranked: Vec<Candidate>,
     /// Per offer: outcome, score, detail (filled when explaining).
     considered: Vec<(Outcome, f64, String)>,
+    /// Per offer asked about (`exposing`): whether it passed the gate, as if no
+    /// experiment restricted it; empty when none was asked about.
+    eligible: Vec<bool>,
 }
 
 /// Ranks the offers for one customer. Pure: reads the profile and offer history only.
+/// For the offers `exposing` marks, it also says whether each passed the gate as if no
+/// experiment arm restricted it (whether it was shown or not), which is what exposes a
+/// customer in an experiment the same way in every arm.
+#[allow(clippy::too_many_arguments)]
 fn arbitrate(
     decider: &Decider,
     config: &Config,
@@ -242,6 +250,7 @@ fn arbitrate(
     arms: &[u8],
     channel: usize,
     explain: bool,
+    exposing: &[bool],
 ) -> Arbitration {
     let d = &config.decisions;
     let now = eval.now;
@@ -303,6 +312,15 @@ fn arbitrate(
         let boost: f64 = arm_defs.iter().map(|a| a.boosts[o]).product();
         Ok(base * boost)
     };
+    let mut eligible = vec![
+        false;
+        if exposing.is_empty() {
+            0
+        } else {
+            d.offers.len()
+        }
+    ];
+    let fallback_allowed = arm_defs.iter().all(|a| !a.control || a.fallback);
 
     for (o, def) in d.offers.iter().enumerate() {
         let verdict = if Some(o) == d.fallback {
@@ -317,6 +335,15 @@ fn arbitrate(
         } else {
             gate(o, def)
         };
+        if exposing.get(o).copied().unwrap_or(false) {
+            eligible[o] = match &verdict {
+                Ok(_) => true,
+                Err((Outcome::Control | Outcome::Experiment | Outcome::Fallback, _)) => {
+                    gate(o, def).is_ok()
+                }
+                Err(_) => false,
+            };
+        }
         match verdict {
             Ok(score) => {
                 ranked.push(Candidate {
@@ -336,7 +363,12 @@ fn arbitrate(
             }
         }
     }
-    if ranked.is_empty() {
+    if ranked.is_empty() && !fallback_allowed && explain {
+        if let Some(f) = d.fallback {
+            considered[f] = (Outcome::Control, f64::NAN, "holdout: no fallback".into());
+        }
+    }
+    if ranked.is_empty() && fallback_allowed {
         if let Some(f) = d.fallback {
             match gate(f, &d.offers[f]) {
                 Ok(score) => {
@@ -372,7 +404,11 @@ fn arbitrate(
             .then(key(b.score).total_cmp(&key(a.score)))
             .then(a.offer.cmp(&b.offer))
     });
-    Arbitration { ranked, considered }
+    Arbitration {
+        ranked,
+        considered,
+        eligible,
+    }
 }
 
 impl Decider {
@@ -411,6 +447,11 @@ impl Decider {
             // Before anything is spent or changed: a refusal changes nothing.
             engine.writable()?;
         }
+        // A decision exposes customers in the experiments it measures; one that records
+        // nothing else logs the exposure alone, which it cannot while the log refuses
+        // writes (then it decides without measuring).
+        let measured = d.experiments.iter().any(|e| !e.goals.is_empty());
+        let expose = measured && (request.record_impression || engine.writable().is_ok());
         let mut decided = Decided {
             engine,
             decider: self,
@@ -427,10 +468,19 @@ impl Decider {
             coupons: Vec::new(),
             logged_key: CompactString::from(request.key.as_str()),
             events: Vec::new(),
+            expose,
+            exposed: Vec::new(),
         };
-        let known = if request.record_impression {
-            let create = decided.event_type.map(|_| Create { time: now, channel });
+        let known = if request.record_impression || expose {
+            let create = decided
+                .event_type
+                .filter(|_| request.record_impression)
+                .map(|_| Create { time: now, channel });
             match engine.act(&key, &context, create, &mut decided, Mode::Live(receipt))? {
+                Acted::Unknown if !request.record_impression => {
+                    decided.new_visitor(&context);
+                    false
+                }
                 Acted::Unknown => {
                     return Err(DecideError::UnknownCustomer {
                         key: request.key.clone(),
@@ -669,12 +719,27 @@ impl Decider {
                 .collect(),
             None => Vec::new(),
         };
+        let exposures: Vec<usize> = record
+            .exposures
+            .iter()
+            .filter_map(|name| {
+                config
+                    .decisions
+                    .experiments
+                    .iter()
+                    .position(|e| e.name == *name)
+            })
+            .collect();
+        if offers.is_empty() && exposures.is_empty() && events.is_empty() {
+            return Ok(());
+        }
         let mut replayed = Replayed {
             engine,
             decider: self,
             record,
             channel,
             offers,
+            exposures,
             events,
             sequence,
             cuts,
@@ -1049,6 +1114,51 @@ fn request_context(
 }
 
 /// Assigns the customer's arm in every experiment it has none in yet.
+/// Per offer: whether it would expose the customer in an experiment that is measured
+/// (has goals), in which the customer has an arm and is not exposed yet; empty when
+/// no experiment waits for an exposure.
+fn exposing_needed(config: &Config, offers: &CustomerOffers) -> Vec<bool> {
+    let mut needed = Vec::new();
+    for (e, experiment) in config.decisions.experiments.iter().enumerate() {
+        if experiment.goals.is_empty()
+            || offers.arms.get(e).copied().unwrap_or(0) == 0
+            || offers.exposure(e).is_some()
+        {
+            continue;
+        }
+        needed.resize(experiment.exposing.len(), false);
+        for (n, &x) in needed.iter_mut().zip(&experiment.exposing) {
+            *n |= x;
+        }
+    }
+    needed
+}
+
+/// The experiments a decision exposes the customer in: measured ones, with an arm,
+/// not exposed yet, one of whose exposing offers passed the gate (`eligible`).
+fn newly_exposed(config: &Config, offers: &CustomerOffers, eligible: &[bool]) -> Vec<u8> {
+    if eligible.is_empty() {
+        return Vec::new();
+    }
+    config
+        .decisions
+        .experiments
+        .iter()
+        .enumerate()
+        .filter(|&(e, experiment)| {
+            !experiment.goals.is_empty()
+                && offers.arms.get(e).copied().unwrap_or(0) != 0
+                && offers.exposure(e).is_none()
+                && experiment
+                    .exposing
+                    .iter()
+                    .zip(eligible)
+                    .any(|(&x, &ok)| x && ok)
+        })
+        .map(|(e, _)| e as u8)
+        .collect()
+}
+
 fn assign_arms(config: &Config, offers: &mut CustomerOffers, key: &str) {
     let experiments = &config.decisions.experiments;
     if offers.arms.len() < experiments.len() {

@@ -9,14 +9,20 @@
 //! `customers` once an action has settled; `budget_spent` has one entry per offer of the
 //! config the shard was built or converted for.
 //!
-//! Image layout, at the end of the shard's image (little-endian, data directory format
-//! 3; the same bytes formats 1 and 2 wrote):
+//! Image layout, at the end of the shard's image (little-endian; snapshot format 4 and
+//! before ended after the budget tallies, format 5 adds the exposures):
 //!
 //! ```text
 //! u32 customers with offer state, sorted by slot, each: u32 slot + offer state
 //!     (see `CustomerOffers::encode`)
 //! u32 offers, each: u32 budget period, u32 units spent in it
+//! u32 customers with exposures, sorted by slot, each: u32 slot, u8 exposures, each
+//!     (u8 experiment, u32 exposed at, u8 goals, goals × (u32 conversions, f64 value))
 //! ```
+//!
+//! The exposures are apart from the rest of a customer's offer state so that the bytes
+//! before them are exactly what earlier formats wrote: an image that ends after the
+//! budget tallies (format 4 and before) has no exposures.
 
 use bytes::BufMut;
 
@@ -48,6 +54,11 @@ pub struct OffersCut {
 }
 
 impl Offers {
+    /// The offer state of every customer of the shard that has one, in no order.
+    pub(crate) fn customers(&self) -> impl Iterator<Item = &CustomerOffers> {
+        self.customers.values()
+    }
+
     /// Per offer: `(period, units)` of its budget spent by this shard's customers.
     pub fn budget_spent(&self) -> &[(u32, u32)] {
         &self.budget_spent
@@ -88,6 +99,13 @@ impl Extension for Offers {
         self.customers.entry(local).or_default().absorb(from);
     }
 
+    fn goal(&mut self, config: &Config, local: u32, goal: usize, at: u32, value: f64) {
+        // Only a customer with offer state can have been exposed.
+        if let Some(customer) = self.customers.get_mut(&local) {
+            customer.goal_reached(config, goal, at, value);
+        }
+    }
+
     fn cut(&self) -> OffersCut {
         let mut customers: Vec<(u32, CustomerOffers)> = self
             .customers
@@ -112,6 +130,25 @@ impl Extension for Offers {
         for &(period, units) in &cut.budget_spent {
             out.put_u32_le(period);
             out.put_u32_le(units);
+        }
+        let exposed = cut
+            .customers
+            .iter()
+            .filter(|(_, o)| !o.exposures.is_empty());
+        out.put_u32_le(exposed.clone().count() as u32);
+        for (local, offers) in exposed {
+            out.put_u32_le(*local);
+            // At most one per experiment, and experiments are at most 255.
+            out.push(offers.exposures.len() as u8);
+            for x in &offers.exposures {
+                out.push(x.experiment);
+                out.put_u32_le(x.at);
+                out.push(x.goals.len() as u8);
+                for tally in x.goals.iter() {
+                    out.put_u32_le(tally.conversions);
+                    out.put_f64_le(tally.value);
+                }
+            }
         }
     }
 
@@ -139,6 +176,9 @@ impl Extension for Offers {
                 r.u32(&named("budget units"))?,
             );
         }
+        if r.remaining() > 0 {
+            decode_exposures(r, config, slots, &mut offers)?;
+        }
         Ok(offers)
     }
 
@@ -161,4 +201,62 @@ impl Extension for Offers {
         }
         new
     }
+}
+
+/// The exposures section of an image (snapshot format 5 on), every index checked.
+fn decode_exposures(
+    r: &mut Reader<'_>,
+    config: &Config,
+    slots: usize,
+    offers: &mut Offers,
+) -> Result<(), DecodeError> {
+    let experiments = &config.decisions.experiments;
+    for _ in 0..r.u32(&named("customers with exposures"))? {
+        let local = r.u32(&named("slot"))?;
+        if local as usize >= slots {
+            return Err(r.invalid("slot", format!("slot {local} of {slots}")));
+        }
+        let customer = offers.customers.entry(local).or_default();
+        for _ in 0..r.u8(&named("exposures"))? {
+            let experiment = r.u8(&named("experiment"))?;
+            let Some(def) = experiments.get(experiment as usize) else {
+                return Err(r.invalid(
+                    "experiment",
+                    format!("experiment {experiment} of {}", experiments.len()),
+                ));
+            };
+            let at = r.u32(&named("exposed at"))?;
+            let goals = r.u8(&named("goals"))? as usize;
+            if goals != def.goals.len() {
+                return Err(r.invalid(
+                    "goals",
+                    format!(
+                        "{goals} goals, experiment `{}` has {}",
+                        def.name,
+                        def.goals.len()
+                    ),
+                ));
+            }
+            let mut tallies = Vec::with_capacity(goals);
+            for _ in 0..goals {
+                tallies.push(super::state::GoalTally {
+                    conversions: r.u32(&named("conversions"))?,
+                    value: r.f64(&named("goal value"))?,
+                });
+            }
+            if customer.exposure(experiment as usize).is_some() {
+                return Err(r.invalid(
+                    "experiment",
+                    format!("two exposures in experiment `{}`", def.name),
+                ));
+            }
+            customer.exposures.push(super::state::Exposure {
+                experiment,
+                at,
+                goals: tallies.into_boxed_slice(),
+            });
+            customer.exposures.sort_by_key(|x| x.experiment);
+        }
+    }
+    Ok(())
 }

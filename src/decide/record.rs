@@ -20,9 +20,17 @@
 //! str  key           the customer's key, "namespace:value"
 //! str  channel
 //! str  event         the profile event type; empty when the kind maps to none
-//! u8   offers        1 to 255
+//! u8   offers        0 to 255 (0 only with exposures)
 //! str × offers       offer names
+//! then, only in a decision that exposed the customer (data directory format 7 on):
+//! u8   exposures     1 to 255
+//! str × exposures    experiment names
 //! ```
+//!
+//! A decision exposes a customer in an experiment the first time one of the
+//! experiment's offers passes the gate for them (see `decide`); that is logged with
+//! the decision even when it records no impression, so a control arm that is shown
+//! nothing is measured from the same moment as the arms that are.
 
 use crate::model::decision::FeedbackKind;
 use bytes::BufMut;
@@ -41,6 +49,8 @@ pub struct ActionRecord {
     /// Empty: no profile event.
     pub event: String,
     pub offers: Vec<String>,
+    /// Experiments the decision exposed the customer in.
+    pub exposures: Vec<String>,
 }
 
 impl ActionRecord {
@@ -56,6 +66,7 @@ impl ActionRecord {
         channel: &str,
         event: &str,
         offers: impl ExactSizeIterator<Item = &'a str>,
+        exposures: impl ExactSizeIterator<Item = &'a str>,
     ) {
         // Every string here is a key (bounded at admission) or a config name, far below
         // the 65,535 bytes of a `str`.
@@ -67,12 +78,19 @@ impl ActionRecord {
         out.str(channel);
         out.str(event);
         debug_assert!(
-            (1..=255).contains(&offers.len()),
-            "an action has 1 to 255 offers"
+            offers.len() <= 255 && (offers.len() > 0 || exposures.len() > 0),
+            "an action has 1 to 255 offers, or exposures"
         );
         out.push(offers.len().min(255) as u8);
         for offer in offers.take(255) {
             out.str(offer);
+        }
+        // Absent when empty: the record is then byte for byte what format 6 wrote.
+        if exposures.len() > 0 {
+            out.push(exposures.len().min(255) as u8);
+            for experiment in exposures.take(255) {
+                out.str(experiment);
+            }
         }
     }
 
@@ -87,6 +105,7 @@ impl ActionRecord {
             &self.channel,
             &self.event,
             self.offers.iter().map(String::as_str),
+            self.exposures.iter().map(String::as_str),
         )
     }
 
@@ -108,6 +127,17 @@ impl ActionRecord {
             for _ in 0..count {
                 offers.push(r.str(&f("offer"))?.to_string());
             }
+            let mut exposures = Vec::new();
+            if r.remaining() > 0 {
+                let count = r.u8(&f("exposure count"))?;
+                if count == 0 {
+                    // Written only when there are exposures.
+                    return Err(r.invalid("action exposure count", "0 exposures".to_string()));
+                }
+                for _ in 0..count {
+                    exposures.push(r.str(&f("exposure"))?.to_string());
+                }
+            }
             r.finish()?;
             Ok::<_, DecodeError>(ActionRecord {
                 kind,
@@ -118,11 +148,12 @@ impl ActionRecord {
                 channel,
                 event,
                 offers,
+                exposures,
             })
         })();
         let record = decoded.map_err(|e| e.to_string())?;
-        if record.offers.is_empty() {
-            return Err("an action with no offer".into());
+        if record.offers.is_empty() && record.exposures.is_empty() {
+            return Err("an action with no offer and no exposure".into());
         }
         Ok(record)
     }
@@ -195,6 +226,7 @@ mod tests {
             channel: "web".into(),
             event: "offer_impression".into(),
             offers: vec!["welcome_discount".into(), "free_shipping".into()],
+            exposures: vec![],
         }
     }
 
@@ -220,9 +252,20 @@ mod tests {
 
     #[test]
     fn a_record_round_trips() {
-        let mut body = Vec::new();
-        record().encode(&mut body);
-        assert_eq!(ActionRecord::decode(&body).unwrap(), record());
+        let exposed = ActionRecord {
+            exposures: vec!["cart_reminder_boost".into(), "holdout".into()],
+            ..record()
+        };
+        let exposed_only = ActionRecord {
+            offers: vec![],
+            event: String::new(),
+            ..exposed.clone()
+        };
+        for record in [record(), exposed, exposed_only] {
+            let mut body = Vec::new();
+            record.encode(&mut body);
+            assert_eq!(ActionRecord::decode(&body).unwrap(), record);
+        }
     }
 
     #[test]
@@ -259,7 +302,7 @@ mod tests {
         body.push(0);
         assert_eq!(
             ActionRecord::decode(&body).unwrap_err(),
-            "an action with no offer"
+            "an action with no offer and no exposure"
         );
     }
 }

@@ -10,6 +10,8 @@
 //!
 //! - an action runs: [`Extension::part`] lends the customer's part to the action, and
 //!   [`Extension::settle`] follows, so an extension can drop what is empty;
+//! - an event that is one of the config's goals is applied to a customer:
+//!   [`Extension::goal`] hears of it (decide counts it for experiments);
 //! - a customer is merged into another: [`Extension::take`] from the one that goes,
 //!   [`Extension::absorb`] into the survivor; a freed slot is [`Extension::take`]n too;
 //! - a snapshot cuts the shard: [`Extension::cut`] copies the part under the lock,
@@ -47,6 +49,12 @@ pub trait Extension: Send + Sized + 'static {
     fn take(&mut self, local: u32) -> Option<Self::Customer>;
     /// Folds `from`, taken from a customer merged into the one in slot `local`, into it.
     fn absorb(&mut self, local: u32, from: Self::Customer);
+    /// An event that counts for goal `goal` of `config` (`Config::goals`, matched by
+    /// type and filter) was applied to the customer in slot `local`, at `at` (seconds),
+    /// with `value` (the goal's value property, 0 without one or when it is missing).
+    fn goal(&mut self, config: &Config, local: u32, goal: usize, at: u32, value: f64) {
+        let _ = (config, local, goal, at, value);
+    }
     /// A copy of the shard's part for a snapshot.
     fn cut(&self) -> Self::Cut;
     /// Writes a cut at the end of the shard's image.

@@ -659,6 +659,21 @@ impl<X: Extension> ShardState<X> {
                 attributes_changed = true;
             }
         }
+        for &g in &config.dependencies.event_goals[e] {
+            let goal = &config.goals[g];
+            if goal
+                .filter
+                .as_ref()
+                .is_some_and(|f| !filter_matches(f, &event.properties))
+            {
+                continue;
+            }
+            let value = match goal.value.and_then(|p| event.properties.get(p)) {
+                Some(super::event::PropValue::Num(v)) if v.is_finite() => *v,
+                _ => 0.0,
+            };
+            self.extension.goal(config, local, g, ts, value);
+        }
         let variant = attributes_changed as usize | (keys_changed as usize) << 1;
         let next = self.reevaluate(plan, local, &config.dependencies.affected[e][variant]);
         self.schedule(plan, local, next);

@@ -89,6 +89,8 @@ pub(super) struct StatsParams {
     drift: bool,
     #[serde(default)]
     triggers: bool,
+    #[serde(default)]
+    experiments: bool,
 }
 
 fn json(value: serde_json::Value) -> Response {
@@ -356,6 +358,7 @@ pub(super) async fn stats(
                 params.offers,
                 params.drift,
                 params.triggers,
+                params.experiments,
             ))
         })
         .await

@@ -4,6 +4,7 @@
 pub mod change;
 pub mod decision;
 pub mod event;
+pub mod experiment;
 pub mod export;
 pub mod profile;
 pub mod reload;

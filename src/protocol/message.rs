@@ -68,11 +68,12 @@ pub enum Request {
     /// `str segment, str key`
     SegmentContains { segment: String, key: String },
     /// empty, or `u8 sections` (bit 0: per-offer counters, bit 1: drift, bit 2:
-    /// triggers)
+    /// triggers, bit 3: experiments)
     Stats {
         offers: bool,
         drift: bool,
         triggers: bool,
+        experiments: bool,
     },
     /// `str key, str channel, u8 top, u8 flags (1 record impression, 2 explain),
     /// u8 context_count, (str name, value) × context_count`
@@ -152,6 +153,11 @@ pub struct Stats {
     /// `lstr json`. `null` when the server runs no triggers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub triggers: Option<serde_json::Value>,
+    /// The report of every measured experiment (`decide::report`); only when asked
+    /// for, after the triggers section (sent as `null` when only this was asked for),
+    /// as `lstr json`, a list of `model::experiment::ExperimentReport`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiments: Option<Vec<crate::model::experiment::ExperimentReport>>,
 }
 
 /// Tracking-plan drift, as STATS returns it (see `engine::drift`).
@@ -313,12 +319,19 @@ impl Request {
                 offers: false,
                 drift: false,
                 triggers: false,
+                experiments: false,
             } => {}
             Request::Stats {
                 offers,
                 drift,
                 triggers,
-            } => b.put_u8(*offers as u8 | (*drift as u8) << 1 | (*triggers as u8) << 2),
+                experiments,
+            } => b.put_u8(
+                *offers as u8
+                    | (*drift as u8) << 1
+                    | (*triggers as u8) << 2
+                    | (*experiments as u8) << 3,
+            ),
             Request::Decide(d) => {
                 b.str(&d.key);
                 b.str(&d.channel);
@@ -481,6 +494,7 @@ impl Request {
                     offers: sections & 1 != 0,
                     drift: sections & 2 != 0,
                     triggers: sections & 4 != 0,
+                    experiments: sections & 8 != 0,
                 }
             }
             opcode::DECIDE => {
@@ -776,7 +790,8 @@ impl Response {
                     }
                 }
                 let no_drift = StatsDrift::default();
-                let drift = s.drift.as_ref().or(s.triggers.as_ref().map(|_| &no_drift));
+                let later = s.triggers.is_some() || s.experiments.is_some();
+                let drift = s.drift.as_ref().or(later.then_some(&no_drift));
                 if let Some(d) = drift {
                     b.put_u32_le(d.ignored.len() as u32);
                     for (event, property, n) in &d.ignored {
@@ -790,8 +805,14 @@ impl Response {
                         b.put_u64_le(*n);
                     }
                 }
-                if let Some(triggers) = &s.triggers {
-                    b.lstr(&triggers.to_string());
+                match (&s.triggers, &s.experiments) {
+                    (Some(triggers), _) => b.lstr(&triggers.to_string()),
+                    (None, Some(_)) => b.lstr("null"),
+                    (None, None) => {}
+                }
+                if let Some(experiments) = &s.experiments {
+                    // Plain data with string keys: serializing it cannot fail.
+                    b.lstr(&serde_json::to_string(experiments).unwrap_or_default());
                 }
             }
             Response::Decision(d) => {
@@ -1063,6 +1084,7 @@ impl Response {
                         offers: Vec::new(),
                         drift: None,
                         triggers: None,
+                        experiments: None,
                     };
                     let n = r.u16(field!("segment count"))?;
                     for i in 0..n {
@@ -1120,6 +1142,17 @@ impl Response {
                                 message: format!("not a JSON document: {e}"),
                             })?;
                         s.triggers = Some(value);
+                    }
+                    if r.remaining() > 0 {
+                        let offset = r.offset();
+                        let text = r.lstr(field!("experiments"))?;
+                        let reports =
+                            serde_json::from_str(text).map_err(|e| DecodeError::Invalid {
+                                field: "experiments".into(),
+                                offset,
+                                message: format!("not an experiment report: {e}"),
+                            })?;
+                        s.experiments = Some(reports);
                     }
                     Response::Stats(s)
                 }

@@ -189,8 +189,21 @@ pub fn publish_gauges(shared: &Shared) {
     for (event, n) in drift.unknown_events() {
         metrics::counter!("omnia_events_unknown_total", "event" => event).absolute(n);
     }
-    metrics::counter!("omnia_changes_recorded_total")
-        .absolute(shared.node().engine().stats().changes_recorded);
+    // One pass over the engine for both of its figures.
+    let engine_stats = node.engine().stats();
+    metrics::counter!("omnia_changes_recorded_total").absolute(engine_stats.changes_recorded);
+    for report in node.experiment_reports(None) {
+        for arm in &report.arms {
+            metrics::gauge!("omnia_experiment_exposed", "experiment" => report.experiment.clone(), "arm" => arm.arm.clone())
+                .set(arm.exposed as f64);
+        }
+        for goal in &report.goals {
+            for arm in &goal.arms {
+                metrics::gauge!("omnia_experiment_converted", "experiment" => report.experiment.clone(), "arm" => arm.arm.clone(), "goal" => goal.goal.clone())
+                    .set(arm.converted as f64);
+            }
+        }
+    }
     if let Some(stream) = &shared.stream {
         let position = stream.archived();
         metrics::gauge!("omnia_stream_position").set(position as f64);
@@ -209,7 +222,7 @@ pub fn publish_gauges(shared: &Shared) {
     }
     metrics::gauge!("omnia_connections")
         .set(shared.stats.connections.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("omnia_customers").set(shared.node().engine().stats().customers as f64);
+    metrics::gauge!("omnia_customers").set(engine_stats.customers as f64);
     if let Some(journal) = shared.node().engine().journal() {
         metrics::gauge!("omnia_journal_healthy").set(if journal.is_healthy() { 1.0 } else { 0.0 });
     }

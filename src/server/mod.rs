@@ -979,7 +979,8 @@ impl Handler {
                 offers,
                 drift,
                 triggers,
-            } => cmd::stats::apply(shared, offers, drift, triggers),
+                experiments,
+            } => cmd::stats::apply(shared, offers, drift, triggers, experiments),
             Request::Decide(request) => cmd::decide::decide(shared, &request, receipt),
             Request::Feedback { kind, target } => {
                 cmd::decide::feedback(shared, kind, &target, receipt)

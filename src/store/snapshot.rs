@@ -56,9 +56,10 @@ use crate::engine::{EngineImage, ShardImage};
 use crate::node::{Node, NodeImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
-const VERSION: u32 = 4;
-/// The versions this one reads: 2 lacks the message ids section, 3 the suppression list.
-const READS: [u32; 3] = [2, 3, 4];
+const VERSION: u32 = 5;
+/// The versions this one reads: 2 lacks the message ids section, 3 the suppression list,
+/// 4 the exposures at the end of each shard image (`decide::offers`).
+const READS: [u32; 4] = [2, 3, 4, 5];
 const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
 /// Bytes written between syncs of a snapshot file.
 const SYNC_EVERY: usize = 8 << 20;
@@ -66,7 +67,7 @@ const SYNC_EVERY: usize = 8 << 20;
 /// A fingerprint of everything that decides where things are in a profile row and
 /// what indexes in the offer state mean: namespaces, channels, attributes, every
 /// aggregate (what it counts, its window and buckets), segments, scores (and which are
-/// decayed, with a slot in the row), offers, experiments and their arms, the shard
+/// decayed, with a slot in the row), offers, experiments with their arms and goals, the shard
 /// count. A canonical encoding ([`Fingerprint`]), so only a change to one of these
 /// changes it, not a change to how a type prints itself.
 pub fn layout_fingerprint(config: &Config) -> u64 {
@@ -122,6 +123,8 @@ pub fn layout_fingerprint(config: &Config) -> u64 {
     fp.u32(config.decisions.experiments.len() as u32);
     for e in &config.decisions.experiments {
         fp.str(&e.name).strs(e.arms.iter().map(|a| a.name.as_str()));
+        // A customer's exposure holds one tally per goal of the experiment.
+        fp.strs(e.goals.iter().map(|&g| config.goals[g].name.as_str()));
     }
     fp.u32(config.engine.shards);
     fp.finish()
@@ -801,7 +804,7 @@ mod tests {
         assert_eq!(of(DEFAULT_CONFIG), of(DEFAULT_CONFIG));
         assert_eq!(format!("{:016x}", of(DEFAULT_CONFIG)), PINNED);
     }
-    const PINNED: &str = "1261583b70d8d93e";
+    const PINNED: &str = "ccc6fe4e8c213213";
 
     #[test]
     fn what_moves_rows_changes_it_and_nothing_else_does() {

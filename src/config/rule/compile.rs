@@ -170,6 +170,24 @@ impl<'a> Compiler<'a> {
     }
 
     /// Compiles a numeric expression (score features).
+    /// Compiles a condition on the properties of one event type, as a `where` filter
+    /// inside an aggregate is (a goal's `where`).
+    pub fn filter(&mut self, event: usize, text: &str) -> Result<Expr, RuleError> {
+        let node = super::parse(text)?;
+        let (expr, ty) = self.typed(&node, text, Scope::Filter { event }, &mut Refs::default())?;
+        if ty != Ty::Bool {
+            return Err(RuleError::new(
+                node.span.clone(),
+                format!(
+                    "a `where` filter must be a condition, found {}",
+                    ty.describe()
+                ),
+                Some("compare a property with something, for example `amount > 50`"),
+            ));
+        }
+        Ok(expr)
+    }
+
     pub fn number(&mut self, text: &str, refs: &mut Refs) -> Result<Expr, RuleError> {
         self.number_in(text, Scope::Profile, refs)
     }

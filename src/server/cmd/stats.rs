@@ -1,5 +1,6 @@
 //! STATS: server and engine counters, segment sizes, uptime, config version, and on
-//! request the per-offer counters, the tracking-plan drift and the triggers' deliveries.
+//! request the per-offer counters, the tracking-plan drift, the triggers' deliveries and
+//! the experiment reports.
 
 use std::sync::atomic::Ordering;
 
@@ -7,7 +8,13 @@ use crate::protocol::message::{Stats, StatsDrift};
 use crate::protocol::Response;
 use crate::server::Shared;
 
-pub fn apply(shared: &Shared, offers: bool, drift: bool, triggers: bool) -> Response {
+pub fn apply(
+    shared: &Shared,
+    offers: bool,
+    drift: bool,
+    triggers: bool,
+    experiments: bool,
+) -> Response {
     let current = shared.node();
     let engine = current.engine().stats();
     let config = current.config();
@@ -52,5 +59,6 @@ pub fn apply(shared: &Shared, offers: bool, drift: bool, triggers: bool) -> Resp
             }
             None => serde_json::Value::Null,
         }),
+        experiments: experiments.then(|| current.experiment_reports(None)),
     })
 }
