@@ -95,7 +95,7 @@ fn unknown_top_level_field() {
     assert_eq!(
         d.to_string(),
         "\
-error: unknown field `chanels`, expected one of `channels`, `engine`, `identity`, `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `triggers`
+error: unknown field `chanels`, expected one of `channels`, `engine`, `identity`, `attributes`, `events`, `segments`, `scores`, `storage`, `privacy`, `security`, `decisions`, `offers`, `experiments`, `goals`, `triggers`
  --> bad.toml:1:1
   |
 1 | chanels = [\"web\"]
@@ -1092,7 +1092,10 @@ fn an_experiment_names_declared_goals_and_the_holdout_is_a_percentage() {
     ));
     let shown: Vec<String> = d.iter().map(|d| d.message.clone()).collect();
     assert_eq!(shown.len(), 2, "{shown:?}");
-    assert!(shown[0].starts_with("decisions.holdout is 100"), "{shown:?}");
+    assert!(
+        shown[0].starts_with("decisions.holdout is 100"),
+        "{shown:?}"
+    );
     assert_eq!(
         shown[1],
         "experiment `e` is measured on goal `bought`, which is not declared"
