@@ -182,6 +182,12 @@ impl Node {
         crate::decide::report::experiment_reports(&self.engine, only)
     }
 
+    /// Exposed and converted customers per arm of every measured experiment, without the
+    /// report's comparisons (`decide::report::arm_counts`).
+    pub fn experiment_counts(&self) -> Vec<crate::decide::report::ArmCounts> {
+        crate::decide::report::arm_counts(&self.engine)
+    }
+
     /// Replays an ACTION record (see `decide::Decider::replay_action`).
     pub fn replay_action(
         &self,

@@ -137,6 +137,26 @@ async fn sofia_converts_in_the_boosted_arm_and_a_standard_customer_in_the_baseli
         report.sample_ratio.verdict,
         SampleRatioVerdict::NotEnoughData
     );
+    // What /metrics publishes: the same counts, without the comparisons.
+    let counts: Vec<_> = server
+        .node
+        .experiment_counts()
+        .into_iter()
+        .map(|c| (c.arm, c.exposed, c.converted))
+        .collect();
+    let goals = |purchase, revenue| {
+        vec![
+            ("purchase".to_string(), purchase),
+            ("revenue".to_string(), revenue),
+        ]
+    };
+    assert_eq!(
+        counts,
+        [
+            ("standard".to_string(), 2, goals(1, 1)),
+            ("boosted".to_string(), 1, goals(1, 1)),
+        ]
+    );
     server.shutdown().await;
 }
 

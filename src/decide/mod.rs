@@ -1120,10 +1120,7 @@ fn request_context(
 fn exposing_needed(config: &Config, offers: &CustomerOffers) -> Vec<bool> {
     let mut needed = Vec::new();
     for (e, experiment) in config.decisions.experiments.iter().enumerate() {
-        if experiment.goals.is_empty()
-            || offers.arms.get(e).copied().unwrap_or(0) == 0
-            || offers.exposure(e).is_some()
-        {
+        if !awaits_exposure(experiment, offers, e) {
             continue;
         }
         needed.resize(experiment.exposing.len(), false);
@@ -1146,9 +1143,7 @@ fn newly_exposed(config: &Config, offers: &CustomerOffers, eligible: &[bool]) ->
         .iter()
         .enumerate()
         .filter(|&(e, experiment)| {
-            !experiment.goals.is_empty()
-                && offers.arms.get(e).copied().unwrap_or(0) != 0
-                && offers.exposure(e).is_none()
+            awaits_exposure(experiment, offers, e)
                 && experiment
                     .exposing
                     .iter()
@@ -1157,6 +1152,18 @@ fn newly_exposed(config: &Config, offers: &CustomerOffers, eligible: &[bool]) ->
         })
         .map(|(e, _)| e as u8)
         .collect()
+}
+
+/// Whether experiment `e` is measured (has goals), the customer has an arm in it and is
+/// not exposed in it yet.
+fn awaits_exposure(
+    experiment: &crate::config::ExperimentDef,
+    offers: &CustomerOffers,
+    e: usize,
+) -> bool {
+    !experiment.goals.is_empty()
+        && offers.arms.get(e).copied().unwrap_or(0) != 0
+        && offers.exposure(e).is_none()
 }
 
 fn assign_arms(config: &Config, offers: &mut CustomerOffers, key: &str) {

@@ -69,6 +69,48 @@ impl Tally {
     }
 }
 
+/// One arm's counts, without the comparisons: what `/metrics` publishes every tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmCounts {
+    pub experiment: String,
+    pub arm: String,
+    pub exposed: u64,
+    /// Per goal of the experiment: its name and the customers converted on it.
+    pub converted: Vec<(String, u64)>,
+}
+
+/// The exposed and converted customers of every arm of every measured experiment.
+pub fn arm_counts(engine: &Engine<Offers>) -> Vec<ArmCounts> {
+    let config = engine.config();
+    let mut tally = Tally::new(config);
+    engine.each_extension(|offers| tally.add(offers));
+    let mut counts = Vec::new();
+    for (e, def) in config.decisions.experiments.iter().enumerate() {
+        if def.goals.is_empty() {
+            continue;
+        }
+        for (a, arm) in def.arms.iter().enumerate() {
+            counts.push(ArmCounts {
+                experiment: def.name.clone(),
+                arm: arm.name.clone(),
+                exposed: tally.exposed[e][a],
+                converted: def
+                    .goals
+                    .iter()
+                    .enumerate()
+                    .map(|(g, &goal)| {
+                        (
+                            config.goals[goal].name.clone(),
+                            tally.goals[e][g][a].converted,
+                        )
+                    })
+                    .collect(),
+            });
+        }
+    }
+    counts
+}
+
 /// The report of every experiment that is measured (has goals), or of `only`.
 pub fn experiment_reports(engine: &Engine<Offers>, only: Option<&str>) -> Vec<ExperimentReport> {
     let config = engine.config();

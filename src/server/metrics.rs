@@ -192,17 +192,14 @@ pub fn publish_gauges(shared: &Shared) {
     // One pass over the engine for both of its figures.
     let engine_stats = node.engine().stats();
     metrics::counter!("omnia_changes_recorded_total").absolute(engine_stats.changes_recorded);
-    for report in node.experiment_reports(None) {
-        for arm in &report.arms {
-            metrics::gauge!("omnia_experiment_exposed", "experiment" => report.experiment.clone(), "arm" => arm.arm.clone())
-                .set(arm.exposed as f64);
+    // Counts only: the report's comparisons are for readers, not for every tick.
+    for arm in node.experiment_counts() {
+        for (goal, converted) in arm.converted {
+            metrics::gauge!("omnia_experiment_converted", "experiment" => arm.experiment.clone(), "arm" => arm.arm.clone(), "goal" => goal)
+                .set(converted as f64);
         }
-        for goal in &report.goals {
-            for arm in &goal.arms {
-                metrics::gauge!("omnia_experiment_converted", "experiment" => report.experiment.clone(), "arm" => arm.arm.clone(), "goal" => goal.goal.clone())
-                    .set(arm.converted as f64);
-            }
-        }
+        metrics::gauge!("omnia_experiment_exposed", "experiment" => arm.experiment, "arm" => arm.arm)
+            .set(arm.exposed as f64);
     }
     if let Some(stream) = &shared.stream {
         let position = stream.archived();

@@ -169,12 +169,27 @@ impl<'a> Compiler<'a> {
         self.number_in(text, Scope::Offer { names: Some(names) }, refs)
     }
 
-    /// Compiles a numeric expression (score features).
     /// Compiles a condition on the properties of one event type, as a `where` filter
     /// inside an aggregate is (a goal's `where`).
     pub fn filter(&mut self, event: usize, text: &str) -> Result<Expr, RuleError> {
         let node = super::parse(text)?;
-        let (expr, ty) = self.typed(&node, text, Scope::Filter { event }, &mut Refs::default())?;
+        self.filter_node(
+            &node,
+            text,
+            event,
+            Some("compare a property with something, for example `amount > 50`"),
+        )
+    }
+
+    /// A parsed `where` filter on `event`'s properties, which must be a condition.
+    fn filter_node(
+        &mut self,
+        node: &Node,
+        text: &str,
+        event: usize,
+        help: Option<&str>,
+    ) -> Result<Expr, RuleError> {
+        let (expr, ty) = self.typed(node, text, Scope::Filter { event }, &mut Refs::default())?;
         if ty != Ty::Bool {
             return Err(RuleError::new(
                 node.span.clone(),
@@ -182,12 +197,13 @@ impl<'a> Compiler<'a> {
                     "a `where` filter must be a condition, found {}",
                     ty.describe()
                 ),
-                Some("compare a property with something, for example `amount > 50`"),
+                help,
             ));
         }
         Ok(expr)
     }
 
+    /// Compiles a numeric expression (score features).
     pub fn number(&mut self, text: &str, refs: &mut Refs) -> Result<Expr, RuleError> {
         self.number_in(text, Scope::Profile, refs)
     }
@@ -714,21 +730,7 @@ impl<'a> Compiler<'a> {
             None => None,
         };
         let filter = match (&selector.filter, event) {
-            (Some(node), Some(event)) => {
-                let mut ignored = Refs::default();
-                let (expr, ty) = self.typed(node, text, Scope::Filter { event }, &mut ignored)?;
-                if ty != Ty::Bool {
-                    return Err(RuleError::new(
-                        node.span.clone(),
-                        format!(
-                            "a `where` filter must be a condition, found {}",
-                            ty.describe()
-                        ),
-                        None,
-                    ));
-                }
-                Some(expr)
-            }
+            (Some(node), Some(event)) => Some(self.filter_node(node, text, event, None)?),
             _ => None,
         };
         Ok(EventMatch {
