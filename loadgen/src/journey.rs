@@ -9,7 +9,10 @@
 //!
 //! Popularity is Zipf distributed over the population, so a few customers are very
 //! active, as in real traffic. A [`Journeys`] generator owns a slice of the population
-//! and a seeded RNG: the same seed and slice give the same events, in the same order.
+//! and a seeded RNG: the same seed and slice give the same events, in the same order
+//! (with an [`Effect`], also the same decision answers: the effect reads them).
+
+use std::sync::Arc;
 
 use omnia::engine::RawEvent;
 use omnia::model::ValueRef;
@@ -18,6 +21,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::{Deserialize, Serialize};
+
+use crate::effect::Effect;
 
 /// Transition probabilities. Each stage's probabilities are checked in order; what is
 /// left over is the stage's default step.
@@ -105,6 +110,24 @@ impl Mix {
     }
 }
 
+impl Mix {
+    /// The mix of a customer the [`Effect`] treats: each step towards a purchase
+    /// (logging in with a cart, clicking the cart reminder, buying) `factor` times as
+    /// likely, each stage's probabilities still adding up to at most 1.
+    fn towards_purchase(&self, factor: f64) -> Mix {
+        let scale = |p: f64, room: f64| (p * factor).min(room).max(0.0);
+        let customer_other =
+            self.customer_coupon_issued + self.customer_coupon_redeemed + self.customer_unsubscribe;
+        Mix {
+            carted_login: scale(self.carted_login, 1.0 - self.carted_abandon),
+            abandoned_reminder_click: scale(self.abandoned_reminder_click, 1.0),
+            logged_in_purchase: scale(self.logged_in_purchase, 1.0),
+            customer_purchase: scale(self.customer_purchase, 1.0 - customer_other),
+            ..self.clone()
+        }
+    }
+}
+
 /// Where a customer is in its journey.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -125,6 +148,7 @@ pub struct Journeys {
     first: u64,
     zipf: Zipf<f64>,
     scratch: String,
+    effect: Option<Arc<Effect>>,
 }
 
 impl Journeys {
@@ -137,7 +161,15 @@ impl Journeys {
             first,
             zipf,
             scratch: String::with_capacity(64),
+            effect: None,
         })
+    }
+
+    /// These journeys carry `effect`: its treated customers click the cart reminder more
+    /// often, and their purchases are tallied.
+    pub fn with_effect(mut self, effect: Option<Arc<Effect>>) -> Journeys {
+        self.effect = effect;
+        self
     }
 
     /// A customer chosen by popularity.
@@ -184,7 +216,14 @@ impl Journeys {
     pub fn step(&mut self, c: u64, now: i64) -> Step {
         use KeyKind::*;
         let slot = (c - self.first) as usize;
-        let m = &self.mix;
+        let treated;
+        let factor = self.effect.as_ref().map_or(1.0, |e| e.factor(c));
+        let m = if factor == 1.0 {
+            &self.mix
+        } else {
+            treated = self.mix.towards_purchase(factor);
+            &treated
+        };
         let rng = &mut self.rng;
         let web_or_app = ["web", "app"][rng.random_range(0..2)];
         let sku = Val::Sku(rng.random_range(0..5000));
@@ -261,10 +300,13 @@ impl Journeys {
                 let (event, channel) =
                     [("email_click", "email"), ("sms_click", "sms")][rng.random_range(0..2)];
                 (
+                    // The link names the account, so the click joins the anonymous
+                    // browser, the address and the account: the purchases that follow
+                    // (by account) belong to the customer who left the cart.
                     step(
                         event,
                         channel,
-                        &[Anon, Email],
+                        &[Anon, Email, User],
                         &[("campaign", Val::Str("cart-reminder"))],
                     ),
                     Stage::LoggedIn,
@@ -342,6 +384,9 @@ impl Journeys {
             Stage::Customer => (product("product_view", &[User]), stage),
         };
         self.stages[slot] = next;
+        if let (Some(effect), "purchase") = (&self.effect, event.event) {
+            effect.bought(c);
+        }
         event
     }
 }
@@ -531,6 +576,58 @@ mod tests {
         let expected: std::collections::HashSet<String> =
             ["page_view", "product_view"].map(String::from).into();
         assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn the_effect_makes_treated_abandoners_click_the_reminder_more_often() {
+        use omnia::model::decision::ArmAssignment;
+        let config = omnia::config::Config::embedded_default().unwrap();
+        let effect = Arc::new(
+            crate::effect::Effect::new(&config, None, None, 1.0, 2000)
+                .unwrap()
+                .unwrap(),
+        );
+        for c in 0..2000u64 {
+            let arm = if c % 2 == 0 { "boosted" } else { "standard" };
+            let answer = crate::target::Answered {
+                arms: vec![ArmAssignment {
+                    experiment: "cart_reminder_boost".into(),
+                    arm: arm.into(),
+                }],
+                offers: vec!["cart_reminder".into()],
+            };
+            effect.saw(c, &answer);
+        }
+        // Every customer abandons and is then stepped until it clicks or 50 steps pass.
+        let mix = Mix {
+            anonymous_page_view: 0.0,
+            anonymous_add_to_cart: 1.0,
+            carted_login: 0.0,
+            carted_abandon: 1.0,
+            abandoned_reminder_click: 0.02,
+            ..Mix::default()
+        };
+        let mut j = Journeys::new(mix, 0, 2000, 1.05, 5)
+            .unwrap()
+            .with_effect(Some(effect.clone()));
+        let mut clicked = [0u32; 2];
+        for c in 0..2000u64 {
+            for step in 0..52 {
+                let e = j.next_for(c, step);
+                if e.event.ends_with("_click") {
+                    clicked[(c % 2) as usize] += 1;
+                    break;
+                }
+            }
+        }
+        // 50 tries at 4% against 2%: 87% against 64% click, far apart for 1000 each.
+        let [boosted, standard] = clicked;
+        assert!(
+            boosted > standard + 150,
+            "boosted {boosted}, standard {standard}"
+        );
+        assert!((820..=920).contains(&boosted), "{boosted}");
+        assert!((590..=690).contains(&standard), "{standard}");
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //! - [`probes`]: trigger probes, the latency from an event to the webhook delivery it
 //!   causes, through a receiver of the generator's own;
 //! - [`breakdown`]: the server's own stage histograms for the measured window, scraped
-//!   from its `/metrics`, printed beside the generator's figures.
+//!   from its `/metrics`, printed beside the generator's figures;
+//! - [`effect`]: a true effect for one experiment's treated arm, built into the
+//!   journeys, so that the experiment report printed after a mixed run has a known
+//!   answer to be checked against.
 
 pub mod breakdown;
+pub mod effect;
 pub mod journey;
 pub mod pacing;
 pub mod probes;

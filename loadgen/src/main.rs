@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use loadgen::effect::Effect;
 use loadgen::journey::Mix;
 use loadgen::redis_target::RedisTarget;
 use loadgen::report::Report;
 use loadgen::run::{offer_names, segment_names};
-use loadgen::run::{run, Settings, TimeMode, Workload};
-use loadgen::target::{spawn_server, HttpTarget, InProcessTarget, OmniaTarget};
+use loadgen::run::{run, EventClock, Settings, TimeMode, Workload};
+use loadgen::target::{spawn_server_on, HttpTarget, InProcessTarget, OmniaTarget};
 use mimalloc::MiMalloc;
 use omnia::config::Config;
 
@@ -161,6 +162,19 @@ struct Options {
     /// 0: none.
     #[arg(long, default_value_t = 0.0)]
     trigger_probes: f64,
+    /// A true effect built into the journeys of a mixed run (`loadgen::effect`): the
+    /// treated arm's customers, once a decision placed them there, click the cart
+    /// reminder this much more often (0.5: 50% more; 0: none, an A/A check). The
+    /// experiment's report, printed at the end, should find it.
+    #[arg(long, default_value_t = 0.5, value_name = "LIFT")]
+    effect: f64,
+    /// The experiment the effect is built into; by default the config's first measured
+    /// one (the default config's `cart_reminder_boost`).
+    #[arg(long, value_name = "NAME")]
+    effect_experiment: Option<String>,
+    /// The treated arm; by default the experiment's first arm that is not its baseline.
+    #[arg(long, value_name = "ARM")]
+    effect_arm: Option<String>,
     /// Where the probes' webhook receiver listens: where the server's triggers post (the
     /// default config's post to 127.0.0.1:8900).
     #[arg(long, default_value = "127.0.0.1:8900", value_name = "ADDR")]
@@ -201,6 +215,28 @@ fn main() -> anyhow::Result<()> {
             "the Redis baseline implements the ingest, decide and mixed workloads, not query"
         );
     }
+    let time = match o.clock {
+        ClockKind::Live => TimeMode::Live,
+        ClockKind::Sim => TimeMode::Sim {
+            speed: o.sim_speed,
+            span_ms: (o.sim_span_days * 86_400_000.0) as i64,
+        },
+    };
+    // The engines this process runs (`spawn`, `inprocess`) share the events' clock.
+    let clock = EventClock::new(time);
+    let effect = if o.workload == Workload::Mixed && o.target != TargetKind::Redis {
+        Effect::new(
+            &config,
+            o.effect_experiment.as_deref(),
+            o.effect_arm.as_deref(),
+            o.effect,
+            o.customers,
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new)
+    } else {
+        None
+    };
     let settings = Settings {
         workload: o.workload,
         connections: o.connections,
@@ -216,13 +252,8 @@ fn main() -> anyhow::Result<()> {
         zipf: o.zipf,
         seed: o.seed,
         mix,
-        time: match o.clock {
-            ClockKind::Live => TimeMode::Live,
-            ClockKind::Sim => TimeMode::Sim {
-                speed: o.sim_speed,
-                span_ms: (o.sim_span_days * 86_400_000.0) as i64,
-            },
-        },
+        clock,
+        effect,
         offers: offer_names(&config),
         segments: segment_names(&config),
         progress: !o.no_progress,
@@ -297,7 +328,7 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             TargetKind::Spawn => {
-                let (addr, http, stop) = spawn_server(config).await?;
+                let (addr, http, stop) = spawn_server_on(config, Arc::new(clock)).await?;
                 let report = if o.protocol == Protocol::Http {
                     let gzip = o.gzip;
                     let ids = Arc::new(std::sync::atomic::AtomicU64::new(message_id_base()));
@@ -322,10 +353,7 @@ fn main() -> anyhow::Result<()> {
                 report
             }
             TargetKind::Inprocess => {
-                let node = Arc::new(omnia::node::Node::new(
-                    config,
-                    Arc::new(omnia::clock::SystemClock),
-                ));
+                let node = Arc::new(omnia::node::Node::new(config, Arc::new(clock)));
                 run(settings, "omnia in-process", || {
                     let node = node.clone();
                     async move { Ok(InProcessTarget { node }) }

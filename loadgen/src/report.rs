@@ -166,6 +166,15 @@ pub struct Report {
     /// What `--trigger-probes` measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger_probes: Option<crate::probes::ProbeReport>,
+    /// The target's experiment reports after a mixed run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiments: Option<Vec<omnia::model::experiment::ExperimentReport>>,
+    /// Why they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiments_note: Option<String>,
+    /// What the true effect built into the journeys did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<crate::effect::EffectReport>,
 }
 
 impl OpReport {
@@ -295,6 +304,15 @@ impl Report {
         }
         if let Some(probes) = &self.trigger_probes {
             let _ = writeln!(out, "{}", probes.line());
+        }
+        if let Some(effect) = &self.effect {
+            out.push_str(&effect.lines());
+        }
+        for report in self.experiments.iter().flatten() {
+            out.push_str(&omnia::decide::report::render(report));
+        }
+        if let Some(note) = &self.experiments_note {
+            let _ = writeln!(out, "no experiment report: {note}");
         }
         out
     }
@@ -473,6 +491,9 @@ mod tests {
             server: None,
             server_note: None,
             trigger_probes: None,
+            experiments: None,
+            experiments_note: None,
+            effect: None,
         };
         let table = report.table();
         assert!(

@@ -11,6 +11,10 @@
 //!
 //! Every stream has `connections` connections, each its own target, paced open loop at
 //! its share of the rate (or closed loop with `max`).
+//!
+//! With an [`Effect`], the decide streams tell it the arms omnia answered and the ingest
+//! streams' journeys carry it; after a mixed run the target's experiment reports are
+//! read and printed beside what the effect sent.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,7 @@ use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::effect::Effect;
 use crate::journey::{Journeys, Mix};
 use crate::pacing::{drive, Pacing};
 use crate::report::{merge, Live, OpRecord, OpReport, Report};
@@ -62,7 +67,10 @@ pub struct Settings {
     pub zipf: f64,
     pub seed: u64,
     pub mix: Mix,
-    pub time: TimeMode,
+    /// Event time; an engine in this process (`spawn`, `inprocess`) may run on it too.
+    pub clock: EventClock,
+    /// A true effect for one experiment, built into the journeys (mixed runs).
+    pub effect: Option<Arc<Effect>>,
     /// Offers feedback may name (the config's).
     pub offers: Vec<String>,
     /// Segment names queries combine.
@@ -88,8 +96,14 @@ pub fn segment_names(config: &omnia::config::Config) -> Vec<String> {
     config.segments.iter().map(|s| s.name.clone()).collect()
 }
 
-/// Event time as the run sees it.
-#[derive(Clone, Copy)]
+/// Event time as the run sees it: from when it is made, live or simulated.
+///
+/// It is an [`omnia::clock::Clock`] too, so that an engine in this process can run on the
+/// simulated time its events are stamped with: then a segment's "30 minutes after" and
+/// a goal's "within 7 days" pass as the events say they do (3600 times faster, by
+/// default), where an engine on the wall clock would judge a simulated week's events as
+/// all long past.
+#[derive(Debug, Clone, Copy)]
 pub struct EventClock {
     real_start: std::time::Instant,
     wall_start_ms: i64,
@@ -114,6 +128,12 @@ impl EventClock {
                 sim.min(self.wall_start_ms + elapsed)
             }
         }
+    }
+}
+
+impl omnia::clock::Clock for EventClock {
+    fn now_ms(&self) -> i64 {
+        EventClock::now_ms(self)
     }
 }
 
@@ -147,7 +167,7 @@ where
     Fut: std::future::Future<Output = Result<T, String>>,
 {
     let s = Arc::new(settings);
-    let clock = EventClock::new(s.time);
+    let clock = s.clock;
     let streams: Vec<(Stream, f64)> = match s.workload {
         Workload::Ingest => vec![(Stream::Ingest, s.rate)],
         Workload::Decide => vec![(Stream::Decide, s.decide_rate)],
@@ -234,6 +254,18 @@ where
         }
         _ => (None, None),
     };
+    // What the experiments measured, read once the load has stopped.
+    let (experiments, experiments_note) = if s.workload == Workload::Mixed {
+        match connect().await {
+            Ok(reader) => match reader.experiments().await {
+                Ok(reports) => (reports, None),
+                Err(e) => (None, Some(e)),
+            },
+            Err(e) => (None, Some(format!("cannot connect: {e}"))),
+        }
+    } else {
+        (None, None)
+    };
     let merged = merge(records);
     let mut ops = Vec::new();
     for (kind, record) in merged {
@@ -269,6 +301,9 @@ where
         server,
         server_note,
         trigger_probes: None,
+        experiments,
+        experiments_note,
+        effect: s.effect.as_ref().map(|e| e.report()),
     })
 }
 
@@ -333,7 +368,10 @@ async fn stream_task<T: Target>(
         (first, count)
     };
     let mut journeys = Journeys::new(s.mix.clone(), first, count.max(1), s.zipf, seed)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .with_effect(s.effect.clone().filter(|_| stream == Stream::Ingest));
+    // The decisions whose answers the effect learns arms from.
+    let effect = s.effect.clone().filter(|_| stream == Stream::Decide);
     let connections = s.connections.max(1) as f64;
     let pacing = if s.max {
         Pacing::Closed
@@ -354,6 +392,7 @@ async fn stream_task<T: Target>(
         s.pipeline,
         deadline,
         |i| {
+            let mut customer = 0;
             let op = match stream {
                 Stream::Ingest if bodies => {
                     let now = clock.now_ms();
@@ -370,6 +409,7 @@ async fn stream_task<T: Target>(
                 }
                 Stream::Decide => {
                     let c = journeys.pick();
+                    customer = c;
                     let channel = CHANNELS[journeys.rng().random_range(0..CHANNELS.len())];
                     Op::Decide(DecisionRequest {
                         key: format!("anon:{c}"),
@@ -406,8 +446,18 @@ async fn stream_task<T: Target>(
             };
             let target = target.clone();
             let errors = errors.clone();
+            let effect = effect.clone();
             async move {
-                match target.execute(op).await {
+                let result = match (op, effect) {
+                    (Op::Decide(request), Some(effect)) => {
+                        target.decide_answer(request).await.map(|answer| {
+                            effect.saw(customer, &answer);
+                            1
+                        })
+                    }
+                    (op, _) => target.execute(op).await,
+                };
+                match result {
                     Ok(units) => Ok(units),
                     Err(e) => {
                         if let Ok(mut first) = errors.lock() {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use omnia::client::{Client, ClientError};
 use omnia::engine::RawEvent;
-use omnia::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::model::decision::{ArmAssignment, DecisionRequest, FeedbackKind, FeedbackTarget};
+use omnia::model::experiment::ExperimentReport;
 use omnia::node::Node;
 use omnia::protocol::ErrorCode;
 
@@ -61,6 +62,24 @@ impl OpKind {
     }
 }
 
+/// What a decision answered that the journeys' effect reads ([`crate::effect`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answered {
+    /// The customer's experiment arms.
+    pub arms: Vec<ArmAssignment>,
+    /// The offers chosen, best first.
+    pub offers: Vec<String>,
+}
+
+impl Answered {
+    fn of(decision: omnia::model::decision::Decision) -> Answered {
+        Answered {
+            arms: decision.arms,
+            offers: decision.offers.into_iter().map(|o| o.offer).collect(),
+        }
+    }
+}
+
 /// Something that executes ops. `Ok(units)`: events applied for an ingest batch, 1
 /// otherwise. An error is counted, never hidden: a rejected event in a batch is one.
 pub trait Target: Send + Sync + 'static {
@@ -70,6 +89,27 @@ pub trait Target: Send + Sync + 'static {
     /// event) rather than as [`RawEvent`]s.
     fn takes_bodies(&self) -> bool {
         false
+    }
+
+    /// A decision, with what [`crate::effect`] reads of its answer. By default
+    /// [`Target::execute`], which answers nothing: a target without experiments.
+    fn decide_answer(
+        &self,
+        request: DecisionRequest,
+    ) -> impl Future<Output = Result<Answered, String>> + Send {
+        async move {
+            self.execute(Op::Decide(request))
+                .await
+                .map(|_| Answered::default())
+        }
+    }
+
+    /// The experiment reports, read after a run; `None` from a target that has no
+    /// experiments (Redis).
+    fn experiments(
+        &self,
+    ) -> impl Future<Output = Result<Option<Vec<ExperimentReport>>, String>> + Send {
+        async { Ok(None) }
     }
 }
 
@@ -103,16 +143,28 @@ impl Target for OmniaTarget {
         true
     }
 
+    async fn decide_answer(&self, request: DecisionRequest) -> Result<Answered, String> {
+        self.client
+            .decide(request)
+            .await
+            .map(Answered::of)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn experiments(&self) -> Result<Option<Vec<ExperimentReport>>, String> {
+        self.client
+            .experiments()
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
     async fn execute(&self, op: Op) -> Result<u64, String> {
         let c = &self.client;
         match op {
             Op::IngestBody(body, _) => acknowledged(c.ingest_body(body).await),
             Op::Ingest(events) => acknowledged(c.ingest(events).await),
-            Op::Decide(request) => c
-                .decide(request)
-                .await
-                .map(|_| 1)
-                .map_err(|e| e.to_string()),
+            Op::Decide(request) => self.decide_answer(request).await.map(|_| 1),
             Op::Feedback(kind, target) => match c.feedback(kind, target).await {
                 Ok(_) => Ok(1),
                 // A spent budget is the server answering correctly, not a failure.
@@ -150,7 +202,15 @@ fn acknowledged(ack: Result<omnia::client::Ingested, ClientError>) -> Result<u64
 pub async fn spawn_server(
     config: omnia::config::Config,
 ) -> std::io::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
-    let node = Arc::new(Node::new(config, Arc::new(omnia::clock::SystemClock)));
+    spawn_server_on(config, Arc::new(omnia::clock::SystemClock)).await
+}
+
+/// [`spawn_server`] with the engine on `clock` (the run's simulated time, say).
+pub async fn spawn_server_on(
+    config: omnia::config::Config,
+    clock: Arc<dyn omnia::clock::Clock>,
+) -> std::io::Result<(String, String, tokio::sync::oneshot::Sender<()>)> {
+    let node = Arc::new(Node::new(config, clock));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let shared = Arc::new(omnia::server::Shared::new(
@@ -179,6 +239,17 @@ pub struct InProcessTarget {
 }
 
 impl Target for InProcessTarget {
+    async fn decide_answer(&self, request: DecisionRequest) -> Result<Answered, String> {
+        self.node
+            .decide(&request)
+            .map(Answered::of)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn experiments(&self) -> Result<Option<Vec<ExperimentReport>>, String> {
+        Ok(Some(self.node.experiment_reports(None)))
+    }
+
     async fn execute(&self, op: Op) -> Result<u64, String> {
         let e = &self.node;
         match op {
@@ -209,7 +280,7 @@ impl Target for InProcessTarget {
                 }
                 Ok(applied)
             }
-            Op::Decide(request) => e.decide(&request).map(|_| 1).map_err(|e| e.to_string()),
+            Op::Decide(request) => self.decide_answer(request).await.map(|_| 1),
             Op::Feedback(kind, target) => match e.feedback(kind, &target) {
                 Ok(_) => Ok(1),
                 Err(omnia::decide::DecideError::BudgetSpent { .. }) => Ok(0),
@@ -273,7 +344,20 @@ impl HttpTarget {
         } else {
             body
         };
-        let response = request.body(body).send().await.map_err(|e| e.to_string())?;
+        Self::answer(request.body(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("authorization", authorization);
+        }
+        Self::answer(request).await
+    }
+
+    /// The JSON of a successful answer; anything else as an error with its status.
+    async fn answer(request: reqwest::RequestBuilder) -> Result<serde_json::Value, String> {
+        let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| e.to_string())?;
         let value: serde_json::Value =
@@ -342,6 +426,44 @@ impl HttpTarget {
 }
 
 impl Target for HttpTarget {
+    async fn decide_answer(&self, r: DecisionRequest) -> Result<Answered, String> {
+        let context: serde_json::Map<String, serde_json::Value> = r
+            .context
+            .iter()
+            .map(|(n, v)| (n.clone(), serde_json::to_value(v).unwrap_or_default()))
+            .collect();
+        let body = serde_json::json!({
+            "key": r.key, "channel": r.channel, "top": r.top,
+            "record": r.record_impression, "explain": r.explain, "context": context,
+        });
+        let answer = self
+            .post("/v1/decide", body.to_string().into_bytes())
+            .await?;
+        let list = |name: &str| answer[name].as_array().cloned().unwrap_or_default();
+        Ok(Answered {
+            arms: list("arms")
+                .iter()
+                .filter_map(|a| {
+                    Some(ArmAssignment {
+                        experiment: a["experiment"].as_str()?.to_string(),
+                        arm: a["arm"].as_str()?.to_string(),
+                    })
+                })
+                .collect(),
+            offers: list("offers")
+                .iter()
+                .filter_map(|o| Some(o["offer"].as_str()?.to_string()))
+                .collect(),
+        })
+    }
+
+    async fn experiments(&self) -> Result<Option<Vec<ExperimentReport>>, String> {
+        let stats = self.get("/v1/stats?experiments=true").await?;
+        serde_json::from_value(stats["experiments"].clone())
+            .map(Some)
+            .map_err(|e| format!("/v1/stats: the experiments are not a report list ({e})"))
+    }
+
     async fn execute(&self, op: Op) -> Result<u64, String> {
         match op {
             Op::Ingest(events) => {
@@ -356,20 +478,7 @@ impl Target for HttpTarget {
                 Ok(answer["accepted"].as_u64().unwrap_or(0))
             }
             Op::IngestBody(..) => Err("the HTTP target takes events, not INGEST bodies".into()),
-            Op::Decide(r) => {
-                let context: serde_json::Map<String, serde_json::Value> = r
-                    .context
-                    .iter()
-                    .map(|(n, v)| (n.clone(), serde_json::to_value(v).unwrap_or_default()))
-                    .collect();
-                let body = serde_json::json!({
-                    "key": r.key, "channel": r.channel, "top": r.top,
-                    "record": r.record_impression, "explain": r.explain, "context": context,
-                });
-                self.post("/v1/decide", body.to_string().into_bytes())
-                    .await
-                    .map(|_| 1)
-            }
+            Op::Decide(r) => self.decide_answer(r).await.map(|_| 1),
             Op::Feedback(kind, target) => {
                 let body = match target {
                     omnia::model::decision::FeedbackTarget::Decision { decision_id, offer } => {

@@ -6,7 +6,7 @@ mod common;
 
 use common::settings;
 use loadgen::run::{run, Workload};
-use loadgen::target::{spawn_server, HttpTarget, OmniaTarget, OpKind};
+use loadgen::target::{spawn_server, spawn_server_on, HttpTarget, OmniaTarget, OpKind};
 use omnia::config::Config;
 
 async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -36,6 +36,15 @@ async fn a_mixed_run_over_http_with_gzip_reports_no_errors() {
     }
     // Every event sent had its own message id: none was taken for a duplicate.
     assert!(report.ops[0].units_per_second > 0.0);
+    // The experiment reports came back over HTTP too.
+    assert_eq!(report.experiments_note, None);
+    let names: Vec<&str> = report
+        .experiments
+        .iter()
+        .flatten()
+        .map(|e| e.experiment.as_str())
+        .collect();
+    assert_eq!(names, ["cart_reminder_boost"]);
     let _ = stop.send(());
 }
 
@@ -116,5 +125,60 @@ async fn query_and_closed_loop_runs() {
     assert_eq!(report.ops[0].target_rate, None);
     assert!(report.ops[0].count > 0);
     assert!(report.table().contains("closed loop"));
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_run_prints_the_experiment_report_beside_the_effect_it_built_in() {
+    let config = Config::embedded_default().unwrap();
+    let mut s = settings(Workload::Mixed);
+    s.seconds = 2.0;
+    s.decide_rate = 800.0;
+    s.effect = loadgen::effect::Effect::new(&config, None, None, 0.5, s.customers)
+        .unwrap()
+        .map(std::sync::Arc::new);
+    // The engine on the run's simulated clock: carts are left for 30 minutes in half a
+    // second, so decisions meet cart abandoners and expose them.
+    let (addr, _http, stop) = spawn_server_on(config, std::sync::Arc::new(s.clock))
+        .await
+        .unwrap();
+    let report = run(s, "omnia", || {
+        let addr = addr.clone();
+        async move { OmniaTarget::connect(&addr, None, None).await }
+    })
+    .await
+    .unwrap();
+    for op in &report.ops {
+        assert_eq!(op.errors, 0, "{:?}: {:?}", op.op, op.first_error);
+    }
+    assert_eq!(report.experiments_note, None);
+    let experiments = report.experiments.as_ref().unwrap();
+    let boost = experiments
+        .iter()
+        .find(|e| e.experiment == "cart_reminder_boost")
+        .unwrap();
+    let exposed: Vec<u64> = boost.arms.iter().map(|a| a.exposed).collect();
+    assert!(exposed.iter().all(|&n| n > 0), "{exposed:?}");
+    // The generator learnt arms and exposures from the answers, in both arms, and the
+    // names agree; omnia exposes at least everyone the answers showed the reminder to.
+    let effect = report.effect.as_ref().unwrap();
+    assert_eq!(effect.treated_arm, "boosted");
+    for (mine, theirs) in effect.arms.iter().zip(&boost.arms) {
+        assert_eq!(mine.arm, theirs.arm);
+        assert!(mine.shown > 0 && mine.placed >= mine.shown, "{mine:?}");
+        assert!(theirs.exposed >= mine.shown, "{mine:?} {theirs:?}");
+    }
+    let table = report.table();
+    assert!(
+        table.contains("true effect built into the journeys: in experiment cart_reminder_boost, arm boosted, once shown an exposing offer, takes each step towards a purchase +50% more often"),
+        "{table}"
+    );
+    assert!(
+        table.contains("experiment cart_reminder_boost (baseline standard):"),
+        "{table}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["experiments"][0]["experiment"], "cart_reminder_boost");
+    assert_eq!(json["effect"]["lift"], 0.5);
     let _ = stop.send(());
 }

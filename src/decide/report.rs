@@ -126,6 +126,127 @@ pub fn experiment_reports(engine: &Engine<Offers>, only: Option<&str>) -> Vec<Ex
         .collect()
 }
 
+/// One report as people read it (`omnia ctl experiments`, the load generator): the
+/// exposures and the sample-ratio verdict, then a table per goal, a `*` on a p-value
+/// below the adjusted threshold.
+pub fn render(r: &ExperimentReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let percent = |x: f64| format!("{:+.2}%", x * 100.0);
+    let _ = writeln!(
+        out,
+        "experiment {}{} (baseline {}):",
+        r.experiment,
+        if r.holdout {
+            " (the global holdout)"
+        } else {
+            ""
+        },
+        r.baseline
+    );
+    let exposed: Vec<String> = r
+        .arms
+        .iter()
+        .map(|a| format!("{} {} (weight {})", a.arm, a.exposed, a.weight))
+        .collect();
+    let _ = writeln!(out, "  exposed: {}", exposed.join(", "));
+    let srm = match r.sample_ratio.verdict {
+        SampleRatioVerdict::Ok => format!(
+            "ok (chi-square {:.3}, p = {:.4})",
+            r.sample_ratio.chi_square.unwrap_or(0.0),
+            r.sample_ratio.p_value.unwrap_or(1.0)
+        ),
+        SampleRatioVerdict::Mismatch => format!(
+            "MISMATCH (chi-square {:.3}, p = {:.2e}): the split is not what the weights say; do not trust the lifts until the cause is found",
+            r.sample_ratio.chi_square.unwrap_or(0.0),
+            r.sample_ratio.p_value.unwrap_or(0.0)
+        ),
+        SampleRatioVerdict::NotEnoughData => {
+            format!("not enough data (fewer than {} exposed)", r.min_customers)
+        }
+    };
+    let _ = writeln!(out, "  sample ratio: {srm}");
+    for goal in &r.goals {
+        let _ = writeln!(
+            out,
+            "  goal {} ({} within {}{}), significant below p = {:.4}:",
+            goal.goal,
+            goal.event,
+            crate::config::duration::format_duration(goal.window as u64),
+            goal.value
+                .as_ref()
+                .map(|v| format!(", value {v} per exposed customer"))
+                .unwrap_or_default(),
+            r.adjusted_alpha
+        );
+        let _ = writeln!(
+            out,
+            "    {:<14} {:>9} {:>9} {:>9} {:>10} {:>22} {:>9} {:>7}",
+            "arm", "exposed", "converted", "rate", "lift", "95% CI", "p", "chance"
+        );
+        for arm in &goal.arms {
+            let rate = arm
+                .rate
+                .map_or("-".into(), |x| format!("{:.2}%", x * 100.0));
+            let lift = if goal.value.is_some() {
+                arm.mean_lift.as_ref()
+            } else {
+                arm.rate_lift.as_ref()
+            };
+            let (lift_text, ci, p, chance) = match (arm.state, lift) {
+                (ComparisonState::Baseline, _) => (
+                    "baseline".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ),
+                (ComparisonState::NotEnoughData, _) => (
+                    "not enough data".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ),
+                (ComparisonState::Compared, Some(l)) => {
+                    let (lift, ci) = match &l.relative {
+                        Some(rel) => (
+                            percent(rel.estimate),
+                            format!("[{}, {}]", percent(rel.low), percent(rel.high)),
+                        ),
+                        None => (
+                            format!("{:+.4}", l.absolute.estimate),
+                            format!("[{:+.4}, {:+.4}]", l.absolute.low, l.absolute.high),
+                        ),
+                    };
+                    let mark = if l.significant { "*" } else { "" };
+                    (
+                        lift,
+                        ci,
+                        format!("{:.4}{mark}", l.p_value),
+                        l.chance_to_beat
+                            .map_or(String::new(), |c| format!("{:.1}%", c * 100.0)),
+                    )
+                }
+                (ComparisonState::Compared, None) => {
+                    ("-".into(), String::new(), String::new(), String::new())
+                }
+            };
+            let _ = writeln!(
+                out,
+                "    {:<14} {:>9} {:>9} {:>9} {:>10} {:>22} {:>9} {:>7}",
+                arm.arm, arm.exposed, arm.converted, rate, lift_text, ci, p, chance
+            );
+            if let (Some(mean), true) = (arm.mean, goal.value.is_some()) {
+                let _ = writeln!(
+                    out,
+                    "    {:<14} mean value per exposed customer {mean:.2}",
+                    ""
+                );
+            }
+        }
+    }
+    out
+}
+
 fn report(config: &Config, e: usize, tally: &Tally) -> ExperimentReport {
     let def = &config.decisions.experiments[e];
     let exposed = &tally.exposed[e];

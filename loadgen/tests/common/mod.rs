@@ -2,7 +2,7 @@
 //! keeps up with.
 
 use loadgen::journey::Mix;
-use loadgen::run::{offer_names, segment_names, Settings, TimeMode, Workload};
+use loadgen::run::{offer_names, segment_names, EventClock, Settings, TimeMode, Workload};
 use omnia::config::Config;
 
 /// A one-second run of `workload` at low rates on the default config's names, after a
@@ -24,10 +24,11 @@ pub fn settings(workload: Workload) -> Settings {
         zipf: 1.05,
         seed: 11,
         mix: Mix::default(),
-        time: TimeMode::Sim {
+        clock: EventClock::new(TimeMode::Sim {
             speed: 3600.0,
             span_ms: 86_400_000,
-        },
+        }),
+        effect: None,
         offers: offer_names(&config),
         segments: segment_names(&config),
         progress: false,
