@@ -2,7 +2,8 @@
 //! experiment's offers (recorded or not, in every arm), goal events counted inside their
 //! window after it, and the report over TCP (STATS, `experiments` section); a seeded
 //! simulation whose true effect the report finds; a broken split the sample-ratio check
-//! flags; the measurements surviving a restart from snapshot and log.
+//! flags; the measurements surviving a restart from snapshot and log, and a reload (or
+//! starting over, with a warning, when the arms change).
 
 mod common;
 
@@ -162,7 +163,12 @@ async fn sofia_converts_in_the_boosted_arm_and_a_standard_customer_in_the_baseli
 
 /// A config of its own: one offer anyone may get, a control arm and a treated one.
 fn simulation_config(min_customers: u32) -> Config {
-    let text = format!(
+    let text = simulation_config_text(min_customers);
+    Config::from_source(&Source::new("simulation.toml", text)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn simulation_config_text(min_customers: u32) -> String {
+    format!(
         r#"
 channels = ["web"]
 [identity]
@@ -183,8 +189,7 @@ min_customers = {min_customers}
 event = "purchase"
 window = "7d"
 "#
-    );
-    Config::from_source(&Source::new("simulation.toml", text)).unwrap_or_else(|e| panic!("{e}"))
+    )
 }
 
 /// splitmix64: a fixed-seed stream for the simulations.
@@ -292,5 +297,56 @@ fn measurements_survive_a_restart_from_snapshot_and_log() {
     let store = omnia::store::Store::open(&dir.0, config(), clock, unsynced_wal()).unwrap();
     assert!(store.recovered.snapshot.is_some());
     assert_eq!(store.node.experiment_reports(None), before);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_reload_keeps_an_unchanged_experiment_and_restarts_one_whose_arms_changed_with_a_warning() {
+    let dir = TempDir::new("experiments", "reload");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store =
+        omnia::store::Store::open(&dir.0, simulation_config(2), clock, unsynced_wal()).unwrap();
+    let node = store.node.clone();
+    for i in 0..40 {
+        let key = format!("user:{i}");
+        node.ingest(&RawEvent::new("visit", "web", START_MS).key(&key))
+            .unwrap();
+        node.decide(&ask(&key, "web", false)).unwrap();
+        if i % 4 == 0 {
+            node.ingest(&purchase(&key, START_MS, 10.0)).unwrap();
+        }
+    }
+    let before = node.experiment_reports(None);
+    let reload = |current: &Node, text: String| {
+        let config = Config::from_source(&Source::new("reloaded.toml", text)).unwrap();
+        omnia::store::reload::prepare(&store.data, current, config, &|_| {})
+            .unwrap()
+            .finish(&store.data, current)
+            .unwrap()
+    };
+    let text = simulation_config_text(2);
+
+    // Only a new offer: the experiment and its measurement carry over, no warning.
+    let (kept, report) = reload(&node, text.clone() + "[offers.extra]\nvalue = 1\n");
+    assert!(report.experiments_reset.is_empty(), "{report:?}");
+    assert!(!report.to_string().contains("warning"), "{report}");
+    assert_eq!(kept.experiment_reports(None), before);
+
+    // The treated arm renamed: the measurement starts over, and the report says so.
+    let renamed = text.replace("\"treated\"", "\"treated_v2\"");
+    let (reset, report) = reload(&kept, renamed);
+    assert_eq!(report.experiments_reset, ["promo_test"]);
+    assert!(
+        report.to_string().contains(
+            "warning: experiment `promo_test`'s arms changed: its customers are assigned again and its measurement starts over"
+        ),
+        "{report}"
+    );
+    let after = reset.experiment_reports(None).remove(0);
+    assert_eq!(after.arms.iter().map(|a| a.exposed).sum::<u64>(), 0);
+    // Its customers are exposed again from their next decision, in the new arms.
+    reset.decide(&ask("user:1", "web", false)).unwrap();
+    let after = reset.experiment_reports(None).remove(0);
+    assert_eq!(after.arms.iter().map(|a| a.exposed).sum::<u64>(), 1);
     store.close().unwrap();
 }

@@ -405,7 +405,7 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                 any::<u32>(),
                 any::<u32>()
             ),
-            prop::collection::vec(prop::collection::vec(text(), 0..3), 5),
+            prop::collection::vec(prop::collection::vec(text(), 0..3), 6),
             prop::collection::vec((text(), prop::collection::vec(text(), 0..3)), 0..3),
         )
             .prop_map(
@@ -425,6 +425,7 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                             offers_added: list(),
                             offers_removed: list(),
                             new_aggregates: new,
+                            experiments_reset: list(),
                         })),
                     )
                 }

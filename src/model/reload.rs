@@ -16,6 +16,9 @@ pub struct ReloadReport {
     /// Aggregates the old config did not keep: they count from the reload on. Each
     /// with the segments and scores that read them.
     pub new_aggregates: Vec<(String, Vec<String>)>,
+    /// Experiments kept by name whose arms changed: their customers are assigned anew
+    /// and their measurement starts over (exposures and goal tallies are dropped).
+    pub experiments_reset: Vec<String>,
     /// Log records replayed into the new engine while it was built, and in the pause.
     pub replayed: u64,
     pub took: Duration,
@@ -51,6 +54,12 @@ impl std::fmt::Display for ReloadReport {
                 } else {
                     readers.join(", ")
                 }
+            )?;
+        }
+        for experiment in &self.experiments_reset {
+            write!(
+                f,
+                "\nwarning: experiment `{experiment}`'s arms changed: its customers are assigned again and its measurement starts over (the exposures and goal tallies so far are dropped)"
             )?;
         }
         Ok(())

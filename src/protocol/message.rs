@@ -875,6 +875,10 @@ impl Response {
                         b.str(reader);
                     }
                 }
+                put_len16(&mut b, report.experiments_reset.len());
+                for name in report.experiments_reset.iter().take(u16::MAX as usize) {
+                    b.str(name);
+                }
             }
             Response::Error { code, message } => {
                 b.put_u16_le(*code);
@@ -1243,6 +1247,13 @@ impl Response {
                             Ok((aggregate, readers))
                         })
                         .collect::<Result<_, DecodeError>>()?;
+                    // Added after the first release of RELOAD: a server without it
+                    // ends here.
+                    let experiments_reset = if r.remaining() > 0 {
+                        strings(&mut r, "experiment reset")?
+                    } else {
+                        Vec::new()
+                    };
                     Response::Reloaded(Box::new(ReloadReport {
                         config_version,
                         customers,
@@ -1252,6 +1263,7 @@ impl Response {
                         offers_added,
                         offers_removed,
                         new_aggregates,
+                        experiments_reset,
                         replayed,
                         took,
                         paused,

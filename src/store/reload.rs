@@ -79,6 +79,27 @@ fn compare(old: &Config, new: &Config, report: &mut ReloadReport) {
         .filter(|o| !after.contains(o))
         .cloned()
         .collect();
+    // The same test as the offer state's remap (`decide::state::OfferRemap`): an
+    // experiment carries over by name only with the same arms, in the same order.
+    let arms = |c: &Config, i: usize| -> Vec<String> {
+        c.decisions.experiments[i]
+            .arms
+            .iter()
+            .map(|a| a.name.clone())
+            .collect()
+    };
+    for (i, e) in new.decisions.experiments.iter().enumerate() {
+        if let Some(j) = old
+            .decisions
+            .experiments
+            .iter()
+            .position(|o| o.name == e.name)
+        {
+            if arms(old, j) != arms(new, i) {
+                report.experiments_reset.push(e.name.clone());
+            }
+        }
+    }
     for (i, feature) in new.features.iter().enumerate() {
         if old.features.iter().any(|f| f.label() == feature.label()) {
             continue;
