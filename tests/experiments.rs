@@ -49,6 +49,32 @@ fn arm<'r>(report: &'r ExperimentReport, goal: &str, arm: &str) -> &'r GoalArm {
     goal.arms.iter().find(|a| a.arm == arm).unwrap()
 }
 
+/// `/metrics`' running counts (`Node::experiment_counts`) equal those of the report,
+/// which counts every customer again: the tallies kept as customers change never drift.
+fn assert_counts_agree(node: &Node) {
+    let recounted: Vec<omnia::decide::report::ArmCounts> = node
+        .experiment_reports(None)
+        .iter()
+        .flat_map(|r| {
+            r.arms
+                .iter()
+                .enumerate()
+                .map(|(i, a)| omnia::decide::report::ArmCounts {
+                    experiment: r.experiment.clone(),
+                    arm: a.arm.clone(),
+                    exposed: a.exposed,
+                    converted: r
+                        .goals
+                        .iter()
+                        .map(|g| (g.goal.clone(), g.arms[i].converted))
+                        .collect(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(node.experiment_counts(), recounted);
+}
+
 /// The first `user:NAME-i` that `cart_reminder_boost` puts in `arm`.
 fn customer_in(arm_name: &str, name: &str, config: &Config) -> String {
     let experiment = &config.decisions.experiments[0];
@@ -226,6 +252,7 @@ fn simulate(rates: [f64; 2], skip_control: f64, seed: u64) -> ExperimentReport {
             node.ingest(&purchase(&key, START_MS, 10.0)).unwrap();
         }
     }
+    assert_counts_agree(&node);
     node.experiment_reports(None).remove(0)
 }
 
@@ -297,6 +324,7 @@ fn measurements_survive_a_restart_from_snapshot_and_log() {
     let store = omnia::store::Store::open(&dir.0, config(), clock, unsynced_wal()).unwrap();
     assert!(store.recovered.snapshot.is_some());
     assert_eq!(store.node.experiment_reports(None), before);
+    assert_counts_agree(&store.node);
     store.close().unwrap();
 }
 
@@ -331,6 +359,7 @@ fn a_reload_keeps_an_unchanged_experiment_and_restarts_one_whose_arms_changed_wi
     assert!(report.experiments_reset.is_empty(), "{report:?}");
     assert!(!report.to_string().contains("warning"), "{report}");
     assert_eq!(kept.experiment_reports(None), before);
+    assert_counts_agree(&kept);
 
     // The treated arm renamed: the measurement starts over, and the report says so.
     let renamed = text.replace("\"treated\"", "\"treated_v2\"");
@@ -348,5 +377,47 @@ fn a_reload_keeps_an_unchanged_experiment_and_restarts_one_whose_arms_changed_wi
     reset.decide(&ask("user:1", "web", false)).unwrap();
     let after = reset.experiment_reports(None).remove(0);
     assert_eq!(after.arms.iter().map(|a| a.exposed).sum::<u64>(), 1);
+    assert_counts_agree(&reset);
     store.close().unwrap();
+}
+
+#[test]
+fn the_running_counts_follow_merges_conversions_and_forgotten_customers() {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = Node::new(simulation_config(2), clock.clone());
+    for i in 0..200 {
+        let key = format!("user:{i}");
+        node.ingest(&RawEvent::new("visit", "web", START_MS).key(&key))
+            .unwrap();
+        node.decide(&ask(&key, "web", i % 2 == 0)).unwrap();
+        if i % 3 == 0 {
+            node.ingest(&purchase(&key, START_MS + 1000, 10.0)).unwrap();
+        }
+    }
+    assert_counts_agree(&node);
+    let exposed = |node: &Node| -> u64 { node.experiment_counts().iter().map(|a| a.exposed).sum() };
+    assert_eq!(exposed(&node), 200);
+    // Pairs merge: in the same arm one exposure stays, in different arms the survivor's.
+    for i in 0..50 {
+        let event = RawEvent::new("visit", "web", START_MS + 2000)
+            .key(&format!("user:{}", 2 * i))
+            .key(&format!("user:{}", 2 * i + 1));
+        node.ingest(&event).unwrap();
+        // A purchase after the merge converts the merged customer (once).
+        node.ingest(&purchase(
+            &format!("user:{}", 2 * i + 1),
+            START_MS + 3000,
+            5.0,
+        ))
+        .unwrap();
+    }
+    assert_counts_agree(&node);
+    assert_eq!(exposed(&node), 150);
+    for i in 150..160 {
+        let mut receipt = omnia::engine::Receipt::default();
+        node.forget_with(&format!("user:{i}"), &mut receipt)
+            .unwrap();
+    }
+    assert_counts_agree(&node);
+    assert_eq!(exposed(&node), 140);
 }

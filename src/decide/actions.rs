@@ -196,10 +196,7 @@ impl Action<Offers> for Decided<'_> {
         let config = self.engine.config();
         for &e in &self.exposed {
             let goals = config.decisions.experiments[e as usize].goals.len();
-            customer
-                .extension
-                .offers
-                .expose(e as usize, self.now, goals);
+            customer.extension.expose(e as usize, self.now, goals);
         }
         let shown = if self.request.record_impression {
             &self.chosen[..]
@@ -340,7 +337,7 @@ impl Action<Offers> for Replayed<'_> {
         let config = self.engine.config();
         for &e in &self.exposures {
             let goals = config.decisions.experiments[e].goals.len();
-            customer.extension.offers.expose(e, self.record.time, goals);
+            customer.extension.expose(e, self.record.time, goals);
         }
         for &offer in &self.offers {
             let act = Act {

@@ -26,7 +26,7 @@
 
 use bytes::BufMut;
 
-use super::state::{CustomerOffers, OfferRemap};
+use super::state::{ArmTally, CustomerOffers, OfferRemap};
 use crate::codec::{named, DecodeError, Reader};
 use crate::config::Config;
 use crate::engine::Extension;
@@ -39,12 +39,26 @@ pub struct Offers {
     /// snapshot of the shard carries exactly the spending of the changes it holds (the
     /// budget itself is global, see `budget`).
     budget_spent: Vec<(u32, u32)>,
+    /// The exposed and converted customers per experiment and arm, kept as customers
+    /// change (the invariant is [`ArmTally`]'s).
+    tally: ArmTally,
 }
 
 /// One customer's offer state lent to an action, with the shard's budget tallies.
 pub struct OfferPart<'a> {
     pub(crate) offers: &'a mut CustomerOffers,
     pub(crate) budget_spent: &'a mut [(u32, u32)],
+    tally: &'a mut ArmTally,
+}
+
+impl OfferPart<'_> {
+    /// The customer's first exposure in `experiment` (see [`CustomerOffers::expose`]),
+    /// counted in the shard's tally.
+    pub(crate) fn expose(&mut self, experiment: usize, at: u32, goals: usize) {
+        self.tally.add(self.offers, -1);
+        self.offers.expose(experiment, at, goals);
+        self.tally.add(self.offers, 1);
+    }
 }
 
 /// A shard's offer state as a snapshot copied it.
@@ -63,6 +77,10 @@ impl Offers {
     pub fn budget_spent(&self) -> &[(u32, u32)] {
         &self.budget_spent
     }
+
+    pub(crate) fn tally(&self) -> &ArmTally {
+        &self.tally
+    }
 }
 
 impl Extension for Offers {
@@ -75,6 +93,7 @@ impl Extension for Offers {
         Offers {
             customers: Default::default(),
             budget_spent: vec![(0, 0); config.decisions.offers.len()],
+            tally: ArmTally::new(config),
         }
     }
 
@@ -82,6 +101,7 @@ impl Extension for Offers {
         OfferPart {
             offers: self.customers.entry(local).or_default(),
             budget_spent: &mut self.budget_spent,
+            tally: &mut self.tally,
         }
     }
 
@@ -92,17 +112,28 @@ impl Extension for Offers {
     }
 
     fn take(&mut self, local: u32) -> Option<CustomerOffers> {
-        self.customers.remove(&local)
+        let taken = self.customers.remove(&local)?;
+        self.tally.add(&taken, -1);
+        Some(taken)
     }
 
+    /// `from` was taken from its shard (and its tally) before.
     fn absorb(&mut self, local: u32, from: CustomerOffers) {
-        self.customers.entry(local).or_default().absorb(from);
+        let survivor = self.customers.entry(local).or_default();
+        self.tally.add(survivor, -1);
+        survivor.absorb(from);
+        self.tally.add(survivor, 1);
     }
 
     fn goal(&mut self, config: &Config, local: u32, goal: usize, at: u32, value: f64) {
         // Only a customer with offer state can have been exposed.
         if let Some(customer) = self.customers.get_mut(&local) {
+            if customer.exposures.is_empty() {
+                return;
+            }
+            self.tally.add(customer, -1);
             customer.goal_reached(config, goal, at, value);
+            self.tally.add(customer, 1);
         }
     }
 
@@ -179,6 +210,7 @@ impl Extension for Offers {
         if r.remaining() > 0 {
             decode_exposures(r, config, slots, &mut offers)?;
         }
+        offers.tally = ArmTally::recount(config, offers.customers.values());
         Ok(offers)
     }
 
@@ -199,6 +231,7 @@ impl Extension for Offers {
                 new.customers.insert(local, converted);
             }
         }
+        new.tally = ArmTally::recount(to, new.customers.values());
         new
     }
 }

@@ -4,9 +4,12 @@
 //!
 //! Nothing here is kept between reports: the exposures in the shards are the truth (in
 //! snapshots, replayed from the log, moved by merges and reloads), and a report is a
-//! pure function of them, so it cannot drift from them.
+//! pure function of them, so it cannot drift from them. The counts alone
+//! ([`arm_counts`], for `/metrics`) come from each shard's running `ArmTally`, which
+//! its invariant keeps equal to a recount; tests compare the two.
 
 use super::analysis::{self, Moments, Proportion};
+use super::state::ArmTally;
 use super::Offers;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -79,11 +82,14 @@ pub struct ArmCounts {
     pub converted: Vec<(String, u64)>,
 }
 
-/// The exposed and converted customers of every arm of every measured experiment.
+/// The exposed and converted customers of every arm of every measured experiment,
+/// from the shards' running tallies (a few numbers per shard, not a walk over its
+/// customers: cheap enough for every `/metrics` tick).
 pub fn arm_counts(engine: &Engine<Offers>) -> Vec<ArmCounts> {
     let config = engine.config();
-    let mut tally = Tally::new(config);
-    engine.each_extension(|offers| tally.add(offers));
+    let mut tally = ArmTally::new(config);
+    engine.each_extension(|offers| tally.merge(offers.tally()));
+    let count = |n: i64| n.max(0) as u64;
     let mut counts = Vec::new();
     for (e, def) in config.decisions.experiments.iter().enumerate() {
         if def.goals.is_empty() {
@@ -93,7 +99,7 @@ pub fn arm_counts(engine: &Engine<Offers>) -> Vec<ArmCounts> {
             counts.push(ArmCounts {
                 experiment: def.name.clone(),
                 arm: arm.name.clone(),
-                exposed: tally.exposed[e][a],
+                exposed: count(tally.exposed[e][a]),
                 converted: def
                     .goals
                     .iter()
@@ -101,7 +107,7 @@ pub fn arm_counts(engine: &Engine<Offers>) -> Vec<ArmCounts> {
                     .map(|(g, &goal)| {
                         (
                             config.goals[goal].name.clone(),
-                            tally.goals[e][g][a].converted,
+                            count(tally.converted[e][g][a]),
                         )
                     })
                     .collect(),

@@ -73,6 +73,86 @@ pub(crate) struct Exposure {
     pub goals: Box<[GoalTally]>,
 }
 
+/// Per experiment and arm, the customers exposed, and per goal of the experiment those
+/// converted: a shard's running totals, which `/metrics` reads every tick instead of
+/// walking every customer (`report::arm_counts`).
+///
+/// Invariant: equal to [`ArmTally::recount`] over the shard's customers. Every change of
+/// a customer's exposures (or of its arms while exposed) subtracts the customer's
+/// contribution first and adds it again after ([`ArmTally::add`]); what replaces the
+/// whole state (an image read, a reload's conversion) recounts. The counters are signed
+/// so that a bug shows as a wrong number in a test, never as an overflow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ArmTally {
+    /// `[experiment][arm]`
+    pub exposed: Vec<Vec<i64>>,
+    /// `[experiment][goal][arm]`
+    pub converted: Vec<Vec<Vec<i64>>>,
+}
+
+impl ArmTally {
+    pub(crate) fn new(config: &Config) -> ArmTally {
+        let experiments = &config.decisions.experiments;
+        ArmTally {
+            exposed: experiments.iter().map(|e| vec![0; e.arms.len()]).collect(),
+            converted: experiments
+                .iter()
+                .map(|e| vec![vec![0; e.arms.len()]; e.goals.len()])
+                .collect(),
+        }
+    }
+
+    pub(crate) fn recount<'a>(
+        config: &Config,
+        customers: impl Iterator<Item = &'a CustomerOffers>,
+    ) -> ArmTally {
+        let mut tally = ArmTally::new(config);
+        for customer in customers {
+            tally.add(customer, 1);
+        }
+        tally
+    }
+
+    /// Adds (`sign` 1) or takes away (-1) what `customer` counts: one exposed customer
+    /// per exposure in the arm it has, and one converted per goal it converted on.
+    pub(crate) fn add(&mut self, customer: &CustomerOffers, sign: i64) {
+        for x in &customer.exposures {
+            let e = x.experiment as usize;
+            let Some(arm) = customer.arms.get(e).and_then(|a| a.checked_sub(1)) else {
+                continue;
+            };
+            let arm = arm as usize;
+            let Some(exposed) = self.exposed.get_mut(e).and_then(|arms| arms.get_mut(arm)) else {
+                continue;
+            };
+            *exposed += sign;
+            for (g, goal) in x.goals.iter().enumerate() {
+                if goal.conversions > 0 {
+                    if let Some(n) = self.converted[e].get_mut(g).and_then(|a| a.get_mut(arm)) {
+                        *n += sign;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds another shard's totals (of the same config) to these.
+    pub(crate) fn merge(&mut self, other: &ArmTally) {
+        for (mine, theirs) in self.exposed.iter_mut().zip(&other.exposed) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+        for (mine, theirs) in self.converted.iter_mut().zip(&other.converted) {
+            for (goal, other_goal) in mine.iter_mut().zip(theirs) {
+                for (a, b) in goal.iter_mut().zip(other_goal) {
+                    *a += b;
+                }
+            }
+        }
+    }
+}
+
 /// The goal events counted for one exposure, inside the goal's window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct GoalTally {
@@ -110,7 +190,8 @@ impl CustomerOffers {
     }
 
     /// Records the customer's first exposure in `experiment` at `at`, with `goals` empty
-    /// tallies; a later one changes nothing.
+    /// tallies; a later one changes nothing. Actions call it through
+    /// [`super::offers::OfferPart::expose`], which keeps the shard's [`ArmTally`].
     pub(crate) fn expose(&mut self, experiment: usize, at: u32, goals: usize) {
         let experiment = experiment as u8;
         if let Err(i) = self
