@@ -165,8 +165,9 @@ impl Journeys {
         })
     }
 
-    /// These journeys carry `effect`: its treated customers click the cart reminder more
-    /// often, and their purchases are tallied.
+    /// These journeys carry `effect`: its treated customers, once shown an exposing
+    /// offer, take each step towards a purchase more often, and every placed customer's
+    /// purchases are tallied.
     pub fn with_effect(mut self, effect: Option<Arc<Effect>>) -> Journeys {
         self.effect = effect;
         self

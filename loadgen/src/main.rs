@@ -163,9 +163,10 @@ struct Options {
     #[arg(long, default_value_t = 0.0)]
     trigger_probes: f64,
     /// A true effect built into the journeys of a mixed run (`loadgen::effect`): the
-    /// treated arm's customers, once a decision placed them there, click the cart
-    /// reminder this much more often (0.5: 50% more; 0: none, an A/A check). The
-    /// experiment's report, printed at the end, should find it.
+    /// treated arm's customers, once shown one of the experiment's exposing offers,
+    /// take each step towards a purchase (log in with a cart, click the reminder, buy)
+    /// this much more often (0.5: 50% more; 0: none, an A/A check). The experiment's
+    /// report, printed at the end, should find it.
     #[arg(long, default_value_t = 0.5, value_name = "LIFT")]
     effect: f64,
     /// The experiment the effect is built into; by default the config's first measured
