@@ -15,7 +15,10 @@
 //!   log records EVENT and ACTION), written at commit 5fca3a6, the last of format 4;
 //! - `tests/fixtures/format6/`: format 6 (snapshot format 4, with its suppression list;
 //!   log records EVENT and ACTION, an empty change stream), written at commit de7d08b,
-//!   the last of format 6.
+//!   the last of format 6;
+//! - `tests/fixtures/format7/`: format 7 (snapshot format 5, with exposures; log records
+//!   EVENT and ACTION; coupon codes of the old form, eight characters of a hash), written
+//!   at commit 5260df1, the last of format 7.
 //!
 //! If a format changes, the new code must still read (or migrate) these directories;
 //! fixtures are never rewritten. `OMNIA_WRITE_FIXTURE=DIR cargo test --test
@@ -118,6 +121,11 @@ fn a_format_4_data_directory_loads_with_everything_it_holds() {
 #[test]
 fn a_format_6_data_directory_loads_with_everything_it_holds() {
     loads(6, [1, 3]);
+}
+
+#[test]
+fn a_format_7_data_directory_loads_with_everything_it_holds() {
+    loads(7, [1, 3]);
 }
 
 /// Recovers a copy of fixture `format`, whose log holds records of `kinds`.
