@@ -136,6 +136,19 @@ enum CtlCommand {
         #[arg(long)]
         channel: Option<String>,
     },
+    /// Redeem a coupon by its code, once, as a till does when it scans one: prints the
+    /// offer and the holder; a code already redeemed, expired, mistyped or not valid on
+    /// the channel is refused with what and why.
+    Redeem {
+        /// The code, as printed or scanned (letters in any case).
+        code: String,
+        /// The channel redeeming it.
+        #[arg(long)]
+        channel: String,
+        /// The order's value, which goes into the holder's profile with the redemption.
+        #[arg(long)]
+        order_value: Option<f64>,
+    },
     /// Print the change stream's segment changes as they happen, one line each (one
     /// JSON object per line with --json), acknowledging each one printed.
     Subscribe {
@@ -431,6 +444,21 @@ async fn execute(options: CtlOptions) -> Result<ExitCode, ClientError> {
                     };
                     println!("{verb} {} for {} (expires {})", c.code, c.offer, c.expires);
                 }
+            }
+        }
+        CtlCommand::Redeem {
+            code,
+            channel,
+            order_value,
+        } => {
+            let r = client.redeem(&code, &channel, order_value).await?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "redeemed {} for {} on {} (holder {}, issued {}, expires {}, decision {})",
+                    r.code, r.offer, r.channel, r.key, r.issued, r.expires, r.decision_id
+                );
             }
         }
         CtlCommand::Forget { key } => {

@@ -131,6 +131,7 @@ impl Node {
         for keys in self.engine.expire_unseen() {
             self.decider.forget(&keys);
         }
+        self.decider.sweep_coupons(self.engine.now_secs());
         self.engine.tick()
     }
 
@@ -166,6 +167,28 @@ impl Node {
     ) -> Result<FeedbackResult, DecideError> {
         self.decider
             .feedback_with(&self.engine, kind, target, receipt)
+    }
+
+    /// Redeems a coupon by its code on `channel` (see `decide::Decider::redeem`).
+    pub fn redeem(
+        &self,
+        code: &str,
+        channel: &str,
+        order_value: Option<f64>,
+    ) -> Result<crate::model::decision::Redeemed, DecideError> {
+        self.redeem_with(code, channel, order_value, &mut Receipt::default())
+    }
+
+    /// [`Node::redeem`], noting its log record in `receipt`.
+    pub fn redeem_with(
+        &self,
+        code: &str,
+        channel: &str,
+        order_value: Option<f64>,
+        receipt: &mut Receipt,
+    ) -> Result<crate::model::decision::Redeemed, DecideError> {
+        self.decider
+            .redeem(&self.engine, code, channel, order_value, receipt)
     }
 
     /// Per offer, channel and experiment arm: decisions and feedback counted so far.
@@ -250,6 +273,7 @@ impl Node {
         let cuts = self.engine.restore_with(&image.engine, from, progress)?;
         self.engine
             .each_extension(|offers| self.decider.restore_budget_spending(offers.budget_spent()));
+        self.decider.index_coupons(&self.engine);
         if from.map_or(true, |from| {
             from.config.same_offer_indexes(self.engine.config())
         }) {

@@ -546,6 +546,25 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// Redeems a coupon by its code on `channel`, once (a till scanning a code); the
+    /// order value, if given, goes into the holder's profile with the redemption.
+    pub async fn redeem(
+        &self,
+        code: &str,
+        channel: &str,
+        order_value: Option<f64>,
+    ) -> Result<crate::model::decision::Redeemed, ClientError> {
+        let request = Request::Redeem {
+            code: code.into(),
+            channel: channel.into(),
+            order_value,
+        };
+        match self.request(&request).await? {
+            Response::Redeemed(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 /// A streaming connection of its own, opened by [`Client::subscribe`]: the changes

@@ -51,6 +51,11 @@ pub struct BudgetDef {
     pub per: Option<u32>,
 }
 
+/// The lengths a coupon code's body may have (characters after the dash, before the
+/// check character), and the default: see `decide::code`.
+pub const COUPON_LENGTHS: std::ops::RangeInclusive<u8> = 8..=12;
+pub const DEFAULT_COUPON_LENGTH: u8 = 10;
+
 /// A coupon the offer issues at an impression to a customer who holds no open coupon
 /// for it (none yet, or the last one redeemed or expired).
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +63,10 @@ pub struct CouponDef {
     pub prefix: String,
     /// Seconds from issue to expiry.
     pub valid: u32,
+    /// Characters of a code after the dash, before its check character.
+    pub length: u8,
+    /// Bit `c` set when the code may be redeemed on channel `c`.
+    pub channels: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +187,9 @@ pub struct Decisions {
     pub context: Vec<AttributeDef>,
     /// Per [`FeedbackKind`]: the event type feedback of that kind becomes in the profile.
     pub feedback_events: [Option<usize>; 4],
+    /// The event type a coupon redemption becomes in the profile (`feedback_events`'
+    /// `redeem`); without it, the accept's.
+    pub redeem_event: Option<usize>,
 }
 
 impl Default for Decisions {
@@ -189,6 +201,7 @@ impl Default for Decisions {
             remember_decisions: DEFAULT_REMEMBER_DECISIONS,
             context: Vec::new(),
             feedback_events: [None; 4],
+            redeem_event: None,
         }
     }
 }
@@ -277,20 +290,28 @@ impl Builder<'_> {
             None => DEFAULT_REMEMBER_DECISIONS,
         };
         let mut feedback_events = [None; 4];
+        let mut redeem_event = None;
         if let Some(table) = &settings.feedback_events {
             for (kind, event) in table.get_ref() {
-                let Some(kind) = FeedbackKind::from_name(kind.get_ref()) else {
-                    self.error(
-                        kind.span(),
-                        format!("`{}` is not a kind of feedback", kind.get_ref()),
-                        Some("the kinds are impression, click, accept and dismiss".into()),
-                    );
-                    continue;
+                let slot = match FeedbackKind::from_name(kind.get_ref()) {
+                    Some(kind) => &mut feedback_events[kind.index()],
+                    None if kind.get_ref() == "redeem" => &mut redeem_event,
+                    None => {
+                        self.error(
+                            kind.span(),
+                            format!("`{}` is not a kind of feedback", kind.get_ref()),
+                            Some(
+                                "the kinds are impression, click, accept, dismiss and redeem (a coupon redemption)"
+                                    .into(),
+                            ),
+                        );
+                        continue;
+                    }
                 };
                 match events.iter().position(|e| e.name == *event.get_ref()) {
                     Some(e) => {
                         self.feedback_event_properties(&events[e], event);
-                        feedback_events[kind.index()] = Some(e);
+                        *slot = Some(e);
                     }
                     None => self.error(
                         event.span(),
@@ -476,6 +497,7 @@ impl Builder<'_> {
             remember_decisions,
             context,
             feedback_events,
+            redeem_event,
         }
     }
 
@@ -610,24 +632,70 @@ impl Builder<'_> {
 
     /// A feedback event's `offer` and `decision` properties, when it declares them, are
     /// filled in by omnia, so they must be strings.
+    /// The properties a feedback event gets filled: `offer`, `decision` and `coupon` (the
+    /// code issued or redeemed) as strings, `order_value` (of a redemption) as a number.
     fn feedback_event_properties(&mut self, event: &EventDef, at: &Spanned<String>) {
         for property in &event.properties {
-            if matches!(property.name.as_str(), "offer" | "decision")
-                && property.ty != ValueType::String
-            {
+            let (wanted, what) = match property.name.as_str() {
+                "offer" => (ValueType::String, "the offer's name as a string"),
+                "decision" => (ValueType::String, "the decision id as a string"),
+                "coupon" => (ValueType::String, "the coupon code as a string"),
+                "order_value" => (ValueType::Number, "a redemption's order value as a number"),
+                _ => continue,
+            };
+            if property.ty != wanted {
                 self.error(
                     at.span(),
                     format!(
-                        "event type `{}` declares `{}` as {}, but feedback events carry the {} name as a string",
+                        "event type `{}` declares `{}` as {}, but feedback events carry {what}",
                         event.name,
                         property.name,
                         property.ty.name(),
-                        property.name
                     ),
-                    Some(format!("declare `{} = \"string\"`", property.name)),
+                    Some(format!(
+                        "declare `{} = \"{}\"`",
+                        property.name,
+                        wanted.name()
+                    )),
                 );
             }
         }
+    }
+
+    /// The bits of the channels `listed` (every channel when not given); errors for an
+    /// empty list or an unknown channel.
+    fn channel_mask(
+        &mut self,
+        listed: Option<&Spanned<Vec<Spanned<String>>>>,
+        channels: &[String],
+        what: &str,
+        owner: &str,
+    ) -> u32 {
+        let mut mask = 0u32;
+        match listed {
+            None => mask = (1u64 << channels.len()).wrapping_sub(1) as u32,
+            Some(list_) if list_.get_ref().is_empty() => self.error(
+                list_.span(),
+                format!("{owner} lists no channels"),
+                Some("leave `channels` out to allow every channel".into()),
+            ),
+            Some(list_) => {
+                for c in list_.get_ref() {
+                    match channels.iter().position(|x| x == c.get_ref()) {
+                        Some(i) => mask |= 1 << i,
+                        None => self.error(
+                            c.span(),
+                            format!("unknown channel `{}` in {what}", c.get_ref()),
+                            Some(format!(
+                                "declared channels: {}",
+                                list(channels.iter().map(String::as_str))
+                            )),
+                        ),
+                    }
+                }
+            }
+        }
+        mask
     }
 
     fn offer(
@@ -650,30 +718,12 @@ impl Builder<'_> {
                 }
             }
         });
-        let mut channel_mask = 0u32;
-        match &offer.channels {
-            None => channel_mask = (1u64 << channels.len()).wrapping_sub(1) as u32,
-            Some(list_) if list_.get_ref().is_empty() => self.error(
-                list_.span(),
-                format!("offer `{}` lists no channels", name.get_ref()),
-                Some("leave `channels` out to allow every channel".into()),
-            ),
-            Some(list_) => {
-                for c in list_.get_ref() {
-                    match channels.iter().position(|x| x == c.get_ref()) {
-                        Some(i) => channel_mask |= 1 << i,
-                        None => self.error(
-                            c.span(),
-                            format!("unknown channel `{}` in {}", c.get_ref(), what("channels")),
-                            Some(format!(
-                                "declared channels: {}",
-                                list(channels.iter().map(String::as_str))
-                            )),
-                        ),
-                    }
-                }
-            }
-        }
+        let channel_mask = self.channel_mask(
+            offer.channels.as_ref(),
+            channels,
+            &what("channels"),
+            &format!("offer `{}`", name.get_ref()),
+        );
         let number = |this: &mut Self, field: &str, v: &Option<Spanned<f64>>| match v {
             Some(v) if !v.get_ref().is_finite() || *v.get_ref() < 0.0 => {
                 this.error(
@@ -815,9 +865,34 @@ impl Builder<'_> {
                     None,
                 );
             }
+            let length = match &c.length {
+                None => DEFAULT_COUPON_LENGTH,
+                Some(n) => match u8::try_from(*n.get_ref()) {
+                    Ok(n) if COUPON_LENGTHS.contains(&n) => n,
+                    _ => {
+                        self.error(
+                            n.span(),
+                            format!(
+                                "a coupon code's `length` must be 8 to 12 characters, not {}",
+                                n.get_ref()
+                            ),
+                            Some("10, the default, makes a million billion codes; a check character follows them".into()),
+                        );
+                        DEFAULT_COUPON_LENGTH
+                    }
+                },
+            };
+            let redeem_channels = self.channel_mask(
+                c.channels.as_ref(),
+                channels,
+                &what("coupon.channels"),
+                &format!("the coupon of offer `{}`", name.get_ref()),
+            );
             Some(CouponDef {
                 prefix: prefix.clone(),
                 valid,
+                length,
+                channels: redeem_channels,
             })
         });
         (self.errors.len() == errors_before).then(|| OfferDef {

@@ -200,6 +200,10 @@ pub struct RawBudget {
 pub struct RawCoupon {
     pub prefix: Spanned<String>,
     pub valid: Spanned<String>,
+    /// Characters after the dash, before the check character (8 to 12; default 10).
+    pub length: Option<Spanned<i64>>,
+    /// Where the code may be redeemed (default: every channel).
+    pub channels: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -39,6 +39,7 @@ use toml::Spanned;
 
 pub use decisions::{
     ArmDef, BudgetCounts, BudgetDef, Cap, CouponDef, Decisions, ExperimentDef, OfferDef,
+    COUPON_LENGTHS, DEFAULT_COUPON_LENGTH,
 };
 pub use diagnostic::{ConfigError, Diagnostic, Source, Span};
 pub use file::UnknownProperties;

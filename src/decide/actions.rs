@@ -23,23 +23,39 @@ use crate::engine::event::{string_property, Event, Key, PropValue};
 use crate::engine::{Customer, Engine};
 use crate::model::decision::{Coupon, DecisionRequest, FeedbackKind};
 
-/// The feedback event of `offer` as the profile gets it: `event_type` on `channel` at
-/// `timestamp_ms`, with the `offer` and `decision` properties the type declares. Its
-/// keys are left empty: an action applies it to the customer it runs on.
+/// What a feedback event's properties are filled from.
+pub(super) struct Filled<'a> {
+    pub offer: &'a str,
+    pub decision_id: u64,
+    /// The code the action issued or redeemed for the offer.
+    pub coupon: Option<&'a str>,
+    /// A redemption's order value.
+    pub order_value: Option<f64>,
+}
+
+/// The feedback event of an offer as the profile gets it: `event_type` on `channel` at
+/// `timestamp_ms`, with the `offer`, `decision`, `coupon` and `order_value` properties
+/// the type declares (the last two when the action has them). Its keys are left empty:
+/// an action applies it to the customer it runs on.
 pub(super) fn profile_event(
     config: &Config,
     event_type: usize,
     channel: usize,
-    offer: &str,
-    decision_id: u64,
+    filled: Filled<'_>,
     timestamp_ms: i64,
 ) -> Event {
     let properties = config.events[event_type]
         .properties
         .iter()
         .map(|p| match p.name.as_str() {
-            "offer" => string_property(p, offer),
-            "decision" => string_property(p, &decision_id.to_string()),
+            "offer" => string_property(p, filled.offer),
+            "decision" => string_property(p, &filled.decision_id.to_string()),
+            "coupon" => filled
+                .coupon
+                .map_or(PropValue::Missing, |c| string_property(p, c)),
+            "order_value" => filled
+                .order_value
+                .map_or(PropValue::Missing, PropValue::Num),
             _ => PropValue::Missing,
         })
         .collect();
@@ -77,6 +93,10 @@ pub(super) struct Decided<'a> {
     pub expose: bool,
     /// The experiments it exposed the customer in, by index.
     pub exposed: Vec<u8>,
+    /// The coupon codes its impressions issue: (position in `chosen`, code).
+    pub codes: Vec<(u8, CompactString)>,
+    /// Why it cannot be recorded, when the plan says no for a reason of its own.
+    pub failed: Option<super::DecideError>,
 }
 
 impl Decided<'_> {
@@ -106,6 +126,14 @@ impl Decided<'_> {
             self.decider
                 .take_top(a.ranked, self.request, self.now, &mut self.explanation);
     }
+}
+
+/// The code `codes` holds for position `i`.
+fn code_at(codes: &[(u8, CompactString)], i: usize) -> Option<&str> {
+    codes
+        .iter()
+        .find(|(p, _)| *p as usize == i)
+        .map(|(_, c)| c.as_str())
 }
 
 impl Action<Offers> for Decided<'_> {
@@ -142,20 +170,32 @@ impl Action<Offers> for Decided<'_> {
         if !impressions {
             return !self.exposed.is_empty();
         }
+        match self.decider.codes_for(
+            engine,
+            customer.extension.offers,
+            self.chosen.iter().map(|c| c.offer),
+            self.now,
+        ) {
+            Ok(codes) => self.codes = codes,
+            Err(e) => {
+                self.failed = Some(e.into());
+                return false;
+            }
+        }
         if let Some(event_type) = self.event_type {
+            let codes = &self.codes;
             self.events = self
                 .chosen
                 .iter()
-                .map(|c| {
-                    let offer = &config.decisions.offers[c.offer].name;
-                    profile_event(
-                        config,
-                        event_type,
-                        self.channel,
-                        offer,
-                        self.decision_id,
-                        self.timestamp_ms,
-                    )
+                .enumerate()
+                .map(|(i, c)| {
+                    let filled = Filled {
+                        offer: &config.decisions.offers[c.offer].name,
+                        decision_id: self.decision_id,
+                        coupon: code_at(codes, i),
+                        order_value: None,
+                    };
+                    profile_event(config, event_type, self.channel, filled, self.timestamp_ms)
                 })
                 .collect();
         }
@@ -189,6 +229,12 @@ impl Action<Offers> for Decided<'_> {
             self.exposed
                 .iter()
                 .map(|&e| config.decisions.experiments[e as usize].name.as_str()),
+            &self
+                .codes
+                .iter()
+                .map(|(i, c)| (*i, c.as_str()))
+                .collect::<Vec<_>>(),
+            None,
         );
     }
 
@@ -203,7 +249,7 @@ impl Action<Offers> for Decided<'_> {
         } else {
             &[]
         };
-        for c in shown {
+        for (i, c) in shown.iter().enumerate() {
             let act = Act {
                 kind: FeedbackKind::Impression,
                 offer: c.offer,
@@ -212,8 +258,9 @@ impl Action<Offers> for Decided<'_> {
                 decision_id: self.decision_id,
                 count: true,
             };
+            let code = code_at(&self.codes, i);
             self.decider
-                .change_offer_state(self.engine.config(), &mut customer, act);
+                .change_offer_state(self.engine.config(), &mut customer, act, code);
         }
         customer.extension.offers.prune(self.now);
         self.coupons = open_coupons(self.engine.config(), customer.extension.offers, self.now);
@@ -232,6 +279,10 @@ pub(super) struct Given<'a> {
     pub events: Vec<Event>,
     /// The coupon an impression issued or showed, or an acceptance redeemed.
     pub coupon: Option<state::IssuedCoupon>,
+    /// The code an impression issues.
+    pub code: Option<CompactString>,
+    /// Why the plan said no, when the budget did not.
+    pub failed: Option<super::DecideError>,
 }
 
 impl Action<Offers> for Given<'_> {
@@ -241,17 +292,36 @@ impl Action<Offers> for Given<'_> {
         let primary = crate::engine::view::primary_key(customer.keys);
         assign_arms(config, customer.extension.offers, &primary);
         let Act { kind, offer, .. } = self.act;
+        if kind == FeedbackKind::Impression {
+            let made = self.decider.codes_for(
+                engine,
+                customer.extension.offers,
+                std::iter::once(offer),
+                self.act.now,
+            );
+            match made {
+                Ok(mut codes) => self.code = codes.pop().map(|(_, c)| c),
+                Err(e) => {
+                    self.failed = Some(e.into());
+                    return false;
+                }
+            }
+        }
         if self.decider.spend(offer, kind, self.act.now).is_err() {
             return false;
         }
         if let Some(event_type) = self.event_type {
-            let name = &config.decisions.offers[offer].name;
+            let filled = Filled {
+                offer: &config.decisions.offers[offer].name,
+                decision_id: self.act.decision_id,
+                coupon: self.code.as_deref(),
+                order_value: None,
+            };
             self.events = vec![profile_event(
                 config,
                 event_type,
                 self.act.channel,
-                name,
-                self.act.decision_id,
+                filled,
                 self.timestamp_ms,
             )];
         }
@@ -276,13 +346,22 @@ impl Action<Offers> for Given<'_> {
                 .map_or("", |e| config.events[e].name.as_str()),
             std::iter::once(config.decisions.offers[self.act.offer].name.as_str()),
             std::iter::empty(),
+            &self
+                .code
+                .iter()
+                .map(|c| (0, c.as_str()))
+                .collect::<Vec<_>>(),
+            None,
         );
     }
 
     fn commit(&mut self, mut customer: Customer<'_, Offers>) {
-        self.coupon =
-            self.decider
-                .change_offer_state(self.engine.config(), &mut customer, self.act);
+        self.coupon = self.decider.change_offer_state(
+            self.engine.config(),
+            &mut customer,
+            self.act,
+            self.code.as_deref(),
+        );
     }
 }
 
@@ -293,8 +372,9 @@ pub(super) struct Replayed<'a> {
     pub decider: &'a Decider,
     pub record: &'a ActionRecord,
     pub channel: usize,
-    /// The record's offers the config still has.
-    pub offers: Vec<usize>,
+    /// The record's offers the config still has, each with the code the record issued or
+    /// redeemed for it.
+    pub offers: Vec<(usize, Option<&'a str>)>,
     /// The record's exposures in experiments the config still has.
     pub exposures: Vec<usize>,
     pub events: Vec<Event>,
@@ -314,7 +394,7 @@ impl Action<Offers> for Replayed<'_> {
         }
         let primary = crate::engine::view::primary_key(customer.keys);
         assign_arms(self.engine.config(), customer.extension.offers, &primary);
-        for &offer in &self.offers {
+        for &(offer, _) in &self.offers {
             // Spent when it was logged. The budget restored from the snapshot holds only
             // the shards' tallies up to their cuts, and this record is after its shard's
             // cut, so it is spent again here; never refused: what was accepted stays.
@@ -339,7 +419,7 @@ impl Action<Offers> for Replayed<'_> {
             let goals = config.decisions.experiments[e].goals.len();
             customer.extension.expose(e, self.record.time, goals);
         }
-        for &offer in &self.offers {
+        for &(offer, code) in &self.offers {
             let act = Act {
                 kind: self.record.kind,
                 offer,
@@ -349,7 +429,7 @@ impl Action<Offers> for Replayed<'_> {
                 count: self.sequence > self.counted_to,
             };
             self.decider
-                .change_offer_state(self.engine.config(), &mut customer, act);
+                .change_offer_state(self.engine.config(), &mut customer, act, code);
         }
     }
 }

@@ -33,6 +33,9 @@
 mod actions;
 pub mod analysis;
 mod budget;
+pub mod code;
+mod coupons;
+pub use coupons::RedeemError;
 mod counters;
 mod log;
 mod offers;
@@ -100,6 +103,10 @@ pub enum DecideError {
     UnknownCustomer { key: String, kind: FeedbackKind },
     #[error("{0}")]
     Event(#[from] EventError),
+    #[error("{0}")]
+    Redeem(#[from] RedeemError),
+    #[error("{0}")]
+    CodesExhausted(#[from] code::Exhausted),
 }
 
 /// Decision state shared by every customer: budgets, counters, remembered decisions.
@@ -108,6 +115,8 @@ pub struct Decider {
     counters: Counters,
     log: DecisionLog,
     next_id: AtomicU64,
+    /// Every coupon held, by code.
+    coupons: coupons::CouponIndex,
 }
 
 impl Decider {
@@ -124,6 +133,7 @@ impl Decider {
             // Ids start at the clock in the high bits, so they keep growing across
             // restarts as long as fewer than 65,536 decisions are made per millisecond.
             next_id: AtomicU64::new((now_ms.max(1) as u64) << 16),
+            coupons: Default::default(),
         }
     }
 
@@ -470,6 +480,8 @@ impl Decider {
             events: Vec::new(),
             expose,
             exposed: Vec::new(),
+            codes: Vec::new(),
+            failed: None,
         };
         let known = if request.record_impression || expose {
             let create = decided
@@ -504,6 +516,9 @@ impl Decider {
             }
             known
         };
+        if let Some(failed) = decided.failed.take() {
+            return Err(failed);
+        }
         let Decided {
             decision_id,
             chosen,
@@ -604,13 +619,16 @@ impl Decider {
     /// lock, as the second half of an action whose record is logged already: tallies the
     /// budget unit the shard spent, and changes caps, sticky window, cooldowns and
     /// coupons. Returns, for an impression, the customer's open coupon for the offer
-    /// (issued by this impression when the customer held none), and for an acceptance
-    /// the coupon it redeemed.
+    /// (issued by this impression when the customer held none, with `code`: the one the
+    /// plan made and the log holds; without, an old record's, see
+    /// [`coupons::legacy_code`]), and for an acceptance the coupon it redeemed (`code`,
+    /// else the customer's oldest open one for the offer).
     fn change_offer_state(
         &self,
         config: &Config,
         customer: &mut Customer<'_, Offers>,
         action: Act,
+        code: Option<&str>,
     ) -> Option<state::IssuedCoupon> {
         let Act {
             kind,
@@ -651,20 +669,34 @@ impl Decider {
                 }
                 let issued = state::IssuedCoupon {
                     offer: offer as u16,
-                    code: coupon_code(&coupon.prefix, decision_id, offer),
+                    code: code.map_or_else(
+                        || coupons::legacy_code(&coupon.prefix, decision_id, offer),
+                        CompactString::from,
+                    ),
                     issued: now,
                     expires: now.saturating_add(coupon.valid),
-                    redeemed: false,
+                    redeemed: None,
                 };
                 offers.coupons.push(issued.clone());
+                self.coupons.insert(
+                    &issued.code,
+                    coupons::Holder {
+                        key: crate::engine::view::primary_key(customer.keys).into(),
+                        offer: issued.offer,
+                        expires: issued.expires,
+                    },
+                );
                 Some(issued)
             }
             FeedbackKind::Click => None,
             FeedbackKind::Accept => {
                 offers.memory_mut(offer).accepted_at = now;
                 offers.release_sticky(offer);
-                let c = offers.open_coupon(offer, now)?;
-                c.redeemed = true;
+                let c = match code {
+                    Some(code) => offers.coupons.iter_mut().find(|c| c.code == code)?,
+                    None => offers.open_coupon(offer, now)?,
+                };
+                c.redeemed = Some(state::Redemption::at(now, channel));
                 Some(c.clone())
             }
             FeedbackKind::Dismiss => {
@@ -703,18 +735,38 @@ impl Decider {
             }
             return Err(channel_named(engine.config(), &record.channel).unwrap_err());
         };
-        let offers: Vec<usize> = record
+        let code_at = |position: usize| {
+            record
+                .codes
+                .iter()
+                .find(|(p, _)| *p as usize == position)
+                .map(|(_, c)| c.as_str())
+        };
+        if !record.codes.is_empty() {
+            let secret = engine.suppression().secret();
+            for (_, c) in &record.codes {
+                self.coupons.saw(c, &secret);
+            }
+        }
+        let offers: Vec<(usize, Option<&str>)> = record
             .offers
             .iter()
-            .filter_map(|name| config.decisions.offer_id(name))
+            .enumerate()
+            .filter_map(|(i, name)| Some((config.decisions.offer_id(name)?, code_at(i))))
             .collect();
         let events = match event_type {
             Some(e) => record
                 .offers
                 .iter()
-                .map(|offer| {
-                    let at = record.timestamp_ms;
-                    profile_event(config, e, channel, offer, record.decision_id, at)
+                .enumerate()
+                .map(|(i, offer)| {
+                    let filled = actions::Filled {
+                        offer,
+                        decision_id: record.decision_id,
+                        coupon: code_at(i),
+                        order_value: record.order_value,
+                    };
+                    profile_event(config, e, channel, filled, record.timestamp_ms)
                 })
                 .collect(),
             None => Vec::new(),
@@ -798,6 +850,7 @@ impl Decider {
                     decision_id: action.decision_id,
                     count: sequence > counted_to,
                 },
+                None,
             );
         });
         Ok(())
@@ -874,7 +927,11 @@ impl Decider {
                         code: c.code.to_string(),
                         issued: c.issued,
                         expires: c.expires,
-                        redeemed: c.redeemed,
+                        redeemed: c.redeemed.is_some(),
+                        redeemed_at: c.redeemed.map(|r| r.at).filter(|&at| at > 0),
+                        redeemed_on: c
+                            .redeemed
+                            .and_then(|r| config.channels.get(r.channel as usize).cloned()),
                     })
                     .collect(),
             })
@@ -893,15 +950,33 @@ impl Decider {
     }
 
     /// Forgets the decisions remembered for a customer known by `keys` (FORGET), so no
-    /// feedback can name them.
+    /// feedback can name them, and its coupons' codes (its offer state, which holds the
+    /// coupons, went with the profile).
     pub fn forget(&self, keys: &[String]) {
         self.log.forget(keys);
+        self.coupons.forget(keys);
+    }
+
+    /// Indexes the coupons of every customer (after a restore; see `coupons`).
+    pub fn index_coupons(&self, engine: &Engine<Offers>) {
+        self.coupons.rebuild(engine);
+    }
+
+    /// Drops codes expired long enough ago (the node's tick).
+    pub fn sweep_coupons(&self, now: u32) {
+        self.coupons.sweep(now);
+    }
+
+    /// Coupon codes held.
+    pub fn coupon_codes(&self) -> usize {
+        self.coupons.len()
     }
 
     /// Takes over `old`'s remembered decisions and offer counters, if offers, channels
     /// and experiments are the same in both configs (their indexes mean the same);
     /// otherwise they start empty. Called by a reload once `old` takes no requests.
     pub fn adopt(&self, config: &Config, old: &Decider, old_config: &Config) {
+        self.coupons.take_sequences_from(&old.coupons);
         if !config.same_offer_indexes(old_config) {
             return;
         }
@@ -989,6 +1064,8 @@ impl Decider {
             event_type,
             events: Vec::new(),
             coupon: None,
+            code: None,
+            failed: None,
         };
         let create = event_type.map(|_| Create { time: now, channel });
         match engine.act(&key, &[], create, &mut given, Mode::Live(receipt))? {
@@ -996,30 +1073,36 @@ impl Decider {
                 key: key.text.to_string(),
                 kind,
             }),
-            Acted::Declined { .. } => {
-                let def = &d.offers[offer];
-                Err(DecideError::BudgetSpent {
-                    offer: def.name.clone(),
-                    counts: def.budget.as_ref().map_or("", |b| b.counts.name()),
-                    limit: def.budget.as_ref().map_or(0, |b| b.limit),
-                    period: def
-                        .budget
-                        .as_ref()
-                        .and_then(|b| b.per)
-                        .map(|p| {
-                            format!(
-                                " per {}",
-                                crate::config::duration::format_duration(p as u64)
-                            )
-                        })
-                        .unwrap_or_default(),
-                    kind,
-                })
-            }
+            Acted::Declined { .. } => Err(given
+                .failed
+                .take()
+                .unwrap_or_else(|| self.budget_refusal(config, offer, kind))),
             Acted::Applied | Acted::Created => Ok(FeedbackResult {
                 decision_id,
                 coupon: given.coupon.map(|c| coupon_view(config, &c)),
             }),
+        }
+    }
+
+    /// The error of a `kind` action on `offer` refused because its budget is spent.
+    fn budget_refusal(&self, config: &Config, offer: usize, kind: FeedbackKind) -> DecideError {
+        let def = &config.decisions.offers[offer];
+        DecideError::BudgetSpent {
+            offer: def.name.clone(),
+            counts: def.budget.as_ref().map_or("", |b| b.counts.name()),
+            limit: def.budget.as_ref().map_or(0, |b| b.limit),
+            period: def
+                .budget
+                .as_ref()
+                .and_then(|b| b.per)
+                .map(|p| {
+                    format!(
+                        " per {}",
+                        crate::config::duration::format_duration(p as u64)
+                    )
+                })
+                .unwrap_or_default(),
+            kind,
         }
     }
 
@@ -1182,7 +1265,7 @@ fn open_coupons(config: &Config, offers: &CustomerOffers, now: u32) -> Vec<Coupo
     offers
         .coupons
         .iter()
-        .filter(|c| !c.redeemed && c.expires > now)
+        .filter(|c| c.is_open(now))
         .map(|c| coupon_view(config, c))
         .collect()
 }
@@ -1194,21 +1277,4 @@ fn coupon_view(config: &Config, c: &state::IssuedCoupon) -> Coupon {
         issued: c.issued,
         expires: c.expires,
     }
-}
-
-/// The prefix, a dash, and eight characters of Crockford base32 (no I, L, O, U, so codes
-/// read out at a till are not misheard) from a hash of the decision and the offer.
-fn coupon_code(prefix: &str, decision_id: u64, offer: usize) -> CompactString {
-    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let mut h = Xxh3::new();
-    h.update(&decision_id.to_le_bytes());
-    h.update(&(offer as u64).to_le_bytes());
-    let mut bits = h.digest();
-    let mut code = CompactString::from(prefix);
-    code.push('-');
-    for _ in 0..8 {
-        code.push(ALPHABET[(bits & 31) as usize] as char);
-        bits >>= 5;
-    }
-    code
 }

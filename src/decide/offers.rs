@@ -73,6 +73,11 @@ impl Offers {
         self.customers.values()
     }
 
+    /// The offer state of every customer of the shard that has one, with its slot.
+    pub(crate) fn customers_by_slot(&self) -> impl Iterator<Item = (u32, &CustomerOffers)> {
+        self.customers.iter().map(|(&local, c)| (local, c))
+    }
+
     /// Per offer: `(period, units)` of its budget spent by this shard's customers.
     pub fn budget_spent(&self) -> &[(u32, u32)] {
         &self.budget_spent

@@ -22,10 +22,19 @@
 //! str  event         the profile event type; empty when the kind maps to none
 //! u8   offers        0 to 255 (0 only with exposures)
 //! str × offers       offer names
-//! then, only in a decision that exposed the customer (data directory format 7 on):
-//! u8   exposures     1 to 255
+//! then, only in a decision that exposed the customer, or before codes (format 7 on):
+//! u8   exposures     0 to 255 (0 only when codes follow)
 //! str × exposures    experiment names
+//! then, only in an action that issued or redeemed coupon codes (format 8 on):
+//! u8   codes         1 to 255
+//! codes × (u8 offer, str code)   the offer's position in the record's offers
+//! f64  order_value   a redemption's order value; NaN when none
 //! ```
+//!
+//! An impression's code is made in the action's plan and logged here, because codes
+//! come from a sequence and a key (see `code`), not from the record; a redemption logs
+//! the code it redeemed, so that replay redeems that coupon, not another open one of
+//! the offer (a merged customer can hold two).
 //!
 //! A decision exposes a customer in an experiment the first time one of the
 //! experiment's offers passes the gate for them (see `decide`); that is logged with
@@ -51,6 +60,11 @@ pub struct ActionRecord {
     pub offers: Vec<String>,
     /// Experiments the decision exposed the customer in.
     pub exposures: Vec<String>,
+    /// Coupon codes issued (an impression) or redeemed (an accept): (position in
+    /// `offers`, code).
+    pub codes: Vec<(u8, String)>,
+    /// A redemption's order value.
+    pub order_value: Option<f64>,
 }
 
 impl ActionRecord {
@@ -67,6 +81,8 @@ impl ActionRecord {
         event: &str,
         offers: impl ExactSizeIterator<Item = &'a str>,
         exposures: impl ExactSizeIterator<Item = &'a str>,
+        codes: &[(u8, &str)],
+        order_value: Option<f64>,
     ) {
         // Every string here is a key (bounded at admission) or a config name, far below
         // the 65,535 bytes of a `str`.
@@ -86,11 +102,20 @@ impl ActionRecord {
             out.str(offer);
         }
         // Absent when empty: the record is then byte for byte what format 6 wrote.
-        if exposures.len() > 0 {
+        if exposures.len() > 0 || !codes.is_empty() {
             out.push(exposures.len().min(255) as u8);
             for experiment in exposures.take(255) {
                 out.str(experiment);
             }
+        }
+        // Absent when empty: the record is then byte for byte what format 7 wrote.
+        if !codes.is_empty() {
+            out.push(codes.len().min(255) as u8);
+            for &(offer, code) in codes.iter().take(255) {
+                out.push(offer);
+                out.str(code);
+            }
+            out.put_f64_le(order_value.unwrap_or(f64::NAN));
         }
     }
 
@@ -106,6 +131,12 @@ impl ActionRecord {
             &self.event,
             self.offers.iter().map(String::as_str),
             self.exposures.iter().map(String::as_str),
+            &self
+                .codes
+                .iter()
+                .map(|(o, c)| (*o, c.as_str()))
+                .collect::<Vec<_>>(),
+            self.order_value,
         )
     }
 
@@ -130,13 +161,32 @@ impl ActionRecord {
             let mut exposures = Vec::new();
             if r.remaining() > 0 {
                 let count = r.u8(&f("exposure count"))?;
-                if count == 0 {
-                    // Written only when there are exposures.
-                    return Err(r.invalid("action exposure count", "0 exposures".to_string()));
-                }
                 for _ in 0..count {
                     exposures.push(r.str(&f("exposure"))?.to_string());
                 }
+                if count == 0 && r.remaining() == 0 {
+                    // Written only when there are exposures, or codes after them.
+                    return Err(r.invalid("action exposure count", "0 exposures".to_string()));
+                }
+            }
+            let mut codes = Vec::new();
+            let mut order_value = None;
+            if r.remaining() > 0 {
+                let count = r.u8(&f("code count"))?;
+                if count == 0 {
+                    return Err(r.invalid("action code count", "0 codes".to_string()));
+                }
+                for _ in 0..count {
+                    let offer = r.u8(&f("code offer"))?;
+                    if offer as usize >= offers.len() {
+                        return Err(r.invalid(
+                            "action code offer",
+                            format!("offer {offer} of {}", offers.len()),
+                        ));
+                    }
+                    codes.push((offer, r.str(&f("code"))?.to_string()));
+                }
+                order_value = Some(r.f64(&f("order value"))?).filter(|v| !v.is_nan());
             }
             r.finish()?;
             Ok::<_, DecodeError>(ActionRecord {
@@ -149,6 +199,8 @@ impl ActionRecord {
                 event,
                 offers,
                 exposures,
+                codes,
+                order_value,
             })
         })();
         let record = decoded.map_err(|e| e.to_string())?;
@@ -227,6 +279,8 @@ mod tests {
             event: "offer_impression".into(),
             offers: vec!["welcome_discount".into(), "free_shipping".into()],
             exposures: vec![],
+            codes: vec![],
+            order_value: None,
         }
     }
 
@@ -261,7 +315,18 @@ mod tests {
             event: String::new(),
             ..exposed.clone()
         };
-        for record in [record(), exposed, exposed_only] {
+        let issued = ActionRecord {
+            codes: vec![(1, "SHIP-7K2M9QXRT4C".into())],
+            ..record()
+        };
+        let redeemed = ActionRecord {
+            kind: FeedbackKind::Accept,
+            offers: vec!["welcome_discount".into()],
+            codes: vec![(0, "WELCOME-7K2M9QXRT4C".into())],
+            order_value: Some(59.9),
+            ..exposed.clone()
+        };
+        for record in [record(), exposed, exposed_only, issued, redeemed] {
             let mut body = Vec::new();
             record.encode(&mut body);
             assert_eq!(ActionRecord::decode(&body).unwrap(), record);

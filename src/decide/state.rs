@@ -60,7 +60,28 @@ pub(crate) struct IssuedCoupon {
     pub code: CompactString,
     pub issued: u32,
     pub expires: u32,
-    pub redeemed: bool,
+    pub redeemed: Option<Redemption>,
+}
+
+/// When and where a coupon was redeemed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Redemption {
+    /// Seconds; 0 when unknown (redeemed before omnia kept it: snapshot format 5 and
+    /// before).
+    pub at: u32,
+    /// The channel's index; [`Redemption::UNKNOWN_CHANNEL`] when unknown, or when a
+    /// reload removed the channel.
+    pub channel: u8,
+}
+
+impl Redemption {
+    pub const UNKNOWN_CHANNEL: u8 = u8::MAX;
+}
+
+impl IssuedCoupon {
+    pub(crate) fn is_open(&self, now: u32) -> bool {
+        self.redeemed.is_none() && self.expires > now
+    }
 }
 
 /// A customer's first exposure in one experiment and what it converted on since.
@@ -332,7 +353,7 @@ impl CustomerOffers {
     pub(crate) fn open_coupon(&mut self, offer: usize, now: u32) -> Option<&mut IssuedCoupon> {
         self.coupons
             .iter_mut()
-            .find(|c| c.offer as usize == offer && !c.redeemed && c.expires > now)
+            .find(|c| c.offer as usize == offer && c.is_open(now))
     }
 
     /// Forgets what can never matter again: expired coupons.
@@ -401,7 +422,8 @@ impl CustomerOffers {
     /// `u16 memories, each (u16 offer, u16 impressions, each (u32 time, u8 channel), u32
     /// accepted at, u32 dismissed at); u8 sticky (0/1), then u16 offer + u32 until; u8
     /// arms + arm bytes; u16 coupons, each (u16 offer, str code, u32 issued, u32 expires, u8
-    /// redeemed)`.
+    /// redeemed: 0 open, 1 redeemed when and where unknown (format 5 and before), 2
+    /// followed by u32 at and u8 channel)`.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let o = self;
         out.extend_from_slice(&(o.memories.len() as u16).to_le_bytes());
@@ -431,7 +453,14 @@ impl CustomerOffers {
             out.str(&c.code);
             out.put_u32_le(c.issued);
             out.put_u32_le(c.expires);
-            out.push(c.redeemed as u8);
+            match c.redeemed {
+                None => out.push(0),
+                Some(r) => {
+                    out.push(2);
+                    out.put_u32_le(r.at);
+                    out.push(r.channel);
+                }
+            }
         }
     }
 
@@ -496,7 +525,27 @@ impl CustomerOffers {
                 code: r.str(&named("coupon code"))?.into(),
                 issued: r.u32(&named("coupon issued"))?,
                 expires: r.u32(&named("coupon expires"))?,
-                redeemed: r.u8(&named("coupon redeemed"))? != 0,
+                redeemed: match r.u8(&named("coupon redeemed"))? {
+                    0 => None,
+                    2 => {
+                        let at = r.u32(&named("coupon redeemed at"))?;
+                        let channel = r.u8(&named("coupon redeemed on"))?;
+                        if channel != Redemption::UNKNOWN_CHANNEL
+                            && channel as usize >= config.channels.len()
+                        {
+                            return Err(r.invalid(
+                                "coupon redeemed on",
+                                format!("channel {channel} of {}", config.channels.len()),
+                            ));
+                        }
+                        Some(Redemption { at, channel })
+                    }
+                    // Format 5 and before wrote 0 or 1, and read any other byte as 1.
+                    _ => Some(Redemption {
+                        at: 0,
+                        channel: Redemption::UNKNOWN_CHANNEL,
+                    }),
+                },
             });
         }
         Ok(state)
@@ -606,6 +655,14 @@ impl CustomerOffers {
             .into_iter()
             .filter_map(|mut c| {
                 c.offer = map.offers[c.offer as usize]?;
+                if let Some(r) = &mut c.redeemed {
+                    r.channel = map
+                        .channels
+                        .get(r.channel as usize)
+                        .copied()
+                        .flatten()
+                        .map_or(Redemption::UNKNOWN_CHANNEL, |c| c as u8);
+                }
                 Some(c)
             })
             .collect();
@@ -648,7 +705,17 @@ mod tests {
             code: "WELCOME-7Q".into(),
             issued: 100,
             expires: 900,
-            redeemed: false,
+            redeemed: None,
+        });
+        s.coupons.push(IssuedCoupon {
+            offer: 0,
+            code: "CART10-7K2M9QXRT4C".into(),
+            issued: 100,
+            expires: 900,
+            redeemed: Some(Redemption {
+                at: 120,
+                channel: 1,
+            }),
         });
         s
     }

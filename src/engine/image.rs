@@ -532,4 +532,14 @@ impl<X: Extension> Engine<X> {
             f(shard.lock().extension());
         }
     }
+
+    /// [`Engine::each_extension`], with a way to name each slot's customer: its primary
+    /// key (how the layer above indexes what it keeps per customer after a restore).
+    pub fn each_extension_keyed(&self, mut f: impl FnMut(&X, &dyn Fn(u32) -> String)) {
+        for shard in self.shards.iter() {
+            let state = shard.lock();
+            let primary = |local: u32| crate::engine::view::primary_key(state.keys(local));
+            f(state.extension(), &primary);
+        }
+    }
 }

@@ -56,6 +56,15 @@ struct FeedbackBody {
     channel: Option<String>,
 }
 
+/// `POST /v1/coupons/{code}/redeem`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    channel: String,
+    #[serde(default)]
+    order_value: Option<f64>,
+}
+
 /// `POST /v1/segments/query`: a count, or a page of members with `page`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +208,42 @@ async fn feedback_json(
         "decision_id": result.decision_id.to_string(),
         "coupon": result.coupon,
     }))
+}
+
+/// `POST /v1/coupons/{code}/redeem`: a coupon redeemed by its code, once (REDEEM).
+pub(super) async fn redeem(
+    edge: State<Arc<Edge>>,
+    code: PathParam,
+    headers: HeaderMap,
+    raw: Body,
+) -> Response {
+    answer(redeem_json(&edge, code, &headers, raw).await)
+}
+
+async fn redeem_json(
+    edge: &Edge,
+    code: PathParam,
+    headers: &HeaderMap,
+    raw: Body,
+) -> Result<serde_json::Value, Failure> {
+    let code = path_param(code)?;
+    let b: RedeemBody = body(edge, headers, raw).await?;
+    let reply = execute(edge, |shared, receipt| {
+        Ok(cmd::redeem::apply(
+            shared,
+            &code,
+            &b.channel,
+            b.order_value,
+            receipt,
+        ))
+    })
+    .await?;
+    let Reply::Redeemed(redeemed) = reply else {
+        return Err(Failure::unexpected(reply));
+    };
+    let mut value = serde_json::to_value(&redeemed).unwrap_or_default();
+    value["decision_id"] = serde_json::json!(redeemed.decision_id.to_string());
+    Ok(value)
 }
 
 /// A path parameter, or the failure that says it could not be read.

@@ -43,7 +43,7 @@ pub fn role_of(method: &axum::http::Method, path: &str) -> Option<Role> {
         | "/v1/group" => Some(Role::Ingest),
         "/v1/decide" | "/v1/feedback" => Some(Role::Decide),
         "/v1/stats" => Some(Role::Read),
-        p if p.starts_with("/v1/profiles/") => Some(Role::Decide),
+        p if p.starts_with("/v1/profiles/") || p.starts_with("/v1/coupons/") => Some(Role::Decide),
         p if p.starts_with("/v1/segments/") => Some(Role::Read),
         _ => None,
     }

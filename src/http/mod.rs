@@ -121,6 +121,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/group", post(segment::group))
         .route("/v1/decide", post(api::decide))
         .route("/v1/feedback", post(api::feedback))
+        .route("/v1/coupons/{code}/redeem", post(api::redeem))
         .route("/v1/profiles/{key}", get(api::profile).delete(api::forget))
         .route("/v1/profiles/{key}/export", get(api::export))
         .route("/v1/segments/{name}/count", get(api::segment_count))
@@ -358,8 +359,12 @@ impl Failure {
         use ErrorCode::*;
         let known = ErrorCode::from_u16(code);
         let status = match known {
-            Some(UnknownCustomer | UnknownDecision | UnknownSegment) => StatusCode::NOT_FOUND,
-            Some(BudgetSpent) => StatusCode::CONFLICT,
+            Some(UnknownCustomer | UnknownDecision | UnknownSegment | UnknownCoupon) => {
+                StatusCode::NOT_FOUND
+            }
+            Some(BudgetSpent | CouponAlreadyRedeemed) => StatusCode::CONFLICT,
+            Some(CouponExpired) => StatusCode::GONE,
+            Some(CouponWrongChannel) => StatusCode::FORBIDDEN,
             Some(StorageFailed | Capacity | ServerBusy) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
@@ -438,7 +443,7 @@ async fn not_found(uri: axum::http::Uri) -> Failure {
         status: StatusCode::NOT_FOUND,
         code: "NOT_FOUND",
         message: format!(
-            "no endpoint at {}; omnia serves POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group, /v1/decide, /v1/feedback, /v1/segments/query and GET /v1/profiles/KEY, /v1/profiles/KEY/export, /v1/segments/NAME/count, /v1/segments/NAME/members, /v1/stats, /healthz, /readyz; DELETE /v1/profiles/KEY",
+            "no endpoint at {}; omnia serves POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group, /v1/decide, /v1/feedback, /v1/coupons/CODE/redeem, /v1/segments/query and GET /v1/profiles/KEY, /v1/profiles/KEY/export, /v1/segments/NAME/count, /v1/segments/NAME/members, /v1/stats, /healthz, /readyz; DELETE /v1/profiles/KEY",
             uri.path()
         ),
     }

@@ -226,6 +226,23 @@ pub struct FeedbackResult {
     pub coupon: Option<Coupon>,
 }
 
+/// A coupon redeemed by its code (REDEEM).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Redeemed {
+    /// The offer whose coupon it is; the redemption counts as an accept of it.
+    pub offer: String,
+    pub code: String,
+    /// The holder's key (its primary key when the coupon was issued).
+    pub key: String,
+    /// Unix seconds.
+    pub issued: u32,
+    pub expires: u32,
+    pub redeemed_at: u32,
+    pub channel: String,
+    /// The id the redemption is logged and counted under, like a feedback's.
+    pub decision_id: u64,
+}
+
 /// Counters of one offer on one channel in one experiment arm.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OfferStats {

@@ -68,6 +68,10 @@ pub struct IssuedCoupon {
     pub issued: u32,
     pub expires: u32,
     pub redeemed: bool,
+    /// When it was redeemed (Unix seconds), when omnia kept it.
+    pub redeemed_at: Option<u32>,
+    /// Where it was redeemed, when omnia kept it.
+    pub redeemed_on: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

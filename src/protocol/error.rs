@@ -85,6 +85,18 @@ pub enum ErrorCode {
     /// streaming connection, an ACK of a position the connection was not sent, or (in
     /// an ERROR frame that ends the stream) the name taken over by another connection.
     SubscriptionState = 37,
+    /// REDEEM: no coupon has the code (never issued, its holder forgotten, or expired
+    /// over 30 days ago), or no offer issues codes with its prefix.
+    UnknownCoupon = 38,
+    /// REDEEM: the code is not well formed, or its check character does not match: a
+    /// character is mistyped or two are swapped.
+    CouponMistyped = 39,
+    CouponExpired = 40,
+    /// REDEEM: the coupon was redeemed before; the message says when and on which
+    /// channel.
+    CouponAlreadyRedeemed = 41,
+    /// REDEEM: the coupon is not valid on the channel asking.
+    CouponWrongChannel = 42,
 }
 
 impl ErrorCode {
@@ -126,6 +138,11 @@ impl ErrorCode {
             35 => BeyondRetention,
             36 => NotStreamed,
             37 => SubscriptionState,
+            38 => UnknownCoupon,
+            39 => CouponMistyped,
+            40 => CouponExpired,
+            41 => CouponAlreadyRedeemed,
+            42 => CouponWrongChannel,
             _ => return None,
         })
     }
@@ -169,6 +186,11 @@ impl ErrorCode {
             BeyondRetention => "BEYOND_RETENTION",
             NotStreamed => "NOT_STREAMED",
             SubscriptionState => "SUBSCRIPTION_STATE",
+            UnknownCoupon => "UNKNOWN_COUPON",
+            CouponMistyped => "COUPON_MISTYPED",
+            CouponExpired => "COUPON_EXPIRED",
+            CouponAlreadyRedeemed => "COUPON_ALREADY_REDEEMED",
+            CouponWrongChannel => "COUPON_WRONG_CHANNEL",
         }
     }
 

@@ -13,7 +13,7 @@ use crate::codec::events::Layout;
 use crate::field;
 use crate::model::decision::{
     ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
-    FeedbackTarget, OfferStats, Outcome, RankedOffer,
+    FeedbackTarget, OfferStats, Outcome, RankedOffer, Redeemed,
 };
 use crate::model::reload::ReloadReport;
 use crate::model::{
@@ -84,6 +84,13 @@ pub enum Request {
     Feedback {
         kind: FeedbackKind,
         target: FeedbackTarget,
+    },
+    /// `str code, str channel, f64 order_value (NaN: none)`: redeem a coupon by its
+    /// code, once
+    Redeem {
+        code: String,
+        channel: String,
+        order_value: Option<f64>,
     },
     /// empty: re-read the server's config file and swap it in
     Reload,
@@ -231,6 +238,9 @@ pub enum Response {
     Decision(Box<Decision>),
     /// `u64 decision_id, u8 has_coupon, [coupon]`
     Feedback(FeedbackResult),
+    /// `str offer, str code, str key, u32 issued, u32 expires, u32 redeemed_at, str
+    /// channel, u64 decision_id`
+    Redeemed(Redeemed),
     /// `u32 config_version, u64 customers, u64 replayed, u32 took_ms, u32 paused_ms`,
     /// then five lists, each `u16 n, str × n`: segments added, changed, removed, offers
     /// added, removed; then `u16 n, (str aggregate, u16 m, str reader × m) × n`: the
@@ -288,6 +298,7 @@ impl Request {
             Request::Stats { .. } => opcode::STATS,
             Request::Decide(_) => opcode::DECIDE,
             Request::Feedback { .. } => opcode::FEEDBACK,
+            Request::Redeem { .. } => opcode::REDEEM,
             Request::Reload => opcode::RELOAD,
             Request::Subscribe { .. } => opcode::SUBSCRIBE,
             Request::Ack { .. } => opcode::ACK,
@@ -368,6 +379,15 @@ impl Request {
                         b.str(channel);
                     }
                 }
+            }
+            Request::Redeem {
+                code,
+                channel,
+                order_value,
+            } => {
+                b.str(code);
+                b.str(channel);
+                b.put_f64_le(order_value.unwrap_or(f64::NAN));
             }
             Request::Ingest { events } => {
                 let layout = Layout::of_protocol(version);
@@ -551,6 +571,11 @@ impl Request {
                 };
                 Request::Feedback { kind, target }
             }
+            opcode::REDEEM => Request::Redeem {
+                code: r.str(field!("code"))?.to_string(),
+                channel: r.str(field!("channel"))?.to_string(),
+                order_value: Some(r.f64(field!("order_value"))?).filter(|v| !v.is_nan()),
+            },
             opcode::INGEST => {
                 // One parser for INGEST bodies: the server reads the same view in place.
                 let batch = super::IngestBatch::decode(body, Layout::of_protocol(version))?;
@@ -848,6 +873,16 @@ impl Response {
                 if let Some(c) = &f.coupon {
                     put_coupon(&mut b, c);
                 }
+            }
+            Response::Redeemed(x) => {
+                b.str(&x.offer);
+                b.str(&x.code);
+                b.str(&x.key);
+                b.put_u32_le(x.issued);
+                b.put_u32_le(x.expires);
+                b.put_u32_le(x.redeemed_at);
+                b.str(&x.channel);
+                b.put_u64_le(x.decision_id);
             }
             Response::Reloaded(report) => {
                 b.put_u32_le(report.config_version);
@@ -1228,6 +1263,16 @@ impl Response {
                         coupon,
                     })
                 }
+                opcode::REDEEM => Response::Redeemed(Redeemed {
+                    offer: r.str(field!("offer"))?.to_string(),
+                    code: r.str(field!("code"))?.to_string(),
+                    key: r.str(field!("key"))?.to_string(),
+                    issued: r.u32(field!("issued"))?,
+                    expires: r.u32(field!("expires"))?,
+                    redeemed_at: r.u32(field!("redeemed_at"))?,
+                    channel: r.str(field!("channel"))?.to_string(),
+                    decision_id: r.u64(field!("decision_id"))?,
+                }),
                 opcode::RELOAD => {
                     let config_version = r.u32(field!("config_version"))?;
                     let customers = r.u64(field!("customers"))?;

@@ -53,6 +53,7 @@ pub mod opcode {
     pub const STATS: u8 = 0x30;
     pub const DECIDE: u8 = 0x40;
     pub const FEEDBACK: u8 = 0x41;
+    pub const REDEEM: u8 = 0x42;
     pub const RELOAD: u8 = 0x50;
     pub const FORGET: u8 = 0x51;
     pub const FORGET_STATUS: u8 = 0x52;
@@ -80,6 +81,7 @@ pub mod opcode {
             STATS => "stats",
             DECIDE => "decide",
             FEEDBACK => "feedback",
+            REDEEM => "redeem",
             RELOAD => "reload",
             FORGET => "forget",
             FORGET_STATUS => "forget_status",

@@ -30,7 +30,7 @@ use crate::security::{AuthError, Authenticator, Principal, Role, Token};
 pub fn role_of(op: u8) -> Option<Role> {
     match op {
         opcode::INGEST | opcode::INGEST_JSON => Some(Role::Ingest),
-        opcode::DECIDE | opcode::FEEDBACK | opcode::PROFILE => Some(Role::Decide),
+        opcode::DECIDE | opcode::FEEDBACK | opcode::REDEEM | opcode::PROFILE => Some(Role::Decide),
         opcode::SEGMENT_COUNT
         | opcode::SEGMENT_MEMBERS
         | opcode::SEGMENT_CONTAINS

@@ -985,6 +985,11 @@ impl Handler {
             Request::Feedback { kind, target } => {
                 cmd::decide::feedback(shared, kind, &target, receipt)
             }
+            Request::Redeem {
+                code,
+                channel,
+                order_value,
+            } => cmd::redeem::apply(shared, &code, &channel, order_value, receipt),
             // SUBSCRIBE is handled before `respond` once greeted.
             Request::Subscribe { .. } => Response::error(
                 ErrorCode::HelloRequired,

@@ -43,11 +43,13 @@ use crate::node::{Node, NodeImage};
 use wal::{HEADER, MAX_PAYLOAD};
 
 /// The first line of `FORMAT` this version writes.
-pub const FORMAT: &str = "omnia data directory, format 7";
+pub const FORMAT: &str = "omnia data directory, format 8";
 
 /// Earlier formats this version reads and migrates at start. Each differs only in what
 /// it did not write yet, which this version still replays, so migrating is rewriting
-/// `FORMAT`: format 6 wrote no exposures (in ACTION records, and snapshot format 5's
+/// `FORMAT`: format 7 wrote no coupon codes in ACTION records (its codes were a hash of
+/// the decision, made again at replay) and snapshots of format 5 (no redemption times);
+/// format 6 wrote no exposures (in ACTION records, and snapshot format 5's
 /// exposures section); format 5 wrote no CHANGE records (the change stream); format 4 wrote no FORGET records (and no `privacy.key`, made at the first
 /// start of format 5); format 3 wrote no EVENT_WITH_ID records and snapshots of format 2 (no
 /// message ids); format 2 also wrote an EVENT and an OFFER_ACTION per offer action,
@@ -58,6 +60,7 @@ pub const MIGRATES: &[&str] = &[
     "omnia data directory, format 4",
     "omnia data directory, format 5",
     "omnia data directory, format 6",
+    "omnia data directory, format 7",
 ];
 
 #[derive(Debug, thiserror::Error)]

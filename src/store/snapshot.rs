@@ -56,10 +56,11 @@ use crate::engine::{EngineImage, ShardImage};
 use crate::node::{Node, NodeImage};
 
 const MAGIC: &[u8; 16] = b"omnia snapshot\n\0";
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 /// The versions this one reads: 2 lacks the message ids section, 3 the suppression list,
-/// 4 the exposures at the end of each shard image (`decide::offers`).
-const READS: [u32; 4] = [2, 3, 4, 5];
+/// 4 the exposures at the end of each shard image (`decide::offers`), 5 the time and
+/// channel of a redemption (`decide::state`; it wrote only `redeemed` 0 or 1).
+const READS: [u32; 5] = [2, 3, 4, 5, 6];
 const HEADER: usize = 16 + 4 + 8 + 8 + 4 + 4;
 /// Bytes written between syncs of a snapshot file.
 const SYNC_EVERY: usize = 8 << 20;

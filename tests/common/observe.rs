@@ -48,7 +48,12 @@ pub fn decide(
             .iter()
             .map(|o| (&o.offer, o.sticky))
             .collect::<Vec<_>>(),
-        d.coupons,
+        // Codes come from the data directory's key (a fresh engine makes its own) and
+        // from the format that issued them; what they are issued for must agree.
+        d.coupons
+            .iter()
+            .map(|c| (&c.offer, c.code.split('-').next(), c.issued, c.expires))
+            .collect::<Vec<_>>(),
         d.explanation
             .iter()
             .map(|c| (&c.offer, c.outcome.name(), &c.detail))

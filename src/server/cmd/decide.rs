@@ -1,6 +1,6 @@
 //! DECIDE and FEEDBACK: the channels' questions and what their customers did.
 
-use crate::decide::DecideError;
+use crate::decide::{DecideError, RedeemError};
 use crate::engine::Receipt;
 use crate::model::decision::{DecisionRequest, FeedbackKind, FeedbackTarget};
 use crate::protocol::{ErrorCode, Response};
@@ -23,6 +23,17 @@ pub fn decide_code(e: &DecideError) -> ErrorCode {
         DecideError::BudgetSpent { .. } => ErrorCode::BudgetSpent,
         DecideError::UnknownCustomer { .. } => ErrorCode::UnknownCustomer,
         DecideError::Event(e) => code_of(e),
+        DecideError::Redeem(e) => match e {
+            RedeemError::Mistyped(_) => ErrorCode::CouponMistyped,
+            RedeemError::UnknownPrefix { .. } | RedeemError::Unknown { .. } => {
+                ErrorCode::UnknownCoupon
+            }
+            RedeemError::Expired { .. } => ErrorCode::CouponExpired,
+            RedeemError::AlreadyRedeemed { .. } => ErrorCode::CouponAlreadyRedeemed,
+            RedeemError::WrongChannel { .. } => ErrorCode::CouponWrongChannel,
+        },
+        // A config whose coupon codes are used up needs a longer `length`.
+        DecideError::CodesExhausted(_) => ErrorCode::InvalidConfig,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod hello;
 pub mod ingest;
 pub mod ingest_json;
 pub mod profile;
+pub mod redeem;
 pub mod reload;
 pub mod segment;
 pub mod stats;
