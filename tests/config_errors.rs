@@ -907,6 +907,51 @@ fn a_coupon_prefix_is_plain() {
 }
 
 #[test]
+fn a_coupon_code_length_and_its_channels_are_checked() {
+    let text = with(
+        "[offers.promo]\ncoupon = { prefix = \"P\", valid = \"14d\", length = 20, channels = [\"web\", \"till\"] }\n",
+    );
+    let all = diagnostics(&text);
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "a coupon code's `length` must be 8 to 12 characters, not 20",
+            "unknown channel `till` in offers.promo.coupon.channels"
+        ]
+    );
+    assert_eq!(
+        (all[0].line, underlined(&all[0]).as_str()),
+        (EXTRA + 1, "20")
+    );
+    let empty =
+        with("[offers.promo]\ncoupon = { prefix = \"P\", valid = \"14d\", channels = [] }\n");
+    assert_error(
+        &empty,
+        "the coupon of offer `promo` lists no channels",
+        EXTRA + 1,
+        52,
+        "[]",
+    );
+}
+
+#[test]
+fn a_redemption_event_carries_the_code_as_a_string_and_the_order_value_as_a_number() {
+    let text = with(
+        "[events.used]\nproperties = { coupon = \"number\", order_value = \"string\" }\n\n[decisions]\nfeedback_events = { redeem = \"used\" }\n",
+    );
+    let all = diagnostics(&text);
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "event type `used` declares `coupon` as number, but feedback events carry the coupon code as a string",
+            "event type `used` declares `order_value` as string, but feedback events carry a redemption's order value as a number"
+        ]
+    );
+}
+
+#[test]
 fn more_than_255_experiments() {
     let experiments: String = (0..256)
         .map(|i| format!("[experiments.e{i}]\narms = [{{ name = \"a\", weight = 1 }}]\n"))

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use omnia::model::decision::{
     ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
-    FeedbackTarget, OfferStats, Outcome, RankedOffer,
+    FeedbackTarget, OfferStats, Outcome, RankedOffer, Redeemed,
 };
 use omnia::model::{ProfileView, RawEvent, RawValue};
 use omnia::protocol::message::{Rejected, ServerHello, Stats};
@@ -108,6 +108,13 @@ fn request() -> impl Strategy<Value = Request> {
                     },
                 }
             ),
+        (text(), text(), prop::option::of(-1e12f64..1e12)).prop_map(
+            |(code, channel, order_value)| Request::Redeem {
+                code,
+                channel,
+                order_value
+            }
+        ),
         prop::collection::vec(event(), 0..5).prop_map(|events| Request::Ingest { events }),
         prop::collection::vec(any::<u8>(), 0..40).prop_map(|b| Request::IngestJson {
             json: Bytes::from(b)
@@ -397,6 +404,27 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                     }),
                 )
             }),
+        (
+            (text(), text(), text(), text()),
+            any::<(u32, u32, u32, u64)>()
+        )
+            .prop_map(
+                |((offer, code, key, channel), (issued, expires, redeemed_at, decision_id))| {
+                    (
+                        opcode::REDEEM,
+                        Response::Redeemed(Redeemed {
+                            offer,
+                            code,
+                            key,
+                            issued,
+                            expires,
+                            redeemed_at,
+                            channel,
+                            decision_id,
+                        }),
+                    )
+                }
+            ),
         (
             (
                 any::<u32>(),

@@ -380,6 +380,27 @@ mod tests {
         assert_eq!(full.next(8, now), Err(Exhausted(8)));
     }
 
+    proptest::proptest! {
+        /// What the `coupon_code` fuzz target checks, on arbitrary text here too: no
+        /// panic, and a well-formed code is what its parts format to.
+        #[test]
+        fn any_text_reads_back_or_is_refused(text in "\\PC{0,24}", dash in proptest::bool::ANY) {
+            let text = if dash { format!("T-{text}") } else { text };
+            let normal = normalize(&text);
+            if let Ok(body) = parse(&normal) {
+                proptest::prop_assert_eq!(format(body.prefix, body.length, body.value), normal);
+            }
+        }
+
+        #[test]
+        fn every_made_code_reads_back(body in 0u64..(1 << 60), length in 8u8..=12) {
+            let body = body & ((1 << (5 * length as u32)) - 1);
+            let made = format("WELCOME", length, body);
+            let read = parse(&made).unwrap();
+            proptest::prop_assert_eq!((read.prefix, read.length, read.value), ("WELCOME", length, body));
+        }
+    }
+
     /// Every single-character substitution and every swap of two different
     /// neighbours, the check character included, of 10,000 issued codes is caught.
     #[test]
