@@ -29,6 +29,11 @@
 //! cooldowns, stickiness and coupons, counts per offer, channel and arm, and is applied
 //! to the profile as the event type `decisions.feedback_events` maps it to, so rules can
 //! read it. The actions themselves are in `actions.rs`, their log records in `record.rs`.
+//!
+//! Coupons: an impression of an offer with `coupon` issues a code made in the action's
+//! plan (`code`: unique, with a check character) and logged with it; `coupons` keeps
+//! every code's holder, so REDEEM finds the customer by the code and redeems it once,
+//! as one more action under the holder's lock.
 
 mod actions;
 pub mod analysis;
