@@ -37,13 +37,14 @@ async fn every_documented_operation_is_served() {
     let server = TestServer::with_http().await;
     let base = server.http.clone().unwrap();
     let ops = operations();
-    assert_eq!(ops.len(), 18, "{ops:?}");
+    assert_eq!(ops.len(), 19, "{ops:?}");
     let client = common::http_client();
     for (method, path) in ops {
         let url = format!(
             "{base}{}",
             path.replace("{key}", "user:x")
                 .replace("{name}", "new_visitors")
+                .replace("{code}", "THANKS-0")
         );
         let request = match method.as_str() {
             "get" => client.get(&url),
