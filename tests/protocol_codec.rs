@@ -142,7 +142,10 @@ fn profile() -> impl Strategy<Value = ProfileView> {
         prop::collection::vec((text(), -1e9f64..1e9), 0..3),
         prop::collection::vec((text(), value()), 0..3),
         prop::collection::vec((text(), 0.0f64..1.0), 0..3),
-        prop::collection::vec(text(), 0..3),
+        (
+            prop::collection::vec(text(), 0..3),
+            prop::collection::vec((text(), text()), 0..3),
+        ),
     )
         .prop_map(
             |(
@@ -154,7 +157,7 @@ fn profile() -> impl Strategy<Value = ProfileView> {
                 aggregates,
                 attributes,
                 scores,
-                segments,
+                (segments, texts),
             )| ProfileView {
                 customer,
                 primary_key,
@@ -163,6 +166,7 @@ fn profile() -> impl Strategy<Value = ProfileView> {
                 last_seen,
                 channels,
                 aggregates,
+                texts,
                 attributes,
                 scores,
                 segments,

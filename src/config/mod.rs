@@ -211,6 +211,9 @@ pub struct PropertyDef {
     pub ty: ValueType,
     /// String constants that rules compare this property with; code = index + 1.
     pub constants: Vec<String>,
+    /// Whether its string values are interned as they arrive (`Interner`), because a
+    /// `first` or `last` keeps them in profiles.
+    pub interned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -268,19 +271,33 @@ pub enum Feature {
     },
     /// The time of the last matching event.
     LastSeen { matcher: EventMatch, label: String },
+    /// The value of a property (by index within the event type, of type `ty`: a number
+    /// or a string) at the first matching event, or with `last` the latest, and that
+    /// event's time. An event without the property does not count.
+    Value {
+        matcher: EventMatch,
+        property: usize,
+        ty: ValueType,
+        last: bool,
+        label: String,
+    },
 }
 
 impl Feature {
     pub fn matcher(&self) -> &EventMatch {
         match self {
-            Feature::Window { matcher, .. } | Feature::LastSeen { matcher, .. } => matcher,
+            Feature::Window { matcher, .. }
+            | Feature::LastSeen { matcher, .. }
+            | Feature::Value { matcher, .. } => matcher,
         }
     }
 
     /// The source text that first asked for this feature, for profile views.
     pub fn label(&self) -> &str {
         match self {
-            Feature::Window { label, .. } | Feature::LastSeen { label, .. } => label,
+            Feature::Window { label, .. }
+            | Feature::LastSeen { label, .. }
+            | Feature::Value { label, .. } => label,
         }
     }
 
@@ -294,7 +311,19 @@ impl Feature {
                 ..
             } => format!("window {matcher:?} {aggregate:?} {window}"),
             Feature::LastSeen { matcher, .. } => format!("last {matcher:?}"),
+            Feature::Value {
+                matcher,
+                property,
+                last,
+                ..
+            } => format!("value {last} {matcher:?} {property}"),
         }
+    }
+
+    /// Whether the feature's value changes as time passes (windows slide, times since
+    /// grow); a first or last value changes only with events.
+    pub fn reads_time(&self) -> bool {
+        !matches!(self, Feature::Value { .. })
     }
 }
 
@@ -729,6 +758,17 @@ impl Builder<'_> {
                 property.constants = constants;
             }
         }
+        for feature in &features {
+            if let Feature::Value {
+                matcher: EventMatch { event: Some(e), .. },
+                property,
+                ty: ValueType::String,
+                ..
+            } = feature
+            {
+                events[*e].properties[*property].interned = true;
+            }
+        }
         // Cycles are looked for among the rules that compiled, so that a cycle is
         // reported together with every other error.
         self.cycles(&raw, &segments, &scores);
@@ -846,6 +886,7 @@ impl Builder<'_> {
                     aliases: Vec::new(),
                     ty: *ty,
                     constants: Vec::new(),
+                    interned: false,
                 });
             }
             let mut def = EventDef {
@@ -1234,7 +1275,11 @@ fn analyse(config: &mut Config) {
         }
         on_attributes[n] = refs.attributes;
         on_keys[n] = refs.keys;
-        timed[n] = !refs.features.is_empty() || refs.activity;
+        timed[n] = refs
+            .features
+            .iter()
+            .any(|&f| config.features[f].reads_time())
+            || refs.activity;
         if n >= segments {
             if let ScoreModel::Decayed { weights, .. } = &config.scores[n - segments].model {
                 for (e, w) in weights.iter().enumerate() {

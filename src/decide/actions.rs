@@ -48,11 +48,11 @@ pub(super) fn profile_event(
         .properties
         .iter()
         .map(|p| match p.name.as_str() {
-            "offer" => string_property(p, filled.offer),
-            "decision" => string_property(p, &filled.decision_id.to_string()),
-            "coupon" => filled
-                .coupon
-                .map_or(PropValue::Missing, |c| string_property(p, c)),
+            "offer" => string_property(&config.interner, p, filled.offer),
+            "decision" => string_property(&config.interner, p, &filled.decision_id.to_string()),
+            "coupon" => filled.coupon.map_or(PropValue::Missing, |c| {
+                string_property(&config.interner, p, c)
+            }),
             "order_value" => filled
                 .order_value
                 .map_or(PropValue::Missing, PropValue::Num),

@@ -282,6 +282,7 @@ impl Eval<'_> {
         match e {
             Expr::Str(code) => *code,
             Expr::AttrStr(a) => self.p[self.layout.attributes[*a].0],
+            Expr::ValueStr(f) => self.p[self.layout.features[*f]],
             Expr::CtxStr(_) => context_value(e, self.context) as u32,
             _ => 0,
         }
@@ -325,6 +326,19 @@ impl Eval<'_> {
                 (Dual::constant(active as f64), step)
             }
             Expr::CtxNum(_) => (Dual::constant(context_value(e, self.context)), None),
+            Expr::ValueNum(f) => {
+                let at = l.features[*f];
+                // Not seen yet: NaN, as an unset attribute. A value never changes with
+                // time, so there is no next change.
+                (
+                    Dual::constant(if p[at + 2] == 0 {
+                        f64::NAN
+                    } else {
+                        get_f64(p, at)
+                    }),
+                    None,
+                )
+            }
             Expr::AttrNum(a) => {
                 let at = l.attributes[*a].0;
                 // Unset numbers are NaN: every comparison with them is false but `!=`.
@@ -518,7 +532,7 @@ fn prop_code(e: &Expr, props: &[PropValue]) -> u32 {
         Expr::Str(code) => *code,
         // Unset properties have no code; `u32::MAX` equals no constant.
         Expr::PropStr(i) => match props.get(*i) {
-            Some(PropValue::Str(code)) => *code,
+            Some(PropValue::Str { constant, .. }) => *constant,
             _ => u32::MAX,
         },
         _ => u32::MAX,

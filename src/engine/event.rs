@@ -13,14 +13,18 @@ use compact_str::CompactString;
 use crate::config::{Config, UnknownProperties, ValueType};
 pub use crate::model::event::{EventView, RawEvent, RawValue, ValueRef};
 
-/// A property value ready for filters: strings as codes of the property's constants
-/// (0 for a string no rule mentions).
+/// A property value ready for filters and aggregates: a string as the code of the
+/// property's constant it equals (0 for a string no rule mentions), and its interned
+/// code when a `first` or `last` keeps the property (else 0).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum PropValue {
     #[default]
     Missing,
     Num(f64),
-    Str(u32),
+    Str {
+        constant: u32,
+        code: u32,
+    },
     Bool(bool),
 }
 
@@ -287,14 +291,21 @@ fn mismatch(ty: ValueType, value: ValueRef<'_>) -> Option<(&'static str, &'stati
 }
 
 /// A string property's value as rules compare it: the index + 1 of the constant it
-/// equals, 0 when no rule compares the property with this string.
-pub(crate) fn string_property(prop: &crate::config::PropertyDef, s: &str) -> PropValue {
-    PropValue::Str(
-        prop.constants
+/// equals, 0 when no rule compares the property with this string; and, for a property a
+/// `first` or `last` keeps, its code in `interner` (else 0).
+pub(crate) fn string_property(
+    interner: &crate::config::rule::Interner,
+    prop: &crate::config::PropertyDef,
+    s: &str,
+) -> PropValue {
+    PropValue::Str {
+        constant: prop
+            .constants
             .iter()
             .position(|c| c == s)
             .map_or(0, |i| i as u32 + 1),
-    )
+        code: if prop.interned { interner.intern(s) } else { 0 },
+    }
 }
 
 /// The id of the event type `name`, or the error that lists the declared ones.
@@ -392,7 +403,7 @@ pub(crate) fn resolve_noting<'r, V: EventView>(
         properties[index] = match value {
             ValueRef::Num(v) => PropValue::Num(v),
             ValueRef::Bool(b) => PropValue::Bool(b),
-            ValueRef::Str(s) => string_property(prop, s),
+            ValueRef::Str(s) => string_property(&config.interner, prop, s),
         };
     }
     let mut attributes = Vec::new();

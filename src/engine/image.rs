@@ -192,13 +192,7 @@ pub(crate) fn read_shard<X: Extension>(
     // `allocate` adds a chunk when the slot count reaches a chunk boundary, so exactly
     // the chunks holding `slots` rows exist, as here.
     if !codes.is_empty() {
-        let strings: Vec<usize> = plan
-            .layout
-            .attributes
-            .iter()
-            .filter(|(_, ty)| *ty == crate::config::ValueType::String)
-            .map(|(at, _)| *at)
-            .collect();
+        let strings: Vec<usize> = plan.layout.string_words(&plan.config).collect();
         for local in 0..slots {
             let (chunk, row) = (local / CHUNK_ROWS, local % CHUNK_ROWS * stride);
             for &at in &strings {
@@ -467,10 +461,8 @@ impl<X: Extension> Engine<X> {
             // The interner counts the rows that hold each code (see `Interner`).
             for id in state.live() {
                 let row = state.row(&self.plan, id - base);
-                for &(at, ty) in &self.plan.layout.attributes {
-                    if ty == crate::config::ValueType::String {
-                        interner.retain(row[at]);
-                    }
+                for at in self.plan.layout.string_words(&self.plan.config) {
+                    interner.retain(row[at]);
                 }
             }
             for id in state.live() {

@@ -858,8 +858,8 @@ impl<X: Extension> Engine<X> {
             let state = self.shards[shard].lock();
             for id in state.live() {
                 let row = state.row(&self.plan, id - state.id_base());
-                for &(at, ty) in &self.plan.layout.attributes {
-                    if ty == crate::config::ValueType::String && row[at] != 0 {
+                for at in self.plan.layout.string_words(&self.plan.config) {
+                    if row[at] != 0 {
                         *held.entry(row[at]).or_default() += 1;
                     }
                 }

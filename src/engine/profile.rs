@@ -9,7 +9,8 @@
 //! [segment bits: ceil(S/32) words]
 //! [attributes: value (2 words for numbers, 1 otherwise) + set time]
 //! [decayed scores: f64 value (2 words) + time of value]
-//! [features: window = head bucket + B buckets (u16 counts, two per word; f32 sums) | last seen = 1 word]
+//! [features: window = head bucket + B buckets (u16 counts, two per word; f32 sums) | last seen = 1 word
+//!            | first or last value = value (2 words for a number, 1 for a string code) + its event's time]
 //! ```
 //!
 //! Times are whole seconds since the Unix epoch in a `u32`; 0 means "never". A window
@@ -40,6 +41,32 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
+    /// The offsets of every word that holds an interned string code: string attributes'
+    /// values and string first/last values. Each code there holds one reference
+    /// (`Interner::retain`), released when the word changes or the row goes.
+    pub fn string_words<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = usize> + 'a {
+        let attributes = self
+            .attributes
+            .iter()
+            .filter(|(_, ty)| *ty == ValueType::String)
+            .map(|&(at, _)| at);
+        let values = config
+            .features
+            .iter()
+            .zip(&self.features)
+            .filter(|(f, _)| {
+                matches!(
+                    f,
+                    Feature::Value {
+                        ty: ValueType::String,
+                        ..
+                    }
+                )
+            })
+            .map(|(_, &at)| at);
+        attributes.chain(values)
+    }
+
     pub fn new(config: &Config) -> Layout {
         let mut at = CHANNELS + config.channels.len();
         let segment_base = at;
@@ -61,10 +88,7 @@ impl Layout {
         let mut features = Vec::new();
         for f in &config.features {
             features.push(at);
-            at += match Ring::of(f) {
-                Some(ring) => 1 + ring.words(),
-                None => 1,
-            };
+            at += feature_words(f);
         }
         Layout {
             stride: at,
@@ -108,6 +132,26 @@ pub(crate) fn set_f64(p: &mut [u32], at: usize, value: f64) {
     p[at + 1] = (bits >> 32) as u32;
 }
 
+/// The words of a feature in a row: a window's ring and its head; a last-seen time; a
+/// value (two words for a number, an f64 low word first; one for a string's code) and
+/// the time of the event it came from (0: none yet).
+pub(crate) fn feature_words(f: &Feature) -> usize {
+    match (f, Ring::of(f)) {
+        (_, Some(ring)) => 1 + ring.words(),
+        (Feature::Value { ty, .. }, None) => value_words(*ty) + 1,
+        _ => 1,
+    }
+}
+
+/// Words of a value of type `ty` in a row.
+pub(crate) fn value_words(ty: ValueType) -> usize {
+    if ty == ValueType::Number {
+        2
+    } else {
+        1
+    }
+}
+
 /// A window feature's shape, copied out of the config for the hot path.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ring {
@@ -129,7 +173,7 @@ impl Ring {
                 buckets: *buckets,
                 sum: matches!(aggregate, Aggregate::Sum(_)),
             }),
-            Feature::LastSeen { .. } => None,
+            Feature::LastSeen { .. } | Feature::Value { .. } => None,
         }
     }
 
@@ -315,9 +359,19 @@ pub(crate) fn merge_rows(
     }
     for (f, feature) in config.features.iter().enumerate() {
         let at = layout.features[f];
-        match Ring::of(feature) {
-            Some(ring) => ring.merge(into, from, at, now),
-            None => into[at] = into[at].max(from[at]),
+        match (feature, Ring::of(feature)) {
+            (_, Some(ring)) => ring.merge(into, from, at, now),
+            (Feature::Value { ty, last, .. }, None) => {
+                // The earlier first value, the later last one; on a tie the survivor's.
+                let time_at = at + value_words(*ty);
+                let (mine, theirs) = (into[time_at], from[time_at]);
+                let take =
+                    theirs != 0 && (mine == 0 || if *last { theirs > mine } else { theirs < mine });
+                if take {
+                    into[at..=time_at].copy_from_slice(&from[at..=time_at]);
+                }
+            }
+            _ => into[at] = into[at].max(from[at]),
         }
     }
 }

@@ -30,14 +30,20 @@ pub(crate) struct LayoutMap<X: Extension> {
     extension: X::Remap,
 }
 
-fn feature_words(feature: &Feature) -> usize {
-    Ring::of(feature).map_or(1, |ring| 1 + ring.words())
-}
+use super::profile::feature_words;
 
+/// Whether `b` can take over `a`'s words: the same kind and, for a window, the same
+/// buckets; for a value the same type (a string code is not a number).
 fn same_shape(a: &Feature, b: &Feature) -> bool {
-    match (Ring::of(a), Ring::of(b)) {
-        (Some(x), Some(y)) => x.width == y.width && x.buckets == y.buckets && x.sum == y.sum,
-        (None, None) => true,
+    match (a, b, Ring::of(a), Ring::of(b)) {
+        (_, _, Some(x), Some(y)) => x.width == y.width && x.buckets == y.buckets && x.sum == y.sum,
+        (Feature::LastSeen { .. }, Feature::LastSeen { .. }, None, None) => true,
+        (
+            Feature::Value { ty: x, last: l, .. },
+            Feature::Value { ty: y, last: m, .. },
+            None,
+            None,
+        ) => x == y && l == m,
         _ => false,
     }
 }

@@ -628,6 +628,37 @@ impl<X: Extension> ShardState<X> {
                     };
                     ring.add(row, at, now, ts, amount);
                 }
+                (
+                    Feature::Value {
+                        property, ty, last, ..
+                    },
+                    None,
+                ) => {
+                    let time_at = at + super::profile::value_words(*ty);
+                    let held = row[time_at];
+                    // The earliest event's value, or the latest's; between events of
+                    // one second, the first to arrive for `first`, the last for `last`.
+                    let newer = if *last {
+                        ts >= held
+                    } else {
+                        held == 0 || ts < held
+                    };
+                    if !newer {
+                        continue;
+                    }
+                    match event.properties.get(*property) {
+                        Some(super::event::PropValue::Num(v)) => set_f64(row, at, *v),
+                        Some(super::event::PropValue::Str { code, .. }) => {
+                            if row[at] != *code {
+                                config.interner.retain(*code);
+                                config.interner.release(row[at]);
+                                row[at] = *code;
+                            }
+                        }
+                        _ => continue,
+                    }
+                    row[time_at] = ts.max(1);
+                }
                 _ => row[at] = row[at].max(ts),
             }
         }
@@ -717,10 +748,8 @@ impl<X: Extension> ShardState<X> {
     /// go. Returns its keys.
     pub fn forget(&mut self, plan: &Plan, local: u32) -> Vec<Key> {
         let taken = self.take(plan, local, Why::Forget);
-        for &(at, ty) in &plan.layout.attributes {
-            if ty == ValueType::String {
-                plan.config.interner.release(taken.row[at]);
-            }
+        for at in plan.layout.string_words(&plan.config) {
+            plan.config.interner.release(taken.row[at]);
         }
         taken.keys.into_vec()
     }
@@ -730,13 +759,7 @@ impl<X: Extension> ShardState<X> {
     pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken<X>) {
         let now = self.now;
         let into = self.row_mut(plan, local);
-        let strings = || {
-            plan.layout
-                .attributes
-                .iter()
-                .filter(|(_, ty)| *ty == ValueType::String)
-                .map(|&(at, _)| at)
-        };
+        let strings = || plan.layout.string_words(&plan.config);
         let held: Vec<u32> = strings().map(|at| into[at]).collect();
         merge_rows(&plan.config, &plan.layout, into, &from.row, now);
         // Both rows held their string codes; the one each attribute kept holds it now,

@@ -64,20 +64,29 @@ impl<X: super::Extension> Engine<X> {
                 Some((def.name.clone(), value))
             })
             .collect();
+        use crate::config::{rule::Expr, Feature};
+        let mut texts = Vec::new();
         let aggregates = config
             .features
             .iter()
             .enumerate()
-            .map(|(f, feature)| {
+            .filter_map(|(f, feature)| {
                 let value = match feature {
-                    crate::config::Feature::Window { .. } => {
-                        eval.number(&crate::config::rule::Expr::Window(f))
+                    Feature::Window { .. } => eval.number(&Expr::Window(f)),
+                    Feature::LastSeen { .. } => eval.number(&Expr::Since(f)),
+                    Feature::Value {
+                        ty: ValueType::String,
+                        ..
+                    } => {
+                        let code = row[layout.features[f]];
+                        if let Some(text) = config.interner.resolve(code).filter(|_| code != 0) {
+                            texts.push((feature.label().to_string(), text.to_string()));
+                        }
+                        return None;
                     }
-                    crate::config::Feature::LastSeen { .. } => {
-                        eval.number(&crate::config::rule::Expr::Since(f))
-                    }
+                    Feature::Value { .. } => eval.number(&Expr::ValueNum(f)),
                 };
-                (feature.label().to_string(), value)
+                Some((feature.label().to_string(), value))
             })
             .collect();
         Some(ProfileView {
@@ -96,6 +105,7 @@ impl<X: super::Extension> Engine<X> {
                 })
                 .collect(),
             aggregates,
+            texts,
             attributes,
             scores: (0..config.scores.len())
                 .map(|s| (config.scores[s].name.clone(), eval.score(s)))

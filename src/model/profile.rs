@@ -21,8 +21,12 @@ pub struct ProfileView {
     pub last_seen: u32,
     /// Channels with activity, and the time of the last event on each.
     pub channels: Vec<(String, u32)>,
-    /// Every aggregate the config keeps, by the rule text that asked for it.
+    /// Every aggregate the config keeps whose value is a number, by the rule text that
+    /// asked for it (NaN for a `first` or `last` number not seen yet).
     pub aggregates: Vec<(String, f64)>,
+    /// The aggregates whose value is a string (`first` and `last` of a string property),
+    /// by rule text, once set.
+    pub texts: Vec<(String, String)>,
     pub attributes: Vec<(String, RawValue)>,
     pub scores: Vec<(String, f64)>,
     /// Segments the customer is in, in config order.
@@ -75,6 +79,9 @@ impl fmt::Display for ProfileView {
             writeln!(f, "  attr.{name:<20} {value}")?;
         }
         for (label, value) in &self.aggregates {
+            writeln!(f, "  {label:<45} {value}")?;
+        }
+        for (label, value) in &self.texts {
             writeln!(f, "  {label:<45} {value}")?;
         }
         for (name, value) in &self.scores {

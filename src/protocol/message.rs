@@ -773,6 +773,12 @@ impl Response {
                     .iter()
                     .take(u16::MAX as usize)
                     .for_each(|s| b.str(s));
+                // Last, and read only when present: clients from before it stop above.
+                put_len16(&mut b, p.texts.len());
+                for (label, v) in p.texts.iter().take(u16::MAX as usize) {
+                    b.str(label);
+                    b.str(v);
+                }
             }
             Response::Count(n) => b.put_u64_le(*n),
             Response::Members {
@@ -1071,6 +1077,16 @@ impl Response {
                             })
                             .collect::<Result<_, DecodeError>>()?;
                         let segments = strings(&mut r, "segment")?;
+                        let mut texts = Vec::new();
+                        if r.remaining() > 0 {
+                            let n = r.u16(field!("text aggregate count"))?;
+                            for i in 0..n {
+                                texts.push((
+                                    r.str(field!("text aggregate {i}"))?.to_string(),
+                                    r.str(field!("value of text aggregate {i}"))?.to_string(),
+                                ));
+                            }
+                        }
                         Response::Profile(Some(Box::new(ProfileView {
                             customer,
                             primary_key,
@@ -1079,6 +1095,7 @@ impl Response {
                             last_seen,
                             channels,
                             aggregates,
+                            texts,
                             attributes,
                             scores,
                             segments,

@@ -101,6 +101,16 @@ pub fn layout_fingerprint(config: &Config) -> u64 {
                 fp.u8(1);
                 matcher
             }
+            Feature::Value {
+                matcher,
+                property,
+                ty,
+                last,
+                ..
+            } => {
+                fp.u8(2).u64(*property as u64).u8(*ty as u8).u8(*last as u8);
+                matcher
+            }
         };
         let index = |i: Option<usize>| i.map_or(u64::MAX, |i| i as u64);
         fp.u64(index(matcher.event)).u64(index(matcher.channel));

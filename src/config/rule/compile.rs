@@ -504,6 +504,51 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// The event type and property index a selector names, for a function that needs
+    /// one (`sum`, `first`, `last`): `missing` when it names none, with `example`.
+    fn property_of(
+        &self,
+        selector: &Selector,
+        matcher: &EventMatch,
+        missing: &str,
+        example: &str,
+        function: &str,
+    ) -> Result<(usize, usize), RuleError> {
+        let Some(property) = &selector.property else {
+            return Err(RuleError::new(
+                selector.event.span.clone(),
+                missing,
+                Some(&format!(
+                    "write `{function}({}.PROPERTY{})`, for example `{example}`",
+                    selector.event.text,
+                    if function == "sum" { ", ..." } else { "" }
+                )),
+            ));
+        };
+        let Some(event) = matcher.event else {
+            return Err(RuleError::new(
+                selector.event.span.clone(),
+                format!("{function} needs a specific event type, not `any`"),
+                None,
+            ));
+        };
+        let def = &self.ctx.events[event];
+        let Some(index) = def.properties.iter().position(|p| p.name == property.text) else {
+            return Err(RuleError::new(
+                property.span.clone(),
+                format!(
+                    "event type `{}` has no property `{}`",
+                    def.name, property.text
+                ),
+                Some(&format!(
+                    "its properties are: {}",
+                    list(def.properties.iter().map(|p| p.name.as_str()))
+                )),
+            ));
+        };
+        Ok((event, index))
+    }
+
     fn call(
         &mut self,
         call: &Call,
@@ -525,31 +570,15 @@ impl<'a> Compiler<'a> {
                 let is_sum = matches!(call, Call::Sum(..));
                 let matcher = self.event_match(selector, text, refs)?;
                 let aggregate = if is_sum {
-                    let Some(property) = &selector.property else {
-                        return Err(RuleError::new(selector.event.span.clone(), "sum needs a property to add up", Some(&format!("write `sum({}.PROPERTY, ...)`, for example `sum(purchase.amount, 90d)`", selector.event.text))));
-                    };
-                    let Some(event) = matcher.event else {
-                        return Err(RuleError::new(
-                            selector.event.span.clone(),
-                            "sum needs a specific event type, not `any`",
-                            None,
-                        ));
-                    };
+                    let (event, index) = self.property_of(
+                        selector,
+                        &matcher,
+                        "sum needs a property to add up",
+                        "sum(purchase.amount, 90d)",
+                        "sum",
+                    )?;
                     let def = &self.ctx.events[event];
-                    let Some(index) = def.properties.iter().position(|p| p.name == property.text)
-                    else {
-                        return Err(RuleError::new(
-                            property.span.clone(),
-                            format!(
-                                "event type `{}` has no property `{}`",
-                                def.name, property.text
-                            ),
-                            Some(&format!(
-                                "its properties are: {}",
-                                list(def.properties.iter().map(|p| p.name.as_str()))
-                            )),
-                        ));
-                    };
+                    let property = selector.property.as_ref().expect("checked");
                     if def.properties[index].ty != ValueType::Number {
                         return Err(RuleError::new(
                             property.span.clone(),
@@ -643,6 +672,47 @@ impl<'a> Compiler<'a> {
                     (Expr::Ever(id), Ty::Bool)
                 } else {
                     (Expr::Since(id), Ty::Num)
+                }
+            }
+            Call::First(selector) | Call::Last(selector) => {
+                let last = matches!(call, Call::Last(..));
+                let function = if last { "last" } else { "first" };
+                let matcher = self.event_match(selector, text, refs)?;
+                let (event, index) = self.property_of(
+                    selector,
+                    &matcher,
+                    &format!("{function} needs a property whose value it keeps"),
+                    &format!("{function}(purchase.color)"),
+                    function,
+                )?;
+                let def = &self.ctx.events[event];
+                let ty = def.properties[index].ty;
+                if ty == ValueType::Bool {
+                    let property = selector.property.as_ref().expect("checked");
+                    return Err(RuleError::new(
+                        property.span.clone(),
+                        format!(
+                            "property `{}` of `{}` is a bool; {function} keeps a string or a number",
+                            property.text, def.name
+                        ),
+                        Some(&format!(
+                            "to know whether such an event came, use `ever({} where {})`",
+                            def.name, property.text
+                        )),
+                    ));
+                }
+                let id = self.feature(Feature::Value {
+                    matcher,
+                    property: index,
+                    ty,
+                    last,
+                    label,
+                });
+                refs.features.insert(id);
+                if ty == ValueType::Number {
+                    (Expr::ValueNum(id), Ty::Num)
+                } else {
+                    (Expr::ValueStr(id), Ty::AttrStr)
                 }
             }
             Call::ActiveChannels(window) => {

@@ -103,6 +103,12 @@ pub enum Expr {
     Indicator(Box<Expr>),
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
+    /// A number property's value at the first or last matching event (a value
+    /// feature); NaN before any.
+    ValueNum(usize),
+    /// A string property's value at the first or last matching event, as an
+    /// interned code (a value feature); 0 before any.
+    ValueStr(usize),
 }
 
 impl Expr {
@@ -224,6 +230,12 @@ impl Expr {
                 });
                 l.fingerprint(fp);
                 r.fingerprint(fp);
+            }
+            Expr::ValueNum(f) => {
+                fp.u8(35).u64(*f as u64);
+            }
+            Expr::ValueStr(f) => {
+                fp.u8(36).u64(*f as u64);
             }
         }
     }

@@ -16,6 +16,7 @@
 //! call     = "count" "(" selector "," duration ")"
 //!          | "sum" "(" selector "," duration ")"          (selector names event.property)
 //!          | "since" "(" selector ")" | "ever" "(" selector ")"
+//!          | "first" "(" selector ")" | "last" "(" selector ")"   (selector names event.property)
 //!          | "active_channels" "(" duration ")"
 //!          | "score" "(" name ")" | "in" "(" name ")" | "has_key" "(" name ")"
 //!          | ("min" | "max") "(" expr "," expr ")"
@@ -88,6 +89,10 @@ pub enum Call {
     Sum(Selector, u64),
     Since(Selector),
     Ever(Selector),
+    /// The value of a property at the first (earliest) matching event.
+    First(Selector),
+    /// The value of a property at the last (latest) matching event.
+    Last(Selector),
     ActiveChannels(u64),
     Score(Name),
     In(Name),
@@ -139,7 +144,7 @@ pub const KEYWORDS: &[&str] = &[
 
 /// The functions of the language, for "expected one of" messages.
 pub const FUNCTIONS: &str =
-    "count, sum, since, ever, active_channels, score, in, has_key, min, max";
+    "count, sum, since, ever, first, last, active_channels, score, in, has_key, min, max";
 
 /// Parses a whole rule.
 pub fn parse(text: &str) -> Result<Node, RuleError> {
@@ -496,6 +501,8 @@ impl Parser {
             }
             "since" => Call::Since(self.selector()?),
             "ever" => Call::Ever(self.selector()?),
+            "first" => Call::First(self.selector()?),
+            "last" => Call::Last(self.selector()?),
             "active_channels" => Call::ActiveChannels(self.duration()?),
             "score" => Call::Score(self.name("a score name")?),
             "in" => Call::In(self.name("a segment name")?),
