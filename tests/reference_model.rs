@@ -16,7 +16,9 @@
 //! The model shares the documented semantics, not the code: a window of `W` with `B`
 //! buckets counts events whose bucket `ts / (W/B)` is among the `B` latest at `now`;
 //! events ahead of the clock (within the skew) count as now; attributes take the value
-//! of the newest event (values here are a function of the timestamp, so ties agree).
+//! of the newest event, `first` and `last` the value of the earliest and latest matching
+//! event that carries the property (values here are a function of the timestamp, so
+//! ties agree).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -45,12 +47,12 @@ vip = "bool"
 age = "number"
 
 [events.view]
-properties = { category = "string" }
+properties = { category = "string", color = "string" }
 
 [events.cart]
 
 [events.buy]
-properties = { amount = "number", category = "string" }
+properties = { amount = "number", category = "string", color = "string", size = "number" }
 
 [events.profile]
 
@@ -90,6 +92,18 @@ rule = "score(engagement) > 3.5"
 [segments.likely]
 rule = "score(propensity) > 0.5"
 
+[segments.last_saw_black]
+rule = 'last(view.color) == "black"'
+
+[segments.first_store_buy_red]
+rule = 'first(buy.color on store) == "red"'
+
+[segments.same_color_again]
+rule = "ever(buy) and ever(view) and last(view.color) == first(buy.color where category == \"shoes\")"
+
+[segments.big_feet]
+rule = "last(buy.size) >= 40 or first(buy.size on web) in [35, 36]"
+
 [triggers]
 stream = ["*"]
 
@@ -107,7 +121,7 @@ features = [
 ]
 "#;
 
-const SEGMENTS: [&str; 12] = [
+const SEGMENTS: [&str; 16] = [
     "browsing",
     "shoe_buyers",
     "abandoners",
@@ -120,6 +134,10 @@ const SEGMENTS: [&str; 12] = [
     "grown_ups",
     "engaged",
     "likely",
+    "last_saw_black",
+    "first_store_buy_red",
+    "same_color_again",
+    "big_feet",
 ];
 const QUERIES: [&str; 4] = [
     "abandoners and not multichannel",
@@ -154,6 +172,16 @@ struct Model {
 
 fn country(ts: i64) -> &'static str {
     ["NL", "BE", "DE"][(ts % 3) as usize]
+}
+
+/// The `color` of a view or a purchase at `ts`.
+fn color(ts: i64) -> &'static str {
+    ["black", "white", "red", "green"][(ts / 7 % 4) as usize]
+}
+
+/// The `size` of a purchase at `ts`.
+fn size(ts: i64) -> f64 {
+    (34 + ts % 9) as f64
 }
 
 impl Model {
@@ -217,6 +245,16 @@ impl View<'_> {
             .max()
             .map_or(f64::INFINITY, |t| (self.now - t) as f64)
     }
+    /// The timestamp of the earliest (`last`: latest) matching event; values are a
+    /// function of it.
+    fn first_or_last(&self, last: bool, matches: impl Fn(&Ev) -> bool) -> Option<i64> {
+        let times = self.p.events.iter().filter(|e| matches(e)).map(|e| e.ts);
+        if last {
+            times.max()
+        } else {
+            times.min()
+        }
+    }
     fn ever(&self, kind: &str) -> bool {
         self.p.events.iter().any(|e| e.kind == kind)
     }
@@ -278,6 +316,27 @@ impl View<'_> {
                     + 0.5 * self.window(900, |e| e.kind == "view", |_| 1.0)
                     + if self.member("lapsed") { 1.0 } else { 0.0 };
                 1.0 / (1.0 + (-z).exp()) > 0.5
+            }
+            "last_saw_black" => self
+                .first_or_last(true, |e| e.kind == "view")
+                .is_some_and(|t| color(t) == "black"),
+            "first_store_buy_red" => self
+                .first_or_last(false, |e| e.kind == "buy" && e.channel == 2)
+                .is_some_and(|t| color(t) == "red"),
+            "same_color_again" => {
+                let seen = self.first_or_last(true, |e| e.kind == "view").map(color);
+                let bought = self
+                    .first_or_last(false, |e| e.kind == "buy" && e.shoes)
+                    .map(color);
+                // Two unset strings are equal, as two unset attributes are.
+                self.ever("buy") && self.ever("view") && seen == bought
+            }
+            "big_feet" => {
+                self.first_or_last(true, |e| e.kind == "buy")
+                    .is_some_and(|t| size(t) >= 40.0)
+                    || self
+                        .first_or_last(false, |e| e.kind == "buy" && e.channel == 0)
+                        .is_some_and(|t| [35.0, 36.0].contains(&size(t)))
             }
             other => panic!("no model for {other}"),
         }
@@ -506,11 +565,17 @@ fn run(steps: &[Step]) {
                 }
                 let ts = (ts_ms / 1000).min(now_ms / 1000);
                 match kind {
-                    "view" => event = event.prop("category", if *shoes { "shoes" } else { "bags" }),
+                    "view" => {
+                        event = event
+                            .prop("category", if *shoes { "shoes" } else { "bags" })
+                            .prop("color", color(ts))
+                    }
                     "buy" => {
                         event = event
                             .prop("amount", *amount as f64)
                             .prop("category", if *shoes { "shoes" } else { "bags" })
+                            .prop("color", color(ts))
+                            .prop("size", size(ts))
                     }
                     "profile" => {
                         event = event
