@@ -365,3 +365,31 @@ fn codes_from_two_engines_with_their_own_keys_differ() {
         "each engine without a data directory has its own key"
     );
 }
+
+#[test]
+fn a_reload_keeps_every_code_its_redemption_and_the_sequence() {
+    let dir = TempDir::new("coupons", "reload");
+    let data = omnia::store::open_data_dir(&dir.0).unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let old = Node::new(Config::embedded_default().unwrap(), clock.clone());
+    for key in ["user:1", "user:2"] {
+        old.ingest(&purchase(key, START_MS)).unwrap();
+    }
+    let one = thanks(&old.decide(&ask("user:1", "email")).unwrap().coupons);
+    let two = thanks(&old.decide(&ask("user:2", "email")).unwrap().coupons);
+    old.redeem(&one.code, "store", None).unwrap();
+    // A changed config: the segments move, the offers keep their names.
+    let text = omnia::config::DEFAULT_CONFIG.replace(
+        "sum(purchase.amount, 90d) > 500",
+        "sum(purchase.amount, 90d) > 200",
+    );
+    let config = Config::from_source(&omnia::config::Source::new("new.toml", text)).unwrap();
+    let prepared = omnia::store::reload::prepare(&data, &old, config, &|_| {}).unwrap();
+    let new = prepared.finish(&data, &old).unwrap().0;
+    let again = new.redeem(&one.code, "web", None).unwrap_err();
+    assert!(again.to_string().contains("on channel `store`"), "{again}");
+    assert_eq!(new.redeem(&two.code, "web", None).unwrap().key, "user:2");
+    new.ingest(&purchase("user:3", START_MS)).unwrap();
+    let three = thanks(&new.decide(&ask("user:3", "email")).unwrap().coupons);
+    assert!(![&one.code, &two.code].contains(&&three.code));
+}
