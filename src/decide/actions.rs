@@ -279,8 +279,10 @@ pub(super) struct Given<'a> {
     pub events: Vec<Event>,
     /// The coupon an impression issued or showed, or an acceptance redeemed.
     pub coupon: Option<state::IssuedCoupon>,
-    /// The code an impression issues.
+    /// The code an impression issues, or an accept redeems (REDEEM).
     pub code: Option<CompactString>,
+    /// A redemption's order value.
+    pub order_value: Option<f64>,
     /// Why the plan said no, when the budget did not.
     pub failed: Option<super::DecideError>,
 }
@@ -315,7 +317,7 @@ impl Action<Offers> for Given<'_> {
                 offer: &config.decisions.offers[offer].name,
                 decision_id: self.act.decision_id,
                 coupon: self.code.as_deref(),
-                order_value: None,
+                order_value: self.order_value,
             };
             self.events = vec![profile_event(
                 config,
@@ -351,7 +353,7 @@ impl Action<Offers> for Given<'_> {
                 .iter()
                 .map(|c| (0, c.as_str()))
                 .collect::<Vec<_>>(),
-            None,
+            self.order_value,
         );
     }
 

@@ -30,12 +30,13 @@ use compact_str::CompactString;
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::actions::Given;
 use super::code::{self, CodeError, Permutation, Sequencer};
-use super::state::{CustomerOffers, IssuedCoupon, Redemption};
+use super::state::{CustomerOffers, IssuedCoupon};
 use super::{DecideError, Decider, Offers};
 use crate::config::{Config, CouponDef};
 use crate::engine::action::{Acted, Action, Mode};
-use crate::engine::event::{Event, Key};
+use crate::engine::event::Event;
 use crate::engine::{Customer, Engine, Receipt};
 use crate::model::decision::{FeedbackKind, Redeemed as RedeemedView};
 
@@ -302,35 +303,45 @@ impl Decider {
         engine.writable()?;
         let offer = holder.offer as usize;
         let now = engine.now_secs();
+        let event_type = config
+            .decisions
+            .redeem_event
+            .or(config.decisions.feedback_events[FeedbackKind::Accept.index()]);
         let mut action = Redeemed {
-            engine,
-            decider: self,
             code: &code,
-            key: &key,
-            offer,
-            channel,
-            now,
-            timestamp_ms: engine.now_ms(),
-            decision_id: self.next_id(),
-            order_value: order_value.filter(|v| v.is_finite()),
-            event_type: config
-                .decisions
-                .redeem_event
-                .or(config.decisions.feedback_events[FeedbackKind::Accept.index()]),
-            events: Vec::new(),
+            accept: Given {
+                engine,
+                decider: self,
+                act: super::Act {
+                    kind: FeedbackKind::Accept,
+                    offer,
+                    channel,
+                    now,
+                    decision_id: self.next_id(),
+                    count: true,
+                },
+                key: &key,
+                timestamp_ms: engine.now_ms(),
+                event_type,
+                events: Vec::new(),
+                coupon: None,
+                code: Some(CompactString::from(code.as_str())),
+                order_value: order_value.filter(|v| v.is_finite()),
+                failed: None,
+            },
             refused: None,
-            redeemed: None,
         };
         match engine.act(&key, &[], None, &mut action, Mode::Live(receipt))? {
             Acted::Unknown => Err(RedeemError::Unknown { code }.into()),
             Acted::Declined { .. } => Err(match action.refused {
-                Some(refused) => refused,
-                None => return Err(self.budget_refusal(config, offer, FeedbackKind::Accept)),
-            }
-            .into()),
+                Some(refused) => refused.into(),
+                None => self.budget_refusal(config, action.accept.act.offer, FeedbackKind::Accept),
+            }),
             Acted::Applied | Acted::Created => {
+                let offer = action.accept.act.offer;
                 let c = action
-                    .redeemed
+                    .accept
+                    .coupon
                     .expect("a committed redemption has its coupon");
                 Ok(RedeemedView {
                     offer: config.decisions.offers[offer].name.clone(),
@@ -340,7 +351,7 @@ impl Decider {
                     expires: c.expires,
                     redeemed_at: now,
                     channel: config.channels[channel].clone(),
-                    decision_id: action.decision_id,
+                    decision_id: action.accept.act.decision_id,
                 })
             }
         }
@@ -376,158 +387,91 @@ fn not_found(config: &Config, code: &str) -> RedeemError {
     RedeemError::Unknown { code: code.into() }
 }
 
-/// A redemption as an action on the coupon's holder: checked in the plan, under the
-/// shard lock; logged as an ACTION accept carrying the code and the order value.
+/// A redemption as an action on the coupon's holder: the coupon checked in the plan,
+/// under the shard lock, then an accept of its offer ([`Given`]) that carries the code
+/// (so its commit redeems that coupon, and its record logs it) and the order value.
 pub(super) struct Redeemed<'a> {
-    pub engine: &'a Engine<Offers>,
-    pub decider: &'a Decider,
     pub code: &'a str,
-    pub key: &'a Key,
-    pub offer: usize,
-    pub channel: usize,
-    pub now: u32,
-    pub timestamp_ms: i64,
-    pub decision_id: u64,
-    pub order_value: Option<f64>,
-    pub event_type: Option<usize>,
-    pub events: Vec<Event>,
+    pub accept: Given<'a>,
     /// Why the plan said no, unless the budget did.
     pub refused: Option<RedeemError>,
-    pub redeemed: Option<IssuedCoupon>,
 }
 
-impl Action<Offers> for Redeemed<'_> {
-    fn plan(&mut self, customer: Customer<'_, Offers>) -> bool {
-        let config = self.engine.config();
-        let Some(c) = customer
-            .extension
-            .offers
-            .coupons
-            .iter()
-            .find(|c| c.code == self.code)
-        else {
-            self.refused = Some(RedeemError::Unknown {
-                code: self.code.into(),
-            });
-            return false;
-        };
-        let channel_name = |c: u8| {
-            config
-                .channels
-                .get(c as usize)
-                .map_or("(unknown)".to_string(), |n| format!("`{n}`"))
-        };
+impl Redeemed<'_> {
+    /// Why the coupon `c` cannot be redeemed on the accept's channel now, if it cannot.
+    fn refusal(&self, config: &Config, c: &IssuedCoupon) -> Option<RedeemError> {
+        let code = self.code.to_string();
+        let channel = self.accept.act.channel;
         if let Some(r) = c.redeemed {
-            self.refused = Some(RedeemError::AlreadyRedeemed {
-                code: self.code.into(),
+            return Some(RedeemError::AlreadyRedeemed {
+                code,
                 at: r.at,
-                channel: channel_name(r.channel),
+                channel: config
+                    .channels
+                    .get(r.channel as usize)
+                    .map_or("(unknown)".to_string(), |n| format!("`{n}`")),
                 when: if r.at == 0 {
                     "(omnia did not keep when)".into()
                 } else {
                     format!("at {} (Unix seconds)", r.at)
                 },
             });
-            return false;
         }
-        if c.expires <= self.now {
-            self.refused = Some(RedeemError::Expired {
-                code: self.code.into(),
+        if c.expires <= self.accept.act.now {
+            return Some(RedeemError::Expired {
+                code,
                 expired: c.expires,
             });
-            return false;
         }
         let def = config.decisions.offers[c.offer as usize].coupon.as_ref();
         let valid = def.map_or(u32::MAX, |d| d.channels);
-        if valid & (1 << self.channel) == 0 {
-            self.refused = Some(RedeemError::WrongChannel {
-                code: self.code.into(),
-                channel: config.channels[self.channel].clone(),
-                valid: config
-                    .channels
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| valid & (1 << i) != 0)
-                    .map(|(_, n)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-            return false;
-        }
-        self.offer = c.offer as usize;
-        let primary = crate::engine::view::primary_key(customer.keys);
-        super::assign_arms(config, customer.extension.offers, &primary);
-        if self
-            .decider
-            .spend(self.offer, FeedbackKind::Accept, self.now)
-            .is_err()
-        {
-            return false;
-        }
-        if let Some(event_type) = self.event_type {
-            self.events = vec![super::actions::profile_event(
-                config,
-                event_type,
-                self.channel,
-                super::actions::Filled {
-                    offer: &config.decisions.offers[self.offer].name,
-                    decision_id: self.decision_id,
-                    coupon: Some(self.code),
-                    order_value: self.order_value,
-                },
-                self.timestamp_ms,
-            )];
-        }
-        true
-    }
-
-    fn events(&self) -> &[Event] {
-        &self.events
-    }
-
-    fn encode(&self, body: &mut Vec<u8>) {
-        let config = self.engine.config();
-        super::record::ActionRecord::encode_parts(
-            body,
-            FeedbackKind::Accept,
-            self.now,
-            self.timestamp_ms,
-            self.decision_id,
-            &self.key.text,
-            &config.channels[self.channel],
-            self.event_type
-                .map_or("", |e| config.events[e].name.as_str()),
-            std::iter::once(config.decisions.offers[self.offer].name.as_str()),
-            std::iter::empty(),
-            &[(0, self.code)],
-            self.order_value,
-        );
-    }
-
-    fn commit(&mut self, mut customer: Customer<'_, Offers>) {
-        let act = super::Act {
-            kind: FeedbackKind::Accept,
-            offer: self.offer,
-            channel: self.channel,
-            now: self.now,
-            decision_id: self.decision_id,
-            count: true,
-        };
-        self.redeemed = self.decider.change_offer_state(
-            self.engine.config(),
-            &mut customer,
-            act,
-            Some(self.code),
-        );
+        (valid & (1 << channel) == 0).then(|| RedeemError::WrongChannel {
+            code,
+            channel: config.channels[channel].clone(),
+            valid: config
+                .channels
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| valid & (1 << i) != 0)
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
     }
 }
 
-impl Redemption {
-    /// A redemption now on `channel`.
-    pub(crate) fn at(now: u32, channel: usize) -> Redemption {
-        Redemption {
-            at: now,
-            channel: channel as u8,
-        }
+impl Action<Offers> for Redeemed<'_> {
+    fn plan(&mut self, customer: Customer<'_, Offers>) -> bool {
+        let config = self.accept.engine.config();
+        let found = customer
+            .extension
+            .offers
+            .coupons
+            .iter()
+            .find(|c| c.code == self.code);
+        self.refused = match found {
+            None => Some(RedeemError::Unknown {
+                code: self.code.into(),
+            }),
+            Some(c) => {
+                // The coupon's offer, as the holder's state has it (a reload may have
+                // moved its index since the index noted it).
+                self.accept.act.offer = c.offer as usize;
+                self.refusal(config, c)
+            }
+        };
+        self.refused.is_none() && self.accept.plan(customer)
+    }
+
+    fn events(&self) -> &[Event] {
+        self.accept.events()
+    }
+
+    fn encode(&self, body: &mut Vec<u8>) {
+        self.accept.encode(body)
+    }
+
+    fn commit(&mut self, customer: Customer<'_, Offers>) {
+        self.accept.commit(customer)
     }
 }

@@ -1070,6 +1070,7 @@ impl Decider {
             events: Vec::new(),
             coupon: None,
             code: None,
+            order_value: None,
             failed: None,
         };
         let create = event_type.map(|_| Create { time: now, channel });

@@ -76,6 +76,14 @@ pub(crate) struct Redemption {
 
 impl Redemption {
     pub const UNKNOWN_CHANNEL: u8 = u8::MAX;
+
+    /// A redemption now on `channel`.
+    pub(crate) fn at(now: u32, channel: usize) -> Redemption {
+        Redemption {
+            at: now,
+            channel: channel as u8,
+        }
+    }
 }
 
 impl IssuedCoupon {
