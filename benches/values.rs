@@ -1,8 +1,8 @@
-//! What `first` and `last` cost an event: the default config against the same config
-//! with four value aggregates (two strings, one number, one with a filter) read by
-//! segments, on 1,000 customers whose rows stay in cache (the CPU cost alone), for
-//! `apply` (the row update and the segments it re-evaluates) and for `resolve` + `apply`
-//! (resolving interns the string values a `first` or `last` keeps).
+//! What `first`, `last` and `top` cost an event: the default config against the same
+//! config with four value aggregates (two strings, one number, one with a filter), or
+//! with two tops, read by segments, on 1,000 customers whose rows stay in cache (the CPU
+//! cost alone), for `apply` (the row update and the segments it re-evaluates) and for
+//! `resolve` + `apply` (resolving interns the string values they keep).
 //!
 //! Run: `cargo bench --bench values` (results in docs/benchmarks.md).
 
@@ -32,6 +32,14 @@ rule = "last(product_view.category) == first(purchase.category)"
 
 [segments.first_big_order_bags]
 rule = 'first(purchase.category where amount >= 50) == "bags"'
+"#;
+
+const TOP: &str = r#"
+[segments.mostly_shoes]
+rule = 'top(product_view.category, 30d) == "shoes"'
+
+[segments.shoes_among_favourites]
+rule = '"shoes" in top(purchase.category, 90d, 3)'
 "#;
 
 fn engine(text: &str) -> Engine {
@@ -68,10 +76,12 @@ fn bench(c: &mut Criterion) {
         .unwrap()
         .to_string();
     let with_values = format!("{base}\n{VALUES}");
+    let with_top = format!("{base}\n{TOP}");
     let raw = raw_events();
     for (name, text) in [
         ("default config", base.clone()),
         ("default config + 4 first/last", with_values),
+        ("default config + 2 top", with_top),
     ] {
         let engine = engine(&text);
         for e in &raw {

@@ -376,7 +376,7 @@ fn unknown_function() {
     );
     assert_eq!(
         d.help.as_deref(),
-        Some("the functions are count, sum, since, ever, first, last, active_channels, score, in, has_key, min, max")
+        Some("the functions are count, sum, since, ever, first, last, top, active_channels, score, in, has_key, min, max")
     );
 }
 

@@ -104,6 +104,12 @@ rule = "ever(buy) and ever(view) and last(view.color) == first(buy.color where c
 [segments.big_feet]
 rule = "last(buy.size) >= 40 or first(buy.size on web) in [35, 36]"
 
+[segments.mostly_red]
+rule = 'top(view.color, 50m) == "red"'
+
+[segments.black_among_web_buys]
+rule = '"black" in top(buy.color on web, 100m, 2) and not last(view.color) in top(view.color, 50m, 1)'
+
 [triggers]
 stream = ["*"]
 
@@ -121,7 +127,7 @@ features = [
 ]
 "#;
 
-const SEGMENTS: [&str; 16] = [
+const SEGMENTS: [&str; 18] = [
     "browsing",
     "shoe_buyers",
     "abandoners",
@@ -138,6 +144,8 @@ const SEGMENTS: [&str; 16] = [
     "first_store_buy_red",
     "same_color_again",
     "big_feet",
+    "mostly_red",
+    "black_among_web_buys",
 ];
 const QUERIES: [&str; 4] = [
     "abandoners and not multichannel",
@@ -255,6 +263,29 @@ impl View<'_> {
             times.min()
         }
     }
+    /// The colors of matching events in a window of buckets `width` wide, most frequent
+    /// first, then by latest event (four colors: as many as a top keeps, so it is exact).
+    fn top(&self, width: i64, matches: impl Fn(&Ev) -> bool) -> Vec<&'static str> {
+        let n = self.now / width;
+        let mut counts: Vec<(&'static str, usize, i64)> = Vec::new();
+        for e in self
+            .p
+            .events
+            .iter()
+            .filter(|e| matches(e) && e.ts / width > n - 4 && e.ts / width <= n)
+        {
+            let c = color(e.ts);
+            match counts.iter_mut().find(|(x, _, _)| *x == c) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 = entry.2.max(e.ts);
+                }
+                None => counts.push((c, 1, e.ts)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+        counts.into_iter().map(|(c, _, _)| c).collect()
+    }
     fn ever(&self, kind: &str) -> bool {
         self.p.events.iter().any(|e| e.kind == kind)
     }
@@ -337,6 +368,16 @@ impl View<'_> {
                     || self
                         .first_or_last(false, |e| e.kind == "buy" && e.channel == 0)
                         .is_some_and(|t| [35.0, 36.0].contains(&size(t)))
+            }
+            // Windows no other segment has, so that no other timer hides a missed one.
+            "mostly_red" => self.top(750, |e| e.kind == "view").first() == Some(&"red"),
+            "black_among_web_buys" => {
+                let buys = self.top(1500, |e| e.kind == "buy" && e.channel == 0);
+                let views = self.top(750, |e| e.kind == "view");
+                // An unset last value is in no list.
+                let last = self.first_or_last(true, |e| e.kind == "view").map(color);
+                buys.iter().take(2).any(|&c| c == "black")
+                    && !last.is_some_and(|c| views.first() == Some(&c))
             }
             other => panic!("no model for {other}"),
         }

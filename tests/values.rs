@@ -287,3 +287,158 @@ fn rule_errors_say_what_first_and_last_need() {
         "cannot compare a string with a number"
     );
 }
+
+/// A config with no decayed score, so that no periodic recheck hides a top's own timer.
+const TOP_CONFIG: &str = r#"
+channels = ["web", "app"]
+
+[identity]
+namespaces = ["user", "anon"]
+
+[attributes]
+favourite = "string"
+
+[events.view]
+properties = { category = "string" }
+
+[segments.mostly_shoes]
+rule = 'top(view.category, 1h) == "shoes"'
+
+[segments.shoes_in_top_two]
+rule = '"shoes" in top(view.category, 2h, 2)'
+
+[segments.favourite_on_top]
+rule = "attr.favourite in top(view.category, 2h, 1)"
+"#;
+
+fn top_node(now_ms: i64) -> (Node, Arc<ManualClock>) {
+    let config = Config::from_source(&Source::new("top.toml", TOP_CONFIG)).unwrap();
+    let clock = Arc::new(ManualClock::new(now_ms));
+    (Node::new(config, clock.clone()), clock)
+}
+
+fn views(node: &Node, key: &str, at_ms: i64, category: &str, n: usize) {
+    for _ in 0..n {
+        node.ingest(
+            &RawEvent::new("view", "web", at_ms)
+                .key(key)
+                .prop("category", RawValue::Str(category.into())),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn the_top_value_changes_when_its_events_leave_the_window_on_the_dot() {
+    // Buckets of 450 s (1h over 8) and 900 s (2h over 8), aligned to the epoch; the two
+    // windows' timers fall at different times, so each flip below is its own timer's.
+    let (b1, b2) = (450_000, 900_000);
+    let t0 = START_MS / b2 * b2;
+    let (node, clock) = top_node(t0 + 1_000_000);
+    views(&node, "user:1", t0, "bags", 2);
+    views(&node, "user:1", t0 + 1_000_000, "shoes", 1);
+    let count = |s: &str| node.segment_count(s).unwrap();
+    let at = |ms: i64| {
+        clock.set_ms(ms);
+        node.tick();
+    };
+    assert_eq!(count("mostly_shoes"), 0, "bags, twice, lead");
+    assert_eq!(count("shoes_in_top_two"), 1);
+    assert_eq!(
+        node.profile("user:1").unwrap().texts,
+        vec![
+            ("top(view.category, 1h)".to_string(), "bags".to_string()),
+            ("top(view.category, 2h, 2)".to_string(), "bags".to_string())
+        ]
+    );
+    // The bags' bucket leaves the 1h window when the eighth bucket after it begins.
+    at(t0 + 8 * b1 - 1000);
+    assert_eq!(count("mostly_shoes"), 0);
+    at(t0 + 8 * b1);
+    assert_eq!(
+        count("mostly_shoes"),
+        1,
+        "the timer flips it at the bucket's end"
+    );
+    // An attribute tested against the 2h list, where the bags still lead.
+    node.ingest(
+        &RawEvent::new("view", "app", t0 + 8 * b1)
+            .key("user:1")
+            .attr("favourite", "shoes"),
+    )
+    .unwrap();
+    assert_eq!(count("favourite_on_top"), 0);
+    at(t0 + 8 * b2 - 1000);
+    assert_eq!(count("favourite_on_top"), 0);
+    at(t0 + 8 * b2);
+    assert_eq!(count("favourite_on_top"), 1);
+    // When the shoes leave too, nothing is on top.
+    at(t0 + 1_000_000 + 8 * b2);
+    assert_eq!(
+        (
+            count("mostly_shoes"),
+            count("shoes_in_top_two"),
+            count("favourite_on_top")
+        ),
+        (0, 0, 0)
+    );
+    assert!(node.profile("user:1").unwrap().texts.is_empty());
+    assert_eq!(
+        node.engine().string_reference_errors(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn merged_tops_add_up_value_by_value() {
+    let (node, _) = top_node(START_MS);
+    views(&node, "anon:c1", START_MS - 60_000, "shoes", 2);
+    views(&node, "anon:c1", START_MS - 50_000, "hats", 1);
+    views(&node, "user:1", START_MS - 40_000, "bags", 2);
+    views(&node, "user:1", START_MS - 30_000, "hats", 2);
+    // Alone, each has another favourite; together hats lead, 3 to 2 and 2.
+    let login = RawEvent::new("view", "web", START_MS)
+        .key("anon:c1")
+        .key("user:1");
+    node.ingest(&login).unwrap();
+    let p = node.profile("user:1").unwrap();
+    assert_eq!(
+        p.texts[0],
+        ("top(view.category, 1h)".to_string(), "hats".to_string())
+    );
+    assert_eq!(
+        node.segment_count("shoes_in_top_two").unwrap(),
+        0,
+        "shoes and bags tie at 2, and bags were seen later: hats and bags are the top two"
+    );
+    assert_eq!(
+        node.engine().string_reference_errors(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn top_rule_errors_say_what_it_needs() {
+    let error = |rule: &str| {
+        let text = TOP_CONFIG.replace(
+            r#"rule = 'top(view.category, 1h) == "shoes"'"#,
+            &format!("rule = '{rule}'"),
+        );
+        match Config::from_source(&Source::new("bad.toml", text)) {
+            Ok(_) => panic!("`{rule}` was accepted"),
+            Err(e) => e.diagnostics[0].message.clone(),
+        }
+    };
+    assert_eq!(
+        error("top(view.category, 1h, 2) == \"shoes\""),
+        "`top(..., N)` is a list of values: test it with `in`"
+    );
+    assert_eq!(
+        error("\"shoes\" in top(view.category, 1h, 9)"),
+        "`top` keeps the 4 most frequent values, so N is 1 to 4, not 9"
+    );
+    assert_eq!(
+        error("3 in top(view.category, 1h, 2)"),
+        "`in top(...)` needs a string on its left, found a number"
+    );
+}

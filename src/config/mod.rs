@@ -281,14 +281,30 @@ pub enum Feature {
         last: bool,
         label: String,
     },
+    /// The most frequent values of a string property over a sliding window: [`TOP_SLOTS`]
+    /// slots, each a value (an interned code), its latest event's time and a count ring
+    /// shaped like a window's.
+    Top {
+        matcher: EventMatch,
+        property: usize,
+        window: u32,
+        bucket_width: u32,
+        buckets: u32,
+        label: String,
+    },
 }
+
+/// Values a `top` keeps per customer: exact while at most this many distinct values
+/// are in its window (see `engine::top`).
+pub const TOP_SLOTS: usize = 4;
 
 impl Feature {
     pub fn matcher(&self) -> &EventMatch {
         match self {
             Feature::Window { matcher, .. }
             | Feature::LastSeen { matcher, .. }
-            | Feature::Value { matcher, .. } => matcher,
+            | Feature::Value { matcher, .. }
+            | Feature::Top { matcher, .. } => matcher,
         }
     }
 
@@ -297,7 +313,8 @@ impl Feature {
         match self {
             Feature::Window { label, .. }
             | Feature::LastSeen { label, .. }
-            | Feature::Value { label, .. } => label,
+            | Feature::Value { label, .. }
+            | Feature::Top { label, .. } => label,
         }
     }
 
@@ -317,6 +334,12 @@ impl Feature {
                 last,
                 ..
             } => format!("value {last} {matcher:?} {property}"),
+            Feature::Top {
+                matcher,
+                property,
+                window,
+                ..
+            } => format!("top {matcher:?} {property} {window}"),
         }
     }
 
@@ -759,14 +782,19 @@ impl Builder<'_> {
             }
         }
         for feature in &features {
-            if let Feature::Value {
-                matcher: EventMatch { event: Some(e), .. },
-                property,
-                ty: ValueType::String,
-                ..
-            } = feature
-            {
-                events[*e].properties[*property].interned = true;
+            match feature {
+                Feature::Value {
+                    matcher: EventMatch { event: Some(e), .. },
+                    property,
+                    ty: ValueType::String,
+                    ..
+                }
+                | Feature::Top {
+                    matcher: EventMatch { event: Some(e), .. },
+                    property,
+                    ..
+                } => events[*e].properties[*property].interned = true,
+                _ => {}
             }
         }
         // Cycles are looked for among the rules that compiled, so that a cycle is

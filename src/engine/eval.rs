@@ -21,6 +21,7 @@
 
 use super::event::PropValue;
 use super::profile::{decayed_at, get_f64, Layout, Ring, FIRST_SEEN, KEY_MASK, LAST_SEEN};
+use super::top::Top;
 use crate::config::rule::{ArithOp, CmpOp, Expr};
 use crate::config::{Config, ScoreModel};
 
@@ -207,7 +208,33 @@ impl Eval<'_> {
                 negated,
                 left,
                 right,
-            } => ((self.string(left) == self.string(right)) != *negated, None),
+            } => {
+                let next = if NEXT {
+                    earliest(self.string_next(left), self.string_next(right))
+                } else {
+                    None
+                };
+                ((self.string(left) == self.string(right)) != *negated, next)
+            }
+            Expr::TopHas {
+                negated,
+                value,
+                feature,
+                n,
+            } => {
+                let at = self.layout.features[*feature];
+                let top = Top::of(&self.config.features[*feature]);
+                let has = top.is_some_and(|t| t.has(self.p, at, self.now, self.string(value), *n));
+                let next = if NEXT {
+                    earliest(
+                        self.string_next(value),
+                        top.and_then(|t| t.next_change(self.p, at, self.now)),
+                    )
+                } else {
+                    None
+                };
+                (has != *negated, next)
+            }
             Expr::BoolEq {
                 negated,
                 left,
@@ -245,7 +272,10 @@ impl Eval<'_> {
                 negated,
                 value,
                 items,
-            } => (items.contains(&self.string(value)) != *negated, None),
+            } => {
+                let next = if NEXT { self.string_next(value) } else { None };
+                (items.contains(&self.string(value)) != *negated, next)
+            }
             Expr::Not(x) => {
                 let (v, next) = self.condition::<NEXT>(x);
                 (!v, next)
@@ -278,13 +308,24 @@ impl Eval<'_> {
         }
     }
 
-    fn string(&self, e: &Expr) -> u32 {
+    pub(crate) fn string(&self, e: &Expr) -> u32 {
         match e {
             Expr::Str(code) => *code,
             Expr::AttrStr(a) => self.p[self.layout.attributes[*a].0],
             Expr::ValueStr(f) => self.p[self.layout.features[*f]],
+            Expr::Top(f) => Top::of(&self.config.features[*f])
+                .map_or(0, |t| t.best(self.p, self.layout.features[*f], self.now)),
             Expr::CtxStr(_) => context_value(e, self.context) as u32,
             _ => 0,
+        }
+    }
+
+    /// When a string value can next change with time alone: only a top's can.
+    fn string_next(&self, e: &Expr) -> Option<u32> {
+        match e {
+            Expr::Top(f) => Top::of(&self.config.features[*f])
+                .and_then(|t| t.next_change(self.p, self.layout.features[*f], self.now)),
+            _ => None,
         }
     }
 

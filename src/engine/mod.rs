@@ -55,6 +55,7 @@ pub mod query;
 mod relayout;
 pub(crate) mod shard;
 pub mod suppression;
+mod top;
 pub mod view;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

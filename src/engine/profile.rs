@@ -50,20 +50,23 @@ impl Layout {
             .iter()
             .filter(|(_, ty)| *ty == ValueType::String)
             .map(|&(at, _)| at);
-        let values = config
-            .features
-            .iter()
-            .zip(&self.features)
-            .filter(|(f, _)| {
-                matches!(
-                    f,
-                    Feature::Value {
-                        ty: ValueType::String,
-                        ..
+        let values =
+            config
+                .features
+                .iter()
+                .zip(&self.features)
+                .flat_map(|(f, &at)| -> Vec<usize> {
+                    match f {
+                        Feature::Value {
+                            ty: ValueType::String,
+                            ..
+                        } => vec![at],
+                        Feature::Top { .. } => super::top::Top::of(f)
+                            .map(|t| t.code_words(at).collect())
+                            .unwrap_or_default(),
+                        _ => Vec::new(),
                     }
-                )
-            })
-            .map(|(_, &at)| at);
+                });
         attributes.chain(values)
     }
 
@@ -139,6 +142,7 @@ pub(crate) fn feature_words(f: &Feature) -> usize {
     match (f, Ring::of(f)) {
         (_, Some(ring)) => 1 + ring.words(),
         (Feature::Value { ty, .. }, None) => value_words(*ty) + 1,
+        (Feature::Top { .. }, None) => super::top::Top::of(f).map_or(0, |t| t.words()),
         _ => 1,
     }
 }
@@ -173,7 +177,7 @@ impl Ring {
                 buckets: *buckets,
                 sum: matches!(aggregate, Aggregate::Sum(_)),
             }),
-            Feature::LastSeen { .. } | Feature::Value { .. } => None,
+            Feature::LastSeen { .. } | Feature::Value { .. } | Feature::Top { .. } => None,
         }
     }
 
@@ -267,10 +271,15 @@ impl Ring {
 
     /// Adds `from`'s window into `into`'s (both at `now`): customers merging.
     pub fn merge(&self, into: &mut [u32], from: &[u32], at: usize, now: u32) {
+        self.merge_from(into, at, from, at, now)
+    }
+
+    /// [`Ring::merge`] of rings at different offsets (a top's slots).
+    pub fn merge_from(&self, into: &mut [u32], at: usize, from: &[u32], from_at: usize, now: u32) {
         let n = now / self.width;
         self.advance(into, at, n);
-        for b in self.live_buckets(n, from[at]) {
-            let v = self.cell(from, at, b);
+        for b in self.live_buckets(n, from[from_at]) {
+            let v = self.cell(from, from_at, b);
             if v != 0.0 {
                 self.put(into, at, b, self.cell(into, at, b) + v);
             }
@@ -361,6 +370,11 @@ pub(crate) fn merge_rows(
         let at = layout.features[f];
         match (feature, Ring::of(feature)) {
             (_, Some(ring)) => ring.merge(into, from, at, now),
+            (Feature::Top { .. }, None) => {
+                if let Some(top) = super::top::Top::of(feature) {
+                    top.merge(into, from, at, now);
+                }
+            }
             (Feature::Value { ty, last, .. }, None) => {
                 // The earlier first value, the later last one; on a tie the survivor's.
                 let time_at = at + value_words(*ty);

@@ -44,6 +44,20 @@ fn same_shape(a: &Feature, b: &Feature) -> bool {
             None,
             None,
         ) => x == y && l == m,
+        (
+            Feature::Top {
+                bucket_width: w,
+                buckets: b,
+                ..
+            },
+            Feature::Top {
+                bucket_width: x,
+                buckets: c,
+                ..
+            },
+            None,
+            None,
+        ) => w == x && b == c,
         _ => false,
     }
 }

@@ -628,6 +628,14 @@ impl<X: Extension> ShardState<X> {
                     };
                     ring.add(row, at, now, ts, amount);
                 }
+                (Feature::Top { property, .. }, None) => {
+                    if let (Some(top), Some(super::event::PropValue::Str { code, .. })) = (
+                        super::top::Top::of(feature),
+                        event.properties.get(*property),
+                    ) {
+                        top.add(row, at, now, ts, *code, &config.interner);
+                    }
+                }
                 (
                     Feature::Value {
                         property, ty, last, ..
@@ -760,13 +768,27 @@ impl<X: Extension> ShardState<X> {
         let now = self.now;
         let into = self.row_mut(plan, local);
         let strings = || plan.layout.string_words(&plan.config);
-        let held: Vec<u32> = strings().map(|at| into[at]).collect();
+        // Both rows held their string codes; the merged row holds some of them (a top's
+        // values may change slots), and the others are let go.
+        let mut held: Vec<u32> = strings()
+            .flat_map(|at| [into[at], from.row[at]])
+            .filter(|&c| c != 0)
+            .collect();
         merge_rows(&plan.config, &plan.layout, into, &from.row, now);
-        // Both rows held their string codes; the one each attribute kept holds it now,
-        // the other value is let go.
-        for (at, held) in strings().zip(held) {
-            let dropped = if into[at] == held { from.row[at] } else { held };
-            plan.config.interner.release(dropped);
+        held.sort_unstable();
+        let mut kept: Vec<u32> = strings().map(|at| into[at]).filter(|&c| c != 0).collect();
+        kept.sort_unstable();
+        let mut kept = kept.into_iter().peekable();
+        for code in held {
+            // Both sorted: a held code still in the row is matched once, in order.
+            while kept.peek().is_some_and(|&k| k < code) {
+                kept.next();
+            }
+            if kept.peek() == Some(&code) {
+                kept.next();
+            } else {
+                plan.config.interner.release(code);
+            }
         }
         self.add_keys(plan, local, from.keys);
         if let Some(part) = from.extension {

@@ -85,6 +85,13 @@ impl<X: super::Extension> Engine<X> {
                         return None;
                     }
                     Feature::Value { .. } => eval.number(&Expr::ValueNum(f)),
+                    Feature::Top { .. } => {
+                        let code = eval.string(&Expr::Top(f));
+                        if let Some(text) = config.interner.resolve(code).filter(|_| code != 0) {
+                            texts.push((feature.label().to_string(), text.to_string()));
+                        }
+                        return None;
+                    }
                 };
                 Some((feature.label().to_string(), value))
             })

@@ -24,8 +24,8 @@ pub struct ProfileView {
     /// Every aggregate the config keeps whose value is a number, by the rule text that
     /// asked for it (NaN for a `first` or `last` number not seen yet).
     pub aggregates: Vec<(String, f64)>,
-    /// The aggregates whose value is a string (`first` and `last` of a string property),
-    /// by rule text, once set.
+    /// The aggregates whose value is a string (`first` and `last` of a string property,
+    /// `top`), by rule text, while they have one.
     pub texts: Vec<(String, String)>,
     pub attributes: Vec<(String, RawValue)>,
     pub scores: Vec<(String, f64)>,

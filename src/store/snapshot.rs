@@ -111,6 +111,22 @@ pub fn layout_fingerprint(config: &Config) -> u64 {
                 fp.u8(2).u64(*property as u64).u8(*ty as u8).u8(*last as u8);
                 matcher
             }
+            Feature::Top {
+                matcher,
+                property,
+                window,
+                bucket_width,
+                buckets,
+                ..
+            } => {
+                fp.u8(3)
+                    .u64(*property as u64)
+                    .u32(*window)
+                    .u32(*bucket_width)
+                    .u32(*buckets)
+                    .u32(crate::config::TOP_SLOTS as u32);
+                matcher
+            }
         };
         let index = |i: Option<usize>| i.map_or(u64::MAX, |i| i as u64);
         fp.u64(index(matcher.event)).u64(index(matcher.channel));

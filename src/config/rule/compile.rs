@@ -400,6 +400,52 @@ impl<'a> Compiler<'a> {
                 }
             }
             NodeKind::Call(call) => self.call(call, span, text, scope, refs)?,
+            NodeKind::InTop {
+                value,
+                list,
+                negated,
+            } => {
+                let NodeKind::Call(Call::Top(selector, window, count)) = &list.kind else {
+                    unreachable!("the parser makes `in top(...)` only of a top call");
+                };
+                let n = match count {
+                    None => 1,
+                    Some((n, span)) => top_count(*n, span)?,
+                };
+                let (top, _) = self.call(
+                    &Call::Top(selector.clone(), *window, None),
+                    list.span.clone(),
+                    text,
+                    scope,
+                    refs,
+                )?;
+                let Expr::Top(feature) = top else {
+                    unreachable!("a top call compiles to Expr::Top");
+                };
+                let value_expr = match self.typed(value, text, scope, refs)? {
+                    (e, Ty::AttrStr) => e,
+                    (_, Ty::Literal(s)) => Expr::Str(self.code(&Ty::AttrStr, &s)),
+                    (_, other) => {
+                        return Err(RuleError::new(
+                            value.span.clone(),
+                            format!(
+                                "`in top(...)` needs a string on its left, found {}",
+                                other.describe()
+                            ),
+                            Some("the list holds values of a string property"),
+                        ))
+                    }
+                };
+                (
+                    Expr::TopHas {
+                        negated: *negated,
+                        value: Box::new(value_expr),
+                        feature,
+                        n,
+                    },
+                    Ty::Bool,
+                )
+            }
         })
     }
 
@@ -715,6 +761,49 @@ impl<'a> Compiler<'a> {
                     (Expr::ValueStr(id), Ty::AttrStr)
                 }
             }
+            Call::Top(selector, window, count) => {
+                if let Some((_, span)) = count {
+                    return Err(RuleError::new(
+                        span.clone(),
+                        "`top(..., N)` is a list of values: test it with `in`",
+                        Some("for example `attr.favourite in top(product_view.category, 30d, 3)`; without N, `top(...)` is the most frequent value"),
+                    ));
+                }
+                let matcher = self.event_match(selector, text, refs)?;
+                let (event, index) = self.property_of(
+                    selector,
+                    &matcher,
+                    "top needs the property whose values it counts",
+                    "top(product_view.category, 30d)",
+                    "top",
+                )?;
+                let def = &self.ctx.events[event];
+                if def.properties[index].ty != ValueType::String {
+                    let property = selector.property.as_ref().expect("checked");
+                    return Err(RuleError::new(
+                        property.span.clone(),
+                        format!(
+                            "property `{}` of `{}` is not a string; top counts the values of a string property",
+                            property.text, def.name
+                        ),
+                        None,
+                    ));
+                }
+                let buckets = self.ctx.window_buckets;
+                if *window % buckets as u64 != 0 {
+                    return Err(RuleError::new(span, format!("a window of {} cannot be split into {buckets} buckets of whole seconds", crate::config::duration::format_duration(*window)), Some(&format!("use a window that is a multiple of {buckets} seconds, or change `engine.window_buckets`"))));
+                }
+                let id = self.feature(Feature::Top {
+                    matcher,
+                    property: index,
+                    window: *window as u32,
+                    bucket_width: (*window / buckets as u64) as u32,
+                    buckets,
+                    label,
+                });
+                refs.features.insert(id);
+                (Expr::Top(id), Ty::AttrStr)
+            }
             Call::ActiveChannels(window) => {
                 refs.activity = true;
                 (Expr::ActiveChannels(*window as u32), Ty::Num)
@@ -849,4 +938,17 @@ pub fn list<'s>(names: impl Iterator<Item = &'s str>) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// The N of `top(..., N)`: a whole number from 1 to the slots a top keeps.
+fn top_count(n: f64, span: &std::ops::Range<usize>) -> Result<u32, RuleError> {
+    let slots = crate::config::TOP_SLOTS;
+    if n.fract() != 0.0 || n < 1.0 || n > slots as f64 {
+        return Err(RuleError::new(
+            span.clone(),
+            format!("`top` keeps the {slots} most frequent values, so N is 1 to {slots}, not {n}"),
+            None,
+        ));
+    }
+    Ok(n as u32)
 }

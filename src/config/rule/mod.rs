@@ -109,6 +109,17 @@ pub enum Expr {
     /// A string property's value at the first or last matching event, as an
     /// interned code (a value feature); 0 before any.
     ValueStr(usize),
+    /// The most frequent value in a top feature's window, as an interned code; 0 when
+    /// the window is empty.
+    Top(usize),
+    /// Whether `value` (a string) is among the `n` most frequent values of a top
+    /// feature's window.
+    TopHas {
+        negated: bool,
+        value: Box<Expr>,
+        feature: usize,
+        n: u32,
+    },
 }
 
 impl Expr {
@@ -236,6 +247,18 @@ impl Expr {
             }
             Expr::ValueStr(f) => {
                 fp.u8(36).u64(*f as u64);
+            }
+            Expr::Top(f) => {
+                fp.u8(37).u64(*f as u64);
+            }
+            Expr::TopHas {
+                negated,
+                value,
+                feature,
+                n,
+            } => {
+                fp.u8(38).u8(*negated as u8).u64(*feature as u64).u32(*n);
+                value.fingerprint(fp);
             }
         }
     }

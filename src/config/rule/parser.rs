@@ -7,7 +7,8 @@
 //! or       = and ("or" and)*
 //! and      = not ("and" not)*
 //! not      = "not" not | compare
-//! compare  = additive (cmp_op additive | "not"? "in" "[" literal ("," literal)* "]")?
+//! compare  = additive (cmp_op additive | "not"? "in" "[" literal ("," literal)* "]"
+//!                     | "not"? "in" top)?
 //! additive = term (("+" | "-") term)*
 //! term     = unary (("*" | "/") unary)*
 //! unary    = "-" unary | primary
@@ -17,6 +18,8 @@
 //!          | "sum" "(" selector "," duration ")"          (selector names event.property)
 //!          | "since" "(" selector ")" | "ever" "(" selector ")"
 //!          | "first" "(" selector ")" | "last" "(" selector ")"   (selector names event.property)
+//!          | top
+//! top      = "top" "(" selector "," duration ("," number)? ")"  (the N most frequent; a list with `in`)
 //!          | "active_channels" "(" duration ")"
 //!          | "score" "(" name ")" | "in" "(" name ")" | "has_key" "(" name ")"
 //!          | ("min" | "max") "(" expr "," expr ")"
@@ -93,6 +96,9 @@ pub enum Call {
     First(Selector),
     /// The value of a property at the last (latest) matching event.
     Last(Selector),
+    /// The most frequent values of a string property over a window; with a count (and
+    /// its span), the list of the N most frequent, for `in`.
+    Top(Selector, u64, Option<(f64, Span)>),
     ActiveChannels(u64),
     Score(Name),
     In(Name),
@@ -121,6 +127,12 @@ pub enum NodeKind {
         items: Vec<Node>,
         negated: bool,
     },
+    /// `x in top(...)`: `list` is the `top` call.
+    InTop {
+        value: Box<Node>,
+        list: Box<Node>,
+        negated: bool,
+    },
     Not(Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
@@ -144,7 +156,7 @@ pub const KEYWORDS: &[&str] = &[
 
 /// The functions of the language, for "expected one of" messages.
 pub const FUNCTIONS: &str =
-    "count, sum, since, ever, first, last, active_channels, score, in, has_key, min, max";
+    "count, sum, since, ever, first, last, top, active_channels, score, in, has_key, min, max";
 
 /// Parses a whole rule.
 pub fn parse(text: &str) -> Result<Node, RuleError> {
@@ -310,6 +322,23 @@ impl Parser {
         }
         let negated = self.peek_is_keyword("not")
             && matches!(self.tokens.get(self.pos + 1), Some((Token::Ident(w), _)) if w == "in");
+        // `x in top(...)`: membership of the list a `top` makes.
+        let list_at = self.pos + 1 + negated as usize;
+        if (negated || self.peek_is_keyword("in"))
+            && matches!(self.tokens.get(list_at), Some((Token::Ident(w), _)) if w == "top")
+        {
+            self.pos = list_at;
+            let list = self.primary()?;
+            let span = left.span.start..list.span.end;
+            return Ok(Node {
+                kind: NodeKind::InTop {
+                    value: Box::new(left),
+                    list: Box::new(list),
+                    negated,
+                },
+                span,
+            });
+        }
         if negated
             || (self.peek_is_keyword("in")
                 && matches!(self.tokens.get(self.pos + 1), Some((Token::LBracket, _))))
@@ -503,6 +532,29 @@ impl Parser {
             "ever" => Call::Ever(self.selector()?),
             "first" => Call::First(self.selector()?),
             "last" => Call::Last(self.selector()?),
+            "top" => {
+                let selector = self.selector()?;
+                self.expect(
+                    Token::Comma,
+                    "`,` and a window, as in `top(product_view.category, 30d)`",
+                )?;
+                let window = self.duration()?;
+                let count = if self.peek() == Some(&Token::Comma) {
+                    self.bump();
+                    match self.bump() {
+                        Some((Token::Number(n), span)) => Some((n, span)),
+                        _ => {
+                            self.pos -= 1;
+                            return Err(self.unexpected(
+                                "how many values, as in `top(product_view.category, 30d, 3)`",
+                            ));
+                        }
+                    }
+                } else {
+                    None
+                };
+                Call::Top(selector, window, count)
+            }
             "active_channels" => Call::ActiveChannels(self.duration()?),
             "score" => Call::Score(self.name("a score name")?),
             "in" => Call::In(self.name("a segment name")?),
@@ -604,6 +656,16 @@ mod tests {
                     go(value),
                     if *negated { "not " } else { "" },
                     items.iter().map(go).collect::<Vec<_>>().join(",")
+                ),
+                NodeKind::InTop {
+                    value,
+                    list,
+                    negated,
+                } => format!(
+                    "({} {}in {})",
+                    go(value),
+                    if *negated { "not " } else { "" },
+                    go(list)
                 ),
                 NodeKind::Not(x) => format!("(not {})", go(x)),
                 NodeKind::And(a, b) => format!("({} and {})", go(a), go(b)),
