@@ -116,35 +116,46 @@ impl Top {
         p[s + 1] = p[s + 1].max(ts.max(1));
     }
 
-    /// The slots with an event in the window, best first.
-    fn ranked(&self, p: &[u32], at: usize, now: u32) -> Vec<usize> {
-        let mut live: Vec<(usize, f64)> = (0..TOP_SLOTS)
-            .map(|i| self.slot(at, i))
-            .map(|s| (s, self.count(p, s, now)))
-            .filter(|&(_, c)| c > 0.0)
-            .collect();
-        live.sort_by(|&(a, ca), &(b, cb)| {
+    /// The slots with an event in the window, best first, in a fixed array (no
+    /// allocation: rules read this on every event): `(slots, how many)`.
+    fn ranked(&self, p: &[u32], at: usize, now: u32) -> ([usize; TOP_SLOTS], usize) {
+        let mut live = [(0usize, 0.0f64); TOP_SLOTS];
+        let mut len = 0;
+        for i in 0..TOP_SLOTS {
+            let s = self.slot(at, i);
+            let c = self.count(p, s, now);
+            if c > 0.0 {
+                live[len] = (s, c);
+                len += 1;
+            }
+        }
+        live[..len].sort_unstable_by(|&(a, ca), &(b, cb)| {
             cb.partial_cmp(&ca)
                 .unwrap_or(std::cmp::Ordering::Equal)
                 .then(p[b + 1].cmp(&p[a + 1]))
                 .then(a.cmp(&b))
         });
-        live.into_iter().map(|(s, _)| s).collect()
+        let mut slots = [0usize; TOP_SLOTS];
+        for (out, &(s, _)) in slots.iter_mut().zip(&live[..len]) {
+            *out = s;
+        }
+        (slots, len)
     }
 
     /// The most frequent value now, 0 when the window is empty.
     pub fn best(&self, p: &[u32], at: usize, now: u32) -> u32 {
-        self.ranked(p, at, now).first().map_or(0, |&s| p[s])
+        let (slots, len) = self.ranked(p, at, now);
+        if len == 0 {
+            0
+        } else {
+            p[slots[0]]
+        }
     }
 
     /// Whether `code` is among the `n` most frequent values now.
     pub fn has(&self, p: &[u32], at: usize, now: u32, code: u32, n: u32) -> bool {
-        code != 0
-            && self
-                .ranked(p, at, now)
-                .iter()
-                .take(n as usize)
-                .any(|&s| p[s] == code)
+        let (slots, len) = self.ranked(p, at, now);
+        code != 0 && slots[..len].iter().take(n as usize).any(|&s| p[s] == code)
     }
 
     /// When the counts next change with time alone: a slot's oldest event leaving.
