@@ -458,3 +458,42 @@ fn top_rule_errors_say_what_it_needs() {
         "`in top(...)` needs a string on its left, found a number"
     );
 }
+
+#[test]
+fn offer_rules_and_ranks_read_first_last_and_top() {
+    let offers = r#"
+[offers.more_shoes]
+description = "For customers who browse shoes most."
+rule = 'top(product_view.category, 30d) == "shoes" and first(purchase.category) != "shoes"'
+channels = ["web"]
+value = 10
+rank = "value + last(purchase.amount) / 10"
+priority = 5
+"#;
+    let clock = Arc::new(ManualClock::new(START_MS + DAY_MS));
+    let node = Node::new(config_with(offers), clock);
+    let ask = |key: &str| {
+        node.decide(&omnia::model::decision::DecisionRequest {
+            key: key.into(),
+            channel: "web".into(),
+            top: 1,
+            record_impression: false,
+            explain: false,
+            context: Vec::new(),
+        })
+        .unwrap()
+    };
+    node.ingest(&purchase("user:1", "web", START_MS, Some("bags"), 150.0))
+        .unwrap();
+    node.ingest(&view("user:1", START_MS + 1000, "shoes"))
+        .unwrap();
+    let d = ask("user:1");
+    assert_eq!(d.offers[0].offer, "more_shoes");
+    assert_eq!(d.offers[0].score, 25.0, "10 + the last order's 150 / 10");
+    // Browsing bags most now: the rule no longer holds.
+    node.ingest(&view("user:1", START_MS + 2000, "bags"))
+        .unwrap();
+    node.ingest(&view("user:1", START_MS + 3000, "bags"))
+        .unwrap();
+    assert_ne!(ask("user:1").offers[0].offer, "more_shoes");
+}
