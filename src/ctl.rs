@@ -623,6 +623,13 @@ fn render_decision(d: &Decision) -> String {
             o.priority,
             if o.sticky { "  (sticky)" } else { "" }
         ));
+        if let Some(c) = &o.content {
+            for (name, value) in ["title", "text", "url", "image"].iter().zip(c.fields()) {
+                if let Some(v) = value {
+                    out.push_str(&format!("       {name:<6} {v}\n"));
+                }
+            }
+        }
     }
     for a in &d.arms {
         out.push_str(&format!("  experiment {}: arm {}\n", a.experiment, a.arm));

@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use omnia::model::decision::{
-    ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
-    FeedbackTarget, OfferStats, Outcome, RankedOffer, Redeemed,
+    ArmAssignment, Considered, Content, Coupon, Decision, DecisionRequest, FeedbackKind,
+    FeedbackResult, FeedbackTarget, OfferStats, Outcome, RankedOffer, Redeemed,
 };
 use omnia::model::{ProfileView, RawEvent, RawValue};
 use omnia::protocol::message::{Rejected, ServerHello, Stats};
@@ -335,7 +335,21 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
         }),
         (
             any::<(u64, bool)>(),
-            prop::collection::vec((text(), -1e9f64..1e9, any::<i32>(), any::<bool>()), 0..4),
+            prop::collection::vec(
+                (
+                    text(),
+                    -1e9f64..1e9,
+                    any::<i32>(),
+                    any::<bool>(),
+                    prop::option::of((
+                        prop::option::of(text()),
+                        prop::option::of(text()),
+                        prop::option::of(text()),
+                        prop::option::of(text())
+                    ))
+                ),
+                0..4
+            ),
             prop::collection::vec((text(), text()), 0..3),
             prop::collection::vec((text(), text(), any::<(u32, u32)>()), 0..3),
             prop::collection::vec(
@@ -357,11 +371,17 @@ fn response() -> impl Strategy<Value = (u8, Response)> {
                             known_customer,
                             offers: offers
                                 .into_iter()
-                                .map(|(offer, score, priority, sticky)| RankedOffer {
+                                .map(|(offer, score, priority, sticky, content)| RankedOffer {
                                     offer,
                                     score,
                                     priority,
                                     sticky,
+                                    content: content.map(|(title, text, url, image)| Content {
+                                        title,
+                                        text,
+                                        url,
+                                        image,
+                                    }),
                                 })
                                 .collect(),
                             arms: arms

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::file::{RawConfig, RawDecisions, RawOffer};
 use super::rule::compile::{list, OfferNames};
-use super::rule::{Compiler, Expr, Refs};
+use super::rule::{Compiler, Expr, Refs, RuleError};
 use super::{AttributeDef, Builder, EventDef, ValueType};
 use crate::model::decision::FeedbackKind;
 
@@ -49,6 +49,33 @@ pub struct BudgetDef {
     pub counts: BudgetCounts,
     pub limit: u64,
     pub per: Option<u32>,
+}
+
+/// An offer's content: the fields a channel shows (title, text, URL, image), each a
+/// template whose `{...}` placeholders are filled per customer at the decision, so that
+/// every channel shows the same words.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContentDef {
+    pub title: Option<Template>,
+    pub text: Option<Template>,
+    pub url: Option<Template>,
+    pub image: Option<Template>,
+}
+
+/// Text with placeholders, compiled: literal text, a rule expression's value (a number
+/// or a string), or the customer's coupon code for the offer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Template {
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    Number(Expr),
+    /// An interned string code, as `Expr`s of string type evaluate.
+    String(Expr),
+    Coupon,
 }
 
 /// The lengths a coupon code's body may have (characters after the dash, before the
@@ -94,6 +121,7 @@ pub struct OfferDef {
     /// Seconds an impression keeps this offer first on every channel; 0 is off.
     pub sticky: u32,
     pub coupon: Option<CouponDef>,
+    pub content: Option<ContentDef>,
 }
 
 impl OfferDef {
@@ -662,6 +690,83 @@ impl Builder<'_> {
         }
     }
 
+    /// A content field's template: text with `{EXPR}` placeholders (a rule expression
+    /// over the profile, shown as its value), `{coupon}` (the customer's coupon code for
+    /// the offer), and `{{` / `}}` for braces. Errors point into the text.
+    fn template(
+        &mut self,
+        field: &Spanned<String>,
+        compiler: &mut Compiler<'_>,
+        what: &str,
+    ) -> Option<Template> {
+        let text = field.get_ref();
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text.char_indices().peekable();
+        let before = self.errors.len();
+        while let Some((i, ch)) = rest.next() {
+            match ch {
+                '{' if rest.peek().map(|&(_, c)| c) == Some('{') => {
+                    rest.next();
+                    literal.push('{');
+                }
+                '}' if rest.peek().map(|&(_, c)| c) == Some('}') => {
+                    rest.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let Some(end) = text[i + 1..].find('}').map(|e| i + 1 + e) else {
+                        self.rule_error(
+                            field,
+                            RuleError::new(
+                                i..text.len(),
+                                format!("`{{` without its `}}` in {what}"),
+                                Some("close the placeholder, or write `{{` for a brace"),
+                            ),
+                        );
+                        return None;
+                    };
+                    if !literal.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut literal)));
+                    }
+                    let inner = &text[i + 1..end];
+                    if inner.trim() == "coupon" {
+                        pieces.push(Piece::Coupon);
+                    } else {
+                        match compiler.offer_value(inner, &mut Refs::default()) {
+                            Ok((expr, true)) => pieces.push(Piece::String(expr)),
+                            Ok((expr, false)) => pieces.push(Piece::Number(expr)),
+                            Err(mut e) => {
+                                // The error's place is within the placeholder.
+                                e.span = e.span.start + i + 1..e.span.end + i + 1;
+                                self.rule_error(field, e);
+                            }
+                        }
+                    }
+                    while rest.peek().is_some_and(|&(j, _)| j <= end) {
+                        rest.next();
+                    }
+                }
+                '}' => {
+                    self.rule_error(
+                        field,
+                        RuleError::new(
+                            i..i + 1,
+                            format!("`}}` without its `{{` in {what}"),
+                            Some("write `}}` for a brace"),
+                        ),
+                    );
+                    return None;
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Text(literal));
+        }
+        (self.errors.len() == before).then_some(Template { pieces })
+    }
+
     /// The bits of the channels `listed` (every channel when not given); errors for an
     /// empty list or an unknown channel.
     fn channel_mask(
@@ -764,6 +869,18 @@ impl Builder<'_> {
                     self.rule_error(rank, e);
                     None
                 }
+            }
+        });
+        let content = offer.content.as_ref().map(|c| {
+            let mut field = |name: &str, text: &Option<Spanned<String>>| {
+                text.as_ref()
+                    .and_then(|t| self.template(t, compiler, &what(&format!("content.{name}"))))
+            };
+            ContentDef {
+                title: field("title", &c.title),
+                text: field("text", &c.text),
+                url: field("url", &c.url),
+                image: field("image", &c.image),
             }
         });
         let mut caps = Vec::new();
@@ -912,6 +1029,7 @@ impl Builder<'_> {
             budget,
             sticky,
             coupon,
+            content,
         })
     }
 }

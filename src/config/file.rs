@@ -170,6 +170,8 @@ pub struct RawOffer {
     pub budget: Option<Spanned<RawBudget>>,
     pub sticky: Option<Spanned<String>>,
     pub coupon: Option<RawCoupon>,
+    /// What channels show, with `{...}` placeholders filled per customer.
+    pub content: Option<RawContent>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +195,15 @@ pub struct RawBudget {
     pub accepts: Option<u64>,
     pub impressions: Option<u64>,
     pub per: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContent {
+    pub title: Option<Spanned<String>>,
+    pub text: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub image: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

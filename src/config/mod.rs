@@ -38,8 +38,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use decisions::{
-    ArmDef, BudgetCounts, BudgetDef, Cap, CouponDef, Decisions, ExperimentDef, OfferDef,
-    COUPON_LENGTHS, DEFAULT_COUPON_LENGTH,
+    ArmDef, BudgetCounts, BudgetDef, Cap, ContentDef, CouponDef, Decisions, ExperimentDef,
+    OfferDef, Piece, Template, COUPON_LENGTHS, DEFAULT_COUPON_LENGTH,
 };
 pub use diagnostic::{ConfigError, Diagnostic, Source, Span};
 pub use file::UnknownProperties;

@@ -97,9 +97,33 @@ pub(super) struct Decided<'a> {
     pub codes: Vec<(u8, CompactString)>,
     /// Why it cannot be recorded, when the plan says no for a reason of its own.
     pub failed: Option<super::DecideError>,
+    /// Per offer of `chosen`: its content filled for the customer.
+    pub contents: Vec<Option<crate::model::decision::Content>>,
 }
 
 impl Decided<'_> {
+    /// Fills the content of each chosen offer for the customer `eval` reads, `{coupon}`
+    /// with the code this decision issues or the customer's open one (`state`).
+    fn fill_contents(&mut self, eval: &Eval<'_>, state: Option<&CustomerOffers>) {
+        let config = self.engine.config();
+        self.contents = self
+            .chosen
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let def = config.decisions.offers[c.offer].content.as_ref()?;
+                let open = state.and_then(|s| {
+                    s.coupons
+                        .iter()
+                        .find(|k| k.offer as usize == c.offer && k.is_open(self.now))
+                        .map(|k| k.code.as_str())
+                });
+                let coupon = code_at(&self.codes, i).or(open);
+                Some(super::content::render(config, def, eval, coupon))
+            })
+            .collect();
+    }
+
     /// Decides for a customer omnia has never seen and that this decision does not
     /// create: against a blank profile first seen now on the asking channel, with no
     /// lock and no change.
@@ -125,6 +149,7 @@ impl Decided<'_> {
         self.chosen =
             self.decider
                 .take_top(a.ranked, self.request, self.now, &mut self.explanation);
+        self.fill_contents(&eval, None);
     }
 }
 
@@ -168,6 +193,7 @@ impl Action<Offers> for Decided<'_> {
         self.logged_key = primary.into();
         let impressions = self.request.record_impression && !self.chosen.is_empty();
         if !impressions {
+            self.fill_contents(&customer.eval, Some(customer.extension.offers));
             return !self.exposed.is_empty();
         }
         match self.decider.codes_for(
@@ -182,6 +208,7 @@ impl Action<Offers> for Decided<'_> {
                 return false;
             }
         }
+        self.fill_contents(&customer.eval, Some(customer.extension.offers));
         if let Some(event_type) = self.event_type {
             let codes = &self.codes;
             self.events = self

@@ -39,6 +39,7 @@ mod actions;
 pub mod analysis;
 mod budget;
 pub mod code;
+mod content;
 mod coupons;
 pub use coupons::RedeemError;
 mod counters;
@@ -487,6 +488,7 @@ impl Decider {
             exposed: Vec::new(),
             codes: Vec::new(),
             failed: None,
+            contents: Vec::new(),
         };
         let known = if request.record_impression || expose {
             let create = decided
@@ -527,6 +529,7 @@ impl Decider {
         let Decided {
             decision_id,
             chosen,
+            contents,
             explanation,
             arms,
             coupons,
@@ -552,11 +555,13 @@ impl Decider {
             decision_id,
             offers: chosen
                 .iter()
-                .map(|c| RankedOffer {
+                .enumerate()
+                .map(|(i, c)| RankedOffer {
                     offer: name_of(c.offer),
                     score: c.score,
                     priority: c.priority,
                     sticky: c.sticky,
+                    content: contents.get(i).cloned().flatten(),
                 })
                 .collect(),
             arms: arms

@@ -781,6 +781,7 @@ mod tests {
             budget: None,
             sticky: 50,
             coupon: None,
+            content: None,
         }
     }
 

@@ -157,6 +157,34 @@ pub struct RankedOffer {
     pub priority: i32,
     /// Shown because the customer saw it on some channel within its sticky window.
     pub sticky: bool,
+    /// The offer's content filled for this customer, when the offer has content.
+    pub content: Option<Content>,
+}
+
+/// What a channel shows of an offer, its placeholders filled for the customer
+/// (`[offers.NAME] content`); fields the offer does not define are `None`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct Content {
+    pub title: Option<String>,
+    pub text: Option<String>,
+    pub url: Option<String>,
+    pub image: Option<String>,
+}
+
+impl Content {
+    /// The fields in order: title, text, url, image.
+    pub fn fields(&self) -> [&Option<String>; 4] {
+        [&self.title, &self.text, &self.url, &self.image]
+    }
+
+    pub fn fields_mut(&mut self) -> [&mut Option<String>; 4] {
+        [
+            &mut self.title,
+            &mut self.text,
+            &mut self.url,
+            &mut self.image,
+        ]
+    }
 }
 
 /// One offer's fate in a decision, for explanations.

@@ -12,8 +12,8 @@ use super::{ErrorCode, PROTOCOL_VERSION};
 use crate::codec::events::Layout;
 use crate::field;
 use crate::model::decision::{
-    ArmAssignment, Considered, Coupon, Decision, DecisionRequest, FeedbackKind, FeedbackResult,
-    FeedbackTarget, OfferStats, Outcome, RankedOffer, Redeemed,
+    ArmAssignment, Considered, Content, Coupon, Decision, DecisionRequest, FeedbackKind,
+    FeedbackResult, FeedbackTarget, OfferStats, Outcome, RankedOffer, Redeemed,
 };
 use crate::model::reload::ReloadReport;
 use crate::model::{
@@ -872,6 +872,30 @@ impl Response {
                     b.put_f64_le(e.score);
                     b.str(&e.detail);
                 }
+                // Last, and only when some offer has content: clients from before it
+                // stop above.
+                let with_content: Vec<(usize, &Content)> = d
+                    .offers
+                    .iter()
+                    .take(255)
+                    .enumerate()
+                    .filter_map(|(i, o)| Some((i, o.content.as_ref()?)))
+                    .collect();
+                if !with_content.is_empty() {
+                    b.put_u8(with_content.len() as u8);
+                    for (i, c) in with_content {
+                        b.put_u8(i as u8);
+                        let fields = c.fields();
+                        let mask = fields
+                            .iter()
+                            .enumerate()
+                            .fold(0u8, |m, (k, f)| m | ((f.is_some() as u8) << k));
+                        b.put_u8(mask);
+                        for f in fields.into_iter().flatten() {
+                            b.str(f);
+                        }
+                    }
+                }
             }
             Response::Feedback(f) => {
                 b.put_u64_le(f.decision_id);
@@ -1223,6 +1247,7 @@ impl Response {
                                 score: r.f64(field!("score of offer {i}"))?,
                                 priority: r.u32(field!("priority of offer {i}"))? as i32,
                                 sticky: r.u8(field!("sticky of offer {i}"))? != 0,
+                                content: None,
                             })
                         })
                         .collect::<Result<_, DecodeError>>()?;
@@ -1259,6 +1284,30 @@ impl Response {
                             })
                         })
                         .collect::<Result<_, DecodeError>>()?;
+                    let mut offers: Vec<RankedOffer> = offers;
+                    if r.remaining() > 0 {
+                        let n = r.u8(field!("content count"))?;
+                        for k in 0..n {
+                            let at = r.offset();
+                            let i = r.u8(field!("offer of content {k}"))? as usize;
+                            let mask = r.u8(field!("fields of content {k}"))?;
+                            let Some(offer) = offers.get_mut(i) else {
+                                return Err(DecodeError::Invalid {
+                                    field: format!("offer of content {k}"),
+                                    offset: at,
+                                    message: format!("offer {i} of {}", offers.len()),
+                                });
+                            };
+                            let mut content = Content::default();
+                            for (bit, f) in content.fields_mut().into_iter().enumerate() {
+                                if mask & (1 << bit) != 0 {
+                                    *f =
+                                        Some(r.str(field!("content {k} field {bit}"))?.to_string());
+                                }
+                            }
+                            offer.content = Some(content);
+                        }
+                    }
                     Response::Decision(Box::new(Decision {
                         decision_id,
                         offers,

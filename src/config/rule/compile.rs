@@ -158,6 +158,22 @@ impl<'a> Compiler<'a> {
         Ok(expr)
     }
 
+    /// Compiles a content placeholder: a rule expression over the profile whose value is
+    /// shown, a number or a string (`Some(true)` for a string).
+    pub fn offer_value(&mut self, text: &str, refs: &mut Refs) -> Result<(Expr, bool), RuleError> {
+        let node = super::parse(text)?;
+        match self.typed(&node, text, Scope::Offer { names: None }, refs)? {
+            (e, Ty::Num) => Ok((e, false)),
+            (e, Ty::AttrStr) => Ok((e, true)),
+            (_, Ty::Literal(s)) => Ok((Expr::Str(self.interner.pin(&s)), true)),
+            (_, other) => Err(RuleError::new(
+                node.span.clone(),
+                format!("a placeholder shows a number or a string, and this is {}", other.describe()),
+                Some("a condition has no words of its own; show a value, for example `{count(purchase, 30d)}`"),
+            )),
+        }
+    }
+
     /// Compiles an offer's ranking expression, which may also name `value`, `weight`
     /// and `propensity`.
     pub fn offer_rank(
