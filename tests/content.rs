@@ -28,14 +28,7 @@ fn config(extra: &str) -> Result<Config, omnia::config::ConfigError> {
 }
 
 fn ask(key: &str, channel: &str, record: bool) -> DecisionRequest {
-    DecisionRequest {
-        key: key.into(),
-        channel: channel.into(),
-        top: 1,
-        record_impression: record,
-        explain: false,
-        context: Vec::new(),
-    }
+    common::ask(key, channel, 1, record)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,14 +21,7 @@ use omnia::store::Store;
 const DAY_MS: i64 = 86_400_000;
 
 fn ask(key: &str, channel: &str) -> DecisionRequest {
-    DecisionRequest {
-        key: key.into(),
-        channel: channel.into(),
-        top: 3,
-        record_impression: true,
-        explain: false,
-        context: Vec::new(),
-    }
+    common::ask(key, channel, 3, true)
 }
 
 /// A first purchase by `key` on the web at `now`: the default config's `thank_you`

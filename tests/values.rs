@@ -472,17 +472,7 @@ priority = 5
 "#;
     let clock = Arc::new(ManualClock::new(START_MS + DAY_MS));
     let node = Node::new(config_with(offers), clock);
-    let ask = |key: &str| {
-        node.decide(&omnia::model::decision::DecisionRequest {
-            key: key.into(),
-            channel: "web".into(),
-            top: 1,
-            record_impression: false,
-            explain: false,
-            context: Vec::new(),
-        })
-        .unwrap()
-    };
+    let ask = |key: &str| node.decide(&common::ask(key, "web", 1, false)).unwrap();
     node.ingest(&purchase("user:1", "web", START_MS, Some("bags"), 150.0))
         .unwrap();
     node.ingest(&view("user:1", START_MS + 1000, "shoes"))

@@ -60,6 +60,24 @@ impl Drop for TempDir {
     }
 }
 
+/// A decision request for the `top` best offers for `key` on `channel`, recording their
+/// impressions with `record`, without explanation or context.
+pub fn ask(
+    key: &str,
+    channel: &str,
+    top: u8,
+    record: bool,
+) -> omnia::model::decision::DecisionRequest {
+    omnia::model::decision::DecisionRequest {
+        key: key.into(),
+        channel: channel.into(),
+        top,
+        record_impression: record,
+        explain: false,
+        context: Vec::new(),
+    }
+}
+
 /// Customer `i` logs in on `channel`: the cookie `anon:c{i}`, the account `user:{i}` and
 /// an e-mail address in one event, which merges the cookie's profile into the account's.
 pub fn login(i: usize, channel: &str, now: i64) -> omnia::engine::RawEvent {
