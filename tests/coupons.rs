@@ -74,6 +74,15 @@ async fn a_coupon_sent_by_email_is_redeemed_once_at_the_till_and_then_shown_nowh
     let coupon = thanks(&email.coupons);
     let body = code::parse(&coupon.code).unwrap();
     assert_eq!((body.prefix, body.length), ("THANKS", 10));
+    // The default config's thank-you e-mail names the code in its words.
+    let words = email
+        .offers
+        .iter()
+        .find(|o| o.offer == "thank_you")
+        .and_then(|o| o.content.clone())
+        .and_then(|c| c.text)
+        .unwrap();
+    assert!(words.contains(&coupon.code), "{words}");
 
     // Scanned on a channel the coupon is not valid on, mistyped, or unknown: refused,
     // saying why, and nothing is redeemed.
