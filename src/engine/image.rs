@@ -192,10 +192,10 @@ pub(crate) fn read_shard<X: Extension>(
     // `allocate` adds a chunk when the slot count reaches a chunk boundary, so exactly
     // the chunks holding `slots` rows exist, as here.
     if !codes.is_empty() {
-        let strings: Vec<usize> = plan.layout.string_words(&plan.config).collect();
+        let strings = plan.layout.string_words();
         for local in 0..slots {
             let (chunk, row) = (local / CHUNK_ROWS, local % CHUNK_ROWS * stride);
-            for &at in &strings {
+            for &at in strings {
                 let word = &mut rows[chunk][row + at];
                 *word = *codes.get(*word as usize).ok_or_else(|| {
                     r.invalid("profile row", format!("string code {} is unknown", *word))
@@ -461,7 +461,7 @@ impl<X: Extension> Engine<X> {
             // The interner counts the rows that hold each code (see `Interner`).
             for id in state.live() {
                 let row = state.row(&self.plan, id - base);
-                for at in self.plan.layout.string_words(&self.plan.config) {
+                for &at in self.plan.layout.string_words() {
                     interner.retain(row[at]);
                 }
             }

@@ -859,7 +859,7 @@ impl<X: Extension> Engine<X> {
             let state = self.shards[shard].lock();
             for id in state.live() {
                 let row = state.row(&self.plan, id - state.id_base());
-                for at in self.plan.layout.string_words(&self.plan.config) {
+                for &at in self.plan.layout.string_words() {
                     if row[at] != 0 {
                         *held.entry(row[at]).or_default() += 1;
                     }

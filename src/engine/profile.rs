@@ -38,36 +38,16 @@ pub(crate) struct Layout {
     /// Offset of each decayed score (`None` for computed scores).
     pub scores: Vec<Option<usize>>,
     pub features: Vec<usize>,
+    /// See [`Layout::string_words`].
+    strings: Vec<usize>,
 }
 
 impl Layout {
     /// The offsets of every word that holds an interned string code: string attributes'
-    /// values and string first/last values. Each code there holds one reference
-    /// (`Interner::retain`), released when the word changes or the row goes.
-    pub fn string_words<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = usize> + 'a {
-        let attributes = self
-            .attributes
-            .iter()
-            .filter(|(_, ty)| *ty == ValueType::String)
-            .map(|&(at, _)| at);
-        let values =
-            config
-                .features
-                .iter()
-                .zip(&self.features)
-                .flat_map(|(f, &at)| -> Vec<usize> {
-                    match f {
-                        Feature::Value {
-                            ty: ValueType::String,
-                            ..
-                        } => vec![at],
-                        Feature::Top { .. } => super::top::Top::of(f)
-                            .map(|t| t.code_words(at).collect())
-                            .unwrap_or_default(),
-                        _ => Vec::new(),
-                    }
-                });
-        attributes.chain(values)
+    /// values, string first/last values and a top's values. Each code there holds one
+    /// reference (`Interner::retain`), released when the word changes or the row goes.
+    pub fn string_words(&self) -> &[usize] {
+        &self.strings
     }
 
     pub fn new(config: &Config) -> Layout {
@@ -93,12 +73,32 @@ impl Layout {
             features.push(at);
             at += feature_words(f);
         }
+        let mut strings: Vec<usize> = attributes
+            .iter()
+            .filter(|(_, ty)| *ty == ValueType::String)
+            .map(|&(at, _)| at)
+            .collect();
+        for (f, &at) in config.features.iter().zip(&features) {
+            match f {
+                Feature::Value {
+                    ty: ValueType::String,
+                    ..
+                } => strings.push(at),
+                Feature::Top { .. } => {
+                    if let Some(top) = super::top::Top::of(f) {
+                        strings.extend(top.code_words(at));
+                    }
+                }
+                _ => {}
+            }
+        }
         Layout {
             stride: at,
             segment_base,
             attributes,
             scores,
             features,
+            strings,
         }
     }
 

@@ -756,7 +756,7 @@ impl<X: Extension> ShardState<X> {
     /// go. Returns its keys.
     pub fn forget(&mut self, plan: &Plan, local: u32) -> Vec<Key> {
         let taken = self.take(plan, local, Why::Forget);
-        for at in plan.layout.string_words(&plan.config) {
+        for &at in plan.layout.string_words() {
             plan.config.interner.release(taken.row[at]);
         }
         taken.keys.into_vec()
@@ -767,7 +767,7 @@ impl<X: Extension> ShardState<X> {
     pub fn absorb(&mut self, plan: &Plan, local: u32, from: Taken<X>) {
         let now = self.now;
         let into = self.row_mut(plan, local);
-        let strings = || plan.layout.string_words(&plan.config);
+        let strings = || plan.layout.string_words().iter().copied();
         // Both rows held their string codes; the merged row holds some of them (a top's
         // values may change slots), and the others are let go.
         let mut held: Vec<u32> = strings()
