@@ -314,6 +314,32 @@ pub(super) struct Given<'a> {
     pub failed: Option<super::DecideError>,
 }
 
+impl<'a> Given<'a> {
+    /// A live feedback `act` on the customer `key`, its profile event `event_type`,
+    /// stamped now; no code and no order value (a redemption sets them).
+    pub fn new(
+        engine: &'a Engine<Offers>,
+        decider: &'a Decider,
+        act: Act,
+        key: &'a Key,
+        event_type: Option<usize>,
+    ) -> Given<'a> {
+        Given {
+            engine,
+            decider,
+            act,
+            key,
+            timestamp_ms: engine.now_ms(),
+            event_type,
+            events: Vec::new(),
+            coupon: None,
+            code: None,
+            order_value: None,
+            failed: None,
+        }
+    }
+}
+
 impl Action<Offers> for Given<'_> {
     fn plan(&mut self, customer: Customer<'_, Offers>) -> bool {
         let engine = self.engine;

@@ -67,15 +67,15 @@ impl CouponIndex {
     /// How long after its expiry a code is still known (and answered "expired").
     pub const KEPT_EXPIRED: u32 = 30 * 86_400;
 
-    /// A new code for `coupon` at `now`, under the data directory's `secret`: unique
-    /// (see `code`), and not in the index.
+    /// A new code for `coupon` at `now`, under `key` (`code::key_from` the data
+    /// directory's secret): unique (see `code`), and not in the index.
     pub fn new_code(
         &self,
         coupon: &CouponDef,
         now: u32,
-        secret: &[u8; 32],
+        key: &[u8; 32],
     ) -> Result<CompactString, code::Exhausted> {
-        let p = Permutation::new(&code::key_from(secret), 5 * coupon.length as u32);
+        let p = Permutation::new(key, 5 * coupon.length as u32);
         loop {
             let s = self.sequencer.next(coupon.length, now)?;
             let made = code::format(&coupon.prefix, coupon.length, p.apply(s));
@@ -150,11 +150,11 @@ impl CouponIndex {
     }
 
     /// Notes a code that exists (restored or replayed), so that the sequence of its
-    /// length continues after it.
-    pub fn saw(&self, made: &str, secret: &[u8; 32]) {
+    /// length continues after it; `key` as for [`CouponIndex::new_code`].
+    pub fn saw(&self, made: &str, key: &[u8; 32]) {
         if let Ok(body) = code::parse(made) {
             if code::LENGTHS.contains(&body.length) {
-                let p = Permutation::new(&code::key_from(secret), 5 * body.length as u32);
+                let p = Permutation::new(key, 5 * body.length as u32);
                 self.sequencer.saw(body.length, p.invert(body.value));
             }
         }
@@ -163,7 +163,7 @@ impl CouponIndex {
     /// Rebuilds the index from every shard's offer state (after a restore), each coupon
     /// under its holder's primary key.
     pub fn rebuild(&self, engine: &Engine<Offers>) {
-        let secret = engine.suppression().secret();
+        let key = code::key_from(&engine.suppression().secret());
         let mut found = Vec::new();
         engine.each_extension_keyed(|offers, primary_key| {
             for (local, customer) in offers.customers_by_slot() {
@@ -184,7 +184,7 @@ impl CouponIndex {
             }
         });
         for (made, holder) in found {
-            self.saw(&made, &secret);
+            self.saw(&made, &key);
             self.insert(&made, holder);
         }
     }
@@ -262,7 +262,7 @@ impl Decider {
     ) -> Result<Vec<(u8, CompactString)>, code::Exhausted> {
         let config = engine.config();
         let mut codes = Vec::new();
-        let mut secret = None;
+        let mut key = None;
         for (i, offer) in shown.enumerate() {
             let Some(coupon) = &config.decisions.offers[offer].coupon else {
                 continue;
@@ -274,8 +274,8 @@ impl Decider {
             {
                 continue;
             }
-            let secret = secret.get_or_insert_with(|| engine.suppression().secret());
-            codes.push((i as u8, self.coupons.new_code(coupon, now, secret)?));
+            let key = key.get_or_insert_with(|| code::key_from(&engine.suppression().secret()));
+            codes.push((i as u8, self.coupons.new_code(coupon, now, key)?));
         }
         Ok(codes)
     }
@@ -307,27 +307,20 @@ impl Decider {
             .decisions
             .redeem_event
             .or(config.decisions.feedback_events[FeedbackKind::Accept.index()]);
+        let act = super::Act {
+            kind: FeedbackKind::Accept,
+            offer,
+            channel,
+            now,
+            decision_id: self.next_id(),
+            count: true,
+        };
         let mut action = Redeemed {
             code: &code,
             accept: Given {
-                engine,
-                decider: self,
-                act: super::Act {
-                    kind: FeedbackKind::Accept,
-                    offer,
-                    channel,
-                    now,
-                    decision_id: self.next_id(),
-                    count: true,
-                },
-                key: &key,
-                timestamp_ms: engine.now_ms(),
-                event_type,
-                events: Vec::new(),
-                coupon: None,
                 code: Some(CompactString::from(code.as_str())),
                 order_value: order_value.filter(|v| v.is_finite()),
-                failed: None,
+                ..Given::new(engine, self, act, &key, event_type)
             },
             refused: None,
         };

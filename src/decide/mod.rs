@@ -753,9 +753,9 @@ impl Decider {
                 .map(|(_, c)| c.as_str())
         };
         if !record.codes.is_empty() {
-            let secret = engine.suppression().secret();
+            let key = code::key_from(&engine.suppression().secret());
             for (_, c) in &record.codes {
-                self.coupons.saw(c, &secret);
+                self.coupons.saw(c, &key);
             }
         }
         let offers: Vec<(usize, Option<&str>)> = record
@@ -1058,26 +1058,15 @@ impl Decider {
         // Before the budget is spent: a refusal changes nothing.
         engine.writable()?;
         let event_type = d.feedback_events[kind.index()];
-        let mut given = Given {
-            engine,
-            decider: self,
-            act: Act {
-                kind,
-                offer,
-                channel,
-                now,
-                decision_id,
-                count: true,
-            },
-            key: &key,
-            timestamp_ms: engine.now_ms(),
-            event_type,
-            events: Vec::new(),
-            coupon: None,
-            code: None,
-            order_value: None,
-            failed: None,
+        let act = Act {
+            kind,
+            offer,
+            channel,
+            now,
+            decision_id,
+            count: true,
         };
+        let mut given = Given::new(engine, self, act, &key, event_type);
         let create = event_type.map(|_| Create { time: now, channel });
         match engine.act(&key, &[], create, &mut given, Mode::Live(receipt))? {
             Acted::Unknown => Err(DecideError::UnknownCustomer {
