@@ -193,10 +193,6 @@ impl CouponIndex {
     pub fn take_sequences_from(&self, other: &CouponIndex) {
         self.sequencer.take_from(&other.sequencer);
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().by_code.len()
-    }
 }
 
 /// The code an action logged before data directory format 8 issued: the prefix, a

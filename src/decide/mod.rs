@@ -977,11 +977,6 @@ impl Decider {
         self.coupons.sweep(now);
     }
 
-    /// Coupon codes held.
-    pub fn coupon_codes(&self) -> usize {
-        self.coupons.len()
-    }
-
     /// Takes over `old`'s remembered decisions and offer counters, if offers, channels
     /// and experiments are the same in both configs (their indexes mean the same);
     /// otherwise they start empty. Called by a reload once `old` takes no requests.
