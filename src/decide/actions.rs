@@ -112,12 +112,9 @@ impl Decided<'_> {
             .enumerate()
             .map(|(i, c)| {
                 let def = config.decisions.offers[c.offer].content.as_ref()?;
-                let open = state.and_then(|s| {
-                    s.coupons
-                        .iter()
-                        .find(|k| k.offer as usize == c.offer && k.is_open(self.now))
-                        .map(|k| k.code.as_str())
-                });
+                let open = state
+                    .and_then(|s| s.open(c.offer, self.now))
+                    .map(|k| k.code.as_str());
                 let coupon = code_at(&self.codes, i).or(open);
                 Some(super::content::render(config, def, eval, coupon))
             })

@@ -263,11 +263,7 @@ impl Decider {
             let Some(coupon) = &config.decisions.offers[offer].coupon else {
                 continue;
             };
-            if state
-                .coupons
-                .iter()
-                .any(|c| c.offer as usize == offer && c.is_open(now))
-            {
+            if state.open(offer, now).is_some() {
                 continue;
             }
             let key = key.get_or_insert_with(|| code::key_from(&engine.suppression().secret()));

@@ -357,6 +357,13 @@ impl CustomerOffers {
         }
     }
 
+    /// The customer's open coupon for an offer, to read.
+    pub(crate) fn open(&self, offer: usize, now: u32) -> Option<&IssuedCoupon> {
+        self.coupons
+            .iter()
+            .find(|c| c.offer as usize == offer && c.is_open(now))
+    }
+
     /// The customer's open coupon for an offer.
     pub(crate) fn open_coupon(&mut self, offer: usize, now: u32) -> Option<&mut IssuedCoupon> {
         self.coupons
